@@ -1,0 +1,50 @@
+//! `qkd`: the command-line tool of the qkd workspace.
+//!
+//! Each subcommand lives in its own module; `qkd --help` lists them.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod simulate;
+
+/// Tools for the classical side of a QKD link.
+#[derive(Parser, Debug)]
+#[command(name = "qkd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the simulated BB84 device and report raw, sifted and error counts.
+    Simulate(simulate::Args),
+}
+
+/// How a subcommand prints its result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object, for scripts.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate(args) => simulate::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,977 @@
+//! Bit vectors packed in `u64` words, and borrowed bit slices.
+//!
+//! Bit `i` is bit `i % 64` of word `i / 64`; as bytes, bit `i` is bit `i % 8`
+//! of byte `i / 8` (least significant bit first). Every crate and file format
+//! of the workspace uses this order.
+//!
+//! Range operations (parity, popcount, XOR, copy) work a word at a time; no
+//! operation here loops over single bits except [`BitVec::get`]/[`BitVec::set`]
+//! themselves and the bit iterators.
+//!
+//! A [`BitVec`] usually carries key material (sifted, corrected or final key),
+//! so its storage is zeroized on drop and its `Debug` output shows only the
+//! length.
+
+use core::fmt;
+use core::ops::{BitXorAssign, Bound, Range, RangeBounds};
+
+use rand_core::Rng;
+use zeroize::Zeroize;
+
+use crate::Error;
+
+const WORD: usize = 64;
+
+/// Number of `u64` words needed for `bits` bits.
+#[inline]
+#[must_use]
+pub const fn words_for(bits: usize) -> usize {
+    bits.div_ceil(WORD)
+}
+
+/// Mask with the low `n` bits set, `n` in `0..=64`.
+#[inline]
+const fn low_mask(n: usize) -> u64 {
+    if n >= WORD { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// Reads `n` bits (`1..=64`) starting at bit `pos`, returned in the low bits.
+#[inline]
+fn load(words: &[u64], pos: usize, n: usize) -> u64 {
+    debug_assert!((1..=WORD).contains(&n));
+    let w = pos / WORD;
+    let off = pos % WORD;
+    let mut v = words[w] >> off;
+    if off != 0 && off + n > WORD {
+        v |= words[w + 1] << (WORD - off);
+    }
+    v & low_mask(n)
+}
+
+/// XORs the low `n` bits of `v` into `words` at bit `pos`.
+#[inline]
+fn xor_at(words: &mut [u64], pos: usize, v: u64, n: usize) {
+    let v = v & low_mask(n);
+    let w = pos / WORD;
+    let off = pos % WORD;
+    words[w] ^= v << off;
+    if off != 0 && off + n > WORD {
+        words[w + 1] ^= v >> (WORD - off);
+    }
+}
+
+/// XOR of all bits in `[start, end)`.
+#[inline]
+fn parity_range(words: &[u64], start: usize, end: usize) -> bool {
+    fold_range(words, start, end, 0u64, |acc, w| acc ^ w).count_ones() & 1 == 1
+}
+
+/// Number of ones in `[start, end)`.
+#[inline]
+fn count_ones_range(words: &[u64], start: usize, end: usize) -> usize {
+    fold_range(words, start, end, 0usize, |acc, w| {
+        acc + w.count_ones() as usize
+    })
+}
+
+/// Folds `f` over the words covering `[start, end)`, with the bits outside
+/// the range masked to zero.
+#[inline]
+fn fold_range<T>(words: &[u64], start: usize, end: usize, init: T, f: impl Fn(T, u64) -> T) -> T {
+    if start >= end {
+        return init;
+    }
+    let first = start / WORD;
+    let last = (end - 1) / WORD;
+    let head_mask = u64::MAX << (start % WORD);
+    let tail_mask = low_mask(end - last * WORD);
+    if first == last {
+        return f(init, words[first] & head_mask & tail_mask);
+    }
+    let mut acc = f(init, words[first] & head_mask);
+    for &w in &words[first + 1..last] {
+        acc = f(acc, w);
+    }
+    f(acc, words[last] & tail_mask)
+}
+
+fn resolve_range(range: impl RangeBounds<usize>, len: usize) -> Range<usize> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e + 1,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => len,
+    };
+    assert!(
+        start <= end && end <= len,
+        "bit range {start}..{end} out of bounds for length {len}"
+    );
+    start..end
+}
+
+/// A growable vector of bits packed in `u64` words.
+///
+/// Bits past [`len`](Self::len) in the last word are always zero. The words are
+/// zeroized when the vector is dropped, and `Debug` shows only the length.
+///
+/// ```
+/// use qkd_core::BitVec;
+///
+/// let mut key = BitVec::from_bytes_lsb(&[0b0000_0101, 0xff], 12).unwrap();
+/// assert!(key.get(0) && !key.get(1) && key.get(2));
+/// assert_eq!(key.count_ones(), 6);
+/// assert!(!key.parity(0..12)); // six ones: even parity
+/// key.flip(1);
+/// assert!(key.parity(..));
+/// let tail = key.slice(8..12).to_bitvec();
+/// assert_eq!(tail.to_bytes_lsb(), vec![0x0f]);
+/// ```
+#[derive(Clone, Default)]
+pub struct BitVec {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Drop for BitVec {
+    fn drop(&mut self) {
+        self.words.zeroize();
+    }
+}
+
+impl fmt::Debug for BitVec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BitVec")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for BitVec {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.words == other.words
+    }
+}
+impl Eq for BitVec {}
+
+impl BitVec {
+    /// An empty vector.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            words: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// An empty vector with room for `bits` bits.
+    #[must_use]
+    pub fn with_capacity(bits: usize) -> Self {
+        Self {
+            words: Vec::with_capacity(words_for(bits)),
+            len: 0,
+        }
+    }
+
+    /// `len` zero bits.
+    #[must_use]
+    pub fn zeros(len: usize) -> Self {
+        Self {
+            words: vec![0; words_for(len)],
+            len,
+        }
+    }
+
+    /// `len` one bits.
+    #[must_use]
+    pub fn ones(len: usize) -> Self {
+        let mut v = Self {
+            words: vec![u64::MAX; words_for(len)],
+            len,
+        };
+        v.clear_tail();
+        v
+    }
+
+    /// `len` bits drawn uniformly from `rng`, one `next_u64` per word.
+    pub fn random<R: Rng + ?Sized>(len: usize, rng: &mut R) -> Self {
+        let mut v = Self::zeros(len);
+        v.fill_random(rng);
+        v
+    }
+
+    /// Overwrites every bit with a uniformly random one from `rng`.
+    pub fn fill_random<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        for w in &mut self.words {
+            *w = rng.next_u64();
+        }
+        self.clear_tail();
+    }
+
+    /// Builds a vector from packed words; bits past `len` are cleared.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] if `words` does not hold exactly
+    /// `ceil(len / 64)` words.
+    pub fn from_words(words: Vec<u64>, len: usize) -> Result<Self, Error> {
+        if words.len() != words_for(len) {
+            return Err(Error::InvalidLength {
+                expected: words_for(len),
+                actual: words.len(),
+            });
+        }
+        let mut v = Self { words, len };
+        v.clear_tail();
+        Ok(v)
+    }
+
+    /// Reads `len` bits from LSB-first bytes. Bits of the last byte past `len`
+    /// are ignored.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] if `bytes` does not hold exactly
+    /// `ceil(len / 8)` bytes.
+    pub fn from_bytes_lsb(bytes: &[u8], len: usize) -> Result<Self, Error> {
+        let need = len.div_ceil(8);
+        if bytes.len() != need {
+            return Err(Error::InvalidLength {
+                expected: need,
+                actual: bytes.len(),
+            });
+        }
+        let mut words = vec![0u64; words_for(len)];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_le_bytes(buf);
+            buf.zeroize();
+        }
+        let mut v = Self { words, len };
+        v.clear_tail();
+        Ok(v)
+    }
+
+    /// The bits as LSB-first bytes, `ceil(len / 8)` of them; bits of the last
+    /// byte past `len` are zero.
+    #[must_use]
+    pub fn to_bytes_lsb(&self) -> Vec<u8> {
+        self.as_bitslice().to_bytes_lsb()
+    }
+
+    /// Number of bits.
+    #[inline]
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the vector holds no bits.
+    #[inline]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The packed words; bits past `len` in the last word are zero.
+    #[inline]
+    #[must_use]
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// Takes the packed words out, leaving an empty vector.
+    #[must_use]
+    pub fn into_words(mut self) -> Vec<u64> {
+        self.len = 0;
+        core::mem::take(&mut self.words)
+    }
+
+    /// Bit `i`.
+    ///
+    /// # Panics
+    /// If `i >= len`.
+    #[inline]
+    #[must_use]
+    pub fn get(&self, i: usize) -> bool {
+        assert!(
+            i < self.len,
+            "bit index {i} out of bounds for length {}",
+            self.len
+        );
+        (self.words[i / WORD] >> (i % WORD)) & 1 == 1
+    }
+
+    /// Sets bit `i` to `value`.
+    ///
+    /// # Panics
+    /// If `i >= len`.
+    #[inline]
+    pub fn set(&mut self, i: usize, value: bool) {
+        assert!(
+            i < self.len,
+            "bit index {i} out of bounds for length {}",
+            self.len
+        );
+        let w = &mut self.words[i / WORD];
+        let m = 1u64 << (i % WORD);
+        if value { *w |= m } else { *w &= !m }
+    }
+
+    /// Inverts bit `i`.
+    ///
+    /// # Panics
+    /// If `i >= len`.
+    #[inline]
+    pub fn flip(&mut self, i: usize) {
+        assert!(
+            i < self.len,
+            "bit index {i} out of bounds for length {}",
+            self.len
+        );
+        self.words[i / WORD] ^= 1u64 << (i % WORD);
+    }
+
+    /// Appends one bit.
+    #[inline]
+    pub fn push(&mut self, value: bool) {
+        self.push_bits(u64::from(value), 1);
+    }
+
+    /// Appends the low `n` bits of `bits` (`n` in `0..=64`), bit 0 first.
+    ///
+    /// # Panics
+    /// If `n > 64`.
+    #[inline]
+    pub fn push_bits(&mut self, bits: u64, n: usize) {
+        assert!(n <= WORD, "push_bits takes at most 64 bits, got {n}");
+        if n == 0 {
+            return;
+        }
+        let bits = bits & low_mask(n);
+        let off = self.len % WORD;
+        if off == 0 {
+            self.words.push(bits);
+        } else {
+            let last = self.words.len() - 1;
+            self.words[last] |= bits << off;
+            if off + n > WORD {
+                self.words.push(bits >> (WORD - off));
+            }
+        }
+        self.len += n;
+    }
+
+    /// Appends all bits of `src`, 64 at a time.
+    pub fn extend_from_bitslice(&mut self, src: BitSlice<'_>) {
+        self.words
+            .reserve(words_for(self.len + src.len) - self.words.len());
+        let mut pos = 0;
+        while pos < src.len {
+            let n = (src.len - pos).min(WORD);
+            self.push_bits(load(src.words, src.start + pos, n), n);
+            pos += n;
+        }
+    }
+
+    /// The concatenation of `parts`, in order.
+    #[must_use]
+    pub fn concat(parts: &[BitSlice<'_>]) -> Self {
+        let mut v = Self::with_capacity(parts.iter().map(BitSlice::len).sum());
+        for p in parts {
+            v.extend_from_bitslice(*p);
+        }
+        v
+    }
+
+    /// Shortens the vector to `len` bits (no effect if already shorter).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        let keep = words_for(len);
+        self.words[keep..].zeroize();
+        self.words.truncate(keep);
+        self.len = len;
+        self.clear_tail();
+    }
+
+    /// Removes all bits (zeroizing the storage, keeping the allocation).
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// A borrowed view of the whole vector.
+    #[inline]
+    #[must_use]
+    pub fn as_bitslice(&self) -> BitSlice<'_> {
+        BitSlice {
+            words: &self.words,
+            start: 0,
+            len: self.len,
+        }
+    }
+
+    /// A borrowed view of the bits in `range`.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    #[inline]
+    #[must_use]
+    pub fn slice(&self, range: impl RangeBounds<usize>) -> BitSlice<'_> {
+        self.as_bitslice().slice(range)
+    }
+
+    /// XOR (parity) of the bits in `range`, computed on whole words.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    #[inline]
+    #[must_use]
+    pub fn parity(&self, range: impl RangeBounds<usize>) -> bool {
+        let r = resolve_range(range, self.len);
+        parity_range(&self.words, r.start, r.end)
+    }
+
+    /// Number of one bits.
+    #[must_use]
+    pub fn count_ones(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Number of positions where `self` and `other` differ.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[must_use]
+    pub fn hamming_distance(&self, other: &BitVec) -> usize {
+        assert_eq!(
+            self.len, other.len,
+            "hamming_distance of vectors of different lengths"
+        );
+        self.words
+            .iter()
+            .zip(&other.words)
+            .map(|(a, b)| (a ^ b).count_ones() as usize)
+            .sum()
+    }
+
+    /// `self[at .. at + src.len()] ^= src`, a word at a time.
+    ///
+    /// # Panics
+    /// If the target range is out of bounds.
+    pub fn xor_range_assign(&mut self, at: usize, src: BitSlice<'_>) {
+        assert!(
+            at.checked_add(src.len).is_some_and(|end| end <= self.len),
+            "xor of {} bits at {at} out of bounds for length {}",
+            src.len,
+            self.len
+        );
+        let mut pos = 0;
+        while pos < src.len {
+            let n = (src.len - pos).min(WORD);
+            xor_at(
+                &mut self.words,
+                at + pos,
+                load(src.words, src.start + pos, n),
+                n,
+            );
+            pos += n;
+        }
+    }
+
+    /// Iterator over the bits, first to last.
+    #[must_use]
+    pub fn iter(&self) -> BitIter<'_> {
+        self.as_bitslice().iter()
+    }
+
+    /// Iterator over the indices of the one bits, in increasing order.
+    pub fn iter_ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            core::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros() as usize;
+                w &= w - 1;
+                Some(wi * WORD + b)
+            })
+        })
+    }
+
+    fn clear_tail(&mut self) {
+        let r = self.len % WORD;
+        if r != 0 {
+            if let Some(last) = self.words.last_mut() {
+                *last &= low_mask(r);
+            }
+        }
+    }
+}
+
+impl BitXorAssign<&BitVec> for BitVec {
+    /// Bitwise XOR of two vectors of the same length.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    fn bitxor_assign(&mut self, rhs: &BitVec) {
+        assert_eq!(self.len, rhs.len, "xor of vectors of different lengths");
+        for (a, b) in self.words.iter_mut().zip(&rhs.words) {
+            *a ^= b;
+        }
+    }
+}
+
+impl FromIterator<bool> for BitVec {
+    fn from_iter<I: IntoIterator<Item = bool>>(iter: I) -> Self {
+        let mut v = BitVec::new();
+        let mut acc = 0u64;
+        let mut n = 0;
+        for b in iter {
+            acc |= u64::from(b) << n;
+            n += 1;
+            if n == WORD {
+                v.push_bits(acc, WORD);
+                acc = 0;
+                n = 0;
+            }
+        }
+        v.push_bits(acc, n);
+        v
+    }
+}
+
+impl Extend<bool> for BitVec {
+    fn extend<I: IntoIterator<Item = bool>>(&mut self, iter: I) {
+        for b in iter {
+            self.push(b);
+        }
+    }
+}
+
+impl<'a> From<BitSlice<'a>> for BitVec {
+    fn from(s: BitSlice<'a>) -> Self {
+        s.to_bitvec()
+    }
+}
+
+/// A borrowed, read-only view of a range of bits.
+///
+/// Slices need not start on a word boundary; every operation reads whole words
+/// and shifts.
+#[derive(Clone, Copy)]
+pub struct BitSlice<'a> {
+    words: &'a [u64],
+    start: usize,
+    len: usize,
+}
+
+impl fmt::Debug for BitSlice<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BitSlice")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for BitSlice<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.hamming_distance(*other) == 0
+    }
+}
+impl Eq for BitSlice<'_> {}
+
+impl<'a> BitSlice<'a> {
+    /// A view of the first `len` bits of `words`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLength`] if `words` holds fewer than `len` bits.
+    pub fn from_words(words: &'a [u64], len: usize) -> Result<Self, Error> {
+        if words.len() < words_for(len) {
+            return Err(Error::InvalidLength {
+                expected: words_for(len),
+                actual: words.len(),
+            });
+        }
+        Ok(Self {
+            words,
+            start: 0,
+            len,
+        })
+    }
+
+    /// Number of bits.
+    #[inline]
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the slice holds no bits.
+    #[inline]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bit `i` of the slice.
+    ///
+    /// # Panics
+    /// If `i >= len`.
+    #[inline]
+    #[must_use]
+    pub fn get(&self, i: usize) -> bool {
+        assert!(
+            i < self.len,
+            "bit index {i} out of bounds for length {}",
+            self.len
+        );
+        let p = self.start + i;
+        (self.words[p / WORD] >> (p % WORD)) & 1 == 1
+    }
+
+    /// Up to 64 bits starting at `i`, in the low bits of the result
+    /// (`n` in `1..=64`).
+    ///
+    /// # Panics
+    /// If `n` is not in `1..=64` or the bits are out of bounds.
+    #[inline]
+    #[must_use]
+    pub fn load_bits(&self, i: usize, n: usize) -> u64 {
+        assert!(
+            (1..=WORD).contains(&n),
+            "load_bits takes 1..=64 bits, got {n}"
+        );
+        assert!(
+            i + n <= self.len,
+            "bits {i}..{} out of bounds for length {}",
+            i + n,
+            self.len
+        );
+        load(self.words, self.start + i, n)
+    }
+
+    /// A sub-slice; bit `0` of the result is bit `range.start` of `self`.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    #[inline]
+    #[must_use]
+    pub fn slice(&self, range: impl RangeBounds<usize>) -> BitSlice<'a> {
+        let r = resolve_range(range, self.len);
+        BitSlice {
+            words: self.words,
+            start: self.start + r.start,
+            len: r.end - r.start,
+        }
+    }
+
+    /// XOR (parity) of all bits of the slice.
+    #[inline]
+    #[must_use]
+    pub fn parity(&self) -> bool {
+        parity_range(self.words, self.start, self.start + self.len)
+    }
+
+    /// Number of one bits.
+    #[inline]
+    #[must_use]
+    pub fn count_ones(&self) -> usize {
+        count_ones_range(self.words, self.start, self.start + self.len)
+    }
+
+    /// Number of positions where the two slices differ.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[must_use]
+    pub fn hamming_distance(&self, other: BitSlice<'_>) -> usize {
+        assert_eq!(
+            self.len, other.len,
+            "hamming_distance of slices of different lengths"
+        );
+        let mut d = 0;
+        let mut pos = 0;
+        while pos < self.len {
+            let n = (self.len - pos).min(WORD);
+            let a = load(self.words, self.start + pos, n);
+            let b = load(other.words, other.start + pos, n);
+            d += (a ^ b).count_ones() as usize;
+            pos += n;
+        }
+        d
+    }
+
+    /// An owned copy.
+    #[must_use]
+    pub fn to_bitvec(&self) -> BitVec {
+        if self.start % WORD == 0 {
+            let first = self.start / WORD;
+            let words = self.words[first..first + words_for(self.len)].to_vec();
+            let mut v = BitVec {
+                words,
+                len: self.len,
+            };
+            v.clear_tail();
+            return v;
+        }
+        let mut v = BitVec::with_capacity(self.len);
+        v.extend_from_bitslice(*self);
+        v
+    }
+
+    /// The bits as LSB-first bytes; bits of the last byte past `len` are zero.
+    #[must_use]
+    pub fn to_bytes_lsb(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len.div_ceil(8));
+        let mut pos = 0;
+        while pos < self.len {
+            let n = (self.len - pos).min(WORD);
+            let w = load(self.words, self.start + pos, n);
+            out.extend_from_slice(&w.to_le_bytes()[..n.div_ceil(8)]);
+            pos += n;
+        }
+        out
+    }
+
+    /// Iterator over the bits, first to last.
+    #[must_use]
+    pub fn iter(&self) -> BitIter<'a> {
+        BitIter {
+            slice: *self,
+            pos: 0,
+        }
+    }
+}
+
+/// Iterator over the bits of a [`BitSlice`] or [`BitVec`].
+#[derive(Clone, Debug)]
+pub struct BitIter<'a> {
+    slice: BitSlice<'a>,
+    pos: usize,
+}
+
+impl Iterator for BitIter<'_> {
+    type Item = bool;
+
+    #[inline]
+    fn next(&mut self) -> Option<bool> {
+        if self.pos >= self.slice.len {
+            return None;
+        }
+        let b = self.slice.get(self.pos);
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.slice.len - self.pos;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for BitIter<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn model(v: &BitVec) -> Vec<bool> {
+        v.iter().collect()
+    }
+
+    fn bits(max: usize) -> impl Strategy<Value = Vec<bool>> {
+        proptest::collection::vec(any::<bool>(), 0..max)
+    }
+
+    /// A vector with a range inside it.
+    fn bits_and_range(max: usize) -> impl Strategy<Value = (Vec<bool>, Range<usize>)> {
+        bits(max).prop_flat_map(|b| {
+            let n = b.len();
+            (Just(b), 0..=n).prop_flat_map(move |(b, s)| (Just(b), (s..=n).prop_map(move |e| s..e)))
+        })
+    }
+
+    #[test]
+    fn known_layout() {
+        let v = BitVec::from_bytes_lsb(&[0x01, 0x80, 0x03], 18).unwrap();
+        assert_eq!(v.iter_ones().collect::<Vec<_>>(), vec![0, 15, 16, 17]);
+        assert_eq!(v.words(), &[0x0003_8001]);
+        let w = BitVec::from_bytes_lsb(&[0xff; 9], 65).unwrap();
+        assert_eq!(w.words(), &[u64::MAX, 1]);
+        assert_eq!(
+            w.to_bytes_lsb(),
+            vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]
+        );
+    }
+
+    #[test]
+    fn length_errors_are_typed() {
+        assert_eq!(
+            BitVec::from_bytes_lsb(&[0; 3], 8),
+            Err(Error::InvalidLength {
+                expected: 1,
+                actual: 3
+            })
+        );
+        assert!(BitVec::from_words(vec![0; 2], 64).is_err());
+        assert!(BitSlice::from_words(&[0], 65).is_err());
+    }
+
+    #[test]
+    fn tails_stay_zero() {
+        let v = BitVec::ones(70);
+        assert_eq!(v.words()[1], 0b11_1111);
+        let v = BitVec::from_words(vec![u64::MAX, u64::MAX], 65).unwrap();
+        assert_eq!(v.words()[1], 1);
+        assert_eq!(v.count_ones(), 65);
+    }
+
+    #[test]
+    fn random_fill_is_balanced_and_seeded() {
+        use rand_chacha::ChaCha8Rng;
+        use rand_core::SeedableRng;
+        let a = BitVec::random(100_000, &mut ChaCha8Rng::seed_from_u64(7));
+        let b = BitVec::random(100_000, &mut ChaCha8Rng::seed_from_u64(7));
+        assert_eq!(a, b);
+        let ones = a.count_ones() as f64 / 100_000.0;
+        assert!((ones - 0.5).abs() < 0.01, "{ones}");
+        let c = BitVec::random(100, &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(c.words()[1] >> 36, 0, "tail must be cleared");
+    }
+
+    #[test]
+    fn debug_does_not_show_bits() {
+        let v = BitVec::ones(16);
+        assert_eq!(format!("{v:?}"), "BitVec { len: 16, .. }");
+    }
+
+    proptest! {
+        #[test]
+        fn from_iter_roundtrips(b in bits(300)) {
+            let v: BitVec = b.iter().copied().collect();
+            prop_assert_eq!(v.len(), b.len());
+            prop_assert_eq!(model(&v), b);
+        }
+
+        #[test]
+        fn bytes_roundtrip(b in bits(300)) {
+            let v: BitVec = b.iter().copied().collect();
+            let bytes = v.to_bytes_lsb();
+            prop_assert_eq!(bytes.len(), b.len().div_ceil(8));
+            for (i, &bit) in b.iter().enumerate() {
+                prop_assert_eq!((bytes[i / 8] >> (i % 8)) & 1 == 1, bit);
+            }
+            prop_assert_eq!(BitVec::from_bytes_lsb(&bytes, b.len()).unwrap(), v);
+        }
+
+        #[test]
+        fn set_get_flip((b, r) in bits_and_range(300), value: bool) {
+            let mut v: BitVec = b.iter().copied().collect();
+            let mut m = b.clone();
+            if r.start < b.len() {
+                v.set(r.start, value);
+                m[r.start] = value;
+                prop_assert_eq!(v.get(r.start), value);
+                v.flip(r.start);
+                m[r.start] = !m[r.start];
+            }
+            prop_assert_eq!(model(&v), m);
+        }
+
+        #[test]
+        fn parity_and_count((b, r) in bits_and_range(400)) {
+            let v: BitVec = b.iter().copied().collect();
+            let ones = b[r.clone()].iter().filter(|&&x| x).count();
+            prop_assert_eq!(v.parity(r.clone()), ones % 2 == 1);
+            prop_assert_eq!(v.slice(r.clone()).parity(), ones % 2 == 1);
+            prop_assert_eq!(v.slice(r.clone()).count_ones(), ones);
+            prop_assert_eq!(v.count_ones(), b.iter().filter(|&&x| x).count());
+        }
+
+        #[test]
+        fn slicing_and_nested_slicing((b, r) in bits_and_range(300), cut in 0usize..300) {
+            let v: BitVec = b.iter().copied().collect();
+            let s = v.slice(r.clone());
+            prop_assert_eq!(s.to_bitvec().iter().collect::<Vec<_>>(), b[r.clone()].to_vec());
+            let c = cut % (s.len() + 1);
+            let inner = s.slice(c..);
+            prop_assert_eq!(inner.iter().collect::<Vec<_>>(), b[r.start + c..r.end].to_vec());
+            prop_assert_eq!(inner.to_bytes_lsb(), inner.to_bitvec().to_bytes_lsb());
+            for i in 0..s.len().saturating_sub(1).min(64) {
+                let n = (s.len() - i).min(64);
+                let word = s.load_bits(i, n);
+                for k in 0..n {
+                    prop_assert_eq!((word >> k) & 1 == 1, b[r.start + i + k]);
+                }
+            }
+        }
+
+        #[test]
+        fn concat_and_push_bits(a in bits(200), c in bits(200), w: u64, n in 0usize..=64) {
+            let va: BitVec = a.iter().copied().collect();
+            let vc: BitVec = c.iter().copied().collect();
+            let joined = BitVec::concat(&[va.as_bitslice(), vc.slice(..), va.slice(a.len() / 2..)]);
+            let mut m = a.clone();
+            m.extend(&c);
+            m.extend(&a[a.len() / 2..]);
+            prop_assert_eq!(model(&joined), m.clone());
+            let mut pushed = joined.clone();
+            pushed.push_bits(w, n);
+            m.extend((0..n).map(|k| (w >> k) & 1 == 1));
+            prop_assert_eq!(model(&pushed), m);
+        }
+
+        #[test]
+        fn xor_range_assign_matches_model((b, r) in bits_and_range(300), src in bits(300), at in 0usize..300) {
+            let mut v: BitVec = b.iter().copied().collect();
+            let s: BitVec = src.iter().copied().collect();
+            let piece = s.slice(r.start.min(src.len())..r.end.min(src.len()));
+            let at = if b.len() >= piece.len() { at % (b.len() - piece.len() + 1) } else { 0 };
+            prop_assume!(piece.len() <= b.len());
+            v.xor_range_assign(at, piece);
+            let mut m = b.clone();
+            for (k, bit) in piece.iter().enumerate() {
+                m[at + k] ^= bit;
+            }
+            prop_assert_eq!(model(&v), m);
+            prop_assert_eq!(v.words().last().map_or(0, |w| if b.len() % 64 == 0 { 0 } else { w >> (b.len() % 64) }), 0);
+        }
+
+        #[test]
+        fn hamming_distance_matches_model(pairs in proptest::collection::vec(any::<(bool, bool)>(), 0..300), skip in 0usize..80) {
+            let a: BitVec = pairs.iter().map(|p| p.0).collect();
+            let b: BitVec = pairs.iter().map(|p| p.1).collect();
+            let d = pairs.iter().filter(|p| p.0 != p.1).count();
+            prop_assert_eq!(a.hamming_distance(&b), d);
+            let k = skip.min(pairs.len());
+            let ds = pairs[k..].iter().filter(|p| p.0 != p.1).count();
+            prop_assert_eq!(a.slice(k..).hamming_distance(b.slice(k..)), ds);
+            let mut x = a.clone();
+            x ^= &b;
+            prop_assert_eq!(x.count_ones(), d);
+        }
+
+        #[test]
+        fn truncate_matches_model(b in bits(300), n in 0usize..300) {
+            let mut v: BitVec = b.iter().copied().collect();
+            v.truncate(n);
+            let m: Vec<bool> = b.iter().copied().take(n).collect();
+            prop_assert_eq!(model(&v), m.clone());
+            let rebuilt: BitVec = m.into_iter().collect();
+            prop_assert_eq!(v, rebuilt);
+        }
+
+        #[test]
+        fn iter_ones_matches_model(b in bits(300)) {
+            let v: BitVec = b.iter().copied().collect();
+            let ones: Vec<usize> = b.iter().enumerate().filter(|(_, x)| **x).map(|(i, _)| i).collect();
+            prop_assert_eq!(v.iter_ones().collect::<Vec<_>>(), ones);
+        }
+    }
+}

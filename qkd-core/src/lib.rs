@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bits;
+pub mod bounds;
+pub mod device;
+mod error;
+pub mod key;
+#[cfg(feature = "sim")]
+pub mod sim;
+
+pub use bits::{BitSlice, BitVec};
+pub use bounds::h2;
+pub use device::{
+    DeviceError, QkdDevice, RawFrame, Role, SimulatedBb84, SimulatedDevice, SimulatorConfig,
+};
+pub use error::Error;
+pub use key::{KeyId, SecretKey};
