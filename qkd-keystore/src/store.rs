@@ -205,6 +205,11 @@ pub enum InsertOutcome {
     LostByPeer,
     /// Not stored: no room even after dropping old fresh material.
     OverCapacity,
+    /// Not stored: the peer already announced a later block without this
+    /// one, so it will never hold it.
+    SkippedByPeer,
+    /// Not stored: no session with the peer (used by qkd-sync).
+    NoSession,
 }
 
 /// A handle to reserved keys; see [`KeyStore::reserve`].
@@ -279,6 +284,10 @@ pub struct KeyStore {
     usable: BTreeSet<(u64, u32)>,
     /// Peer decisions on blocks not inserted here yet: true = has, false = lost.
     peer_ahead: BTreeMap<u64, bool>,
+    /// Highest block the peer announced (stored or lost).
+    peer_high: Option<u64>,
+    /// Blocks held here that the peer has not announced.
+    unready: BTreeSet<u64>,
     last_block: Option<u64>,
     expiry: VecDeque<(Instant, u64)>,
     delivered: HashMap<KeyId, DeliveredKey>,
@@ -306,6 +315,8 @@ impl KeyStore {
             blocks: HashMap::new(),
             usable: BTreeSet::new(),
             peer_ahead: BTreeMap::new(),
+            peer_high: None,
+            unready: BTreeSet::new(),
             last_block: None,
             expiry: VecDeque::new(),
             delivered: HashMap::new(),
@@ -464,6 +475,10 @@ impl KeyStore {
             self.stats.blocks_lost += 1;
             return Ok(InsertOutcome::LostByPeer);
         }
+        if decision.is_none() && self.peer_high.is_some_and(|h| block < h) {
+            self.stats.blocks_lost += 1;
+            return Ok(InsertOutcome::SkippedByPeer);
+        }
         while self.held_bytes + len as u64 > self.config.capacity_bytes as u64 {
             let Some(&(b, c)) = self.usable.first() else {
                 break;
@@ -508,6 +523,7 @@ impl KeyStore {
             },
         );
         self.expiry.push_back((now + self.config.key_ttl, block));
+        self.unready.insert(block);
         self.notices.push_back(Notice::Have { block });
         if decision == Some(true) {
             self.mark_ready(block);
@@ -545,6 +561,7 @@ impl KeyStore {
             return;
         }
         b.peer_has = true;
+        self.unready.remove(&block);
         let mut moved = 0u64;
         for (i, ch) in b.chunks.iter().enumerate() {
             if ch.owner == Owner::Mine && ch.bytes.is_some() {
@@ -581,6 +598,7 @@ impl KeyStore {
             self.stats.chunk_bytes -= size;
             if b.open == 0 {
                 self.blocks.remove(&block);
+                self.unready.remove(&block);
             }
         }
         Some(key)
@@ -912,6 +930,7 @@ impl KeyStore {
     ) -> Result<(), NoticeError> {
         match notice {
             Notice::Have { block } => {
+                self.peer_passed(block);
                 if self.blocks.contains_key(&block) {
                     self.mark_ready(block);
                     self.maybe_borrow();
@@ -921,6 +940,7 @@ impl KeyStore {
                 Ok(())
             }
             Notice::Lost { block } => {
+                self.peer_passed(block);
                 if let Some(b) = self.blocks.get(&block) {
                     if b.peer_has {
                         return Err(NoticeError::LostAfterHave { block });
@@ -1035,10 +1055,25 @@ impl KeyStore {
         Ok((chunk, start))
     }
 
+    /// The peer decided on `block`; it decides in block order, so blocks
+    /// before it that it never announced it will never hold: drop them.
+    fn peer_passed(&mut self, block: u64) {
+        if self.peer_high.is_some_and(|h| h >= block) {
+            return;
+        }
+        self.peer_high = Some(block);
+        let rest = self.unready.split_off(&block);
+        let skipped = std::mem::replace(&mut self.unready, rest);
+        for b in skipped {
+            self.drop_block(b);
+        }
+    }
+
     fn drop_block(&mut self, block: u64) {
         let Some(b) = self.blocks.remove(&block) else {
             return;
         };
+        self.unready.remove(&block);
         for (i, ch) in b.chunks.iter().enumerate() {
             if let Some(buf) = &ch.bytes {
                 let size = buf.len() as u64;
@@ -1206,6 +1241,8 @@ impl KeyStore {
         self.blocks.clear();
         self.usable.clear();
         self.peer_ahead.clear();
+        self.peer_high = None;
+        self.unready.clear();
         self.last_block = None;
         self.expiry.clear();
         self.delivered.clear();
