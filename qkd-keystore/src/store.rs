@@ -674,7 +674,7 @@ impl KeyStore {
     fn cut(&mut self, count: usize, len: u32) -> Result<Vec<(KeyId, KeyRange, SecretKey)>, TakeError> {
         // Plan without changing anything.
         let mut found = 0usize;
-        let mut last_needed = None;
+        let mut last_needed: Option<(u64, u32)> = None;
         for &(b, c) in &self.usable {
             found += (self.remaining(b, c) / len) as usize;
             if found >= count {
@@ -682,7 +682,7 @@ impl KeyStore {
                 break;
             }
         }
-        let Some(last_needed) = last_needed else {
+        if last_needed.is_none() {
             self.maybe_borrow();
             return Err(TakeError::Insufficient {
                 requested: count,
@@ -716,7 +716,6 @@ impl KeyStore {
                 .zero_range(b, c, cursor, len)
                 .expect("usable chunk holds its bytes");
             out.push((id, range, key));
-            debug_assert!((b, c) <= last_needed);
         }
         self.maybe_borrow();
         Ok(out)

@@ -357,7 +357,10 @@ impl SyncNode {
         self.last_hello = Some((h.from, h.nonce));
         if self.peer == Some(h.from) {
             if h.paired_to == self.epoch {
+                // The peer paired with us but may not know that we paired
+                // with it: an ack (which needs no answer) tells it.
                 self.confirmed = true;
+                self.ack_due = true;
             } else {
                 self.hello_due = true;
             }
