@@ -10,6 +10,33 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::notice::{Binding, GrantedChunk, KeyRange, Notice};
 use crate::{LookupError, NoticeError, StoreError, TakeError};
 
+/// Hasher for maps keyed by [`KeyId`] (already uniformly distributed: the
+/// blake3 output) and by block numbers (multiplicative mixing). Not for keys
+/// an attacker chooses freely; the peer is authenticated.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Which end of the pairing a node is. Fixed when the link is paired; the two
 /// nodes of a link must have different roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -279,7 +306,7 @@ struct Reservation {
 /// keys held, plus the work proportional to the keys asked for.
 pub struct KeyStore {
     config: StoreConfig,
-    blocks: HashMap<u64, Block>,
+    blocks: IdMap<u64, Block>,
     /// Usable chunks owned here, oldest first.
     usable: BTreeSet<(u64, u32)>,
     /// Peer decisions on blocks not inserted here yet: true = has, false = lost.
@@ -290,12 +317,13 @@ pub struct KeyStore {
     unready: BTreeSet<u64>,
     last_block: Option<u64>,
     expiry: VecDeque<(Instant, u64)>,
-    delivered: HashMap<KeyId, DeliveredKey>,
+    delivered: IdMap<KeyId, DeliveredKey>,
     delivered_expiry: VecDeque<(Instant, KeyId)>,
     reservations: HashMap<u64, Reservation>,
     reservation_expiry: BTreeSet<(Instant, u64)>,
     next_reservation: u64,
-    pairings: HashMap<(String, String), PairingStats>,
+    /// Per master, per slave.
+    pairings: HashMap<String, HashMap<String, PairingStats>>,
     notices: VecDeque<Notice>,
     borrow_outstanding: bool,
     held_bytes: u64,
@@ -312,14 +340,14 @@ impl KeyStore {
     pub fn new(config: StoreConfig) -> Self {
         KeyStore {
             config,
-            blocks: HashMap::new(),
+            blocks: IdMap::default(),
             usable: BTreeSet::new(),
             peer_ahead: BTreeMap::new(),
             peer_high: None,
             unready: BTreeSet::new(),
             last_block: None,
             expiry: VecDeque::new(),
-            delivered: HashMap::new(),
+            delivered: IdMap::default(),
             delivered_expiry: VecDeque::new(),
             reservations: HashMap::new(),
             reservation_expiry: BTreeSet::new(),
@@ -372,7 +400,8 @@ impl KeyStore {
     #[must_use]
     pub fn pairing(&self, master: &str, slave: &str) -> PairingStats {
         self.pairings
-            .get(&(master.to_owned(), slave.to_owned()))
+            .get(master)
+            .and_then(|m| m.get(slave))
             .cloned()
             .unwrap_or_default()
     }
@@ -733,13 +762,23 @@ impl KeyStore {
         }
     }
 
+    /// The counters of a pairing, created on first use (no allocation
+    /// once it exists).
+    fn pairing_mut(&mut self, master: &str, slave: &str) -> &mut PairingStats {
+        if !self.pairings.contains_key(master) {
+            self.pairings.insert(master.to_owned(), HashMap::new());
+        }
+        let per_slave = self.pairings.get_mut(master).expect("just inserted");
+        if !per_slave.contains_key(slave) {
+            per_slave.insert(slave.to_owned(), PairingStats::default());
+        }
+        per_slave.get_mut(slave).expect("just inserted")
+    }
+
     fn count_taken(&mut self, binding: &Binding, n: usize) {
         self.stats.keys_taken += n as u64;
         for s in binding.slaves() {
-            self.pairings
-                .entry((binding.master().to_owned(), s.clone()))
-                .or_default()
-                .taken += n as u64;
+            self.pairing_mut(binding.master(), s).taken += n as u64;
         }
     }
 
@@ -884,10 +923,7 @@ impl KeyStore {
             entry.key.clone()
         };
         self.stats.keys_fetched += 1;
-        let p = self
-            .pairings
-            .entry((binding.master().to_owned(), slave.to_owned()))
-            .or_default();
+        let p = self.pairing_mut(binding.master(), slave);
         p.fetched += 1;
         p.waiting = p.waiting.saturating_sub(1);
         if let Some(Notice::Consumed {
@@ -999,10 +1035,7 @@ impl KeyStore {
                     n += 1;
                 }
                 for s in binding.slaves() {
-                    self.pairings
-                        .entry((binding.master().to_owned(), s.clone()))
-                        .or_default()
-                        .waiting += n;
+                    self.pairing_mut(binding.master(), s).waiting += n;
                 }
                 result
             }
@@ -1012,10 +1045,7 @@ impl KeyStore {
                 count,
             } => {
                 self.stats.keys_fetched_by_peer += u64::from(count);
-                self.pairings
-                    .entry((master, slave))
-                    .or_default()
-                    .fetched_by_peer += u64::from(count);
+                self.pairing_mut(&master, &slave).fetched_by_peer += u64::from(count);
                 Ok(())
             }
             Notice::Borrow { bytes } => {
@@ -1222,7 +1252,8 @@ impl KeyStore {
                     if e.remaining & (1 << i) != 0 {
                         if let Some(p) = self
                             .pairings
-                            .get_mut(&(e.binding.master().to_owned(), s.clone()))
+                            .get_mut(e.binding.master())
+                            .and_then(|m| m.get_mut(s.as_str()))
                         {
                             p.waiting = p.waiting.saturating_sub(1);
                         }
@@ -1248,7 +1279,7 @@ impl KeyStore {
         self.delivered_expiry.clear();
         self.reservations.clear();
         self.reservation_expiry.clear();
-        for p in self.pairings.values_mut() {
+        for p in self.pairings.values_mut().flat_map(|m| m.values_mut()) {
             p.waiting = 0;
         }
         self.notices.clear();
