@@ -83,7 +83,10 @@ fn store_ops(c: &mut Criterion) {
                 left -= n;
                 let mut fill = BTreeMap::new();
                 for i in 0..n as u64 {
-                    fill.insert(KeyId::for_block(b"bench", i / 1000, i % 1000), vec![i as u8; 32]);
+                    fill.insert(
+                        KeyId::for_block(b"bench", i / 1000, i % 1000),
+                        vec![i as u8; 32],
+                    );
                 }
                 let a = Mutex::new(fill.clone());
                 let b = Mutex::new(fill);

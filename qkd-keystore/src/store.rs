@@ -24,7 +24,8 @@ impl std::hash::Hasher for IdHasher {
         for c in bytes.chunks(8) {
             let mut w = [0u8; 8];
             w[..c.len()].copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
     }
     fn write_u64(&mut self, n: u64) {
@@ -700,7 +701,11 @@ impl KeyStore {
     /// Cuts `count` keys of `len` bytes from the oldest usable chunks, all or
     /// nothing. Chunks passed over with less than `len` bytes left have
     /// their rest dropped (with a notice).
-    fn cut(&mut self, count: usize, len: u32) -> Result<Vec<(KeyId, KeyRange, SecretKey)>, TakeError> {
+    fn cut(
+        &mut self,
+        count: usize,
+        len: u32,
+    ) -> Result<Vec<(KeyId, KeyRange, SecretKey)>, TakeError> {
         // Plan without changing anything.
         let mut found = 0usize;
         let mut last_needed: Option<(u64, u32)> = None;
@@ -730,11 +735,18 @@ impl KeyStore {
             }
             let cursor = self.blocks[&b].chunks[c as usize].cursor;
             let offset = c * self.config.chunk_bytes + cursor;
-            let range = KeyRange { block: b, offset, len };
+            let range = KeyRange {
+                block: b,
+                offset,
+                len,
+            };
             let id = self.key_id(b, offset);
             {
-                let ch = &mut self.blocks.get_mut(&b).expect("usable chunk's block is held").chunks
-                    [c as usize];
+                let ch = &mut self
+                    .blocks
+                    .get_mut(&b)
+                    .expect("usable chunk's block is held")
+                    .chunks[c as usize];
                 ch.cursor += len;
             }
             self.stats.fresh_bytes -= u64::from(len);
@@ -1140,7 +1152,10 @@ impl KeyStore {
                 break;
             };
             let rem = self.remaining(b, c);
-            let block = self.blocks.get_mut(&b).expect("usable chunk's block is held");
+            let block = self
+                .blocks
+                .get_mut(&b)
+                .expect("usable chunk's block is held");
             let ch = &mut block.chunks[c as usize];
             let from = c * self.config.chunk_bytes + ch.cursor;
             ch.owner = Owner::Peer;

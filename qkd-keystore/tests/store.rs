@@ -17,11 +17,18 @@ fn config(role: Role) -> StoreConfig {
 }
 
 fn pair(cfg: impl Fn(Role) -> StoreConfig) -> (KeyStore, KeyStore) {
-    (KeyStore::new(cfg(Role::First)), KeyStore::new(cfg(Role::Second)))
+    (
+        KeyStore::new(cfg(Role::First)),
+        KeyStore::new(cfg(Role::Second)),
+    )
 }
 
 fn block_bytes(block: u64, len: usize) -> SecretKey {
-    SecretKey::from_vec((0..len).map(|i| (i as u64 * 31 + block * 7) as u8).collect())
+    SecretKey::from_vec(
+        (0..len)
+            .map(|i| (i as u64 * 31 + block * 7) as u8)
+            .collect(),
+    )
 }
 
 /// Carries every queued notice both ways until both queues are empty.
@@ -137,9 +144,18 @@ fn keys_of_any_byte_size_and_fragments_are_dropped_symmetrically() {
     let (mut a, mut b) = pair(config);
     insert_both(now, &mut a, &mut b, 1, 256);
     sync(now, &mut a, &mut b);
-    assert!(matches!(a.take(1, 12, &binding()), Err(TakeError::InvalidSize { .. })));
-    assert!(matches!(a.take(1, 520, &binding()), Err(TakeError::InvalidSize { .. })));
-    assert!(matches!(a.take(0, 8, &binding()), Err(TakeError::InvalidCount { .. })));
+    assert!(matches!(
+        a.take(1, 12, &binding()),
+        Err(TakeError::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        a.take(1, 520, &binding()),
+        Err(TakeError::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        a.take(0, 8, &binding()),
+        Err(TakeError::InvalidCount { .. })
+    ));
     let k = a.take(1, 8 * 40, &binding()).unwrap(); // chunk 0: 24 bytes left
     assert_eq!(k[0].1.len(), 40);
     assert_eq!(a.fresh_keys(8 * 40), 1);
@@ -147,7 +163,10 @@ fn keys_of_any_byte_size_and_fragments_are_dropped_symmetrically() {
     assert_eq!(k2[0].0, KeyId::for_block(b"link-t", 1, 128));
     assert_eq!(a.stats().bytes_dropped, 24);
     let seen = sync(now, &mut a, &mut b);
-    assert!(seen.iter().any(|n| matches!(n, Notice::Drop { range } if range.len == 24)));
+    assert!(
+        seen.iter()
+            .any(|n| matches!(n, Notice::Drop { range } if range.len == 24))
+    );
     assert_eq!(b.stats().bytes_dropped, 24);
     assert_eq!(b.lookup(&k[0].0, "slave").unwrap().unwrap(), k[0].1);
 }
@@ -185,7 +204,11 @@ fn expiry_drops_owned_material_and_the_peer_follows() {
     b.expire(now + ttl);
     assert_eq!(a.stats().fresh_bytes, 0);
     assert_eq!(b.stats().fresh_bytes, 0);
-    assert_eq!(b.stats().keys_expired, 1, "the delivered copy timed out too");
+    assert_eq!(
+        b.stats().keys_expired,
+        1,
+        "the delivered copy timed out too"
+    );
     assert_eq!(b.lookup(&k[0].0, "slave").unwrap(), None);
     sync(now + ttl, &mut a, &mut b);
     assert_eq!(a.stats().blocks, 0);
@@ -216,7 +239,11 @@ fn capacity_drops_old_fresh_material_then_refuses() {
     b.insert_block(now, 3, block_bytes(3, 64)).unwrap();
     sync(now, &mut a, &mut b);
     assert!(a.held_bytes() <= 300 && b.held_bytes() <= 300);
-    assert_eq!(b.block_ids().collect::<Vec<_>>(), vec![3], "block 2 lost on a, dropped on b; block 1 dropped by both owners");
+    assert_eq!(
+        b.block_ids().collect::<Vec<_>>(),
+        vec![3],
+        "block 2 lost on a, dropped on b; block 1 dropped by both owners"
+    );
     assert_eq!(a.block_ids().collect::<Vec<_>>(), vec![3]);
 }
 
@@ -241,7 +268,11 @@ fn reservations_commit_release_and_expire() {
     for (id, key) in &keys {
         assert_eq!(b.lookup(id, "slave").unwrap().as_ref(), Some(key));
     }
-    assert_eq!(b.stats().bytes_dropped, 64, "released and expired keys dropped on the peer");
+    assert_eq!(
+        b.stats().bytes_dropped,
+        64,
+        "released and expired keys dropped on the peer"
+    );
 }
 
 #[test]
@@ -255,17 +286,35 @@ fn borrowing_moves_ownership_once() {
     let fresh_b = b.stats().fresh_bytes;
     // a uses everything it owns, then borrows from b.
     let n = a.fresh_keys(256);
-    let mut ids: Vec<KeyId> = a.take(n, 256, &binding()).unwrap().into_iter().map(|k| k.0).collect();
+    let mut ids: Vec<KeyId> = a
+        .take(n, 256, &binding())
+        .unwrap()
+        .into_iter()
+        .map(|k| k.0)
+        .collect();
     sync(now, &mut a, &mut b);
     assert!(a.stats().chunks_borrowed > 0);
     assert_eq!(a.stats().chunks_borrowed, b.stats().chunks_lent);
     assert!(b.stats().fresh_bytes < fresh_b);
-    assert!(b.stats().fresh_bytes >= 64, "the lender keeps its low-water mark");
+    assert!(
+        b.stats().fresh_bytes >= 64,
+        "the lender keeps its low-water mark"
+    );
     let more = a.fresh_keys(256);
     assert!(more > 0);
-    ids.extend(a.take(more, 256, &binding()).unwrap().into_iter().map(|k| k.0));
+    ids.extend(
+        a.take(more, 256, &binding())
+            .unwrap()
+            .into_iter()
+            .map(|k| k.0),
+    );
     let rest = b.fresh_keys(256);
-    ids.extend(b.take(rest, 256, &binding()).unwrap().into_iter().map(|k| k.0));
+    ids.extend(
+        b.take(rest, 256, &binding())
+            .unwrap()
+            .into_iter()
+            .map(|k| k.0),
+    );
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len());
 }
@@ -310,9 +359,13 @@ fn wipe_forgets_everything() {
 fn debug_shows_no_key_material() {
     let now = Instant::now();
     let (mut a, _) = pair(config);
-    a.insert_block(now, 1, SecretKey::from_slice(&[0xab; 64])).unwrap();
+    a.insert_block(now, 1, SecretKey::from_slice(&[0xab; 64]))
+        .unwrap();
     let shown = format!("{a:?}");
-    assert!(!shown.contains("171") && !shown.to_lowercase().contains("ab, "), "{shown}");
+    assert!(
+        !shown.contains("171") && !shown.to_lowercase().contains("ab, "),
+        "{shown}"
+    );
 }
 
 #[derive(Clone, Debug)]

@@ -292,17 +292,13 @@ pub fn notice_len(n: &Notice) -> usize {
         Notice::Delivered { binding, keys } => delivered_header_len(binding) + keys.len() * 16,
         Notice::Consumed { master, slave, .. } => 2 + master.len() + slave.len() + 4,
         Notice::Grant { chunks } => 2 + chunks.len() * 16,
-
     }
 }
 
 /// Bytes of a Delivered record before its key ranges (tag excluded).
 #[must_use]
 pub fn delivered_header_len(binding: &Binding) -> usize {
-    1 + binding.master().len()
-        + 1
-        + binding.slaves().iter().map(|s| 1 + s.len()).sum::<usize>()
-        + 2
+    1 + binding.master().len() + 1 + binding.slaves().iter().map(|s| 1 + s.len()).sum::<usize>() + 2
 }
 
 /// Appends `n` as one record.
@@ -455,9 +451,7 @@ pub fn decode_notice(b: &mut &[u8]) -> Result<Notice, WireError> {
             slave: get_str8(b)?,
             count: get_u32(b)?,
         },
-        R_BORROW => Notice::Borrow {
-            bytes: get_u64(b)?,
-        },
+        R_BORROW => Notice::Borrow { bytes: get_u64(b)? },
         R_GRANT => {
             let n = get_u16(b)? as usize;
             if n * 16 > b.remaining() {

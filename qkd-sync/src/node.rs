@@ -383,7 +383,11 @@ impl SyncNode {
         }
         if popped {
             // Progress: restart the timer for what is still unacknowledged.
-            self.oldest_sent_at = if self.next_unsent > 0 { Some(now) } else { None };
+            self.oldest_sent_at = if self.next_unsent > 0 {
+                Some(now)
+            } else {
+                None
+            };
         }
     }
 

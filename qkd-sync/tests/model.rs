@@ -202,7 +202,11 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
 
     for step in 0..p.actions {
         let roll = rng.next_u64() % 100;
-        let side = if rng.next_u64() % 2 == 0 { Side::A } else { Side::B };
+        let side = if rng.next_u64() % 2 == 0 {
+            Side::A
+        } else {
+            Side::B
+        };
         match roll {
             0..=39 => {
                 net.step();
@@ -254,7 +258,9 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
                             offset,
                             len: key.len() as u32,
                         },
-                        None => return Err(fail(step, format!("{side:?} handed out unknown {id}"))),
+                        None => {
+                            return Err(fail(step, format!("{side:?} handed out unknown {id}")));
+                        }
                     };
                     if let Some((other, _)) = ghost.fresh_ids.get(&id) {
                         return Err(fail(
@@ -276,7 +282,10 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
                     if ghost.dropped_on(side.peer(), &r) {
                         return Err(fail(
                             step,
-                            format!("{side:?} handed out {id} after {:?} dropped it", side.peer()),
+                            format!(
+                                "{side:?} handed out {id} after {:?} dropped it",
+                                side.peer()
+                            ),
                         ));
                     }
                     let material = block_material(r.block, block_len[&r.block]);
@@ -304,7 +313,10 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
                 if let Ok(Lookup::Ready(key)) = result {
                     cov.served += 1;
                     let Some(&(owner, r)) = ghost.fresh_ids.get(&id) else {
-                        return Err(fail(step, format!("{side:?} served {id}, never handed out")));
+                        return Err(fail(
+                            step,
+                            format!("{side:?} served {id}, never handed out"),
+                        ));
                     };
                     if owner == side {
                         return Err(fail(step, format!("{side:?} served its own key {id}")));
@@ -358,7 +370,10 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
                 if let Some(old) = n.store().block_ids().find(|&b| b < boundary) {
                     return Err(fail(
                         step,
-                        format!("{s:?} paired with the new {:?} still holds old block {old}", s.peer()),
+                        format!(
+                            "{s:?} paired with the new {:?} still holds old block {old}",
+                            s.peer()
+                        ),
                     ));
                 }
             }
@@ -366,7 +381,8 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
     }
     cov.fresh += ghost.fresh_ids.len();
     cov.dropped += ghost.drops;
-    cov.borrowed += net.a.0.store().stats().chunks_borrowed + net.b.0.store().stats().chunks_borrowed;
+    cov.borrowed +=
+        net.a.0.store().stats().chunks_borrowed + net.b.0.store().stats().chunks_borrowed;
     Ok(())
 }
 
@@ -433,7 +449,13 @@ fn keys_handed_out_reach_the_peer_once_the_link_heals() {
         };
         let a = fresh_node(Side::A, &mut rng, p);
         let b = fresh_node(Side::B, &mut rng, p);
-        let mut net = Network::new(a, b, LinkConfig::hostile(Duration::from_millis(2)).with_corrupt(0.0), seed, start);
+        let mut net = Network::new(
+            a,
+            b,
+            LinkConfig::hostile(Duration::from_millis(2)).with_corrupt(0.0),
+            seed,
+            start,
+        );
         net.drive_for(Duration::from_millis(300));
         assert!(
             net.a.0.is_established() && net.b.0.is_established(),
@@ -460,7 +482,10 @@ fn keys_handed_out_reach_the_peer_once_the_link_heals() {
         net.set_config(Side::A, LinkConfig::perfect(Duration::from_millis(2)));
         net.set_config(Side::B, LinkConfig::perfect(Duration::from_millis(2)));
         net.drive_for(Duration::from_millis(100));
-        assert!(taken[0].len() + taken[1].len() >= 8, "seed {seed}: keys were taken");
+        assert!(
+            taken[0].len() + taken[1].len() >= 8,
+            "seed {seed}: keys were taken"
+        );
         for s in [Side::A, Side::B] {
             for (id, key) in &taken[idx(s)] {
                 let now = net.now();

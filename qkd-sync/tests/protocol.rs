@@ -49,13 +49,23 @@ fn network(link: LinkConfig, seed: u64) -> Network<Node, Node> {
 }
 
 fn material(block: u64, len: usize) -> SecretKey {
-    SecretKey::from_vec((0..len).map(|i| (i as u64 ^ block.wrapping_mul(77)) as u8).collect())
+    SecretKey::from_vec(
+        (0..len)
+            .map(|i| (i as u64 ^ block.wrapping_mul(77)) as u8)
+            .collect(),
+    )
 }
 
 fn insert_both(net: &mut Network<Node, Node>, block: u64, len: usize) {
     let now = net.now();
-    net.a.0.insert_block(now, block, material(block, len)).unwrap();
-    net.b.0.insert_block(now, block, material(block, len)).unwrap();
+    net.a
+        .0
+        .insert_block(now, block, material(block, len))
+        .unwrap();
+    net.b
+        .0
+        .insert_block(now, block, material(block, len))
+        .unwrap();
 }
 
 fn events(n: &mut SyncNode) -> Vec<Event> {
@@ -88,7 +98,14 @@ fn bulk_keys_cross_a_hostile_link_and_match() {
     let stats = net.stats(Side::A);
     assert!(stats.dropped > 0 && stats.duplicated > 0 && stats.reordered > 0);
     assert!(net.errors_a().is_empty() && net.errors_b().is_empty());
-    assert_eq!(net.a.0.status("alice-app", "bob-app", 256).counts.fetched_by_peer, taken.len() as u64);
+    assert_eq!(
+        net.a
+            .0
+            .status("alice-app", "bob-app", 256)
+            .counts
+            .fetched_by_peer,
+        taken.len() as u64
+    );
 }
 
 #[test]
@@ -106,12 +123,18 @@ fn a_pending_lookup_resolves_when_the_notice_arrives() {
     net.drive_for(Duration::from_millis(50));
     assert_eq!(events(&mut net.b.0), vec![Event::KeyArrived { id: *id }]);
     let now = net.now();
-    assert_eq!(net.b.0.lookup(now, id, "s").unwrap(), Lookup::Ready(key.clone()));
+    assert_eq!(
+        net.b.0.lookup(now, id, "s").unwrap(),
+        Lookup::Ready(key.clone())
+    );
     // A key that never comes times out.
     let unknown = qkd_core::KeyId::derive(b"never");
     assert_eq!(net.b.0.lookup(now, &unknown, "s").unwrap(), Lookup::Pending);
     net.drive_for(Duration::from_secs(3));
-    assert_eq!(events(&mut net.b.0), vec![Event::LookupTimedOut { id: unknown }]);
+    assert_eq!(
+        events(&mut net.b.0),
+        vec![Event::LookupTimedOut { id: unknown }]
+    );
 }
 
 #[test]
@@ -174,13 +197,19 @@ fn incompatible_peers_are_rejected() {
     let mut a = SyncNode::new(config(Role::First), &mut rng);
     let mut same_role = SyncNode::new(config(Role::First), &mut rng);
     let hello = same_role.poll_transmit(now).unwrap();
-    assert!(matches!(a.handle_input(now, &hello), Err(InputError::Incompatible(_))));
+    assert!(matches!(
+        a.handle_input(now, &hello),
+        Err(InputError::Incompatible(_))
+    ));
     let mut other_link = SyncNode::new(
         SyncConfig::new(StoreConfig::new("other", Role::Second).with_chunk_bytes(256)),
         &mut rng,
     );
     let hello = other_link.poll_transmit(now).unwrap();
-    assert!(matches!(a.handle_input(now, &hello), Err(InputError::Incompatible(_))));
+    assert!(matches!(
+        a.handle_input(now, &hello),
+        Err(InputError::Incompatible(_))
+    ));
     assert!(matches!(
         a.handle_input(now, &[9, 1]),
         Err(InputError::Wire(WireError::UnsupportedVersion(9)))
@@ -196,7 +225,10 @@ fn corrupted_messages_never_panic() {
     net.drive_for(Duration::from_millis(300));
     insert_both(&mut net, 1, 4096);
     net.drive_for(Duration::from_millis(300));
-    let _ = net.a.0.take_fresh(5, 256, &Arc::new(Binding::pair("m", "s").unwrap()));
+    let _ = net
+        .a
+        .0
+        .take_fresh(5, 256, &Arc::new(Binding::pair("m", "s").unwrap()));
     net.drive_for(Duration::from_millis(300));
     assert!(net.stats(Side::A).corrupted > 0);
 }
@@ -218,7 +250,11 @@ fn notice() -> impl Strategy<Value = Notice> {
         any::<u64>().prop_map(|block| Notice::Have { block }),
         any::<u64>().prop_map(|block| Notice::Lost { block }),
         range().prop_map(|range| Notice::Drop { range }),
-        (sae(), prop::collection::hash_set(sae(), 1..4), prop::collection::vec(range(), 0..5))
+        (
+            sae(),
+            prop::collection::hash_set(sae(), 1..4),
+            prop::collection::vec(range(), 0..5)
+        )
             .prop_map(|(m, s, keys)| Notice::Delivered {
                 binding: Arc::new(Binding::new(m, s).unwrap()),
                 keys
@@ -242,8 +278,13 @@ fn notice() -> impl Strategy<Value = Notice> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<[u64; 5]>(), any::<bool>(), any::<u32>(), any::<[u8; 16]>()).prop_map(
-            |(e, first, chunk_bytes, link_tag)| Message::Hello(Hello {
+        (
+            any::<[u64; 5]>(),
+            any::<bool>(),
+            any::<u32>(),
+            any::<[u8; 16]>()
+        )
+            .prop_map(|(e, first, chunk_bytes, link_tag)| Message::Hello(Hello {
                 from: e[0],
                 paired_to: e[1],
                 nonce: e[2],
@@ -252,8 +293,7 @@ fn message() -> impl Strategy<Value = Message> {
                 role: if first { Role::First } else { Role::Second },
                 chunk_bytes,
                 link_tag,
-            })
-        ),
+            })),
         (any::<[u64; 4]>(), prop::collection::vec(notice(), 0..6)).prop_map(|(h, notices)| {
             Message::Data(Data {
                 from: h[0],

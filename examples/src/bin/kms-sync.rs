@@ -225,7 +225,8 @@ fn feeder(a: Arc<Side>, b: Arc<Side>, args: Arc<Args>, stop: Arc<AtomicBool>) {
     let low_water = (4 * args.block_bytes) as u64;
     while !stop.load(Ordering::Relaxed) {
         let established = a.with(|n, _| n.is_established()) && b.with(|n, _| n.is_established());
-        let fresh = a.with(|n, _| n.store().stats().fresh_bytes + n.store().stats().pending_bytes)
+        let fresh = a
+            .with(|n, _| n.store().stats().fresh_bytes + n.store().stats().pending_bytes)
             .min(b.with(|n, _| n.store().stats().fresh_bytes + n.store().stats().pending_bytes));
         if !established || fresh > low_water {
             thread::sleep(Duration::from_micros(500));
@@ -237,8 +238,10 @@ fn feeder(a: Arc<Side>, b: Arc<Side>, args: Arc<Args>, stop: Arc<AtomicBool>) {
         let id = block;
         block += 1;
         let k2 = key.clone();
-        a.with(|n, now| n.insert_block(now, id, key)).expect("block order");
-        b.with(|n, now| n.insert_block(now, id, k2)).expect("block order");
+        a.with(|n, now| n.insert_block(now, id, key))
+            .expect("block order");
+        b.with(|n, now| n.insert_block(now, id, k2))
+            .expect("block order");
     }
 }
 
@@ -330,7 +333,9 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
                 tx.clone(),
                 stop_take.clone(),
             );
-            takers.push(thread::spawn(move || taker(side, binding, args, tally, tx, s)));
+            takers.push(thread::spawn(move || {
+                taker(side, binding, args, tally, tx, s)
+            }));
         }
         let (tally, done) = (tally.clone(), done_taking.clone());
         matchers.push(thread::spawn(move || matcher(peer, slave, rx, tally, done)));
@@ -384,7 +389,12 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     );
     println!(
         "A: blocks stored {}, keys taken {}, fetched {}  |  B: blocks stored {}, keys taken {}, fetched {}",
-        sa.blocks_stored, sa.keys_taken, sa.keys_fetched, sb.blocks_stored, sb.keys_taken, sb.keys_fetched
+        sa.blocks_stored,
+        sa.keys_taken,
+        sa.keys_fetched,
+        sb.blocks_stored,
+        sb.keys_taken,
+        sb.keys_fetched
     );
     let rate = matched as f64 / elapsed.as_secs_f64();
     println!("keys/s: {rate:.0}  matched: {matched}  collisions: {collisions}");
