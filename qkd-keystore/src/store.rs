@@ -62,7 +62,7 @@ impl Role {
     #[must_use]
     pub const fn owns_initially(self, chunk: u32) -> bool {
         match self {
-            Role::First => chunk % 2 == 0,
+            Role::First => chunk.is_multiple_of(2),
             Role::Second => chunk % 2 == 1,
         }
     }
@@ -411,7 +411,7 @@ impl KeyStore {
     /// chunk; O(number of usable chunks)).
     #[must_use]
     pub fn fresh_keys(&self, bits: usize) -> usize {
-        if bits == 0 || bits % 8 != 0 || bits > self.max_key_bits() {
+        if bits == 0 || !bits.is_multiple_of(8) || bits > self.max_key_bits() {
             return 0;
         }
         let len = (bits / 8) as u32;
@@ -483,11 +483,10 @@ impl KeyStore {
         block: u64,
         key: SecretKey,
     ) -> Result<InsertOutcome, StoreError> {
-        if let Some(last) = self.last_block {
-            if block <= last {
+        if let Some(last) = self.last_block
+            && block <= last {
                 return Err(StoreError::BlockOutOfOrder { block, last });
             }
-        }
         let len = key.len();
         if len == 0 || len > u32::MAX as usize {
             return Err(StoreError::BadBlockLength { len });
@@ -571,11 +570,10 @@ impl KeyStore {
     /// # Errors
     /// [`StoreError::BlockOutOfOrder`] if `block` does not follow the last block.
     pub fn discard_block(&mut self, block: u64) -> Result<(), StoreError> {
-        if let Some(last) = self.last_block {
-            if block <= last {
+        if let Some(last) = self.last_block
+            && block <= last {
                 return Err(StoreError::BlockOutOfOrder { block, last });
             }
-        }
         self.last_block = Some(block);
         self.peer_ahead = self.peer_ahead.split_off(&(block.saturating_add(1)));
         self.stats.blocks_lost += 1;
@@ -683,7 +681,7 @@ impl KeyStore {
     fn audit_drop(&mut self, _range: KeyRange) {}
 
     fn check_take(&self, count: usize, bits: usize) -> Result<u32, TakeError> {
-        if bits == 0 || bits % 8 != 0 || bits > self.max_key_bits() {
+        if bits == 0 || !bits.is_multiple_of(8) || bits > self.max_key_bits() {
             return Err(TakeError::InvalidSize {
                 bits,
                 max_bits: self.max_key_bits(),
@@ -943,12 +941,10 @@ impl KeyStore {
             slave: s,
             count,
         }) = self.notices.back_mut()
-        {
-            if master == binding.master() && s == slave && *count < u32::MAX {
+            && master == binding.master() && s == slave && *count < u32::MAX {
                 *count += 1;
                 return Ok(Some(key));
             }
-        }
         self.notices.push_back(Notice::Consumed {
             master: binding.master().to_owned(),
             slave: slave.to_owned(),
@@ -1264,15 +1260,14 @@ impl KeyStore {
                 self.stats.delivered_bytes -= len;
                 self.stats.keys_expired += 1;
                 for (i, s) in e.binding.slaves().iter().enumerate() {
-                    if e.remaining & (1 << i) != 0 {
-                        if let Some(p) = self
+                    if e.remaining & (1 << i) != 0
+                        && let Some(p) = self
                             .pairings
                             .get_mut(e.binding.master())
                             .and_then(|m| m.get_mut(s.as_str()))
                         {
                             p.waiting = p.waiting.saturating_sub(1);
                         }
-                    }
                 }
                 n += 1;
             }

@@ -455,8 +455,8 @@ impl SyncNode {
             }
             return Some(self.data_message(i));
         }
-        if self.unacked.len() < self.config.window {
-            if let Some(out) = self.pack() {
+        if self.unacked.len() < self.config.window
+            && let Some(out) = self.pack() {
                 self.unacked.push_back(out);
                 let i = self.unacked.len() - 1;
                 self.next_unsent = self.unacked.len();
@@ -465,7 +465,6 @@ impl SyncNode {
                 }
                 return Some(self.data_message(i));
             }
-        }
         if self.ack_due {
             self.ack_due = false;
             return Some(

@@ -366,8 +366,8 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
             let other_epoch = node(&mut net, s.peer()).epoch();
             let boundary = ghost.boundary[idx(s.peer())];
             let n = node(&mut net, s);
-            if n.peer_epoch() == Some(other_epoch) {
-                if let Some(old) = n.store().block_ids().find(|&b| b < boundary) {
+            if n.peer_epoch() == Some(other_epoch)
+                && let Some(old) = n.store().block_ids().find(|&b| b < boundary) {
                     return Err(fail(
                         step,
                         format!(
@@ -376,7 +376,6 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
                         ),
                     ));
                 }
-            }
         }
     }
     cov.fresh += ghost.fresh_ids.len();

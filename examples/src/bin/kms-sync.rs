@@ -248,7 +248,7 @@ fn feeder(a: Arc<Side>, b: Arc<Side>, args: Arc<Args>, stop: Arc<AtomicBool>) {
 fn main() -> ExitCode {
     let args = Arc::new(Args::parse());
     match run(args) {
-        Ok(collisions) if collisions == 0 => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e}");
@@ -258,7 +258,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
-    if args.key_bits == 0 || args.key_bits % 8 != 0 || args.key_bits > 8192 {
+    if args.key_bits == 0 || !args.key_bits.is_multiple_of(8) || args.key_bits > 8192 {
         return Err("--key-bits must be a multiple of 8 up to 8192".into());
     }
     let listener = TcpListener::bind("127.0.0.1:0")?;
