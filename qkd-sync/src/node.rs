@@ -456,15 +456,16 @@ impl SyncNode {
             return Some(self.data_message(i));
         }
         if self.unacked.len() < self.config.window
-            && let Some(out) = self.pack() {
-                self.unacked.push_back(out);
-                let i = self.unacked.len() - 1;
-                self.next_unsent = self.unacked.len();
-                if self.oldest_sent_at.is_none() {
-                    self.oldest_sent_at = Some(now);
-                }
-                return Some(self.data_message(i));
+            && let Some(out) = self.pack()
+        {
+            self.unacked.push_back(out);
+            let i = self.unacked.len() - 1;
+            self.next_unsent = self.unacked.len();
+            if self.oldest_sent_at.is_none() {
+                self.oldest_sent_at = Some(now);
             }
+            return Some(self.data_message(i));
+        }
         if self.ack_due {
             self.ack_due = false;
             return Some(

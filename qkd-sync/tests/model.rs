@@ -367,15 +367,16 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
             let boundary = ghost.boundary[idx(s.peer())];
             let n = node(&mut net, s);
             if n.peer_epoch() == Some(other_epoch)
-                && let Some(old) = n.store().block_ids().find(|&b| b < boundary) {
-                    return Err(fail(
-                        step,
-                        format!(
-                            "{s:?} paired with the new {:?} still holds old block {old}",
-                            s.peer()
-                        ),
-                    ));
-                }
+                && let Some(old) = n.store().block_ids().find(|&b| b < boundary)
+            {
+                return Err(fail(
+                    step,
+                    format!(
+                        "{s:?} paired with the new {:?} still holds old block {old}",
+                        s.peer()
+                    ),
+                ));
+            }
         }
     }
     cov.fresh += ghost.fresh_ids.len();

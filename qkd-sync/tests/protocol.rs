@@ -349,3 +349,80 @@ proptest! {
         while a.poll_transmit(now).is_some() {}
     }
 }
+
+#[test]
+fn hello_and_data_layout_known_answer() {
+    let hello = Message::Hello(Hello {
+        from: 1,
+        paired_to: 2,
+        nonce: 3,
+        echo_epoch: 4,
+        echo_nonce: 5,
+        role: Role::Second,
+        chunk_bytes: 1024,
+        link_tag: [0xaa; 16],
+    });
+    let bytes = hello.encode();
+    assert_eq!(bytes.len(), 2 + 5 * 8 + 1 + 4 + 16);
+    assert_eq!(&bytes[..2], &[1, 1]);
+    assert_eq!(&bytes[2..10], &1u64.to_be_bytes());
+    assert_eq!(bytes[42], 1, "role second");
+    assert_eq!(&bytes[43..47], &1024u32.to_be_bytes());
+    let data = Message::Data(Data {
+        from: 7,
+        to: 8,
+        seq: 1,
+        ack: 0,
+        notices: vec![
+            Notice::Have { block: 0x10 },
+            Notice::Drop {
+                range: KeyRange {
+                    block: 0x10,
+                    offset: 32,
+                    len: 8,
+                },
+            },
+        ],
+    });
+    let bytes = data.encode();
+    let mut want = vec![1, 2];
+    for v in [7u64, 8, 1, 0] {
+        want.extend_from_slice(&v.to_be_bytes());
+    }
+    want.extend_from_slice(&[0, 2]); // two records
+    want.push(1); // Have
+    want.extend_from_slice(&0x10u64.to_be_bytes());
+    want.push(3); // Drop
+    want.extend_from_slice(&0x10u64.to_be_bytes());
+    want.extend_from_slice(&32u32.to_be_bytes());
+    want.extend_from_slice(&8u32.to_be_bytes());
+    assert_eq!(bytes, want);
+}
+
+#[test]
+fn counts_are_checked_before_allocating() {
+    // A Data header claiming 65535 records with none present.
+    let mut bytes = vec![1, 2];
+    bytes.extend_from_slice(&[0; 32]);
+    bytes.extend_from_slice(&[0xff, 0xff]);
+    assert_eq!(Message::decode(&bytes), Err(WireError::Truncated));
+    // A Grant claiming 65535 chunks.
+    let mut bytes = vec![1, 2];
+    bytes.extend_from_slice(&[0; 32]);
+    bytes.extend_from_slice(&[0, 1, 7, 0xff, 0xff]);
+    assert_eq!(Message::decode(&bytes), Err(WireError::Truncated));
+    assert!(matches!(
+        Message::decode(&vec![1u8; MAX_MESSAGE_LEN + 1]),
+        Err(WireError::TooLong { .. })
+    ));
+    assert_eq!(Message::decode(&[1, 9]), Err(WireError::UnknownType(9)));
+    // An empty key range is invalid.
+    let mut bytes = vec![1, 2];
+    bytes.extend_from_slice(&[0; 32]);
+    bytes.extend_from_slice(&[0, 1, 3]);
+    bytes.extend_from_slice(&[0; 16]);
+    assert_eq!(
+        Message::decode(&bytes),
+        Err(WireError::Invalid("empty key range"))
+    );
+}
