@@ -484,9 +484,10 @@ impl KeyStore {
         key: SecretKey,
     ) -> Result<InsertOutcome, StoreError> {
         if let Some(last) = self.last_block
-            && block <= last {
-                return Err(StoreError::BlockOutOfOrder { block, last });
-            }
+            && block <= last
+        {
+            return Err(StoreError::BlockOutOfOrder { block, last });
+        }
         let len = key.len();
         if len == 0 || len > u32::MAX as usize {
             return Err(StoreError::BadBlockLength { len });
@@ -571,9 +572,10 @@ impl KeyStore {
     /// [`StoreError::BlockOutOfOrder`] if `block` does not follow the last block.
     pub fn discard_block(&mut self, block: u64) -> Result<(), StoreError> {
         if let Some(last) = self.last_block
-            && block <= last {
-                return Err(StoreError::BlockOutOfOrder { block, last });
-            }
+            && block <= last
+        {
+            return Err(StoreError::BlockOutOfOrder { block, last });
+        }
         self.last_block = Some(block);
         self.peer_ahead = self.peer_ahead.split_off(&(block.saturating_add(1)));
         self.stats.blocks_lost += 1;
@@ -941,10 +943,13 @@ impl KeyStore {
             slave: s,
             count,
         }) = self.notices.back_mut()
-            && master == binding.master() && s == slave && *count < u32::MAX {
-                *count += 1;
-                return Ok(Some(key));
-            }
+            && master == binding.master()
+            && s == slave
+            && *count < u32::MAX
+        {
+            *count += 1;
+            return Ok(Some(key));
+        }
         self.notices.push_back(Notice::Consumed {
             master: binding.master().to_owned(),
             slave: slave.to_owned(),
@@ -1265,9 +1270,9 @@ impl KeyStore {
                             .pairings
                             .get_mut(e.binding.master())
                             .and_then(|m| m.get_mut(s.as_str()))
-                        {
-                            p.waiting = p.waiting.saturating_sub(1);
-                        }
+                    {
+                        p.waiting = p.waiting.saturating_sub(1);
+                    }
                 }
                 n += 1;
             }
@@ -1314,6 +1319,19 @@ impl KeyStore {
     #[cfg(feature = "model")]
     pub fn disable_ownership_rule(&mut self) {
         self.ownership_rule = false;
+    }
+
+    /// Test-only: a copy of the bytes still buffered for chunk `chunk` of
+    /// `block` (`None` once the chunk is finished and its buffer freed), to
+    /// check that ranges that left the store were zeroized.
+    #[cfg(feature = "model")]
+    pub fn chunk_buffer(&self, block: u64, chunk: u32) -> Option<Vec<u8>> {
+        let b = self.blocks.get(&block)?;
+        b.chunks
+            .get(chunk as usize)?
+            .bytes
+            .as_ref()
+            .map(|x| x.to_vec())
     }
 
     /// Test-only: the ranges dropped here without being handed out since the
