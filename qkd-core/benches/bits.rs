@@ -20,7 +20,9 @@ fn parity(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("bitvec_words", |b| b.iter(|| black_box(&v).parity(..)));
     // Unaligned range: both ends mid-word.
-    g.bench_function("bitvec_words_unaligned", |b| b.iter(|| black_box(&v).parity(3..N - 5)));
+    g.bench_function("bitvec_words_unaligned", |b| {
+        b.iter(|| black_box(&v).parity(3..N - 5))
+    });
     g.bench_function("vec_bool_reference", |b| {
         b.iter(|| black_box(&plain).iter().fold(false, |acc, &x| acc ^ x))
     });
@@ -35,12 +37,24 @@ fn hamming(c: &mut Criterion) {
     let pb: Vec<bool> = b2.iter().collect();
     let mut g = c.benchmark_group("hamming_1e6_bits");
     g.throughput(Throughput::Elements(N as u64));
-    g.bench_function("bitvec_words", |b| b.iter(|| black_box(&a).hamming_distance(black_box(&b2))));
+    g.bench_function("bitvec_words", |b| {
+        b.iter(|| black_box(&a).hamming_distance(black_box(&b2)))
+    });
     g.bench_function("bitvec_slices_unaligned", |b| {
-        b.iter(|| black_box(&a).slice(7..N - 9).hamming_distance(black_box(&b2).slice(7..N - 9)))
+        b.iter(|| {
+            black_box(&a)
+                .slice(7..N - 9)
+                .hamming_distance(black_box(&b2).slice(7..N - 9))
+        })
     });
     g.bench_function("vec_bool_reference", |b| {
-        b.iter(|| black_box(&pa).iter().zip(black_box(&pb)).filter(|(x, y)| x != y).count())
+        b.iter(|| {
+            black_box(&pa)
+                .iter()
+                .zip(black_box(&pb))
+                .filter(|(x, y)| x != y)
+                .count()
+        })
     });
     g.finish();
 }

@@ -18,7 +18,8 @@ const QBER: f64 = 0.03;
 
 /// The obvious simulator: one uniform draw per decision per slot, one bool per bit.
 fn plain_frame(rng: &mut Xoshiro256PlusPlus) -> (Vec<bool>, Vec<bool>, Vec<bool>, Vec<bool>) {
-    let uniform = |rng: &mut Xoshiro256PlusPlus| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let uniform =
+        |rng: &mut Xoshiro256PlusPlus| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let mut a_val = Vec::with_capacity(SLOTS);
     let mut a_bas = Vec::with_capacity(SLOTS);
     let mut b_val = Vec::new();
@@ -30,7 +31,11 @@ fn plain_frame(rng: &mut Xoshiro256PlusPlus) -> (Vec<bool>, Vec<bool>, Vec<bool>
         a_bas.push(basis);
         if uniform(rng) < DETECTION {
             let bb = uniform(rng) < 0.5;
-            let bit = if bb == basis { v ^ (uniform(rng) < QBER) } else { uniform(rng) < 0.5 };
+            let bit = if bb == basis {
+                v ^ (uniform(rng) < QBER)
+            } else {
+                uniform(rng) < 0.5
+            };
             b_val.push(bit);
             b_bas.push(bb);
         }
@@ -52,7 +57,9 @@ fn simulator(c: &mut Criterion) {
     g.throughput(Throughput::Elements(detections));
     g.bench_function("simulated_bb84", |b| b.iter(|| black_box(sim.next_pair())));
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-    g.bench_function("plain_per_slot_reference", |b| b.iter(|| black_box(plain_frame(&mut rng))));
+    g.bench_function("plain_per_slot_reference", |b| {
+        b.iter(|| black_box(plain_frame(&mut rng)))
+    });
     g.finish();
 }
 

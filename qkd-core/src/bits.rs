@@ -505,11 +505,10 @@ impl BitVec {
 
     fn clear_tail(&mut self) {
         let r = self.len % WORD;
-        if r != 0 {
-            if let Some(last) = self.words.last_mut() {
+        if r != 0
+            && let Some(last) = self.words.last_mut() {
                 *last &= low_mask(r);
             }
-        }
     }
 }
 
@@ -709,7 +708,7 @@ impl<'a> BitSlice<'a> {
     /// An owned copy.
     #[must_use]
     pub fn to_bitvec(&self) -> BitVec {
-        if self.start % WORD == 0 {
+        if self.start.is_multiple_of(WORD) {
             let first = self.start / WORD;
             let words = self.words[first..first + words_for(self.len)].to_vec();
             let mut v = BitVec {
