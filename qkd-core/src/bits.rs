@@ -506,9 +506,10 @@ impl BitVec {
     fn clear_tail(&mut self) {
         let r = self.len % WORD;
         if r != 0
-            && let Some(last) = self.words.last_mut() {
-                *last &= low_mask(r);
-            }
+            && let Some(last) = self.words.last_mut()
+        {
+            *last &= low_mask(r);
+        }
     }
 }
 

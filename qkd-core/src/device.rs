@@ -518,6 +518,34 @@ mod tests {
         assert!(within(m.z_alice, m.slots, 0.5, 5.0));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(6))]
+        /// Any valid configuration: measured loss, sifting ratio and QBER
+        /// within 5 sigma of the configured values over more than 10^6
+        /// detections.
+        #[test]
+        fn statistics_hold_for_random_configurations(
+            qber in 0.0f64..0.15,
+            detection in 0.5f64..=1.0,
+            z in 0.3f64..0.9,
+            seed: u64,
+        ) {
+            let config = SimulatorConfig {
+                qber,
+                detection_probability: detection,
+                z_basis_probability: z,
+                frame_slots: 1 << 21,
+                seed,
+            };
+            let m = measure(config, 1);
+            proptest::prop_assert!(m.detections >= 1_000_000);
+            proptest::prop_assert!(within(m.detections, m.slots, detection, 5.0));
+            let same = z * z + (1.0 - z) * (1.0 - z);
+            proptest::prop_assert!(within(m.sifted, m.detections, same, 5.0));
+            proptest::prop_assert!(within(m.errors, m.sifted, qber, 5.0), "{} / {}", m.errors, m.sifted);
+        }
+    }
+
     #[test]
     fn basis_bias_raises_sifting_ratio() {
         let config = SimulatorConfig {
