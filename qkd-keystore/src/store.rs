@@ -388,11 +388,6 @@ impl KeyStore {
     pub fn stats(&self) -> StoreStats {
         let mut s = self.stats.clone();
         s.blocks = self.blocks.len();
-        s.reserved_keys = self
-            .reservations
-            .values()
-            .map(|r| r.keys.len() as u64)
-            .sum();
         s.delivered_keys = self.delivered.len() as u64;
         s
     }
@@ -844,6 +839,7 @@ impl KeyStore {
         let bytes = u64::from(len) * keys.len() as u64;
         self.held_bytes += bytes;
         self.stats.reserved_bytes += bytes;
+        self.stats.reserved_keys += keys.len() as u64;
         let deadline = now + self.config.reservation_ttl;
         self.reservations.insert(
             id,
@@ -863,6 +859,7 @@ impl KeyStore {
         let bytes: u64 = r.keys.iter().map(|k| u64::from(k.1.len)).sum();
         self.held_bytes -= bytes;
         self.stats.reserved_bytes -= bytes;
+        self.stats.reserved_keys -= r.keys.len() as u64;
         Some(r)
     }
 
@@ -1305,6 +1302,7 @@ impl KeyStore {
         s.fresh_bytes = 0;
         s.pending_bytes = 0;
         s.reserved_bytes = 0;
+        s.reserved_keys = 0;
         s.delivered_bytes = 0;
         s.wipes += 1;
     }

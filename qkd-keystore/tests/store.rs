@@ -443,6 +443,12 @@ proptest! {
                 Op::Expire(s) => { now += Duration::from_secs(s); a.expire(now); b.expire(now); }
             }
             prop_assert!(a.held_bytes() <= 1200 + 64 * 4 && b.held_bytes() <= 1200 + 64 * 4);
+            // The running counters agree with the structures they summarise.
+            for s in [&a, &b] {
+                let st = s.stats();
+                prop_assert_eq!(s.held_bytes(), st.chunk_bytes + st.reserved_bytes + st.delivered_bytes);
+                prop_assert_eq!(s.fresh_keys(8) as u64, st.fresh_bytes);
+            }
         }
         sync(now, &mut a, &mut b);
         for (id, key) in keys_a {

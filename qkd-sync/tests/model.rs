@@ -363,6 +363,15 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
             }
         }
         for s in [Side::A, Side::B] {
+            let store = node(&mut net, s).store();
+            let st = store.stats();
+            if store.held_bytes() != st.chunk_bytes + st.reserved_bytes + st.delivered_bytes
+                || store.fresh_keys(8) as u64 != st.fresh_bytes
+            {
+                return Err(fail(step, format!("{s:?} store counters disagree: {st:?}")));
+            }
+        }
+        for s in [Side::A, Side::B] {
             let other_epoch = node(&mut net, s.peer()).epoch();
             let boundary = ghost.boundary[idx(s.peer())];
             let n = node(&mut net, s);
