@@ -613,10 +613,13 @@ impl AuthenticatedChannel {
                 _ => return Err(OpenError::UnknownContext(h.context)),
             }
         };
+        let units = h.mode.pad_units();
+        // Replays and positions outside the window first: a duplicate of
+        // any message, switches included, is reported as a replay.
+        self.pool.check_receive(h.pad_position, units)?;
         if context.mode() != h.mode || !context.covers(h.pad_position) {
             return Err(OpenError::ContextMismatch);
         }
-        let units = h.mode.pad_units();
         let switch = match h.message_type {
             MessageType::Data => None,
             MessageType::ContextSwitch => {
