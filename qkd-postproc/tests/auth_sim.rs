@@ -186,7 +186,10 @@ fn secret(len: usize, seed: u8) -> SecretKey {
     )
 }
 
-fn channels(secret_len: usize, config: ChannelConfig) -> (AuthenticatedChannel, AuthenticatedChannel) {
+fn channels(
+    secret_len: usize,
+    config: ChannelConfig,
+) -> (AuthenticatedChannel, AuthenticatedChannel) {
     let s = secret(secret_len, 0x3c);
     (
         AuthenticatedChannel::new(Role::Alice, &s, config.clone()).unwrap(),
@@ -347,13 +350,13 @@ fn man_in_the_middle_forgeries_all_fail_and_are_counted() {
             n += 1;
             let mut at = attack.borrow_mut();
             at.captured.push((from, datagram.clone()));
-            if n % 7 == 0 && datagram.len() > HEADER_LEN {
+            if n.is_multiple_of(7) && datagram.len() > HEADER_LEN {
                 let bit = (n as usize * 13) % ((datagram.len() - HEADER_LEN) * 8);
                 datagram[HEADER_LEN + bit / 8] ^= 1 << (bit % 8);
                 at.tampered_in_flight += 1;
                 return true;
             }
-            n % 11 != 0
+            !n.is_multiple_of(11)
         }));
     }
 
@@ -419,7 +422,10 @@ fn man_in_the_middle_forgeries_all_fail_and_are_counted() {
     // for byte, one its peer sealed.
     for (node, peer) in [(&net.a, &net.b), (&net.b, &net.a)] {
         for m in &node.accepted_log {
-            assert!(peer.sealed_log.contains(m), "a forged datagram was accepted");
+            assert!(
+                peer.sealed_log.contains(m),
+                "a forged datagram was accepted"
+            );
         }
     }
     // Tag forgeries that arrive before their original fail the tag check;

@@ -473,7 +473,11 @@ impl AuthenticatedChannel {
         HEADER_LEN + payload_len + self.send.mode().tag_bytes()
     }
 
-    fn seal_typed(&mut self, message_type: MessageType, payload: &[u8]) -> Result<Vec<u8>, SealError> {
+    fn seal_typed(
+        &mut self,
+        message_type: MessageType,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         if payload.len() > self.max_payload {
             return Err(SealError::PayloadTooLarge {
                 len: payload.len(),
@@ -558,7 +562,12 @@ impl AuthenticatedChannel {
         debug_assert_eq!(key.position(), key_position);
         let mut old = core::mem::replace(
             &mut self.send,
-            CryptoContext::new(new_id, mode, hash_key_from(&key), key_position + HASH_KEY_UNITS),
+            CryptoContext::new(
+                new_id,
+                mode,
+                hash_key_from(&key),
+                key_position + HASH_KEY_UNITS,
+            ),
         );
         old.close_at(p + 1);
         drop(old);
@@ -635,8 +644,7 @@ impl AuthenticatedChannel {
             }
         };
         let pad = self.pool.receive_pad(h.pad_position, units)?;
-        self.stats.forgery_bound +=
-            epsilon(h.mode, (HEADER_LEN + self.max_payload) as u64);
+        self.stats.forgery_bound += epsilon(h.mode, (HEADER_LEN + self.max_payload) as u64);
         if !context
             .key()
             .verify_parts(&[msg.header_bytes, msg.payload], pad.as_bytes(), msg.tag)
@@ -652,7 +660,8 @@ impl AuthenticatedChannel {
         {
             let context = *pending;
             self.unconfirmed = None;
-            self.events.push_back(AuthEvent::SwitchConfirmed { context });
+            self.events
+                .push_back(AuthEvent::SwitchConfirmed { context });
         }
         let opened = match switch {
             None => Opened::Data(msg.payload),
@@ -717,7 +726,8 @@ impl AuthenticatedChannel {
         while let Some(event) = self.pool.poll_event() {
             match event {
                 PoolEvent::LowWater { remaining_bits } => {
-                    self.events.push_back(AuthEvent::LowWater { remaining_bits });
+                    self.events
+                        .push_back(AuthEvent::LowWater { remaining_bits });
                 }
             }
         }

@@ -949,7 +949,10 @@ mod tests {
         assert_eq!(p.as_bytes(), q.as_bytes());
         b.commit_receive(0, 1);
         // Inside the window the unit is kept but zeroed.
-        assert_eq!(b.streams[0].read(0, 1, false).unwrap().as_bytes(), &[0u8; 8]);
+        assert_eq!(
+            b.streams[0].read(0, 1, false).unwrap().as_bytes(),
+            &[0u8; 8]
+        );
     }
 
     #[test]

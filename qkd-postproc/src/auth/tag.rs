@@ -73,10 +73,11 @@ pub const LENGTH_BLOCK_DOMAIN: u64 = u64::from_le_bytes(*b"qkd-auth");
 pub const HASH_KEY_BYTES: usize = 16;
 
 /// Tag length of a crypto context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TagMode {
     /// 128-bit tags, ε = L / 2^128 (the default).
+    #[default]
     Bits128,
     /// 64-bit tags for low key consumption, ε = L / 2^64.
     Bits64,
@@ -121,12 +122,6 @@ impl TagMode {
             2 => Some(TagMode::Bits64),
             _ => None,
         }
-    }
-}
-
-impl Default for TagMode {
-    fn default() -> Self {
-        TagMode::Bits128
     }
 }
 

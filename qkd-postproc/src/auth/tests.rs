@@ -270,7 +270,10 @@ fn context_switch_moves_to_a_fresh_key_and_mode() {
     assert_eq!(a.send_context().mode(), TagMode::Bits64);
     assert_eq!(a.unconfirmed_switch(), Some(&switch[..]));
     // A second switch must wait for the first to be acknowledged.
-    assert_eq!(a.switch_context(TagMode::Bits128), Err(SealError::SwitchPending));
+    assert_eq!(
+        a.switch_context(TagMode::Bits128),
+        Err(SealError::SwitchPending)
+    );
     let new = a.seal(b"new context").unwrap();
     assert_eq!(new.len(), HEADER_LEN + 11 + 8);
 
@@ -281,10 +284,20 @@ fn context_switch_moves_to_a_fresh_key_and_mode() {
 
     // Alice re-sends the same switch bytes; Bob installs the new context.
     let resent = a.unconfirmed_switch().unwrap().to_vec();
-    assert!(matches!(b.open(&resent), Ok(Opened::ContextSwitch(ContextSwitch { new_context: 2, mode: TagMode::Bits64, .. }))));
+    assert!(matches!(
+        b.open(&resent),
+        Ok(Opened::ContextSwitch(ContextSwitch {
+            new_context: 2,
+            mode: TagMode::Bits64,
+            ..
+        }))
+    ));
     assert_eq!(
         b.poll_event(),
-        Some(AuthEvent::PeerSwitched { context: 2, mode: TagMode::Bits64 })
+        Some(AuthEvent::PeerSwitched {
+            context: 2,
+            mode: TagMode::Bits64
+        })
     );
     assert_eq!(b.receive_context().id(), 2);
     // A duplicate of the switch is a replay.
@@ -304,7 +317,10 @@ fn context_switch_moves_to_a_fresh_key_and_mode() {
     let reply = b.seal(b"ack").unwrap();
     assert_eq!(a.open(&reply), Ok(Opened::Data(&b"ack"[..])));
     assert_eq!(a.unconfirmed_switch(), None);
-    assert_eq!(a.poll_event(), Some(AuthEvent::SwitchConfirmed { context: 2 }));
+    assert_eq!(
+        a.poll_event(),
+        Some(AuthEvent::SwitchConfirmed { context: 2 })
+    );
     // Now a new switch is allowed, and Bob can switch his own direction.
     let back = a.switch_context(TagMode::Bits128).unwrap();
     assert!(matches!(b.open(&back), Ok(Opened::ContextSwitch(_))));
@@ -340,7 +356,10 @@ fn switch_refused_when_the_pool_cannot_pay() {
     let (mut a, _) = pair_with(64, ChannelConfig::default());
     assert!(matches!(
         a.switch_context(TagMode::Bits64),
-        Err(SealError::Pool(PoolError::Exhausted { needed_bits: 256, available_bits: 128 }))
+        Err(SealError::Pool(PoolError::Exhausted {
+            needed_bits: 256,
+            available_bits: 128
+        }))
     ));
     assert_eq!(a.send_context().id(), 1);
     assert_eq!(a.pool().send_remaining_bits(), 128);
