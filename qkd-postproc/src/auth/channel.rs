@@ -7,7 +7,8 @@ use qkd_core::{Role, SecretKey};
 
 use super::context::{ContextSwitch, CryptoContext, SWITCH_BODY_LEN};
 use super::pool::{AuthKeyPool, BlockAccount, HASH_KEY_UNITS, PoolConfig, PoolError, PoolEvent};
-use super::tag::{HASH_KEY_BYTES, HashKey, TagMode, epsilon};
+use super::tag::{HASH_KEY_BYTES, HashKey, MAX_MESSAGE_BYTES, TagMode, epsilon};
+use super::transcript::Transcript;
 
 /// Version byte of the sealed-message format.
 pub const VERSION: u8 = 1;
@@ -24,6 +25,8 @@ pub enum MessageType {
     Data,
     /// A [context switch](super::context) (type byte `0x02`).
     ContextSwitch,
+    /// The tag of a round [transcript](super::transcript) (type byte `0x03`).
+    TranscriptTag,
 }
 
 impl MessageType {
@@ -33,6 +36,7 @@ impl MessageType {
         match self {
             MessageType::Data => 0x01,
             MessageType::ContextSwitch => 0x02,
+            MessageType::TranscriptTag => 0x03,
         }
     }
 
@@ -40,12 +44,13 @@ impl MessageType {
         match code {
             0x01 => Some(MessageType::Data),
             0x02 => Some(MessageType::ContextSwitch),
+            0x03 => Some(MessageType::TranscriptTag),
             _ => None,
         }
     }
 }
 
-fn role_code(role: Role) -> u8 {
+pub(crate) fn role_code(role: Role) -> u8 {
     match role {
         Role::Alice => 0,
         Role::Bob => 1,
@@ -214,6 +219,9 @@ pub enum SealError {
     /// The context ID space is used up.
     #[error("no context ID left")]
     ContextIdsExhausted,
+    /// The transcript was started for another context or the other direction.
+    #[error("transcript started under another context")]
+    TranscriptContext,
 }
 
 /// Why an incoming message was rejected. No key material and no detail about
@@ -248,6 +256,10 @@ pub enum OpenError {
     /// The tag did not verify.
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// The message is a transcript tag: verify it with
+    /// [`AuthenticatedChannel::open_transcript`]. Nothing was consumed.
+    #[error("transcript tag given to open")]
+    TranscriptTag,
 }
 
 impl From<PoolError> for OpenError {
@@ -601,36 +613,53 @@ impl AuthenticatedChannel {
                 OpenError::Replay => &mut self.stats.replays_rejected,
                 OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
                 OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
+                OpenError::TranscriptTag => &mut self.stats.malformed_rejected,
             };
             *counter += 1;
         }
         result
     }
 
-    fn open_inner<'a>(&mut self, datagram: &'a [u8]) -> Result<Opened<'a>, OpenError> {
-        let msg = SealedMessage::decode(datagram, self.max_payload)?;
-        let h = msg.header;
+    /// The checks every incoming message passes before its tag is computed:
+    /// direction, context, replay window, pad availability. Returns whether
+    /// the message is under the current (not the previous) context.
+    fn locate(&self, h: &Header) -> Result<bool, OpenError> {
         if h.sender != self.role.peer() {
             return Err(OpenError::WrongSender);
         }
         let is_current = h.context == self.recv.id();
-        let context = if is_current {
-            &self.recv
-        } else {
-            match &self.recv_previous {
-                Some(prev) if prev.id() == h.context => prev,
-                _ => return Err(OpenError::UnknownContext(h.context)),
-            }
-        };
-        let units = h.mode.pad_units();
+        if !is_current && self.recv_previous.as_ref().map(CryptoContext::id) != Some(h.context) {
+            return Err(OpenError::UnknownContext(h.context));
+        }
         // Replays and positions outside the window first: a duplicate of
         // any message, switches included, is reported as a replay.
-        self.pool.check_receive(h.pad_position, units)?;
+        self.pool
+            .check_receive(h.pad_position, h.mode.pad_units())?;
+        let context = self.context(is_current);
         if context.mode() != h.mode || !context.covers(h.pad_position) {
             return Err(OpenError::ContextMismatch);
         }
+        Ok(is_current)
+    }
+
+    fn context(&self, is_current: bool) -> &CryptoContext {
+        match (is_current, &self.recv_previous) {
+            (false, Some(previous)) => previous,
+            _ => &self.recv,
+        }
+    }
+
+    fn open_inner<'a>(&mut self, datagram: &'a [u8]) -> Result<Opened<'a>, OpenError> {
+        let msg = SealedMessage::decode(datagram, self.max_payload)?;
+        let h = msg.header;
+        if h.message_type == MessageType::TranscriptTag {
+            return Err(OpenError::TranscriptTag);
+        }
+        let is_current = self.locate(&h)?;
+        let units = h.mode.pad_units();
         let switch = match h.message_type {
             MessageType::Data => None,
+            MessageType::TranscriptTag => return Err(OpenError::TranscriptTag),
             MessageType::ContextSwitch => {
                 let body = ContextSwitch::decode(msg.payload).ok_or(OpenError::ContextMismatch)?;
                 if !is_current
@@ -645,24 +674,15 @@ impl AuthenticatedChannel {
         };
         let pad = self.pool.receive_pad(h.pad_position, units)?;
         self.stats.forgery_bound += epsilon(h.mode, (HEADER_LEN + self.max_payload) as u64);
-        if !context
-            .key()
-            .verify_parts(&[msg.header_bytes, msg.payload], pad.as_bytes(), msg.tag)
-        {
+        let mut stream = self.context(is_current).key().stream();
+        stream.update(msg.header_bytes);
+        stream.update(msg.payload);
+        if !stream.verify(pad.as_bytes(), msg.tag) {
             return Err(OpenError::AuthenticationFailed);
         }
         drop(pad);
         // Authentic from here on: consume the pad, move the window.
-        self.pool.commit_receive(h.pad_position, units);
-        self.stats.opened += 1;
-        if let Some((pending, _)) = &self.unconfirmed
-            && h.ack_context >= *pending
-        {
-            let context = *pending;
-            self.unconfirmed = None;
-            self.events
-                .push_back(AuthEvent::SwitchConfirmed { context });
-        }
+        self.accept(&h);
         let opened = match switch {
             None => Opened::Data(msg.payload),
             Some(body) => {
@@ -691,6 +711,132 @@ impl AuthenticatedChannel {
         };
         self.drain_pool_events();
         Ok(opened)
+    }
+
+    /// Consumes the pad of an authentic message and takes its acknowledgement.
+    fn accept(&mut self, h: &Header) {
+        self.pool.commit_receive(h.pad_position, h.mode.pad_units());
+        self.stats.opened += 1;
+        if let Some((pending, _)) = &self.unconfirmed
+            && h.ack_context >= *pending
+        {
+            let context = *pending;
+            self.unconfirmed = None;
+            self.events
+                .push_back(AuthEvent::SwitchConfirmed { context });
+        }
+    }
+
+    /// A transcript of this round, keyed for this end's tag (see
+    /// [`seal_transcript`](Self::seal_transcript)).
+    #[must_use]
+    pub fn start_transcript(&self) -> Transcript {
+        Transcript::new(&self.send, self.role)
+    }
+
+    /// A transcript of this round, keyed to verify the peer's tag (see
+    /// [`open_transcript`](Self::open_transcript)).
+    #[must_use]
+    pub fn start_peer_transcript(&self) -> Transcript {
+        Transcript::new(&self.recv, self.role.peer())
+    }
+
+    /// Seals the tag of a round transcript: one pad authenticates every
+    /// message [absorbed](Transcript::absorb) (see [the scheme](super::transcript)).
+    /// The transcript itself is not sent.
+    ///
+    /// # Errors
+    /// [`SealError::TranscriptContext`] if `transcript` was not started with
+    /// [`start_transcript`](Self::start_transcript) under the current
+    /// context; [`SealError::Pool`] when the pool is empty. Nothing changes then.
+    pub fn seal_transcript(&mut self, transcript: Transcript) -> Result<Vec<u8>, SealError> {
+        if transcript.keyed_for != self.role || transcript.context != self.send.id() {
+            return Err(SealError::TranscriptContext);
+        }
+        let mode = self.send.mode();
+        let pad = self.pool.take_send_pad(mode)?;
+        let header = Header {
+            message_type: MessageType::TranscriptTag,
+            mode,
+            sender: self.role,
+            context: self.send.id(),
+            ack_context: self.recv.id(),
+            pad_position: pad.position(),
+        };
+        let body = transcript.summary();
+        let header_bytes = header.encode(body.len() as u32);
+        let mut stream = transcript.into_stream();
+        stream.update(&header_bytes);
+        stream.update(&body);
+        let tag = stream
+            .tag(pad.as_bytes())
+            .map_err(|_| SealError::TranscriptContext)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + mode.tag_bytes());
+        out.extend_from_slice(&header_bytes);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_bytes());
+        self.stats.sealed += 1;
+        self.drain_pool_events();
+        Ok(out)
+    }
+
+    /// Verifies the peer's transcript tag against this end's copy of the
+    /// round (started with [`start_peer_transcript`](Self::start_peer_transcript)).
+    /// `Ok` means the peer saw exactly the messages this end absorbed, in
+    /// the same order.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`OpenError::AuthenticationFailed`] when the
+    /// transcripts differ (drop the round's key on both ends);
+    /// [`OpenError::ContextMismatch`] for a transcript started under another
+    /// context or a message that is not a transcript tag. Nothing is consumed then.
+    pub fn open_transcript(
+        &mut self,
+        datagram: &[u8],
+        transcript: Transcript,
+    ) -> Result<(), OpenError> {
+        let result = self.open_transcript_inner(datagram, transcript);
+        if let Err(e) = &result {
+            let counter = match e {
+                OpenError::UnknownContext(_) => &mut self.stats.unknown_context_rejected,
+                OpenError::TooOld => &mut self.stats.too_old_rejected,
+                OpenError::Replay => &mut self.stats.replays_rejected,
+                OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
+                OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
+                _ => &mut self.stats.malformed_rejected,
+            };
+            *counter += 1;
+        }
+        result
+    }
+
+    fn open_transcript_inner(
+        &mut self,
+        datagram: &[u8],
+        transcript: Transcript,
+    ) -> Result<(), OpenError> {
+        let msg = SealedMessage::decode(datagram, self.max_payload)?;
+        let h = msg.header;
+        if h.message_type != MessageType::TranscriptTag {
+            return Err(OpenError::ContextMismatch);
+        }
+        let is_current = self.locate(&h)?;
+        if transcript.keyed_for != self.role.peer() || transcript.context != h.context {
+            return Err(OpenError::ContextMismatch);
+        }
+        let pad = self.pool.receive_pad(h.pad_position, h.mode.pad_units())?;
+        self.stats.forgery_bound += epsilon(h.mode, MAX_MESSAGE_BYTES);
+        debug_assert_eq!(self.context(is_current).id(), transcript.context);
+        let mut stream = transcript.into_stream();
+        stream.update(msg.header_bytes);
+        stream.update(msg.payload);
+        if !stream.verify(pad.as_bytes(), msg.tag) {
+            return Err(OpenError::AuthenticationFailed);
+        }
+        drop(pad);
+        self.accept(&h);
+        self.drain_pool_events();
+        Ok(())
     }
 
     /// Takes the configured share of block `block_id`'s final key into the

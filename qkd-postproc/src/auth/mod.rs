@@ -21,6 +21,9 @@
 //! - [`AuthenticatedChannel`]: the sans-IO wrapper every post-processing
 //!   machine talks through: [`seal`](AuthenticatedChannel::seal) and
 //!   [`open`](AuthenticatedChannel::open).
+//! - [`transcript`]: the low-consumption alternative for whole rounds: one
+//!   tag per direction over every message of the round, checked before the
+//!   round's key is kept.
 //!
 //! ```text
 //!  Alice                                                        Bob
@@ -51,7 +54,8 @@
 //! ```text
 //! offset  size  field
 //!  0       1    version (1)
-//!  1       1    type: 0x01 data, 0x02 context switch (body in `context` docs)
+//!  1       1    type: 0x01 data, 0x02 context switch (body in `context` docs),
+//!               0x03 transcript tag (body in `transcript` docs)
 //!  2       1    tag mode: 1 = 128-bit, 2 = 64-bit
 //!  3       1    sender: 0 = Alice, 1 = Bob
 //!  4       4    context ID the message is sealed under
@@ -89,17 +93,19 @@
 //!
 //! # Key consumption
 //!
-//! Each message costs one pad: 128 bits (or 64) of shared key, counted once
+//! Each sealed message costs one pad: 128 bits (or 64) of shared key, counted once
 //! by its sender ([`PoolStats::sent_pad_bits`]) and once by its receiver
 //! ([`PoolStats::received_pad_bits`]). Each context costs 128 bits of hash key
 //! per direction. Re-sent copies of the same sealed bytes cost nothing;
-//! re-sealing costs a new pad. BENCHMARKS.md gives the consumption per
-//! post-processing round against the distilled key.
+//! re-sealing costs a new pad. A [round transcript](transcript) costs one
+//! pad per direction for the whole round. BENCHMARKS.md gives the
+//! consumption per post-processing round against the distilled key.
 
 pub mod channel;
 pub mod context;
 pub mod pool;
 pub mod tag;
+pub mod transcript;
 
 pub use channel::{
     AuthEvent, AuthenticatedChannel, ChannelConfig, ChannelStats, DecodeError, HEADER_LEN, Header,
@@ -109,7 +115,8 @@ pub use context::{ContextSwitch, CryptoContext};
 pub use pool::{
     AuthKeyPool, BlockAccount, Pad, PoolConfig, PoolError, PoolEvent, PoolStats, ReplenishShare,
 };
-pub use tag::{HashKey, MAX_MESSAGE_BYTES, Tag, TagError, TagMode, epsilon};
+pub use tag::{HashKey, HashStream, MAX_MESSAGE_BYTES, Tag, TagError, TagMode, epsilon};
+pub use transcript::Transcript;
 
 #[cfg(test)]
 mod tests;

@@ -199,45 +199,22 @@ impl HashKey {
     /// # Errors
     /// [`TagError::MessageTooLong`] above [`MAX_MESSAGE_BYTES`].
     pub fn hash_parts(&self, parts: &[&[u8]]) -> Result<[u8; 16], TagError> {
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if len > MAX_MESSAGE_BYTES {
-            return Err(TagError::MessageTooLong { len });
-        }
-        let mut state = self.polyval.clone();
-        // Carry the bytes of a part that do not fill a block into the next one,
-        // so that the blocks are those of the concatenation.
-        let mut carry = [0u8; 16];
-        let mut carried = 0usize;
+        let mut stream = self.stream();
         for part in parts {
-            let mut part: &[u8] = part;
-            if carried > 0 {
-                let take = (16 - carried).min(part.len());
-                carry[carried..carried + take].copy_from_slice(&part[..take]);
-                carried += take;
-                part = &part[take..];
-                if carried < 16 {
-                    continue;
-                }
-                state.update(&[carry.into()]);
-            }
-            let whole = part.len() / 16 * 16;
-            // `update_padded` on a multiple of 16 bytes: no padding, and the
-            // 4-block parallel path of the backend.
-            state.update_padded(&part[..whole]);
-            let rest = &part[whole..];
-            carry[..rest.len()].copy_from_slice(rest);
-            carried = rest.len();
+            stream.update(part);
         }
-        if carried > 0 {
-            carry[carried..].fill(0);
-            state.update(&[carry.into()]);
+        stream.finalize()
+    }
+
+    /// An incremental hash of a message given piece by piece.
+    #[must_use]
+    pub fn stream(&self) -> HashStream {
+        HashStream {
+            state: self.polyval.clone(),
+            carry: [0u8; 16],
+            carried: 0,
+            len: 0,
         }
-        carry.zeroize();
-        let mut length_block = [0u8; 16];
-        length_block[..8].copy_from_slice(&len.to_le_bytes());
-        length_block[8..].copy_from_slice(&LENGTH_BLOCK_DOMAIN.to_le_bytes());
-        state.update(&[length_block.into()]);
-        Ok(state.finalize().into())
     }
 
     /// The tag of `parts` (concatenated) with one-time pad `pad`:
@@ -247,26 +224,11 @@ impl HashKey {
     /// [`TagError::PadLength`] if `pad` is not 8 or 16 bytes long,
     /// [`TagError::MessageTooLong`] above [`MAX_MESSAGE_BYTES`].
     pub fn tag_parts(&self, parts: &[&[u8]], pad: &[u8]) -> Result<Tag, TagError> {
-        let mode = match pad.len() {
-            16 => TagMode::Bits128,
-            8 => TagMode::Bits64,
-            actual => {
-                return Err(TagError::PadLength {
-                    expected: 16,
-                    actual,
-                });
-            }
-        };
-        let mut h = self.hash_parts(parts)?;
-        let mut tag = Tag {
-            bytes: [0u8; 16],
-            mode,
-        };
-        for (t, (h, r)) in tag.bytes.iter_mut().zip(h.iter().zip(pad)) {
-            *t = h ^ r;
+        let mut stream = self.stream();
+        for part in parts {
+            stream.update(part);
         }
-        h.zeroize();
-        Ok(tag)
+        stream.tag(pad)
     }
 
     /// The tag of `message` with one-time pad `pad` (see [`tag_parts`](Self::tag_parts)).
@@ -285,6 +247,126 @@ impl HashKey {
             Ok(expected) => expected.ct_eq_bytes(received),
             Err(_) => false,
         }
+    }
+}
+
+/// The hash `h_k` of a message fed in pieces of any length: the blocks are
+/// those of the concatenation. Made by [`HashKey::stream`]; holds the
+/// expanded key, zeroized on drop.
+#[derive(Clone)]
+pub struct HashStream {
+    state: Polyval,
+    carry: [u8; 16],
+    carried: usize,
+    len: u64,
+}
+
+impl HashStream {
+    /// Appends `bytes` to the message.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.len = self.len.saturating_add(bytes.len() as u64);
+        // Bytes of a piece that do not fill a block wait in `carry` for the next one.
+        if self.carried > 0 {
+            let take = (16 - self.carried).min(bytes.len());
+            self.carry[self.carried..self.carried + take].copy_from_slice(&bytes[..take]);
+            self.carried += take;
+            bytes = &bytes[take..];
+            if self.carried < 16 {
+                return;
+            }
+            self.state.update(&[self.carry.into()]);
+        }
+        let whole = bytes.len() / 16 * 16;
+        // `update_padded` on a multiple of 16 bytes: no padding, and the
+        // 4-block parallel path of the backend.
+        self.state.update_padded(&bytes[..whole]);
+        let rest = &bytes[whole..];
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.carried = rest.len();
+    }
+
+    /// Bytes fed so far.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was fed yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `h_k(message)`.
+    ///
+    /// # Errors
+    /// [`TagError::MessageTooLong`] above [`MAX_MESSAGE_BYTES`].
+    pub fn finalize(mut self) -> Result<[u8; 16], TagError> {
+        if self.len > MAX_MESSAGE_BYTES {
+            return Err(TagError::MessageTooLong { len: self.len });
+        }
+        if self.carried > 0 {
+            self.carry[self.carried..].fill(0);
+            self.state.update(&[self.carry.into()]);
+        }
+        let mut length_block = [0u8; 16];
+        length_block[..8].copy_from_slice(&self.len.to_le_bytes());
+        length_block[8..].copy_from_slice(&LENGTH_BLOCK_DOMAIN.to_le_bytes());
+        self.state.update(&[length_block.into()]);
+        Ok(self.state.clone().finalize().into())
+    }
+
+    /// `trunc(h_k(message)) ⊕ pad` for an 8- or 16-byte pad.
+    ///
+    /// # Errors
+    /// [`TagError::PadLength`] or [`TagError::MessageTooLong`].
+    pub fn tag(self, pad: &[u8]) -> Result<Tag, TagError> {
+        let mode = match pad.len() {
+            16 => TagMode::Bits128,
+            8 => TagMode::Bits64,
+            actual => {
+                return Err(TagError::PadLength {
+                    expected: 16,
+                    actual,
+                });
+            }
+        };
+        let mut h = self.finalize()?;
+        let mut tag = Tag {
+            bytes: [0u8; 16],
+            mode,
+        };
+        for (t, (h, r)) in tag.bytes.iter_mut().zip(h.iter().zip(pad)) {
+            *t = h ^ r;
+        }
+        h.zeroize();
+        Ok(tag)
+    }
+
+    /// Whether `received` is the tag of the message under `pad`, compared
+    /// in constant time. A pad or tag of the wrong length never verifies.
+    #[must_use]
+    pub fn verify(self, pad: &[u8], received: &[u8]) -> bool {
+        match self.tag(pad) {
+            Ok(expected) => expected.ct_eq_bytes(received),
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for HashStream {
+    fn drop(&mut self) {
+        // The carried bytes are message bytes, but the state is keyed: the
+        // `Polyval` in it zeroizes itself.
+        self.carry.zeroize();
+    }
+}
+
+impl core::fmt::Debug for HashStream {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HashStream")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
