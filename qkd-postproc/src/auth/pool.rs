@@ -54,7 +54,7 @@
 //! the key the two ends consumed together is the same on both ends once the
 //! in-flight messages have arrived.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use qkd_core::{Role, SecretKey};
 use zeroize::{Zeroize, Zeroizing};
@@ -393,8 +393,9 @@ pub struct AuthKeyPool {
     send_cursor: u64,
     /// Highest `pos + units` accepted in the peer's stream.
     recv_end: u64,
-    /// Used units of the peer's stream within `[recv_end - W, recv_end)`.
-    recv_used: BTreeSet<u64>,
+    /// Whether each unit of the peer's stream in `[recv_end - W, recv_end)`
+    /// (saturating at 0) was used: entry `i` is unit `low + i`.
+    recv_used: VecDeque<bool>,
     /// Units of deposits that were rounded off, kept to be honest in stats.
     stats: PoolStats,
     block: BlockAccount,
@@ -428,7 +429,7 @@ impl AuthKeyPool {
             streams: [PadStream::default(), PadStream::default()],
             send_cursor: 0,
             recv_end: 0,
-            recv_used: BTreeSet::new(),
+            recv_used: VecDeque::new(),
             stats: PoolStats::default(),
             block: BlockAccount::default(),
             last_block: None,
@@ -660,7 +661,8 @@ impl AuthKeyPool {
         if pos < low || pos < stream.freed {
             return Err(PoolError::TooOld);
         }
-        if self.recv_used.range(pos..end).next().is_some() {
+        let used = (pos..end.min(self.recv_end)).any(|p| self.recv_used[(p - low) as usize]);
+        if used {
             return Err(PoolError::Replay);
         }
         if end > stream.end {
@@ -703,27 +705,35 @@ impl AuthKeyPool {
         let end = pos + units;
         let window = self.config.window_units;
         let stream_index = Self::stream_index(self.role.peer());
+        if end > self.recv_end {
+            let old_low = self.recv_end.saturating_sub(window);
+            let new_low = end.saturating_sub(window);
+            // Units leaving the window unused are the pads of lost messages.
+            let mut unused = 0u64;
+            if new_low >= self.recv_end {
+                // A jump past the whole old window.
+                unused += self.recv_used.iter().filter(|u| !**u).count() as u64;
+                unused += new_low - self.recv_end;
+                self.recv_used.clear();
+                self.recv_used.resize((end - new_low) as usize, false);
+            } else {
+                self.recv_used.resize((end - old_low) as usize, false);
+                for _ in old_low..new_low {
+                    if self.recv_used.pop_front() == Some(false) {
+                        unused += 1;
+                    }
+                }
+            }
+            self.recv_end = end;
+            self.stats.discarded_bits += unused * 64;
+            self.block.discarded_bits += unused * 64;
+            self.streams[stream_index].free_below(new_low);
+        }
+        let low = self.recv_end.saturating_sub(window);
         for p in pos..end {
-            self.recv_used.insert(p);
+            self.recv_used[(p - low) as usize] = true;
             if let Some(w) = self.streams[stream_index].unit_mut(p) {
                 w.zeroize();
-            }
-        }
-        if end > self.recv_end {
-            let old_low = self
-                .recv_end
-                .saturating_sub(window)
-                .max(self.streams[stream_index].freed);
-            self.recv_end = end;
-            let new_low = end.saturating_sub(window);
-            if new_low > old_low {
-                // Units leaving the window unused are the pads of lost messages.
-                let used_leaving = self.recv_used.range(old_low..new_low).count() as u64;
-                let unused = (new_low - old_low) - used_leaving;
-                self.stats.discarded_bits += unused * 64;
-                self.block.discarded_bits += unused * 64;
-                self.recv_used = self.recv_used.split_off(&new_low);
-                self.streams[stream_index].free_below(new_low);
             }
         }
         true
@@ -953,6 +963,46 @@ mod tests {
             b.streams[0].read(0, 1, false).unwrap().as_bytes(),
             &[0u8; 8]
         );
+    }
+
+    proptest::proptest! {
+        /// The replay window against a plain model: a set of used units and
+        /// the highest end, with every rule written out directly.
+        #[test]
+        fn window_matches_a_plain_model(
+            window in 2u64..40,
+            ops in proptest::collection::vec((0u64..300, 1u64..3, proptest::bool::ANY), 1..200),
+        ) {
+            let config = PoolConfig { window_units: window, ..PoolConfig::default() };
+            let (_, mut b) = pair(4096, config); // 256 units per stream
+            let mut used = std::collections::BTreeSet::new();
+            let mut end = 0u64;
+            let mut discarded = 0u64;
+            for (pos, units, commit) in ops {
+                let low = end.saturating_sub(window);
+                let expected = if pos < low {
+                    Err(PoolError::TooOld)
+                } else if (pos..pos + units).any(|p| used.contains(&p)) {
+                    Err(PoolError::Replay)
+                } else if pos + units > 256 {
+                    Err(PoolError::Unavailable)
+                } else {
+                    Ok(())
+                };
+                proptest::prop_assert_eq!(b.check_receive(pos, units), expected.clone());
+                if commit && expected.is_ok() {
+                    b.commit_receive(pos, units);
+                    used.extend(pos..pos + units);
+                    if pos + units > end {
+                        let new_low = (pos + units).saturating_sub(window);
+                        discarded += (low..new_low).filter(|p| !used.contains(p)).count() as u64;
+                        end = pos + units;
+                    }
+                }
+                proptest::prop_assert_eq!(b.receive_end(), end);
+                proptest::prop_assert_eq!(b.stats().discarded_bits, discarded * 64);
+            }
+        }
     }
 
     #[test]
