@@ -522,7 +522,9 @@ impl AuthKeyPool {
         };
         if let Err(e) = self.replenish(block_id, &final_key) {
             // Put the key back together for the caller.
-            let mut whole = final_key.expose_secret().to_vec();
+            // Allocated at its final size: no reallocation leaves a copy behind.
+            let mut whole = Vec::with_capacity(final_key.len() + rest.len());
+            whole.extend_from_slice(final_key.expose_secret());
             whole.extend_from_slice(rest.expose_secret());
             return Err((e, SecretKey::from_vec(whole)));
         }
