@@ -474,3 +474,42 @@ fn man_in_the_middle_forgeries_all_fail_and_are_counted() {
     }
     assert_pads_in_step(&mut net);
 }
+
+#[test]
+fn hostile_link_with_corruption_never_delivers_a_corrupted_message() {
+    const TOTAL: u32 = 100;
+    let config = ChannelConfig {
+        mode: TagMode::Bits64,
+        ..ChannelConfig::default()
+    };
+    let (a, b) = channels(64 * 1024, config);
+    // 10 % loss, 5 % duplication, 5 % reordering, jitter, and 1 to 3 bits
+    // flipped in 5 % of the datagrams.
+    let link = LinkConfig::hostile(Duration::from_millis(4)).with_corrupt(0.05);
+    let mut net = Network::new(
+        Node::new(a, TOTAL),
+        Node::new(b, TOTAL),
+        link,
+        11,
+        Instant::now(),
+    );
+    net.drive();
+    assert_delivered_all(&net.a, TOTAL);
+    assert_delivered_all(&net.b, TOTAL);
+    let corrupted = net.stats(Side::A).corrupted + net.stats(Side::B).corrupted;
+    assert!(corrupted > 10, "{corrupted}");
+    for (node, peer) in [(&net.a, &net.b), (&net.b, &net.a)] {
+        for m in &node.accepted_log {
+            assert!(
+                peer.sealed_log.contains(m),
+                "a corrupted datagram was accepted"
+            );
+        }
+    }
+    // Corrupted datagrams end in typed errors: a failed tag, or a header
+    // that no longer parses or no longer names a valid context or position.
+    let failed_tags =
+        net.a.channel.stats().forgeries_rejected + net.b.channel.stats().forgeries_rejected;
+    assert!(failed_tags > 0);
+    assert_pads_in_step(&mut net);
+}
