@@ -753,6 +753,15 @@ impl AuthenticatedChannel {
         if transcript.keyed_for != self.role || transcript.context != self.send.id() {
             return Err(SealError::TranscriptContext);
         }
+        // The tag bound covers MAX_MESSAGE_BYTES of hash input: refuse a
+        // longer transcript before any pad is taken.
+        let input_len = transcript.hashed_len() + (HEADER_LEN + 12) as u64;
+        if input_len > MAX_MESSAGE_BYTES {
+            return Err(SealError::PayloadTooLarge {
+                len: usize::try_from(input_len).unwrap_or(usize::MAX),
+                max: usize::try_from(MAX_MESSAGE_BYTES).unwrap_or(usize::MAX),
+            });
+        }
         let mode = self.send.mode();
         let pad = self.pool.take_send_pad(mode)?;
         let header = Header {

@@ -116,6 +116,11 @@ impl Transcript {
         self.messages == 0
     }
 
+    /// Bytes hashed so far, the domain block included.
+    pub(crate) fn hashed_len(&self) -> u64 {
+        self.stream.len()
+    }
+
     /// The 12-byte body of the tag message.
     pub(crate) fn summary(&self) -> [u8; 12] {
         let mut body = [0u8; 12];
