@@ -1,0 +1,910 @@
+//! The sealed-message format and [`AuthenticatedChannel`].
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, BufMut};
+use qkd_core::{Role, SecretKey};
+
+use super::context::{ContextSwitch, CryptoContext, SWITCH_BODY_LEN};
+use super::pool::{AuthKeyPool, BlockAccount, HASH_KEY_UNITS, PoolConfig, PoolError, PoolEvent};
+use super::tag::{HASH_KEY_BYTES, HashKey, MAX_MESSAGE_BYTES, TagMode, epsilon};
+use super::transcript::Transcript;
+
+/// Version byte of the sealed-message format.
+pub const VERSION: u8 = 1;
+/// Length of the header in bytes.
+pub const HEADER_LEN: usize = 24;
+/// Default and largest accepted payload length (16 MiB).
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+/// What a sealed message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MessageType {
+    /// Application payload (type byte `0x01`).
+    Data,
+    /// A [context switch](super::context) (type byte `0x02`).
+    ContextSwitch,
+    /// The tag of a round [transcript](super::transcript) (type byte `0x03`).
+    TranscriptTag,
+}
+
+impl MessageType {
+    /// The type byte.
+    #[must_use]
+    pub const fn code(self) -> u8 {
+        match self {
+            MessageType::Data => 0x01,
+            MessageType::ContextSwitch => 0x02,
+            MessageType::TranscriptTag => 0x03,
+        }
+    }
+
+    const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0x01 => Some(MessageType::Data),
+            0x02 => Some(MessageType::ContextSwitch),
+            0x03 => Some(MessageType::TranscriptTag),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Alice => 0,
+        Role::Bob => 1,
+    }
+}
+
+/// Structural errors of the sealed-message decoder.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer bytes than the header and tag need.
+    #[error("sealed message truncated")]
+    Truncated,
+    /// Version byte other than [`VERSION`].
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    /// Unknown type byte.
+    #[error("unknown message type {0:#04x}")]
+    UnknownType(u8),
+    /// Unknown tag mode code.
+    #[error("unknown tag mode {0}")]
+    UnknownTagMode(u8),
+    /// Sender byte other than 0 (Alice) or 1 (Bob).
+    #[error("unknown sender {0}")]
+    UnknownSender(u8),
+    /// The payload length exceeds the receiver's limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// Length claimed by the header.
+        len: u64,
+        /// The receiver's limit.
+        max: usize,
+    },
+    /// Bytes after the tag.
+    #[error("{0} trailing bytes after the tag")]
+    TrailingBytes(usize),
+}
+
+/// The parsed header of a sealed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// What the message carries.
+    pub message_type: MessageType,
+    /// Tag length.
+    pub mode: TagMode,
+    /// The sending end.
+    pub sender: Role,
+    /// The sender's crypto context the message is sealed under.
+    pub context: u32,
+    /// The highest context of the receiver's direction the sender has accepted.
+    pub ack_context: u32,
+    /// Position of the pad's first unit in the sender's stream.
+    pub pad_position: u64,
+}
+
+impl Header {
+    fn encode(&self, payload_len: u32) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        let mut w = &mut out[..];
+        w.put_u8(VERSION);
+        w.put_u8(self.message_type.code());
+        w.put_u8(self.mode.code());
+        w.put_u8(role_code(self.sender));
+        w.put_u32(self.context);
+        w.put_u32(self.ack_context);
+        w.put_u64(self.pad_position);
+        w.put_u32(payload_len);
+        out
+    }
+}
+
+/// A decoded, not yet verified, sealed message borrowing the input bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealedMessage<'a> {
+    /// The header fields.
+    pub header: Header,
+    /// Header bytes, as received (authenticated with the payload).
+    pub header_bytes: &'a [u8],
+    /// The payload.
+    pub payload: &'a [u8],
+    /// The tag (8 or 16 bytes).
+    pub tag: &'a [u8],
+}
+
+impl<'a> SealedMessage<'a> {
+    /// Parses a sealed message (format in the [module docs](super#wire-format)).
+    /// Checks the payload length against `max_payload` before looking
+    /// further; never allocates and never panics.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the first structural fault.
+    pub fn decode(bytes: &'a [u8], max_payload: usize) -> Result<Self, DecodeError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(DecodeError::Truncated);
+        }
+        let (header_bytes, rest) = bytes.split_at(HEADER_LEN);
+        let mut h = header_bytes;
+        let version = h.get_u8();
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let type_code = h.get_u8();
+        let message_type =
+            MessageType::from_code(type_code).ok_or(DecodeError::UnknownType(type_code))?;
+        let mode_code = h.get_u8();
+        let mode = TagMode::from_code(mode_code).ok_or(DecodeError::UnknownTagMode(mode_code))?;
+        let sender = match h.get_u8() {
+            0 => Role::Alice,
+            1 => Role::Bob,
+            other => return Err(DecodeError::UnknownSender(other)),
+        };
+        let context = h.get_u32();
+        let ack_context = h.get_u32();
+        let pad_position = h.get_u64();
+        let len = u64::from(h.get_u32());
+        if len > max_payload as u64 {
+            return Err(DecodeError::PayloadTooLarge {
+                len,
+                max: max_payload,
+            });
+        }
+        let len = len as usize;
+        let tag_len = mode.tag_bytes();
+        let needed = len + tag_len;
+        if rest.len() < needed {
+            return Err(DecodeError::Truncated);
+        }
+        if rest.len() > needed {
+            return Err(DecodeError::TrailingBytes(rest.len() - needed));
+        }
+        let (payload, tag) = rest.split_at(len);
+        Ok(SealedMessage {
+            header: Header {
+                message_type,
+                mode,
+                sender,
+                context,
+                ack_context,
+                pad_position,
+            },
+            header_bytes,
+            payload,
+            tag,
+        })
+    }
+}
+
+/// Why a message was not sealed. Nothing was taken from the pool.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The key pool cannot pay for the tag.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The payload is longer than the channel's limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A context switch is already waiting for the peer's acknowledgement.
+    #[error("a context switch is still unconfirmed")]
+    SwitchPending,
+    /// The context ID space is used up.
+    #[error("no context ID left")]
+    ContextIdsExhausted,
+    /// The transcript was started for another context or the other direction.
+    #[error("transcript started under another context")]
+    TranscriptContext,
+}
+
+/// Why an incoming message was rejected. No key material and no detail about
+/// the tag is given; a rejected message changes no state but counters.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Not a well-formed sealed message.
+    #[error("malformed sealed message: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The message claims to come from this end (a reflection).
+    #[error("message sent by this end's role")]
+    WrongSender,
+    /// The message is sealed under a context this end does not hold (not
+    /// yet switched to, or long gone). Resend the context switch.
+    #[error("unknown crypto context {0}")]
+    UnknownContext(u32),
+    /// The tag mode or pad position does not belong to the named context,
+    /// or a context-switch body is invalid.
+    #[error("message inconsistent with its crypto context")]
+    ContextMismatch,
+    /// The pad position is below the replay window.
+    #[error("message too old (below the replay window)")]
+    TooOld,
+    /// The pad was already used: a replay or duplicate.
+    #[error("replayed message")]
+    Replay,
+    /// The pad is beyond the key deposited on this end (deposit the block
+    /// first, then retry).
+    #[error("pad not yet available on this end")]
+    PadUnavailable,
+    /// The tag did not verify.
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    /// The message is a transcript tag: verify it with
+    /// [`AuthenticatedChannel::open_transcript`]. Nothing was consumed.
+    #[error("transcript tag given to open")]
+    TranscriptTag,
+}
+
+impl From<PoolError> for OpenError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::TooOld => OpenError::TooOld,
+            PoolError::Replay => OpenError::Replay,
+            _ => OpenError::PadUnavailable,
+        }
+    }
+}
+
+/// Configuration of an [`AuthenticatedChannel`]; both ends must use the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// The key pool's configuration.
+    pub pool: PoolConfig,
+    /// Tag mode of the first context of both directions.
+    pub mode: TagMode,
+    /// Longest payload sealed or accepted (at most [`MAX_PAYLOAD`]).
+    pub max_payload: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            pool: PoolConfig::default(),
+            mode: TagMode::Bits128,
+            max_payload: 1 << 20,
+        }
+    }
+}
+
+/// Outcomes reported by [`AuthenticatedChannel::poll_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthEvent {
+    /// This end's pad stream fell below the low-water mark.
+    LowWater {
+        /// Bits left to seal with.
+        remaining_bits: u64,
+    },
+    /// The peer moved its direction to a new context.
+    PeerSwitched {
+        /// The new context ID.
+        context: u32,
+        /// Its tag mode.
+        mode: TagMode,
+    },
+    /// The peer acknowledged this end's last context switch.
+    SwitchConfirmed {
+        /// The context ID now in use.
+        context: u32,
+    },
+}
+
+/// Counters of one channel end.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChannelStats {
+    /// Messages sealed (context switches included).
+    pub sealed: u64,
+    /// Messages accepted (context switches included).
+    pub opened: u64,
+    /// Context switches sent.
+    pub switches_sent: u64,
+    /// Context switches accepted.
+    pub switches_received: u64,
+    /// Messages whose tag did not verify: forgery attempts or corruption.
+    pub forgeries_rejected: u64,
+    /// Replays and duplicates rejected.
+    pub replays_rejected: u64,
+    /// Messages below the replay window rejected.
+    pub too_old_rejected: u64,
+    /// Malformed, reflected or context-inconsistent messages rejected.
+    pub malformed_rejected: u64,
+    /// Messages of an unknown context rejected.
+    pub unknown_context_rejected: u64,
+    /// Messages whose pad was not yet deposited here.
+    pub unavailable_rejected: u64,
+    /// Sum over every tag verification of the per-attempt forgery bound ε:
+    /// an upper bound on the probability that any forgery was accepted so
+    /// far (Portmann: the recycled hash key costs ε per round).
+    pub forgery_bound: f64,
+}
+
+/// An accepted message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Opened<'a> {
+    /// Authentic application payload, borrowed from the input.
+    Data(&'a [u8]),
+    /// The peer switched its direction's context (also reported as
+    /// [`AuthEvent::PeerSwitched`]).
+    ContextSwitch(ContextSwitch),
+}
+
+/// One end of a Wegman-Carter authenticated channel (sans-IO).
+///
+/// Every post-processing message goes through [`seal`](Self::seal) before it
+/// is sent and through [`open`](Self::open) when it arrives; the channel owns
+/// the [`AuthKeyPool`] and the crypto contexts of both directions. It does
+/// no I/O and keeps no timers: the caller sends the bytes `seal` returns and
+/// feeds what arrives to `open`.
+///
+/// - Input: [`open`](Self::open) (received bytes).
+/// - Application actions: [`seal`](Self::seal), [`switch_context`](Self::switch_context),
+///   [`replenish_from_block`](Self::replenish_from_block).
+/// - Output: [`poll_event`](Self::poll_event) until `None` after each call;
+///   [`unconfirmed_switch`](Self::unconfirmed_switch) to re-send a switch.
+/// - Getters: [`stats`](Self::stats), [`pool`](Self::pool),
+///   [`send_context`](Self::send_context), [`receive_context`](Self::receive_context).
+///
+/// A rejected message ([`OpenError`]) changes nothing but a counter: the
+/// replay window moves, pads are consumed and contexts change only for
+/// authentic messages.
+///
+/// ```
+/// use qkd_core::{Role, SecretKey};
+/// use qkd_postproc::auth::{AuthenticatedChannel, ChannelConfig, OpenError, Opened};
+///
+/// let secret = SecretKey::from_slice(&[0x5c; 4096]); // pre-shared
+/// let mut alice = AuthenticatedChannel::new(Role::Alice, &secret, ChannelConfig::default()).unwrap();
+/// let mut bob = AuthenticatedChannel::new(Role::Bob, &secret, ChannelConfig::default()).unwrap();
+///
+/// let sealed = alice.seal(b"parities 0110").unwrap();
+/// assert_eq!(bob.open(&sealed), Ok(Opened::Data(&b"parities 0110"[..])));
+/// assert_eq!(bob.open(&sealed), Err(OpenError::Replay));
+///
+/// let mut forged = sealed.clone();
+/// *forged.last_mut().unwrap() ^= 1;
+/// assert_eq!(bob.open(&forged), Err(OpenError::Replay)); // position already used
+/// let mut forged = alice.seal(b"parities 1111").unwrap();
+/// forged[30] ^= 0x80; // a payload bit
+/// assert_eq!(bob.open(&forged), Err(OpenError::AuthenticationFailed));
+/// assert_eq!(bob.stats().forgeries_rejected, 1);
+/// ```
+pub struct AuthenticatedChannel {
+    role: Role,
+    pool: AuthKeyPool,
+    max_payload: usize,
+    send: CryptoContext,
+    recv: CryptoContext,
+    recv_previous: Option<CryptoContext>,
+    /// The last switch sent, until the peer acknowledges it.
+    unconfirmed: Option<(u32, Vec<u8>)>,
+    stats: ChannelStats,
+    events: VecDeque<AuthEvent>,
+}
+
+fn hash_key_from(pad: &super::pool::Pad) -> HashKey {
+    let mut bytes = zeroize::Zeroizing::new([0u8; HASH_KEY_BYTES]);
+    bytes.copy_from_slice(pad.as_bytes());
+    HashKey::new(&bytes)
+}
+
+impl AuthenticatedChannel {
+    /// The end with `role`, keyed from the pre-shared `secret` (identical on
+    /// both ends; see [`AuthKeyPool::new`]).
+    ///
+    /// # Errors
+    /// The pool's refusals; [`PoolError::Config`] for a `max_payload` above
+    /// [`MAX_PAYLOAD`].
+    pub fn new(role: Role, secret: &SecretKey, config: ChannelConfig) -> Result<Self, PoolError> {
+        if config.max_payload > MAX_PAYLOAD {
+            return Err(PoolError::Config("max_payload above MAX_PAYLOAD"));
+        }
+        let mut pool = AuthKeyPool::new(role, secret, config.pool)?;
+        let (own, peer) = pool
+            .take_initial_hash_keys()
+            .ok_or(PoolError::Config("fresh pool without hash keys"))?;
+        Ok(AuthenticatedChannel {
+            role,
+            pool,
+            max_payload: config.max_payload,
+            send: CryptoContext::new(1, config.mode, hash_key_from(&own), HASH_KEY_UNITS),
+            recv: CryptoContext::new(1, config.mode, hash_key_from(&peer), HASH_KEY_UNITS),
+            recv_previous: None,
+            unconfirmed: None,
+            stats: ChannelStats::default(),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// This end's role.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The context this end seals with.
+    #[must_use]
+    pub fn send_context(&self) -> &CryptoContext {
+        &self.send
+    }
+
+    /// The newest context of the peer's direction.
+    #[must_use]
+    pub fn receive_context(&self) -> &CryptoContext {
+        &self.recv
+    }
+
+    /// The key pool (read-only: pads are taken through the channel).
+    #[must_use]
+    pub fn pool(&self) -> &AuthKeyPool {
+        &self.pool
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> &ChannelStats {
+        &self.stats
+    }
+
+    /// Longest payload sealed or accepted.
+    #[must_use]
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Bytes a sealed message of `payload_len` bytes takes on the wire now.
+    #[must_use]
+    pub fn sealed_len(&self, payload_len: usize) -> usize {
+        HEADER_LEN + payload_len + self.send.mode().tag_bytes()
+    }
+
+    fn seal_typed(
+        &mut self,
+        message_type: MessageType,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        if payload.len() > self.max_payload {
+            return Err(SealError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        let mode = self.send.mode();
+        let pad = self.pool.take_send_pad(mode)?;
+        let header = Header {
+            message_type,
+            mode,
+            sender: self.role,
+            context: self.send.id(),
+            ack_context: self.recv.id(),
+            pad_position: pad.position(),
+        };
+        // `max_payload <= MAX_PAYLOAD < 2^32`.
+        let header_bytes = header.encode(payload.len() as u32);
+        let tag = self
+            .send
+            .key()
+            .tag_parts(&[&header_bytes, payload], pad.as_bytes())
+            .map_err(|_| SealError::PayloadTooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            })?;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + mode.tag_bytes());
+        out.extend_from_slice(&header_bytes);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(tag.as_bytes());
+        self.stats.sealed += 1;
+        self.drain_pool_events();
+        Ok(out)
+    }
+
+    /// Seals `payload`: header, payload and tag, ready to send. Uses one pad
+    /// of the current context's length.
+    ///
+    /// # Errors
+    /// [`SealError::PayloadTooLarge`], or [`SealError::Pool`] with
+    /// [`PoolError::Exhausted`] when the pool is empty: nothing is consumed
+    /// and nothing must be sent.
+    pub fn seal(&mut self, payload: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal_typed(MessageType::Data, payload)
+    }
+
+    /// Moves this end's direction to a new context with tag mode `mode` and
+    /// a fresh hash key from the pool, and returns the switch message (sealed
+    /// under the old context) to send. See [the protocol](super::context).
+    ///
+    /// # Errors
+    /// [`SealError::SwitchPending`] while the previous switch is
+    /// unconfirmed; [`SealError::Pool`] if the pool cannot pay for the
+    /// message pad and the two key units. Nothing changes on error.
+    pub fn switch_context(&mut self, mode: TagMode) -> Result<Vec<u8>, SealError> {
+        if self.unconfirmed.is_some() {
+            return Err(SealError::SwitchPending);
+        }
+        let new_id = self
+            .send
+            .id()
+            .checked_add(1)
+            .ok_or(SealError::ContextIdsExhausted)?;
+        let units = self.send.mode().pad_units() + HASH_KEY_UNITS;
+        if !self.pool.can_send(units) {
+            return Err(PoolError::Exhausted {
+                needed_bits: units * 64,
+                available_bits: self.pool.send_remaining_bits(),
+            }
+            .into());
+        }
+        let p = self.pool.send_position();
+        let key_position = p + self.send.mode().pad_units();
+        let body = ContextSwitch {
+            new_context: new_id,
+            mode,
+            key_position,
+        }
+        .encode();
+        let sealed = self.seal_typed(MessageType::ContextSwitch, &body)?;
+        let key = self.pool.take_send_hash_key()?;
+        debug_assert_eq!(key.position(), key_position);
+        let mut old = core::mem::replace(
+            &mut self.send,
+            CryptoContext::new(
+                new_id,
+                mode,
+                hash_key_from(&key),
+                key_position + HASH_KEY_UNITS,
+            ),
+        );
+        old.close_at(p + 1);
+        drop(old);
+        self.stats.switches_sent += 1;
+        self.unconfirmed = Some((new_id, sealed.clone()));
+        Ok(sealed)
+    }
+
+    /// The last context-switch message sent, until the peer acknowledges it
+    /// (re-send these exact bytes when messages may have been lost: a copy
+    /// arriving after the original is rejected as a replay and costs nothing).
+    #[must_use]
+    pub fn unconfirmed_switch(&self) -> Option<&[u8]> {
+        self.unconfirmed.as_ref().map(|(_, m)| m.as_slice())
+    }
+
+    /// Verifies and opens a received message.
+    ///
+    /// # Errors
+    /// An [`OpenError`]; the channel's state is unchanged then except for
+    /// its rejection counters.
+    pub fn open<'a>(&mut self, datagram: &'a [u8]) -> Result<Opened<'a>, OpenError> {
+        let result = self.open_inner(datagram);
+        if let Err(e) = &result {
+            let counter = match e {
+                OpenError::Malformed(_) | OpenError::WrongSender | OpenError::ContextMismatch => {
+                    &mut self.stats.malformed_rejected
+                }
+                OpenError::UnknownContext(_) => &mut self.stats.unknown_context_rejected,
+                OpenError::TooOld => &mut self.stats.too_old_rejected,
+                OpenError::Replay => &mut self.stats.replays_rejected,
+                OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
+                OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
+                OpenError::TranscriptTag => &mut self.stats.malformed_rejected,
+            };
+            *counter += 1;
+        }
+        result
+    }
+
+    /// The checks every incoming message passes before its tag is computed:
+    /// direction, context, replay window, pad availability. Returns whether
+    /// the message is under the current (not the previous) context.
+    fn locate(&self, h: &Header) -> Result<bool, OpenError> {
+        if h.sender != self.role.peer() {
+            return Err(OpenError::WrongSender);
+        }
+        let is_current = h.context == self.recv.id();
+        if !is_current && self.recv_previous.as_ref().map(CryptoContext::id) != Some(h.context) {
+            return Err(OpenError::UnknownContext(h.context));
+        }
+        // Replays and positions outside the window first: a duplicate of
+        // any message, switches included, is reported as a replay.
+        self.pool
+            .check_receive(h.pad_position, h.mode.pad_units())?;
+        let context = self.context(is_current);
+        if context.mode() != h.mode || !context.covers(h.pad_position) {
+            return Err(OpenError::ContextMismatch);
+        }
+        Ok(is_current)
+    }
+
+    fn context(&self, is_current: bool) -> &CryptoContext {
+        match (is_current, &self.recv_previous) {
+            (false, Some(previous)) => previous,
+            _ => &self.recv,
+        }
+    }
+
+    fn open_inner<'a>(&mut self, datagram: &'a [u8]) -> Result<Opened<'a>, OpenError> {
+        let msg = SealedMessage::decode(datagram, self.max_payload)?;
+        let h = msg.header;
+        if h.message_type == MessageType::TranscriptTag {
+            return Err(OpenError::TranscriptTag);
+        }
+        let is_current = self.locate(&h)?;
+        let units = h.mode.pad_units();
+        let switch = match h.message_type {
+            MessageType::Data => None,
+            MessageType::TranscriptTag => return Err(OpenError::TranscriptTag),
+            MessageType::ContextSwitch => {
+                let body = ContextSwitch::decode(msg.payload).ok_or(OpenError::ContextMismatch)?;
+                if !is_current
+                    || Some(body.new_context) != h.context.checked_add(1)
+                    || Some(body.key_position) != h.pad_position.checked_add(units)
+                {
+                    return Err(OpenError::ContextMismatch);
+                }
+                self.pool.check_receive(body.key_position, HASH_KEY_UNITS)?;
+                Some(body)
+            }
+        };
+        let pad = self.pool.receive_pad(h.pad_position, units)?;
+        self.stats.forgery_bound += epsilon(h.mode, (HEADER_LEN + self.max_payload) as u64);
+        let mut stream = self.context(is_current).key().stream();
+        stream.update(msg.header_bytes);
+        stream.update(msg.payload);
+        if !stream.verify(pad.as_bytes(), msg.tag) {
+            return Err(OpenError::AuthenticationFailed);
+        }
+        drop(pad);
+        // Authentic from here on: consume the pad, move the window.
+        self.accept(&h);
+        let opened = match switch {
+            None => Opened::Data(msg.payload),
+            Some(body) => {
+                let key = self
+                    .pool
+                    .take_receive_hash_key(body.key_position)
+                    .map_err(OpenError::from)?;
+                let mut old = core::mem::replace(
+                    &mut self.recv,
+                    CryptoContext::new(
+                        body.new_context,
+                        body.mode,
+                        hash_key_from(&key),
+                        body.key_position + HASH_KEY_UNITS,
+                    ),
+                );
+                old.close_at(h.pad_position);
+                self.recv_previous = Some(old);
+                self.stats.switches_received += 1;
+                self.events.push_back(AuthEvent::PeerSwitched {
+                    context: body.new_context,
+                    mode: body.mode,
+                });
+                Opened::ContextSwitch(body)
+            }
+        };
+        self.drain_pool_events();
+        Ok(opened)
+    }
+
+    /// Consumes the pad of an authentic message and takes its acknowledgement.
+    fn accept(&mut self, h: &Header) {
+        self.pool.commit_receive(h.pad_position, h.mode.pad_units());
+        self.stats.opened += 1;
+        if let Some((pending, _)) = &self.unconfirmed
+            && h.ack_context >= *pending
+        {
+            let context = *pending;
+            self.unconfirmed = None;
+            self.events
+                .push_back(AuthEvent::SwitchConfirmed { context });
+        }
+    }
+
+    /// A transcript of this round, keyed for this end's tag (see
+    /// [`seal_transcript`](Self::seal_transcript)).
+    #[must_use]
+    pub fn start_transcript(&self) -> Transcript {
+        Transcript::new(&self.send, self.role)
+    }
+
+    /// A transcript of this round, keyed to verify the peer's tag (see
+    /// [`open_transcript`](Self::open_transcript)).
+    #[must_use]
+    pub fn start_peer_transcript(&self) -> Transcript {
+        Transcript::new(&self.recv, self.role.peer())
+    }
+
+    /// Seals the tag of a round transcript: one pad authenticates every
+    /// message [absorbed](Transcript::absorb) (see [the scheme](super::transcript)).
+    /// The transcript itself is not sent.
+    ///
+    /// # Errors
+    /// [`SealError::TranscriptContext`] if `transcript` was not started with
+    /// [`start_transcript`](Self::start_transcript) under the current
+    /// context; [`SealError::Pool`] when the pool is empty. Nothing changes then.
+    pub fn seal_transcript(&mut self, transcript: Transcript) -> Result<Vec<u8>, SealError> {
+        if transcript.keyed_for != self.role || transcript.context != self.send.id() {
+            return Err(SealError::TranscriptContext);
+        }
+        // The tag bound covers MAX_MESSAGE_BYTES of hash input: refuse a
+        // longer transcript before any pad is taken.
+        let input_len = transcript.hashed_len() + (HEADER_LEN + 12) as u64;
+        if input_len > MAX_MESSAGE_BYTES {
+            return Err(SealError::PayloadTooLarge {
+                len: usize::try_from(input_len).unwrap_or(usize::MAX),
+                max: usize::try_from(MAX_MESSAGE_BYTES).unwrap_or(usize::MAX),
+            });
+        }
+        let mode = self.send.mode();
+        let pad = self.pool.take_send_pad(mode)?;
+        let header = Header {
+            message_type: MessageType::TranscriptTag,
+            mode,
+            sender: self.role,
+            context: self.send.id(),
+            ack_context: self.recv.id(),
+            pad_position: pad.position(),
+        };
+        let body = transcript.summary();
+        let header_bytes = header.encode(body.len() as u32);
+        let mut stream = transcript.into_stream();
+        stream.update(&header_bytes);
+        stream.update(&body);
+        let tag = stream
+            .tag(pad.as_bytes())
+            .map_err(|_| SealError::TranscriptContext)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + mode.tag_bytes());
+        out.extend_from_slice(&header_bytes);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_bytes());
+        self.stats.sealed += 1;
+        self.drain_pool_events();
+        Ok(out)
+    }
+
+    /// Verifies the peer's transcript tag against this end's copy of the
+    /// round (started with [`start_peer_transcript`](Self::start_peer_transcript)).
+    /// `Ok` means the peer saw exactly the messages this end absorbed, in
+    /// the same order.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`OpenError::AuthenticationFailed`] when the
+    /// transcripts differ (drop the round's key on both ends);
+    /// [`OpenError::ContextMismatch`] for a transcript started under another
+    /// context or a message that is not a transcript tag. Nothing is consumed then.
+    pub fn open_transcript(
+        &mut self,
+        datagram: &[u8],
+        transcript: Transcript,
+    ) -> Result<(), OpenError> {
+        let result = self.open_transcript_inner(datagram, transcript);
+        if let Err(e) = &result {
+            let counter = match e {
+                OpenError::UnknownContext(_) => &mut self.stats.unknown_context_rejected,
+                OpenError::TooOld => &mut self.stats.too_old_rejected,
+                OpenError::Replay => &mut self.stats.replays_rejected,
+                OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
+                OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
+                _ => &mut self.stats.malformed_rejected,
+            };
+            *counter += 1;
+        }
+        result
+    }
+
+    fn open_transcript_inner(
+        &mut self,
+        datagram: &[u8],
+        transcript: Transcript,
+    ) -> Result<(), OpenError> {
+        let msg = SealedMessage::decode(datagram, self.max_payload)?;
+        let h = msg.header;
+        if h.message_type != MessageType::TranscriptTag {
+            return Err(OpenError::ContextMismatch);
+        }
+        let is_current = self.locate(&h)?;
+        if transcript.keyed_for != self.role.peer() || transcript.context != h.context {
+            return Err(OpenError::ContextMismatch);
+        }
+        let pad = self.pool.receive_pad(h.pad_position, h.mode.pad_units())?;
+        self.stats.forgery_bound += epsilon(h.mode, MAX_MESSAGE_BYTES);
+        debug_assert_eq!(self.context(is_current).id(), transcript.context);
+        let mut stream = transcript.into_stream();
+        stream.update(msg.header_bytes);
+        stream.update(msg.payload);
+        if !stream.verify(pad.as_bytes(), msg.tag) {
+            return Err(OpenError::AuthenticationFailed);
+        }
+        drop(pad);
+        self.accept(&h);
+        self.drain_pool_events();
+        Ok(())
+    }
+
+    /// Takes the configured share of block `block_id`'s final key into the
+    /// pool (see [`AuthKeyPool::replenish_from_block`]); returns the rest for
+    /// the key store and the block's key account.
+    ///
+    /// # Errors
+    /// As [`AuthKeyPool::replenish_from_block`].
+    pub fn replenish_from_block(
+        &mut self,
+        block_id: u64,
+        final_key: SecretKey,
+    ) -> Result<(SecretKey, BlockAccount), (PoolError, SecretKey)> {
+        let result = self.pool.replenish_from_block(block_id, final_key);
+        self.drain_pool_events();
+        result
+    }
+
+    /// Deposits agreed key into the pool (see [`AuthKeyPool::replenish`]).
+    ///
+    /// # Errors
+    /// As [`AuthKeyPool::replenish`].
+    pub fn replenish(&mut self, block_id: u64, key: &SecretKey) -> Result<u64, PoolError> {
+        self.pool.replenish(block_id, key)
+    }
+
+    /// Closes the current block account (see [`AuthKeyPool::close_block`]).
+    pub fn close_block(&mut self, block_id: u64) -> BlockAccount {
+        self.pool.close_block(block_id)
+    }
+
+    fn drain_pool_events(&mut self) {
+        while let Some(event) = self.pool.poll_event() {
+            match event {
+                PoolEvent::LowWater { remaining_bits } => {
+                    self.events
+                        .push_back(AuthEvent::LowWater { remaining_bits });
+                }
+            }
+        }
+    }
+
+    /// Next event, until `None`.
+    pub fn poll_event(&mut self) -> Option<AuthEvent> {
+        self.events.pop_front()
+    }
+}
+
+impl core::fmt::Debug for AuthenticatedChannel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AuthenticatedChannel")
+            .field("role", &self.role)
+            .field("send", &self.send)
+            .field("recv", &self.recv)
+            .field("pool", &self.pool)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+// Keep the body length in step with the decoder's expectations.
+const _: () = assert!(SWITCH_BODY_LEN == 13);
