@@ -164,9 +164,23 @@ impl KeyId {
     /// mode, truncated to 122 bits, stamped as a version-8 UUID).
     #[must_use]
     pub fn derive(context: &[u8]) -> Self {
-        let digest = blake3::derive_key(KEY_ID_CONTEXT, context);
+        Self::derive_parts(&[context])
+    }
+
+    /// [`KeyId::derive`] of the concatenation of `parts`, without building it.
+    fn derive_parts(parts: &[&[u8]]) -> Self {
+        // The context key of blake3's derive-key mode depends only on the
+        // fixed context string: compute it once, clone the hasher per call.
+        static BASE: std::sync::OnceLock<blake3::Hasher> = std::sync::OnceLock::new();
+        let mut hasher = BASE
+            .get_or_init(|| blake3::Hasher::new_derive_key(KEY_ID_CONTEXT))
+            .clone();
+        for part in parts {
+            hasher.update(part);
+        }
+        let digest = hasher.finalize();
         let mut bytes = [0u8; 16];
-        bytes.copy_from_slice(&digest[..16]);
+        bytes.copy_from_slice(&digest.as_bytes()[..16]);
         KeyId(uuid::Uuid::new_v8(bytes))
     }
 
@@ -175,12 +189,12 @@ impl KeyId {
     /// triples share an encoding.
     #[must_use]
     pub fn for_block(link: &[u8], block: u64, index: u64) -> Self {
-        let mut ctx = Vec::with_capacity(8 + link.len() + 16);
-        ctx.extend_from_slice(&(link.len() as u64).to_le_bytes());
-        ctx.extend_from_slice(link);
-        ctx.extend_from_slice(&block.to_le_bytes());
-        ctx.extend_from_slice(&index.to_le_bytes());
-        Self::derive(&ctx)
+        Self::derive_parts(&[
+            &(link.len() as u64).to_le_bytes(),
+            link,
+            &block.to_le_bytes(),
+            &index.to_le_bytes(),
+        ])
     }
 
     /// Wraps an existing UUID (for IDs chosen elsewhere, e.g. by a peer).
@@ -289,6 +303,16 @@ mod tests {
         assert_eq!(b[..6], digest[..6]);
         assert_eq!(b[6] & 0x0f, digest[6] & 0x0f);
         assert_eq!(b[9..], digest[9..16]);
+    }
+
+    #[test]
+    fn for_block_is_derive_of_the_length_prefixed_encoding() {
+        let mut ctx = Vec::new();
+        ctx.extend_from_slice(&6u64.to_le_bytes());
+        ctx.extend_from_slice(b"link-7");
+        ctx.extend_from_slice(&42u64.to_le_bytes());
+        ctx.extend_from_slice(&3u64.to_le_bytes());
+        assert_eq!(KeyId::for_block(b"link-7", 42, 3), KeyId::derive(&ctx));
     }
 
     #[test]
