@@ -1,0 +1,356 @@
+//! Additive FFT over GF(2^128) in the novel polynomial basis of Lin, Chung
+//! and Han (FOCS 2014), on the subspace spanned by a Cantor basis, used to
+//! multiply long GF(2)[x] polynomials (Chen, Cheng, Kuo, Li and Yang, "Faster
+//! multiplication for long binary polynomials", 2018).
+//!
+//! A GF(2)[x] polynomial is cut into 64-bit chunks `a_i(x)`, read as elements
+//! of GF(2^128): `A(y) = Σ a_i y^i` with `y = x^64`. The product of two chunks
+//! has degree at most 126, so the coefficients of `C(y) = A(y)·B(y)` computed
+//! in GF(2^128)[y] never meet the field's reduction: each is the exact
+//! GF(2)[x] sum, and XOR-folding the 128-bit coefficients at 64-bit offsets
+//! gives the exact product. `C` is found by evaluating `A` and `B` at `2^L`
+//! points of the subspace `V_L = span(β_0, …, β_{L-1})`, multiplying point by
+//! point and interpolating back.
+//!
+//! With a Cantor basis (`β_0 = 1`, `β_i^2 + β_i = β_{i-1}`) the subspace
+//! polynomials are `s_k(x) = Σ_{j ⊆ k} x^{2^j}` (coefficients in GF(2),
+//! `j ⊆ k` meaning the bits of `j` are a subset of those of `k`), `s_k`
+//! vanishes on `V_k` and `s_k(β_k) = 1`. So:
+//!
+//! - the novel basis `X_i = Π_{bit j of i} s_j` needs no normalisation;
+//! - converting between the monomial and the novel basis is a recursive
+//!   division by the sparse `s_k`: XORs only, no field multiplication;
+//! - the butterfly twiddle of level `k` for the block starting at index `u`
+//!   is `s_k(ω_u) = ω_{u >> k}` with `ω_v = Σ_{bit j of v} β_j`, so it costs
+//!   one XOR from the previous block's.
+//!
+//! One FFT of size `2^L` costs `L·2^(L-1)` field multiplications (one per
+//! butterfly); a product takes three FFTs, `2^L` pointwise products and three
+//! basis conversions of about `2^L·Σ_k 2^popcount(k)` XORs. Both are run
+//! depth-first so that, below a few levels, each block is in cache.
+
+use std::sync::OnceLock;
+
+use super::clmul::{Backend, gf128_mul_portable, run};
+
+/// Largest `L` (transform of `2^L` points) supported.
+pub(crate) const MAX_LOG: usize = 40;
+
+/// Blocks of at most this many elements are transformed level by level
+/// inside the cache; larger ones recursively.
+const LEAF: usize = 1 << 11;
+
+/// The first Cantor basis elements of GF(2^128) and their prefix sums.
+pub(crate) struct CantorBasis {
+    beta: [u128; MAX_LOG + 2],
+    /// `prefix[t] = β_1 + … + β_t`.
+    prefix: [u128; MAX_LOG + 2],
+}
+
+/// Solves `x^2 + x = c` in GF(2^128) by Gaussian elimination on the
+/// GF(2)-linear map `x ↦ x^2 + x`; `None` if `c` has trace 1.
+fn solve_artin_schreier(c: u128) -> Option<u128> {
+    // pivots[p] = (image vector with highest bit p, combination of basis bits)
+    let mut pivots: [(u128, u128); 128] = [(0, 0); 128];
+    for j in 0..128 {
+        let x = 1u128 << j;
+        let mut v = gf128_mul_portable(x, x) ^ x;
+        let mut comb = x;
+        while v != 0 {
+            let p = 127 - v.leading_zeros() as usize;
+            if pivots[p].0 == 0 {
+                pivots[p] = (v, comb);
+                break;
+            }
+            v ^= pivots[p].0;
+            comb ^= pivots[p].1;
+        }
+    }
+    let (mut v, mut comb) = (c, 0u128);
+    while v != 0 {
+        let p = 127 - v.leading_zeros() as usize;
+        if pivots[p].0 == 0 {
+            return None;
+        }
+        v ^= pivots[p].0;
+        comb ^= pivots[p].1;
+    }
+    Some(comb)
+}
+
+impl CantorBasis {
+    fn compute() -> Self {
+        let mut beta = [0u128; MAX_LOG + 2];
+        beta[0] = 1;
+        for i in 1..beta.len() {
+            beta[i] = solve_artin_schreier(beta[i - 1])
+                .expect("a Cantor basis of GF(2^128) has 128 elements");
+        }
+        let mut prefix = [0u128; MAX_LOG + 2];
+        for t in 1..prefix.len() {
+            prefix[t] = prefix[t - 1] ^ beta[t];
+        }
+        Self { beta, prefix }
+    }
+
+    /// The basis, computed once.
+    pub(crate) fn get() -> &'static Self {
+        static BASIS: OnceLock<CantorBasis> = OnceLock::new();
+        BASIS.get_or_init(Self::compute)
+    }
+
+    /// `ω_v = Σ_{bit j of v} β_j`.
+    #[inline]
+    pub(crate) fn omega(&self, mut v: usize) -> u128 {
+        let mut r = 0;
+        while v != 0 {
+            r ^= self.beta[v.trailing_zeros() as usize];
+            v &= v - 1;
+        }
+        r
+    }
+
+    /// `β_1 + … + β_t`.
+    #[inline]
+    pub(crate) fn prefix(&self, t: usize) -> u128 {
+        self.prefix[t]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn beta(&self, i: usize) -> u128 {
+        self.beta[i]
+    }
+}
+
+/// Offsets `2^j` for the lower terms of `s_k` (`j ⊆ k`, `j < k`).
+fn lower_terms(k: usize) -> impl Iterator<Item = usize> {
+    (0..k).filter(move |j| j & !k == 0).map(|j| 1usize << j)
+}
+
+/// Monomial to novel basis, in place; `data.len()` is a power of two and
+/// only the first `used` entries may be non-zero.
+pub(crate) fn to_novel<T>(data: &mut [T], used: usize)
+where
+    T: Copy + core::ops::BitXorAssign,
+{
+    let n = data.len();
+    if n <= 1 || used == 0 {
+        return;
+    }
+    let half = n / 2;
+    if used <= half {
+        // s_k f_1 with f_1 = 0: nothing to divide, the top half stays zero.
+        to_novel(&mut data[..half], used);
+        return;
+    }
+    let k = half.trailing_zeros() as usize;
+    let terms: Vec<usize> = lower_terms(k).collect();
+    if !terms.is_empty() {
+        for i in (half..n).rev() {
+            let v = data[i];
+            for &o in &terms {
+                data[i - half + o] ^= v;
+            }
+        }
+    }
+    let (lo, hi) = data.split_at_mut(half);
+    to_novel(lo, half);
+    to_novel(hi, used - half);
+}
+
+/// Novel to monomial basis, in place (inverse of [`to_novel`]).
+pub(crate) fn from_novel<T>(data: &mut [T])
+where
+    T: Copy + core::ops::BitXorAssign,
+{
+    let n = data.len();
+    if n <= 1 {
+        return;
+    }
+    let half = n / 2;
+    let k = half.trailing_zeros() as usize;
+    {
+        let (lo, hi) = data.split_at_mut(half);
+        from_novel(lo);
+        from_novel(hi);
+    }
+    let terms: Vec<usize> = lower_terms(k).collect();
+    if !terms.is_empty() {
+        for i in half..n {
+            let v = data[i];
+            for &o in &terms {
+                data[i - half + o] ^= v;
+            }
+        }
+    }
+}
+
+/// Evaluates the novel-basis polynomial in `data` at `ω_{u+i}`, in place
+/// (`u` is the absolute index of `data[0]`, a multiple of `data.len()`).
+pub(crate) fn fft_forward(backend: Backend, data: &mut [u128], u: usize, basis: &CantorBasis) {
+    let n = data.len();
+    if n <= LEAF {
+        run::fft_forward_leaf(backend, data, u, basis);
+        return;
+    }
+    let half = n / 2;
+    let k = half.trailing_zeros() as usize;
+    let w = basis.omega(u >> k);
+    let (lo, hi) = data.split_at_mut(half);
+    run::butterfly_forward(backend, lo, hi, w);
+    fft_forward(backend, lo, u, basis);
+    fft_forward(backend, hi, u + half, basis);
+}
+
+/// Inverse of [`fft_forward`].
+pub(crate) fn fft_inverse(backend: Backend, data: &mut [u128], u: usize, basis: &CantorBasis) {
+    let n = data.len();
+    if n <= LEAF {
+        run::fft_inverse_leaf(backend, data, u, basis);
+        return;
+    }
+    let half = n / 2;
+    let k = half.trailing_zeros() as usize;
+    let w = basis.omega(u >> k);
+    let (lo, hi) = data.split_at_mut(half);
+    fft_inverse(backend, lo, u, basis);
+    fft_inverse(backend, hi, u + half, basis);
+    run::butterfly_inverse(backend, lo, hi, w);
+}
+
+/// `log2` of the transform size for a product of `a_len` and `b_len` chunks.
+pub(crate) fn transform_log(a_len: usize, b_len: usize) -> usize {
+    let terms = a_len + b_len - 1;
+    (terms.next_power_of_two().trailing_zeros() as usize).max(1)
+}
+
+fn forward_operand(backend: Backend, words: &[u64], log: usize, basis: &CantorBasis) -> Vec<u128> {
+    let n = 1usize << log;
+    let mut tmp = vec![0u64; n];
+    tmp[..words.len()].copy_from_slice(words);
+    to_novel(&mut tmp, words.len());
+    let mut out: Vec<u128> = tmp.iter().map(|&w| u128::from(w)).collect();
+    zeroize::Zeroize::zeroize(&mut tmp);
+    fft_forward(backend, &mut out, 0, basis);
+    out
+}
+
+/// The GF(2)[x] product of `a` and `b` (packed words, bit `i` of word `w` is
+/// the coefficient of `x^(64w+i)`), `a.len() + b.len()` words.
+pub(crate) fn mul(backend: Backend, a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut out = vec![0u64; a.len() + b.len()];
+    if a.is_empty() || b.is_empty() {
+        return out;
+    }
+    let log = transform_log(a.len(), b.len());
+    assert!(log <= MAX_LOG, "operands too long for the additive FFT");
+    let basis = CantorBasis::get();
+    let mut fa = forward_operand(backend, a, log, basis);
+    let mut fb = forward_operand(backend, b, log, basis);
+    run::pointwise_mul(backend, &mut fa, &fb);
+    zeroize::Zeroize::zeroize(&mut fb);
+    drop(fb);
+    fft_inverse(backend, &mut fa, 0, basis);
+    from_novel(&mut fa);
+    let terms = a.len() + b.len() - 1;
+    for (k, &c) in fa[..terms].iter().enumerate() {
+        out[k] ^= c as u64;
+        out[k + 1] ^= (c >> 64) as u64;
+    }
+    zeroize::Zeroize::zeroize(&mut fa);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cantor_basis_relations() {
+        let b = CantorBasis::get();
+        assert_eq!(b.beta(0), 1);
+        for i in 1..MAX_LOG + 2 {
+            let x = b.beta(i);
+            assert_eq!(gf128_mul_portable(x, x) ^ x, b.beta(i - 1), "β_{i}");
+        }
+        // Linear independence: the span of the first t has 2^t elements,
+        // checked by elimination.
+        let mut pivots = [0u128; 128];
+        for i in 0..MAX_LOG + 2 {
+            let mut v = b.beta(i);
+            while v != 0 {
+                let p = 127 - v.leading_zeros() as usize;
+                if pivots[p] == 0 {
+                    pivots[p] = v;
+                    break;
+                }
+                v ^= pivots[p];
+            }
+            assert_ne!(v, 0, "β_{i} depends on the earlier ones");
+        }
+    }
+
+    #[test]
+    fn subspace_polynomial_maps_basis_down() {
+        // s_k(β_j) = β_{j-k} for j ≥ k and 0 below, evaluated from its sparse form.
+        let b = CantorBasis::get();
+        let pow2 = |mut x: u128, j: usize| {
+            for _ in 0..j {
+                x = gf128_mul_portable(x, x);
+            }
+            x
+        };
+        for k in 0..7 {
+            for j in 0..10 {
+                let x = b.beta(j);
+                let mut s = pow2(x, k);
+                for o in lower_terms(k) {
+                    s ^= pow2(x, o.trailing_zeros() as usize);
+                }
+                let want = if j >= k { b.beta(j - k) } else { 0 };
+                assert_eq!(s, want, "s_{k}(β_{j})");
+            }
+        }
+    }
+
+    #[test]
+    fn novel_basis_round_trip() {
+        let mut x: Vec<u128> = (0..256u128).map(|i| i * 0x9e37_79b9_7f4a_7c15 + 3).collect();
+        let orig = x.clone();
+        to_novel(&mut x, 256);
+        assert_ne!(x, orig);
+        from_novel(&mut x);
+        assert_eq!(x, orig);
+    }
+
+    #[test]
+    fn fft_round_trip_and_evaluation() {
+        let basis = CantorBasis::get();
+        for log in [1usize, 3, 5, 12, 13] {
+            let n = 1 << log;
+            let coeffs: Vec<u128> = (0..n as u128)
+                .map(|i| (i * 0x1234_5678_9abc_def1).rotate_left(i as u32))
+                .collect();
+            let mut novel = coeffs.clone();
+            to_novel(&mut novel, n);
+            let mut evals = novel.clone();
+            fft_forward(Backend::Portable, &mut evals, 0, basis);
+            if log <= 5 {
+                // Direct Horner evaluation of the monomial form at ω_u.
+                for (u, &e) in evals.iter().enumerate() {
+                    let p = basis.omega(u);
+                    let mut acc = 0u128;
+                    for &c in coeffs.iter().rev() {
+                        acc = gf128_mul_portable(acc, p) ^ c;
+                    }
+                    assert_eq!(e, acc, "log {log} point {u}");
+                }
+            }
+            let mut simd = novel.clone();
+            fft_forward(Backend::detect(), &mut simd, 0, basis);
+            assert_eq!(simd, evals);
+            fft_inverse(Backend::detect(), &mut evals, 0, basis);
+            assert_eq!(evals, novel);
+        }
+    }
+}
