@@ -20,6 +20,9 @@ pub enum Backend {
     Portable,
     /// x86-64 `PCLMULQDQ` (with SSE4.1), detected at run time.
     Pclmul,
+    /// x86-64 `VPCLMULQDQ` on 512-bit vectors (AVX-512F/BW): four field
+    /// multiplications per instruction in the FFT butterflies.
+    Avx512,
 }
 
 impl Backend {
@@ -28,9 +31,11 @@ impl Backend {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("pclmulqdq")
-                && std::arch::is_x86_feature_detected!("sse4.1")
-            {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("pclmulqdq") && has!("sse4.1") {
+                if has!("avx512f") && has!("avx512bw") && has!("vpclmulqdq") {
+                    return Backend::Avx512;
+                }
                 return Backend::Pclmul;
             }
         }
@@ -42,7 +47,8 @@ impl Backend {
     pub fn is_available(self) -> bool {
         match self {
             Backend::Portable => true,
-            Backend::Pclmul => Backend::detect() == Backend::Pclmul,
+            Backend::Pclmul => matches!(Backend::detect(), Backend::Pclmul | Backend::Avx512),
+            Backend::Avx512 => Backend::detect() == Backend::Avx512,
         }
     }
 }
@@ -121,22 +127,24 @@ pub(crate) fn gf128_mul_portable(a: u128, b: u128) -> u128 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use core::arch::x86_64::{
-        __m128i, _mm_clmulepi64_si128, _mm_cvtsi64_si128, _mm_cvtsi128_si64, _mm_extract_epi64,
-        _mm_set_epi64x, _mm_slli_si128, _mm_srli_si128, _mm_xor_si128,
+        __m128i, _mm_clmulepi64_si128, _mm_cvtsi64_si128, _mm_slli_si128, _mm_srli_si128,
+        _mm_xor_si128,
     };
 
     #[inline]
     #[target_feature(enable = "pclmulqdq,sse2,sse4.1")]
     pub(super) fn to_m128(x: u128) -> __m128i {
-        _mm_set_epi64x((x >> 64) as i64, x as i64)
+        // SAFETY: both types are 16 plain bytes with no invalid bit
+        // patterns; on little-endian x86-64 the low 64 bits of the u128 are
+        // the low lane, as `_mm_set_epi64x(hi, lo)` would put them.
+        unsafe { core::mem::transmute::<u128, __m128i>(x) }
     }
 
     #[inline]
     #[target_feature(enable = "pclmulqdq,sse2,sse4.1")]
     pub(super) fn from_m128(x: __m128i) -> u128 {
-        let lo = _mm_cvtsi128_si64(x) as u64;
-        let hi = _mm_extract_epi64::<1>(x) as u64;
-        (u128::from(hi) << 64) | u128::from(lo)
+        // SAFETY: as in `to_m128`.
+        unsafe { core::mem::transmute::<__m128i, u128>(x) }
     }
 
     /// Carry-less 64 x 64 -> 128 with PCLMULQDQ.
@@ -320,6 +328,50 @@ macro_rules! kernels {
                 }
             }
 
+            /// The levels with blocks of at most `2·max_half` elements, forward.
+            $(#[$attr])*
+            pub(crate) fn fft_forward_low(data: &mut [u128], u0: usize, basis: &crate::amplify::fft::CantorBasis, max_half: usize) {
+                let mut half = max_half.min(data.len() / 2);
+                while half >= 1 {
+                    let k = half.trailing_zeros() as usize;
+                    let mut w = basis.omega(u0 >> k);
+                    for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                        if b > 0 {
+                            w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                        }
+                        let (lo, hi) = block.split_at_mut(half);
+                        let wp = $prep(w);
+                        for (l, h) in lo.iter_mut().zip(hi.iter_mut()) {
+                            *l ^= $apply(wp, *h);
+                            *h ^= *l;
+                        }
+                    }
+                    half /= 2;
+                }
+            }
+
+            /// The levels with blocks of at most `2·max_half` elements, inverse.
+            $(#[$attr])*
+            pub(crate) fn fft_inverse_low(data: &mut [u128], u0: usize, basis: &crate::amplify::fft::CantorBasis, max_half: usize) {
+                let mut half = 1;
+                while half <= max_half && half < data.len() {
+                    let k = half.trailing_zeros() as usize;
+                    let mut w = basis.omega(u0 >> k);
+                    for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                        if b > 0 {
+                            w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                        }
+                        let (lo, hi) = block.split_at_mut(half);
+                        let wp = $prep(w);
+                        for (l, h) in lo.iter_mut().zip(hi.iter_mut()) {
+                            *h ^= *l;
+                            *l ^= $apply(wp, *h);
+                        }
+                    }
+                    half *= 2;
+                }
+            }
+
             /// `a[i] = a[i]·b[i]` in GF(2^128).
             $(#[$attr])*
             pub(crate) fn pointwise_mul(a: &mut [u128], b: &[u128]) {
@@ -363,6 +415,161 @@ kernels!(
     x86::apply
 );
 
+
+/// The AVX-512 kernels: butterflies on four field elements per vector; the
+/// rest is the PCLMULQDQ code (these features include its).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use core::arch::x86_64::{
+        __m512i, _mm512_broadcast_i32x4, _mm512_bslli_epi128, _mm512_bsrli_epi128,
+        _mm512_clmulepi64_epi128, _mm512_loadu_si512, _mm512_set1_epi64, _mm512_storeu_si512,
+        _mm512_xor_si512,
+    };
+
+    use super::{pclmul, x86};
+    use crate::amplify::fft::CantorBasis;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn mul4(a: __m512i, b: __m512i, b_fold: __m512i) -> __m512i {
+        let lo = _mm512_clmulepi64_epi128::<0x00>(a, b);
+        let hi = _mm512_clmulepi64_epi128::<0x11>(a, b);
+        let a_fold = _mm512_xor_si512(a, _mm512_bsrli_epi128::<8>(a));
+        let mid = _mm512_xor_si512(
+            _mm512_clmulepi64_epi128::<0x00>(a_fold, b_fold),
+            _mm512_xor_si512(lo, hi),
+        );
+        let x01 = _mm512_xor_si512(lo, _mm512_bslli_epi128::<8>(mid));
+        let x23 = _mm512_xor_si512(hi, _mm512_bsrli_epi128::<8>(mid));
+        let poly = _mm512_set1_epi64(0x87);
+        let t = _mm512_clmulepi64_epi128::<0x01>(x23, poly);
+        let x01 = _mm512_xor_si512(x01, _mm512_bslli_epi128::<8>(t));
+        let x23 = _mm512_xor_si512(x23, _mm512_bsrli_epi128::<8>(t));
+        let u = _mm512_clmulepi64_epi128::<0x00>(x23, poly);
+        _mm512_xor_si512(x01, u)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn load(x: &[u128]) -> __m512i {
+        assert!(x.len() >= 4);
+        // SAFETY: `x` holds at least 64 readable bytes (asserted); unaligned
+        // loads are allowed.
+        unsafe { _mm512_loadu_si512(x.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn store(x: &mut [u128], v: __m512i) {
+        assert!(x.len() >= 4);
+        // SAFETY: `x` holds at least 64 writable bytes (asserted), borrowed
+        // mutably; unaligned stores are allowed.
+        unsafe { _mm512_storeu_si512(x.as_mut_ptr().cast(), v) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn broadcast(w: u128) -> (__m512i, __m512i) {
+        let wv = _mm512_broadcast_i32x4(x86::to_m128(w));
+        (wv, _mm512_xor_si512(wv, _mm512_bsrli_epi128::<8>(wv)))
+    }
+
+    /// `out ^= a·b`, schoolbook.
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn mul_schoolbook_xor(a: &[u64], b: &[u64], out: &mut [u64]) {
+        pclmul::mul_schoolbook_xor(a, b, out);
+    }
+
+    /// Forward butterflies of one level.
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn butterfly_forward(lo: &mut [u128], hi: &mut [u128], w: u128) {
+        if w == 0 || lo.len() % 4 != 0 {
+            return pclmul::butterfly_forward(lo, hi, w);
+        }
+        let (wv, wf) = broadcast(w);
+        for (l, h) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)) {
+            let hv = load(h);
+            let lv = _mm512_xor_si512(load(l), mul4(hv, wv, wf));
+            store(l, lv);
+            store(h, _mm512_xor_si512(hv, lv));
+        }
+    }
+
+    /// Inverse butterflies of one level.
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn butterfly_inverse(lo: &mut [u128], hi: &mut [u128], w: u128) {
+        if w == 0 || lo.len() % 4 != 0 {
+            return pclmul::butterfly_inverse(lo, hi, w);
+        }
+        let (wv, wf) = broadcast(w);
+        for (l, h) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)) {
+            let lv = load(l);
+            let hv = _mm512_xor_si512(load(h), lv);
+            store(h, hv);
+            store(l, _mm512_xor_si512(lv, mul4(hv, wv, wf)));
+        }
+    }
+
+    /// All levels of a cached block, forward.
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn fft_forward_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
+        let n = data.len();
+        let mut half = n / 2;
+        while half >= 4 {
+            let k = half.trailing_zeros() as usize;
+            let mut w = basis.omega(u0 >> k);
+            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                if b > 0 {
+                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                }
+                let (lo, hi) = block.split_at_mut(half);
+                butterfly_forward(lo, hi, w);
+            }
+            half /= 2;
+        }
+        pclmul::fft_forward_low(data, u0, basis, 2);
+    }
+
+    /// All levels of a cached block, inverse.
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn fft_inverse_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
+        let n = data.len();
+        pclmul::fft_inverse_low(data, u0, basis, 2);
+        let mut half = 4;
+        while half < n {
+            let k = half.trailing_zeros() as usize;
+            let mut w = basis.omega(u0 >> k);
+            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                if b > 0 {
+                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                }
+                let (lo, hi) = block.split_at_mut(half);
+                butterfly_inverse(lo, hi, w);
+            }
+            half *= 2;
+        }
+    }
+
+    /// Pointwise products.
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn pointwise_mul(a: &mut [u128], b: &[u128]) {
+        let split = a.len().min(b.len()) / 4 * 4;
+        let (a4, a_rest) = a.split_at_mut(split);
+        for (x, y) in a4.chunks_exact_mut(4).zip(b.chunks_exact(4)) {
+            let yv = load(y);
+            let yf = _mm512_xor_si512(yv, _mm512_bsrli_epi128::<8>(yv));
+            store(x, mul4(load(x), yv, yf));
+        }
+        pclmul::pointwise_mul(a_rest, &b[split..]);
+    }
+
+    /// Horner steps of the polynomial hash (sequential: the 128-bit code).
+    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn horner(acc: u128, key: u128, blocks: &[u128]) -> u128 {
+        pclmul::horner(acc, key, blocks)
+    }
+}
+
 /// Safe entry points: each calls the kernel of the chosen backend, after
 /// checking that the CPU can run it.
 macro_rules! entry_points {
@@ -378,6 +585,13 @@ macro_rules! entry_points {
                         // the target features the pclmul kernels are compiled with.
                         unsafe { pclmul::$f($($arg),*) }
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    Backend::Avx512 => {
+                        assert!(backend.is_available(), "AVX-512 VPCLMULQDQ backend requested on a CPU without it");
+                        // SAFETY: the assertion above checked that the CPU has
+                        // the target features the avx512 kernels are compiled with.
+                        unsafe { avx512::$f($($arg),*) }
+                    }
                     _ => portable::$f($($arg),*),
                 }
             }
@@ -389,7 +603,7 @@ macro_rules! entry_points {
 pub(crate) mod run {
     use super::{Backend, portable};
     #[cfg(target_arch = "x86_64")]
-    use super::pclmul;
+    use super::{avx512, pclmul};
     use crate::amplify::fft::CantorBasis;
 
     entry_points! {
@@ -415,7 +629,7 @@ pub(crate) mod run {
 pub(crate) fn clmul64(backend: Backend, a: u64, b: u64) -> u128 {
     match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Pclmul => {
+        Backend::Pclmul | Backend::Avx512 => {
             assert!(backend.is_available(), "PCLMULQDQ not available");
             // SAFETY: the CPU has the features (checked just above).
             unsafe { x86::clmul64(a, b) }
@@ -429,7 +643,7 @@ pub(crate) fn clmul64(backend: Backend, a: u64, b: u64) -> u128 {
 pub(crate) fn gf128_mul(backend: Backend, a: u128, b: u128) -> u128 {
     match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Pclmul => {
+        Backend::Pclmul | Backend::Avx512 => {
             assert!(backend.is_available(), "PCLMULQDQ not available");
             // SAFETY: the CPU has the features (checked just above).
             unsafe { x86::gf128_mul(a, b) }

@@ -38,7 +38,7 @@ pub(crate) const MAX_LOG: usize = 40;
 
 /// Blocks of at most this many elements are transformed level by level
 /// inside the cache; larger ones recursively.
-const LEAF: usize = 1 << 11;
+const LEAF: usize = 1 << 14;
 
 /// The first Cantor basis elements of GF(2^128) and their prefix sums.
 pub(crate) struct CantorBasis {
@@ -127,9 +127,85 @@ fn lower_terms(k: usize) -> impl Iterator<Item = usize> {
     (0..k).filter(move |j| j & !k == 0).map(|j| 1usize << j)
 }
 
+/// The lower terms of `s_k` in a fixed array (no allocation): (offsets, count).
+#[cfg(test)]
+fn lower_terms_array(k: usize) -> ([usize; MAX_LOG + 2], usize) {
+    let mut out = [0usize; MAX_LOG + 2];
+    let mut count = 0;
+    for o in lower_terms(k) {
+        out[count] = o;
+        count += 1;
+    }
+    (out, count)
+}
+
+/// Blocks of at most this many coefficients are converted level by level.
+#[cfg(test)]
+const CONVERT_LEAF: usize = 1 << 12;
+
+/// `data` (`2^(k+1)` coefficients) becomes `f_0 + x^(2^k)·f_1` with
+/// `f = f_0 + s_k·f_1`: long division by `s_k`, top coefficient first.
+///
+/// The step for coefficient `i` XORs it into `i − 2^k + o` for each lower
+/// term `x^o` of `s_k`, `o ≤ 2^(k−1)`, so it only changes coefficients at
+/// least `2^(k−1)` below `i`: a run of `2^(k−1)` consecutive steps reads
+/// nothing it writes, and is done as whole-slice XORs.
+#[cfg(test)]
+fn divide_by_subspace_polynomial<T>(data: &mut [T], k: usize)
+where
+    T: Copy + core::ops::BitXorAssign,
+{
+    let half = 1usize << k;
+    let (terms, count) = lower_terms_array(k);
+    let terms = &terms[..count];
+    if terms.is_empty() {
+        return;
+    }
+    let run = (half / 2).clamp(1, 512);
+    let mut end = 2 * half;
+    while end > half {
+        let start = end - run;
+        for &o in terms {
+            let (dst, src) = data.split_at_mut(start);
+            let dst = &mut dst[start - half + o..start - half + o + run];
+            for (d, s) in dst.iter_mut().zip(&src[..run]) {
+                *d ^= *s;
+            }
+        }
+        end = start;
+    }
+}
+
+/// Inverse of [`divide_by_subspace_polynomial`]: the same steps, bottom first.
+#[cfg(test)]
+fn multiply_by_subspace_polynomial<T>(data: &mut [T], k: usize)
+where
+    T: Copy + core::ops::BitXorAssign,
+{
+    let half = 1usize << k;
+    let (terms, count) = lower_terms_array(k);
+    let terms = &terms[..count];
+    if terms.is_empty() {
+        return;
+    }
+    let run = (half / 2).clamp(1, 512);
+    let mut start = half;
+    while start < 2 * half {
+        for &o in terms.iter().rev() {
+            let (dst, src) = data.split_at_mut(start);
+            let dst = &mut dst[start - half + o..start - half + o + run];
+            for (d, s) in dst.iter_mut().zip(&src[..run]) {
+                *d ^= *s;
+            }
+        }
+        start += run;
+    }
+}
+
 /// Monomial to novel basis, in place; `data.len()` is a power of two and
 /// only the first `used` entries may be non-zero.
-pub(crate) fn to_novel<T>(data: &mut [T], used: usize)
+#[cfg(test)]
+pub(crate) fn to_novel_by_division<T>(data: &mut [T], used: usize)
 where
     T: Copy + core::ops::BitXorAssign,
 {
@@ -140,26 +216,33 @@ where
     let half = n / 2;
     if used <= half {
         // s_k f_1 with f_1 = 0: nothing to divide, the top half stays zero.
-        to_novel(&mut data[..half], used);
+        to_novel_by_division(&mut data[..half], used);
         return;
     }
-    let k = half.trailing_zeros() as usize;
-    let terms: Vec<usize> = lower_terms(k).collect();
-    if !terms.is_empty() {
-        for i in (half..n).rev() {
-            let v = data[i];
-            for &o in &terms {
-                data[i - half + o] ^= v;
+    if n <= CONVERT_LEAF {
+        // Level by level inside the cache: every block of a level is divided
+        // before the next level down.
+        let mut k = half.trailing_zeros() as usize;
+        loop {
+            for block in data.chunks_exact_mut(2 << k) {
+                divide_by_subspace_polynomial(block, k);
             }
+            if k == 0 {
+                return;
+            }
+            k -= 1;
         }
     }
+    let k = half.trailing_zeros() as usize;
+    divide_by_subspace_polynomial(data, k);
     let (lo, hi) = data.split_at_mut(half);
-    to_novel(lo, half);
-    to_novel(hi, used - half);
+    to_novel_by_division(lo, half);
+    to_novel_by_division(hi, used - half);
 }
 
 /// Novel to monomial basis, in place (inverse of [`to_novel`]).
-pub(crate) fn from_novel<T>(data: &mut [T])
+#[cfg(test)]
+pub(crate) fn from_novel_by_division<T>(data: &mut [T])
 where
     T: Copy + core::ops::BitXorAssign,
 {
@@ -169,20 +252,145 @@ where
     }
     let half = n / 2;
     let k = half.trailing_zeros() as usize;
-    {
-        let (lo, hi) = data.split_at_mut(half);
-        from_novel(lo);
-        from_novel(hi);
-    }
-    let terms: Vec<usize> = lower_terms(k).collect();
-    if !terms.is_empty() {
-        for i in half..n {
-            let v = data[i];
-            for &o in &terms {
-                data[i - half + o] ^= v;
+    if n <= CONVERT_LEAF {
+        for j in 0..=k {
+            for block in data.chunks_exact_mut(2 << j) {
+                multiply_by_subspace_polynomial(block, j);
             }
         }
+        return;
     }
+    {
+        let (lo, hi) = data.split_at_mut(half);
+        from_novel_by_division(lo);
+        from_novel_by_division(hi);
+    }
+    multiply_by_subspace_polynomial(data, k);
+}
+
+/// `dst ^= src`, element-wise.
+#[inline]
+fn xor_into<T: Copy + core::ops::BitXorAssign>(dst: &mut [T], src: &[T]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d ^= *s;
+    }
+}
+
+/// Taylor expansion in powers of `x^τ + x` (`τ = 2^(2^t)`), in place, on a
+/// polynomial of `data.len() / row` coefficients that are rows of `row`
+/// elements: afterwards block `i` of `τ` rows holds `g_i` with
+/// `f = Σ g_i·(x^τ + x)^i` (Gao and Mateer 2010, section 3).
+///
+/// Each step divides by `(x^τ + x)^B = x^(τB) + x^B`, a binomial: the top
+/// half is XORed into the rows `τB − B` lower, top first, in runs of
+/// `τB − B ≥ τB/2` rows that read nothing they write.
+fn taylor<T: Copy + core::ops::BitXorAssign>(data: &mut [T], tau: usize, row: usize) {
+    let n = data.len() / row;
+    if n <= tau {
+        return;
+    }
+    let half = n / 2;
+    let b = half / tau;
+    let d = half - b;
+    // c[t] ^= c[t + d] for t = n − 1 − d down to b, in runs of d.
+    let mut end = n - d;
+    while end > b {
+        let start = end.saturating_sub(d).max(b);
+        let (lo, hi) = data.split_at_mut((start + d) * row);
+        xor_into(&mut lo[start * row..end * row], &hi[..(end - start) * row]);
+        end = start;
+    }
+    let (lo, hi) = data.split_at_mut(half * row);
+    taylor(lo, tau, row);
+    taylor(hi, tau, row);
+}
+
+/// Inverse of [`taylor`].
+fn taylor_inverse<T: Copy + core::ops::BitXorAssign>(data: &mut [T], tau: usize, row: usize) {
+    let n = data.len() / row;
+    if n <= tau {
+        return;
+    }
+    let half = n / 2;
+    let b = half / tau;
+    let d = half - b;
+    {
+        let (lo, hi) = data.split_at_mut(half * row);
+        taylor_inverse(lo, tau, row);
+        taylor_inverse(hi, tau, row);
+    }
+    let mut start = b;
+    while start < n - d {
+        let end = (start + d).min(n - d);
+        let (lo, hi) = data.split_at_mut((start + d) * row);
+        xor_into(&mut lo[start * row..end * row], &hi[..(end - start) * row]);
+        start = end;
+    }
+}
+
+/// Largest power of two below `log_n` (`log_n ≥ 2`).
+fn split_log(log_n: usize) -> usize {
+    1 << (usize::BITS - 1 - (log_n - 1).leading_zeros())
+}
+
+/// Monomial to novel basis on `2^log_n` coefficient rows of `row` elements.
+///
+/// With `K` the largest power of two below `log_n`, `s_K = x^(2^K) + x` and
+/// `X_{a + 2^K·b}(x) = X_a(x)·X_b(s_K(x))` (because `s_{K+j} = s_j ∘ s_K`):
+/// a Taylor expansion in `s_K`, a conversion of size `2^(log_n − K)` whose
+/// coefficients are the blocks of `2^K` rows, and `2^(log_n − K)`
+/// conversions of size `2^K` (the Chen et al. 2018 basis conversion).
+fn convert_rows<T: Copy + core::ops::BitXorAssign>(data: &mut [T], log_n: usize, row: usize) {
+    if log_n <= 1 {
+        // X_0 = 1, X_1 = s_0 = x: the bases agree.
+        return;
+    }
+    if log_n == 2 {
+        // x^2 = X_2 + X_1, x^3 = X_3 + X_2 + X_1: row 2 ^= row 3, row 1 ^= row 2.
+        let (lo, hi) = data.split_at_mut(3 * row);
+        xor_into(&mut lo[2 * row..], hi);
+        let (lo, hi) = lo.split_at_mut(2 * row);
+        xor_into(&mut lo[row..], hi);
+        return;
+    }
+    let k = split_log(log_n);
+    taylor(data, 1 << k, row);
+    convert_rows(data, log_n - k, row << k);
+    for block in data.chunks_exact_mut(row << k) {
+        convert_rows(block, k, row);
+    }
+}
+
+/// Inverse of [`convert_rows`].
+fn convert_rows_inverse<T: Copy + core::ops::BitXorAssign>(data: &mut [T], log_n: usize, row: usize) {
+    if log_n <= 1 {
+        return;
+    }
+    if log_n == 2 {
+        let (lo, hi) = data.split_at_mut(2 * row);
+        xor_into(&mut lo[row..], &hi[..row]);
+        let (lo, hi) = data.split_at_mut(3 * row);
+        xor_into(&mut lo[2 * row..], hi);
+        return;
+    }
+    let k = split_log(log_n);
+    for block in data.chunks_exact_mut(row << k) {
+        convert_rows_inverse(block, k, row);
+    }
+    convert_rows_inverse(data, log_n - k, row << k);
+    taylor_inverse(data, 1 << k, row);
+}
+
+/// Monomial to novel basis, in place; `data.len()` is a power of two.
+pub(crate) fn to_novel<T: Copy + core::ops::BitXorAssign>(data: &mut [T]) {
+    let log_n = data.len().trailing_zeros() as usize;
+    convert_rows(data, log_n, 1);
+}
+
+/// Novel to monomial basis, in place (inverse of [`to_novel`]).
+pub(crate) fn from_novel<T: Copy + core::ops::BitXorAssign>(data: &mut [T]) {
+    let log_n = data.len().trailing_zeros() as usize;
+    convert_rows_inverse(data, log_n, 1);
 }
 
 /// Evaluates the novel-basis polynomial in `data` at `ω_{u+i}`, in place
@@ -228,7 +436,7 @@ fn forward_operand(backend: Backend, words: &[u64], log: usize, basis: &CantorBa
     let n = 1usize << log;
     let mut tmp = vec![0u64; n];
     tmp[..words.len()].copy_from_slice(words);
-    to_novel(&mut tmp, words.len());
+    to_novel(&mut tmp);
     let mut out: Vec<u128> = tmp.iter().map(|&w| u128::from(w)).collect();
     zeroize::Zeroize::zeroize(&mut tmp);
     fft_forward(backend, &mut out, 0, basis);
@@ -317,8 +525,13 @@ mod tests {
     fn novel_basis_round_trip() {
         let mut x: Vec<u128> = (0..256u128).map(|i| i * 0x9e37_79b9_7f4a_7c15 + 3).collect();
         let orig = x.clone();
-        to_novel(&mut x, 256);
+        to_novel(&mut x);
         assert_ne!(x, orig);
+        let mut y = orig.clone();
+        to_novel_by_division(&mut y, 256);
+        assert_eq!(x, y, "Taylor-based conversion equals division by s_k");
+        from_novel_by_division(&mut y);
+        assert_eq!(y, orig);
         from_novel(&mut x);
         assert_eq!(x, orig);
     }
@@ -332,7 +545,10 @@ mod tests {
                 .map(|i| (i * 0x1234_5678_9abc_def1).rotate_left(i as u32))
                 .collect();
             let mut novel = coeffs.clone();
-            to_novel(&mut novel, n);
+            to_novel(&mut novel);
+            let mut by_division = coeffs.clone();
+            to_novel_by_division(&mut by_division, n);
+            assert_eq!(novel, by_division);
             let mut evals = novel.clone();
             fft_forward(Backend::Portable, &mut evals, 0, basis);
             if log <= 5 {

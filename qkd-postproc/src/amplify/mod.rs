@@ -245,6 +245,38 @@ impl ToeplitzHasher {
     }
 }
 
+/// How [`polynomial_product`] multiplies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProductMethod {
+    /// Chosen by operand size (what the hashing uses).
+    #[default]
+    Auto,
+    /// One carry-less multiplication per pair of words.
+    Schoolbook,
+    /// Karatsuba over words, schoolbook below 24 words.
+    Karatsuba,
+    /// Additive FFT over GF(2^128).
+    AdditiveFft,
+}
+
+/// The GF(2)[x] product of two packed polynomials (bit `i` of word `w` is the
+/// coefficient of `x^(64w + i)`), `a.len() + b.len()` words long. Exposed for
+/// benches and for users who need long binary polynomial products.
+///
+/// # Panics
+/// If `backend` is not available on this CPU, or the operands exceed `2^40`
+/// words together.
+#[must_use]
+pub fn polynomial_product(backend: Backend, method: ProductMethod, a: &[u64], b: &[u64]) -> Vec<u64> {
+    match method {
+        ProductMethod::Auto => gf2x::mul(backend, a, b),
+        ProductMethod::Schoolbook => gf2x::mul_with(backend, gf2x::Method::Schoolbook, a, b),
+        ProductMethod::Karatsuba => gf2x::mul_with(backend, gf2x::Method::Karatsuba, a, b),
+        ProductMethod::AdditiveFft => gf2x::mul_with(backend, gf2x::Method::Fft, a, b),
+    }
+}
+
 /// Standard Toeplitz hash: `m` output bits of `seed` (`n + m − 1` bits) and
 /// `input` (`n` bits), with the fastest backend.
 ///
