@@ -3,4 +3,5 @@
 #![warn(missing_docs)]
 
 pub mod amplify;
+pub mod confirm;
 pub mod sift;

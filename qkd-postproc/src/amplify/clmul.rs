@@ -328,7 +328,9 @@ macro_rules! kernels {
                 }
             }
 
-            /// The levels with blocks of at most `2·max_half` elements, forward.
+            /// The levels with blocks of at most `2·max_half` elements, forward
+            /// (the AVX-512 leaf ends with these).
+            #[allow(dead_code)]
             $(#[$attr])*
             pub(crate) fn fft_forward_low(data: &mut [u128], u0: usize, basis: &crate::amplify::fft::CantorBasis, max_half: usize) {
                 let mut half = max_half.min(data.len() / 2);
@@ -351,6 +353,7 @@ macro_rules! kernels {
             }
 
             /// The levels with blocks of at most `2·max_half` elements, inverse.
+            #[allow(dead_code)]
             $(#[$attr])*
             pub(crate) fn fft_inverse_low(data: &mut [u128], u0: usize, basis: &crate::amplify::fft::CantorBasis, max_half: usize) {
                 let mut half = 1;

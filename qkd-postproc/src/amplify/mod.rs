@@ -55,12 +55,18 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod clmul;
+pub(crate) mod clmul;
 pub(crate) mod fft;
 mod gf2x;
 pub mod length;
 
 pub use clmul::Backend;
+
+/// GF(2^128) product, portable (for tests of code built on the field).
+#[cfg(test)]
+pub(crate) fn gf128_mul_reference(a: u128, b: u128) -> u128 {
+    clmul::gf128_mul_portable(a, b)
+}
 
 use qkd_core::{BitSlice, BitVec};
 
