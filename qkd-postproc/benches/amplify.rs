@@ -58,7 +58,11 @@ fn add_mod(a: u64, b: u64) -> u64 {
 }
 
 fn sub_mod(a: u64, b: u64) -> u64 {
-    if a >= b { a - b } else { a.wrapping_sub(b).wrapping_add(P) }
+    if a >= b {
+        a - b
+    } else {
+        a.wrapping_sub(b).wrapping_add(P)
+    }
 }
 
 /// Iterative radix-2 NTT in place (bit-reversal first).
@@ -136,12 +140,18 @@ fn toeplitz(c: &mut Criterion) {
         let (h, x, s) = case(n);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("fast", n), &n, |b, _| {
-            b.iter(|| h.hash(black_box(s.as_bitslice()), black_box(x.as_bitslice())).unwrap());
+            b.iter(|| {
+                h.hash(black_box(s.as_bitslice()), black_box(x.as_bitslice()))
+                    .unwrap()
+            });
         });
         if n <= 1_000_000 {
             let hp = h.with_backend(Backend::Portable).unwrap();
             g.bench_with_input(BenchmarkId::new("portable", n), &n, |b, _| {
-                b.iter(|| hp.hash(black_box(s.as_bitslice()), black_box(x.as_bitslice())).unwrap());
+                b.iter(|| {
+                    hp.hash(black_box(s.as_bitslice()), black_box(x.as_bitslice()))
+                        .unwrap()
+                });
             });
         }
         if n <= 100_000 {
@@ -155,7 +165,11 @@ fn toeplitz(c: &mut Criterion) {
                 if !checked {
                     // Same answer as the fast path before it is timed.
                     let fast = h.hash(s.as_bitslice(), x.as_bitslice()).unwrap();
-                    assert_eq!(toeplitz_ntt_per_bit(&s, &x, n / 2), fast, "NTT reference disagrees");
+                    assert_eq!(
+                        toeplitz_ntt_per_bit(&s, &x, n / 2),
+                        fast,
+                        "NTT reference disagrees"
+                    );
                     checked = true;
                 }
                 b.iter(|| toeplitz_ntt_per_bit(black_box(&s), black_box(&x), n / 2));
@@ -169,10 +183,23 @@ fn crossover(c: &mut Criterion) {
     let mut g = c.benchmark_group("crossover");
     g.sample_size(10);
     let backend = Backend::detect();
-    for words in [256usize, 512, 1024, 2048, 4096, 8192] {
-        let a: Vec<u64> = (0..words as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+    for words in [32usize, 64, 128, 256, 512, 1024, 2048, 4096, 8192] {
+        let a: Vec<u64> = (0..words as u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
         let b = a.clone();
-        for (name, method) in [("karatsuba", ProductMethod::Karatsuba), ("fft", ProductMethod::AdditiveFft)] {
+        let methods: &[(&str, ProductMethod)] = if words <= 256 {
+            &[
+                ("schoolbook", ProductMethod::Schoolbook),
+                ("karatsuba", ProductMethod::Karatsuba),
+            ]
+        } else {
+            &[
+                ("karatsuba", ProductMethod::Karatsuba),
+                ("fft", ProductMethod::AdditiveFft),
+            ]
+        };
+        for &(name, method) in methods {
             g.bench_with_input(BenchmarkId::new(name, words), &words, |bch, _| {
                 bch.iter(|| polynomial_product(backend, method, black_box(&a), black_box(&b)));
             });

@@ -285,7 +285,11 @@ impl ConfirmMessage {
         if !(1..=128).contains(&tag_bits) {
             return Err(DecodeError::InvalidTag);
         }
-        let hash_key = if key_len == 16 { bytes.get_u128_le() } else { 0 };
+        let hash_key = if key_len == 16 {
+            bytes.get_u128_le()
+        } else {
+            0
+        };
         let n = usize::from(tag_bits).div_ceil(8);
         if bytes.remaining() < n {
             return Err(DecodeError::Truncated);
@@ -330,7 +334,12 @@ pub fn confirmation_tag(key: BitSlice<'_>, hash_key: u128, tag_bits: u8) -> u128
 /// # Panics
 /// If `tag_bits` is not in `1..=128` or the backend is not available.
 #[must_use]
-pub fn confirmation_tag_with(backend: Backend, key: BitSlice<'_>, hash_key: u128, tag_bits: u8) -> u128 {
+pub fn confirmation_tag_with(
+    backend: Backend,
+    key: BitSlice<'_>,
+    hash_key: u128,
+    tag_bits: u8,
+) -> u128 {
     assert!((1..=128).contains(&tag_bits), "tag_bits must be in 1..=128");
     let words = key.to_bitvec();
     let w = words.words();
@@ -608,7 +617,10 @@ impl ConfirmBob {
                 return Err(ConfirmError::ConflictingChallenge);
             }
         } else {
-            let key = self.key.take().expect("key is held until the first challenge");
+            let key = self
+                .key
+                .take()
+                .expect("key is held until the first challenge");
             let mine = Tag(confirmation_tag(key.as_bitslice(), hash_key, tag_bits));
             drop(key);
             self.events.push_back(if mine.ct_eq(tag) {

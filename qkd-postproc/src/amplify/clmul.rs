@@ -87,13 +87,12 @@ pub(crate) fn clmul64_portable(a: u64, b: u64) -> u128 {
     let mut r = 0u128;
     let av = HOLE_MASKS.map(|m| u128::from(a & m));
     let bv = HOLE_MASKS.map(|m| u128::from(b & m));
-    for k in 0..5 {
+    for (k, mask) in HOLE_MASKS_128.iter().enumerate() {
         let mut acc = 0u128;
-        for i in 0..5 {
-            let j = (k + 5 - i) % 5;
-            acc ^= av[i] * bv[j];
+        for (i, x) in av.iter().enumerate() {
+            acc ^= x * bv[(k + 5 - i) % 5];
         }
-        r |= acc & HOLE_MASKS_128[k];
+        r |= acc & mask;
     }
     r
 }
@@ -201,6 +200,7 @@ mod x86 {
         from_m128(gf128_mul_m(to_m128(x), w.0, w.1))
     }
 
+    #[cfg(test)]
     #[inline]
     #[target_feature(enable = "pclmulqdq,sse2,sse4.1")]
     pub(super) fn gf128_mul(a: u128, b: u128) -> u128 {
@@ -407,7 +407,13 @@ fn apply_portable(w: u128, x: u128) -> u128 {
     gf128_mul_portable(x, w)
 }
 
-kernels!(portable, [inline], clmul64_portable, prep_portable, apply_portable);
+kernels!(
+    portable,
+    [inline],
+    clmul64_portable,
+    prep_portable,
+    apply_portable
+);
 
 #[cfg(target_arch = "x86_64")]
 kernels!(
@@ -417,7 +423,6 @@ kernels!(
     x86::prep,
     x86::apply
 );
-
 
 /// The AVX-512 kernels: butterflies on four field elements per vector; the
 /// rest is the PCLMULQDQ code (these features include its).
@@ -486,7 +491,7 @@ pub(crate) mod avx512 {
     /// Forward butterflies of one level.
     #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
     pub(crate) fn butterfly_forward(lo: &mut [u128], hi: &mut [u128], w: u128) {
-        if w == 0 || lo.len() % 4 != 0 {
+        if w == 0 || !lo.len().is_multiple_of(4) {
             return pclmul::butterfly_forward(lo, hi, w);
         }
         let (wv, wf) = broadcast(w);
@@ -501,7 +506,7 @@ pub(crate) mod avx512 {
     /// Inverse butterflies of one level.
     #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
     pub(crate) fn butterfly_inverse(lo: &mut [u128], hi: &mut [u128], w: u128) {
-        if w == 0 || lo.len() % 4 != 0 {
+        if w == 0 || !lo.len().is_multiple_of(4) {
             return pclmul::butterfly_inverse(lo, hi, w);
         }
         let (wv, wf) = broadcast(w);
@@ -628,6 +633,7 @@ pub(crate) mod run {
 }
 
 /// Carry-less 64 x 64 -> 128 product with the given backend.
+#[cfg(test)]
 #[must_use]
 pub(crate) fn clmul64(backend: Backend, a: u64, b: u64) -> u128 {
     match backend {
@@ -642,6 +648,7 @@ pub(crate) fn clmul64(backend: Backend, a: u64, b: u64) -> u128 {
 }
 
 /// GF(2^128) product with the given backend.
+#[cfg(test)]
 #[must_use]
 pub(crate) fn gf128_mul(backend: Backend, a: u128, b: u128) -> u128 {
     match backend {

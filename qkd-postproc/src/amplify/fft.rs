@@ -1,13 +1,13 @@
 //! Additive FFT over GF(2^128) in the novel polynomial basis of Lin, Chung
 //! and Han (FOCS 2014), on the subspace spanned by a Cantor basis, used to
-//! multiply long GF(2)[x] polynomials (Chen, Cheng, Kuo, Li and Yang, "Faster
+//! multiply long GF(2)\[x\] polynomials (Chen, Cheng, Kuo, Li and Yang, "Faster
 //! multiplication for long binary polynomials", 2018).
 //!
-//! A GF(2)[x] polynomial is cut into 64-bit chunks `a_i(x)`, read as elements
+//! A GF(2)\[x\] polynomial is cut into 64-bit chunks `a_i(x)`, read as elements
 //! of GF(2^128): `A(y) = Σ a_i y^i` with `y = x^64`. The product of two chunks
 //! has degree at most 126, so the coefficients of `C(y) = A(y)·B(y)` computed
 //! in GF(2^128)[y] never meet the field's reduction: each is the exact
-//! GF(2)[x] sum, and XOR-folding the 128-bit coefficients at 64-bit offsets
+//! GF(2)\[x\] sum, and XOR-folding the 128-bit coefficients at 64-bit offsets
 //! gives the exact product. `C` is found by evaluating `A` and `B` at `2^L`
 //! points of the subspace `V_L = span(β_0, …, β_{L-1})`, multiplying point by
 //! point and interpolating back.
@@ -123,6 +123,7 @@ impl CantorBasis {
 }
 
 /// Offsets `2^j` for the lower terms of `s_k` (`j ⊆ k`, `j < k`).
+#[cfg(test)]
 fn lower_terms(k: usize) -> impl Iterator<Item = usize> {
     (0..k).filter(move |j| j & !k == 0).map(|j| 1usize << j)
 }
@@ -362,7 +363,11 @@ fn convert_rows<T: Copy + core::ops::BitXorAssign>(data: &mut [T], log_n: usize,
 }
 
 /// Inverse of [`convert_rows`].
-fn convert_rows_inverse<T: Copy + core::ops::BitXorAssign>(data: &mut [T], log_n: usize, row: usize) {
+fn convert_rows_inverse<T: Copy + core::ops::BitXorAssign>(
+    data: &mut [T],
+    log_n: usize,
+    row: usize,
+) {
     if log_n <= 1 {
         return;
     }
@@ -443,7 +448,7 @@ fn forward_operand(backend: Backend, words: &[u64], log: usize, basis: &CantorBa
     out
 }
 
-/// The GF(2)[x] product of `a` and `b` (packed words, bit `i` of word `w` is
+/// The GF(2)\[x\] product of `a` and `b` (packed words, bit `i` of word `w` is
 /// the coefficient of `x^(64w+i)`), `a.len() + b.len()` words.
 pub(crate) fn mul(backend: Backend, a: &[u64], b: &[u64]) -> Vec<u64> {
     let mut out = vec![0u64; a.len() + b.len()];
@@ -523,7 +528,9 @@ mod tests {
 
     #[test]
     fn novel_basis_round_trip() {
-        let mut x: Vec<u128> = (0..256u128).map(|i| i * 0x9e37_79b9_7f4a_7c15 + 3).collect();
+        let mut x: Vec<u128> = (0..256u128)
+            .map(|i| i * 0x9e37_79b9_7f4a_7c15 + 3)
+            .collect();
         let orig = x.clone();
         to_novel(&mut x);
         assert_ne!(x, orig);

@@ -1,4 +1,4 @@
-//! Products of GF(2)[x] polynomials on packed words: schoolbook with
+//! Products of GF(2)\[x\] polynomials on packed words: schoolbook with
 //! carry-less multiplication for short operands, Karatsuba for the middle
 //! sizes, the additive FFT of [`super::fft`] for long ones.
 //!
@@ -178,8 +178,12 @@ mod tests {
 
     #[test]
     fn fft_matches_karatsuba_at_a_large_size() {
-        let a: Vec<u64> = (0..5000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i << 7)).collect();
-        let b: Vec<u64> = (0..3001u64).map(|i| i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(17)).collect();
+        let a: Vec<u64> = (0..5000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i << 7))
+            .collect();
+        let b: Vec<u64> = (0..3001u64)
+            .map(|i| i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(17))
+            .collect();
         let k = mul_with(Backend::detect(), Method::Karatsuba, &a, &b);
         let f = mul_with(Backend::detect(), Method::Fft, &a, &b);
         assert_eq!(k, f);

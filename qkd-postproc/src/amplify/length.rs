@@ -180,10 +180,7 @@ pub fn finite_key_length(input: &FiniteKeyInput) -> Result<FinalKeyLength, Lengt
     } else {
         n as f64 * (1.0 - h2(bound))
     };
-    let l = entropy_bits
-        - leak_ec_bits as f64
-        - f64::from(t)
-        - (2.0 / (eps_sec * eps_sec)).log2();
+    let l = entropy_bits - leak_ec_bits as f64 - f64::from(t) - (2.0 / (eps_sec * eps_sec)).log2();
     Ok(FinalKeyLength {
         bits: if l > 0.0 { l.floor() as u64 } else { 0 },
         sample_qber: q,
@@ -271,10 +268,27 @@ mod tests {
 
     #[test]
     fn monotone_in_its_inputs() {
-        let base = finite_key_length(&input(1_000_000, 100_000, 2000, 155_585)).unwrap().bits;
-        assert!(finite_key_length(&input(1_000_000, 100_000, 2100, 155_585)).unwrap().bits < base);
-        assert!(finite_key_length(&input(1_000_000, 100_000, 2000, 160_000)).unwrap().bits < base);
-        assert!(finite_key_length(&input(1_000_000, 200_000, 4000, 155_585)).unwrap().bits > base);
+        let base = finite_key_length(&input(1_000_000, 100_000, 2000, 155_585))
+            .unwrap()
+            .bits;
+        assert!(
+            finite_key_length(&input(1_000_000, 100_000, 2100, 155_585))
+                .unwrap()
+                .bits
+                < base
+        );
+        assert!(
+            finite_key_length(&input(1_000_000, 100_000, 2000, 160_000))
+                .unwrap()
+                .bits
+                < base
+        );
+        assert!(
+            finite_key_length(&input(1_000_000, 200_000, 4000, 155_585))
+                .unwrap()
+                .bits
+                > base
+        );
         let mut tighter = input(1_000_000, 100_000, 2000, 155_585);
         tighter.eps_sec = 1e-12;
         tighter.eps_pe = 0.5e-12;
@@ -282,7 +296,12 @@ mod tests {
         // Finite-size costs something compared with the asymptotic rule.
         assert!(base < asymptotic_key_length(1_000_000, 0.02, 155_585, 67).unwrap());
         // Too noisy: nothing.
-        assert_eq!(finite_key_length(&input(10_000, 1000, 300, 0)).unwrap().bits, 0);
+        assert_eq!(
+            finite_key_length(&input(10_000, 1000, 300, 0))
+                .unwrap()
+                .bits,
+            0
+        );
     }
 
     #[test]

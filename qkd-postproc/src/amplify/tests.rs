@@ -22,7 +22,13 @@ fn known_answer_3x2() {
     // n = 3, m = 2, seed s0..s3 = 1,0,1,1.
     // T = [[s2 s1 s0], [s3 s2 s1]] = [[1 0 1], [1 1 0]]
     let seed = bits("1011");
-    for (x, y) in [("100", "11"), ("010", "01"), ("001", "10"), ("111", "00"), ("101", "01")] {
+    for (x, y) in [
+        ("100", "11"),
+        ("010", "01"),
+        ("001", "10"),
+        ("111", "00"),
+        ("101", "01"),
+    ] {
         let x = bits(x);
         let out = toeplitz_hash(seed.as_bitslice(), x.as_bitslice(), 2).unwrap();
         assert_eq!(to_string(&out), y, "x = {}", to_string(&x));
@@ -55,7 +61,12 @@ fn known_answer_modified() {
     let seed = bits("110");
     let h = ToeplitzHasher::new(4, 2, Construction::Modified).unwrap();
     assert_eq!(h.seed_bits(), 3);
-    for (x, y) in [("0010", "10"), ("0001", "11"), ("1000", "10"), ("1111", "10")] {
+    for (x, y) in [
+        ("0010", "10"),
+        ("0001", "11"),
+        ("1000", "10"),
+        ("1111", "10"),
+    ] {
         let x = bits(x);
         let out = h.hash(seed.as_bitslice(), x.as_bitslice()).unwrap();
         assert_eq!(to_string(&out), y, "x = {}", to_string(&x));
@@ -73,11 +84,20 @@ fn lengths_are_checked() {
     let x = BitVec::zeros(100);
     assert_eq!(
         h.hash(BitVec::zeros(138).as_bitslice(), x.as_bitslice()),
-        Err(AmplifyError::SeedLength { expected: 139, actual: 138 })
+        Err(AmplifyError::SeedLength {
+            expected: 139,
+            actual: 138
+        })
     );
     assert_eq!(
-        h.hash(BitVec::zeros(139).as_bitslice(), BitVec::zeros(99).as_bitslice()),
-        Err(AmplifyError::InputLength { expected: 100, actual: 99 })
+        h.hash(
+            BitVec::zeros(139).as_bitslice(),
+            BitVec::zeros(99).as_bitslice()
+        ),
+        Err(AmplifyError::InputLength {
+            expected: 100,
+            actual: 99
+        })
     );
     assert!(ToeplitzHasher::new(10, 0, Construction::Standard).is_err());
     assert!(ToeplitzHasher::new(10, 11, Construction::Standard).is_err());
@@ -95,7 +115,10 @@ fn check_against_reference(n: usize, m: usize, seed_rng: u64) -> Result<(), Test
     let fast = h.hash(s.as_bitslice(), x.as_bitslice()).unwrap();
     prop_assert_eq!(&fast, &want, "n = {}, m = {}", n, m);
     let portable = h.with_backend(Backend::Portable).unwrap();
-    prop_assert_eq!(&portable.hash(s.as_bitslice(), x.as_bitslice()).unwrap(), &want);
+    prop_assert_eq!(
+        &portable.hash(s.as_bitslice(), x.as_bitslice()).unwrap(),
+        &want
+    );
     if m < n {
         let hm = ToeplitzHasher::new(n, m, Construction::Modified).unwrap();
         let sm = s.slice(..hm.seed_bits()).to_bitvec();
@@ -130,7 +153,12 @@ proptest! {
 /// Sizes that go through the additive FFT (product ≥ 4096 words).
 #[test]
 fn fast_equals_reference_fft_sizes() {
-    for (n, m, seed) in [(150_001, 75_000, 1u64), (131_072, 1, 2), (140_000, 140_000, 3), (200_003, 99_999, 4)] {
+    for (n, m, seed) in [
+        (150_001, 75_000, 1u64),
+        (131_072, 1, 2),
+        (140_000, 140_000, 3),
+        (200_003, 99_999, 4),
+    ] {
         check_against_reference(n, m, seed).unwrap();
     }
 }
@@ -147,6 +175,7 @@ fn fft_method_is_used_at_large_sizes() {
 /// `cargo test --release -p qkd-postproc --lib timing_toeplitz -- --ignored --nocapture`
 #[test]
 #[ignore]
+#[allow(clippy::print_stdout)]
 fn timing_toeplitz() {
     for (n, reps) in [(1_000_000usize, 50), (100_000_000, 5)] {
         let mut rng = ChaCha20Rng::seed_from_u64(1);

@@ -38,9 +38,20 @@ fn tag_matches_definition_and_backends() {
         let key = BitVec::random(len, &mut rng);
         let r = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128 ^ len as u128;
         let want = tag_by_definition(&key, r, 128);
-        assert_eq!(confirmation_tag_with(Backend::Portable, key.as_bitslice(), r, 128), want, "len {len}");
-        assert_eq!(confirmation_tag(key.as_bitslice(), r, 128), want, "len {len}");
-        assert_eq!(confirmation_tag(key.as_bitslice(), r, 40), want & ((1 << 40) - 1));
+        assert_eq!(
+            confirmation_tag_with(Backend::Portable, key.as_bitslice(), r, 128),
+            want,
+            "len {len}"
+        );
+        assert_eq!(
+            confirmation_tag(key.as_bitslice(), r, 128),
+            want,
+            "len {len}"
+        );
+        assert_eq!(
+            confirmation_tag(key.as_bitslice(), r, 40),
+            want & ((1 << 40) - 1)
+        );
     }
 }
 
@@ -71,24 +82,44 @@ fn eps_cor_values() {
 
 #[test]
 fn wire_example_from_docs() {
-    let m = ConfirmMessage::Verdict { block_id: 5, tag_bits: 16, tag: 0xbeef };
+    let m = ConfirmMessage::Verdict {
+        block_id: 5,
+        tag_bits: 16,
+        tag: 0xbeef,
+    };
     assert_eq!(m.encode(), [1, 2, 0, 0, 0, 0, 0, 0, 0, 5, 16, 0xef, 0xbe]);
     assert_eq!(ConfirmMessage::decode(&m.encode()), Ok(m));
 }
 
 #[test]
 fn decode_rejects_bad_input() {
-    let good = ConfirmMessage::Challenge { block_id: 9, tag_bits: 12, hash_key: 77, tag: 0xabc }.encode();
+    let good = ConfirmMessage::Challenge {
+        block_id: 9,
+        tag_bits: 12,
+        hash_key: 77,
+        tag: 0xabc,
+    }
+    .encode();
     assert!(ConfirmMessage::decode(&good).is_ok());
     for cut in 0..good.len() {
-        assert_eq!(ConfirmMessage::decode(&good[..cut]), Err(DecodeError::Truncated), "cut {cut}");
+        assert_eq!(
+            ConfirmMessage::decode(&good[..cut]),
+            Err(DecodeError::Truncated),
+            "cut {cut}"
+        );
     }
     let mut long = good.clone();
     long.push(0);
-    assert_eq!(ConfirmMessage::decode(&long), Err(DecodeError::TrailingBytes(1)));
+    assert_eq!(
+        ConfirmMessage::decode(&long),
+        Err(DecodeError::TrailingBytes(1))
+    );
     let mut v = good.clone();
     v[0] = 2;
-    assert_eq!(ConfirmMessage::decode(&v), Err(DecodeError::UnsupportedVersion(2)));
+    assert_eq!(
+        ConfirmMessage::decode(&v),
+        Err(DecodeError::UnsupportedVersion(2))
+    );
     let mut t = good.clone();
     t[1] = 9;
     assert_eq!(ConfirmMessage::decode(&t), Err(DecodeError::UnknownType(9)));
@@ -101,14 +132,30 @@ fn decode_rejects_bad_input() {
 }
 
 fn message() -> impl Strategy<Value = ConfirmMessage> {
-    (any::<u64>(), 1u8..=128, any::<u128>(), any::<u128>(), any::<bool>()).prop_map(|(b, t, k, tag, c)| {
-        let tag = tag & tag_mask(t);
-        if c {
-            ConfirmMessage::Challenge { block_id: b, tag_bits: t, hash_key: k, tag }
-        } else {
-            ConfirmMessage::Verdict { block_id: b, tag_bits: t, tag }
-        }
-    })
+    (
+        any::<u64>(),
+        1u8..=128,
+        any::<u128>(),
+        any::<u128>(),
+        any::<bool>(),
+    )
+        .prop_map(|(b, t, k, tag, c)| {
+            let tag = tag & tag_mask(t);
+            if c {
+                ConfirmMessage::Challenge {
+                    block_id: b,
+                    tag_bits: t,
+                    hash_key: k,
+                    tag,
+                }
+            } else {
+                ConfirmMessage::Verdict {
+                    block_id: b,
+                    tag_bits: t,
+                    tag,
+                }
+            }
+        })
 }
 
 proptest! {
@@ -186,7 +233,13 @@ fn run_pair(flip: Option<usize>, link: LinkConfig, seed: u64) -> Network<AliceEn
     let config = ConfirmConfig::default();
     let alice = ConfirmAlice::new(42, key_a.as_bitslice(), config, &mut rng, start);
     let bob = ConfirmBob::new(42, key_b.as_bitslice(), config);
-    let mut net = Network::new(AliceEnd(alice, vec![]), BobEnd(bob, vec![]), link, seed, start);
+    let mut net = Network::new(
+        AliceEnd(alice, vec![]),
+        BobEnd(bob, vec![]),
+        link,
+        seed,
+        start,
+    );
     net.drive();
     net
 }
@@ -202,8 +255,16 @@ fn equal_keys_are_kept_on_both_sides() {
 fn a_mismatch_drops_the_block_on_both_sides() {
     for flip in [0, 1, 12_345, 49_999] {
         let net = run_pair(Some(flip), LinkConfig::perfect(Duration::from_millis(5)), 2);
-        assert_eq!(net.a.1, [ConfirmEvent::Mismatch { block_id: 42 }], "flip {flip}");
-        assert_eq!(net.b.1, [ConfirmEvent::Mismatch { block_id: 42 }], "flip {flip}");
+        assert_eq!(
+            net.a.1,
+            [ConfirmEvent::Mismatch { block_id: 42 }],
+            "flip {flip}"
+        );
+        assert_eq!(
+            net.b.1,
+            [ConfirmEvent::Mismatch { block_id: 42 }],
+            "flip {flip}"
+        );
     }
 }
 
@@ -217,7 +278,10 @@ fn loss_duplication_and_reordering_keep_both_sides_agreeing() {
             .with_jitter(Duration::from_millis(50));
         let flip = (seed % 2 == 0).then_some(seed as usize * 997);
         let net = run_pair(flip, link, seed);
-        assert!(net.errors_a().is_empty() && net.errors_b().is_empty(), "seed {seed}");
+        assert!(
+            net.errors_a().is_empty() && net.errors_b().is_empty(),
+            "seed {seed}"
+        );
         let alice = net.a.1.clone();
         let bob = net.b.1.clone();
         assert_eq!(alice.len(), 1, "seed {seed}: one decision at Alice");
@@ -241,20 +305,51 @@ fn machines_reject_misdirected_messages() {
     let mut alice = ConfirmAlice::new(1, key.as_bitslice(), config, &mut rng, now);
     let mut bob = ConfirmBob::new(2, key.as_bitslice(), config);
     let challenge = alice.poll_transmit(now).unwrap();
-    assert_eq!(bob.handle_input(now, &challenge), Err(ConfirmError::WrongBlock { expected: 2, got: 1 }));
-    assert_eq!(alice.handle_input(now, &challenge), Err(ConfirmError::UnexpectedMessage));
-    let mut bob = ConfirmBob::new(1, key.as_bitslice(), ConfirmConfig { tag_bits: 32, ..config });
     assert_eq!(
         bob.handle_input(now, &challenge),
-        Err(ConfirmError::TagLengthMismatch { local: 32, peer: 64 })
+        Err(ConfirmError::WrongBlock {
+            expected: 2,
+            got: 1
+        })
+    );
+    assert_eq!(
+        alice.handle_input(now, &challenge),
+        Err(ConfirmError::UnexpectedMessage)
+    );
+    let mut bob = ConfirmBob::new(
+        1,
+        key.as_bitslice(),
+        ConfirmConfig {
+            tag_bits: 32,
+            ..config
+        },
+    );
+    assert_eq!(
+        bob.handle_input(now, &challenge),
+        Err(ConfirmError::TagLengthMismatch {
+            local: 32,
+            peer: 64
+        })
     );
     let mut bob = ConfirmBob::new(1, key.as_bitslice(), config);
     bob.handle_input(now, &challenge).unwrap();
     bob.handle_input(now, &challenge).unwrap(); // idempotent repeat
     assert_eq!(bob.poll_transmit(now), bob.poll_transmit(now));
-    let other = ConfirmMessage::Challenge { block_id: 1, tag_bits: 64, hash_key: 1, tag: 0 }.encode();
-    assert_eq!(bob.handle_input(now, &other), Err(ConfirmError::ConflictingChallenge));
-    assert_eq!(bob.poll_event(), Some(ConfirmEvent::Confirmed { block_id: 1 }));
+    let other = ConfirmMessage::Challenge {
+        block_id: 1,
+        tag_bits: 64,
+        hash_key: 1,
+        tag: 0,
+    }
+    .encode();
+    assert_eq!(
+        bob.handle_input(now, &other),
+        Err(ConfirmError::ConflictingChallenge)
+    );
+    assert_eq!(
+        bob.poll_event(),
+        Some(ConfirmEvent::Confirmed { block_id: 1 })
+    );
     assert_eq!(bob.poll_event(), None);
 }
 
@@ -263,7 +358,10 @@ fn alice_gives_up_after_her_retransmissions() {
     let mut rng = ChaCha20Rng::seed_from_u64(6);
     let key = BitVec::random(100, &mut rng);
     let mut now = Instant::now();
-    let config = ConfirmConfig { max_retransmits: 2, ..ConfirmConfig::default() };
+    let config = ConfirmConfig {
+        max_retransmits: 2,
+        ..ConfirmConfig::default()
+    };
     let mut alice = ConfirmAlice::new(1, key.as_bitslice(), config, &mut rng, now);
     let mut sent = 0;
     while !alice.is_done() {
@@ -274,5 +372,8 @@ fn alice_gives_up_after_her_retransmissions() {
         alice.handle_timeout(now);
     }
     assert_eq!(sent, 3);
-    assert_eq!(alice.poll_event(), Some(ConfirmEvent::Abandoned { block_id: 1 }));
+    assert_eq!(
+        alice.poll_event(),
+        Some(ConfirmEvent::Abandoned { block_id: 1 })
+    );
 }
