@@ -448,6 +448,32 @@ fn forward_operand(backend: Backend, words: &[u64], log: usize, basis: &CantorBa
     out
 }
 
+/// How to run a product of `long` and `short` chunks: `(log2 of the
+/// transform size, chunks of the longer operand per transform)`.
+///
+/// One transform of `2^L ≥ long + short − 1` points costs three transforms;
+/// when that leaves much padding, cutting the longer operand into pieces that
+/// fit `2^(L−1)` points costs `1 + 2·pieces` transforms of half the size
+/// (the shorter operand is transformed once). The cheaper plan wins: at
+/// n = 10^6, m = n/2 that is two pieces of 2^15 points instead of 2^16.
+pub(crate) fn plan(long: usize, short: usize) -> (usize, usize) {
+    let log0 = transform_log(long, short);
+    let mut best = (3 * (1usize << log0) * log0, log0, long);
+    if log0 >= 2 {
+        let log1 = log0 - 1;
+        let points = 1usize << log1;
+        if points > short {
+            let piece = points - short + 1;
+            let pieces = long.div_ceil(piece);
+            let cost = (1 + 2 * pieces) * points * log1;
+            if cost < best.0 {
+                best = (cost, log1, piece);
+            }
+        }
+    }
+    (best.1, best.2)
+}
+
 /// The GF(2)\[x\] product of `a` and `b` (packed words, bit `i` of word `w` is
 /// the coefficient of `x^(64w+i)`), `a.len() + b.len()` words.
 pub(crate) fn mul(backend: Backend, a: &[u64], b: &[u64]) -> Vec<u64> {
@@ -455,22 +481,25 @@ pub(crate) fn mul(backend: Backend, a: &[u64], b: &[u64]) -> Vec<u64> {
     if a.is_empty() || b.is_empty() {
         return out;
     }
-    let log = transform_log(a.len(), b.len());
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    let (log, piece) = plan(long.len(), short.len());
     assert!(log <= MAX_LOG, "operands too long for the additive FFT");
     let basis = CantorBasis::get();
-    let mut fa = forward_operand(backend, a, log, basis);
-    let mut fb = forward_operand(backend, b, log, basis);
-    run::pointwise_mul(backend, &mut fa, &fb);
-    zeroize::Zeroize::zeroize(&mut fb);
-    drop(fb);
-    fft_inverse(backend, &mut fa, 0, basis);
-    from_novel(&mut fa);
-    let terms = a.len() + b.len() - 1;
-    for (k, &c) in fa[..terms].iter().enumerate() {
-        out[k] ^= c as u64;
-        out[k + 1] ^= (c >> 64) as u64;
+    let mut fs = forward_operand(backend, short, log, basis);
+    for (i, chunk) in long.chunks(piece).enumerate() {
+        let mut fc = forward_operand(backend, chunk, log, basis);
+        run::pointwise_mul(backend, &mut fc, &fs);
+        fft_inverse(backend, &mut fc, 0, basis);
+        from_novel(&mut fc);
+        let off = i * piece;
+        let terms = chunk.len() + short.len() - 1;
+        for (k, &c) in fc[..terms].iter().enumerate() {
+            out[off + k] ^= c as u64;
+            out[off + k + 1] ^= (c >> 64) as u64;
+        }
+        zeroize::Zeroize::zeroize(&mut fc);
     }
-    zeroize::Zeroize::zeroize(&mut fa);
+    zeroize::Zeroize::zeroize(&mut fs);
     out
 }
 
@@ -527,6 +556,31 @@ mod tests {
     }
 
     #[test]
+    fn plan_splits_only_when_cheaper() {
+        // 10^6 bits, m = n/2: 23 438 and 15 625 words -> two pieces of 2^15.
+        assert_eq!(plan(23_438, 15_625), (15, 32_768 - 15_625 + 1));
+        // 10^8 bits: one transform of 2^22.
+        assert_eq!(plan(2_343_750, 1_562_500), (22, 2_343_750));
+        // A split product equals the unsplit one.
+        let a: Vec<u64> = (0..3000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let b: Vec<u64> = (0..1100u64)
+            .map(|i| i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+            .collect();
+        let (log, piece) = plan(a.len(), b.len());
+        assert!(piece < a.len(), "this size is split ({log}, {piece})");
+        let want = crate::amplify::gf2x::mul_with(
+            Backend::Portable,
+            crate::amplify::gf2x::Method::Karatsuba,
+            &a,
+            &b,
+        );
+        assert_eq!(mul(Backend::detect(), &a, &b), want);
+        assert_eq!(mul(Backend::detect(), &b, &a), want);
+    }
+
+    #[test]
     fn novel_basis_round_trip() {
         let mut x: Vec<u128> = (0..256u128)
             .map(|i| i * 0x9e37_79b9_7f4a_7c15 + 3)
@@ -569,10 +623,17 @@ mod tests {
                     assert_eq!(e, acc, "log {log} point {u}");
                 }
             }
-            let mut simd = novel.clone();
-            fft_forward(Backend::detect(), &mut simd, 0, basis);
-            assert_eq!(simd, evals);
-            fft_inverse(Backend::detect(), &mut evals, 0, basis);
+            for backend in [Backend::Pclmul, Backend::Avx512] {
+                if !backend.is_available() {
+                    continue;
+                }
+                let mut simd = novel.clone();
+                fft_forward(backend, &mut simd, 0, basis);
+                assert_eq!(simd, evals, "{backend:?}");
+                fft_inverse(backend, &mut simd, 0, basis);
+                assert_eq!(simd, novel, "{backend:?}");
+            }
+            fft_inverse(Backend::Portable, &mut evals, 0, basis);
             assert_eq!(evals, novel);
         }
     }

@@ -168,7 +168,10 @@ mod tests {
         #[test]
         fn all_methods_and_backends_agree(a in words(300), b in words(300)) {
             let want = mul_with(Backend::detect(), Method::Schoolbook, &a, &b);
-            for backend in [Backend::Portable, Backend::detect()] {
+            for backend in [Backend::Portable, Backend::Pclmul, Backend::Avx512] {
+                if !backend.is_available() {
+                    continue;
+                }
                 for m in [Method::Karatsuba, Method::Fft] {
                     prop_assert_eq!(&mul_with(backend, m, &a, &b), &want, "{:?} {:?}", backend, m);
                 }

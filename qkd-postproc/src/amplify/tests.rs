@@ -131,7 +131,7 @@ fn check_against_reference(n: usize, m: usize, seed_rng: u64) -> Result<(), Test
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Random n, m up to a few thousand bits: schoolbook and Karatsuba paths.
     #[test]
