@@ -192,6 +192,7 @@ fn crossover(c: &mut Criterion) {
             &[
                 ("schoolbook", ProductMethod::Schoolbook),
                 ("karatsuba", ProductMethod::Karatsuba),
+                ("fft", ProductMethod::AdditiveFft),
             ]
         } else {
             &[

@@ -12,7 +12,7 @@ pub(crate) const KARATSUBA_MIN_WORDS: usize = 24;
 
 /// From this many words in the product, the additive FFT (tuned with the
 /// `gf2x_crossover` bench group on this project's machine).
-pub(crate) const FFT_MIN_WORDS: usize = 1536;
+pub(crate) const FFT_MIN_WORDS: usize = 256;
 
 /// The method [`mul`] uses for operands of these lengths (in words).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,13 +14,15 @@
 //! | operands (words) | method | cost |
 //! | --- | --- | --- |
 //! | shorter ≤ 24 | schoolbook, one carry-less multiply per word pair | `O(n·m / 64²)` |
-//! | product < 1536 words | Karatsuba over words | `O(w^1.585)` |
+//! | product < 256 words | Karatsuba over words | `O(w^1.585)` |
 //! | larger | additive FFT over GF(2^128) ([`fft`](self) module docs) | `O(w log w)` field multiplications |
 //!
-//! The crossover was measured with the `crossover` group of
-//! `benches/amplify.rs` (balanced operands on this project's AMD EPYC VM):
-//! Karatsuba 143 µs against FFT 211 µs at 512 words each, 446 µs against
-//! 345 µs at 1024 words, so the FFT takes over at a 1536-word product.
+//! The crossovers were measured with the `crossover` group of
+//! `benches/amplify.rs` (balanced operands, this project's AMD EPYC VM,
+//! AVX-512 backend): Karatsuba 4.0 µs against FFT 9.2 µs at 64 words each,
+//! 15.4 µs against 12.9 µs at 128 words, 105 µs against 59 µs at 512 words,
+//! so the FFT takes over at a 256-word product; schoolbook and Karatsuba are
+//! level near 32–64 words.
 //!
 //! Carry-less multiplication uses AVX-512 `VPCLMULQDQ` (four field
 //! multiplications per instruction in the FFT butterflies) or `PCLMULQDQ`
