@@ -193,3 +193,38 @@ fn timing_toeplitz() {
         println!("n {n}: best of {reps}: {best:.2} ms");
     }
 }
+
+/// Output bit `i` of the standard hash is the plain reference with `m = 1`
+/// on the seed window `i .. i + n`: checks sampled bits of a large hash.
+fn spot_check(n: usize, m: usize, samples: usize, seed: u64) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let x = BitVec::random(n, &mut rng);
+    let h = ToeplitzHasher::new(n, m, Construction::Standard).unwrap();
+    let s = BitVec::random(h.seed_bits(), &mut rng);
+    let y = h.hash(s.as_bitslice(), x.as_bitslice()).unwrap();
+    let picks = BitVec::random(64 * samples, &mut rng);
+    for k in 0..samples {
+        let i = match k {
+            0 => 0,
+            1 => m - 1,
+            _ => picks.slice(64 * k..64 * k + 64).load_bits(0, 64) as usize % m,
+        };
+        let want = toeplitz_reference(s.slice(i..i + n), x.as_bitslice(), 1).unwrap();
+        assert_eq!(y.get(i), want.get(0), "n = {n}, m = {m}, bit {i}");
+    }
+}
+
+/// 2·10^6 bits (split FFT plan) and an odd size, sampled bits.
+#[test]
+fn large_hash_spot_checked_against_definition() {
+    spot_check(2_000_000, 1_000_000, 24, 11);
+    spot_check(1_234_567, 1_234_567, 24, 12);
+}
+
+/// 2·10^8 bits, m = n/2:
+/// `cargo test --release -p qkd-postproc --lib spot_check_2e8 -- --ignored`
+#[test]
+#[ignore]
+fn spot_check_2e8() {
+    spot_check(200_000_000, 100_000_000, 32, 13);
+}
