@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod amplify;
 pub mod auth;
+pub mod confirm;
 pub mod sift;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod amplify;
 mod auth;
 mod simulate;
 
@@ -26,6 +27,8 @@ enum Command {
     Simulate(simulate::Args),
     /// Measure Wegman-Carter tagging throughput and the authentication key a round consumes.
     Auth(auth::Args),
+    /// Toeplitz-hash a key file with a seed file (privacy amplification).
+    Amplify(amplify::Args),
 }
 
 /// How a subcommand prints its result.
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(&args),
         Command::Auth(args) => auth::run(&args),
+        Command::Amplify(args) => amplify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
