@@ -1,0 +1,207 @@
+//! The shuffles of Cascade's passes, derived from a seed both sides agree on.
+
+use std::sync::OnceLock;
+
+use qkd_core::BitVec;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use super::params::MAX_PASSES;
+use super::CascadeError;
+
+/// The permutations of every pass of a Cascade run on keys of one length.
+///
+/// Pass 0 uses the key in its own order; pass `p ≥ 1` uses a permutation
+/// drawn by a Fisher–Yates shuffle from ChaCha8 keyed with
+/// `seed (8 bytes, little-endian) ‖ p (4 bytes, little-endian) ‖ 20 zero bytes`:
+/// for `i = n−1` down to `1`, `j = ⌊next_u32() · (i+1) / 2^32⌋`, swap `i` and `j`.
+/// Both ends compute the same permutations from the same seed; the seed and
+/// the shuffles are public (every parity they lead to is counted as leaked).
+///
+/// A plan computes each pass's permutation on first use and keeps it, so one
+/// plan shared (through an `Arc`) by many frames of the same length, and by
+/// both machines in a test, pays for the shuffles once. Reusing one seed for
+/// many frames is safe: the shuffles reveal nothing about the key, and the
+/// errors of each frame are fresh. Derive a new seed (for example from the
+/// block ID) when you want different shuffles per frame.
+pub struct ShufflePlan {
+    n: usize,
+    seed: u64,
+    passes: Box<[OnceLock<Shuffle>]>,
+}
+
+impl core::fmt::Debug for ShufflePlan {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ShufflePlan")
+            .field("n", &self.n)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One pass's permutation: position `j` of the shuffled key holds bit
+/// `order[j]` of the key, and bit `i` of the key sits at `pos[i]`.
+pub(crate) struct Shuffle {
+    pub(crate) order: Vec<u32>,
+    pub(crate) pos: Vec<u32>,
+    /// Bit `i` set where `pos[i] < ⌈n/2⌉`: the first half of the shuffled key
+    /// as a mask in key order, so the parity of a half is a word operation.
+    pub(crate) half_mask: Vec<u64>,
+}
+
+impl ShufflePlan {
+    /// A plan for keys of `n` bits with the shuffle seed `seed`.
+    ///
+    /// # Errors
+    /// [`CascadeError::InvalidConfig`] if `n` is 0 or does not fit in 32 bits.
+    pub fn new(n: usize, seed: u64) -> Result<Self, CascadeError> {
+        if n == 0 || u32::try_from(n).is_err() {
+            return Err(CascadeError::InvalidConfig {
+                reason: "key length must be in 1..2^32",
+            });
+        }
+        Ok(ShufflePlan {
+            n,
+            seed,
+            passes: (0..MAX_PASSES).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    /// A plan with a seed drawn from `rng`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn random<R: rand_core::CryptoRng + ?Sized>(n: usize, rng: &mut R) -> Result<Self, CascadeError> {
+        Self::new(n, rng.next_u64())
+    }
+
+    /// The key length this plan is for.
+    #[must_use]
+    pub fn key_len(&self) -> usize {
+        self.n
+    }
+
+    /// The shuffle seed.
+    #[must_use]
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Length of the first half of a shuffled key, `⌈n/2⌉`.
+    pub(crate) fn half(&self) -> usize {
+        self.n.div_ceil(2)
+    }
+
+    /// The shuffle of pass `pass ≥ 1` (computed on first use).
+    pub(crate) fn shuffle(&self, pass: usize) -> &Shuffle {
+        debug_assert!(pass >= 1 && pass < MAX_PASSES);
+        self.passes[pass].get_or_init(|| Shuffle::generate(self.n, self.seed, pass))
+    }
+
+    /// Position of key bit `i` in the order of `pass`.
+    #[inline]
+    pub(crate) fn position(&self, pass: usize, i: usize) -> usize {
+        if pass == 0 {
+            i
+        } else {
+            self.shuffle(pass).pos[i] as usize
+        }
+    }
+}
+
+impl Shuffle {
+    fn generate(n: usize, seed: u64, pass: usize) -> Shuffle {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        key[8..12].copy_from_slice(&(pass as u32).to_le_bytes());
+        let mut rng = ChaCha8Rng::from_seed(key);
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            let j = ((u64::from(rng.next_u32()) * (i as u64 + 1)) >> 32) as usize;
+            order.swap(i, j);
+        }
+        let mut pos = vec![0u32; n];
+        for (j, &i) in order.iter().enumerate() {
+            pos[i as usize] = j as u32;
+        }
+        let mut half_mask = vec![0u64; n.div_ceil(64)];
+        for &i in &order[..n.div_ceil(2)] {
+            half_mask[i as usize / 64] |= 1 << (i % 64);
+        }
+        Shuffle {
+            order,
+            pos,
+            half_mask,
+        }
+    }
+
+    /// The key in this pass's order, packed.
+    pub(crate) fn gather(&self, key: &BitVec) -> BitVec {
+        let src = key.words();
+        let n = self.order.len();
+        let mut words = Vec::with_capacity(n.div_ceil(64));
+        for chunk in self.order.chunks(64) {
+            let mut w = 0u64;
+            for (t, &i) in chunk.iter().enumerate() {
+                let i = i as usize;
+                w |= ((src[i / 64] >> (i % 64)) & 1) << t;
+            }
+            words.push(w);
+        }
+        BitVec::from_words(words, n).expect("one word per 64 positions")
+    }
+
+    /// Parity of the first half of the shuffled key, on words.
+    pub(crate) fn half_parity(&self, key: &BitVec) -> bool {
+        let acc = key
+            .words()
+            .iter()
+            .zip(&self.half_mask)
+            .fold(0u64, |acc, (k, m)| acc ^ (k & m));
+        acc.count_ones() & 1 == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffles_are_permutations_and_reproducible() {
+        let plan = ShufflePlan::new(1000, 42).unwrap();
+        let again = ShufflePlan::new(1000, 42).unwrap();
+        let other = ShufflePlan::new(1000, 43).unwrap();
+        for pass in 1..4 {
+            let s = plan.shuffle(pass);
+            let mut seen = s.order.clone();
+            seen.sort_unstable();
+            assert!(seen.iter().enumerate().all(|(j, &i)| i as usize == j));
+            assert!(s.order.iter().enumerate().all(|(j, &i)| s.pos[i as usize] as usize == j));
+            assert_eq!(s.order, again.shuffle(pass).order);
+            assert_ne!(s.order, other.shuffle(pass).order);
+        }
+        assert_ne!(plan.shuffle(1).order, plan.shuffle(2).order);
+        assert_eq!(plan.position(0, 17), 17);
+    }
+
+    #[test]
+    fn gather_and_half_parity_match_bit_by_bit() {
+        use rand_core::SeedableRng;
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for n in [1usize, 2, 63, 64, 65, 999, 1000] {
+            let plan = ShufflePlan::new(n, 9).unwrap();
+            let key = BitVec::random(n, &mut rng);
+            let s = plan.shuffle(1);
+            let g = s.gather(&key);
+            for j in 0..n {
+                assert_eq!(g.get(j), key.get(s.order[j] as usize));
+            }
+            assert_eq!(s.half_parity(&key), g.parity(0..n.div_ceil(2)));
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_rejected() {
+        assert!(ShufflePlan::new(0, 1).is_err());
+    }
+}
