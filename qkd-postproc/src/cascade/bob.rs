@@ -122,6 +122,15 @@ pub struct CascadeBob {
     total_alice: Option<bool>,
     searches: Vec<Search>,
     checks: Vec<(usize, usize)>,
+    /// For each bit flipped and not yet handled: the blocks holding it, one
+    /// per started pass.
+    groups: Vec<Vec<(usize, usize)>>,
+    /// Odd blocks set aside while a smaller block that held the same flipped
+    /// bit is searched; checked again once no search is running.
+    later: Vec<Vec<(usize, usize)>>,
+    /// Odd blocks of the current pass waiting for their wave.
+    deferred: VecDeque<(usize, usize)>,
+    wave: usize,
     pending: Vec<Origin>,
     round: u32,
     biconf_clean_run: u32,
@@ -179,6 +188,10 @@ impl CascadeBob {
             total_alice: None,
             searches: Vec::new(),
             checks: Vec::new(),
+            groups: Vec::new(),
+            later: Vec::new(),
+            deferred: VecDeque::new(),
+            wave: 0,
             pending: Vec::new(),
             round: 0,
             biconf_clean_run: 0,
@@ -349,6 +362,8 @@ impl CascadeBob {
         self.passes.clear();
         self.searches.clear();
         self.checks.clear();
+        self.groups.clear();
+        self.later.clear();
         self.pending.clear();
     }
 
@@ -409,7 +424,17 @@ impl CascadeBob {
                 self.biconf_clean_run += 1;
             }
         }
-        self.checks.extend((0..blocks).map(|b| (pass, b)));
+        let waves = self.config.params.search_waves as usize;
+        if pass == 0 || waves <= 1 {
+            self.checks.extend((0..blocks).map(|b| (pass, b)));
+            return;
+        }
+        for b in 0..blocks {
+            if self.block_diff(pass, b) {
+                self.deferred.push_back((pass, b));
+            }
+        }
+        self.wave = self.deferred.len().div_ceil(waves);
     }
 
     fn implies_last_block(&self, pass: usize) -> bool {
@@ -478,13 +503,15 @@ impl CascadeBob {
     fn flip(&mut self, i: usize) {
         self.key.flip(i);
         self.stats.corrected_bits += 1;
+        let mut group = Vec::with_capacity(self.passes.len());
         for (pass, p) in self.passes.iter_mut().enumerate() {
             let j = self.plan.position(pass, i);
             if let Some(copy) = &mut p.copy {
                 copy.flip(j);
             }
-            self.checks.push((pass, j / p.k));
+            group.push((pass, j / p.k));
         }
+        self.groups.push(group);
     }
 
     // ----- the rounds -----
@@ -506,6 +533,16 @@ impl CascadeBob {
                 self.pending = (0..self.searches.len()).map(Origin::Search).collect();
                 self.send_questions(questions);
                 return;
+            }
+            if !self.later.is_empty() {
+                let later = std::mem::take(&mut self.later);
+                self.groups.extend(later);
+                continue;
+            }
+            if !self.deferred.is_empty() {
+                let take = self.wave.clamp(1, self.deferred.len());
+                self.checks.extend(self.deferred.drain(..take));
+                continue;
             }
             let Some((k, biconf)) = self.next_pass() else {
                 self.finish();
@@ -597,22 +634,13 @@ impl CascadeBob {
     fn converge(&mut self) {
         loop {
             while let Some((pass, block)) = self.checks.pop() {
-                if self.passes[pass].active.get(block) || !self.block_diff(pass, block) {
-                    continue;
+                if !self.passes[pass].active.get(block) && self.block_diff(pass, block) {
+                    self.start_search(pass, block);
                 }
-                let (start, end) = self.passes[pass].block_range(block, self.key.len());
-                self.passes[pass].active.set(block, true);
-                let alice = self.passes[pass].top.get(block);
-                self.searches.push(Search {
-                    pass,
-                    block,
-                    node: 1,
-                    start,
-                    end,
-                    alice,
-                    answer: None,
-                    done: false,
-                });
+            }
+            let groups = std::mem::take(&mut self.groups);
+            for group in groups {
+                self.start_smallest(group);
             }
             for si in 0..self.searches.len() {
                 self.step(si);
@@ -624,10 +652,50 @@ impl CascadeBob {
                 }
                 !s.done
             });
-            if self.checks.is_empty() {
+            if self.checks.is_empty() && self.groups.is_empty() {
                 return;
             }
         }
+    }
+
+    /// Of the blocks that held one flipped bit, searches the smallest odd
+    /// one now and sets the other odd ones aside: the error the small search
+    /// finds often makes them even again, and the small search is cheaper.
+    fn start_smallest(&mut self, group: Vec<(usize, usize)>) {
+        let n = self.key.len();
+        let mut odd: Vec<(usize, usize)> = Vec::new();
+        for (pass, block) in group {
+            if !self.passes[pass].active.get(block) && self.block_diff(pass, block) {
+                odd.push((pass, block));
+            }
+        }
+        let Some(best) = (0..odd.len()).min_by_key(|&i| {
+            let (s, e) = self.passes[odd[i].0].block_range(odd[i].1, n);
+            (e - s, odd[i].0)
+        }) else {
+            return;
+        };
+        let (pass, block) = odd.swap_remove(best);
+        self.start_search(pass, block);
+        if !odd.is_empty() {
+            self.later.push(odd);
+        }
+    }
+
+    fn start_search(&mut self, pass: usize, block: usize) {
+        let (start, end) = self.passes[pass].block_range(block, self.key.len());
+        self.passes[pass].active.set(block, true);
+        let alice = self.passes[pass].top.get(block);
+        self.searches.push(Search {
+            pass,
+            block,
+            node: 1,
+            start,
+            end,
+            alice,
+            answer: None,
+            done: false,
+        });
     }
 
     /// Advances one search until it needs an answer or ends.
@@ -687,3 +755,4 @@ impl CascadeBob {
         self.searches[si] = s;
     }
 }
+

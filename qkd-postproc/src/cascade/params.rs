@@ -110,6 +110,15 @@ pub struct CascadeParams {
     /// block of a pass implied by the total parity) is never asked again, and
     /// binary searches step through known sub-blocks for free.
     pub reuse_known_parities: bool,
+    /// In passes after the first, the blocks found odd are searched in this
+    /// many waves, each wave's searches (and the cascades they set off) in
+    /// parallel, one wave after the other. Errors left after pass 1 come in
+    /// pairs inside a pass-1 block, so two odd blocks of a later pass often
+    /// hold the two errors of one pair; searching them one after the other
+    /// lets the first search's cascade fix the second error through the
+    /// cheap pass-1 block. More waves: fewer parities, more channel uses.
+    /// 1 searches every odd block at once.
+    pub search_waves: u32,
 }
 
 impl CascadeParams {
@@ -184,6 +193,7 @@ impl CascadeParams {
             block_sizes,
             biconf_clean_passes: biconf,
             reuse_known_parities: reuse,
+            search_waves: 1,
         })
     }
 
@@ -201,6 +211,11 @@ impl CascadeParams {
         if self.block_sizes.contains(&0) {
             return Err(CascadeError::InvalidConfig {
                 reason: "block sizes must be positive",
+            });
+        }
+        if self.search_waves == 0 {
+            return Err(CascadeError::InvalidConfig {
+                reason: "search waves must be at least 1",
             });
         }
         if self.biconf_clean_passes == Some(0) {
