@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod ec;
 mod simulate;
 
 /// Tools for the classical side of a QKD link.
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the simulated BB84 device and report raw, sifted and error counts.
     Simulate(simulate::Args),
+    /// Run error correction (Cascade) on simulated frames; report efficiency, channel uses, FER.
+    Ec(ec::Args),
 }
 
 /// How a subcommand prints its result.
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(&args),
+        Command::Ec(args) => ec::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
