@@ -1,6 +1,6 @@
 //! Bob's side: holds the noisy key, asks batched parity questions, corrects.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,34 @@ impl CascadeConfig {
     }
 }
 
+/// Blocks whose trees have more nodes than this keep known parities in a
+/// hash map rather than a bitmap.
+const SPARSE_ABOVE: usize = 1 << 14;
+
+/// A multiplicative hasher for node indices (not exposed to the peer's
+/// choice in a way that matters: Bob picks every node himself).
+#[derive(Default, Clone, Copy)]
+struct NodeHasher(u64);
+
+impl std::hash::Hasher for NodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+type NodeMap = HashMap<usize, bool, std::hash::BuildHasherDefault<NodeHasher>>;
+
 /// One pass of the run: its block size and what Bob knows of it.
 struct Pass {
     k: usize,
@@ -43,6 +71,8 @@ struct Pass {
     biconf: bool,
     /// Alice's parity of each block (all known once the pass has started).
     top: BitVec,
+    /// Bob's parity of each block, kept up to date on every flip.
+    mine: BitVec,
     /// Blocks with a binary search under way.
     active: BitVec,
     /// Bob's key in this pass's order, once a sub-range parity needed it.
@@ -51,6 +81,8 @@ struct Pass {
     /// `value[...]`, `h ≥ 2` the heap index of the node in block `b`'s tree.
     tree: usize,
     known: Option<(BitVec, BitVec)>,
+    /// The same for passes whose trees are too large for bitmaps.
+    sparse: NodeMap,
 }
 
 impl Pass {
@@ -74,6 +106,8 @@ struct Search {
     /// The answer to the question about the current node's left child.
     answer: Option<bool>,
     done: bool,
+    /// Number of the search, for the blocks set aside until it ends.
+    id: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -127,7 +161,8 @@ pub struct CascadeBob {
     groups: Vec<Vec<(usize, usize)>>,
     /// Odd blocks set aside while a smaller block that held the same flipped
     /// bit is searched; checked again once no search is running.
-    later: Vec<Vec<(usize, usize)>>,
+    later: Vec<(u64, Vec<(usize, usize)>)>,
+    next_search_id: u64,
     /// Odd blocks of the current pass waiting for their wave.
     deferred: VecDeque<(usize, usize)>,
     wave: usize,
@@ -190,6 +225,7 @@ impl CascadeBob {
             checks: Vec::new(),
             groups: Vec::new(),
             later: Vec::new(),
+            next_search_id: 0,
             deferred: VecDeque::new(),
             wave: 0,
             pending: Vec::new(),
@@ -445,22 +481,26 @@ impl CascadeBob {
 
     fn remember(&mut self, pass: usize, block: usize, node: usize, value: bool) {
         let p = &mut self.passes[pass];
-        let tree = p.tree;
-        let (known, values) = p.known.get_or_insert_with(|| {
-            (
-                BitVec::zeros(p.blocks * tree),
-                BitVec::zeros(p.blocks * tree),
-            )
-        });
-        let i = block * tree + node;
+        let i = block * p.tree + node;
+        if p.tree > SPARSE_ABOVE {
+            p.sparse.insert(i, value);
+            return;
+        }
+        let size = p.blocks * p.tree;
+        let (known, values) = p
+            .known
+            .get_or_insert_with(|| (BitVec::zeros(size), BitVec::zeros(size)));
         known.set(i, true);
         values.set(i, value);
     }
 
     fn recall(&self, pass: usize, block: usize, node: usize) -> Option<bool> {
         let p = &self.passes[pass];
-        let (known, values) = p.known.as_ref()?;
         let i = block * p.tree + node;
+        if p.tree > SPARSE_ABOVE {
+            return p.sparse.get(&i).copied();
+        }
+        let (known, values) = p.known.as_ref()?;
         known.get(i).then(|| values.get(i))
     }
 
@@ -492,10 +532,33 @@ impl CascadeBob {
         p
     }
 
-    fn block_diff(&mut self, pass: usize, block: usize) -> bool {
-        let (s, e) = self.passes[pass].block_range(block, self.key.len());
-        let alice = self.passes[pass].top.get(block);
-        alice ^ self.parity(pass, s, e)
+    fn block_diff(&self, pass: usize, block: usize) -> bool {
+        let p = &self.passes[pass];
+        p.top.get(block) ^ p.mine.get(block)
+    }
+
+    /// Bob's parities of the blocks of a new pass, on words.
+    fn block_parities(&mut self, pass: usize, k: usize) -> BitVec {
+        let n = self.key.len();
+        if pass > 0 && k >= self.plan.half() {
+            // One or two blocks: the whole key, or two halves through the mask.
+            let total = self.key.parity(..);
+            if k >= n {
+                return std::iter::once(total).collect();
+            }
+            let first = self.plan.shuffle(pass).half_parity(&self.key);
+            return [first, first ^ total].into_iter().collect();
+        }
+        if pass > 0 && self.passes[pass].copy.is_none() {
+            self.passes[pass].copy = Some(self.plan.shuffle(pass).gather(&self.key));
+        }
+        let bits = match &self.passes[pass].copy {
+            Some(copy) => copy,
+            None => &self.key,
+        };
+        (0..n.div_ceil(k))
+            .map(|b| bits.parity(b * k..((b + 1) * k).min(n)))
+            .collect()
     }
 
     /// Flips key bit `i` (Bob's error), in the key and every shuffled copy,
@@ -509,6 +572,7 @@ impl CascadeBob {
             if let Some(copy) = &mut p.copy {
                 copy.flip(j);
             }
+            p.mine.flip(j / p.k);
             group.push((pass, j / p.k));
         }
         self.groups.push(group);
@@ -536,7 +600,7 @@ impl CascadeBob {
             }
             if !self.later.is_empty() {
                 let later = std::mem::take(&mut self.later);
-                self.groups.extend(later);
+                self.groups.extend(later.into_iter().map(|(_, g)| g));
                 continue;
             }
             if !self.deferred.is_empty() {
@@ -557,11 +621,14 @@ impl CascadeBob {
                 blocks,
                 biconf,
                 top: BitVec::zeros(blocks),
+                mine: BitVec::new(),
                 active: BitVec::zeros(blocks),
                 copy: None,
                 tree,
                 known: None,
+                sparse: NodeMap::default(),
             });
+            self.passes[pass].mine = self.block_parities(pass, k);
             self.stats.passes += 1;
             let asked = if self.implies_last_block(pass) {
                 blocks - 1
@@ -646,12 +713,25 @@ impl CascadeBob {
                 self.step(si);
             }
             let passes = &mut self.passes;
+            let mut ended = Vec::new();
             self.searches.retain(|s| {
                 if s.done {
                     passes[s.pass].active.set(s.block, false);
+                    ended.push(s.id);
                 }
                 !s.done
             });
+            if !ended.is_empty() && !self.later.is_empty() && !self.config.params.defer_until_idle {
+                let mut i = 0;
+                while i < self.later.len() {
+                    if ended.contains(&self.later[i].0) {
+                        let (_, group) = self.later.swap_remove(i);
+                        self.groups.push(group);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
             if self.checks.is_empty() && self.groups.is_empty() {
                 return;
             }
@@ -676,13 +756,13 @@ impl CascadeBob {
             return;
         };
         let (pass, block) = odd.swap_remove(best);
-        self.start_search(pass, block);
+        let id = self.start_search(pass, block);
         if !odd.is_empty() {
-            self.later.push(odd);
+            self.later.push((id, odd));
         }
     }
 
-    fn start_search(&mut self, pass: usize, block: usize) {
+    fn start_search(&mut self, pass: usize, block: usize) -> u64 {
         let (start, end) = self.passes[pass].block_range(block, self.key.len());
         self.passes[pass].active.set(block, true);
         let alice = self.passes[pass].top.get(block);
@@ -695,7 +775,10 @@ impl CascadeBob {
             alice,
             answer: None,
             done: false,
+            id: self.next_search_id,
         });
+        self.next_search_id += 1;
+        self.next_search_id - 1
     }
 
     /// Advances one search until it needs an answer or ends.
@@ -703,7 +786,11 @@ impl CascadeBob {
         let mut s = self.searches[si];
         let n = self.key.len();
         loop {
-            let diff = s.alice ^ self.parity(s.pass, s.start, s.end);
+            let diff = if s.node == 1 {
+                self.block_diff(s.pass, s.block)
+            } else {
+                s.alice ^ self.parity(s.pass, s.start, s.end)
+            };
             if !diff {
                 s.answer = None;
                 if s.node == 1 {

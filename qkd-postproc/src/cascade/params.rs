@@ -119,6 +119,11 @@ pub struct CascadeParams {
     /// cheap pass-1 block. More waves: fewer parities, more channel uses.
     /// 1 searches every odd block at once.
     pub search_waves: u32,
+    /// When a flipped bit makes several blocks odd, the smallest is searched
+    /// first and the others are set aside. `true`: they are checked again
+    /// once no search at all is running (fewest parities, most channel
+    /// uses); `false`: once the search that set them aside has ended.
+    pub defer_until_idle: bool,
 }
 
 impl CascadeParams {
@@ -194,6 +199,7 @@ impl CascadeParams {
             biconf_clean_passes: biconf,
             reuse_known_parities: reuse,
             search_waves: 1,
+            defer_until_idle: true,
         })
     }
 

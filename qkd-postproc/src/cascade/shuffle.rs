@@ -140,13 +140,23 @@ impl Shuffle {
         let src = key.words();
         let n = self.order.len();
         let mut words = Vec::with_capacity(n.div_ceil(64));
-        for chunk in self.order.chunks(64) {
+        let bit = |i: u32| (src[(i >> 6) as usize] >> (i & 63)) & 1;
+        let mut chunks = self.order.chunks_exact(64);
+        for chunk in &mut chunks {
             let mut w = 0u64;
-            for (t, &i) in chunk.iter().enumerate() {
-                let i = i as usize;
-                w |= ((src[i / 64] >> (i % 64)) & 1) << t;
+            for (t, pair) in chunk.chunks_exact(4).enumerate() {
+                w |= (bit(pair[0]) | bit(pair[1]) << 1 | bit(pair[2]) << 2 | bit(pair[3]) << 3)
+                    << (4 * t);
             }
             words.push(w);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            words.push(
+                rest.iter()
+                    .enumerate()
+                    .fold(0u64, |w, (t, &i)| w | bit(i) << t),
+            );
         }
         BitVec::from_words(words, n).expect("one word per 64 positions")
     }
