@@ -7,7 +7,7 @@ use std::time::Instant;
 use qkd_core::BitVec;
 
 use super::params::MAX_PASSES;
-use super::shuffle::ShufflePlan;
+use super::shuffle::{LazyCopy, ShufflePlan};
 use super::wire::{AbortReason, CascadeMessage, Question};
 use super::{CascadeError, CascadeEvent, CascadeStats};
 
@@ -37,7 +37,7 @@ pub struct CascadeAlice {
     key: BitVec,
     total: bool,
     plan: Arc<ShufflePlan>,
-    copies: Vec<Option<BitVec>>,
+    copies: Vec<LazyCopy>,
     max_leak_bits: u64,
     leaked: u64,
     next_round: u32,
@@ -200,6 +200,7 @@ impl CascadeAlice {
                         limit: self.max_leak_bits,
                     });
                 }
+                self.reserve(&questions);
                 let parities: BitVec = questions.iter().map(|q| self.parity(q)).collect();
                 self.leaked += count;
                 let answer = CascadeMessage::Answers {
@@ -293,6 +294,35 @@ impl CascadeAlice {
         }
     }
 
+    /// Builds the shuffled copies of the passes this round reads much of.
+    fn reserve(&mut self, questions: &[Question]) {
+        // Questions come grouped by pass: sum the run of each pass.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for q in questions {
+            let pass = usize::from(q.pass);
+            if pass == 0
+                || self
+                    .plan
+                    .shuffle(pass)
+                    .has_mask(q.start as usize, (q.start + q.len) as usize)
+            {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((p, bits)) if *p == pass => *bits += q.len as usize,
+                _ => runs.push((pass, q.len as usize)),
+            }
+        }
+        for (pass, b) in runs {
+            if pass > 0 {
+                if self.copies.len() <= pass {
+                    self.copies.resize_with(pass + 1, LazyCopy::default);
+                }
+                self.copies[pass].reserve(self.plan.shuffle(pass), &self.key, b);
+            }
+        }
+    }
+
     fn parity(&mut self, q: &Question) -> bool {
         let (start, end) = (q.start as usize, q.start as usize + q.len as usize);
         let pass = usize::from(q.pass);
@@ -304,9 +334,9 @@ impl CascadeAlice {
             return self.total;
         }
         if self.copies.len() <= pass {
-            self.copies.resize_with(pass + 1, || None);
+            self.copies.resize_with(pass + 1, LazyCopy::default);
         }
-        if let Some(copy) = &self.copies[pass] {
+        if let Some(copy) = &self.copies[pass].copy {
             return copy.parity(start..end);
         }
         let half = self.plan.half();
@@ -317,9 +347,6 @@ impl CascadeAlice {
         if start == half && end == n {
             return self.total ^ shuffle.half_parity(&self.key);
         }
-        let copy = shuffle.gather(&self.key);
-        let p = copy.parity(start..end);
-        self.copies[pass] = Some(copy);
-        p
+        self.copies[pass].parity(shuffle, &self.key, start, end)
     }
 }

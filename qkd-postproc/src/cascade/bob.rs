@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use qkd_core::BitVec;
 
 use super::params::{CascadeParams, MAX_PASSES};
-use super::shuffle::ShufflePlan;
+use super::shuffle::{LazyCopy, ShufflePlan};
 use super::wire::{AbortReason, CascadeMessage, Question};
 use super::{CascadeError, CascadeEvent, CascadeStats};
 
@@ -76,7 +76,7 @@ struct Pass {
     /// Blocks with a binary search under way.
     active: BitVec,
     /// Bob's key in this pass's order, once a sub-range parity needed it.
-    copy: Option<BitVec>,
+    copy: LazyCopy,
     /// Known parities of sub-blocks (reuse only): `known[b * tree + h]`,
     /// `value[...]`, `h ≥ 2` the heap index of the node in block `b`'s tree.
     tree: usize,
@@ -159,6 +159,8 @@ pub struct CascadeBob {
     /// For each bit flipped and not yet handled: the blocks holding it, one
     /// per started pass.
     groups: Vec<Vec<(usize, usize)>>,
+    /// Bits flipped whose blocks have not been looked at yet.
+    flipped: Vec<usize>,
     /// Odd blocks set aside while a smaller block that held the same flipped
     /// bit is searched; checked again once no search is running.
     later: Vec<(u64, Vec<(usize, usize)>)>,
@@ -224,6 +226,7 @@ impl CascadeBob {
             searches: Vec::new(),
             checks: Vec::new(),
             groups: Vec::new(),
+            flipped: Vec::new(),
             later: Vec::new(),
             next_search_id: 0,
             deferred: VecDeque::new(),
@@ -399,6 +402,7 @@ impl CascadeBob {
         self.searches.clear();
         self.checks.clear();
         self.groups.clear();
+        self.flipped.clear();
         self.later.clear();
         self.pending.clear();
     }
@@ -512,7 +516,7 @@ impl CascadeBob {
             return self.key.parity(start..end);
         }
         let n = self.key.len();
-        if let Some(copy) = &self.passes[pass].copy {
+        if let Some(copy) = &self.passes[pass].copy.copy {
             return copy.parity(start..end);
         }
         if start == 0 && end == n {
@@ -526,10 +530,7 @@ impl CascadeBob {
         if start == half && end == n {
             return self.key.parity(..) ^ shuffle.half_parity(&self.key);
         }
-        let copy = shuffle.gather(&self.key);
-        let p = copy.parity(start..end);
-        self.passes[pass].copy = Some(copy);
-        p
+        self.passes[pass].copy.parity(shuffle, &self.key, start, end)
     }
 
     fn block_diff(&self, pass: usize, block: usize) -> bool {
@@ -549,10 +550,10 @@ impl CascadeBob {
             let first = self.plan.shuffle(pass).half_parity(&self.key);
             return [first, first ^ total].into_iter().collect();
         }
-        if pass > 0 && self.passes[pass].copy.is_none() {
-            self.passes[pass].copy = Some(self.plan.shuffle(pass).gather(&self.key));
+        if pass > 0 && self.passes[pass].copy.copy.is_none() {
+            self.passes[pass].copy.copy = Some(self.plan.shuffle(pass).gather(&self.key));
         }
-        let bits = match &self.passes[pass].copy {
+        let bits = match &self.passes[pass].copy.copy {
             Some(copy) => copy,
             None => &self.key,
         };
@@ -566,16 +567,14 @@ impl CascadeBob {
     fn flip(&mut self, i: usize) {
         self.key.flip(i);
         self.stats.corrected_bits += 1;
-        let mut group = Vec::with_capacity(self.passes.len());
         for (pass, p) in self.passes.iter_mut().enumerate() {
             let j = self.plan.position(pass, i);
-            if let Some(copy) = &mut p.copy {
+            if let Some(copy) = &mut p.copy.copy {
                 copy.flip(j);
             }
             p.mine.flip(j / p.k);
-            group.push((pass, j / p.k));
         }
-        self.groups.push(group);
+        self.flipped.push(i);
     }
 
     // ----- the rounds -----
@@ -623,7 +622,7 @@ impl CascadeBob {
                 top: BitVec::zeros(blocks),
                 mine: BitVec::new(),
                 active: BitVec::zeros(blocks),
-                copy: None,
+                copy: LazyCopy::default(),
                 tree,
                 known: None,
                 sparse: NodeMap::default(),
@@ -705,6 +704,18 @@ impl CascadeBob {
                     self.start_search(pass, block);
                 }
             }
+            let flipped = std::mem::take(&mut self.flipped);
+            for &i in &flipped {
+                let odd: Vec<(usize, usize)> = (0..self.passes.len())
+                    .map(|pass| (pass, self.plan.position(pass, i) / self.passes[pass].k))
+                    .filter(|&(pass, block)| {
+                        !self.passes[pass].active.get(block) && self.block_diff(pass, block)
+                    })
+                    .collect();
+                self.start_smallest(odd);
+            }
+            self.flipped = flipped;
+            self.flipped.clear();
             let groups = std::mem::take(&mut self.groups);
             for group in groups {
                 self.start_smallest(group);
@@ -714,14 +725,17 @@ impl CascadeBob {
             }
             let passes = &mut self.passes;
             let mut ended = Vec::new();
+            let track = !self.later.is_empty() && !self.config.params.defer_until_idle;
             self.searches.retain(|s| {
                 if s.done {
                     passes[s.pass].active.set(s.block, false);
-                    ended.push(s.id);
+                    if track {
+                        ended.push(s.id);
+                    }
                 }
                 !s.done
             });
-            if !ended.is_empty() && !self.later.is_empty() && !self.config.params.defer_until_idle {
+            if !ended.is_empty() {
                 let mut i = 0;
                 while i < self.later.len() {
                     if ended.contains(&self.later[i].0) {
@@ -732,7 +746,7 @@ impl CascadeBob {
                     }
                 }
             }
-            if self.checks.is_empty() && self.groups.is_empty() {
+            if self.checks.is_empty() && self.groups.is_empty() && self.flipped.is_empty() {
                 return;
             }
         }

@@ -39,6 +39,48 @@ impl core::fmt::Debug for ShufflePlan {
     }
 }
 
+/// A pass's packed shuffled copy of a key, built once the bit-by-bit range
+/// parities asked of the pass have cost twice a key's worth of reads: a pass
+/// with a few searches never pays for the whole copy.
+#[derive(Default)]
+pub(crate) struct LazyCopy {
+    pub(crate) copy: Option<BitVec>,
+    spent: usize,
+}
+
+impl LazyCopy {
+    /// Announces `bits` of range reads about to be made at once (one round):
+    /// builds the copy now when they are a large share of the key or would
+    /// exceed the budget anyway.
+    pub(crate) fn reserve(&mut self, shuffle: &Shuffle, key: &BitVec, bits: usize) {
+        let n = key.len();
+        if self.copy.is_none() && (bits > n / 4 || self.spent + bits > 2 * n) {
+            self.copy = Some(shuffle.gather(key));
+        }
+    }
+
+    /// Parity of `start..end` of `key` in the order of `shuffle`.
+    pub(crate) fn parity(&mut self, shuffle: &Shuffle, key: &BitVec, start: usize, end: usize) -> bool {
+        if let Some(copy) = &self.copy {
+            return copy.parity(start..end);
+        }
+        if let Some(p) = shuffle.node_parity(key, start, end) {
+            return p;
+        }
+        // Reading bit by bit costs about a third of building the copy per
+        // bit: build it once the reads add up to about twice the key.
+        let n = key.len();
+        self.spent += end - start;
+        if self.spent <= 2 * n {
+            return shuffle.range_parity(key, start, end);
+        }
+        let copy = shuffle.gather(key);
+        let p = copy.parity(start..end);
+        self.copy = Some(copy);
+        p
+    }
+}
+
 /// One pass's permutation: position `j` of the shuffled key holds bit
 /// `order[j]` of the key, and bit `i` of the key sits at `pos[i]`.
 pub(crate) struct Shuffle {
@@ -47,7 +89,14 @@ pub(crate) struct Shuffle {
     /// Bit `i` set where `pos[i] < ⌈n/2⌉`: the first half of the shuffled key
     /// as a mask in key order, so the parity of a half is a word operation.
     pub(crate) half_mask: Vec<u64>,
+    /// Masks (in key order) of the nodes at depth 1 to [`MASK_DEPTH`] of the
+    /// binary-search trees of the two halves, so the first steps of a
+    /// search in a half-key block are word operations too.
+    node_masks: Vec<(u32, u32, Vec<u64>)>,
 }
+
+/// Depth of the half-block tree nodes that get a precomputed mask.
+const MASK_DEPTH: u32 = 4;
 
 impl ShufflePlan {
     /// A plan for keys of `n` bits with the shuffle seed `seed`.
@@ -85,6 +134,14 @@ impl ShufflePlan {
     #[must_use]
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// Computes the shuffles of passes `1 .. passes` now, so that no run
+    /// pays for them later (each is otherwise computed on first use).
+    pub fn prepare(&self, passes: usize) {
+        for pass in 1..passes.min(MAX_PASSES) {
+            let _ = self.shuffle(pass);
+        }
     }
 
     /// Length of the first half of a shuffled key, `⌈n/2⌉`.
@@ -128,10 +185,36 @@ impl Shuffle {
         for &i in &order[..n.div_ceil(2)] {
             half_mask[i as usize / 64] |= 1 << (i % 64);
         }
+        let mut node_masks = Vec::new();
+        let mut level = vec![(0, n.div_ceil(2)), (n.div_ceil(2), n)];
+        for _ in 0..MASK_DEPTH {
+            let mut next = Vec::new();
+            for (s, e) in level {
+                if e - s < 2 {
+                    continue;
+                }
+                let m = s + (e - s).div_ceil(2);
+                next.push((s, m));
+                next.push((m, e));
+            }
+            for &(s, e) in &next {
+                // Only the node masks: a node is useful when its range is
+                // large enough that bit-by-bit reads would cost more.
+                if e - s >= 4096 {
+                    let mut mask = vec![0u64; n.div_ceil(64)];
+                    for &i in &order[s..e] {
+                        mask[i as usize / 64] |= 1 << (i % 64);
+                    }
+                    node_masks.push((s as u32, e as u32, mask));
+                }
+            }
+            level = next;
+        }
         Shuffle {
             order,
             pos,
             half_mask,
+            node_masks,
         }
     }
 
@@ -159,6 +242,43 @@ impl Shuffle {
             );
         }
         BitVec::from_words(words, n).expect("one word per 64 positions")
+    }
+
+    /// Parity of `start..end` of the shuffled key, bit by bit through the
+    /// permutation (for a pass whose shuffled copy is not worth building).
+    pub(crate) fn range_parity(&self, key: &BitVec, start: usize, end: usize) -> bool {
+        let src = key.words();
+        let acc = self.order[start..end]
+            .iter()
+            .fold(0u64, |acc, &i| acc ^ (src[(i >> 6) as usize] >> (i & 63)));
+        acc & 1 == 1
+    }
+
+    /// Whether the parity of `start..end` is a word operation without the
+    /// shuffled copy: the whole key, a half, or a node with a mask.
+    pub(crate) fn has_mask(&self, start: usize, end: usize) -> bool {
+        let (n, half) = (self.order.len(), self.order.len().div_ceil(2));
+        matches!((start, end), (0, e) if e == n || e == half)
+            || (start == half && end == n)
+            || self
+                .node_masks
+                .iter()
+                .any(|(s, e, _)| *s as usize == start && *e as usize == end)
+    }
+
+    /// Parity of `start..end` of the shuffled key through a precomputed
+    /// node mask, if there is one for exactly this range.
+    pub(crate) fn node_parity(&self, key: &BitVec, start: usize, end: usize) -> Option<bool> {
+        let (_, _, mask) = self
+            .node_masks
+            .iter()
+            .find(|(s, e, _)| *s as usize == start && *e as usize == end)?;
+        let acc = key
+            .words()
+            .iter()
+            .zip(mask)
+            .fold(0u64, |acc, (k, m)| acc ^ (k & m));
+        Some(acc.count_ones() & 1 == 1)
     }
 
     /// Parity of the first half of the shuffled key, on words.
@@ -207,6 +327,24 @@ mod tests {
                 assert_eq!(g.get(j), key.get(s.order[j] as usize));
             }
             assert_eq!(s.half_parity(&key), g.parity(0..n.div_ceil(2)));
+            for (a, b, _) in &s.node_masks {
+                let (a, b) = (*a as usize, *b as usize);
+                assert_eq!(s.node_parity(&key, a, b), Some(g.parity(a..b)));
+            }
+            for (a, b) in [(0, n / 3), (n / 4, n / 2 + 1)] {
+                assert_eq!(s.range_parity(&key, a, b), g.parity(a..b));
+            }
+        }
+        // Large keys get node masks for the first levels of the half trees.
+        let n = 40_000;
+        let plan = ShufflePlan::new(n, 4).unwrap();
+        let key = BitVec::random(n, &mut rng);
+        let s = plan.shuffle(2);
+        assert_eq!(s.node_masks.len(), 2 + 4 + 8);  // depth-4 nodes of 2500 bits are below the size limit
+        let g = s.gather(&key);
+        for (a, b, _) in &s.node_masks {
+            let (a, b) = (*a as usize, *b as usize);
+            assert_eq!(s.node_parity(&key, a, b), Some(g.parity(a..b)));
         }
     }
 
