@@ -340,9 +340,9 @@ mod tests {
         let plan = ShufflePlan::new(n, 4).unwrap();
         let key = BitVec::random(n, &mut rng);
         let s = plan.shuffle(2);
-        // Depth 1 and 2 (10 000 and 5 000 bits); depth-3 nodes (2 500) are too
-        // small to need a mask.
-        assert_eq!(s.node_masks.len(), 2 + 4);
+        // Depth 1 and 2 below the two halves (10 000 and 5 000 bits); nodes of
+        // 2 500 bits are too small to need a mask.
+        assert_eq!(s.node_masks.len(), 4 + 8);
         let g = s.gather(&key);
         for (a, b, _) in &s.node_masks {
             let (a, b) = (*a as usize, *b as usize);
