@@ -79,7 +79,18 @@ proptest! {
         let variant = Variant::ALL[variant_ix];
         let (alice_key, bob_key) = keys(n, qber, seed);
         let (mut alice, mut bob) = machines(variant, qber, &alice_key, &bob_key, seed);
-        let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
+        let stats = match run_in_memory(&mut alice, &mut bob, Instant::now()) {
+            Ok(stats) => stats,
+            Err(CascadeError::LeakLimit { limit }) => {
+                // Tiny keys can need more parities than Alice's limit of 2n
+                // allows (BICONF's ten clean passes alone): she stops at it.
+                prop_assert_eq!(limit, 2 * n as u64);
+                prop_assert!(alice.leaked_bits() <= limit);
+                prop_assert!(alice.is_finished());
+                return Ok(());
+            }
+            Err(e) => panic!("{e:?}"),
+        };
         check_run(variant, &alice, &bob, &bob_key, &stats);
         // Residual errors must be invisible to pass 1: every block of pass 1
         // holds an even number of them.
