@@ -344,8 +344,16 @@ fn sweep() {
     let waves: Vec<u32> = var("SWEEP_WAVES", "1").split(',').map(|v| v.parse().unwrap()).collect();
     let trials: u64 = var("SWEEP_TRIALS", "100").parse().unwrap();
     let k1s: Vec<usize> = var("SWEEP_K", "0").split(',').map(|v| v.parse().unwrap()).collect();
+    let k2: usize = var("SWEEP_K2", "0").parse().unwrap();
+    let n_override: usize = var("SWEEP_N", "0").parse().unwrap();
     for variant in variants {
-        let n = if variant == Variant::Option8 { 1 << 14 } else { 10_000 };
+        let n = if n_override > 0 {
+            n_override
+        } else if variant == Variant::Option8 {
+            1 << 14
+        } else {
+            10_000
+        };
         for &qber in &qbers {
             for &w in &waves {
                 for &k in &k1s {
@@ -360,6 +368,9 @@ fn sweep() {
                         params.search_waves = w;
                         if k > 0 {
                             params.block_sizes[0] = k;
+                        }
+                        if k2 > 0 {
+                            params.block_sizes[1] = k2;
                         }
                         let mut alice = CascadeAlice::new(t, a.clone(), plan.clone(), 2 * n as u64).unwrap();
                         let mut bob = CascadeBob::new(t, b, plan, CascadeConfig::new(params)).unwrap();
