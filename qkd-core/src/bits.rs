@@ -482,6 +482,46 @@ impl BitVec {
         }
     }
 
+    /// Inverts every bit.
+    pub fn invert(&mut self) {
+        for w in &mut self.words {
+            *w = !*w;
+        }
+        self.clear_tail();
+    }
+
+    /// The bits at the positions where `mask` is set, in order (a gather,
+    /// as used by sifting). Works a word at a time, with one step per
+    /// selected bit inside a word and none for skipped ones.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    #[must_use]
+    pub fn select(&self, mask: &BitVec) -> BitVec {
+        assert_eq!(
+            self.len, mask.len,
+            "select with a mask of a different length"
+        );
+        let mut out = BitVec::with_capacity(mask.count_ones());
+        for (&w, &m) in self.words.iter().zip(&mask.words) {
+            if m == u64::MAX {
+                out.push_bits(w, WORD);
+                continue;
+            }
+            let mut v = 0u64;
+            let mut n = 0;
+            let mut rest = m;
+            while rest != 0 {
+                let s = rest.trailing_zeros();
+                rest &= rest - 1;
+                v |= ((w >> s) & 1) << n;
+                n += 1;
+            }
+            out.push_bits(v, n);
+        }
+        out
+    }
+
     /// Iterator over the bits, first to last.
     #[must_use]
     pub fn iter(&self) -> BitIter<'_> {
@@ -505,10 +545,10 @@ impl BitVec {
 
     fn clear_tail(&mut self) {
         let r = self.len % WORD;
-        if r != 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last &= low_mask(r);
-            }
+        if r != 0
+            && let Some(last) = self.words.last_mut()
+        {
+            *last &= low_mask(r);
         }
     }
 }
@@ -709,7 +749,7 @@ impl<'a> BitSlice<'a> {
     /// An owned copy.
     #[must_use]
     pub fn to_bitvec(&self) -> BitVec {
-        if self.start % WORD == 0 {
+        if self.start.is_multiple_of(WORD) {
             let first = self.start / WORD;
             let words = self.words[first..first + words_for(self.len)].to_vec();
             let mut v = BitVec {
@@ -965,6 +1005,19 @@ mod tests {
             prop_assert_eq!(model(&v), m.clone());
             let rebuilt: BitVec = m.into_iter().collect();
             prop_assert_eq!(v, rebuilt);
+        }
+
+        #[test]
+        fn select_and_invert_match_model(pairs in proptest::collection::vec(any::<(bool, bool)>(), 0..400)) {
+            let v: BitVec = pairs.iter().map(|p| p.0).collect();
+            let mask: BitVec = pairs.iter().map(|p| p.1).collect();
+            let want: Vec<bool> = pairs.iter().filter(|p| p.1).map(|p| p.0).collect();
+            prop_assert_eq!(model(&v.select(&mask)), want);
+            prop_assert_eq!(model(&v.select(&BitVec::ones(v.len()))), model(&v));
+            let mut inv = v.clone();
+            inv.invert();
+            prop_assert_eq!(model(&inv), pairs.iter().map(|p| !p.0).collect::<Vec<_>>());
+            prop_assert_eq!(inv.count_ones(), v.len() - v.count_ones());
         }
 
         #[test]

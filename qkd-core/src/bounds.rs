@@ -223,6 +223,7 @@ pub fn sampling_deviation(n: u64, k: u64, eps: f64) -> Result<f64, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::excessive_precision)] // reference values quoted as computed
 mod tests {
     use super::*;
 

@@ -51,7 +51,7 @@ impl SecretKey {
     /// # Errors
     /// [`Error::InvalidLength`] if the length is not a multiple of 8 bits.
     pub fn from_bits(bits: &BitVec) -> Result<Self, Error> {
-        if bits.len() % 8 != 0 {
+        if !bits.len().is_multiple_of(8) {
             return Err(Error::InvalidLength {
                 expected: bits.len() / 8 * 8,
                 actual: bits.len(),

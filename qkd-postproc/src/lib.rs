@@ -2,5 +2,5 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod sift;
 pub mod cascade;
+pub mod sift;

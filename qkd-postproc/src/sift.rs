@@ -125,15 +125,11 @@ pub fn sift_alice(
             actual: ann.bases.len(),
         });
     }
-    let mut keep = BitVec::with_capacity(detected);
-    let mut key = BitVec::with_capacity(detected);
-    for (k, s) in ann.detections.iter_ones().enumerate() {
-        let same = alice.bases.get(s) == ann.bases.get(k);
-        keep.push(same);
-        if same {
-            key.push(alice.values.get(s));
-        }
-    }
+    // keep = NOT(Alice's bases at Bob's detections XOR Bob's bases)
+    let mut keep = alice.bases.select(&ann.detections);
+    keep ^= &ann.bases;
+    keep.invert();
+    let key = alice.values.select(&ann.detections).select(&keep);
     Ok((
         SiftDecision {
             frame_id: alice.frame_id,
@@ -164,10 +160,7 @@ pub fn sift_bob(bob: &RawFrame, decision: &SiftDecision) -> Result<BitVec, SiftE
             actual: decision.keep.len(),
         });
     }
-    let mut key = BitVec::with_capacity(decision.keep.count_ones());
-    for k in decision.keep.iter_ones() {
-        key.push(bob.values.get(k));
-    }
+    let key = bob.values.select(&decision.keep);
     Ok(key)
 }
 

@@ -54,12 +54,21 @@ fn check_run(
     let errors_before = alice.key().hamming_distance(bob_before);
     let errors_after = alice.key().hamming_distance(bob.key());
     // Every flip corrected an error: no flip ever made things worse.
-    assert_eq!(bob.key().hamming_distance(bob_before) as u64, stats.corrected_bits);
-    assert_eq!(errors_after as u64 + stats.corrected_bits, errors_before as u64);
+    assert_eq!(
+        bob.key().hamming_distance(bob_before) as u64,
+        stats.corrected_bits
+    );
+    assert_eq!(
+        errors_after as u64 + stats.corrected_bits,
+        errors_before as u64
+    );
     // Both sides counted the same leak and the same rounds.
     assert_eq!(stats.leaked_bits, alice.leaked_bits());
     assert_eq!(stats.channel_uses, alice.rounds());
-    let regular = CascadeParams::for_variant(variant, 0.01, 100).unwrap().block_sizes.len();
+    let regular = CascadeParams::for_variant(variant, 0.01, 100)
+        .unwrap()
+        .block_sizes
+        .len();
     assert!(stats.passes as usize >= regular);
 }
 
@@ -106,7 +115,12 @@ proptest! {
 
 #[test]
 fn original_and_option7_correct_typical_frames() {
-    for (variant, seed) in [(Variant::Original, 1), (Variant::Option7, 2), (Variant::Biconf, 3), (Variant::Option8, 4)] {
+    for (variant, seed) in [
+        (Variant::Original, 1),
+        (Variant::Option7, 2),
+        (Variant::Biconf, 3),
+        (Variant::Option8, 4),
+    ] {
         for qber in [0.01, 0.05, 0.1] {
             let (alice_key, bob_key) = keys(10_000, qber, seed);
             let (mut alice, mut bob) = machines(variant, qber, &alice_key, &bob_key, seed);
@@ -136,7 +150,10 @@ fn identical_keys_leak_little_and_change_nothing() {
     assert_eq!(stats.passes as usize, params.block_sizes.len());
     // Pass 1 asks every block; each later pass one block less (the last is
     // implied by the total parity).
-    let later: u64 = params.block_sizes[1..].iter().map(|&k| 5000usize.div_ceil(k) as u64 - 1).sum();
+    let later: u64 = params.block_sizes[1..]
+        .iter()
+        .map(|&k| 5000usize.div_ceil(k) as u64 - 1)
+        .sum();
     assert_eq!(stats.leaked_bits, first + later);
 }
 
@@ -166,8 +183,13 @@ fn leak_limit_aborts_both_sides() {
 fn mismatched_seed_or_length_is_incompatible() {
     let (alice_key, bob_key) = keys(1000, 0.05, 12);
     let params = CascadeParams::for_variant(Variant::Original, 0.05, 1000).unwrap();
-    let mut alice =
-        CascadeAlice::new(1, alice_key, Arc::new(ShufflePlan::new(1000, 1).unwrap()), 1000).unwrap();
+    let mut alice = CascadeAlice::new(
+        1,
+        alice_key,
+        Arc::new(ShufflePlan::new(1000, 1).unwrap()),
+        1000,
+    )
+    .unwrap();
     let mut bob = CascadeBob::new(
         1,
         bob_key,
@@ -187,13 +209,29 @@ fn messages_for_another_frame_or_from_the_wrong_side_are_rejected() {
     let now = Instant::now();
     let q = bob.poll_transmit(now).unwrap();
     // Bob does not accept his own questions; Alice not another frame.
-    assert!(matches!(bob.handle_input(now, &q), Err(CascadeError::Protocol { .. })));
-    let other = CascadeMessage::Done { frame_id: 99, rounds: 0, leaked_bits: 0 }.encode();
-    assert!(matches!(alice.handle_input(now, &other), Err(CascadeError::WrongFrame { .. })));
+    assert!(matches!(
+        bob.handle_input(now, &q),
+        Err(CascadeError::Protocol { .. })
+    ));
+    let other = CascadeMessage::Done {
+        frame_id: 99,
+        rounds: 0,
+        leaked_bits: 0,
+    }
+    .encode();
+    assert!(matches!(
+        alice.handle_input(now, &other),
+        Err(CascadeError::WrongFrame { .. })
+    ));
     assert_eq!(alice.leaked_bits(), 0);
     // A Done with a leak count that differs from Alice's aborts her.
     alice.handle_input(now, &q).unwrap();
-    let lie = CascadeMessage::Done { frame_id: 13, rounds: 1, leaked_bits: 1 }.encode();
+    let lie = CascadeMessage::Done {
+        frame_id: 13,
+        rounds: 1,
+        leaked_bits: 1,
+    }
+    .encode();
     assert!(alice.handle_input(now, &lie).is_err());
     assert!(matches!(alice.poll_event(), Some(CascadeEvent::Aborted(_))));
 }
@@ -239,7 +277,17 @@ fn events<E>(mut next: impl FnMut() -> Option<E>) -> Vec<E> {
     std::iter::from_fn(|| next()).collect()
 }
 
-fn run_sim(link: LinkConfig, net_seed: u64, variant: Variant) -> (Network<AliceEnd, BobEnd>, BitVec, BitVec, Vec<CascadeEvent>, Vec<CascadeEvent>) {
+fn run_sim(
+    link: LinkConfig,
+    net_seed: u64,
+    variant: Variant,
+) -> (
+    Network<AliceEnd, BobEnd>,
+    BitVec,
+    BitVec,
+    Vec<CascadeEvent>,
+    Vec<CascadeEvent>,
+) {
     let (alice_key, bob_key) = keys(3000, 0.04, net_seed);
     let (alice, bob) = machines(variant, 0.04, &alice_key, &bob_key, net_seed);
     let mut net = Network::new(AliceEnd(alice), BobEnd(bob), link, net_seed, Instant::now());
@@ -259,8 +307,14 @@ fn sim_loss_duplication_and_reordering_complete_correctly() {
         for variant in [Variant::Original, Variant::Option8, Variant::Biconf] {
             let (net, alice_key, bob_key, ea, eb) = run_sim(link.clone(), seed, variant);
             let bob = &net.b.0;
-            assert!(matches!(eb.as_slice(), [CascadeEvent::Completed(_)]), "{eb:?}");
-            assert!(matches!(ea.as_slice(), [CascadeEvent::Completed(_)]), "{ea:?}");
+            assert!(
+                matches!(eb.as_slice(), [CascadeEvent::Completed(_)]),
+                "{eb:?}"
+            );
+            assert!(
+                matches!(ea.as_slice(), [CascadeEvent::Completed(_)]),
+                "{ea:?}"
+            );
             assert_eq!(bob.key(), &alice_key);
             check_run(variant, &net.a.0, bob, &bob_key, &bob.stats());
             assert!(bob.stats().retransmissions > 0);
@@ -291,7 +345,10 @@ fn sim_corruption_is_rejected_and_never_gives_a_wrong_key() {
             other => panic!("unexpected outcome {other:?}"),
         }
     }
-    assert!(rejected > 10, "the link should have damaged datagrams: {rejected}");
+    assert!(
+        rejected > 10,
+        "the link should have damaged datagrams: {rejected}"
+    );
 }
 
 #[test]
@@ -308,7 +365,11 @@ fn total_loss_ends_in_a_timeout_abort() {
 #[ignore = "statistical run, minutes"]
 fn efficiency_table() {
     for variant in Variant::ALL {
-        let n = if variant == Variant::Option8 { 1 << 14 } else { 10_000 };
+        let n = if variant == Variant::Option8 {
+            1 << 14
+        } else {
+            10_000
+        };
         let mut line = format!("{variant:>9}");
         for qber in [0.01, 0.02, 0.05, 0.1] {
             let trials = 200;
@@ -326,7 +387,11 @@ fn efficiency_table() {
                     fails += 1;
                 }
             }
-            line += &format!("  {:.4} ({fails}, {})", f / trials as f64, uses / trials as u32);
+            line += &format!(
+                "  {:.4} ({fails}, {})",
+                f / trials as f64,
+                uses / trials as u32
+            );
         }
         println!("{line}");
     }
@@ -339,11 +404,23 @@ fn efficiency_table() {
 #[ignore = "development sweep"]
 fn sweep() {
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    let variants: Vec<Variant> = var("SWEEP_VARIANTS", "option8").split(',').map(|v| v.parse().unwrap()).collect();
-    let qbers: Vec<f64> = var("SWEEP_QBERS", "0.02").split(',').map(|v| v.parse().unwrap()).collect();
-    let waves: Vec<u32> = var("SWEEP_WAVES", "1").split(',').map(|v| v.parse().unwrap()).collect();
+    let variants: Vec<Variant> = var("SWEEP_VARIANTS", "option8")
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let qbers: Vec<f64> = var("SWEEP_QBERS", "0.02")
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let waves: Vec<u32> = var("SWEEP_WAVES", "1")
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
     let trials: u64 = var("SWEEP_TRIALS", "100").parse().unwrap();
-    let k1s: Vec<usize> = var("SWEEP_K", "0").split(',').map(|v| v.parse().unwrap()).collect();
+    let k1s: Vec<usize> = var("SWEEP_K", "0")
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
     let k2: usize = var("SWEEP_K2", "0").parse().unwrap();
     let n_override: usize = var("SWEEP_N", "0").parse().unwrap();
     for variant in variants {
@@ -372,8 +449,10 @@ fn sweep() {
                         if k2 > 0 {
                             params.block_sizes[1] = k2;
                         }
-                        let mut alice = CascadeAlice::new(t, a.clone(), plan.clone(), 2 * n as u64).unwrap();
-                        let mut bob = CascadeBob::new(t, b, plan, CascadeConfig::new(params)).unwrap();
+                        let mut alice =
+                            CascadeAlice::new(t, a.clone(), plan.clone(), 2 * n as u64).unwrap();
+                        let mut bob =
+                            CascadeBob::new(t, b, plan, CascadeConfig::new(params)).unwrap();
                         let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
                         f += stats.efficiency(q);
                         uses += stats.channel_uses;
@@ -381,7 +460,11 @@ fn sweep() {
                             fails += 1;
                         }
                     }
-                    println!("{variant} q={qber} waves={w} k1={k}: f={:.4} fails={fails} uses={}", f / trials as f64, uses / trials as u32);
+                    println!(
+                        "{variant} q={qber} waves={w} k1={k}: f={:.4} fails={fails} uses={}",
+                        f / trials as f64,
+                        uses / trials as u32
+                    );
                 }
             }
         }

@@ -1,3 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod message;
+pub mod node;
+
+pub use node::{
+    Event, InputError, Lookup, MIN_MESSAGE_LEN, PairingStatus, SyncConfig, SyncError, SyncNode,
+};

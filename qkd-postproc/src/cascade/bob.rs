@@ -478,9 +478,7 @@ impl CascadeBob {
     }
 
     fn implies_last_block(&self, pass: usize) -> bool {
-        pass > 0
-            && self.total_alice.is_some()
-            && (self.reuse() || self.passes[pass].biconf)
+        pass > 0 && self.total_alice.is_some() && (self.reuse() || self.passes[pass].biconf)
     }
 
     fn remember(&mut self, pass: usize, block: usize, node: usize, value: bool) {
@@ -530,7 +528,9 @@ impl CascadeBob {
         if start == half && end == n {
             return self.key.parity(..) ^ shuffle.half_parity(&self.key);
         }
-        self.passes[pass].copy.parity(shuffle, &self.key, start, end)
+        self.passes[pass]
+            .copy
+            .parity(shuffle, &self.key, start, end)
     }
 
     fn block_diff(&self, pass: usize, block: usize) -> bool {
@@ -648,7 +648,9 @@ impl CascadeBob {
                     }
                 })
                 .collect();
-            self.pending = (0..asked).map(|block| Origin::Top { pass, block }).collect();
+            self.pending = (0..asked)
+                .map(|block| Origin::Top { pass, block })
+                .collect();
             self.send_questions(questions);
             return;
         }
@@ -832,12 +834,10 @@ impl CascadeBob {
             let mid = s.start + (s.end - s.start).div_ceil(2);
             let left = match s.answer.take() {
                 Some(a) => Some(a),
-                None if self.reuse() => self
-                    .recall(s.pass, s.block, 2 * s.node)
-                    .or_else(|| {
-                        self.recall(s.pass, s.block, 2 * s.node + 1)
-                            .map(|r| r ^ s.alice)
-                    }),
+                None if self.reuse() => self.recall(s.pass, s.block, 2 * s.node).or_else(|| {
+                    self.recall(s.pass, s.block, 2 * s.node + 1)
+                        .map(|r| r ^ s.alice)
+                }),
                 None => None,
             };
             let Some(left) = left else {
@@ -856,4 +856,3 @@ impl CascadeBob {
         self.searches[si] = s;
     }
 }
-

@@ -145,7 +145,11 @@ impl CascadeParams {
             });
         }
         let half = n.div_ceil(2);
-        let inv = if qber > 0.0 { 1.0 / qber } else { f64::INFINITY };
+        let inv = if qber > 0.0 {
+            1.0 / qber
+        } else {
+            f64::INFINITY
+        };
         let clamp = |x: f64| -> usize {
             if x.is_finite() && x < n as f64 {
                 (x.ceil() as usize).max(1)
@@ -176,7 +180,11 @@ impl CascadeParams {
             }
             Variant::YanEtAl => {
                 let k1 = clamp(0.80 * inv);
-                (then_half(vec![k1, k1.saturating_mul(5).min(n)], 10), None, false)
+                (
+                    then_half(vec![k1, k1.saturating_mul(5).min(n)], 10),
+                    None,
+                    false,
+                )
             }
             Variant::Option3 | Variant::Option4 => {
                 let k1 = clamp(inv);
@@ -185,7 +193,11 @@ impl CascadeParams {
             }
             Variant::Option7 => {
                 let k1 = pow2(inv.log2());
-                (then_half(vec![k1, k1.saturating_mul(4).min(n)], 14), None, true)
+                (
+                    then_half(vec![k1, k1.saturating_mul(4).min(n)], 14),
+                    None,
+                    true,
+                )
             }
             Variant::Option8 => {
                 let alpha = inv.log2() - 0.5;

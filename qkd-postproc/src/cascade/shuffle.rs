@@ -6,8 +6,8 @@ use qkd_core::BitVec;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
-use super::params::MAX_PASSES;
 use super::CascadeError;
+use super::params::MAX_PASSES;
 
 /// The permutations of every pass of a Cascade run on keys of one length.
 ///
@@ -60,7 +60,13 @@ impl LazyCopy {
     }
 
     /// Parity of `start..end` of `key` in the order of `shuffle`.
-    pub(crate) fn parity(&mut self, shuffle: &Shuffle, key: &BitVec, start: usize, end: usize) -> bool {
+    pub(crate) fn parity(
+        &mut self,
+        shuffle: &Shuffle,
+        key: &BitVec,
+        start: usize,
+        end: usize,
+    ) -> bool {
         if let Some(copy) = &self.copy {
             return copy.parity(start..end);
         }
@@ -120,7 +126,10 @@ impl ShufflePlan {
     ///
     /// # Errors
     /// As [`new`](Self::new).
-    pub fn random<R: rand_core::CryptoRng + ?Sized>(n: usize, rng: &mut R) -> Result<Self, CascadeError> {
+    pub fn random<R: rand_core::CryptoRng + ?Sized>(
+        n: usize,
+        rng: &mut R,
+    ) -> Result<Self, CascadeError> {
         Self::new(n, rng.next_u64())
     }
 
@@ -306,7 +315,12 @@ mod tests {
             let mut seen = s.order.clone();
             seen.sort_unstable();
             assert!(seen.iter().enumerate().all(|(j, &i)| i as usize == j));
-            assert!(s.order.iter().enumerate().all(|(j, &i)| s.pos[i as usize] as usize == j));
+            assert!(
+                s.order
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &i)| s.pos[i as usize] as usize == j)
+            );
             assert_eq!(s.order, again.shuffle(pass).order);
             assert_ne!(s.order, other.shuffle(pass).order);
         }

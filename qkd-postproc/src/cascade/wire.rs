@@ -411,19 +411,28 @@ mod tests {
             leaked_bits: 3,
         };
         let good = msg.encode();
-        assert_eq!(CascadeMessage::decode(&good[..5]), Err(WireError::Truncated));
+        assert_eq!(
+            CascadeMessage::decode(&good[..5]),
+            Err(WireError::Truncated)
+        );
         let mut bad = good.clone();
         bad[12] ^= 1;
         assert_eq!(CascadeMessage::decode(&bad), Err(WireError::Checksum));
         let mut v = good.clone();
         v[0] = 2;
-        assert_eq!(CascadeMessage::decode(&reseal(v)), Err(WireError::Version(2)));
+        assert_eq!(
+            CascadeMessage::decode(&reseal(v)),
+            Err(WireError::Version(2))
+        );
         let mut t = good.clone();
         t[1] = 9;
         assert_eq!(CascadeMessage::decode(&reseal(t)), Err(WireError::Type(9)));
         let mut long = good.clone();
         long.insert(good.len() - 4, 0);
-        assert_eq!(CascadeMessage::decode(&reseal(long)), Err(WireError::Trailing));
+        assert_eq!(
+            CascadeMessage::decode(&reseal(long)),
+            Err(WireError::Trailing)
+        );
         // A huge question count is rejected before allocating.
         let q = CascadeMessage::Questions {
             frame_id: 1,
@@ -440,7 +449,10 @@ mod tests {
         );
         let mut short = q.encode();
         short[26..30].copy_from_slice(&3u32.to_be_bytes());
-        assert_eq!(CascadeMessage::decode(&reseal(short)), Err(WireError::Truncated));
+        assert_eq!(
+            CascadeMessage::decode(&reseal(short)),
+            Err(WireError::Truncated)
+        );
         // Padding bits of the answers must be zero.
         let a = CascadeMessage::Answers {
             frame_id: 1,
@@ -449,7 +461,10 @@ mod tests {
         };
         let mut pad = a.encode();
         pad[18] |= 0x80;
-        assert_eq!(CascadeMessage::decode(&reseal(pad)), Err(WireError::Trailing));
+        assert_eq!(
+            CascadeMessage::decode(&reseal(pad)),
+            Err(WireError::Trailing)
+        );
     }
 
     fn question() -> impl Strategy<Value = Question> {
@@ -462,22 +477,47 @@ mod tests {
 
     fn message() -> impl Strategy<Value = CascadeMessage> {
         prop_oneof![
-            (any::<u64>(), any::<u32>(), any::<u64>(), any::<u32>(), proptest::collection::vec(question(), 0..50))
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(question(), 0..50)
+            )
                 .prop_map(|(frame_id, round, shuffle_seed, key_len, questions)| {
-                    CascadeMessage::Questions { frame_id, round, shuffle_seed, key_len, questions }
+                    CascadeMessage::Questions {
+                        frame_id,
+                        round,
+                        shuffle_seed,
+                        key_len,
+                        questions,
+                    }
                 }),
-            (any::<u64>(), any::<u32>(), proptest::collection::vec(any::<bool>(), 0..100)).prop_map(
-                |(frame_id, round, bits)| CascadeMessage::Answers {
+            (
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<bool>(), 0..100)
+            )
+                .prop_map(|(frame_id, round, bits)| CascadeMessage::Answers {
                     frame_id,
                     round,
                     parities: bits.into_iter().collect()
+                }),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
+                |(frame_id, rounds, leaked_bits)| {
+                    CascadeMessage::Done {
+                        frame_id,
+                        rounds,
+                        leaked_bits,
+                    }
                 }
             ),
-            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(frame_id, rounds, leaked_bits)| {
-                CascadeMessage::Done { frame_id, rounds, leaked_bits }
+            (any::<u64>(), any::<u64>()).prop_map(|(frame_id, leaked_bits)| {
+                CascadeMessage::DoneAck {
+                    frame_id,
+                    leaked_bits,
+                }
             }),
-            (any::<u64>(), any::<u64>())
-                .prop_map(|(frame_id, leaked_bits)| CascadeMessage::DoneAck { frame_id, leaked_bits }),
             (any::<u64>(), any::<u8>()).prop_map(|(frame_id, c)| CascadeMessage::Abort {
                 frame_id,
                 reason: AbortReason::from_code(c)
@@ -508,6 +548,10 @@ mod tests {
     }
 
     fn reseal_or_empty(bytes: Vec<u8>) -> Vec<u8> {
-        if bytes.len() < 4 { bytes } else { reseal(bytes) }
+        if bytes.len() < 4 {
+            bytes
+        } else {
+            reseal(bytes)
+        }
     }
 }

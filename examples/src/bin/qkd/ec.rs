@@ -210,7 +210,11 @@ fn run_point(
             counted += 1;
         }
     }
-    let mean = if counted > 0 { sum / counted as f64 } else { f64::NAN };
+    let mean = if counted > 0 {
+        sum / counted as f64
+    } else {
+        f64::NAN
+    };
     let var = if counted > 1 {
         ((sum_sq - sum * sum / counted as f64) / (counted - 1) as f64).max(0.0)
     } else {
@@ -247,7 +251,9 @@ impl ThreadClock {
 
     fn elapsed(&self) -> Duration {
         match self {
-            ThreadClock::Cpu(start) => thread_cpu().map_or(Duration::ZERO, |now| now.saturating_sub(*start)),
+            ThreadClock::Cpu(start) => {
+                thread_cpu().map_or(Duration::ZERO, |now| now.saturating_sub(*start))
+            }
             ThreadClock::Wall(start) => start.elapsed(),
         }
     }
@@ -287,7 +293,10 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Cascade efficiency f = leaked / (n h2(Q))", ("sans-serif", 22))
+        .caption(
+            "Cascade efficiency f = leaked / (n h2(Q))",
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -299,7 +308,10 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
         .x_label_formatter(&|q| format!("{:.0} %", q * 100.0))
         .draw()?;
     chart
-        .draw_series(LineSeries::new([(0.0, 1.0), (q_max, 1.0)], BLACK.stroke_width(2)))?
+        .draw_series(LineSeries::new(
+            [(0.0, 1.0), (q_max, 1.0)],
+            BLACK.stroke_width(2),
+        ))?
         .label("Shannon limit f = 1")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
     for (i, variant) in variants.iter().enumerate() {
@@ -316,9 +328,16 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         if let Some((_, paper)) = PAPER.iter().find(|(name, _)| name == variant) {
-            let pts: Vec<(f64, f64)> = PAPER_QBERS.iter().copied().zip(paper.iter().copied()).collect();
+            let pts: Vec<(f64, f64)> = PAPER_QBERS
+                .iter()
+                .copied()
+                .zip(paper.iter().copied())
+                .collect();
             chart
-                .draw_series(pts.iter().map(|&p| TriangleMarker::new(p, 6, color.stroke_width(1))))?
+                .draw_series(
+                    pts.iter()
+                        .map(|&p| TriangleMarker::new(p, 6, color.stroke_width(1))),
+                )?
                 .label(format!("{variant} (paper)"))
                 .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, color.stroke_width(1)));
             chart.draw_series(DashedLineSeries::new(pts, 4, 4, color.stroke_width(1)))?;

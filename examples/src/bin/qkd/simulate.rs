@@ -60,7 +60,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // Hidden at first; drawn only once the run has taken more than a second.
     let bar = ProgressBar::with_draw_target(Some(args.bits), ProgressDrawTarget::hidden());
     bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} raw detections ({per_sec}, eta {eta})",
+        "{bar:40} {human_pos}/{human_len} raw detections, eta {eta}",
     )?);
     let mut shown = false;
     let mut r = Report {
