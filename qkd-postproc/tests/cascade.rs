@@ -1,6 +1,9 @@
 //! Two-machine tests of Cascade: correctness properties, accounting, and
 //! runs through the simulated network with faults.
 
+// The ignored statistical runs print their tables.
+#![allow(clippy::print_stdout)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -273,8 +276,8 @@ impl Endpoint for BobEnd {
     }
 }
 
-fn events<E>(mut next: impl FnMut() -> Option<E>) -> Vec<E> {
-    std::iter::from_fn(|| next()).collect()
+fn events<E>(next: impl FnMut() -> Option<E>) -> Vec<E> {
+    std::iter::from_fn(next).collect()
 }
 
 fn run_sim(

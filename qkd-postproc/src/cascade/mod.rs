@@ -197,11 +197,10 @@ pub fn run_in_memory(
             bob.handle_input(now, &msg)?;
         }
         while alice.poll_event().is_some() {}
-        while let Some(event) = bob.poll_event() {
-            match event {
-                CascadeEvent::Completed(stats) => return Ok(stats),
-                CascadeEvent::Aborted(reason) => return Err(CascadeError::Aborted(reason)),
-            }
+        match bob.poll_event() {
+            Some(CascadeEvent::Completed(stats)) => return Ok(stats),
+            Some(CascadeEvent::Aborted(reason)) => return Err(CascadeError::Aborted(reason)),
+            None => {}
         }
         if bob.is_finished() {
             return Err(CascadeError::Protocol {

@@ -160,7 +160,7 @@ impl ShufflePlan {
 
     /// The shuffle of pass `pass ≥ 1` (computed on first use).
     pub(crate) fn shuffle(&self, pass: usize) -> &Shuffle {
-        debug_assert!(pass >= 1 && pass < MAX_PASSES);
+        debug_assert!((1..MAX_PASSES).contains(&pass));
         self.passes[pass].get_or_init(|| Shuffle::generate(self.n, self.seed, pass))
     }
 

@@ -325,7 +325,7 @@ impl CascadeMessage {
                 need(&buf, nbytes)?;
                 let parities = BitVec::from_bytes_lsb(&buf[..nbytes], count)
                     .map_err(|_| WireError::OutOfRange("answer bytes"))?;
-                if count % 8 != 0 && buf[nbytes - 1] >> (count % 8) != 0 {
+                if !count.is_multiple_of(8) && buf[nbytes - 1] >> (count % 8) != 0 {
                     return Err(WireError::Trailing);
                 }
                 buf.advance(nbytes);
