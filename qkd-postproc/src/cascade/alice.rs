@@ -42,7 +42,7 @@ pub struct CascadeAlice {
     leaked: u64,
     next_round: u32,
     last_questions: Vec<Question>,
-    last_answer: Option<Vec<u8>>,
+    last_answer: Option<BitVec>,
     outbox: VecDeque<Vec<u8>>,
     events: VecDeque<CascadeEvent>,
     state: State,
@@ -172,8 +172,15 @@ impl CascadeAlice {
                             reason: "a repeated round asks other questions",
                         });
                     }
-                    if let Some(answer) = &self.last_answer {
-                        self.outbox.push_back(answer.clone());
+                    if let Some(parities) = &self.last_answer {
+                        self.outbox.push_back(
+                            CascadeMessage::Answers {
+                                frame_id: self.frame_id,
+                                round,
+                                parities: parities.clone(),
+                            }
+                            .encode(),
+                        );
                     }
                     return Ok(());
                 }
@@ -203,14 +210,15 @@ impl CascadeAlice {
                 self.reserve(&questions);
                 let parities: BitVec = questions.iter().map(|q| self.parity(q)).collect();
                 self.leaked += count;
-                let answer = CascadeMessage::Answers {
+                let msg = CascadeMessage::Answers {
                     frame_id: self.frame_id,
                     round,
                     parities,
+                };
+                self.outbox.push_back(msg.encode());
+                if let CascadeMessage::Answers { parities, .. } = msg {
+                    self.last_answer = Some(parities);
                 }
-                .encode();
-                self.outbox.push_back(answer.clone());
-                self.last_answer = Some(answer);
                 self.last_questions = questions;
                 self.next_round += 1;
                 Ok(())
@@ -297,30 +305,38 @@ impl CascadeAlice {
     /// Builds the shuffled copies of the passes this round reads much of.
     fn reserve(&mut self, questions: &[Question]) {
         // Questions come grouped by pass: sum the run of each pass.
-        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut run = (0usize, 0usize);
         for q in questions {
             let pass = usize::from(q.pass);
+            // Only long ranges can have a mask (halves, nodes of 4096 bits
+            // and more).
+            let long = q.len as usize >= 4096.min(self.key.len() / 2);
             if pass == 0
-                || self
-                    .plan
-                    .shuffle(pass)
-                    .has_mask(q.start as usize, (q.start + q.len) as usize)
+                || (long
+                    && self
+                        .plan
+                        .shuffle(pass)
+                        .has_mask(q.start as usize, (q.start + q.len) as usize))
             {
                 continue;
             }
-            match runs.last_mut() {
-                Some((p, bits)) if *p == pass => *bits += q.len as usize,
-                _ => runs.push((pass, q.len as usize)),
+            if pass != run.0 {
+                self.reserve_pass(run.0, run.1);
+                run = (pass, 0);
             }
+            run.1 += q.len as usize;
         }
-        for (pass, b) in runs {
-            if pass > 0 {
-                if self.copies.len() <= pass {
-                    self.copies.resize_with(pass + 1, LazyCopy::default);
-                }
-                self.copies[pass].reserve(self.plan.shuffle(pass), &self.key, b);
-            }
+        self.reserve_pass(run.0, run.1);
+    }
+
+    fn reserve_pass(&mut self, pass: usize, bits: usize) {
+        if pass == 0 || bits == 0 {
+            return;
         }
+        if self.copies.len() <= pass {
+            self.copies.resize_with(pass + 1, LazyCopy::default);
+        }
+        self.copies[pass].reserve(self.plan.shuffle(pass), &self.key, bits);
     }
 
     fn parity(&mut self, q: &Question) -> bool {

@@ -175,6 +175,33 @@ impl ShufflePlan {
     }
 }
 
+/// Bit `i` of `key` as byte `i` (0 or 1) of the result.
+fn spread_bytes(key: &BitVec) -> Vec<u8> {
+    const fn table() -> [u64; 256] {
+        let mut t = [0u64; 256];
+        let mut b = 0;
+        while b < 256 {
+            let mut v = 0u64;
+            let mut j = 0;
+            while j < 8 {
+                v |= (((b >> j) & 1) as u64) << (8 * j);
+                j += 1;
+            }
+            t[b] = v;
+            b += 1;
+        }
+        t
+    }
+    const SPREAD: [u64; 256] = table();
+    let mut out = Vec::with_capacity(key.words().len() * 64);
+    for &w in key.words() {
+        for byte in w.to_le_bytes() {
+            out.extend_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
+        }
+    }
+    out
+}
+
 impl Shuffle {
     fn generate(n: usize, seed: u64, pass: usize) -> Shuffle {
         let mut key = [0u8; 32];
@@ -228,17 +255,18 @@ impl Shuffle {
     }
 
     /// The key in this pass's order, packed.
+    ///
+    /// The key is first spread to one byte per bit (a table lookup per key
+    /// byte), so that the gather is a byte load, a shift and an or per bit.
     pub(crate) fn gather(&self, key: &BitVec) -> BitVec {
-        let src = key.words();
         let n = self.order.len();
+        let spread = spread_bytes(key);
         let mut words = Vec::with_capacity(n.div_ceil(64));
-        let bit = |i: u32| (src[(i >> 6) as usize] >> (i & 63)) & 1;
         let mut chunks = self.order.chunks_exact(64);
         for chunk in &mut chunks {
             let mut w = 0u64;
-            for (t, pair) in chunk.chunks_exact(4).enumerate() {
-                w |= (bit(pair[0]) | bit(pair[1]) << 1 | bit(pair[2]) << 2 | bit(pair[3]) << 3)
-                    << (4 * t);
+            for (t, &i) in chunk.iter().enumerate() {
+                w |= u64::from(spread[i as usize]) << t;
             }
             words.push(w);
         }
@@ -247,7 +275,7 @@ impl Shuffle {
             words.push(
                 rest.iter()
                     .enumerate()
-                    .fold(0u64, |w, (t, &i)| w | bit(i) << t),
+                    .fold(0u64, |w, (t, &i)| w | u64::from(spread[i as usize]) << t),
             );
         }
         BitVec::from_words(words, n).expect("one word per 64 positions")
