@@ -105,10 +105,6 @@ struct Search {
     alice: bool,
     /// The answer to the question about the current node's left child.
     answer: Option<bool>,
-    /// Set when the search must be stepped again: new, answered, or a bit
-    /// inside its current node flipped. A waiting search whose node did not
-    /// change is skipped.
-    stale: bool,
     done: bool,
     /// Number of the search, for the blocks set aside until it ends.
     id: u64,
@@ -432,7 +428,6 @@ impl CascadeBob {
                 Origin::Search(si) => {
                     let s = &mut self.searches[si];
                     s.answer = Some(bit);
-                    s.stale = true;
                     let (pass, block, node, alice) = (s.pass, s.block, s.node, s.alice);
                     if self.config.params.reuse_known_parities {
                         self.remember(pass, block, 2 * node, bit);
@@ -580,14 +575,6 @@ impl CascadeBob {
             p.mine.flip(j / p.k);
         }
         self.flipped.push(i);
-        for s in &mut self.searches {
-            if !s.stale && !s.done {
-                let j = self.plan.position(s.pass, i);
-                if (s.start..s.end).contains(&j) {
-                    s.stale = true;
-                }
-            }
-        }
     }
 
     // ----- the rounds -----
@@ -736,9 +723,7 @@ impl CascadeBob {
                 self.start_smallest(group);
             }
             for si in 0..self.searches.len() {
-                if self.searches[si].stale {
-                    self.step(si);
-                }
+                self.step(si);
             }
             let passes = &mut self.passes;
             let mut ended = Vec::new();
@@ -805,7 +790,6 @@ impl CascadeBob {
             end,
             alice,
             answer: None,
-            stale: true,
             done: false,
             id: self.next_search_id,
         });
@@ -869,7 +853,6 @@ impl CascadeBob {
                 s.alice ^= left;
             }
         }
-        s.stale = false;
         self.searches[si] = s;
     }
 }
