@@ -137,6 +137,19 @@ fn original_and_option7_correct_typical_frames() {
     }
 }
 
+/// Found by the property test: a block size between n/2 and n (here 512 of
+/// 623 bits in pass 2) was taken for the two-halves case, so Bob's block
+/// parities were wrong and a search looped. Must complete and correct.
+#[test]
+fn block_between_half_and_whole_key_regression() {
+    let (n, qber, seed) = (623, 2.239628659379048e-2, 11173652249682906452);
+    let (alice_key, bob_key) = keys(n, qber, seed);
+    let (mut alice, mut bob) = machines(Variant::Option8, qber, &alice_key, &bob_key, seed);
+    let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
+    check_run(Variant::Option8, &alice, &bob, &bob_key, &stats);
+    assert_eq!(bob.key(), &alice_key);
+}
+
 #[test]
 fn identical_keys_leak_little_and_change_nothing() {
     let (alice_key, _) = keys(5000, 0.0, 9);

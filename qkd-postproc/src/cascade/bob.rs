@@ -541,8 +541,8 @@ impl CascadeBob {
     /// Bob's parities of the blocks of a new pass, on words.
     fn block_parities(&mut self, pass: usize, k: usize) -> BitVec {
         let n = self.key.len();
-        if pass > 0 && k >= self.plan.half() {
-            // One or two blocks: the whole key, or two halves through the mask.
+        if pass > 0 && (k >= n || k == self.plan.half()) {
+            // One block, or the two halves through the mask.
             let total = self.key.parity(..);
             if k >= n {
                 return std::iter::once(total).collect();
