@@ -4,5 +4,6 @@
 
 pub mod amplify;
 pub mod auth;
+pub mod cascade;
 pub mod confirm;
 pub mod sift;

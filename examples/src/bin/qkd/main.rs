@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod amplify;
 mod auth;
+mod ec;
 mod simulate;
 
 /// Tools for the classical side of a QKD link.
@@ -29,6 +30,8 @@ enum Command {
     Auth(auth::Args),
     /// Toeplitz-hash a key file with a seed file (privacy amplification).
     Amplify(amplify::Args),
+    /// Run error correction (Cascade) on simulated frames; report efficiency, channel uses, FER.
+    Ec(ec::Args),
 }
 
 /// How a subcommand prints its result.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(&args),
         Command::Auth(args) => auth::run(&args),
         Command::Amplify(args) => amplify::run(&args),
+        Command::Ec(args) => ec::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,378 @@
+//! `qkd ec`: run frames through error correction and report efficiency.
+//!
+//! Each frame is a random key for Alice and a copy for Bob with every bit
+//! flipped with probability `qber` (a binary symmetric channel); both
+//! machines run in this process over an in-memory channel. One row per
+//! (variant, qber): mean and standard deviation of `f` (leaked parity bits
+//! over `n · h2(q)`, with `q` the true error rate of each frame), channel
+//! uses (rounds of questions), frame error rate (frames whose corrected key
+//! still differs from Alice's), and corrected-key throughput in Mbit per
+//! second of this thread's CPU time (protocol only: key generation and the
+//! one-off shuffle plan are outside the timed part).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qkd_core::{BitVec, h2};
+use qkd_postproc::cascade::{
+    CascadeAlice, CascadeBob, CascadeConfig, CascadeParams, ShufflePlan, Variant, run_in_memory,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+/// Error-correction methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Method {
+    /// Interactive Cascade (`qkd_postproc::cascade`).
+    Cascade,
+}
+
+/// Cascade variants (Martinez-Mateo et al. 2015).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum VariantArg {
+    /// Brassard–Salvail: k1 = 0.73/Q, doubling, 4 passes.
+    Original,
+    /// k1 = 0.92/Q, k2 = 3 k1, then BICONF until 10 clean.
+    Biconf,
+    /// Yan et al.: k1 = 0.80/Q, k2 = 5 k1, then n/2; 10 passes.
+    Yanetal,
+    /// k1 = 1/Q, k2 = 2 k1, then n/2; 16 passes.
+    Option3,
+    /// Option 3 with parity reuse.
+    Option4,
+    /// Powers of two, k2 = 4 k1, then n/2; 14 passes; reuse.
+    Option7,
+    /// Powers of two from log2(1/Q) - 0.5, k3 = 4096, then n/2; 14 passes; reuse.
+    Option8,
+}
+
+impl From<VariantArg> for Variant {
+    fn from(v: VariantArg) -> Self {
+        match v {
+            VariantArg::Original => Variant::Original,
+            VariantArg::Biconf => Variant::Biconf,
+            VariantArg::Yanetal => Variant::YanEtAl,
+            VariantArg::Option3 => Variant::Option3,
+            VariantArg::Option4 => Variant::Option4,
+            VariantArg::Option7 => Variant::Option7,
+            VariantArg::Option8 => Variant::Option8,
+        }
+    }
+}
+
+/// Output formats of `qkd ec`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum EcFormat {
+    /// A header line and one comma-separated row per (variant, qber).
+    #[default]
+    Csv,
+    /// A JSON array of row objects.
+    Json,
+}
+
+/// Options of `qkd ec`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Error-correction method.
+    #[arg(long, value_enum, default_value_t = Method::Cascade)]
+    method: Method,
+    /// Variants to run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "option8")]
+    variant: Vec<VariantArg>,
+    /// Channel QBER (comma-separated to sweep), also given to Cascade as its estimate.
+    #[arg(long, value_delimiter = ',', default_value = "0.02")]
+    qber: Vec<f64>,
+    /// Key length per frame in bits.
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// Key length for option 8 (the paper used 2^14 for it); default: --n.
+    #[arg(long)]
+    n_option8: Option<usize>,
+    /// Frames per (variant, qber).
+    #[arg(long, default_value_t = 100)]
+    trials: u64,
+    /// Seed of the key generator and the shuffles.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = EcFormat::Csv)]
+    format: EcFormat,
+    /// Re-check blocks set aside by a cascade as soon as the search that set
+    /// them aside ends, not when no search runs: fewer channel uses, a
+    /// little more leakage.
+    #[arg(long)]
+    eager_cascades: bool,
+    /// Search the odd blocks of each pass after the first in this many waves
+    /// (`CascadeParams::search_waves`): lower f, more channel uses.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    search_waves: u32,
+    /// Also draw f against QBER, per variant, into this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+}
+
+/// One output row.
+#[derive(serde::Serialize, Clone, Debug)]
+pub(crate) struct Row {
+    method: &'static str,
+    variant: &'static str,
+    qber: f64,
+    n: usize,
+    trials: u64,
+    f_mean: f64,
+    f_stddev: f64,
+    channel_uses_mean: f64,
+    fer: f64,
+    throughput_mbps: f64,
+}
+
+pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.n == 0 || args.trials == 0 {
+        return Err("--n and --trials must be positive".into());
+    }
+    if let Some(q) = args.qber.iter().find(|q| !(**q > 0.0 && **q < 0.5)) {
+        return Err(format!("--qber {q} is not in (0, 0.5)").into());
+    }
+    let mut rows = Vec::new();
+    let mut plans: Vec<Arc<ShufflePlan>> = Vec::new();
+    for &variant in &args.variant {
+        let variant = Variant::from(variant);
+        let n = match variant {
+            Variant::Option8 => args.n_option8.unwrap_or(args.n),
+            _ => args.n,
+        };
+        if n == 0 {
+            return Err("--n-option8 must be positive".into());
+        }
+        let plan = match plans.iter().find(|p| p.key_len() == n) {
+            Some(plan) => plan.clone(),
+            None => {
+                // The shuffles are computed once per key length and seed,
+                // outside the timed part (BICONF may draw more on first use).
+                let plan = Arc::new(ShufflePlan::new(n, args.seed)?);
+                plan.prepare(20);
+                plans.push(plan.clone());
+                plan
+            }
+        };
+        for &qber in &args.qber {
+            rows.push(run_point(args, variant, qber, &plan)?);
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        EcFormat::Csv => {
+            writeln!(
+                out,
+                "method,variant,qber,n,trials,f_mean,f_stddev,channel_uses_mean,fer,throughput_mbps"
+            )?;
+            for r in &rows {
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{:.4},{:.4},{:.1},{:e},{:.1}",
+                    r.method,
+                    r.variant,
+                    r.qber,
+                    r.n,
+                    r.trials,
+                    r.f_mean,
+                    r.f_stddev,
+                    r.channel_uses_mean,
+                    r.fer,
+                    r.throughput_mbps
+                )?;
+            }
+        }
+        EcFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &rows)?;
+    }
+    Ok(())
+}
+
+fn run_point(
+    args: &Args,
+    variant: Variant,
+    qber: f64,
+    plan: &Arc<ShufflePlan>,
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let n = plan.key_len();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ qber.to_bits().rotate_left(17));
+    let threshold = (qber * 2f64.powi(32)) as u64;
+    let (mut sum, mut sum_sq, mut counted) = (0.0, 0.0, 0u64);
+    let (mut uses, mut failures) = (0u64, 0u64);
+    let mut cpu = Duration::ZERO;
+    let mut corrected_bits = 0u64;
+    for frame in 0..args.trials {
+        let alice_key = BitVec::random(n, &mut rng);
+        let mut bob_key = alice_key.clone();
+        for i in 0..n {
+            if u64::from(rng.next_u32()) < threshold {
+                bob_key.flip(i);
+            }
+        }
+        let errors = alice_key.hamming_distance(&bob_key);
+        let mut params = CascadeParams::for_variant(variant, qber, n)?;
+        params.defer_until_idle = !args.eager_cascades;
+        params.search_waves = args.search_waves;
+        let start = ThreadClock::now();
+        let mut alice = CascadeAlice::new(frame, alice_key, plan.clone(), n as u64)?;
+        let mut bob = CascadeBob::new(frame, bob_key, plan.clone(), CascadeConfig::new(params))?;
+        let stats = run_in_memory(&mut alice, &mut bob, Instant::now())?;
+        cpu += start.elapsed();
+        corrected_bits += n as u64;
+        uses += u64::from(stats.channel_uses);
+        if bob.key() != alice.key() {
+            failures += 1;
+        }
+        if errors > 0 {
+            let f = stats.leaked_bits as f64 / (n as f64 * h2(errors as f64 / n as f64));
+            sum += f;
+            sum_sq += f * f;
+            counted += 1;
+        }
+    }
+    let mean = if counted > 0 {
+        sum / counted as f64
+    } else {
+        f64::NAN
+    };
+    let var = if counted > 1 {
+        ((sum_sq - sum * sum / counted as f64) / (counted - 1) as f64).max(0.0)
+    } else {
+        0.0
+    };
+    Ok(Row {
+        method: "cascade",
+        variant: variant.name(),
+        qber,
+        n,
+        trials: args.trials,
+        f_mean: mean,
+        f_stddev: var.sqrt(),
+        channel_uses_mean: uses as f64 / args.trials as f64,
+        fer: failures as f64 / args.trials as f64,
+        throughput_mbps: corrected_bits as f64 / cpu.as_secs_f64().max(1e-9) / 1e6,
+    })
+}
+
+/// CPU time of this thread (Linux `/proc/thread-self/schedstat`), or wall
+/// time where that is not available.
+enum ThreadClock {
+    Cpu(Duration),
+    Wall(Instant),
+}
+
+impl ThreadClock {
+    fn now() -> Self {
+        match thread_cpu() {
+            Some(d) => ThreadClock::Cpu(d),
+            None => ThreadClock::Wall(Instant::now()),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        match self {
+            ThreadClock::Cpu(start) => {
+                thread_cpu().map_or(Duration::ZERO, |now| now.saturating_sub(*start))
+            }
+            ThreadClock::Wall(start) => start.elapsed(),
+        }
+    }
+}
+
+fn thread_cpu() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// The paper's efficiencies at QBER 1, 2, 5, 10 % (Martinez-Mateo et al.
+/// 2015, read off its figures; `shared/specs/cascade.md`).
+const PAPER: [(&str, [f64; 4]); 7] = [
+    ("original", [1.135, 1.15, 1.18, 1.21]),
+    ("biconf", [1.095, 1.09, 1.095, 1.115]),
+    ("yanetal", [1.09, 1.085, 1.09, 1.12]),
+    ("option3", [1.085, 1.085, 1.10, 1.125]),
+    ("option4", [1.07, 1.065, 1.077, 1.10]),
+    ("option7", [1.05, 1.05, 1.05, 1.07]),
+    ("option8", [1.045, 1.04, 1.045, 1.06]),
+];
+const PAPER_QBERS: [f64; 4] = [0.01, 0.02, 0.05, 0.10];
+
+fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+
+    let mut variants: Vec<&str> = rows.iter().map(|r| r.variant).collect();
+    variants.dedup();
+    let q_max = rows.iter().map(|r| r.qber).fold(0.1f64, f64::max) * 1.05;
+    let f_max = rows
+        .iter()
+        .map(|r| r.f_mean)
+        .filter(|f| f.is_finite())
+        .fold(1.25f64, f64::max)
+        + 0.2; // room above the curves for the legend
+    let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Cascade efficiency f = leaked / (n h2(Q)): measured (solid), paper (dashed)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..q_max, 0.98..f_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("QBER")
+        .y_desc("f")
+        .x_label_formatter(&|q| format!("{:.0} %", q * 100.0))
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 1.0), (q_max, 1.0)],
+            BLACK.stroke_width(2),
+        ))?
+        .label("Shannon limit f = 1")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    for (i, variant) in variants.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mut points: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.variant == *variant && r.f_mean.is_finite())
+            .map(|r| (r.qber, r.f_mean))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(format!("{variant} (measured)"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        if let Some((_, paper)) = PAPER.iter().find(|(name, _)| name == variant) {
+            let pts: Vec<(f64, f64)> = PAPER_QBERS
+                .iter()
+                .copied()
+                .zip(paper.iter().copied())
+                .collect();
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|&p| TriangleMarker::new(p, 6, color.stroke_width(1))),
+                )?
+                .label(format!("{variant} (paper)"))
+                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, color.stroke_width(1)));
+            chart.draw_series(DashedLineSeries::new(pts, 4, 4, color.stroke_width(1)))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,858 @@
+//! Bob's side: holds the noisy key, asks batched parity questions, corrects.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qkd_core::BitVec;
+
+use super::params::{CascadeParams, MAX_PASSES};
+use super::shuffle::{LazyCopy, ShufflePlan};
+use super::wire::{AbortReason, CascadeMessage, Question};
+use super::{CascadeError, CascadeEvent, CascadeStats};
+
+/// Bob's settings: the schedule and the retransmission timer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CascadeConfig {
+    /// The schedule to follow.
+    pub params: CascadeParams,
+    /// Resend the outstanding message when no reply came for this long.
+    pub retransmit_after: Duration,
+    /// Give up (abort with [`AbortReason::Timeout`]) after this many resends
+    /// of one message.
+    pub max_retransmissions: u32,
+}
+
+impl CascadeConfig {
+    /// A configuration with `params`, a 200 ms retransmission timer and 20
+    /// resends at most.
+    #[must_use]
+    pub fn new(params: CascadeParams) -> Self {
+        CascadeConfig {
+            params,
+            retransmit_after: Duration::from_millis(200),
+            max_retransmissions: 20,
+        }
+    }
+}
+
+/// Blocks whose trees have more nodes than this keep known parities in a
+/// hash map rather than a bitmap.
+const SPARSE_ABOVE: usize = 1 << 14;
+
+/// A multiplicative hasher for node indices (not exposed to the peer's
+/// choice in a way that matters: Bob picks every node himself).
+#[derive(Default, Clone, Copy)]
+struct NodeHasher(u64);
+
+impl std::hash::Hasher for NodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+}
+
+type NodeMap = HashMap<usize, bool, std::hash::BuildHasherDefault<NodeHasher>>;
+
+/// One pass of the run: its block size and what Bob knows of it.
+struct Pass {
+    k: usize,
+    blocks: usize,
+    biconf: bool,
+    /// Alice's parity of each block (all known once the pass has started).
+    top: BitVec,
+    /// Bob's parity of each block, kept up to date on every flip.
+    mine: BitVec,
+    /// Blocks with a binary search under way.
+    active: BitVec,
+    /// Bob's key in this pass's order, once a sub-range parity needed it.
+    copy: LazyCopy,
+    /// Known parities of sub-blocks (reuse only): `known[b * tree + h]`,
+    /// `value[...]`, `h ≥ 2` the heap index of the node in block `b`'s tree.
+    tree: usize,
+    known: Option<(BitVec, BitVec)>,
+    /// The same for passes whose trees are too large for bitmaps.
+    sparse: NodeMap,
+}
+
+impl Pass {
+    fn block_range(&self, b: usize, n: usize) -> (usize, usize) {
+        let s = b * self.k;
+        (s, (s + self.k).min(n))
+    }
+}
+
+/// A binary search for an error in one block.
+#[derive(Clone, Copy, Debug)]
+struct Search {
+    pass: usize,
+    block: usize,
+    /// Heap index of the current node (1: the whole block).
+    node: usize,
+    start: usize,
+    end: usize,
+    /// Alice's parity of the current node.
+    alice: bool,
+    /// The answer to the question about the current node's left child.
+    answer: Option<bool>,
+    done: bool,
+    /// Number of the search, for the blocks set aside until it ends.
+    id: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Top { pass: usize, block: usize },
+    Search(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Asking,
+    Finishing,
+    Completed,
+    Aborted,
+}
+
+/// Bob's Cascade machine: asks for parities, finds and flips his errors.
+///
+/// Bob follows the [`CascadeParams`] schedule. Each round he sends all his
+/// questions at once (one channel use): the block parities of a new pass, or
+/// the next sub-block of every binary search under way. When an answer shows
+/// an error, the flip changes the parity of the block holding that bit in
+/// every earlier pass (the bit → block index is the pass's permutation), and
+/// each block that turns odd starts a new search in the next round (the
+/// cascade effect). With parity reuse, known sub-block parities (asked,
+/// implied by a parent and sibling, or the last block of a pass implied by
+/// the total parity) are never asked again.
+///
+/// Every flip Bob makes is a correct one (a one-bit range whose parity
+/// differs from Alice's), so the run can only leave errors that no known
+/// parity shows. Bob does not know whether any remain; confirmation (a hash
+/// comparison) after Cascade decides.
+///
+/// Driving (sans-IO, `now` must not go backwards): after creating Bob, send
+/// what [`poll_transmit`](Self::poll_transmit) gives; feed Alice's datagrams
+/// to [`handle_input`](Self::handle_input); call
+/// [`handle_timeout`](Self::handle_timeout) at
+/// [`poll_timeout`](Self::poll_timeout); read [`poll_event`](Self::poll_event)
+/// until [`CascadeEvent::Completed`] or [`CascadeEvent::Aborted`].
+pub struct CascadeBob {
+    frame_id: u64,
+    key: BitVec,
+    plan: Arc<ShufflePlan>,
+    config: CascadeConfig,
+    passes: Vec<Pass>,
+    total_alice: Option<bool>,
+    searches: Vec<Search>,
+    checks: Vec<(usize, usize)>,
+    /// For each bit flipped and not yet handled: the blocks holding it, one
+    /// per started pass.
+    groups: Vec<Vec<(usize, usize)>>,
+    /// Bits flipped whose blocks have not been looked at yet.
+    flipped: Vec<usize>,
+    /// Odd blocks set aside while a smaller block that held the same flipped
+    /// bit is searched; checked again once no search is running.
+    later: Vec<(u64, Vec<(usize, usize)>)>,
+    next_search_id: u64,
+    /// Odd blocks of the current pass waiting for their wave.
+    deferred: VecDeque<(usize, usize)>,
+    wave: usize,
+    pending: Vec<Origin>,
+    round: u32,
+    biconf_clean_run: u32,
+    outstanding: Option<Vec<u8>>,
+    send_now: bool,
+    retransmit_at: Option<Instant>,
+    resends: u32,
+    events: VecDeque<CascadeEvent>,
+    stats: CascadeStats,
+    state: State,
+}
+
+impl core::fmt::Debug for CascadeBob {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CascadeBob")
+            .field("frame_id", &self.frame_id)
+            .field("key_len", &self.key.len())
+            .field("round", &self.round)
+            .field("stats", &self.stats)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CascadeBob {
+    /// Bob's machine for frame `frame_id` with his noisy `key`, the shuffle
+    /// `plan` both sides use and the configuration. The first questions are
+    /// ready for [`poll_transmit`](Self::poll_transmit) at once.
+    ///
+    /// # Errors
+    /// [`CascadeError::InvalidConfig`] for an invalid schedule or a plan for
+    /// another key length.
+    pub fn new(
+        frame_id: u64,
+        key: BitVec,
+        plan: Arc<ShufflePlan>,
+        config: CascadeConfig,
+    ) -> Result<Self, CascadeError> {
+        config.params.validate()?;
+        if plan.key_len() != key.len() {
+            return Err(CascadeError::InvalidConfig {
+                reason: "shuffle plan is for another key length",
+            });
+        }
+        let mut bob = CascadeBob {
+            frame_id,
+            stats: CascadeStats {
+                key_len: key.len(),
+                ..CascadeStats::default()
+            },
+            key,
+            plan,
+            config,
+            passes: Vec::new(),
+            total_alice: None,
+            searches: Vec::new(),
+            checks: Vec::new(),
+            groups: Vec::new(),
+            flipped: Vec::new(),
+            later: Vec::new(),
+            next_search_id: 0,
+            deferred: VecDeque::new(),
+            wave: 0,
+            pending: Vec::new(),
+            round: 0,
+            biconf_clean_run: 0,
+            outstanding: None,
+            send_now: false,
+            retransmit_at: None,
+            resends: 0,
+            events: VecDeque::new(),
+            state: State::Asking,
+        };
+        bob.plan_round();
+        Ok(bob)
+    }
+
+    /// Bob's key: corrected as far as the run has got.
+    #[must_use]
+    pub fn key(&self) -> &BitVec {
+        &self.key
+    }
+
+    /// Takes the (corrected) key, ending the machine.
+    #[must_use]
+    pub fn into_key(self) -> BitVec {
+        self.key
+    }
+
+    /// The counts so far.
+    #[must_use]
+    pub fn stats(&self) -> CascadeStats {
+        self.stats
+    }
+
+    /// Whether the run has ended (completed or aborted).
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Completed | State::Aborted)
+    }
+
+    /// Feeds one datagram from Alice.
+    ///
+    /// # Errors
+    /// A typed error when the datagram is damaged, for another frame, or
+    /// does not fit the round; such a datagram changes nothing. Leak counts
+    /// that disagree at the end abort the run.
+    pub fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
+        let msg = CascadeMessage::decode(datagram)?;
+        if msg.frame_id() != self.frame_id {
+            return Err(CascadeError::WrongFrame {
+                expected: self.frame_id,
+                got: msg.frame_id(),
+            });
+        }
+        match msg {
+            CascadeMessage::Answers {
+                round, parities, ..
+            } => {
+                if self.state != State::Asking || round.checked_add(1) != Some(self.round) {
+                    return Ok(()); // a duplicate of an answer already used
+                }
+                if self.outstanding.is_none() {
+                    return Ok(());
+                }
+                if parities.len() != self.pending.len() {
+                    return Err(CascadeError::Protocol {
+                        reason: "answer count differs from question count",
+                    });
+                }
+                self.outstanding = None;
+                self.retransmit_at = None;
+                self.resends = 0;
+                self.apply_answers(&parities);
+                self.plan_round();
+                Ok(())
+            }
+            CascadeMessage::DoneAck { leaked_bits, .. } => {
+                if self.state != State::Finishing {
+                    return Ok(());
+                }
+                self.outstanding = None;
+                self.retransmit_at = None;
+                if leaked_bits != self.stats.leaked_bits {
+                    self.abort(AbortReason::Protocol, true);
+                    return Err(CascadeError::Protocol {
+                        reason: "Alice's leak count differs from Bob's",
+                    });
+                }
+                self.state = State::Completed;
+                self.release();
+                self.events.push_back(CascadeEvent::Completed(self.stats));
+                Ok(())
+            }
+            CascadeMessage::Abort { reason, .. } => {
+                self.abort(reason, false);
+                Ok(())
+            }
+            CascadeMessage::Questions { .. } | CascadeMessage::Done { .. } => {
+                Err(CascadeError::Protocol {
+                    reason: "message only Bob sends",
+                })
+            }
+        }
+    }
+
+    /// Next datagram for Alice: new questions, a resend, or `Done`.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if !self.send_now {
+            return None;
+        }
+        self.send_now = false;
+        let msg = self.outstanding.clone()?;
+        self.retransmit_at = Some(now + self.config.retransmit_after);
+        Some(msg)
+    }
+
+    /// Next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<CascadeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When Bob wants [`handle_timeout`](Self::handle_timeout): the resend
+    /// deadline of the outstanding message.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.retransmit_at
+    }
+
+    /// Resends the outstanding message, or aborts after too many resends.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(at) = self.retransmit_at else { return };
+        if at > now || self.outstanding.is_none() {
+            return;
+        }
+        self.retransmit_at = None;
+        if self.resends >= self.config.max_retransmissions {
+            self.abort(AbortReason::Timeout, true);
+            return;
+        }
+        self.resends += 1;
+        self.stats.retransmissions += 1;
+        self.send_now = true;
+    }
+
+    fn abort(&mut self, reason: AbortReason, tell_peer: bool) {
+        if self.is_finished() {
+            return;
+        }
+        self.state = State::Aborted;
+        self.retransmit_at = None;
+        self.outstanding = None;
+        self.send_now = false;
+        if tell_peer {
+            self.outstanding = Some(
+                CascadeMessage::Abort {
+                    frame_id: self.frame_id,
+                    reason,
+                }
+                .encode(),
+            );
+            self.send_now = true;
+        }
+        self.release();
+        self.events.push_back(CascadeEvent::Aborted(reason));
+    }
+
+    fn release(&mut self) {
+        self.passes.clear();
+        self.searches.clear();
+        self.checks.clear();
+        self.groups.clear();
+        self.flipped.clear();
+        self.later.clear();
+        self.pending.clear();
+    }
+
+    fn reuse(&self) -> bool {
+        self.config.params.reuse_known_parities
+    }
+
+    // ----- answers -----
+
+    fn apply_answers(&mut self, parities: &BitVec) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut started: Vec<usize> = Vec::new();
+        for (i, origin) in pending.iter().enumerate() {
+            let bit = parities.get(i);
+            match *origin {
+                Origin::Top { pass, block } => {
+                    self.passes[pass].top.set(block, bit);
+                    if started.last() != Some(&pass) {
+                        started.push(pass);
+                    }
+                }
+                Origin::Search(si) => {
+                    let s = &mut self.searches[si];
+                    s.answer = Some(bit);
+                    let (pass, block, node, alice) = (s.pass, s.block, s.node, s.alice);
+                    if self.config.params.reuse_known_parities {
+                        self.remember(pass, block, 2 * node, bit);
+                        self.remember(pass, block, 2 * node + 1, alice ^ bit);
+                    }
+                }
+            }
+        }
+        drop(pending);
+        for pass in started {
+            self.start_pass(pass);
+        }
+    }
+
+    /// All block parities of `pass` are known (asked or implied): derive the
+    /// implied one and check every block.
+    fn start_pass(&mut self, pass: usize) {
+        let implied = self.implies_last_block(pass);
+        let p = &mut self.passes[pass];
+        if implied {
+            let total = self.total_alice.unwrap_or(false);
+            let others = p.top.count_ones() - usize::from(p.top.get(p.blocks - 1));
+            p.top.set(p.blocks - 1, total ^ (others & 1 == 1));
+        }
+        if pass == 0 {
+            self.total_alice = Some(self.passes[0].top.parity(..));
+        }
+        let blocks = self.passes[pass].blocks;
+        if self.passes[pass].biconf {
+            let any_odd = (0..blocks).any(|b| self.block_diff(pass, b));
+            if any_odd {
+                self.biconf_clean_run = 0;
+            } else {
+                self.biconf_clean_run += 1;
+            }
+        }
+        let waves = self.config.params.search_waves as usize;
+        if pass == 0 || waves <= 1 {
+            self.checks.extend((0..blocks).map(|b| (pass, b)));
+            return;
+        }
+        for b in 0..blocks {
+            if self.block_diff(pass, b) {
+                self.deferred.push_back((pass, b));
+            }
+        }
+        self.wave = self.deferred.len().div_ceil(waves);
+    }
+
+    fn implies_last_block(&self, pass: usize) -> bool {
+        pass > 0 && self.total_alice.is_some() && (self.reuse() || self.passes[pass].biconf)
+    }
+
+    fn remember(&mut self, pass: usize, block: usize, node: usize, value: bool) {
+        let p = &mut self.passes[pass];
+        let i = block * p.tree + node;
+        if p.tree > SPARSE_ABOVE {
+            p.sparse.insert(i, value);
+            return;
+        }
+        let size = p.blocks * p.tree;
+        let (known, values) = p
+            .known
+            .get_or_insert_with(|| (BitVec::zeros(size), BitVec::zeros(size)));
+        known.set(i, true);
+        values.set(i, value);
+    }
+
+    fn recall(&self, pass: usize, block: usize, node: usize) -> Option<bool> {
+        let p = &self.passes[pass];
+        let i = block * p.tree + node;
+        if p.tree > SPARSE_ABOVE {
+            return p.sparse.get(&i).copied();
+        }
+        let (known, values) = p.known.as_ref()?;
+        known.get(i).then(|| values.get(i))
+    }
+
+    // ----- parities and flips -----
+
+    /// Bob's parity of `start..end` in the order of `pass`, on words.
+    fn parity(&mut self, pass: usize, start: usize, end: usize) -> bool {
+        if pass == 0 {
+            return self.key.parity(start..end);
+        }
+        let n = self.key.len();
+        if let Some(copy) = &self.passes[pass].copy.copy {
+            return copy.parity(start..end);
+        }
+        if start == 0 && end == n {
+            return self.key.parity(..);
+        }
+        let half = self.plan.half();
+        let shuffle = self.plan.shuffle(pass);
+        if start == 0 && end == half {
+            return shuffle.half_parity(&self.key);
+        }
+        if start == half && end == n {
+            return self.key.parity(..) ^ shuffle.half_parity(&self.key);
+        }
+        self.passes[pass]
+            .copy
+            .parity(shuffle, &self.key, start, end)
+    }
+
+    fn block_diff(&self, pass: usize, block: usize) -> bool {
+        let p = &self.passes[pass];
+        p.top.get(block) ^ p.mine.get(block)
+    }
+
+    /// Bob's parities of the blocks of a new pass, on words.
+    fn block_parities(&mut self, pass: usize, k: usize) -> BitVec {
+        let n = self.key.len();
+        if pass > 0 && (k >= n || k == self.plan.half()) {
+            // One block, or the two halves through the mask.
+            let total = self.key.parity(..);
+            if k >= n {
+                return std::iter::once(total).collect();
+            }
+            let first = self.plan.shuffle(pass).half_parity(&self.key);
+            return [first, first ^ total].into_iter().collect();
+        }
+        if pass > 0 && self.passes[pass].copy.copy.is_none() {
+            self.passes[pass].copy.copy = Some(self.plan.shuffle(pass).gather(&self.key));
+        }
+        let bits = match &self.passes[pass].copy.copy {
+            Some(copy) => copy,
+            None => &self.key,
+        };
+        (0..n.div_ceil(k))
+            .map(|b| bits.parity(b * k..((b + 1) * k).min(n)))
+            .collect()
+    }
+
+    /// Flips key bit `i` (Bob's error), in the key and every shuffled copy,
+    /// and queues the block holding it in every started pass.
+    fn flip(&mut self, i: usize) {
+        self.key.flip(i);
+        self.stats.corrected_bits += 1;
+        for (pass, p) in self.passes.iter_mut().enumerate() {
+            let j = self.plan.position(pass, i);
+            if let Some(copy) = &mut p.copy.copy {
+                copy.flip(j);
+            }
+            p.mine.flip(j / p.k);
+        }
+        self.flipped.push(i);
+    }
+
+    // ----- the rounds -----
+
+    /// Runs everything that needs no answer, then prepares the next message.
+    fn plan_round(&mut self) {
+        loop {
+            self.converge();
+            if !self.searches.is_empty() {
+                let questions: Vec<Question> = self
+                    .searches
+                    .iter()
+                    .map(|s| Question {
+                        pass: s.pass as u8,
+                        start: s.start as u32,
+                        len: (s.end - s.start).div_ceil(2) as u32,
+                    })
+                    .collect();
+                self.pending = (0..self.searches.len()).map(Origin::Search).collect();
+                self.send_questions(questions);
+                return;
+            }
+            if !self.later.is_empty() {
+                let later = std::mem::take(&mut self.later);
+                self.groups.extend(later.into_iter().map(|(_, g)| g));
+                continue;
+            }
+            if !self.deferred.is_empty() {
+                let take = self.wave.clamp(1, self.deferred.len());
+                self.checks.extend(self.deferred.drain(..take));
+                continue;
+            }
+            let Some((k, biconf)) = self.next_pass() else {
+                self.finish();
+                return;
+            };
+            let pass = self.passes.len();
+            let n = self.key.len();
+            let blocks = n.div_ceil(k);
+            let tree = 2 * k.next_power_of_two();
+            self.passes.push(Pass {
+                k,
+                blocks,
+                biconf,
+                top: BitVec::zeros(blocks),
+                mine: BitVec::new(),
+                active: BitVec::zeros(blocks),
+                copy: LazyCopy::default(),
+                tree,
+                known: None,
+                sparse: NodeMap::default(),
+            });
+            self.passes[pass].mine = self.block_parities(pass, k);
+            self.stats.passes += 1;
+            let asked = if self.implies_last_block(pass) {
+                blocks - 1
+            } else {
+                blocks
+            };
+            if asked == 0 {
+                self.start_pass(pass);
+                continue;
+            }
+            let questions: Vec<Question> = (0..asked)
+                .map(|b| {
+                    let (s, e) = self.passes[pass].block_range(b, n);
+                    Question {
+                        pass: pass as u8,
+                        start: s as u32,
+                        len: (e - s) as u32,
+                    }
+                })
+                .collect();
+            self.pending = (0..asked)
+                .map(|block| Origin::Top { pass, block })
+                .collect();
+            self.send_questions(questions);
+            return;
+        }
+    }
+
+    fn next_pass(&self) -> Option<(usize, bool)> {
+        let params = &self.config.params;
+        let done = self.passes.len();
+        if done < params.block_sizes.len() {
+            return Some((params.block_sizes[done].min(self.key.len()), false));
+        }
+        let target = params.biconf_clean_passes?;
+        if self.biconf_clean_run >= target || done >= MAX_PASSES {
+            return None;
+        }
+        Some((self.plan.half(), true))
+    }
+
+    fn send_questions(&mut self, questions: Vec<Question>) {
+        self.stats.leaked_bits += questions.len() as u64;
+        self.stats.channel_uses += 1;
+        let msg = CascadeMessage::Questions {
+            frame_id: self.frame_id,
+            round: self.round,
+            shuffle_seed: self.plan.seed(),
+            key_len: self.key.len() as u32,
+            questions,
+        };
+        self.round += 1;
+        self.outstanding = Some(msg.encode());
+        self.send_now = true;
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Finishing;
+        self.outstanding = Some(
+            CascadeMessage::Done {
+                frame_id: self.frame_id,
+                rounds: self.round,
+                leaked_bits: self.stats.leaked_bits,
+            }
+            .encode(),
+        );
+        self.send_now = true;
+    }
+
+    /// Starts searches in odd blocks and advances every search as far as
+    /// the known parities allow, until each one waits for an answer.
+    fn converge(&mut self) {
+        loop {
+            while let Some((pass, block)) = self.checks.pop() {
+                if !self.passes[pass].active.get(block) && self.block_diff(pass, block) {
+                    self.start_search(pass, block);
+                }
+            }
+            let flipped = std::mem::take(&mut self.flipped);
+            for &i in &flipped {
+                let odd: Vec<(usize, usize)> = (0..self.passes.len())
+                    .map(|pass| (pass, self.plan.position(pass, i) / self.passes[pass].k))
+                    .filter(|&(pass, block)| {
+                        !self.passes[pass].active.get(block) && self.block_diff(pass, block)
+                    })
+                    .collect();
+                self.start_smallest(odd);
+            }
+            self.flipped = flipped;
+            self.flipped.clear();
+            let groups = std::mem::take(&mut self.groups);
+            for group in groups {
+                self.start_smallest(group);
+            }
+            for si in 0..self.searches.len() {
+                self.step(si);
+            }
+            let passes = &mut self.passes;
+            let mut ended = Vec::new();
+            let track = !self.later.is_empty() && !self.config.params.defer_until_idle;
+            self.searches.retain(|s| {
+                if s.done {
+                    passes[s.pass].active.set(s.block, false);
+                    if track {
+                        ended.push(s.id);
+                    }
+                }
+                !s.done
+            });
+            if !ended.is_empty() {
+                let mut i = 0;
+                while i < self.later.len() {
+                    if ended.contains(&self.later[i].0) {
+                        let (_, group) = self.later.swap_remove(i);
+                        self.groups.push(group);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            if self.checks.is_empty() && self.groups.is_empty() && self.flipped.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Of the blocks that held one flipped bit, searches the smallest odd
+    /// one now and sets the other odd ones aside: the error the small search
+    /// finds often makes them even again, and the small search is cheaper.
+    fn start_smallest(&mut self, group: Vec<(usize, usize)>) {
+        let n = self.key.len();
+        let mut odd: Vec<(usize, usize)> = Vec::new();
+        for (pass, block) in group {
+            if !self.passes[pass].active.get(block) && self.block_diff(pass, block) {
+                odd.push((pass, block));
+            }
+        }
+        let Some(best) = (0..odd.len()).min_by_key(|&i| {
+            let (s, e) = self.passes[odd[i].0].block_range(odd[i].1, n);
+            (e - s, odd[i].0)
+        }) else {
+            return;
+        };
+        let (pass, block) = odd.swap_remove(best);
+        let id = self.start_search(pass, block);
+        if !odd.is_empty() {
+            self.later.push((id, odd));
+        }
+    }
+
+    fn start_search(&mut self, pass: usize, block: usize) -> u64 {
+        let (start, end) = self.passes[pass].block_range(block, self.key.len());
+        self.passes[pass].active.set(block, true);
+        let alice = self.passes[pass].top.get(block);
+        self.searches.push(Search {
+            pass,
+            block,
+            node: 1,
+            start,
+            end,
+            alice,
+            answer: None,
+            done: false,
+            id: self.next_search_id,
+        });
+        self.next_search_id += 1;
+        self.next_search_id - 1
+    }
+
+    /// Advances one search until it needs an answer or ends.
+    fn step(&mut self, si: usize) {
+        let mut s = self.searches[si];
+        let n = self.key.len();
+        loop {
+            let diff = if s.node == 1 {
+                self.block_diff(s.pass, s.block)
+            } else {
+                s.alice ^ self.parity(s.pass, s.start, s.end)
+            };
+            if !diff {
+                s.answer = None;
+                if s.node == 1 {
+                    s.done = true;
+                    break;
+                }
+                let (start, end) = self.passes[s.pass].block_range(s.block, n);
+                s.node = 1;
+                s.start = start;
+                s.end = end;
+                s.alice = self.passes[s.pass].top.get(s.block);
+                continue;
+            }
+            if s.end - s.start == 1 {
+                let i = if s.pass == 0 {
+                    s.start
+                } else {
+                    self.plan.shuffle(s.pass).order[s.start] as usize
+                };
+                s.done = true;
+                self.searches[si] = s;
+                self.flip(i);
+                return;
+            }
+            let mid = s.start + (s.end - s.start).div_ceil(2);
+            let left = match s.answer.take() {
+                Some(a) => Some(a),
+                None if self.reuse() => self.recall(s.pass, s.block, 2 * s.node).or_else(|| {
+                    self.recall(s.pass, s.block, 2 * s.node + 1)
+                        .map(|r| r ^ s.alice)
+                }),
+                None => None,
+            };
+            let Some(left) = left else {
+                break; // ask for the left child's parity
+            };
+            if left ^ self.parity(s.pass, s.start, mid) {
+                s.node *= 2;
+                s.end = mid;
+                s.alice = left;
+            } else {
+                s.node = 2 * s.node + 1;
+                s.start = mid;
+                s.alice ^= left;
+            }
+        }
+        self.searches[si] = s;
+    }
+}

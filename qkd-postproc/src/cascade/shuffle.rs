@@ -1,0 +1,399 @@
+//! The shuffles of Cascade's passes, derived from a seed both sides agree on.
+
+use std::sync::OnceLock;
+
+use qkd_core::BitVec;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use super::CascadeError;
+use super::params::MAX_PASSES;
+
+/// The permutations of every pass of a Cascade run on keys of one length.
+///
+/// Pass 0 uses the key in its own order; pass `p ≥ 1` uses a permutation
+/// drawn by a Fisher–Yates shuffle from ChaCha8 keyed with
+/// `seed (8 bytes, little-endian) ‖ p (4 bytes, little-endian) ‖ 20 zero bytes`:
+/// for `i = n−1` down to `1`, `j = ⌊next_u32() · (i+1) / 2^32⌋`, swap `i` and `j`.
+/// Both ends compute the same permutations from the same seed; the seed and
+/// the shuffles are public (every parity they lead to is counted as leaked).
+///
+/// A plan computes each pass's permutation on first use and keeps it, so one
+/// plan shared (through an `Arc`) by many frames of the same length, and by
+/// both machines in a test, pays for the shuffles once. Reusing one seed for
+/// many frames is safe: the shuffles reveal nothing about the key, and the
+/// errors of each frame are fresh. Derive a new seed (for example from the
+/// block ID) when you want different shuffles per frame.
+pub struct ShufflePlan {
+    n: usize,
+    seed: u64,
+    passes: Box<[OnceLock<Shuffle>]>,
+}
+
+impl core::fmt::Debug for ShufflePlan {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ShufflePlan")
+            .field("n", &self.n)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pass's packed shuffled copy of a key, built once the bit-by-bit range
+/// parities asked of the pass have cost twice a key's worth of reads: a pass
+/// with a few searches never pays for the whole copy.
+#[derive(Default)]
+pub(crate) struct LazyCopy {
+    pub(crate) copy: Option<BitVec>,
+    spent: usize,
+}
+
+impl LazyCopy {
+    /// Announces `bits` of range reads about to be made at once (one round):
+    /// builds the copy now when they are a large share of the key or would
+    /// exceed the budget anyway.
+    pub(crate) fn reserve(&mut self, shuffle: &Shuffle, key: &BitVec, bits: usize) {
+        let n = key.len();
+        if self.copy.is_none() && (bits > n / 4 || self.spent + bits > 2 * n) {
+            self.copy = Some(shuffle.gather(key));
+        }
+    }
+
+    /// Parity of `start..end` of `key` in the order of `shuffle`.
+    pub(crate) fn parity(
+        &mut self,
+        shuffle: &Shuffle,
+        key: &BitVec,
+        start: usize,
+        end: usize,
+    ) -> bool {
+        if let Some(copy) = &self.copy {
+            return copy.parity(start..end);
+        }
+        if let Some(p) = shuffle.node_parity(key, start, end) {
+            return p;
+        }
+        // Reading bit by bit costs about a third of building the copy per
+        // bit: build it once the reads add up to about twice the key.
+        let n = key.len();
+        self.spent += end - start;
+        if self.spent <= 2 * n {
+            return shuffle.range_parity(key, start, end);
+        }
+        let copy = shuffle.gather(key);
+        let p = copy.parity(start..end);
+        self.copy = Some(copy);
+        p
+    }
+}
+
+/// One pass's permutation: position `j` of the shuffled key holds bit
+/// `order[j]` of the key, and bit `i` of the key sits at `pos[i]`.
+pub(crate) struct Shuffle {
+    pub(crate) order: Vec<u32>,
+    pub(crate) pos: Vec<u32>,
+    /// Bit `i` set where `pos[i] < ⌈n/2⌉`: the first half of the shuffled key
+    /// as a mask in key order, so the parity of a half is a word operation.
+    pub(crate) half_mask: Vec<u64>,
+    /// Masks (in key order) of the nodes at depth 1 to [`MASK_DEPTH`] of the
+    /// binary-search trees of the two halves, so the first steps of a
+    /// search in a half-key block are word operations too.
+    node_masks: Vec<(u32, u32, Vec<u64>)>,
+}
+
+/// Depth of the half-block tree nodes that get a precomputed mask.
+const MASK_DEPTH: u32 = 4;
+
+impl ShufflePlan {
+    /// A plan for keys of `n` bits with the shuffle seed `seed`.
+    ///
+    /// # Errors
+    /// [`CascadeError::InvalidConfig`] if `n` is 0 or does not fit in 32 bits.
+    pub fn new(n: usize, seed: u64) -> Result<Self, CascadeError> {
+        if n == 0 || u32::try_from(n).is_err() {
+            return Err(CascadeError::InvalidConfig {
+                reason: "key length must be in 1..2^32",
+            });
+        }
+        Ok(ShufflePlan {
+            n,
+            seed,
+            passes: (0..MAX_PASSES).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    /// A plan with a seed drawn from `rng`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn random<R: rand_core::CryptoRng + ?Sized>(
+        n: usize,
+        rng: &mut R,
+    ) -> Result<Self, CascadeError> {
+        Self::new(n, rng.next_u64())
+    }
+
+    /// The key length this plan is for.
+    #[must_use]
+    pub fn key_len(&self) -> usize {
+        self.n
+    }
+
+    /// The shuffle seed.
+    #[must_use]
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Computes the shuffles of passes `1 .. passes` now, so that no run
+    /// pays for them later (each is otherwise computed on first use).
+    pub fn prepare(&self, passes: usize) {
+        for pass in 1..passes.min(MAX_PASSES) {
+            let _ = self.shuffle(pass);
+        }
+    }
+
+    /// Length of the first half of a shuffled key, `⌈n/2⌉`.
+    pub(crate) fn half(&self) -> usize {
+        self.n.div_ceil(2)
+    }
+
+    /// The shuffle of pass `pass ≥ 1` (computed on first use).
+    pub(crate) fn shuffle(&self, pass: usize) -> &Shuffle {
+        debug_assert!((1..MAX_PASSES).contains(&pass));
+        self.passes[pass].get_or_init(|| Shuffle::generate(self.n, self.seed, pass))
+    }
+
+    /// Position of key bit `i` in the order of `pass`.
+    #[inline]
+    pub(crate) fn position(&self, pass: usize, i: usize) -> usize {
+        if pass == 0 {
+            i
+        } else {
+            self.shuffle(pass).pos[i] as usize
+        }
+    }
+}
+
+/// Bit `i` of `key` as byte `i` (0 or 1) of the result.
+fn spread_bytes(key: &BitVec) -> Vec<u8> {
+    const fn table() -> [u64; 256] {
+        let mut t = [0u64; 256];
+        let mut b = 0;
+        while b < 256 {
+            let mut v = 0u64;
+            let mut j = 0;
+            while j < 8 {
+                v |= (((b >> j) & 1) as u64) << (8 * j);
+                j += 1;
+            }
+            t[b] = v;
+            b += 1;
+        }
+        t
+    }
+    const SPREAD: [u64; 256] = table();
+    let mut out = Vec::with_capacity(key.words().len() * 64);
+    for &w in key.words() {
+        for byte in w.to_le_bytes() {
+            out.extend_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
+        }
+    }
+    out
+}
+
+impl Shuffle {
+    fn generate(n: usize, seed: u64, pass: usize) -> Shuffle {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        key[8..12].copy_from_slice(&(pass as u32).to_le_bytes());
+        let mut rng = ChaCha8Rng::from_seed(key);
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            let j = ((u64::from(rng.next_u32()) * (i as u64 + 1)) >> 32) as usize;
+            order.swap(i, j);
+        }
+        let mut pos = vec![0u32; n];
+        for (j, &i) in order.iter().enumerate() {
+            pos[i as usize] = j as u32;
+        }
+        let mut half_mask = vec![0u64; n.div_ceil(64)];
+        for &i in &order[..n.div_ceil(2)] {
+            half_mask[i as usize / 64] |= 1 << (i % 64);
+        }
+        let mut node_masks = Vec::new();
+        let mut level = vec![(0, n.div_ceil(2)), (n.div_ceil(2), n)];
+        for _ in 0..MASK_DEPTH {
+            let mut next = Vec::new();
+            for (s, e) in level {
+                if e - s < 2 {
+                    continue;
+                }
+                let m = s + (e - s).div_ceil(2);
+                next.push((s, m));
+                next.push((m, e));
+            }
+            for &(s, e) in &next {
+                // Only the node masks: a node is useful when its range is
+                // large enough that bit-by-bit reads would cost more.
+                if e - s >= 4096 {
+                    let mut mask = vec![0u64; n.div_ceil(64)];
+                    for &i in &order[s..e] {
+                        mask[i as usize / 64] |= 1 << (i % 64);
+                    }
+                    node_masks.push((s as u32, e as u32, mask));
+                }
+            }
+            level = next;
+        }
+        Shuffle {
+            order,
+            pos,
+            half_mask,
+            node_masks,
+        }
+    }
+
+    /// The key in this pass's order, packed.
+    ///
+    /// The key is first spread to one byte per bit (a table lookup per key
+    /// byte), so that the gather is a byte load, a shift and an or per bit.
+    pub(crate) fn gather(&self, key: &BitVec) -> BitVec {
+        let n = self.order.len();
+        let spread = spread_bytes(key);
+        let mut words = Vec::with_capacity(n.div_ceil(64));
+        let mut chunks = self.order.chunks_exact(64);
+        for chunk in &mut chunks {
+            let mut w = 0u64;
+            for (t, &i) in chunk.iter().enumerate() {
+                w |= u64::from(spread[i as usize]) << t;
+            }
+            words.push(w);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            words.push(
+                rest.iter()
+                    .enumerate()
+                    .fold(0u64, |w, (t, &i)| w | u64::from(spread[i as usize]) << t),
+            );
+        }
+        BitVec::from_words(words, n).expect("one word per 64 positions")
+    }
+
+    /// Parity of `start..end` of the shuffled key, bit by bit through the
+    /// permutation (for a pass whose shuffled copy is not worth building).
+    pub(crate) fn range_parity(&self, key: &BitVec, start: usize, end: usize) -> bool {
+        let src = key.words();
+        let acc = self.order[start..end]
+            .iter()
+            .fold(0u64, |acc, &i| acc ^ (src[(i >> 6) as usize] >> (i & 63)));
+        acc & 1 == 1
+    }
+
+    /// Whether the parity of `start..end` is a word operation without the
+    /// shuffled copy: the whole key, a half, or a node with a mask.
+    pub(crate) fn has_mask(&self, start: usize, end: usize) -> bool {
+        let (n, half) = (self.order.len(), self.order.len().div_ceil(2));
+        matches!((start, end), (0, e) if e == n || e == half)
+            || (start == half && end == n)
+            || self
+                .node_masks
+                .iter()
+                .any(|(s, e, _)| *s as usize == start && *e as usize == end)
+    }
+
+    /// Parity of `start..end` of the shuffled key through a precomputed
+    /// node mask, if there is one for exactly this range.
+    pub(crate) fn node_parity(&self, key: &BitVec, start: usize, end: usize) -> Option<bool> {
+        let (_, _, mask) = self
+            .node_masks
+            .iter()
+            .find(|(s, e, _)| *s as usize == start && *e as usize == end)?;
+        let acc = key
+            .words()
+            .iter()
+            .zip(mask)
+            .fold(0u64, |acc, (k, m)| acc ^ (k & m));
+        Some(acc.count_ones() & 1 == 1)
+    }
+
+    /// Parity of the first half of the shuffled key, on words.
+    pub(crate) fn half_parity(&self, key: &BitVec) -> bool {
+        let acc = key
+            .words()
+            .iter()
+            .zip(&self.half_mask)
+            .fold(0u64, |acc, (k, m)| acc ^ (k & m));
+        acc.count_ones() & 1 == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffles_are_permutations_and_reproducible() {
+        let plan = ShufflePlan::new(1000, 42).unwrap();
+        let again = ShufflePlan::new(1000, 42).unwrap();
+        let other = ShufflePlan::new(1000, 43).unwrap();
+        for pass in 1..4 {
+            let s = plan.shuffle(pass);
+            let mut seen = s.order.clone();
+            seen.sort_unstable();
+            assert!(seen.iter().enumerate().all(|(j, &i)| i as usize == j));
+            assert!(
+                s.order
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &i)| s.pos[i as usize] as usize == j)
+            );
+            assert_eq!(s.order, again.shuffle(pass).order);
+            assert_ne!(s.order, other.shuffle(pass).order);
+        }
+        assert_ne!(plan.shuffle(1).order, plan.shuffle(2).order);
+        assert_eq!(plan.position(0, 17), 17);
+    }
+
+    #[test]
+    fn gather_and_half_parity_match_bit_by_bit() {
+        use rand_core::SeedableRng;
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for n in [1usize, 2, 63, 64, 65, 999, 1000] {
+            let plan = ShufflePlan::new(n, 9).unwrap();
+            let key = BitVec::random(n, &mut rng);
+            let s = plan.shuffle(1);
+            let g = s.gather(&key);
+            for j in 0..n {
+                assert_eq!(g.get(j), key.get(s.order[j] as usize));
+            }
+            assert_eq!(s.half_parity(&key), g.parity(0..n.div_ceil(2)));
+            for (a, b, _) in &s.node_masks {
+                let (a, b) = (*a as usize, *b as usize);
+                assert_eq!(s.node_parity(&key, a, b), Some(g.parity(a..b)));
+            }
+            for (a, b) in [(0, n / 3), (n / 4, n / 2 + 1)] {
+                assert_eq!(s.range_parity(&key, a, b), g.parity(a..b));
+            }
+        }
+        // Large keys get node masks for the first levels of the half trees.
+        let n = 40_000;
+        let plan = ShufflePlan::new(n, 4).unwrap();
+        let key = BitVec::random(n, &mut rng);
+        let s = plan.shuffle(2);
+        // Depth 1 and 2 below the two halves (10 000 and 5 000 bits); nodes of
+        // 2 500 bits are too small to need a mask.
+        assert_eq!(s.node_masks.len(), 4 + 8);
+        let g = s.gather(&key);
+        for (a, b, _) in &s.node_masks {
+            let (a, b) = (*a as usize, *b as usize);
+            assert_eq!(s.node_parity(&key, a, b), Some(g.parity(a..b)));
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_rejected() {
+        assert!(ShufflePlan::new(0, 1).is_err());
+    }
+}
