@@ -28,6 +28,11 @@
 //! butterfly); a product takes three FFTs, `2^L` pointwise products and three
 //! basis conversions of about `2^L·Σ_k 2^popcount(k)` XORs. Both are run
 //! depth-first so that, below a few levels, each block is in cache.
+//!
+//! A transform of `2^L` points gives the product modulo `s_L`; when only a
+//! window of the product is needed (Toeplitz hashing), [`mul_window`] uses a
+//! transform too small for the whole product and cancels the wrapped part
+//! where it lands in the window.
 
 use std::sync::OnceLock;
 
@@ -123,7 +128,6 @@ impl CantorBasis {
 }
 
 /// Offsets `2^j` for the lower terms of `s_k` (`j ⊆ k`, `j < k`).
-#[cfg(test)]
 fn lower_terms(k: usize) -> impl Iterator<Item = usize> {
     (0..k).filter(move |j| j & !k == 0).map(|j| 1usize << j)
 }
@@ -472,6 +476,12 @@ fn forward_operand(backend: Backend, words: &[u64], log: usize, basis: &CantorBa
 /// (the shorter operand is transformed once). The cheaper plan wins: at
 /// n = 10^6, m = n/2 that is two pieces of 2^15 points instead of 2^16.
 pub(crate) fn plan(long: usize, short: usize) -> (usize, usize) {
+    let (_, log, piece) = plan_with_cost(long, short);
+    (log, piece)
+}
+
+/// [`plan`] with its cost in butterflies: `(cost, log, piece)`.
+fn plan_with_cost(long: usize, short: usize) -> (usize, usize, usize) {
     let log0 = transform_log(long, short);
     let mut best = (3 * (1usize << log0) * log0, log0, long);
     if log0 >= 2 {
@@ -486,7 +496,111 @@ pub(crate) fn plan(long: usize, short: usize) -> (usize, usize) {
             }
         }
     }
-    (best.1, best.2)
+    best
+}
+
+/// The coefficients (128-bit chunk products, before folding) of
+/// `a·b mod s_log` from one transform of `2^log` points; `a` and `b` have at
+/// most `2^log` words each.
+fn product_coeffs(
+    backend: Backend,
+    a: &[u64],
+    b: &[u64],
+    log: usize,
+    basis: &CantorBasis,
+) -> Vec<u128> {
+    let n = 1usize << log;
+    let mut tmp = vec![0u64; n];
+    let mut fa = vec![0u128; n];
+    let mut fb = vec![0u128; n];
+    forward_operand_into(backend, a, &mut tmp, &mut fa, basis);
+    forward_operand_into(backend, b, &mut tmp, &mut fb, basis);
+    run::pointwise_mul(backend, &mut fa, &fb);
+    fft_inverse(backend, &mut fa, 0, basis);
+    from_novel(&mut fa);
+    zeroize::Zeroize::zeroize(&mut tmp);
+    zeroize::Zeroize::zeroize(&mut fb);
+    fa
+}
+
+/// Plan of [`mul_window`]: `(log, top)` with `top` whether the wrapped part
+/// of the product is needed, or `None` when the plain [`mul`] is cheaper.
+fn window_plan(la: usize, lb: usize, lo: usize, hi: usize) -> Option<(usize, bool)> {
+    if la == 0 || lb == 0 || lo >= hi {
+        return None;
+    }
+    let terms = la + lb - 1;
+    let log0 = transform_log(la, lb);
+    if log0 < 2 {
+        return None;
+    }
+    let log = log0 - 1;
+    let n = 1usize << log;
+    let (klo, khi) = (lo.saturating_sub(1), hi.min(terms));
+    if la > n || lb > n || terms <= n || khi > n {
+        return None;
+    }
+    let wrap = terms - n;
+    let max_term = lower_terms(log).max().unwrap_or(0);
+    if wrap - 1 + max_term >= n {
+        return None;
+    }
+    let top = lower_terms(log).any(|o| o < khi && o + wrap > klo);
+    let mut cost = 3 * n * log;
+    if top {
+        let log2 = transform_log(wrap, wrap);
+        cost += 3 * (1usize << log2) * log2;
+    }
+    (cost < plan_with_cost(la.max(lb), la.min(lb)).0).then_some((log, top))
+}
+
+/// Words `lo .. hi` of the product `a·b` (`a.len() + b.len()` words, the
+/// others unspecified), as needed for a Toeplitz hash.
+///
+/// When the operands fit `2^L` points but their product does not, the
+/// transform gives `R = a·b mod s_L = P_lo + H·(s_L − y^(2^L))` with `P_lo`
+/// the chunk coefficients below `2^L` and `H` those from `2^L` up. `H` is the
+/// top half of the product of the top `wrap = terms − 2^L` chunks of each
+/// operand; it is computed (one smaller transform) only if one of its shifts
+/// `H·y^o`, `o` a lower term of `s_L`, meets the window. At n = 10^6,
+/// m = n/2 that is one 2^15-point product plus one 2^14-point product
+/// (`o = 2^14` meets the window) instead of five 2^15-point transforms.
+pub(crate) fn mul_window(backend: Backend, a: &[u64], b: &[u64], lo: usize, hi: usize) -> Vec<u64> {
+    let Some((log, need_top)) = window_plan(a.len(), b.len(), lo, hi) else {
+        return mul(backend, a, b);
+    };
+    let basis = CantorBasis::get();
+    let (la, lb) = (a.len(), b.len());
+    let terms = la + lb - 1;
+    let n = 1usize << log;
+    let wrap = terms - n;
+    let (klo, khi) = (lo.saturating_sub(1), hi.min(terms));
+    let mut r = product_coeffs(backend, a, b, log, basis);
+    if need_top {
+        // H_i = P_(2^L + i) = Q_(wrap − 1 + i), Q = a[la − wrap..]·b[lb − wrap..].
+        let mut q = product_coeffs(
+            backend,
+            &a[la - wrap..],
+            &b[lb - wrap..],
+            transform_log(wrap, wrap),
+            basis,
+        );
+        for o in lower_terms(log) {
+            let start = klo.saturating_sub(o);
+            let end = wrap.min(khi.saturating_sub(o));
+            for i in start..end {
+                r[o + i] ^= q[wrap - 1 + i];
+            }
+        }
+        zeroize::Zeroize::zeroize(&mut q);
+    }
+    let mut out = vec![0u64; la + lb];
+    for (k, &c) in r.iter().enumerate().take(khi).skip(klo) {
+        out[k] ^= c as u64;
+        out[k + 1] ^= (c >> 64) as u64;
+    }
+    zeroize::Zeroize::zeroize(&mut r);
+    out
 }
 
 /// The GF(2)\[x\] product of `a` and `b` (packed words, bit `i` of word `w` is
@@ -640,6 +754,71 @@ mod tests {
             best_one = best_one.min(t.elapsed().as_secs_f64() * 1e3);
         }
         println!("split {best_split:.2} ms, one transform {best_one:.2} ms");
+    }
+
+    #[test]
+    fn window_product_matches_full_product() {
+        // (la, lb, n bits, m bits) of Toeplitz hashes, plus wrapped shapes.
+        let cases = [
+            (23_438usize, 15_625usize, 1_000_000usize, 500_000usize),
+            (235, 157, 10_000, 5_000),
+            (1200, 900, 900 * 64 - 5, 300 * 64 + 3),
+            (3000, 2000, 2000 * 64 - 63, 1000 * 64),
+            (600, 550, 550 * 64, 50 * 64 + 1),
+        ];
+        for (la, lb, n, m) in cases {
+            let a: Vec<u64> = (0..la as u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i << 5))
+                .collect();
+            let b: Vec<u64> = (0..lb as u64)
+                .map(|i| i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f).rotate_left(11))
+                .collect();
+            let lo = (n - 1) / 64;
+            let hi = (lo + m.div_ceil(64) + 1).min(la + lb);
+            let want = mul(Backend::detect(), &a, &b);
+            for backend in [Backend::Portable, Backend::Pclmul, Backend::Avx512] {
+                if !backend.is_available() || (backend == Backend::Portable && la > 5000) {
+                    continue;
+                }
+                let got = mul_window(backend, &a, &b, lo, hi);
+                assert_eq!(got[lo..hi], want[lo..hi], "{la} {lb} {lo} {hi} {backend:?}");
+            }
+        }
+        assert_eq!(
+            window_plan(23_438, 15_625, 15_624, 23_438),
+            Some((15, true))
+        );
+        assert_eq!(window_plan(235, 157, 156, 236), Some((8, false)));
+        assert_eq!(
+            window_plan(2_343_750, 1_562_500, 1_562_499, 2_343_750),
+            None
+        );
+    }
+
+    /// Interleaved A/B of [`mul_window`] against the full [`mul`] at the
+    /// 10^6-bit Toeplitz sizes (best of 40 each):
+    /// `cargo test --release -p qkd-postproc --lib window_ab -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    #[allow(clippy::print_stdout)]
+    fn window_ab() {
+        let backend = Backend::detect();
+        let a: Vec<u64> = (0..23_438u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let b: Vec<u64> = (0..15_625u64)
+            .map(|i| i.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+            .collect();
+        let (mut best_window, mut best_full) = (f64::MAX, f64::MAX);
+        for _ in 0..40 {
+            let t = std::time::Instant::now();
+            let _ = mul_window(backend, &a, &b, 15_624, 23_438);
+            best_window = best_window.min(t.elapsed().as_secs_f64() * 1e3);
+            let t = std::time::Instant::now();
+            let _ = mul(backend, &a, &b);
+            best_full = best_full.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!("window {best_window:.3} ms, full {best_full:.3} ms");
     }
 
     #[test]

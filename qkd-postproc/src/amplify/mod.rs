@@ -41,6 +41,19 @@
 //! transform of `2^L` points, which PCLMULQDQ executes in a few cycles. At
 //! `n = 10^8`, `m = n/2` that is `2^22` points, three transforms.
 //!
+//! **Only the middle slice.** The hash needs the product's chunk
+//! coefficients only in the window of the output, so it may be computed
+//! modulo the subspace polynomial `s_L` of a transform that holds both
+//! operands but not their product (`fft::mul_window`): the wrapped top part
+//! `H` (coefficients from `2^L` up) comes back as `H·(s_L − y^(2^L))`, whose
+//! terms are shifts `H·y^(2^j)` by the lower terms of `s_L`; the shifts that
+//! meet the window are cancelled with `H` from the small product of the top
+//! chunks of the two operands. At `n = 10^6`, `m = n/2` that is one product
+//! of `2^15` points and one of `2^14` instead of five `2^15`-point
+//! transforms; at `10^4` one product of `2^8` points with nothing to cancel
+//! (`s_8 = y^256 + y`). Where that is not cheaper (`10^8`) the full product
+//! is computed.
+//!
 //! The modified Toeplitz construction ([`Construction::Modified`], Hayashi
 //! and Tsurumaru 2016) uses the matrix `(I_m | T')` with `T'` an
 //! `m × (n − m)` Toeplitz matrix: `y = x[0..m] ⊕ T'·x[m..n]`, where `T'`
@@ -314,7 +327,14 @@ pub fn toeplitz_hash(
 /// The middle slice `n − 1 .. n + m − 1` of `seed·input`. Words past the
 /// lengths must be zero (as in a `BitVec`).
 fn toeplitz_words(backend: Backend, seed: &[u64], input: &[u64], n: usize, m: usize) -> BitVec {
-    let mut product = gf2x::mul(backend, seed, input);
+    let mut product = if gf2x::method_for(seed.len(), input.len()) == gf2x::Method::Fft {
+        // extract_bits reads words (n − 1)/64 ..= (n − 1)/64 + ⌈m/64⌉.
+        let lo = (n - 1) / 64;
+        let hi = (lo + m.div_ceil(64) + 1).min(seed.len() + input.len());
+        fft::mul_window(backend, seed, input, lo, hi)
+    } else {
+        gf2x::mul(backend, seed, input)
+    };
     let out = extract_bits(&product, n - 1, m);
     zeroize::Zeroize::zeroize(&mut product);
     out
