@@ -18,34 +18,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qkd_core::sim::{Endpoint, LinkConfig, Network, Side};
+use qkd_core::sim::{LinkConfig, Network, Side};
 use qkd_core::{KeyId, SecretKey};
 use qkd_keystore::{Binding, KeyRange, Role, StoreConfig};
-use qkd_sync::{Event, InputError, Lookup, SyncConfig, SyncNode};
+use qkd_sync::{Event, Lookup, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
 const LINK: &[u8] = b"model-link";
 const CHUNK: u32 = 32;
-
-/// Adapter so that the simulated network drives a [`SyncNode`].
-struct Node(SyncNode);
-
-impl Endpoint for Node {
-    type Error = InputError;
-    fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), InputError> {
-        self.0.handle_input(now, datagram)
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.0.handle_timeout(now);
-    }
-}
 
 fn config(role: Role) -> SyncConfig {
     let store = StoreConfig::new(LINK, role)
@@ -144,10 +125,10 @@ impl Ghost {
     }
 }
 
-fn node(net: &mut Network<Node, Node>, side: Side) -> &mut SyncNode {
+fn node(net: &mut Network<SyncNode, SyncNode>, side: Side) -> &mut SyncNode {
     match side {
-        Side::A => &mut net.a.0,
-        Side::B => &mut net.b.0,
+        Side::A => &mut net.a,
+        Side::B => &mut net.b,
     }
 }
 
@@ -158,12 +139,12 @@ fn role(side: Side) -> Role {
     }
 }
 
-fn fresh_node(side: Side, rng: &mut ChaCha20Rng, p: Params) -> Node {
+fn fresh_node(side: Side, rng: &mut ChaCha20Rng, p: Params) -> SyncNode {
     let mut n = SyncNode::new(config(role(side)), rng);
     if !p.ownership_rule {
         n.store_mut().disable_ownership_rule();
     }
-    Node(n)
+    n
 }
 
 /// What the schedules exercised, so that a passing run is not a vacuous one.
@@ -190,7 +171,7 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
     let b = fresh_node(Side::B, &mut rng, p);
     let mut net = Network::new(a, b, link, seed, start);
     net.drive_for(Duration::from_millis(rng.next_u64() % 40));
-    while net.a.0.poll_event().is_some() || net.b.0.poll_event().is_some() {}
+    while net.a.poll_event().is_some() || net.b.poll_event().is_some() {}
     let mut ghost = Ghost::new();
     let mut next_block = 1u64;
     let mut block_len: HashMap<u64, usize> = HashMap::new();
@@ -390,8 +371,7 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
     }
     cov.fresh += ghost.fresh_ids.len();
     cov.dropped += ghost.drops;
-    cov.borrowed +=
-        net.a.0.store().stats().chunks_borrowed + net.b.0.store().stats().chunks_borrowed;
+    cov.borrowed += net.a.store().stats().chunks_borrowed + net.b.store().stats().chunks_borrowed;
     Ok(())
 }
 
@@ -467,10 +447,10 @@ fn keys_handed_out_reach_the_peer_once_the_link_heals() {
         );
         net.drive_for(Duration::from_millis(300));
         assert!(
-            net.a.0.is_established() && net.b.0.is_established(),
+            net.a.is_established() && net.b.is_established(),
             "seed {seed}: {:?} {:?}",
-            net.a.0,
-            net.b.0
+            net.a,
+            net.b
         );
         let binding = Arc::new(Binding::pair("m", "s").unwrap());
         let mut taken = [Vec::new(), Vec::new()];

@@ -5,30 +5,12 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use qkd_core::SecretKey;
-use qkd_core::sim::{Endpoint, LinkConfig, Network, Side};
+use qkd_core::sim::{LinkConfig, Network, Side};
 use qkd_keystore::{Binding, GrantedChunk, InsertOutcome, KeyRange, Notice, Role, StoreConfig};
 use qkd_sync::message::{Ack, Data, Hello, MAX_MESSAGE_LEN, Message, WireError};
 use qkd_sync::{Event, InputError, Lookup, SyncConfig, SyncError, SyncNode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-
-struct Node(SyncNode);
-
-impl Endpoint for Node {
-    type Error = InputError;
-    fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), InputError> {
-        self.0.handle_input(now, datagram)
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.0.handle_timeout(now);
-    }
-}
 
 fn config(role: Role) -> SyncConfig {
     let mut c = SyncConfig::new(
@@ -41,10 +23,10 @@ fn config(role: Role) -> SyncConfig {
     c
 }
 
-fn network(link: LinkConfig, seed: u64) -> Network<Node, Node> {
+fn network(link: LinkConfig, seed: u64) -> Network<SyncNode, SyncNode> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let a = Node(SyncNode::new(config(Role::First), &mut rng));
-    let b = Node(SyncNode::new(config(Role::Second), &mut rng));
+    let a = SyncNode::new(config(Role::First), &mut rng);
+    let b = SyncNode::new(config(Role::Second), &mut rng);
     Network::new(a, b, link, seed, Instant::now())
 }
 
@@ -56,14 +38,12 @@ fn material(block: u64, len: usize) -> SecretKey {
     )
 }
 
-fn insert_both(net: &mut Network<Node, Node>, block: u64, len: usize) {
+fn insert_both(net: &mut Network<SyncNode, SyncNode>, block: u64, len: usize) {
     let now = net.now();
     net.a
-        .0
         .insert_block(now, block, material(block, len))
         .unwrap();
     net.b
-        .0
         .insert_block(now, block, material(block, len))
         .unwrap();
 }
@@ -77,20 +57,20 @@ fn bulk_keys_cross_a_hostile_link_and_match() {
     let link = LinkConfig::hostile(Duration::from_millis(5)).with_corrupt(0.0);
     let mut net = network(link, 11);
     net.drive_for(Duration::from_secs(1));
-    assert!(net.a.0.is_established() && net.b.0.is_established());
+    assert!(net.a.is_established() && net.b.is_established());
     let binding = Arc::new(Binding::pair("alice-app", "bob-app").unwrap());
     let mut taken = Vec::new();
     for block in 1..=40u64 {
         insert_both(&mut net, block, 4096);
         net.drive_for(Duration::from_millis(20));
-        taken.extend(net.a.0.take_fresh(50, 256, &binding).unwrap_or_default());
+        taken.extend(net.a.take_fresh(50, 256, &binding).unwrap_or_default());
     }
     assert!(taken.len() >= 1500, "{}", taken.len());
     net.drive_for(Duration::from_secs(2));
     for (id, key) in &taken {
         let now = net.now();
         assert_eq!(
-            net.b.0.lookup(now, id, "bob-app").unwrap(),
+            net.b.lookup(now, id, "bob-app").unwrap(),
             Lookup::Ready(key.clone())
         );
     }
@@ -100,7 +80,6 @@ fn bulk_keys_cross_a_hostile_link_and_match() {
     assert!(net.errors_a().is_empty() && net.errors_b().is_empty());
     assert_eq!(
         net.a
-            .0
             .status("alice-app", "bob-app", 256)
             .counts
             .fetched_by_peer,
@@ -115,24 +94,24 @@ fn a_pending_lookup_resolves_when_the_notice_arrives() {
     insert_both(&mut net, 1, 1024);
     net.drive_for(Duration::from_millis(100));
     let binding = Arc::new(Binding::pair("m", "s").unwrap());
-    let keys = net.a.0.take_fresh(1, 128, &binding).unwrap();
+    let keys = net.a.take_fresh(1, 128, &binding).unwrap();
     let (id, key) = &keys[0];
-    events(&mut net.b.0);
+    events(&mut net.b);
     let now = net.now();
-    assert_eq!(net.b.0.lookup(now, id, "s").unwrap(), Lookup::Pending);
+    assert_eq!(net.b.lookup(now, id, "s").unwrap(), Lookup::Pending);
     net.drive_for(Duration::from_millis(50));
-    assert_eq!(events(&mut net.b.0), vec![Event::KeyArrived { id: *id }]);
+    assert_eq!(events(&mut net.b), vec![Event::KeyArrived { id: *id }]);
     let now = net.now();
     assert_eq!(
-        net.b.0.lookup(now, id, "s").unwrap(),
+        net.b.lookup(now, id, "s").unwrap(),
         Lookup::Ready(key.clone())
     );
     // A key that never comes times out.
     let unknown = qkd_core::KeyId::derive(b"never");
-    assert_eq!(net.b.0.lookup(now, &unknown, "s").unwrap(), Lookup::Pending);
+    assert_eq!(net.b.lookup(now, &unknown, "s").unwrap(), Lookup::Pending);
     net.drive_for(Duration::from_secs(3));
     assert_eq!(
-        events(&mut net.b.0),
+        events(&mut net.b),
         vec![Event::LookupTimedOut { id: unknown }]
     );
 }
@@ -145,31 +124,31 @@ fn a_reboot_wipes_both_stores_and_a_new_session_starts() {
         insert_both(&mut net, b, 1024);
     }
     net.drive_for(Duration::from_millis(500));
-    assert!(net.a.0.store().held_bytes() > 0);
-    let old_b = net.b.0.epoch();
-    events(&mut net.a.0);
+    assert!(net.a.store().held_bytes() > 0);
+    let old_b = net.b.epoch();
+    events(&mut net.a);
     // B reboots: new incarnation, nothing kept.
     let mut rng = ChaCha20Rng::seed_from_u64(99);
-    net.b = Node(SyncNode::new(config(Role::Second), &mut rng));
+    net.b = SyncNode::new(config(Role::Second), &mut rng);
     net.drive_for(Duration::from_secs(2));
-    assert!(net.a.0.is_established() && net.b.0.is_established());
-    assert_eq!(net.a.0.peer_epoch(), Some(net.b.0.epoch()));
-    assert_eq!(net.a.0.store().held_bytes(), 0, "A wiped the old session");
-    assert!(events(&mut net.a.0).contains(&Event::Paired {
-        peer_epoch: net.b.0.epoch(),
+    assert!(net.a.is_established() && net.b.is_established());
+    assert_eq!(net.a.peer_epoch(), Some(net.b.epoch()));
+    assert_eq!(net.a.store().held_bytes(), 0, "A wiped the old session");
+    assert!(events(&mut net.a).contains(&Event::Paired {
+        peer_epoch: net.b.epoch(),
         previous: Some(old_b)
     }));
     // New blocks work in the new session.
     insert_both(&mut net, 10, 1024);
     net.drive_for(Duration::from_millis(500));
     let binding = Arc::new(Binding::pair("m", "s").unwrap());
-    assert_eq!(net.b.0.take_fresh(4, 256, &binding).unwrap().len(), 4);
+    assert_eq!(net.b.take_fresh(4, 256, &binding).unwrap().len(), 4);
     // An explicit wipe on A is a reboot too.
     let mut rng = ChaCha20Rng::seed_from_u64(7);
-    net.a.0.wipe(&mut rng);
+    net.a.wipe(&mut rng);
     net.drive_for(Duration::from_secs(2));
-    assert_eq!(net.b.0.store().held_bytes(), 0);
-    assert!(net.b.0.is_established());
+    assert_eq!(net.b.store().held_bytes(), 0);
+    assert!(net.b.is_established());
 }
 
 #[test]
@@ -227,7 +206,6 @@ fn corrupted_messages_never_panic() {
     net.drive_for(Duration::from_millis(300));
     let _ = net
         .a
-        .0
         .take_fresh(5, 256, &Arc::new(Binding::pair("m", "s").unwrap()));
     net.drive_for(Duration::from_millis(300));
     assert!(net.stats(Side::A).corrupted > 0);
