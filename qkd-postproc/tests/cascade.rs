@@ -428,7 +428,7 @@ fn sweep() {
         .split(',')
         .map(|v| v.parse().unwrap())
         .collect();
-    let waves: Vec<u32> = var("SWEEP_WAVES", "1")
+    let waves: Vec<u32> = var("SWEEP_WAVES", "0")
         .split(',')
         .map(|v| v.parse().unwrap())
         .collect();
@@ -458,8 +458,13 @@ fn sweep() {
                         let q = a.hamming_distance(&b) as f64 / n as f64;
                         let plan = Arc::new(ShufflePlan::new(n, t).unwrap());
                         let mut params = CascadeParams::for_variant(variant, qber, n).unwrap();
-                        params.search_waves = w;
-                        if k > 0 {
+                        if w > 0 {
+                            params.search_waves = w;
+                        }
+                        if k > 0 && variant == Variant::Original {
+                            // The original schedule doubles from k1.
+                            params.block_sizes = (0..4).map(|i| (k << i).min(n)).collect();
+                        } else if k > 0 {
                             params.block_sizes[0] = k;
                         }
                         if k2 > 0 {

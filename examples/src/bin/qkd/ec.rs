@@ -31,7 +31,7 @@ pub(crate) enum Method {
 /// Cascade variants (Martinez-Mateo et al. 2015).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum VariantArg {
-    /// Brassard–Salvail: k1 = 0.73/Q, doubling, 4 passes.
+    /// Brassard–Salvail: k1 = 0.73/Q, doubling, 4 passes, two search waves.
     Original,
     /// k1 = 0.92/Q, k2 = 3 k1, then BICONF until 10 clean.
     Biconf,
@@ -104,9 +104,10 @@ pub(crate) struct Args {
     #[arg(long)]
     eager_cascades: bool,
     /// Search the odd blocks of each pass after the first in this many waves
-    /// (`CascadeParams::search_waves`): lower f, more channel uses.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    search_waves: u32,
+    /// (`CascadeParams::search_waves`): lower f, more channel uses. Default:
+    /// the variant's own (2 for original, 1 for the others).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    search_waves: Option<u32>,
     /// Also draw f against QBER, per variant, into this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
@@ -216,7 +217,9 @@ fn run_point(
         let errors = alice_key.hamming_distance(&bob_key);
         let mut params = CascadeParams::for_variant(variant, qber, n)?;
         params.defer_until_idle = !args.eager_cascades;
-        params.search_waves = args.search_waves;
+        if let Some(waves) = args.search_waves {
+            params.search_waves = waves;
+        }
         let start = ThreadClock::now();
         let mut alice = CascadeAlice::new(frame, alice_key, plan.clone(), n as u64)?;
         let mut bob = CascadeBob::new(frame, bob_key, plan.clone(), CascadeConfig::new(params))?;
