@@ -105,6 +105,13 @@ struct Search {
     alice: bool,
     /// The answer to the question about the current node's left child.
     answer: Option<bool>,
+    /// Bob's parity of the current node, valid while the number of flipped
+    /// bits is `mine_at`.
+    mine: bool,
+    mine_at: u64,
+    /// The round and flip count at which the search last stopped to ask:
+    /// stepping it again before either changes would do nothing.
+    waiting: (u32, u64),
     done: bool,
     /// Number of the search, for the blocks set aside until it ends.
     id: u64,
@@ -161,6 +168,8 @@ pub struct CascadeBob {
     groups: Vec<Vec<(usize, usize)>>,
     /// Bits flipped whose blocks have not been looked at yet.
     flipped: Vec<usize>,
+    /// Reused buffer for the blocks holding one flipped bit.
+    scratch: Vec<(usize, usize)>,
     /// Odd blocks set aside while a smaller block that held the same flipped
     /// bit is searched; checked again once no search is running.
     later: Vec<(u64, Vec<(usize, usize)>)>,
@@ -227,6 +236,7 @@ impl CascadeBob {
             checks: Vec::new(),
             groups: Vec::new(),
             flipped: Vec::new(),
+            scratch: Vec::new(),
             later: Vec::new(),
             next_search_id: 0,
             deferred: VecDeque::new(),
@@ -707,20 +717,21 @@ impl CascadeBob {
                 }
             }
             let flipped = std::mem::take(&mut self.flipped);
+            let mut group = std::mem::take(&mut self.scratch);
             for &i in &flipped {
-                let odd: Vec<(usize, usize)> = (0..self.passes.len())
-                    .map(|pass| (pass, self.plan.position(pass, i) / self.passes[pass].k))
-                    .filter(|&(pass, block)| {
-                        !self.passes[pass].active.get(block) && self.block_diff(pass, block)
-                    })
-                    .collect();
-                self.start_smallest(odd);
+                group.clear();
+                group.extend(
+                    (0..self.passes.len())
+                        .map(|pass| (pass, self.plan.position(pass, i) / self.passes[pass].k)),
+                );
+                self.start_smallest(&mut group);
             }
+            self.scratch = group;
             self.flipped = flipped;
             self.flipped.clear();
             let groups = std::mem::take(&mut self.groups);
-            for group in groups {
-                self.start_smallest(group);
+            for mut group in groups {
+                self.start_smallest(&mut group);
             }
             for si in 0..self.searches.len() {
                 self.step(si);
@@ -757,14 +768,11 @@ impl CascadeBob {
     /// Of the blocks that held one flipped bit, searches the smallest odd
     /// one now and sets the other odd ones aside: the error the small search
     /// finds often makes them even again, and the small search is cheaper.
-    fn start_smallest(&mut self, group: Vec<(usize, usize)>) {
+    fn start_smallest(&mut self, odd: &mut Vec<(usize, usize)>) {
         let n = self.key.len();
-        let mut odd: Vec<(usize, usize)> = Vec::new();
-        for (pass, block) in group {
-            if !self.passes[pass].active.get(block) && self.block_diff(pass, block) {
-                odd.push((pass, block));
-            }
-        }
+        odd.retain(|&(pass, block)| {
+            !self.passes[pass].active.get(block) && self.block_diff(pass, block)
+        });
         let Some(best) = (0..odd.len()).min_by_key(|&i| {
             let (s, e) = self.passes[odd[i].0].block_range(odd[i].1, n);
             (e - s, odd[i].0)
@@ -774,7 +782,7 @@ impl CascadeBob {
         let (pass, block) = odd.swap_remove(best);
         let id = self.start_search(pass, block);
         if !odd.is_empty() {
-            self.later.push((id, odd));
+            self.later.push((id, std::mem::take(odd)));
         }
     }
 
@@ -790,6 +798,9 @@ impl CascadeBob {
             end,
             alice,
             answer: None,
+            mine: false,
+            mine_at: u64::MAX,
+            waiting: (u32::MAX, u64::MAX),
             done: false,
             id: self.next_search_id,
         });
@@ -800,13 +811,23 @@ impl CascadeBob {
     /// Advances one search until it needs an answer or ends.
     fn step(&mut self, si: usize) {
         let mut s = self.searches[si];
+        if s.answer.is_none() && s.waiting == (self.round, self.stats.corrected_bits) {
+            return;
+        }
         let n = self.key.len();
         loop {
-            let diff = if s.node == 1 {
-                self.block_diff(s.pass, s.block)
-            } else {
-                s.alice ^ self.parity(s.pass, s.start, s.end)
-            };
+            // Bob's parity of the current node: kept from the step that
+            // narrowed to it unless a bit has been flipped since.
+            let flips = self.stats.corrected_bits;
+            if s.mine_at != flips {
+                s.mine = if s.node == 1 {
+                    self.passes[s.pass].mine.get(s.block)
+                } else {
+                    self.parity(s.pass, s.start, s.end)
+                };
+                s.mine_at = flips;
+            }
+            let diff = s.alice ^ s.mine;
             if !diff {
                 s.answer = None;
                 if s.node == 1 {
@@ -818,6 +839,7 @@ impl CascadeBob {
                 s.start = start;
                 s.end = end;
                 s.alice = self.passes[s.pass].top.get(s.block);
+                s.mine_at = u64::MAX;
                 continue;
             }
             if s.end - s.start == 1 {
@@ -841,16 +863,21 @@ impl CascadeBob {
                 None => None,
             };
             let Some(left) = left else {
-                break; // ask for the left child's parity
+                // Ask for the left child's parity.
+                s.waiting = (self.round, self.stats.corrected_bits);
+                break;
             };
-            if left ^ self.parity(s.pass, s.start, mid) {
+            let mine_left = self.parity(s.pass, s.start, mid);
+            if left ^ mine_left {
                 s.node *= 2;
                 s.end = mid;
                 s.alice = left;
+                s.mine = mine_left;
             } else {
                 s.node = 2 * s.node + 1;
                 s.start = mid;
                 s.alice ^= left;
+                s.mine ^= mine_left;
             }
         }
         self.searches[si] = s;
