@@ -77,10 +77,13 @@ struct Pass {
     active: BitVec,
     /// Bob's key in this pass's order, once a sub-range parity needed it.
     copy: LazyCopy,
-    /// Known parities of sub-blocks (reuse only): `known[b * tree + h]`,
-    /// `value[...]`, `h ≥ 2` the heap index of the node in block `b`'s tree.
+    /// Known parities of sub-blocks (reuse only), one byte per node of
+    /// every block's tree: `known[b * tree + h]` is 0 (unknown) or 2 + the
+    /// parity, where `h` is the node's heap index (1 = the whole block).
+    known: Vec<u8>,
+    /// Nodes per block tree: twice the block size rounded up to a power
+    /// of two.
     tree: usize,
-    known: Option<(BitVec, BitVec)>,
     /// The same for passes whose trees are too large for bitmaps.
     sparse: NodeMap,
 }
@@ -498,12 +501,10 @@ impl CascadeBob {
             p.sparse.insert(i, value);
             return;
         }
-        let size = p.blocks * p.tree;
-        let (known, values) = p
-            .known
-            .get_or_insert_with(|| (BitVec::zeros(size), BitVec::zeros(size)));
-        known.set(i, true);
-        values.set(i, value);
+        if p.known.is_empty() {
+            p.known = vec![0; p.blocks * p.tree];
+        }
+        p.known[i] = 2 | u8::from(value);
     }
 
     fn recall(&self, pass: usize, block: usize, node: usize) -> Option<bool> {
@@ -512,8 +513,10 @@ impl CascadeBob {
         if p.tree > SPARSE_ABOVE {
             return p.sparse.get(&i).copied();
         }
-        let (known, values) = p.known.as_ref()?;
-        known.get(i).then(|| values.get(i))
+        match p.known.get(i) {
+            Some(&cell) if cell >= 2 => Some(cell & 1 == 1),
+            _ => None,
+        }
     }
 
     // ----- parities and flips -----
@@ -634,7 +637,7 @@ impl CascadeBob {
                 active: BitVec::zeros(blocks),
                 copy: LazyCopy::default(),
                 tree,
-                known: None,
+                known: Vec::new(),
                 sparse: NodeMap::default(),
             });
             self.passes[pass].mine = self.block_parities(pass, k);
@@ -733,21 +736,25 @@ impl CascadeBob {
             for mut group in groups {
                 self.start_smallest(&mut group);
             }
+            let mut any_done = false;
             for si in 0..self.searches.len() {
                 self.step(si);
+                any_done |= self.searches[si].done;
             }
-            let passes = &mut self.passes;
             let mut ended = Vec::new();
-            let track = !self.later.is_empty() && !self.config.params.defer_until_idle;
-            self.searches.retain(|s| {
-                if s.done {
-                    passes[s.pass].active.set(s.block, false);
-                    if track {
-                        ended.push(s.id);
+            if any_done {
+                let passes = &mut self.passes;
+                let track = !self.later.is_empty() && !self.config.params.defer_until_idle;
+                self.searches.retain(|s| {
+                    if s.done {
+                        passes[s.pass].active.set(s.block, false);
+                        if track {
+                            ended.push(s.id);
+                        }
                     }
-                }
-                !s.done
-            });
+                    !s.done
+                });
+            }
             if !ended.is_empty() {
                 let mut i = 0;
                 while i < self.later.len() {

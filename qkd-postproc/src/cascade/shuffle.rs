@@ -175,7 +175,8 @@ impl ShufflePlan {
     }
 }
 
-/// Bit `i` of `key` as byte `i` (0 or 1) of the result.
+/// Bit `i` of `key` as byte `i` (0 or 1) of the result, zero-padded to a
+/// power-of-two length.
 fn spread_bytes(key: &BitVec) -> Vec<u8> {
     const fn table() -> [u64; 256] {
         let mut t = [0u64; 256];
@@ -193,10 +194,11 @@ fn spread_bytes(key: &BitVec) -> Vec<u8> {
         t
     }
     const SPREAD: [u64; 256] = table();
-    let mut out = Vec::with_capacity(key.words().len() * 64);
-    for &w in key.words() {
-        for byte in w.to_le_bytes() {
-            out.extend_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
+    let len = (key.words().len() * 64).next_power_of_two();
+    let mut out = vec![0u8; len];
+    for (bytes, &w) in out.chunks_exact_mut(64).zip(key.words()) {
+        for (eight, byte) in bytes.chunks_exact_mut(8).zip(w.to_le_bytes()) {
+            eight.copy_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
         }
     }
     out
@@ -261,12 +263,16 @@ impl Shuffle {
     pub(crate) fn gather(&self, key: &BitVec) -> BitVec {
         let n = self.order.len();
         let spread = spread_bytes(key);
+        // The spread key's length is a power of two above every index, so
+        // `i & wrap` is `i` and the compiler drops the bounds check.
+        let wrap = spread.len() - 1;
+        let bit = |i: u32| u64::from(spread[i as usize & wrap]);
         let mut words = Vec::with_capacity(n.div_ceil(64));
         let mut chunks = self.order.chunks_exact(64);
         for chunk in &mut chunks {
             let mut w = 0u64;
             for (t, &i) in chunk.iter().enumerate() {
-                w |= u64::from(spread[i as usize]) << t;
+                w |= bit(i) << t;
             }
             words.push(w);
         }
@@ -275,7 +281,7 @@ impl Shuffle {
             words.push(
                 rest.iter()
                     .enumerate()
-                    .fold(0u64, |w, (t, &i)| w | u64::from(spread[i as usize]) << t),
+                    .fold(0u64, |w, (t, &i)| w | bit(i) << t),
             );
         }
         BitVec::from_words(words, n).expect("one word per 64 positions")

@@ -209,9 +209,11 @@ impl CascadeMessage {
                 out.put_u32(*key_len);
                 out.put_u32(questions.len() as u32);
                 for q in questions {
-                    out.put_u8(q.pass);
-                    out.put_u32(q.start);
-                    out.put_u32(q.len);
+                    let mut bytes = [0u8; QUESTION];
+                    bytes[0] = q.pass;
+                    bytes[1..5].copy_from_slice(&q.start.to_be_bytes());
+                    bytes[5..].copy_from_slice(&q.len.to_be_bytes());
+                    out.extend_from_slice(&bytes);
                 }
             }
             CascadeMessage::Answers {
@@ -297,15 +299,17 @@ impl CascadeMessage {
                 }
                 need(&buf, count * QUESTION)?;
                 let mut questions = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let pass = buf.get_u8();
-                    let start = buf.get_u32();
-                    let len = buf.get_u32();
+                for bytes in buf[..count * QUESTION].chunks_exact(QUESTION) {
+                    let word = |at: usize| {
+                        u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                    };
+                    let (pass, start, len) = (bytes[0], word(1), word(5));
                     if len == 0 || start.checked_add(len).is_none() {
                         return Err(WireError::OutOfRange("question range"));
                     }
                     questions.push(Question { pass, start, len });
                 }
+                buf.advance(count * QUESTION);
                 CascadeMessage::Questions {
                     frame_id,
                     round,
