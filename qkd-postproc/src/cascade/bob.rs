@@ -37,8 +37,9 @@ impl CascadeConfig {
 }
 
 /// Blocks whose trees have more nodes than this keep known parities in a
-/// hash map rather than a bitmap.
-const SPARSE_ABOVE: usize = 1 << 14;
+/// hash map rather than a bitmap (two bits per node: at most 16 KiB per
+/// block).
+const SPARSE_ABOVE: usize = 1 << 17;
 
 /// A multiplicative hasher for node indices (not exposed to the peer's
 /// choice in a way that matters: Bob picks every node himself).
@@ -77,10 +78,15 @@ struct Pass {
     active: BitVec,
     /// Bob's key in this pass's order, once a sub-range parity needed it.
     copy: LazyCopy,
-    /// Known parities of sub-blocks (reuse only), one byte per node of
-    /// every block's tree: `known[b * tree + h]` is 0 (unknown) or 2 + the
-    /// parity, where `h` is the node's heap index (1 = the whole block).
-    known: Vec<u8>,
+    /// Known parities of sub-blocks (reuse only). Only left children are
+    /// ever asked (a right child's parity is its parent's ^ its sibling's),
+    /// so the table is indexed by the parent: entry `b * (tree / 2) + h`,
+    /// for the node with heap index `h` (1 = the whole block) of block `b`,
+    /// holds two bits (known, parity of the left child), 32 entries a word,
+    /// so a block's entries share one or a few cache lines.
+    known: Vec<u64>,
+    /// Blocks with at least one node in `known` or `sparse`.
+    remembered: BitVec,
     /// Nodes per block tree: twice the block size rounded up to a power
     /// of two.
     tree: usize,
@@ -169,8 +175,10 @@ pub struct CascadeBob {
     /// For each bit flipped and not yet handled: the blocks holding it, one
     /// per started pass.
     groups: Vec<Vec<(usize, usize)>>,
-    /// Bits flipped whose blocks have not been looked at yet.
-    flipped: Vec<usize>,
+    /// The blocks (one per started pass) holding each bit flipped and not
+    /// yet looked at, one bit after the other; `flip_ends` ends each bit's.
+    flip_blocks: Vec<(usize, usize)>,
+    flip_ends: Vec<usize>,
     /// Reused buffer for the blocks holding one flipped bit.
     scratch: Vec<(usize, usize)>,
     /// Odd blocks set aside while a smaller block that held the same flipped
@@ -238,7 +246,8 @@ impl CascadeBob {
             searches: Vec::new(),
             checks: Vec::new(),
             groups: Vec::new(),
-            flipped: Vec::new(),
+            flip_blocks: Vec::new(),
+            flip_ends: Vec::new(),
             scratch: Vec::new(),
             later: Vec::new(),
             next_search_id: 0,
@@ -415,7 +424,8 @@ impl CascadeBob {
         self.searches.clear();
         self.checks.clear();
         self.groups.clear();
-        self.flipped.clear();
+        self.flip_blocks.clear();
+        self.flip_ends.clear();
         self.later.clear();
         self.pending.clear();
     }
@@ -441,10 +451,12 @@ impl CascadeBob {
                 Origin::Search(si) => {
                     let s = &mut self.searches[si];
                     s.answer = Some(bit);
-                    let (pass, block, node, alice) = (s.pass, s.block, s.node, s.alice);
+                    let (pass, block, node) = (s.pass, s.block, s.node);
                     if self.config.params.reuse_known_parities {
-                        self.remember(pass, block, 2 * node, bit);
-                        self.remember(pass, block, 2 * node + 1, alice ^ bit);
+                        // Only left children are asked (a right child's
+                        // parity is its parent's ^ the left one's), so only
+                        // left children are ever remembered or recalled.
+                        self.remember(pass, block, node, bit);
                     }
                 }
             }
@@ -494,29 +506,34 @@ impl CascadeBob {
         pass > 0 && self.total_alice.is_some() && (self.reuse() || self.passes[pass].biconf)
     }
 
-    fn remember(&mut self, pass: usize, block: usize, node: usize, value: bool) {
+    /// Records Alice's parity of the left child of node `parent`.
+    fn remember(&mut self, pass: usize, block: usize, parent: usize, value: bool) {
         let p = &mut self.passes[pass];
-        let i = block * p.tree + node;
+        debug_assert!(parent < p.tree / 2, "only inner nodes have children");
+        p.remembered.set(block, true);
+        let i = block * (p.tree / 2) + parent;
         if p.tree > SPARSE_ABOVE {
             p.sparse.insert(i, value);
             return;
         }
         if p.known.is_empty() {
-            p.known = vec![0; p.blocks * p.tree];
+            p.known = vec![0; (p.blocks * (p.tree / 2)).div_ceil(32)];
         }
-        p.known[i] = 2 | u8::from(value);
+        p.known[i / 32] |= (1 | u64::from(value) << 1) << (2 * (i % 32));
     }
 
-    fn recall(&self, pass: usize, block: usize, node: usize) -> Option<bool> {
+    /// Alice's parity of the left child of node `parent`, if known.
+    fn recall(&self, pass: usize, block: usize, parent: usize) -> Option<bool> {
         let p = &self.passes[pass];
-        let i = block * p.tree + node;
+        if !p.remembered.get(block) {
+            return None;
+        }
+        let i = block * (p.tree / 2) + parent;
         if p.tree > SPARSE_ABOVE {
             return p.sparse.get(&i).copied();
         }
-        match p.known.get(i) {
-            Some(&cell) if cell >= 2 => Some(cell & 1 == 1),
-            _ => None,
-        }
+        let cell = p.known[i / 32] >> (2 * (i % 32));
+        (cell & 1 == 1).then_some(cell & 2 != 0)
     }
 
     // ----- parities and flips -----
@@ -577,17 +594,24 @@ impl CascadeBob {
 
     /// Flips key bit `i` (Bob's error), in the key and every shuffled copy,
     /// and queues the block holding it in every started pass.
-    fn flip(&mut self, i: usize) {
+    /// `at` is the bit's position in pass `found_in`, where a search just
+    /// found it (one lookup in a large table saved).
+    fn flip(&mut self, i: usize, found_in: usize, at: usize) {
         self.key.flip(i);
         self.stats.corrected_bits += 1;
         for (pass, p) in self.passes.iter_mut().enumerate() {
-            let j = self.plan.position(pass, i);
+            let j = if pass == found_in {
+                at
+            } else {
+                self.plan.position(pass, i)
+            };
             if let Some(copy) = &mut p.copy.copy {
                 copy.flip(j);
             }
             p.mine.flip(j / p.k);
+            self.flip_blocks.push((pass, j / p.k));
         }
-        self.flipped.push(i);
+        self.flip_ends.push(self.flip_blocks.len());
     }
 
     // ----- the rounds -----
@@ -638,6 +662,7 @@ impl CascadeBob {
                 copy: LazyCopy::default(),
                 tree,
                 known: Vec::new(),
+                remembered: BitVec::zeros(blocks),
                 sparse: NodeMap::default(),
             });
             self.passes[pass].mine = self.block_parities(pass, k);
@@ -719,19 +744,22 @@ impl CascadeBob {
                     self.start_search(pass, block);
                 }
             }
-            let flipped = std::mem::take(&mut self.flipped);
+            let (mut blocks, mut ends) = (
+                std::mem::take(&mut self.flip_blocks),
+                std::mem::take(&mut self.flip_ends),
+            );
             let mut group = std::mem::take(&mut self.scratch);
-            for &i in &flipped {
+            let mut from = 0;
+            for &end in &ends {
                 group.clear();
-                group.extend(
-                    (0..self.passes.len())
-                        .map(|pass| (pass, self.plan.position(pass, i) / self.passes[pass].k)),
-                );
+                group.extend_from_slice(&blocks[from..end]);
+                from = end;
                 self.start_smallest(&mut group);
             }
             self.scratch = group;
-            self.flipped = flipped;
-            self.flipped.clear();
+            blocks.clear();
+            ends.clear();
+            (self.flip_blocks, self.flip_ends) = (blocks, ends);
             let groups = std::mem::take(&mut self.groups);
             for mut group in groups {
                 self.start_smallest(&mut group);
@@ -766,7 +794,7 @@ impl CascadeBob {
                     }
                 }
             }
-            if self.checks.is_empty() && self.groups.is_empty() && self.flipped.is_empty() {
+            if self.checks.is_empty() && self.groups.is_empty() && self.flip_ends.is_empty() {
                 return;
             }
         }
@@ -857,16 +885,13 @@ impl CascadeBob {
                 };
                 s.done = true;
                 self.searches[si] = s;
-                self.flip(i);
+                self.flip(i, s.pass, s.start);
                 return;
             }
             let mid = s.start + (s.end - s.start).div_ceil(2);
             let left = match s.answer.take() {
                 Some(a) => Some(a),
-                None if self.reuse() => self.recall(s.pass, s.block, 2 * s.node).or_else(|| {
-                    self.recall(s.pass, s.block, 2 * s.node + 1)
-                        .map(|r| r ^ s.alice)
-                }),
+                None if self.reuse() => self.recall(s.pass, s.block, s.node),
                 None => None,
             };
             let Some(left) = left else {
