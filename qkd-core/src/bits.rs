@@ -64,11 +64,16 @@ fn xor_at(words: &mut [u64], pos: usize, v: u64, n: usize) {
 #[inline]
 fn parity_range(words: &[u64], start: usize, end: usize) -> bool {
     // Ranges inside one word (most binary-search steps) take one masked
-    // popcount; the rest fold the words.
+    // popcount, inlined; the rest fold the words out of line.
     if start < end && start / WORD == (end - 1) / WORD {
         let w = words[start / WORD] >> (start % WORD);
         return (w & low_mask(end - start)).count_ones() & 1 == 1;
     }
+    parity_words(words, start, end)
+}
+
+#[inline(never)]
+fn parity_words(words: &[u64], start: usize, end: usize) -> bool {
     fold_range(words, start, end, 0u64, |acc, w| acc ^ w).count_ones() & 1 == 1
 }
 

@@ -95,6 +95,37 @@ struct Pass {
 }
 
 impl Pass {
+    /// Records Alice's parity of the left child of node `parent` of `block`.
+    fn remember(&mut self, block: usize, parent: usize, value: bool) {
+        debug_assert!(parent < self.tree / 2, "only inner nodes have children");
+        self.remembered.set(block, true);
+        let i = block * (self.tree / 2) + parent;
+        if self.tree > SPARSE_ABOVE {
+            self.sparse.insert(i, value);
+            return;
+        }
+        if self.known.is_empty() {
+            self.known = vec![0; (self.blocks * (self.tree / 2)).div_ceil(32)];
+        }
+        self.known[i / 32] |= (1 | u64::from(value) << 1) << (2 * (i % 32));
+    }
+
+    /// Alice's parity of the left child of node `parent` of `block`, if
+    /// known.
+    fn recall(&self, block: usize, parent: usize) -> Option<bool> {
+        if !self.remembered.get(block) {
+            // Most lookups are in a block's first search: the large table
+            // (a likely cache miss) is not read.
+            return None;
+        }
+        let i = block * (self.tree / 2) + parent;
+        if self.tree > SPARSE_ABOVE {
+            return self.sparse.get(&i).copied();
+        }
+        let cell = self.known[i / 32] >> (2 * (i % 32));
+        (cell & 1 == 1).then_some(cell & 2 != 0)
+    }
+
     fn block_range(&self, b: usize, n: usize) -> (usize, usize) {
         let s = b * self.k;
         (s, (s + self.k).min(n))
@@ -456,7 +487,7 @@ impl CascadeBob {
                         // Only left children are asked (a right child's
                         // parity is its parent's ^ the left one's), so only
                         // left children are ever remembered or recalled.
-                        self.remember(pass, block, node, bit);
+                        self.passes[pass].remember(block, node, bit);
                     }
                 }
             }
@@ -506,62 +537,7 @@ impl CascadeBob {
         pass > 0 && self.total_alice.is_some() && (self.reuse() || self.passes[pass].biconf)
     }
 
-    /// Records Alice's parity of the left child of node `parent`.
-    fn remember(&mut self, pass: usize, block: usize, parent: usize, value: bool) {
-        let p = &mut self.passes[pass];
-        debug_assert!(parent < p.tree / 2, "only inner nodes have children");
-        p.remembered.set(block, true);
-        let i = block * (p.tree / 2) + parent;
-        if p.tree > SPARSE_ABOVE {
-            p.sparse.insert(i, value);
-            return;
-        }
-        if p.known.is_empty() {
-            p.known = vec![0; (p.blocks * (p.tree / 2)).div_ceil(32)];
-        }
-        p.known[i / 32] |= (1 | u64::from(value) << 1) << (2 * (i % 32));
-    }
-
-    /// Alice's parity of the left child of node `parent`, if known.
-    fn recall(&self, pass: usize, block: usize, parent: usize) -> Option<bool> {
-        let p = &self.passes[pass];
-        if !p.remembered.get(block) {
-            return None;
-        }
-        let i = block * (p.tree / 2) + parent;
-        if p.tree > SPARSE_ABOVE {
-            return p.sparse.get(&i).copied();
-        }
-        let cell = p.known[i / 32] >> (2 * (i % 32));
-        (cell & 1 == 1).then_some(cell & 2 != 0)
-    }
-
     // ----- parities and flips -----
-
-    /// Bob's parity of `start..end` in the order of `pass`, on words.
-    fn parity(&mut self, pass: usize, start: usize, end: usize) -> bool {
-        if pass == 0 {
-            return self.key.parity(start..end);
-        }
-        let n = self.key.len();
-        if let Some(copy) = &self.passes[pass].copy.copy {
-            return copy.parity(start..end);
-        }
-        if start == 0 && end == n {
-            return self.key.parity(..);
-        }
-        let half = self.plan.half();
-        let shuffle = self.plan.shuffle(pass);
-        if start == 0 && end == half {
-            return shuffle.half_parity(&self.key);
-        }
-        if start == half && end == n {
-            return self.key.parity(..) ^ shuffle.half_parity(&self.key);
-        }
-        self.passes[pass]
-            .copy
-            .parity(shuffle, &self.key, start, end)
-    }
 
     fn block_diff(&self, pass: usize, block: usize) -> bool {
         let p = &self.passes[pass];
@@ -845,35 +821,42 @@ impl CascadeBob {
 
     /// Advances one search until it needs an answer or ends.
     fn step(&mut self, si: usize) {
-        let mut s = self.searches[si];
-        if s.answer.is_none() && s.waiting == (self.round, self.stats.corrected_bits) {
+        let flips = self.stats.corrected_bits;
+        let round = self.round;
+        let reuse = self.reuse();
+        let n = self.key.len();
+        let Self {
+            searches,
+            passes,
+            key,
+            plan,
+            ..
+        } = self;
+        let s = &mut searches[si];
+        if s.answer.is_none() && s.waiting == (round, flips) {
             return;
         }
-        let n = self.key.len();
-        loop {
+        let found = loop {
             // Bob's parity of the current node: kept from the step that
             // narrowed to it unless a bit has been flipped since.
-            let flips = self.stats.corrected_bits;
             if s.mine_at != flips {
                 s.mine = if s.node == 1 {
-                    self.passes[s.pass].mine.get(s.block)
+                    passes[s.pass].mine.get(s.block)
                 } else {
-                    self.parity(s.pass, s.start, s.end)
+                    range_parity(passes, key, plan, s.pass, s.start, s.end)
                 };
                 s.mine_at = flips;
             }
-            let diff = s.alice ^ s.mine;
-            if !diff {
+            if s.alice == s.mine {
                 s.answer = None;
                 if s.node == 1 {
                     s.done = true;
-                    break;
+                    break None;
                 }
-                let (start, end) = self.passes[s.pass].block_range(s.block, n);
+                let p = &passes[s.pass];
+                (s.start, s.end) = p.block_range(s.block, n);
                 s.node = 1;
-                s.start = start;
-                s.end = end;
-                s.alice = self.passes[s.pass].top.get(s.block);
+                s.alice = p.top.get(s.block);
                 s.mine_at = u64::MAX;
                 continue;
             }
@@ -881,25 +864,23 @@ impl CascadeBob {
                 let i = if s.pass == 0 {
                     s.start
                 } else {
-                    self.plan.shuffle(s.pass).order[s.start] as usize
+                    plan.shuffle(s.pass).order[s.start] as usize
                 };
                 s.done = true;
-                self.searches[si] = s;
-                self.flip(i, s.pass, s.start);
-                return;
+                break Some((i, s.pass, s.start));
             }
             let mid = s.start + (s.end - s.start).div_ceil(2);
             let left = match s.answer.take() {
                 Some(a) => Some(a),
-                None if self.reuse() => self.recall(s.pass, s.block, s.node),
+                None if reuse => passes[s.pass].recall(s.block, s.node),
                 None => None,
             };
             let Some(left) = left else {
                 // Ask for the left child's parity.
-                s.waiting = (self.round, self.stats.corrected_bits);
-                break;
+                s.waiting = (round, flips);
+                break None;
             };
-            let mine_left = self.parity(s.pass, s.start, mid);
+            let mine_left = range_parity(passes, key, plan, s.pass, s.start, mid);
             if left ^ mine_left {
                 s.node *= 2;
                 s.end = mid;
@@ -911,7 +892,40 @@ impl CascadeBob {
                 s.alice ^= left;
                 s.mine ^= mine_left;
             }
+        };
+        if let Some((i, pass, at)) = found {
+            self.flip(i, pass, at);
         }
-        self.searches[si] = s;
     }
+}
+
+/// Bob's parity of `start..end` in the order of `pass`, on words (a free
+/// function so that a search can borrow its own entry meanwhile).
+fn range_parity(
+    passes: &mut [Pass],
+    key: &BitVec,
+    plan: &ShufflePlan,
+    pass: usize,
+    start: usize,
+    end: usize,
+) -> bool {
+    if pass == 0 {
+        return key.parity(start..end);
+    }
+    let n = key.len();
+    if let Some(copy) = &passes[pass].copy.copy {
+        return copy.parity(start..end);
+    }
+    if start == 0 && end == n {
+        return key.parity(..);
+    }
+    let half = plan.half();
+    let shuffle = plan.shuffle(pass);
+    if start == 0 && end == half {
+        return shuffle.half_parity(key);
+    }
+    if start == half && end == n {
+        return key.parity(..) ^ shuffle.half_parity(key);
+    }
+    passes[pass].copy.parity(shuffle, key, start, end)
 }
