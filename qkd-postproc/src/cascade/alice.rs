@@ -339,21 +339,28 @@ impl CascadeAlice {
         self.copies[pass].reserve(self.plan.shuffle(pass), &self.key, bits);
     }
 
+    #[inline]
     fn parity(&mut self, q: &Question) -> bool {
         let (start, end) = (q.start as usize, q.start as usize + q.len as usize);
         let pass = usize::from(q.pass);
-        let n = self.key.len();
         if pass == 0 {
             return self.key.parity(start..end);
         }
+        if let Some(Some(copy)) = self.copies.get(pass).map(|c| &c.copy) {
+            return copy.parity(start..end);
+        }
+        self.uncopied_parity(pass, start, end)
+    }
+
+    /// [`parity`](Self::parity) in a pass without a shuffled copy (yet).
+    #[inline(never)]
+    fn uncopied_parity(&mut self, pass: usize, start: usize, end: usize) -> bool {
+        let n = self.key.len();
         if start == 0 && end == n {
             return self.total;
         }
         if self.copies.len() <= pass {
             self.copies.resize_with(pass + 1, LazyCopy::default);
-        }
-        if let Some(copy) = &self.copies[pass].copy {
-            return copy.parity(start..end);
         }
         let half = self.plan.half();
         let shuffle = self.plan.shuffle(pass);

@@ -901,6 +901,7 @@ impl CascadeBob {
 
 /// Bob's parity of `start..end` in the order of `pass`, on words (a free
 /// function so that a search can borrow its own entry meanwhile).
+#[inline]
 fn range_parity(
     passes: &mut [Pass],
     key: &BitVec,
@@ -912,10 +913,23 @@ fn range_parity(
     if pass == 0 {
         return key.parity(start..end);
     }
-    let n = key.len();
     if let Some(copy) = &passes[pass].copy.copy {
         return copy.parity(start..end);
     }
+    uncopied_parity(passes, key, plan, pass, start, end)
+}
+
+/// [`range_parity`] in a pass without a shuffled copy (yet).
+#[inline(never)]
+fn uncopied_parity(
+    passes: &mut [Pass],
+    key: &BitVec,
+    plan: &ShufflePlan,
+    pass: usize,
+    start: usize,
+    end: usize,
+) -> bool {
+    let n = key.len();
     if start == 0 && end == n {
         return key.parity(..);
     }

@@ -270,9 +270,18 @@ impl Shuffle {
         let mut words = Vec::with_capacity(n.div_ceil(64));
         let mut chunks = self.order.chunks_exact(64);
         for chunk in &mut chunks {
+            // Eight bits at a time with constant shifts.
             let mut w = 0u64;
-            for (t, &i) in chunk.iter().enumerate() {
-                w |= bit(i) << t;
+            for (k, eight) in chunk.chunks_exact(8).enumerate() {
+                let byte = bit(eight[0])
+                    | bit(eight[1]) << 1
+                    | bit(eight[2]) << 2
+                    | bit(eight[3]) << 3
+                    | bit(eight[4]) << 4
+                    | bit(eight[5]) << 5
+                    | bit(eight[6]) << 6
+                    | bit(eight[7]) << 7;
+                w |= byte << (8 * k);
             }
             words.push(w);
         }
