@@ -17,14 +17,16 @@ pub const MAX_PASSES: usize = 255;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Variant {
-    /// Brassard–Salvail: `k1 = ⌈0.73/Q⌉`, `k_i = 2·k_{i−1}`, 4 passes.
+    /// Brassard–Salvail: `k_1 = 0.73/Q`, `k_i = 2·k_{i−1}`, each rounded
+    /// up when used (`⌈2^(i−1)·0.73/Q⌉`), 4 passes.
     ///
     /// The odd blocks of passes 2 to 4 are searched in two waves
-    /// ([`CascadeParams::search_waves`] = 2), which puts `f` within 0.01 of
-    /// the paper at QBER 1–10 %. Brassard and Salvail search one block at a
-    /// time (lower `f` than the paper, ten times the rounds); searching all
-    /// odd blocks of a pass at once (`search_waves = 1`) gives the paper's
-    /// round count but `f` 0.012 above it at 1–2 %. See BENCHMARKS.md.
+    /// ([`CascadeParams::search_waves`] = 2). With both choices `f` is
+    /// within 0.005 of the paper at QBER 1, 2, 5 and 10 %. Brassard and
+    /// Salvail search one block at a time (about 0.01 lower `f`, five to
+    /// twenty times the rounds); searching all odd blocks of a pass at once
+    /// (`search_waves = 1`) halves the rounds but adds about 0.012 to `f`.
+    /// See BENCHMARKS.md for the measurements.
     Original,
     /// The paper's "mod. (1)": `k1 = ⌈0.92/Q⌉`, `k2 = 3·k1`, then BICONF
     /// until 10 clean BICONF passes in a row.
@@ -178,8 +180,10 @@ impl CascadeParams {
         let mut search_waves = 1;
         let (block_sizes, biconf, reuse) = match variant {
             Variant::Original => {
-                let k1 = clamp(0.73 * inv);
-                let sizes = (0..4).map(|i| k1.saturating_mul(1 << i).min(n)).collect();
+                // k_i = 2^(i-1) · 0.73/Q, each rounded up when used.
+                let sizes = (0..4)
+                    .map(|i| clamp(0.73 * inv * f64::from(1 << i)))
+                    .collect();
                 search_waves = 2;
                 (sizes, None, false)
             }
@@ -261,8 +265,16 @@ mod tests {
     #[test]
     fn schedules_follow_the_spec() {
         let p = CascadeParams::for_variant(Variant::Original, 0.02, 10_000).unwrap();
-        assert_eq!(p.block_sizes, vec![37, 74, 148, 296]);
+        assert_eq!(p.block_sizes, vec![37, 73, 146, 292]);
         assert_eq!(p.search_waves, 2);
+        let sizes = |q| {
+            CascadeParams::for_variant(Variant::Original, q, 10_000)
+                .unwrap()
+                .block_sizes
+        };
+        assert_eq!(sizes(0.01), vec![73, 146, 292, 584]);
+        assert_eq!(sizes(0.05), vec![15, 30, 59, 117]);
+        assert_eq!(sizes(0.1), vec![8, 15, 30, 59]);
         let p = CascadeParams::for_variant(Variant::Biconf, 0.05, 10_000).unwrap();
         assert_eq!(p.block_sizes, vec![19, 57]);
         assert_eq!(p.biconf_clean_passes, Some(10));

@@ -31,7 +31,7 @@ pub(crate) enum Method {
 /// Cascade variants (Martinez-Mateo et al. 2015).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum VariantArg {
-    /// Brassard–Salvail: k1 = 0.73/Q, doubling, 4 passes, two search waves.
+    /// Brassard–Salvail: k_i = 2^(i-1) 0.73/Q rounded up, 4 passes, two search waves.
     Original,
     /// k1 = 0.92/Q, k2 = 3 k1, then BICONF until 10 clean.
     Biconf,
