@@ -23,7 +23,7 @@ pub enum Variant {
     /// The odd blocks of passes 2 to 4 are searched in two waves
     /// ([`CascadeParams::search_waves`] = 2). With both choices `f` is
     /// within 0.005 of the paper at QBER 1, 2, 5 and 10 %. Brassard and
-    /// Salvail search one block at a time (about 0.01 lower `f`, five to
+    /// Salvail search one block at a time (about 0.01 lower `f`, four to
     /// twenty times the rounds); searching all odd blocks of a pass at once
     /// (`search_waves = 1`) halves the rounds but adds about 0.012 to `f`.
     /// See BENCHMARKS.md for the measurements.
