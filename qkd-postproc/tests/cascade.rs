@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use qkd_core::BitVec;
-use qkd_core::sim::{Endpoint, LinkConfig, Network};
+use qkd_core::sim::{LinkConfig, Network};
 use qkd_postproc::cascade::{
     CascadeAlice, CascadeBob, CascadeConfig, CascadeError, CascadeEvent, CascadeMessage,
     CascadeParams, CascadeStats, ShufflePlan, Variant, run_in_memory,
@@ -281,41 +281,6 @@ fn messages_for_another_frame_or_from_the_wrong_side_are_rejected() {
 
 // ----- through the simulated network -----
 
-struct AliceEnd(CascadeAlice);
-struct BobEnd(CascadeBob);
-
-impl Endpoint for AliceEnd {
-    type Error = CascadeError;
-    fn handle_input(&mut self, now: Instant, d: &[u8]) -> Result<(), CascadeError> {
-        self.0.handle_input(now, d)
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.0.handle_timeout(now);
-    }
-}
-
-impl Endpoint for BobEnd {
-    type Error = CascadeError;
-    fn handle_input(&mut self, now: Instant, d: &[u8]) -> Result<(), CascadeError> {
-        self.0.handle_input(now, d)
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.0.handle_timeout(now);
-    }
-}
-
 fn events<E>(next: impl FnMut() -> Option<E>) -> Vec<E> {
     std::iter::from_fn(next).collect()
 }
@@ -325,7 +290,7 @@ fn run_sim(
     net_seed: u64,
     variant: Variant,
 ) -> (
-    Network<AliceEnd, BobEnd>,
+    Network<CascadeAlice, CascadeBob>,
     BitVec,
     BitVec,
     Vec<CascadeEvent>,
@@ -333,10 +298,10 @@ fn run_sim(
 ) {
     let (alice_key, bob_key) = keys(3000, 0.04, net_seed);
     let (alice, bob) = machines(variant, 0.04, &alice_key, &bob_key, net_seed);
-    let mut net = Network::new(AliceEnd(alice), BobEnd(bob), link, net_seed, Instant::now());
+    let mut net = Network::new(alice, bob, link, net_seed, Instant::now());
     net.drive();
-    let ea = events(|| net.a.0.poll_event());
-    let eb = events(|| net.b.0.poll_event());
+    let ea = events(|| net.a.poll_event());
+    let eb = events(|| net.b.poll_event());
     (net, alice_key, bob_key, ea, eb)
 }
 
@@ -349,7 +314,7 @@ fn sim_loss_duplication_and_reordering_complete_correctly() {
     for seed in 1..6 {
         for variant in [Variant::Original, Variant::Option8, Variant::Biconf] {
             let (net, alice_key, bob_key, ea, eb) = run_sim(link.clone(), seed, variant);
-            let bob = &net.b.0;
+            let bob = &net.b;
             assert!(
                 matches!(eb.as_slice(), [CascadeEvent::Completed(_)]),
                 "{eb:?}"
@@ -359,7 +324,7 @@ fn sim_loss_duplication_and_reordering_complete_correctly() {
                 "{ea:?}"
             );
             assert_eq!(bob.key(), &alice_key);
-            check_run(variant, &net.a.0, bob, &bob_key, &bob.stats());
+            check_run(variant, &net.a, bob, &bob_key, &bob.stats());
             assert!(bob.stats().retransmissions > 0);
             // Duplicates and late copies were ignored, not errors.
             assert!(net.errors_a().is_empty() && net.errors_b().is_empty());
@@ -378,12 +343,12 @@ fn sim_corruption_is_rejected_and_never_gives_a_wrong_key() {
         for e in net.errors_a().iter().chain(net.errors_b()) {
             assert!(matches!(e, CascadeError::Malformed(_)), "{e:?}");
         }
-        let bob = &net.b.0;
+        let bob = &net.b;
         match eb.as_slice() {
             [CascadeEvent::Completed(_)] => {
                 assert!(matches!(ea.as_slice(), [CascadeEvent::Completed(_)]));
                 assert_eq!(bob.key(), &alice_key);
-                check_run(Variant::Option7, &net.a.0, bob, &bob_key, &bob.stats());
+                check_run(Variant::Option7, &net.a, bob, &bob_key, &bob.stats());
             }
             other => panic!("unexpected outcome {other:?}"),
         }
@@ -400,7 +365,7 @@ fn total_loss_ends_in_a_timeout_abort() {
     let (net, _, _, ea, eb) = run_sim(link, 3, Variant::Original);
     assert!(ea.is_empty());
     assert!(matches!(eb.as_slice(), [CascadeEvent::Aborted(_)]));
-    assert!(net.b.0.is_finished());
+    assert!(net.b.is_finished());
 }
 
 /// Efficiency over many frames; `cargo test -p qkd-postproc --release --test cascade -- --ignored --nocapture efficiency_table`.

@@ -218,3 +218,54 @@ pub fn run_in_memory(
         }
     }
 }
+
+/// Either machine runs on a [`qkd_core::sim::Network`] as an endpoint
+/// (feature `sim`): each method is the machine's own.
+#[cfg(feature = "sim")]
+mod sim_endpoints {
+    use std::time::Instant;
+
+    use qkd_core::sim::Endpoint;
+
+    use super::{CascadeAlice, CascadeBob, CascadeError};
+
+    impl Endpoint for CascadeAlice {
+        type Error = CascadeError;
+
+        fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
+            CascadeAlice::handle_input(self, now, datagram)
+        }
+
+        fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+            CascadeAlice::poll_transmit(self, now)
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            CascadeAlice::poll_timeout(self)
+        }
+
+        fn handle_timeout(&mut self, now: Instant) {
+            CascadeAlice::handle_timeout(self, now);
+        }
+    }
+
+    impl Endpoint for CascadeBob {
+        type Error = CascadeError;
+
+        fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
+            CascadeBob::handle_input(self, now, datagram)
+        }
+
+        fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+            CascadeBob::poll_transmit(self, now)
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            CascadeBob::poll_timeout(self)
+        }
+
+        fn handle_timeout(&mut self, now: Instant) {
+            CascadeBob::handle_timeout(self, now);
+        }
+    }
+}
