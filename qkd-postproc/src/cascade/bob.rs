@@ -97,6 +97,9 @@ struct Pass {
 impl Pass {
     /// Records Alice's parity of the left child of node `parent` of `block`.
     fn remember(&mut self, block: usize, parent: usize, value: bool) {
+        // A node with children is at depth below ⌈log2 k⌉ (halves rounded
+        // up), so its heap index is below 2^⌈log2 k⌉ = tree / 2: entries
+        // never reach the next block's.
         debug_assert!(parent < self.tree / 2, "only inner nodes have children");
         self.remembered.set(block, true);
         let i = block * (self.tree / 2) + parent;

@@ -176,7 +176,8 @@ impl ShufflePlan {
 }
 
 /// Bit `i` of `key` as byte `i` (0 or 1) of the result, zero-padded to a
-/// power-of-two length.
+/// power-of-two length (up to twice the key's bits in bytes; the buffer
+/// lives for one gather).
 fn spread_bytes(key: &BitVec) -> Vec<u8> {
     const fn table() -> [u64; 256] {
         let mut t = [0u64; 256];

@@ -299,11 +299,11 @@ impl CascadeMessage {
                 }
                 need(&buf, count * QUESTION)?;
                 let mut questions = Vec::with_capacity(count);
-                for bytes in buf[..count * QUESTION].chunks_exact(QUESTION) {
+                for chunk in buf[..count * QUESTION].chunks_exact(QUESTION) {
                     let word = |at: usize| {
-                        u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                        u32::from_be_bytes([chunk[at], chunk[at + 1], chunk[at + 2], chunk[at + 3]])
                     };
-                    let (pass, start, len) = (bytes[0], word(1), word(5));
+                    let (pass, start, len) = (chunk[0], word(1), word(5));
                     if len == 0 || start.checked_add(len).is_none() {
                         return Err(WireError::OutOfRange("question range"));
                     }
