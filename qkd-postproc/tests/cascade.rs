@@ -76,7 +76,7 @@ fn check_run(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     /// For random keys and error patterns at QBER 0–12 %, every variant ends
     /// with both leak counts equal, every flip a correction, and errors left
