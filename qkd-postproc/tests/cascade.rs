@@ -46,6 +46,34 @@ fn machines(
     (alice, bob)
 }
 
+/// Mean efficiency, frames whose key still differed, and mean channel uses
+/// over `frames` frames at `qber`: frame `t` has its keys from seed
+/// `key_seed(t)` and its shuffles from seed `t`; Bob follows `params`.
+fn mean_run(
+    n: usize,
+    qber: f64,
+    frames: u64,
+    key_seed: impl Fn(u64) -> u64,
+    params: &CascadeParams,
+) -> (f64, u32, u32) {
+    let (mut f, mut fails, mut uses) = (0.0, 0, 0);
+    for t in 0..frames {
+        let (a, b) = keys(n, qber, key_seed(t));
+        let q = a.hamming_distance(&b) as f64 / n as f64;
+        let plan = Arc::new(ShufflePlan::new(n, t).unwrap());
+        let mut alice = CascadeAlice::new(t, a.clone(), plan.clone(), 2 * n as u64).unwrap();
+        let config = CascadeConfig::new(params.clone());
+        let mut bob = CascadeBob::new(t, b, plan, config).unwrap();
+        let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
+        f += stats.efficiency(q);
+        uses += stats.channel_uses;
+        if bob.key() != &a {
+            fails += 1;
+        }
+    }
+    (f / frames as f64, fails, uses / frames as u32)
+}
+
 /// Checks what must hold after any completed run, whatever the outcome.
 fn check_run(
     variant: Variant,
@@ -148,15 +176,8 @@ fn original_and_option8_reach_the_papers_efficiency() {
         (Variant::Original, 10_000, 60, 1.144, 1.160),
         (Variant::Option8, 1 << 14, 40, 1.035, 1.052),
     ] {
-        let mut sum = 0.0;
-        for t in 0..frames {
-            let (a, b) = keys(n, 0.02, 1000 + t);
-            let q = a.hamming_distance(&b) as f64 / n as f64;
-            let (mut alice, mut bob) = machines(variant, 0.02, &a, &b, t);
-            let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
-            sum += stats.efficiency(q);
-        }
-        let f = sum / frames as f64;
+        let params = CascadeParams::for_variant(variant, 0.02, n).unwrap();
+        let (f, _, _) = mean_run(n, 0.02, frames, |t| 1000 + t, &params);
         assert!(
             (low..high).contains(&f),
             "{variant} at 2 %: mean f = {f:.4}, expected {low}..{high}"
@@ -380,26 +401,9 @@ fn efficiency_table() {
         };
         let mut line = format!("{variant:>9}");
         for qber in [0.01, 0.02, 0.05, 0.1] {
-            let trials = 200;
-            let mut f = 0.0;
-            let mut fails = 0;
-            let mut uses = 0;
-            for t in 0..trials {
-                let (a, b) = keys(n, qber, t * 7 + 1);
-                let q = a.hamming_distance(&b) as f64 / n as f64;
-                let (mut alice, mut bob) = machines(variant, qber, &a, &b, t);
-                let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
-                f += stats.efficiency(q);
-                uses += stats.channel_uses;
-                if bob.key() != &a {
-                    fails += 1;
-                }
-            }
-            line += &format!(
-                "  {:.4} ({fails}, {})",
-                f / trials as f64,
-                uses / trials as u32
-            );
+            let params = CascadeParams::for_variant(variant, qber, n).unwrap();
+            let (f, fails, uses) = mean_run(n, qber, 200, |t| t * 7 + 1, &params);
+            line += &format!("  {f:.4} ({fails}, {uses})");
         }
         println!("{line}");
     }
@@ -442,41 +446,22 @@ fn sweep() {
         for &qber in &qbers {
             for &w in &waves {
                 for &k in &k1s {
-                    let mut f = 0.0;
-                    let mut fails = 0;
-                    let mut uses = 0;
-                    for t in 0..trials {
-                        let (a, b) = keys(n, qber, t * 7 + 1);
-                        let q = a.hamming_distance(&b) as f64 / n as f64;
-                        let plan = Arc::new(ShufflePlan::new(n, t).unwrap());
-                        let mut params = CascadeParams::for_variant(variant, qber, n).unwrap();
-                        if w > 0 {
-                            params.search_waves = w;
-                        }
-                        if k > 0 && variant == Variant::Original {
-                            // Doubling the integer k1 (sweeps only).
-                            params.block_sizes = (0..4).map(|i| (k << i).min(n)).collect();
-                        } else if k > 0 {
-                            params.block_sizes[0] = k;
-                        }
-                        if k2 > 0 {
-                            params.block_sizes[1] = k2;
-                        }
-                        let mut alice =
-                            CascadeAlice::new(t, a.clone(), plan.clone(), 2 * n as u64).unwrap();
-                        let mut bob =
-                            CascadeBob::new(t, b, plan, CascadeConfig::new(params)).unwrap();
-                        let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
-                        f += stats.efficiency(q);
-                        uses += stats.channel_uses;
-                        if bob.key() != &a {
-                            fails += 1;
-                        }
+                    let mut params = CascadeParams::for_variant(variant, qber, n).unwrap();
+                    if w > 0 {
+                        params.search_waves = w;
                     }
+                    if k > 0 && variant == Variant::Original {
+                        // Doubling the integer k1 (sweeps only).
+                        params.block_sizes = (0..4).map(|i| (k << i).min(n)).collect();
+                    } else if k > 0 {
+                        params.block_sizes[0] = k;
+                    }
+                    if k2 > 0 {
+                        params.block_sizes[1] = k2;
+                    }
+                    let (f, fails, uses) = mean_run(n, qber, trials, |t| t * 7 + 1, &params);
                     println!(
-                        "{variant} q={qber} waves={w} k1={k}: f={:.4} fails={fails} uses={}",
-                        f / trials as f64,
-                        uses / trials as u32
+                        "{variant} q={qber} waves={w} k1={k}: f={f:.4} fails={fails} uses={uses}"
                     );
                 }
             }

@@ -35,7 +35,6 @@ enum State {
 pub struct CascadeAlice {
     frame_id: u64,
     key: BitVec,
-    total: bool,
     plan: Arc<ShufflePlan>,
     copies: Vec<LazyCopy>,
     max_leak_bits: u64,
@@ -78,7 +77,6 @@ impl CascadeAlice {
         }
         Ok(CascadeAlice {
             frame_id,
-            total: key.parity(..),
             key,
             plan,
             copies: Vec::new(),
@@ -349,27 +347,9 @@ impl CascadeAlice {
         if let Some(Some(copy)) = self.copies.get(pass).map(|c| &c.copy) {
             return copy.parity(start..end);
         }
-        self.uncopied_parity(pass, start, end)
-    }
-
-    /// [`parity`](Self::parity) in a pass without a shuffled copy (yet).
-    #[inline(never)]
-    fn uncopied_parity(&mut self, pass: usize, start: usize, end: usize) -> bool {
-        let n = self.key.len();
-        if start == 0 && end == n {
-            return self.total;
-        }
         if self.copies.len() <= pass {
             self.copies.resize_with(pass + 1, LazyCopy::default);
         }
-        let half = self.plan.half();
-        let shuffle = self.plan.shuffle(pass);
-        if start == 0 && end == half {
-            return shuffle.half_parity(&self.key);
-        }
-        if start == half && end == n {
-            return self.total ^ shuffle.half_parity(&self.key);
-        }
-        self.copies[pass].parity(shuffle, &self.key, start, end)
+        self.copies[pass].parity(&self.plan, pass, &self.key, start, end)
     }
 }

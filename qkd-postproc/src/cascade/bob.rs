@@ -919,30 +919,5 @@ fn range_parity(
     if let Some(copy) = &passes[pass].copy.copy {
         return copy.parity(start..end);
     }
-    uncopied_parity(passes, key, plan, pass, start, end)
-}
-
-/// [`range_parity`] in a pass without a shuffled copy (yet).
-#[inline(never)]
-fn uncopied_parity(
-    passes: &mut [Pass],
-    key: &BitVec,
-    plan: &ShufflePlan,
-    pass: usize,
-    start: usize,
-    end: usize,
-) -> bool {
-    let n = key.len();
-    if start == 0 && end == n {
-        return key.parity(..);
-    }
-    let half = plan.half();
-    let shuffle = plan.shuffle(pass);
-    if start == 0 && end == half {
-        return shuffle.half_parity(key);
-    }
-    if start == half && end == n {
-        return key.parity(..) ^ shuffle.half_parity(key);
-    }
-    passes[pass].copy.parity(shuffle, key, start, end)
+    passes[pass].copy.parity(plan, pass, key, start, end)
 }

@@ -59,16 +59,33 @@ impl LazyCopy {
         }
     }
 
-    /// Parity of `start..end` of `key` in the order of `shuffle`.
+    /// Parity of `start..end` of `key` in the order of `pass`: from the
+    /// copy if there is one, else the whole key and its halves on words,
+    /// a node with a mask, or bit by bit (building the copy once those reads
+    /// add up). Out of line: callers test for the copy themselves on their
+    /// hot path.
+    #[inline(never)]
     pub(crate) fn parity(
         &mut self,
-        shuffle: &Shuffle,
+        plan: &ShufflePlan,
+        pass: usize,
         key: &BitVec,
         start: usize,
         end: usize,
     ) -> bool {
         if let Some(copy) = &self.copy {
             return copy.parity(start..end);
+        }
+        let shuffle = plan.shuffle(pass);
+        let (n, half) = (key.len(), key.len().div_ceil(2));
+        if start == 0 && end == n {
+            return key.parity(..);
+        }
+        if start == 0 && end == half {
+            return shuffle.half_parity(key);
+        }
+        if start == half && end == n {
+            return key.parity(..) ^ shuffle.half_parity(key);
         }
         if let Some(p) = shuffle.node_parity(key, start, end) {
             return p;

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qkd_core::{BitVec, h2};
+use qkd_core::BitVec;
 use qkd_postproc::cascade::{
     CascadeAlice, CascadeBob, CascadeConfig, CascadeParams, ShufflePlan, Variant, run_in_memory,
 };
@@ -231,7 +231,7 @@ fn run_point(
             failures += 1;
         }
         if errors > 0 {
-            let f = stats.leaked_bits as f64 / (n as f64 * h2(errors as f64 / n as f64));
+            let f = stats.efficiency(errors as f64 / n as f64);
             sum += f;
             sum_sq += f * f;
             counted += 1;
