@@ -604,20 +604,25 @@ impl AuthenticatedChannel {
     pub fn open<'a>(&mut self, datagram: &'a [u8]) -> Result<Opened<'a>, OpenError> {
         let result = self.open_inner(datagram);
         if let Err(e) = &result {
-            let counter = match e {
-                OpenError::Malformed(_) | OpenError::WrongSender | OpenError::ContextMismatch => {
-                    &mut self.stats.malformed_rejected
-                }
-                OpenError::UnknownContext(_) => &mut self.stats.unknown_context_rejected,
-                OpenError::TooOld => &mut self.stats.too_old_rejected,
-                OpenError::Replay => &mut self.stats.replays_rejected,
-                OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
-                OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
-                OpenError::TranscriptTag => &mut self.stats.malformed_rejected,
-            };
-            *counter += 1;
+            self.count_rejection(e);
         }
         result
+    }
+
+    /// Counts a refused message in the statistics (both `open` paths).
+    fn count_rejection(&mut self, e: &OpenError) {
+        let counter = match e {
+            OpenError::Malformed(_)
+            | OpenError::WrongSender
+            | OpenError::ContextMismatch
+            | OpenError::TranscriptTag => &mut self.stats.malformed_rejected,
+            OpenError::UnknownContext(_) => &mut self.stats.unknown_context_rejected,
+            OpenError::TooOld => &mut self.stats.too_old_rejected,
+            OpenError::Replay => &mut self.stats.replays_rejected,
+            OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
+            OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
+        };
+        *counter += 1;
     }
 
     /// The checks every incoming message passes before its tag is computed:
@@ -668,8 +673,10 @@ impl AuthenticatedChannel {
                 {
                     return Err(OpenError::ContextMismatch);
                 }
-                self.pool.check_receive(body.key_position, HASH_KEY_UNITS)?;
-                Some(body)
+                // Read (not yet used) before the tag check, so that nothing
+                // after the message is accepted can fail.
+                let key = self.pool.receive_pad(body.key_position, HASH_KEY_UNITS)?;
+                Some((body, key))
             }
         };
         let pad = self.pool.receive_pad(h.pad_position, units)?;
@@ -685,11 +692,8 @@ impl AuthenticatedChannel {
         self.accept(&h);
         let opened = match switch {
             None => Opened::Data(msg.payload),
-            Some(body) => {
-                let key = self
-                    .pool
-                    .take_receive_hash_key(body.key_position)
-                    .map_err(OpenError::from)?;
+            Some((body, key)) => {
+                self.pool.commit_hash_key(body.key_position);
                 let mut old = core::mem::replace(
                     &mut self.recv,
                     CryptoContext::new(
@@ -806,15 +810,7 @@ impl AuthenticatedChannel {
     ) -> Result<(), OpenError> {
         let result = self.open_transcript_inner(datagram, transcript);
         if let Err(e) = &result {
-            let counter = match e {
-                OpenError::UnknownContext(_) => &mut self.stats.unknown_context_rejected,
-                OpenError::TooOld => &mut self.stats.too_old_rejected,
-                OpenError::Replay => &mut self.stats.replays_rejected,
-                OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
-                OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
-                _ => &mut self.stats.malformed_rejected,
-            };
-            *counter += 1;
+            self.count_rejection(e);
         }
         result
     }

@@ -644,7 +644,8 @@ impl AuthKeyPool {
     /// returns a copy of them. Changes nothing.
     ///
     /// # Errors
-    /// [`PoolError::TooOld`], [`PoolError::Replay`] or [`PoolError::Unavailable`].
+    /// [`PoolError::TooOld`], [`PoolError::Replay`] or [`PoolError::Unavailable`];
+    /// [`PoolError::Config`] for `units` other than 1 or 2.
     pub fn receive_pad(&mut self, pos: u64, units: u64) -> Result<Pad, PoolError> {
         self.check_receive(pos, units)?;
         self.recv_stream()
@@ -655,8 +656,13 @@ impl AuthKeyPool {
     /// The checks of [`receive_pad`](Self::receive_pad) without the copy.
     ///
     /// # Errors
-    /// As [`receive_pad`](Self::receive_pad).
+    /// As [`receive_pad`](Self::receive_pad), and [`PoolError::Config`] for
+    /// `units` other than 1 or 2 (a pad is at most a hash key long, and the
+    /// replay window holds at least 2 units).
     pub fn check_receive(&self, pos: u64, units: u64) -> Result<(), PoolError> {
+        if !(1..=HASH_KEY_UNITS).contains(&units) {
+            return Err(PoolError::Config("a pad is 1 or 2 units"));
+        }
         let end = pos.checked_add(units).ok_or(PoolError::Unavailable)?;
         let low = self.recv_end.saturating_sub(self.config.window_units);
         let stream = &self.streams[Self::stream_index(self.role.peer())];
@@ -695,9 +701,16 @@ impl AuthKeyPool {
     /// As [`receive_pad`](Self::receive_pad); nothing changes then.
     pub fn take_receive_hash_key(&mut self, pos: u64) -> Result<Pad, PoolError> {
         let key = self.receive_pad(pos, HASH_KEY_UNITS)?;
-        self.commit_units(pos, HASH_KEY_UNITS);
-        self.count_hash_key();
+        self.commit_hash_key(pos);
         Ok(key)
+    }
+
+    /// Marks the peer's units `[pos, pos + 2)`, read before with
+    /// [`receive_pad`](Self::receive_pad), used as a hash key.
+    pub(crate) fn commit_hash_key(&mut self, pos: u64) {
+        if self.commit_units(pos, HASH_KEY_UNITS) {
+            self.count_hash_key();
+        }
     }
 
     fn commit_units(&mut self, pos: u64, units: u64) -> bool {
@@ -865,6 +878,21 @@ mod tests {
             a.take_send_pad(TagMode::Bits128).unwrap();
         }
         assert!(matches!(a.poll_event(), Some(PoolEvent::LowWater { .. })));
+    }
+
+    #[test]
+    fn pads_of_other_sizes_are_refused_not_a_panic() {
+        let config = PoolConfig {
+            window_units: 8,
+            ..PoolConfig::default()
+        };
+        let (_, mut b) = pair(1024, config);
+        for units in [0, 3, 10] {
+            assert!(matches!(b.receive_pad(0, units), Err(PoolError::Config(_))));
+            b.commit_receive(0, units); // ignored
+        }
+        assert_eq!(b.receive_end(), 0);
+        assert_eq!(b.stats().received_messages, 0);
     }
 
     #[test]

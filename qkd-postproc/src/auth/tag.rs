@@ -181,7 +181,7 @@ impl HashKey {
     #[must_use]
     pub fn new(bytes: &[u8; HASH_KEY_BYTES]) -> Self {
         HashKey {
-            polyval: Polyval::new(&(*bytes).into()),
+            polyval: Polyval::new(bytes.into()),
         }
     }
 
@@ -379,8 +379,9 @@ impl core::fmt::Debug for HashKey {
 // `Polyval` zeroizes itself on drop (feature `zeroize` of the `polyval` crate).
 impl ZeroizeOnDrop for HashKey {}
 
-/// A computed tag (8 or 16 bytes). Compared in constant time.
-#[derive(Clone, Zeroize)]
+/// A computed tag (8 or 16 bytes). Compared in constant time; zeroized on
+/// drop (the expected tag of a verification is not public either).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Tag {
     bytes: [u8; 16],
     #[zeroize(skip)]

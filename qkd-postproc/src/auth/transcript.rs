@@ -63,7 +63,10 @@ pub const TRANSCRIPT_DOMAIN: [u8; 16] = [
 /// (to verify); consumed by `seal_transcript` / `open_transcript`.
 ///
 /// Holds no message bytes, only the keyed hash state (zeroized on drop).
-#[derive(Debug)]
+/// `seal_transcript` and `open_transcript` take it by value and a refusal
+/// (an empty pool, a pad not deposited yet) drops it: clone it first to
+/// retry without absorbing the round again.
+#[derive(Clone, Debug)]
 pub struct Transcript {
     stream: HashStream,
     pub(crate) context: u32,
