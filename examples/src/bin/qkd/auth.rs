@@ -5,8 +5,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use qkd_core::bounds::sampling_deviation;
 use qkd_core::{Role, SecretKey, h2};
+use qkd_postproc::amplify::length::{FiniteKeyInput, finite_key_length};
 use qkd_postproc::auth::{AuthenticatedChannel, ChannelConfig, HashKey, PoolConfig, TagMode};
 
 use crate::Format;
@@ -20,6 +20,15 @@ enum TagBits {
     /// 64-bit tags.
     #[value(name = "64")]
     B64,
+}
+
+impl From<TagBits> for TagMode {
+    fn from(bits: TagBits) -> Self {
+        match bits {
+            TagBits::B128 => TagMode::Bits128,
+            TagBits::B64 => TagMode::Bits64,
+        }
+    }
 }
 
 /// Options of `qkd auth`.
@@ -119,25 +128,30 @@ fn throughput(seconds: f64) -> Vec<Throughput> {
         .collect()
 }
 
-/// Final key of a block (Tomamichel et al. 2012): `n (1 - h(Q + μ)) - leak_EC
-/// - log2(2 / (ε_sec² ε_cor))`, with ε_sec = 1e-10, ε_cor = 1e-15.
+/// Final key of a block from `amplify::length::finite_key_length`
+/// (Tomamichel et al. 2012): the sample's errors at the given QBER, leakage
+/// `f · n · h(Q)`, a 64-bit confirmation tag, ε_sec = 1e-10, ε_cor = 1e-15,
+/// ε_PE = ε_sec / 2.
 fn final_key_bits(args: &Args) -> Result<u64, Box<dyn std::error::Error>> {
     let n = args.block_bits;
     let k = ((n as f64) * args.sample_fraction).round().max(1.0) as u64;
-    let mu = sampling_deviation(n, k, 1e-10)?;
-    let leak = args.efficiency * n as f64 * h2(args.qber);
-    let security = (2.0 / (1e-20 * 1e-15f64)).log2();
-    let l = n as f64 * (1.0 - h2(args.qber + mu)) - leak - security;
-    Ok(l.max(0.0) as u64)
+    let length = finite_key_length(&FiniteKeyInput {
+        key_bits: n,
+        sample_bits: k,
+        sample_errors: (args.qber * k as f64).round() as u64,
+        leak_ec_bits: (args.efficiency * n as f64 * h2(args.qber)).ceil() as u64,
+        confirm_tag_bits: 64,
+        eps_sec: 1e-10,
+        eps_cor: 1e-15,
+        eps_pe: 0.5e-10,
+    })?;
+    Ok(length.bits)
 }
 
 /// Runs one round through two channels in this process and returns the
 /// authentication key it consumed (Alice's block account; Bob's is equal).
 fn round_cost(args: &Args, final_bits: u64) -> Result<u64, Box<dyn std::error::Error>> {
-    let mode = match args.tag_bits {
-        TagBits::B128 => TagMode::Bits128,
-        TagBits::B64 => TagMode::Bits64,
-    };
+    let mode = TagMode::from(args.tag_bits);
     let config = ChannelConfig {
         mode,
         pool: PoolConfig::default(),
@@ -182,7 +196,7 @@ fn round_cost(args: &Args, final_bits: u64) -> Result<u64, Box<dyn std::error::E
         .replenish_from_block(1, block.clone())
         .map_err(|(e, _)| e)?;
     let (_, account_b) = bob.replenish_from_block(1, block).map_err(|(e, _)| e)?;
-    debug_assert_eq!(account.consumed_bits(), account_b.consumed_bits());
+    assert_eq!(account.consumed_bits(), account_b.consumed_bits());
     Ok(account.consumed_bits())
 }
 
@@ -190,10 +204,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let throughput = throughput(args.seconds);
     let final_bits = final_key_bits(args)?;
     let auth_bits = round_cost(args, final_bits)?;
-    let tag_bits = match args.tag_bits {
-        TagBits::B128 => 128,
-        TagBits::B64 => 64,
-    };
+    let tag_bits = TagMode::from(args.tag_bits).tag_bits();
     // One end's account counts the pads it sent and those it received:
     // every pad of the round once, i.e. the shared key the round used.
     let report = Report {
