@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qkd_core::{KeyId, SecretKey};
+use qkd_core::{BitVec, KeyId, SecretKey};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::notice::{Binding, GrantedChunk, KeyRange, Notice};
@@ -258,8 +258,16 @@ struct Chunk {
     owner: Owner,
     /// Next byte to cut, relative to the chunk (owner side).
     cursor: u32,
+    /// One bit per byte: already zeroized (cut, delivered or dropped). A
+    /// byte leaves once; a notice naming a gone byte again is refused.
+    gone: BitVec,
+}
+
+impl Chunk {
     /// Bytes not yet zeroized.
-    live: u32,
+    fn live(&self) -> u32 {
+        (self.gone.len() - self.gone.count_ones()) as u32
+    }
 }
 
 struct Block {
@@ -327,7 +335,6 @@ pub struct KeyStore {
     pairings: HashMap<String, HashMap<String, PairingStats>>,
     notices: VecDeque<Notice>,
     borrow_outstanding: bool,
-    held_bytes: u64,
     stats: StoreStats,
     #[cfg(feature = "model")]
     ownership_rule: bool,
@@ -356,7 +363,6 @@ impl KeyStore {
             pairings: HashMap::new(),
             notices: VecDeque::new(),
             borrow_outstanding: false,
-            held_bytes: 0,
             stats: StoreStats::default(),
             #[cfg(feature = "model")]
             ownership_rule: true,
@@ -420,7 +426,7 @@ impl KeyStore {
     /// [`StoreConfig::capacity_bytes`].
     #[must_use]
     pub fn held_bytes(&self) -> u64 {
-        self.held_bytes
+        self.stats.chunk_bytes + self.stats.reserved_bytes + self.stats.delivered_bytes
     }
 
     /// The next notice for the peer, oldest first.
@@ -504,13 +510,13 @@ impl KeyStore {
             self.stats.blocks_lost += 1;
             return Ok(InsertOutcome::SkippedByPeer);
         }
-        while self.held_bytes + len as u64 > self.config.capacity_bytes as u64 {
+        while self.held_bytes() + len as u64 > self.config.capacity_bytes as u64 {
             let Some(&(b, c)) = self.usable.first() else {
                 break;
             };
             self.drop_owned_tail(b, c);
         }
-        if self.held_bytes + len as u64 > self.config.capacity_bytes as u64 {
+        if self.held_bytes() + len as u64 > self.config.capacity_bytes as u64 {
             self.stats.blocks_lost += 1;
             self.notices.push_back(Notice::Lost { block });
             return Ok(InsertOutcome::OverCapacity);
@@ -531,11 +537,10 @@ impl KeyStore {
                 )),
                 owner: if mine { Owner::Mine } else { Owner::Peer },
                 cursor: 0,
-                live: clen,
+                gone: BitVec::zeros(clen as usize),
             });
         }
         drop(key);
-        self.held_bytes += len as u64;
         self.stats.chunk_bytes += len as u64;
         self.stats.pending_bytes += pending;
         self.stats.blocks_stored += 1;
@@ -608,18 +613,18 @@ impl KeyStore {
         let buf = ch.bytes.as_mut()?;
         let s = start as usize;
         let e = s + len as usize;
-        if e > buf.len() {
+        if e > buf.len() || ch.gone.slice(s..e).count_ones() != 0 {
             return None;
         }
         let key = SecretKey::from_slice(&buf[s..e]);
         buf[s..e].zeroize();
-        let freed = len.min(ch.live);
-        ch.live -= freed;
-        if ch.live == 0 {
-            let size = buf.len() as u64;
+        let size = buf.len() as u64;
+        for i in s..e {
+            ch.gone.set(i, true);
+        }
+        if ch.live() == 0 {
             ch.bytes = None;
             b.open -= 1;
-            self.held_bytes -= size;
             self.stats.chunk_bytes -= size;
             if b.open == 0 {
                 self.blocks.remove(&block);
@@ -837,7 +842,6 @@ impl KeyStore {
         let id = self.next_reservation;
         self.next_reservation += 1;
         let bytes = u64::from(len) * keys.len() as u64;
-        self.held_bytes += bytes;
         self.stats.reserved_bytes += bytes;
         self.stats.reserved_keys += keys.len() as u64;
         let deadline = now + self.config.reservation_ttl;
@@ -857,7 +861,6 @@ impl KeyStore {
         let r = self.reservations.remove(&id.0)?;
         self.reservation_expiry.remove(&(r.deadline, id.0));
         let bytes: u64 = r.keys.iter().map(|k| u64::from(k.1.len)).sum();
-        self.held_bytes -= bytes;
         self.stats.reserved_bytes -= bytes;
         self.stats.reserved_keys -= r.keys.len() as u64;
         Some(r)
@@ -925,7 +928,6 @@ impl KeyStore {
         let key = if entry.remaining == 0 {
             let e = self.delivered.remove(id).expect("entry just seen");
             let n = e.key.len() as u64;
-            self.held_bytes -= n;
             self.stats.delivered_bytes -= n;
             e.key
         } else {
@@ -1030,7 +1032,6 @@ impl KeyStore {
                         continue;
                     };
                     let id = self.key_id(range.block, range.offset);
-                    self.held_bytes += u64::from(range.len);
                     self.stats.delivered_bytes += u64::from(range.len);
                     self.delivered.insert(
                         id,
@@ -1076,6 +1077,10 @@ impl KeyStore {
     }
 
     /// Chunk index and start within the chunk of a peer-named range.
+    /// The chunk and start of a range the peer names in a notice. The range
+    /// must lie in one chunk and in bytes the peer may have taken: a chunk
+    /// it owns, or below this node's cursor in one this node owns (keys it
+    /// cut and then lent).
     fn locate(&self, range: &KeyRange) -> Result<(u32, u32), NoticeError> {
         let b = self
             .blocks
@@ -1088,8 +1093,16 @@ impl KeyStore {
         if range.len == 0 || chunk as usize >= b.chunks.len() {
             return Err(bad);
         }
-        if u64::from(start) + u64::from(range.len) > u64::from(Self::chunk_len(b, chunk)) {
+        let end = u64::from(start) + u64::from(range.len);
+        if end > u64::from(Self::chunk_len(b, chunk)) {
             return Err(bad);
+        }
+        let ch = &b.chunks[chunk as usize];
+        if ch.owner == Owner::Mine && end > u64::from(ch.cursor) {
+            return Err(NoticeError::NotPeerOwned {
+                block: range.block,
+                chunk,
+            });
         }
         Ok((chunk, start))
     }
@@ -1116,9 +1129,8 @@ impl KeyStore {
         for (i, ch) in b.chunks.iter().enumerate() {
             if let Some(buf) = &ch.bytes {
                 let size = buf.len() as u64;
-                self.held_bytes -= size;
                 self.stats.chunk_bytes -= size;
-                self.stats.bytes_dropped += u64::from(ch.live);
+                self.stats.bytes_dropped += u64::from(ch.live());
                 if ch.owner == Owner::Mine {
                     let rest = u64::from((buf.len() as u32).saturating_sub(ch.cursor));
                     if b.peer_has {
@@ -1150,10 +1162,12 @@ impl KeyStore {
                 break;
             };
             let rem = self.remaining(b, c);
-            let block = self
-                .blocks
-                .get_mut(&b)
-                .expect("usable chunk's block is held");
+            let Some(block) = self.blocks.get_mut(&b) else {
+                // Cannot happen (a usable chunk's block is held); never
+                // worth a panic on a peer's request.
+                self.usable.remove(&(b, c));
+                continue;
+            };
             let ch = &mut block.chunks[c as usize];
             let from = c * self.config.chunk_bytes + ch.cursor;
             ch.owner = Owner::Peer;
@@ -1191,7 +1205,12 @@ impl KeyStore {
         };
         let len = buf.len() as u32;
         let start = g.chunk * cb;
-        if g.from < start || g.from - start > len {
+        // The granted rest must be whole here: the peer cannot hand over
+        // bytes it already delivered or dropped.
+        if g.from < start
+            || g.from - start > len
+            || ch.gone.slice((g.from - start) as usize..).count_ones() != 0
+        {
             return Err(NoticeError::BadRange { block: g.block });
         }
         ch.owner = Owner::Mine;
@@ -1258,7 +1277,6 @@ impl KeyStore {
             self.delivered_expiry.pop_front();
             if let Some(e) = self.delivered.remove(&id) {
                 let len = e.key.len() as u64;
-                self.held_bytes -= len;
                 self.stats.delivered_bytes -= len;
                 self.stats.keys_expired += 1;
                 for (i, s) in e.binding.slaves().iter().enumerate() {
@@ -1296,7 +1314,6 @@ impl KeyStore {
         }
         self.notices.clear();
         self.borrow_outstanding = false;
-        self.held_bytes = 0;
         let s = &mut self.stats;
         s.chunk_bytes = 0;
         s.fresh_bytes = 0;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use qkd_core::{KeyId, SecretKey};
 use qkd_keystore::{
-    Binding, InsertOutcome, KeyStore, LookupError, Notice, Role, StoreConfig, TakeError,
+    Binding, GrantedChunk, InsertOutcome, KeyRange, KeyStore, LookupError, Notice, Role,
+    StoreConfig, TakeError,
 };
 
 fn config(role: Role) -> StoreConfig {
@@ -454,6 +455,73 @@ proptest! {
         for (id, key) in keys_a {
             if let Some(copy) = b.lookup(&id, "slave").unwrap() {
                 prop_assert_eq!(copy, key);
+            }
+        }
+    }
+}
+
+/// Notices a broken or hostile peer could send about the blocks a store
+/// holds (blocks 1 to 3 of 256 bytes, chunks of 64).
+fn hostile_notice() -> impl Strategy<Value = Notice> {
+    let range = (1u64..=3, 0u32..256, 1u32..80).prop_map(|(block, offset, len)| KeyRange {
+        block,
+        offset,
+        len,
+    });
+    prop_oneof![
+        range.clone().prop_map(|range| Notice::Drop { range }),
+        prop::collection::vec(range, 1..4).prop_map(|keys| Notice::Delivered {
+            binding: binding(),
+            keys
+        }),
+        (0u64..512).prop_map(|bytes| Notice::Borrow { bytes }),
+        (1u64..=3, 0u32..4, 0u32..256).prop_map(|(block, chunk, from)| Notice::Grant {
+            chunks: vec![GrantedChunk { block, chunk, from }]
+        }),
+        (1u64..=3).prop_map(|block| Notice::Lost { block }),
+    ]
+}
+
+proptest! {
+    /// Whatever a peer sends about held blocks, the store does not panic,
+    /// its fresh count stays consistent, and every key it still hands out or
+    /// serves is the block's bytes (never a zeroized range), each once.
+    #[test]
+    fn hostile_notices_never_panic_or_hand_out_zeroed_keys(
+        notices in prop::collection::vec(hostile_notice(), 1..12)
+    ) {
+        let now = Instant::now();
+        let cfg = |r| config(r).with_borrow_low_water(64);
+        let (mut a, mut b) = pair(cfg);
+        for blk in 1..=3 {
+            insert_both(now, &mut a, &mut b, blk, 256);
+        }
+        sync(now, &mut a, &mut b);
+        let mut arrived = Vec::new();
+        for n in notices {
+            let _ = a.apply(now, n, &mut arrived);
+            prop_assert_eq!(a.fresh_keys(8) as u64, a.stats().fresh_bytes);
+        }
+        let mut seen = HashSet::new();
+        let mut check = |id: KeyId, key: &SecretKey| -> Result<(), TestCaseError> {
+            let (blk, off) = (1..=3u64)
+                .flat_map(|blk| (0..256u64).map(move |off| (blk, off)))
+                .find(|&(blk, off)| KeyId::for_block(b"link-t", blk, off) == id)
+                .expect("ID of a held block");
+            let bytes = block_bytes(blk, 256);
+            let off = off as usize;
+            prop_assert_eq!(key.expose_secret(), &bytes.expose_secret()[off..off + key.len()]);
+            prop_assert!(seen.insert(id), "key handed out twice");
+            Ok(())
+        };
+        while let Ok(keys) = a.take(1, 64, &binding()) {
+            for (id, key) in &keys {
+                check(*id, key)?;
+            }
+        }
+        for id in arrived {
+            if let Ok(Some(key)) = a.lookup(&id, "slave") {
+                check(id, &key)?;
             }
         }
     }

@@ -335,6 +335,13 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
             let drops = node(&mut net, s).store_mut().take_audit();
             ghost.record_drops(s, drops);
             while let Some(ev) = node(&mut net, s).poll_event() {
+                // Honest nodes never report each other (a schedule without
+                // the ownership rule breaks the protocol on purpose).
+                if let Event::PeerMisbehaved(e) = &ev
+                    && p.ownership_rule
+                {
+                    return Err(fail(step, format!("{s:?} peer misbehaved: {e:?}")));
+                }
                 if let Event::Paired { previous, .. } = ev {
                     cov.repairs += usize::from(previous.is_some());
                     if node(&mut net, s).store().held_bytes() != 0 {
