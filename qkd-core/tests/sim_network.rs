@@ -28,22 +28,6 @@ const ACK: u8 = 1;
 const PAYLOAD: usize = 11;
 const FRAME_LEN: usize = 1 + 4 + PAYLOAD + 4;
 
-/// CRC-32 (IEEE, reflected). Detects every error of up to 3 bits in our frames.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 fn frame(kind: u8, seq: u32) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_LEN);
     f.push(kind);
@@ -55,7 +39,7 @@ fn frame(kind: u8, seq: u32) -> Vec<u8> {
 
 /// Appends the CRC of everything so far.
 fn seal(f: &mut Vec<u8>) {
-    let crc = crc32(f);
+    let crc = crc32fast::hash(f);
     f.extend_from_slice(&crc.to_le_bytes());
 }
 
@@ -72,7 +56,7 @@ fn parse(f: &[u8]) -> Result<(u8, u32), FrameError> {
         return Err(FrameError::Length(f.len()));
     }
     let (body, crc) = f.split_at(FRAME_LEN - 4);
-    if crc32(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
         return Err(FrameError::Crc);
     }
     Ok((body[0], u32::from_le_bytes(body[1..5].try_into().unwrap())))
