@@ -341,16 +341,19 @@ pub fn confirmation_tag_with(
     tag_bits: u8,
 ) -> u128 {
     assert!((1..=128).contains(&tag_bits), "tag_bits must be in 1..=128");
-    let words = key.to_bitvec();
-    let w = words.words();
+    // The key's 64-bit words, read from the slice (no copy of the key).
+    let n_words = key.len().div_ceil(64);
+    let word = |j: usize| {
+        let at = 64 * j;
+        u128::from(key.load_bits(at, (key.len() - at).min(64)))
+    };
     let mut acc = 0u128;
     let mut blocks = [0u128; 64];
-    for chunk in w.chunks(128) {
+    for first in (0..n_words).step_by(128) {
         let mut count = 0;
-        for pair in chunk.chunks(2) {
-            let lo = u128::from(pair[0]);
-            let hi = pair.get(1).map_or(0, |&h| u128::from(h));
-            blocks[count] = lo | (hi << 64);
+        for j in (first..(first + 128).min(n_words)).step_by(2) {
+            let hi = if j + 1 < n_words { word(j + 1) } else { 0 };
+            blocks[count] = word(j) | (hi << 64);
             count += 1;
         }
         acc = run::horner(backend, acc, hash_key, &blocks[..count]);

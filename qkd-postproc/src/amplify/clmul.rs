@@ -3,9 +3,10 @@
 //!
 //! This is the only module of the crate with `unsafe` code: the calls into
 //! `#[target_feature]` functions after the CPU was checked for the feature.
-//! Every kernel exists twice, generated from one macro body, so the portable
-//! and the SIMD path run the same algorithm and give identical output (the
-//! tests compare them bit for bit).
+//! Every kernel exists once per backend (portable, PCLMULQDQ, AVX-512
+//! VPCLMULQDQ), mostly generated from one macro body, so the paths run the
+//! same algorithm and give identical output (the tests compare them bit for
+//! bit).
 //!
 //! Field: GF(2^128) = GF(2)[z] / (z^128 + z^7 + z^2 + z + 1), an element is a
 //! `u128` whose bit `i` is the coefficient of `z^i` (no bit reflection).

@@ -11,7 +11,7 @@ use super::fft;
 pub(crate) const KARATSUBA_MIN_WORDS: usize = 24;
 
 /// From this many words in the product, the additive FFT (tuned with the
-/// `gf2x_crossover` bench group on this project's machine).
+/// `crossover` bench group on this project's machine).
 pub(crate) const FFT_MIN_WORDS: usize = 256;
 
 /// The method [`mul`] uses for operands of these lengths (in words).
@@ -79,6 +79,8 @@ fn karatsuba_unbalanced_xor(backend: Backend, a: &[u64], b: &[u64], out: &mut [u
             karatsuba_unbalanced_xor(backend, piece, short, &mut out[off..]);
         }
     }
+    // Products of the key with the seed, like every other temporary.
+    zeroize::Zeroize::zeroize(&mut tmp);
 }
 
 /// `out ^= a·b` for operands of equal length `n`; `out.len() >= 2n + 1`

@@ -267,7 +267,7 @@ impl ToeplitzHasher {
                 let s = seed.to_bitvec();
                 let tail = input.slice(m..).to_bitvec();
                 let mut y = toeplitz_words(self.backend, s.words(), tail.words(), n - m, m);
-                y ^= &input.slice(..m).to_bitvec();
+                y.xor_range_assign(0, input.slice(..m));
                 y
             }
         })
@@ -340,26 +340,13 @@ fn toeplitz_words(backend: Backend, seed: &[u64], input: &[u64], n: usize, m: us
     out
 }
 
-/// Bits `start .. start + len` of `words` as a new vector.
+/// Bits `start .. start + len` of `words` as a new vector (the callers'
+/// products always hold them: `n − 1 + m ≤ 64 · (seed words)`).
 fn extract_bits(words: &[u64], start: usize, len: usize) -> BitVec {
-    let first = start / 64;
-    let shift = start % 64;
-    let count = len.div_ceil(64);
-    let mut out: Vec<u64> = Vec::with_capacity(count);
-    for i in 0..count {
-        let lo = words.get(first + i).copied().unwrap_or(0);
-        let w = if shift == 0 {
-            lo
-        } else {
-            let hi = words.get(first + i + 1).copied().unwrap_or(0);
-            (lo >> shift) | (hi << (64 - shift))
-        };
-        out.push(w);
-    }
-    if let Some(last) = out.last_mut().filter(|_| !len.is_multiple_of(64)) {
-        *last &= (1u64 << (len % 64)) - 1;
-    }
-    BitVec::from_words(out, len).expect("word count matches the length")
+    BitSlice::from_words(words, words.len() * 64)
+        .expect("whole words")
+        .slice(start..start + len)
+        .to_bitvec()
 }
 
 /// The plain `O(n·m/64)` Toeplitz hash, straight from the definition: output
@@ -427,7 +414,7 @@ pub fn modified_toeplitz_reference(
         });
     }
     let mut y = toeplitz_reference(seed, input.slice(output_bits..), output_bits)?;
-    y ^= &input.slice(..output_bits).to_bitvec();
+    y.xor_range_assign(0, input.slice(..output_bits));
     Ok(y)
 }
 

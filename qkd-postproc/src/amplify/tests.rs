@@ -133,7 +133,8 @@ fn check_against_reference(n: usize, m: usize, seed_rng: u64) -> Result<(), Test
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// Random n, m up to a few thousand bits: schoolbook and Karatsuba paths.
+    /// Random n, m up to a few thousand bits: schoolbook, Karatsuba and (from
+    /// 256 product words) the additive FFT.
     #[test]
     fn fast_equals_reference_small(n in 1usize..6000, frac in 0.0f64..=1.0, seed: u64) {
         let m = ((n as f64 * frac) as usize).clamp(1, n);
@@ -150,7 +151,8 @@ proptest! {
     }
 }
 
-/// Sizes that go through the additive FFT (product ≥ 4096 words).
+/// Sizes that go through the additive FFT (product ≥ 256 words) at several
+/// transform lengths.
 #[test]
 fn fast_equals_reference_fft_sizes() {
     for (n, m, seed) in [
