@@ -809,7 +809,17 @@ impl KeyStore {
     ) -> Result<Vec<(KeyId, SecretKey)>, TakeError> {
         let len = self.check_take(count, bits)?;
         let cut = self.cut(count, len)?;
-        self.count_taken(binding, cut.len());
+        Ok(self.deliver(binding.clone(), cut))
+    }
+
+    /// Hands cut keys to `binding`'s master: counts them, tells the peer
+    /// which ranges left ([`Notice::Delivered`]) and returns the keys.
+    fn deliver(
+        &mut self,
+        binding: Arc<Binding>,
+        cut: Vec<(KeyId, KeyRange, SecretKey)>,
+    ) -> Vec<(KeyId, SecretKey)> {
+        self.count_taken(&binding, cut.len());
         let mut ranges = Vec::with_capacity(cut.len());
         let mut keys = Vec::with_capacity(cut.len());
         for (id, range, key) in cut {
@@ -817,10 +827,10 @@ impl KeyStore {
             keys.push((id, key));
         }
         self.notices.push_back(Notice::Delivered {
-            binding: binding.clone(),
+            binding,
             keys: ranges,
         });
-        Ok(keys)
+        keys
     }
 
     /// Cuts `count` keys of `bits` bits and holds them for `binding` until
@@ -874,18 +884,7 @@ impl KeyStore {
         let r = self
             .remove_reservation(id)
             .ok_or(TakeError::UnknownReservation)?;
-        self.count_taken(&r.binding, r.keys.len());
-        let mut ranges = Vec::with_capacity(r.keys.len());
-        let mut keys = Vec::with_capacity(r.keys.len());
-        for (kid, range, key) in r.keys {
-            ranges.push(range);
-            keys.push((kid, key));
-        }
-        self.notices.push_back(Notice::Delivered {
-            binding: r.binding,
-            keys: ranges,
-        });
-        Ok(keys)
+        Ok(self.deliver(r.binding, r.keys))
     }
 
     /// Drops the reserved keys (zeroized here, dropped on the peer by notice).

@@ -377,8 +377,10 @@ fn hello_and_data_layout_known_answer() {
     assert_eq!(bytes, want);
 }
 
+/// Huge counts with nothing behind them end as `Truncated` (the decoder
+/// also checks them before allocating, which this test cannot observe).
 #[test]
-fn counts_are_checked_before_allocating() {
+fn huge_counts_without_records_are_truncated() {
     // A Data header claiming 65535 records with none present.
     let mut bytes = vec![1, 2];
     bytes.extend_from_slice(&[0; 32]);
