@@ -108,8 +108,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 use qkd_core::bounds::qber_upper_bound;
-use qkd_core::machine::{ConfigError, Machine, check_range};
-use qkd_core::wire::{Envelope, Protocol, Reader, WireError};
+use qkd_core::machine::{ConfigError, Machine, Retransmit, RetransmitDue, check_range};
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, strip_crc32};
 use qkd_core::{BitVec, BlockId};
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -430,8 +430,7 @@ impl EstimateMessage {
                 put_bits(&mut out, bits);
             }
         }
-        let crc = crc32fast::hash(&out);
-        out.put_u32(crc);
+        append_crc32(&mut out);
         out
     }
 
@@ -442,13 +441,7 @@ impl EstimateMessage {
     /// version, an unknown type, a sample above [`MAX_SAMPLE_BITS`] or
     /// longer than the sifted key, non-zero padding, a bad checksum.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let Some(body_len) = bytes.len().checked_sub(4) else {
-            return Err(WireError::Truncated {
-                needed: 4,
-                remaining: bytes.len(),
-            });
-        };
-        let (body, crc) = bytes.split_at(body_len);
+        let body = strip_crc32(bytes)?;
         let mut r = Reader::new(body);
         let kind = r.envelope(Protocol::Estimate, VERSION)?;
         let message = match kind {
@@ -491,9 +484,6 @@ impl EstimateMessage {
             other => return Err(Reader::unknown_type(Protocol::Estimate, other)),
         };
         r.finish()?;
-        if crc32fast::hash(body).to_be_bytes() != crc {
-            return Err(WireError::Checksum);
-        }
         Ok(message)
     }
 }
@@ -588,8 +578,7 @@ pub struct EstimateAlice {
     sample: BitVec,
     rest: Option<BitVec>,
     send_now: bool,
-    retry_at: Option<Instant>,
-    retransmissions: u32,
+    timer: Retransmit,
     event: Option<EstimateEvent>,
     finished: bool,
 }
@@ -636,8 +625,7 @@ impl EstimateAlice {
             sample: BitVec::new(),
             rest: None,
             send_now: false,
-            retry_at: None,
-            retransmissions: 0,
+            timer: Retransmit::new(config.retransmit_after, config.max_retransmissions),
             event: None,
             finished: false,
         };
@@ -670,7 +658,7 @@ impl EstimateAlice {
     fn finish(&mut self, event: EstimateEvent) {
         self.finished = true;
         self.send_now = false;
-        self.retry_at = None;
+        self.timer.disarm();
         self.event = Some(event);
     }
 }
@@ -721,7 +709,7 @@ impl Machine for EstimateAlice {
             return None;
         }
         self.send_now = false;
-        self.retry_at = Some(now + self.config.retransmit_after);
+        self.timer.arm(now);
         Some(
             EstimateMessage::Sample {
                 block: self.block,
@@ -738,24 +726,20 @@ impl Machine for EstimateAlice {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.retry_at
+        self.timer.deadline()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        let Some(at) = self.retry_at else { return };
-        if now < at || self.finished {
-            return;
-        }
-        if self.retransmissions >= self.config.max_retransmissions {
-            self.rest = None;
-            self.finish(EstimateEvent::Aborted {
-                block: self.block,
-                reason: AbortReason::Timeout,
-            });
-        } else {
-            self.retransmissions += 1;
-            self.retry_at = None;
-            self.send_now = true;
+        match self.timer.poll(now) {
+            RetransmitDue::NotYet => {}
+            RetransmitDue::Resend => self.send_now = true,
+            RetransmitDue::GiveUp => {
+                self.rest = None;
+                self.finish(EstimateEvent::Aborted {
+                    block: self.block,
+                    reason: AbortReason::Timeout,
+                });
+            }
         }
     }
 }
@@ -1120,9 +1104,8 @@ mod tests {
         assert_eq!(bob.poll_transmit(now), Some(reply));
         let mut other_seed = sample.clone();
         other_seed[3 + 8 + 8 + 4] ^= 1;
-        let body = other_seed.len() - 4;
-        let crc = crc32fast::hash(&other_seed[..body]).to_be_bytes();
-        other_seed[body..].copy_from_slice(&crc);
+        other_seed.truncate(other_seed.len() - 4);
+        append_crc32(&mut other_seed);
         assert_eq!(
             bob.handle_input(now, &other_seed),
             Err(EstimateError::Unexpected)
