@@ -5,6 +5,7 @@
 //! check that the tools still work.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use assert_cmd::Command;
 use assert_cmd::cargo::cargo_bin_cmd;
@@ -16,15 +17,20 @@ const USAGE: i32 = 2;
 /// Exit status of a failure while running.
 const FAILURE: i32 = 1;
 
+/// Every run here takes well under a second; a regression that lets a huge
+/// value through (`--n 4294967295` grew past 16 GB in minutes) is killed
+/// and fails instead of holding the machine.
+const LIMIT: Duration = Duration::from_secs(20);
+
 fn qkd(args: &[&str]) -> Command {
     let mut cmd = cargo_bin_cmd!("qkd");
-    cmd.args(args);
+    cmd.args(args).timeout(LIMIT);
     cmd
 }
 
 fn kms_sync(args: &[&str]) -> Command {
     let mut cmd = cargo_bin_cmd!("kms-sync");
-    cmd.args(args);
+    cmd.args(args).timeout(LIMIT);
     cmd
 }
 
