@@ -440,6 +440,56 @@ impl QkdDevice for SimulatedDevice {
     }
 }
 
+/// Bob's copy of `key` after a binary symmetric channel: each bit flipped
+/// independently with probability `qber`, drawn from the caller's `rng`.
+///
+/// The noisy-key model of error-correction tests, benchmarks and the
+/// `qkd ec` tool (what [`SimulatedBb84`] does to the sifted bits, without
+/// the rest of the link). The draws are fixed, so a seeded `rng` gives the
+/// same key everywhere: one `next_u32` per bit, in bit order, and bit `i`
+/// flips when that draw is below `⌊qber · 2^32⌋` (the probability is
+/// `qber` quantized down to a multiple of 2^-32; exactly 0 and 1 at the
+/// ends).
+///
+/// ```
+/// use qkd_core::BitVec;
+/// use qkd_core::device::binary_symmetric_channel;
+/// use rand_chacha::ChaCha20Rng;
+/// use rand_core::SeedableRng;
+///
+/// let mut rng = ChaCha20Rng::seed_from_u64(1);
+/// let alice = BitVec::random(100_000, &mut rng);
+/// let bob = binary_symmetric_channel(&alice, 0.02, &mut rng).unwrap();
+/// let errors = alice.hamming_distance(&bob);
+/// assert!((1_800..2_200).contains(&errors), "{errors}");
+/// assert!(binary_symmetric_channel(&alice, f64::NAN, &mut rng).is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidParameter`] naming `qber` unless it is a number in
+/// `[0, 1]`.
+pub fn binary_symmetric_channel<R: Rng + ?Sized>(
+    key: &BitVec,
+    qber: f64,
+    rng: &mut R,
+) -> Result<BitVec, Error> {
+    if !(0.0..=1.0).contains(&qber) {
+        return Err(Error::invalid(
+            "qber",
+            format!("must be a probability in [0, 1], got {qber}"),
+        ));
+    }
+    // In [0, 2^32]: a draw below it has probability threshold / 2^32.
+    let threshold = (qber * 2f64.powi(32)) as u64;
+    let mut noisy = key.clone();
+    for i in 0..key.len() {
+        if u64::from(rng.next_u32()) < threshold {
+            noisy.flip(i);
+        }
+    }
+    Ok(noisy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,5 +732,57 @@ mod tests {
                 Err(Error::InvalidParameter { .. })
             ));
         }
+    }
+
+    #[test]
+    fn binary_symmetric_channel_flips_at_the_given_rate() {
+        use rand_chacha::ChaCha8Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let key = BitVec::random(200_000, &mut rng);
+        // The ends are exact.
+        assert_eq!(binary_symmetric_channel(&key, 0.0, &mut rng).unwrap(), key);
+        let mut inverted = key.clone();
+        inverted.invert();
+        assert_eq!(
+            binary_symmetric_channel(&key, 1.0, &mut rng).unwrap(),
+            inverted
+        );
+        // 200 000 bits at 5 %: 10 000 flips expected, sigma about 97.
+        let noisy = binary_symmetric_channel(&key, 0.05, &mut rng).unwrap();
+        let flips = key.hamming_distance(&noisy);
+        assert!((9_500..10_500).contains(&flips), "{flips}");
+        // The flips are spread evenly: each quarter holds about a quarter.
+        let diff: Vec<usize> = (0..key.len())
+            .filter(|&i| key.get(i) != noisy.get(i))
+            .collect();
+        for q in 0..4 {
+            let range = q * 50_000..(q + 1) * 50_000;
+            let in_quarter = diff.iter().filter(|i| range.contains(i)).count();
+            assert!((2_250..2_750).contains(&in_quarter), "{in_quarter}");
+        }
+        // Seeded: the same draws give the same key, documented draw by draw.
+        let mut a = ChaCha8Rng::seed_from_u64(9);
+        let mut b = ChaCha8Rng::seed_from_u64(9);
+        let once = binary_symmetric_channel(&key, 0.1, &mut a).unwrap();
+        let threshold = (0.1 * 2f64.powi(32)) as u64;
+        let by_hand: BitVec = key
+            .iter()
+            .map(|bit| bit ^ (u64::from(b.next_u32()) < threshold))
+            .collect();
+        assert_eq!(once, by_hand);
+    }
+
+    #[test]
+    fn binary_symmetric_channel_refuses_non_probabilities() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let key = BitVec::zeros(10);
+        for bad in [f64::NAN, f64::INFINITY, -0.01, 1.01] {
+            let err = binary_symmetric_channel(&key, bad, &mut rng).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidParameter { name: "qber", .. }),
+                "{err:?}"
+            );
+        }
+        assert!(binary_symmetric_channel(&BitVec::new(), 0.5, &mut rng).is_ok());
     }
 }
