@@ -1,4 +1,4 @@
-//! Cascade throughput: one frame of n = 10^5 bits at QBER 2 % through both
+//! Cascade throughput: one block of n = 10^5 bits at QBER 2 % through both
 //! machines in memory, per variant; and block parities on words against a
 //! bit-by-bit loop.
 //!
@@ -8,25 +8,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use qkd_core::BitVec;
+use qkd_core::device::binary_symmetric_channel;
+use qkd_core::{BitVec, BlockId};
 use qkd_postproc::cascade::{
     CascadeAlice, CascadeBob, CascadeConfig, CascadeParams, ShufflePlan, Variant, run_in_memory,
 };
 use rand_chacha::ChaCha8Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::SeedableRng;
 
 const N: usize = 100_000;
 const QBER: f64 = 0.02;
 
 fn frame(rng: &mut ChaCha8Rng) -> (BitVec, BitVec) {
     let alice = BitVec::random(N, rng);
-    let mut bob = alice.clone();
-    let threshold = (QBER * 2f64.powi(32)) as u64;
-    for i in 0..N {
-        if u64::from(rng.next_u32()) < threshold {
-            bob.flip(i);
-        }
-    }
+    let bob = binary_symmetric_channel(&alice, QBER, rng).expect("a valid QBER");
     (alice, bob)
 }
 
@@ -50,9 +45,10 @@ fn frames(c: &mut Criterion) {
                 |(a, k)| {
                     let mut params = CascadeParams::for_variant(variant, QBER, N).unwrap();
                     params.defer_until_idle = idle;
-                    let mut alice = CascadeAlice::new(1, a, plan.clone(), N as u64).unwrap();
-                    let mut bob =
-                        CascadeBob::new(1, k, plan.clone(), CascadeConfig::new(params)).unwrap();
+                    let config = CascadeConfig::new(params);
+                    let block = BlockId::new(1);
+                    let mut alice = CascadeAlice::new(block, a, plan.clone(), &config).unwrap();
+                    let mut bob = CascadeBob::new(block, k, plan.clone(), &config).unwrap();
                     run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap()
                 },
                 BatchSize::LargeInput,

@@ -8,27 +8,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use qkd_core::BitVec;
+use qkd_core::device::binary_symmetric_channel;
+use qkd_core::machine::Machine;
 use qkd_core::sim::{LinkConfig, Network};
+use qkd_core::{BitVec, BlockId};
 use qkd_postproc::cascade::{
-    CascadeAlice, CascadeBob, CascadeConfig, CascadeError, CascadeEvent, CascadeMessage,
-    CascadeParams, CascadeStats, ShufflePlan, Variant, run_in_memory,
+    AbortReason, CascadeAlice, CascadeBob, CascadeConfig, CascadeError, CascadeEvent,
+    CascadeMessage, CascadeParams, CascadeStats, LeakBudget, Question, ShufflePlan, Variant,
+    run_in_memory,
 };
 use rand_chacha::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::SeedableRng;
 
 /// Alice's key and Bob's, with each bit flipped with probability `qber`.
 fn keys(n: usize, qber: f64, seed: u64) -> (BitVec, BitVec) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let alice = BitVec::random(n, &mut rng);
-    let mut bob = alice.clone();
-    let threshold = (qber * 2f64.powi(32)) as u64;
-    for i in 0..n {
-        if u64::from(rng.next_u32()) < threshold {
-            bob.flip(i);
-        }
-    }
+    let bob = binary_symmetric_channel(&alice, qber, &mut rng).unwrap();
     (alice, bob)
+}
+
+/// The configuration of the tests: `params`, and a leak budget of two
+/// parities per key bit (tiny keys with BICONF need more than one).
+fn config(params: CascadeParams) -> CascadeConfig {
+    CascadeConfig::new(params).with_leak_budget(LeakBudget::PerKeyBit(2.0))
 }
 
 fn machines(
@@ -40,9 +43,10 @@ fn machines(
 ) -> (CascadeAlice, CascadeBob) {
     let n = alice_key.len();
     let plan = Arc::new(ShufflePlan::new(n, seed).unwrap());
-    let params = CascadeParams::for_variant(variant, qber.max(0.001), n).unwrap();
-    let alice = CascadeAlice::new(seed, alice_key.clone(), plan.clone(), 2 * n as u64).unwrap();
-    let bob = CascadeBob::new(seed, bob_key.clone(), plan, CascadeConfig::new(params)).unwrap();
+    let config = config(CascadeParams::for_variant(variant, qber.max(0.001), n).unwrap());
+    let block = BlockId::new(seed);
+    let alice = CascadeAlice::new(block, alice_key.clone(), plan.clone(), &config).unwrap();
+    let bob = CascadeBob::new(block, bob_key.clone(), plan, &config).unwrap();
     (alice, bob)
 }
 
@@ -61,9 +65,10 @@ fn mean_run(
         let (a, b) = keys(n, qber, key_seed(t));
         let q = a.hamming_distance(&b) as f64 / n as f64;
         let plan = Arc::new(ShufflePlan::new(n, t).unwrap());
-        let mut alice = CascadeAlice::new(t, a.clone(), plan.clone(), 2 * n as u64).unwrap();
-        let config = CascadeConfig::new(params.clone());
-        let mut bob = CascadeBob::new(t, b, plan, config).unwrap();
+        let config = config(params.clone());
+        let block = BlockId::new(t);
+        let mut alice = CascadeAlice::new(block, a.clone(), plan.clone(), &config).unwrap();
+        let mut bob = CascadeBob::new(block, b, plan, &config).unwrap();
         let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
         f += stats.efficiency(q);
         uses += stats.channel_uses;
@@ -121,11 +126,11 @@ proptest! {
         let (mut alice, mut bob) = machines(variant, qber, &alice_key, &bob_key, seed);
         let stats = match run_in_memory(&mut alice, &mut bob, Instant::now()) {
             Ok(stats) => stats,
-            Err(CascadeError::LeakLimit { limit }) => {
+            Err(CascadeError::Aborted(AbortReason::LeakLimit)) => {
                 // Tiny keys can need more parities than Alice's limit of 2n
                 // allows (BICONF's ten clean passes alone): she stops at it.
-                prop_assert_eq!(limit, 2 * n as u64);
-                prop_assert!(alice.leaked_bits() <= limit);
+                prop_assert_eq!(alice.max_leaked_bits(), 2 * n as u64);
+                prop_assert!(alice.leaked_bits() <= alice.max_leaked_bits());
                 prop_assert!(alice.is_finished());
                 return Ok(());
             }
@@ -228,46 +233,46 @@ fn leak_limit_aborts_both_sides() {
     let (alice_key, bob_key) = keys(4000, 0.05, 11);
     let plan = Arc::new(ShufflePlan::new(4000, 11).unwrap());
     let params = CascadeParams::for_variant(Variant::Original, 0.05, 4000).unwrap();
-    let mut alice = CascadeAlice::new(11, alice_key, plan.clone(), 300).unwrap();
-    let mut bob = CascadeBob::new(11, bob_key, plan, CascadeConfig::new(params)).unwrap();
+    let config = CascadeConfig::new(params).with_leak_budget(LeakBudget::Bits(300));
+    let block = BlockId::new(11);
+    let mut alice = CascadeAlice::new(block, alice_key, plan.clone(), &config).unwrap();
+    let mut bob = CascadeBob::new(block, bob_key, plan, &config).unwrap();
     let err = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap_err();
-    assert_eq!(err, CascadeError::LeakLimit { limit: 300 });
+    assert_eq!(err, CascadeError::Aborted(AbortReason::LeakLimit));
     assert!(alice.leaked_bits() <= 300);
     assert!(alice.is_finished());
-    // Bob gets the Abort.
-    let now = Instant::now();
-    while let Some(m) = alice.poll_transmit(now) {
-        bob.handle_input(now, &m).unwrap();
-    }
+    // Bob got Alice's Abort: run_in_memory returned his event.
     assert!(bob.is_finished());
-    assert!(matches!(bob.poll_event(), Some(CascadeEvent::Aborted(_))));
 }
 
 #[test]
 fn mismatched_seed_or_length_is_incompatible() {
     let (alice_key, bob_key) = keys(1000, 0.05, 12);
-    let params = CascadeParams::for_variant(Variant::Original, 0.05, 1000).unwrap();
-    let mut alice = CascadeAlice::new(
-        1,
-        alice_key,
-        Arc::new(ShufflePlan::new(1000, 1).unwrap()),
-        1000,
-    )
-    .unwrap();
-    let mut bob = CascadeBob::new(
-        1,
-        bob_key,
-        Arc::new(ShufflePlan::new(1000, 2).unwrap()),
-        CascadeConfig::new(params),
-    )
-    .unwrap();
+    let config =
+        CascadeConfig::new(CascadeParams::for_variant(Variant::Original, 0.05, 1000).unwrap());
+    let block = BlockId::new(1);
+    let alice_plan = Arc::new(ShufflePlan::new(1000, 1).unwrap());
+    let mut alice = CascadeAlice::new(block, alice_key, alice_plan, &config).unwrap();
+    let bob_plan = Arc::new(ShufflePlan::new(1000, 2).unwrap());
+    let mut bob = CascadeBob::new(block, bob_key, bob_plan, &config).unwrap();
     let err = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap_err();
-    assert!(matches!(err, CascadeError::Incompatible { .. }));
+    assert_eq!(err, CascadeError::Aborted(AbortReason::Incompatible));
     assert_eq!(alice.leaked_bits(), 0);
+    // A plan for another key length is a configuration error naming it.
+    let (short, _) = keys(999, 0.0, 1);
+    let plan = Arc::new(ShufflePlan::new(1000, 1).unwrap());
+    let err = CascadeAlice::new(block, short.clone(), plan.clone(), &config).unwrap_err();
+    assert_eq!(err.field(), "plan");
+    assert_eq!(
+        CascadeBob::new(block, short, plan, &config)
+            .unwrap_err()
+            .field(),
+        "plan"
+    );
 }
 
 #[test]
-fn messages_for_another_frame_or_from_the_wrong_side_are_rejected() {
+fn messages_for_another_block_or_from_the_wrong_side_are_rejected() {
     let (alice_key, bob_key) = keys(1000, 0.05, 13);
     let (mut alice, mut bob) = machines(Variant::Original, 0.05, &alice_key, &bob_key, 13);
     let now = Instant::now();
@@ -278,26 +283,151 @@ fn messages_for_another_frame_or_from_the_wrong_side_are_rejected() {
         Err(CascadeError::Protocol { .. })
     ));
     let other = CascadeMessage::Done {
-        frame_id: 99,
+        block: BlockId::new(99),
         rounds: 0,
         leaked_bits: 0,
     }
     .encode();
-    assert!(matches!(
+    assert_eq!(
         alice.handle_input(now, &other),
-        Err(CascadeError::WrongFrame { .. })
-    ));
+        Err(CascadeError::WrongBlock {
+            expected: BlockId::new(13),
+            got: BlockId::new(99)
+        })
+    );
     assert_eq!(alice.leaked_bits(), 0);
-    // A Done with a leak count that differs from Alice's aborts her.
+    // A Done with a leak count that differs from Alice's aborts her: the
+    // datagram was taken (Ok), the end of the run is an event.
     alice.handle_input(now, &q).unwrap();
     let lie = CascadeMessage::Done {
-        frame_id: 13,
+        block: BlockId::new(13),
         rounds: 1,
         leaked_bits: 1,
     }
     .encode();
-    assert!(alice.handle_input(now, &lie).is_err());
-    assert!(matches!(alice.poll_event(), Some(CascadeEvent::Aborted(_))));
+    assert_eq!(alice.handle_input(now, &lie), Ok(()));
+    assert_eq!(
+        alice.poll_event(),
+        Some(CascadeEvent::Aborted(AbortReason::Protocol))
+    );
+    assert!(alice.is_finished());
+}
+
+/// Alice answers only about the passes both sides agreed on: a question
+/// about any other pass is rejected before anything is computed, and the
+/// run goes on as if it never came.
+#[test]
+fn questions_about_passes_outside_the_agreed_schedule_are_rejected() {
+    let (alice_key, bob_key) = keys(2000, 0.03, 21);
+    let (mut alice, mut bob) = machines(Variant::Option7, 0.03, &alice_key, &bob_key, 21);
+    let passes = CascadeParams::for_variant(Variant::Option7, 0.03, 2000)
+        .unwrap()
+        .passes();
+    assert_eq!(passes, 14);
+    let now = Instant::now();
+    for pass in [passes as u8, 63, 254] {
+        let hostile = CascadeMessage::Questions {
+            block: BlockId::new(21),
+            round: 0,
+            shuffle_seed: 21,
+            key_len: 2000,
+            questions: vec![Question {
+                pass,
+                start: 0,
+                len: 1,
+            }],
+        }
+        .encode();
+        assert!(matches!(
+            alice.handle_input(now, &hostile),
+            Err(CascadeError::Protocol { .. })
+        ));
+        assert_eq!((alice.leaked_bits(), alice.rounds()), (0, 0));
+        assert_eq!(alice.poll_transmit(now), None);
+        assert_eq!(alice.poll_event(), None);
+    }
+    let stats = run_in_memory(&mut alice, &mut bob, now).unwrap();
+    assert_eq!(bob.key(), &alice_key);
+    assert_eq!(stats.leaked_bits, alice.leaked_bits());
+}
+
+/// BICONF stops at `biconf_max_passes` even when errors keep turning up;
+/// both sides agree on the count and confirmation decides about the rest.
+#[test]
+fn biconf_ends_at_its_pass_limit() {
+    let (alice_key, bob_key) = keys(3000, 0.1, 22);
+    let mut params = CascadeParams::for_variant(Variant::Biconf, 0.1, 3000).unwrap();
+    params.biconf_max_passes = 1;
+    let config = config(params);
+    let plan = Arc::new(ShufflePlan::new(3000, 22).unwrap());
+    let block = BlockId::new(22);
+    let mut alice = CascadeAlice::new(block, alice_key, plan.clone(), &config).unwrap();
+    let mut bob = CascadeBob::new(block, bob_key.clone(), plan, &config).unwrap();
+    let stats = run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
+    assert_eq!(stats.passes, 3);
+    check_run(Variant::Biconf, &alice, &bob, &bob_key, &stats);
+}
+
+#[test]
+fn configurations_come_from_serde_and_name_the_bad_field() {
+    let params = CascadeParams::for_variant(Variant::Biconf, 0.05, 10_000).unwrap();
+    let good = CascadeConfig::new(params).with_leak_budget(LeakBudget::Bits(5000));
+    let json = serde_json::to_string(&good).unwrap();
+    let back: CascadeConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, good);
+    assert!(
+        serde_json::from_str::<CascadeConfig>(r#"{"params":{"block_sizes":[8]},"colour":1}"#)
+            .is_err()
+    );
+    assert!(serde_json::from_str::<CascadeParams>(r#"{"block_sizes":[8],"passes":3}"#).is_err());
+    assert_eq!(
+        serde_json::from_str::<Variant>(r#""yanetal""#).unwrap(),
+        Variant::YanEtAl
+    );
+    assert_eq!("option9".parse::<Variant>().unwrap_err().field(), "variant");
+
+    let bad = |edit: &dyn Fn(&mut CascadeConfig)| {
+        let mut c = good.clone();
+        edit(&mut c);
+        let from_config = c.validate().unwrap_err();
+        let plan = Arc::new(ShufflePlan::new(10, 1).unwrap());
+        let alice = CascadeAlice::new(BlockId::new(1), BitVec::zeros(10), plan.clone(), &c);
+        let bob = CascadeBob::new(BlockId::new(1), BitVec::zeros(10), plan, &c);
+        assert_eq!(alice.unwrap_err(), from_config);
+        assert_eq!(bob.unwrap_err(), from_config);
+        from_config.field().to_owned()
+    };
+    assert_eq!(bad(&|c| c.params.block_sizes.clear()), "params.block_sizes");
+    assert_eq!(bad(&|c| c.params.block_sizes[1] = 0), "params.block_sizes");
+    assert_eq!(bad(&|c| c.params.search_waves = 0), "params.search_waves");
+    assert_eq!(
+        bad(&|c| c.params.biconf_clean_passes = Some(0)),
+        "params.biconf_clean_passes"
+    );
+    assert_eq!(
+        bad(&|c| c.params.biconf_max_passes = 63),
+        "params.biconf_max_passes"
+    );
+    assert_eq!(
+        bad(&|c| c.params.block_sizes = vec![8; 65]),
+        "params.block_sizes"
+    );
+    assert_eq!(
+        bad(&|c| c.leak_budget = LeakBudget::PerKeyBit(f64::NAN)),
+        "leak_budget.per_key_bit"
+    );
+    assert_eq!(
+        bad(&|c| c.retransmit_after = Duration::ZERO),
+        "retransmit_after"
+    );
+    for (variant, qber, n, field) in [
+        (Variant::Original, f64::NAN, 100, "qber"),
+        (Variant::Original, 0.5, 100, "qber"),
+        (Variant::Option8, 0.02, 0, "n"),
+    ] {
+        let err = CascadeParams::for_variant(variant, qber, n).unwrap_err();
+        assert_eq!(err.field(), field);
+    }
 }
 
 // ----- through the simulated network -----
@@ -383,6 +513,60 @@ fn total_loss_ends_in_a_timeout_abort() {
     assert!(ea.is_empty());
     assert!(matches!(eb.as_slice(), [CascadeEvent::Aborted(_)]));
     assert!(net.b.is_finished());
+}
+
+/// An attacker on the link (the transcript mode, where Cascade messages are
+/// not authenticated one by one) injects questions about every pass a `u8`
+/// can name while the run goes on: Alice rejects each, computes nothing for
+/// them, and the run completes with the right key.
+#[test]
+fn sim_injected_questions_about_other_passes_change_nothing() {
+    let (alice_key, bob_key) = keys(3000, 0.04, 5);
+    let (alice, bob) = machines(Variant::Option7, 0.04, &alice_key, &bob_key, 5);
+    let start = Instant::now();
+    let mut net = Network::new(
+        alice,
+        bob,
+        LinkConfig::perfect(Duration::from_millis(5)),
+        5,
+        start,
+    );
+    let hostile: Vec<Vec<u8>> = (0..8)
+        .map(|round| {
+            CascadeMessage::Questions {
+                block: BlockId::new(5),
+                round,
+                shuffle_seed: 5,
+                key_len: 3000,
+                questions: (14..=254)
+                    .map(|pass| Question {
+                        pass,
+                        start: 0,
+                        len: 3000,
+                    })
+                    .collect(),
+            }
+            .encode()
+        })
+        .collect();
+    for (i, datagram) in hostile.into_iter().enumerate() {
+        net.inject(
+            qkd_core::sim::Side::A,
+            datagram,
+            Duration::from_millis(3 + 10 * i as u64),
+        );
+    }
+    net.drive();
+    assert!(matches!(net.events_b(), [CascadeEvent::Completed(_)]));
+    assert!(matches!(net.events_a(), [CascadeEvent::Completed(_)]));
+    assert_eq!(net.b.key(), &alice_key);
+    // Every injected round that arrived in sequence was rejected for its
+    // passes; the others were old rounds, ignored.
+    assert!(!net.errors_a().is_empty());
+    for e in net.errors_a() {
+        assert!(matches!(e, CascadeError::Protocol { .. }), "{e:?}");
+    }
+    check_run(Variant::Option7, &net.a, &net.b, &bob_key, &net.b.stats());
 }
 
 /// Efficiency over many frames; `cargo test -p qkd-postproc --release --test cascade -- --ignored --nocapture efficiency_table`.

@@ -4,9 +4,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use qkd_core::BitVec;
+use qkd_core::machine::{ConfigError, Machine};
+use qkd_core::{BitVec, BlockId};
 
-use super::params::MAX_PASSES;
+use super::params::CascadeConfig;
 use super::shuffle::{LazyCopy, ShufflePlan};
 use super::wire::{AbortReason, CascadeMessage, Question};
 use super::{CascadeError, CascadeEvent, CascadeStats};
@@ -20,24 +21,37 @@ enum State {
 
 /// Alice's Cascade machine: answers Bob's parity questions on her key.
 ///
-/// Alice follows no schedule: she answers each round of questions once,
-/// counts every parity bit she discloses, and refuses (with an
-/// [`Abort`](CascadeMessage::Abort)) a round that would take her past
-/// `max_leak_bits`. A repeated round (Bob retransmitted because the answer
-/// was lost) is answered from a cache, disclosing nothing new; an older
-/// round is ignored. The run ends when Bob's [`Done`](CascadeMessage::Done)
-/// arrives with the same leak count as hers.
+/// Alice follows no schedule of her own: she answers each round of
+/// questions once, counts every parity bit she discloses, and refuses (with
+/// an [`Abort`](CascadeMessage::Abort)) a round that would take her past
+/// the agreed [`LeakBudget`](super::LeakBudget). She answers only questions
+/// about the passes of the agreed schedule
+/// ([`CascadeParams::passes`](super::CascadeParams::passes)) and inside the
+/// key; any other question is rejected and changes nothing, so no message
+/// can make her compute a shuffle nobody agreed on (see the
+/// [memory bound](super#memory)). A repeated round (Bob retransmitted
+/// because the answer was lost) is answered from a cache, disclosing
+/// nothing new; an older round is ignored. The run ends when Bob's
+/// [`Done`](CascadeMessage::Done) arrives with the same leak count as hers.
 ///
-/// Driving (sans-IO, `now` must not go backwards): feed every datagram from
-/// Bob to [`handle_input`](Self::handle_input), then send everything
-/// [`poll_transmit`](Self::poll_transmit) gives and read
-/// [`poll_event`](Self::poll_event) until `None`. Alice sets no timers.
+/// Driven through [`Machine`] (see the [module docs](super#driving-the-machines)):
+/// input `handle_input` (Bob's datagrams); output `poll_transmit`,
+/// `poll_event`; Alice sets no timers (`poll_timeout` is always `None`: the
+/// layer above decides how long to wait for Bob). Getters: [`block`](Self::block),
+/// [`leaked_bits`](Self::leaked_bits), [`rounds`](Self::rounds),
+/// [`is_finished`](Self::is_finished), [`key`](Self::key), [`stats`](Self::stats).
+///
+/// After the run completed she still answers a repeated `Done` with a
+/// `DoneAck` (Bob's may have been lost); after an abort she ignores
+/// everything.
 pub struct CascadeAlice {
-    frame_id: u64,
+    block: BlockId,
     key: BitVec,
     plan: Arc<ShufflePlan>,
     copies: Vec<LazyCopy>,
-    max_leak_bits: u64,
+    /// Passes of the agreed schedule: questions name passes `0 .. passes`.
+    passes: usize,
+    max_leaked_bits: u64,
     leaked: u64,
     next_round: u32,
     last_questions: Vec<Question>,
@@ -50,7 +64,7 @@ pub struct CascadeAlice {
 impl core::fmt::Debug for CascadeAlice {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CascadeAlice")
-            .field("frame_id", &self.frame_id)
+            .field("block", &self.block)
             .field("key_len", &self.key.len())
             .field("leaked", &self.leaked)
             .field("state", &self.state)
@@ -59,28 +73,37 @@ impl core::fmt::Debug for CascadeAlice {
 }
 
 impl CascadeAlice {
-    /// Alice's machine for frame `frame_id` with her `key`, the shuffle
-    /// `plan` both sides use, and the most parity bits she will disclose.
+    /// Alice's machine for `block` with her `key`, the shuffle `plan` both
+    /// sides use, and the configuration both sides agreed on (its schedule
+    /// bounds the passes she answers, its leak budget what she discloses).
     ///
     /// # Errors
-    /// [`CascadeError::InvalidConfig`] if the plan is for another key length.
+    /// A [`ConfigError`]: an invalid `config`, or a `plan` for another key
+    /// length.
     pub fn new(
-        frame_id: u64,
+        block: BlockId,
         key: BitVec,
         plan: Arc<ShufflePlan>,
-        max_leak_bits: u64,
-    ) -> Result<Self, CascadeError> {
+        config: &CascadeConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
         if plan.key_len() != key.len() {
-            return Err(CascadeError::InvalidConfig {
-                reason: "shuffle plan is for another key length",
-            });
+            return Err(ConfigError::new(
+                "plan",
+                format!(
+                    "the shuffle plan is for keys of {} bits, the key has {}",
+                    plan.key_len(),
+                    key.len()
+                ),
+            ));
         }
         Ok(CascadeAlice {
-            frame_id,
+            block,
+            max_leaked_bits: config.leak_budget.bits_for(key.len()),
+            passes: config.params.passes(),
             key,
             plan,
             copies: Vec::new(),
-            max_leak_bits,
             leaked: 0,
             next_round: 0,
             last_questions: Vec::new(),
@@ -91,10 +114,22 @@ impl CascadeAlice {
         })
     }
 
+    /// The block this run reconciles.
+    #[must_use]
+    pub fn block(&self) -> BlockId {
+        self.block
+    }
+
     /// Parity bits disclosed so far.
     #[must_use]
     pub fn leaked_bits(&self) -> u64 {
         self.leaked
+    }
+
+    /// The most parity bits she will disclose (the agreed budget for her key).
+    #[must_use]
+    pub fn max_leaked_bits(&self) -> u64 {
+        self.max_leaked_bits
     }
 
     /// Rounds of questions answered so far.
@@ -132,167 +167,129 @@ impl CascadeAlice {
         }
     }
 
-    /// Feeds one datagram from Bob.
-    ///
-    /// # Errors
-    /// A typed error when the datagram is damaged, for another frame, or
-    /// breaks the protocol; the state is unchanged unless the error is fatal
-    /// (leak limit, incompatible peer, leak counts that disagree), in which
-    /// case Alice sends an `Abort` and emits [`CascadeEvent::Aborted`].
-    pub fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
-        let msg = CascadeMessage::decode(datagram)?;
-        if msg.frame_id() != self.frame_id {
-            return Err(CascadeError::WrongFrame {
-                expected: self.frame_id,
-                got: msg.frame_id(),
-            });
+    fn on_questions(
+        &mut self,
+        round: u32,
+        shuffle_seed: u64,
+        key_len: u32,
+        questions: Vec<Question>,
+    ) -> Result<(), CascadeError> {
+        if self.state != State::Answering {
+            return Ok(()); // a late duplicate
         }
-        match msg {
-            CascadeMessage::Questions {
-                round,
-                shuffle_seed,
-                key_len,
-                questions,
-                ..
-            } => {
-                if self.state != State::Answering {
-                    return Ok(()); // a late duplicate
-                }
-                if shuffle_seed != self.plan.seed() || key_len as usize != self.key.len() {
-                    self.abort(AbortReason::Protocol);
-                    return Err(CascadeError::Incompatible {
-                        reason: "key length or shuffle seed differ",
-                    });
-                }
-                if round.checked_add(1) == Some(self.next_round) {
-                    if questions != self.last_questions {
-                        return Err(CascadeError::Protocol {
-                            reason: "a repeated round asks other questions",
-                        });
-                    }
-                    if let Some(parities) = &self.last_answer {
-                        self.outbox.push_back(
-                            CascadeMessage::Answers {
-                                frame_id: self.frame_id,
-                                round,
-                                parities: parities.clone(),
-                            }
-                            .encode(),
-                        );
-                    }
-                    return Ok(());
-                }
-                if round < self.next_round {
-                    return Ok(()); // an old round, answered long ago
-                }
-                if round != self.next_round {
-                    return Err(CascadeError::Protocol {
-                        reason: "round out of sequence",
-                    });
-                }
-                let n = self.key.len() as u64;
-                if questions.iter().any(|q| {
-                    usize::from(q.pass) >= MAX_PASSES || u64::from(q.start) + u64::from(q.len) > n
-                }) {
-                    return Err(CascadeError::Protocol {
-                        reason: "question outside the key",
-                    });
-                }
-                let count = questions.len() as u64;
-                if self.leaked + count > self.max_leak_bits {
-                    self.abort(AbortReason::LeakLimit);
-                    return Err(CascadeError::LeakLimit {
-                        limit: self.max_leak_bits,
-                    });
-                }
-                self.reserve(&questions);
-                let parities: BitVec = questions.iter().map(|q| self.parity(q)).collect();
-                self.leaked += count;
-                let msg = CascadeMessage::Answers {
-                    frame_id: self.frame_id,
-                    round,
-                    parities,
-                };
-                self.outbox.push_back(msg.encode());
-                if let CascadeMessage::Answers { parities, .. } = msg {
-                    self.last_answer = Some(parities);
-                }
-                self.last_questions = questions;
-                self.next_round += 1;
-                Ok(())
+        if shuffle_seed != self.plan.seed() || key_len as usize != self.key.len() {
+            self.abort(AbortReason::Incompatible);
+            return Ok(());
+        }
+        if round.checked_add(1) == Some(self.next_round) {
+            if questions != self.last_questions {
+                return Err(CascadeError::Protocol {
+                    reason: "a repeated round asks other questions",
+                });
             }
-            CascadeMessage::Done {
-                rounds,
-                leaked_bits,
-                ..
-            } => {
-                if self.state == State::Aborted {
-                    return Ok(());
-                }
-                if leaked_bits != self.leaked || rounds != self.next_round {
-                    self.abort(AbortReason::Protocol);
-                    return Err(CascadeError::Protocol {
-                        reason: "Bob's leak count differs from Alice's",
-                    });
-                }
-                if self.state == State::Answering {
-                    self.state = State::Completed;
-                    self.last_answer = None;
-                    self.copies.clear();
-                    self.events.push_back(CascadeEvent::Completed(self.stats()));
-                }
+            if let Some(parities) = &self.last_answer {
                 self.outbox.push_back(
-                    CascadeMessage::DoneAck {
-                        frame_id: self.frame_id,
-                        leaked_bits: self.leaked,
+                    CascadeMessage::Answers {
+                        block: self.block,
+                        round,
+                        parities: parities.clone(),
                     }
                     .encode(),
                 );
-                Ok(())
             }
-            CascadeMessage::Abort { reason, .. } => {
-                if self.state == State::Answering {
-                    self.state = State::Aborted;
-                    self.events.push_back(CascadeEvent::Aborted(reason));
-                }
-                Ok(())
-            }
-            CascadeMessage::Answers { .. } | CascadeMessage::DoneAck { .. } => {
-                Err(CascadeError::Protocol {
-                    reason: "message only Alice sends",
-                })
-            }
+            return Ok(());
         }
+        if round < self.next_round {
+            return Ok(()); // an old round, answered long ago
+        }
+        if round != self.next_round {
+            return Err(CascadeError::Protocol {
+                reason: "round out of sequence",
+            });
+        }
+        // Checked before anything is computed: no shuffle of a pass outside
+        // the agreed schedule is ever built.
+        if questions.iter().any(|q| usize::from(q.pass) >= self.passes) {
+            return Err(CascadeError::Protocol {
+                reason: "question about a pass outside the agreed schedule",
+            });
+        }
+        let n = self.key.len() as u64;
+        if questions
+            .iter()
+            .any(|q| u64::from(q.start) + u64::from(q.len) > n)
+        {
+            return Err(CascadeError::Protocol {
+                reason: "question outside the key",
+            });
+        }
+        let count = questions.len() as u64;
+        if self.leaked.saturating_add(count) > self.max_leaked_bits {
+            self.abort(AbortReason::LeakLimit);
+            return Ok(());
+        }
+        self.reserve(&questions);
+        let parities: BitVec = questions.iter().map(|q| self.parity(q)).collect();
+        self.leaked += count;
+        let msg = CascadeMessage::Answers {
+            block: self.block,
+            round,
+            parities,
+        };
+        self.outbox.push_back(msg.encode());
+        if let CascadeMessage::Answers { parities, .. } = msg {
+            self.last_answer = Some(parities);
+        }
+        self.last_questions = questions;
+        self.next_round += 1;
+        Ok(())
     }
 
-    /// Next datagram for Bob.
-    #[must_use]
-    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+    fn on_done(&mut self, rounds: u32, leaked_bits: u64) -> Result<(), CascadeError> {
+        let agrees = leaked_bits == self.leaked && rounds == self.next_round;
+        match self.state {
+            State::Aborted => return Ok(()),
+            State::Answering if !agrees => {
+                self.abort(AbortReason::Protocol);
+                return Ok(());
+            }
+            State::Answering => {
+                self.state = State::Completed;
+                self.release();
+                self.events.push_back(CascadeEvent::Completed(self.stats()));
+            }
+            State::Completed if !agrees => {
+                return Err(CascadeError::Protocol {
+                    reason: "a Done with other counts than the one accepted",
+                });
+            }
+            State::Completed => {} // Bob lost the DoneAck: send it again
+        }
+        self.outbox.push_back(
+            CascadeMessage::DoneAck {
+                block: self.block,
+                leaked_bits: self.leaked,
+            }
+            .encode(),
+        );
+        Ok(())
     }
 
-    /// Next event.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<CascadeEvent> {
-        self.events.pop_front()
+    /// Frees what the run no longer needs once it has ended.
+    fn release(&mut self) {
+        self.last_answer = None;
+        self.last_questions = Vec::new();
+        self.copies = Vec::new();
     }
-
-    /// Alice sets no timers: always `None`.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-
-    /// Nothing to do: Alice only reacts to Bob.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
 
     fn abort(&mut self, reason: AbortReason) {
         if self.state == State::Answering {
             self.state = State::Aborted;
+            self.release();
             self.events.push_back(CascadeEvent::Aborted(reason));
             self.outbox.push_back(
                 CascadeMessage::Abort {
-                    frame_id: self.frame_id,
+                    block: self.block,
                     reason,
                 }
                 .encode(),
@@ -352,4 +349,71 @@ impl CascadeAlice {
         }
         self.copies[pass].parity(&self.plan, pass, &self.key, start, end)
     }
+}
+
+impl Machine for CascadeAlice {
+    type Event = CascadeEvent;
+    type Error = CascadeError;
+
+    /// Feeds one datagram from Bob.
+    ///
+    /// # Errors
+    /// The datagram was rejected and changed nothing: damaged or malformed,
+    /// for another block, a message only Alice sends, a round out of
+    /// sequence, a question outside the key or the agreed passes. A
+    /// different seed or key length, a round past the leak budget, or a
+    /// `Done` whose counts differ from hers end the run: she sends an
+    /// `Abort`, emits [`CascadeEvent::Aborted`] and returns `Ok`.
+    fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
+        let msg = CascadeMessage::decode(datagram)?;
+        if msg.block() != self.block {
+            return Err(CascadeError::WrongBlock {
+                expected: self.block,
+                got: msg.block(),
+            });
+        }
+        match msg {
+            CascadeMessage::Questions {
+                round,
+                shuffle_seed,
+                key_len,
+                questions,
+                ..
+            } => self.on_questions(round, shuffle_seed, key_len, questions),
+            CascadeMessage::Done {
+                rounds,
+                leaked_bits,
+                ..
+            } => self.on_done(rounds, leaked_bits),
+            CascadeMessage::Abort { reason, .. } => {
+                if self.state == State::Answering {
+                    self.state = State::Aborted;
+                    self.release();
+                    self.events.push_back(CascadeEvent::Aborted(reason));
+                }
+                Ok(())
+            }
+            CascadeMessage::Answers { .. } | CascadeMessage::DoneAck { .. } => {
+                Err(CascadeError::Protocol {
+                    reason: "message only Alice sends",
+                })
+            }
+        }
+    }
+
+    fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    fn poll_event(&mut self) -> Option<CascadeEvent> {
+        self.events.pop_front()
+    }
+
+    /// Alice sets no timers: always `None`.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Nothing to do: Alice only reacts to Bob.
+    fn handle_timeout(&mut self, _now: Instant) {}
 }

@@ -2,39 +2,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use qkd_core::BitVec;
+use qkd_core::machine::{ConfigError, Machine, Retransmit, RetransmitDue};
+use qkd_core::{BitVec, BlockId};
 
-use super::params::{CascadeParams, MAX_PASSES};
+use super::params::CascadeConfig;
 use super::shuffle::{LazyCopy, ShufflePlan};
 use super::wire::{AbortReason, CascadeMessage, Question};
 use super::{CascadeError, CascadeEvent, CascadeStats};
-
-/// Bob's settings: the schedule and the retransmission timer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CascadeConfig {
-    /// The schedule to follow.
-    pub params: CascadeParams,
-    /// Resend the outstanding message when no reply came for this long.
-    pub retransmit_after: Duration,
-    /// Give up (abort with [`AbortReason::Timeout`]) after this many resends
-    /// of one message.
-    pub max_retransmissions: u32,
-}
-
-impl CascadeConfig {
-    /// A configuration with `params`, a 200 ms retransmission timer and 20
-    /// resends at most.
-    #[must_use]
-    pub fn new(params: CascadeParams) -> Self {
-        CascadeConfig {
-            params,
-            retransmit_after: Duration::from_millis(200),
-            max_retransmissions: 20,
-        }
-    }
-}
 
 /// Blocks whose trees have more nodes than this keep known parities in a
 /// hash map rather than a bitmap (two bits per node: at most 16 KiB per
@@ -191,14 +167,16 @@ enum State {
 /// parity shows. Bob does not know whether any remain; confirmation (a hash
 /// comparison) after Cascade decides.
 ///
-/// Driving (sans-IO, `now` must not go backwards): after creating Bob, send
-/// what [`poll_transmit`](Self::poll_transmit) gives; feed Alice's datagrams
-/// to [`handle_input`](Self::handle_input); call
-/// [`handle_timeout`](Self::handle_timeout) at
-/// [`poll_timeout`](Self::poll_timeout); read [`poll_event`](Self::poll_event)
-/// until [`CascadeEvent::Completed`] or [`CascadeEvent::Aborted`].
+/// Driven through [`Machine`] (see the [module docs](super#driving-the-machines)):
+/// after creating Bob, send what `poll_transmit` gives (his first
+/// questions); feed Alice's datagrams to `handle_input`; call
+/// `handle_timeout` at `poll_timeout` (the resend timer); read `poll_event`
+/// until [`CascadeEvent::Completed`] or [`CascadeEvent::Aborted`]. Getters:
+/// [`block`](Self::block), [`key`](Self::key), [`stats`](Self::stats),
+/// [`is_finished`](Self::is_finished). After the run has ended every
+/// datagram is ignored.
 pub struct CascadeBob {
-    frame_id: u64,
+    block: BlockId,
     key: BitVec,
     plan: Arc<ShufflePlan>,
     config: CascadeConfig,
@@ -227,8 +205,8 @@ pub struct CascadeBob {
     biconf_clean_run: u32,
     outstanding: Option<Vec<u8>>,
     send_now: bool,
-    retransmit_at: Option<Instant>,
-    resends: u32,
+    /// The resend timer of the outstanding message (a fresh one per message).
+    timer: Retransmit,
     events: VecDeque<CascadeEvent>,
     stats: CascadeStats,
     state: State,
@@ -237,7 +215,7 @@ pub struct CascadeBob {
 impl core::fmt::Debug for CascadeBob {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CascadeBob")
-            .field("frame_id", &self.frame_id)
+            .field("block", &self.block)
             .field("key_len", &self.key.len())
             .field("round", &self.round)
             .field("stats", &self.stats)
@@ -247,34 +225,39 @@ impl core::fmt::Debug for CascadeBob {
 }
 
 impl CascadeBob {
-    /// Bob's machine for frame `frame_id` with his noisy `key`, the shuffle
-    /// `plan` both sides use and the configuration. The first questions are
-    /// ready for [`poll_transmit`](Self::poll_transmit) at once.
+    /// Bob's machine for `block` with his noisy `key`, the shuffle `plan`
+    /// both sides use and the configuration both sides agreed on. The first
+    /// questions are ready for `poll_transmit` at once.
     ///
     /// # Errors
-    /// [`CascadeError::InvalidConfig`] for an invalid schedule or a plan for
-    /// another key length.
+    /// A [`ConfigError`]: an invalid `config`, or a `plan` for another key
+    /// length.
     pub fn new(
-        frame_id: u64,
+        block: BlockId,
         key: BitVec,
         plan: Arc<ShufflePlan>,
-        config: CascadeConfig,
-    ) -> Result<Self, CascadeError> {
-        config.params.validate()?;
+        config: &CascadeConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
         if plan.key_len() != key.len() {
-            return Err(CascadeError::InvalidConfig {
-                reason: "shuffle plan is for another key length",
-            });
+            return Err(ConfigError::new(
+                "plan",
+                format!(
+                    "the shuffle plan is for keys of {} bits, the key has {}",
+                    plan.key_len(),
+                    key.len()
+                ),
+            ));
         }
         let mut bob = CascadeBob {
-            frame_id,
+            block,
             stats: CascadeStats {
                 key_len: key.len(),
                 ..CascadeStats::default()
             },
             key,
             plan,
-            config,
+            config: config.clone(),
             passes: Vec::new(),
             total_alice: None,
             searches: Vec::new(),
@@ -292,13 +275,18 @@ impl CascadeBob {
             biconf_clean_run: 0,
             outstanding: None,
             send_now: false,
-            retransmit_at: None,
-            resends: 0,
+            timer: Retransmit::new(config.retransmit_after, config.max_retransmissions),
             events: VecDeque::new(),
             state: State::Asking,
         };
         bob.plan_round();
         Ok(bob)
+    }
+
+    /// The block this run reconciles.
+    #[must_use]
+    pub fn block(&self) -> BlockId {
+        self.block
     }
 
     /// Bob's key: corrected as far as the run has got.
@@ -325,124 +313,18 @@ impl CascadeBob {
         matches!(self.state, State::Completed | State::Aborted)
     }
 
-    /// Feeds one datagram from Alice.
-    ///
-    /// # Errors
-    /// A typed error when the datagram is damaged, for another frame, or
-    /// does not fit the round; such a datagram changes nothing. Leak counts
-    /// that disagree at the end abort the run.
-    pub fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
-        let msg = CascadeMessage::decode(datagram)?;
-        if msg.frame_id() != self.frame_id {
-            return Err(CascadeError::WrongFrame {
-                expected: self.frame_id,
-                got: msg.frame_id(),
-            });
-        }
-        match msg {
-            CascadeMessage::Answers {
-                round, parities, ..
-            } => {
-                if self.state != State::Asking || round.checked_add(1) != Some(self.round) {
-                    return Ok(()); // a duplicate of an answer already used
-                }
-                if self.outstanding.is_none() {
-                    return Ok(());
-                }
-                if parities.len() != self.pending.len() {
-                    return Err(CascadeError::Protocol {
-                        reason: "answer count differs from question count",
-                    });
-                }
-                self.outstanding = None;
-                self.retransmit_at = None;
-                self.resends = 0;
-                self.apply_answers(&parities);
-                self.plan_round();
-                Ok(())
-            }
-            CascadeMessage::DoneAck { leaked_bits, .. } => {
-                if self.state != State::Finishing {
-                    return Ok(());
-                }
-                self.outstanding = None;
-                self.retransmit_at = None;
-                if leaked_bits != self.stats.leaked_bits {
-                    self.abort(AbortReason::Protocol, true);
-                    return Err(CascadeError::Protocol {
-                        reason: "Alice's leak count differs from Bob's",
-                    });
-                }
-                self.state = State::Completed;
-                self.release();
-                self.events.push_back(CascadeEvent::Completed(self.stats));
-                Ok(())
-            }
-            CascadeMessage::Abort { reason, .. } => {
-                self.abort(reason, false);
-                Ok(())
-            }
-            CascadeMessage::Questions { .. } | CascadeMessage::Done { .. } => {
-                Err(CascadeError::Protocol {
-                    reason: "message only Bob sends",
-                })
-            }
-        }
-    }
-
-    /// Next datagram for Alice: new questions, a resend, or `Done`.
-    #[must_use]
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if !self.send_now {
-            return None;
-        }
-        self.send_now = false;
-        let msg = self.outstanding.clone()?;
-        self.retransmit_at = Some(now + self.config.retransmit_after);
-        Some(msg)
-    }
-
-    /// Next event.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<CascadeEvent> {
-        self.events.pop_front()
-    }
-
-    /// When Bob wants [`handle_timeout`](Self::handle_timeout): the resend
-    /// deadline of the outstanding message.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.retransmit_at
-    }
-
-    /// Resends the outstanding message, or aborts after too many resends.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(at) = self.retransmit_at else { return };
-        if at > now || self.outstanding.is_none() {
-            return;
-        }
-        self.retransmit_at = None;
-        if self.resends >= self.config.max_retransmissions {
-            self.abort(AbortReason::Timeout, true);
-            return;
-        }
-        self.resends += 1;
-        self.stats.retransmissions += 1;
-        self.send_now = true;
-    }
-
     fn abort(&mut self, reason: AbortReason, tell_peer: bool) {
         if self.is_finished() {
             return;
         }
         self.state = State::Aborted;
-        self.retransmit_at = None;
+        self.timer.disarm();
         self.outstanding = None;
         self.send_now = false;
         if tell_peer {
             self.outstanding = Some(
                 CascadeMessage::Abort {
-                    frame_id: self.frame_id,
+                    block: self.block,
                     reason,
                 }
                 .encode(),
@@ -462,6 +344,15 @@ impl CascadeBob {
         self.flip_ends.clear();
         self.later.clear();
         self.pending.clear();
+    }
+
+    /// A timer for a new outstanding message: its resends are counted
+    /// from zero.
+    fn fresh_timer(&self) -> Retransmit {
+        Retransmit::new(
+            self.config.retransmit_after,
+            self.config.max_retransmissions,
+        )
     }
 
     fn reuse(&self) -> bool {
@@ -680,7 +571,7 @@ impl CascadeBob {
             return Some((params.block_sizes[done].min(self.key.len()), false));
         }
         let target = params.biconf_clean_passes?;
-        if self.biconf_clean_run >= target || done >= MAX_PASSES {
+        if self.biconf_clean_run >= target || done >= params.passes() {
             return None;
         }
         Some((self.plan.half(), true))
@@ -690,7 +581,7 @@ impl CascadeBob {
         self.stats.leaked_bits += questions.len() as u64;
         self.stats.channel_uses += 1;
         let msg = CascadeMessage::Questions {
-            frame_id: self.frame_id,
+            block: self.block,
             round: self.round,
             shuffle_seed: self.plan.seed(),
             key_len: self.key.len() as u32,
@@ -705,7 +596,7 @@ impl CascadeBob {
         self.state = State::Finishing;
         self.outstanding = Some(
             CascadeMessage::Done {
-                frame_id: self.frame_id,
+                block: self.block,
                 rounds: self.round,
                 leaked_bits: self.stats.leaked_bits,
             }
@@ -920,4 +811,108 @@ fn range_parity(
         return copy.parity(start..end);
     }
     passes[pass].copy.parity(plan, pass, key, start, end)
+}
+
+impl Machine for CascadeBob {
+    type Event = CascadeEvent;
+    type Error = CascadeError;
+
+    /// Feeds one datagram from Alice.
+    ///
+    /// # Errors
+    /// The datagram was rejected and changed nothing: damaged or malformed,
+    /// for another block, a message only Bob sends, or answers whose count
+    /// differs from the questions. A `DoneAck` whose leak count differs from
+    /// his ends the run: he sends an `Abort`, emits
+    /// [`CascadeEvent::Aborted`] and returns `Ok`.
+    fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
+        let msg = CascadeMessage::decode(datagram)?;
+        if msg.block() != self.block {
+            return Err(CascadeError::WrongBlock {
+                expected: self.block,
+                got: msg.block(),
+            });
+        }
+        match msg {
+            CascadeMessage::Answers {
+                round, parities, ..
+            } => {
+                if self.state != State::Asking || round.checked_add(1) != Some(self.round) {
+                    return Ok(()); // a duplicate of an answer already used
+                }
+                if self.outstanding.is_none() {
+                    return Ok(());
+                }
+                if parities.len() != self.pending.len() {
+                    return Err(CascadeError::Protocol {
+                        reason: "answer count differs from question count",
+                    });
+                }
+                self.outstanding = None;
+                self.timer = self.fresh_timer();
+                self.apply_answers(&parities);
+                self.plan_round();
+                Ok(())
+            }
+            CascadeMessage::DoneAck { leaked_bits, .. } => {
+                if self.state != State::Finishing {
+                    return Ok(());
+                }
+                self.outstanding = None;
+                self.timer.disarm();
+                if leaked_bits != self.stats.leaked_bits {
+                    self.abort(AbortReason::Protocol, true);
+                    return Ok(());
+                }
+                self.state = State::Completed;
+                self.release();
+                self.events.push_back(CascadeEvent::Completed(self.stats));
+                Ok(())
+            }
+            CascadeMessage::Abort { reason, .. } => {
+                self.abort(reason, false);
+                Ok(())
+            }
+            CascadeMessage::Questions { .. } | CascadeMessage::Done { .. } => {
+                Err(CascadeError::Protocol {
+                    reason: "message only Bob sends",
+                })
+            }
+        }
+    }
+
+    /// Next datagram for Alice: new questions, a resend, `Done` or `Abort`.
+    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if !self.send_now {
+            return None;
+        }
+        self.send_now = false;
+        let msg = self.outstanding.clone()?;
+        self.timer.arm(now);
+        Some(msg)
+    }
+
+    fn poll_event(&mut self) -> Option<CascadeEvent> {
+        self.events.pop_front()
+    }
+
+    /// The resend deadline of the outstanding message.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.timer.deadline()
+    }
+
+    /// Resends the outstanding message, or aborts after too many resends.
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.outstanding.is_none() {
+            return;
+        }
+        match self.timer.poll(now) {
+            RetransmitDue::NotYet => {}
+            RetransmitDue::Resend => {
+                self.stats.retransmissions += 1;
+                self.send_now = true;
+            }
+            RetransmitDue::GiveUp => self.abort(AbortReason::Timeout, true),
+        }
+    }
 }

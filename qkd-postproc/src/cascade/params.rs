@@ -1,20 +1,28 @@
-//! Variants of Cascade and the block-size schedules they use.
+//! Variants of Cascade, the block-size schedules they use, and the
+//! configuration both machines of a run are built from.
 
 use core::fmt;
 use core::str::FromStr;
+use std::time::Duration;
 
-use super::CascadeError;
+use qkd_core::machine::{ConfigError, check_range};
+use serde::{Deserialize, Serialize};
 
-/// The most passes (regular and BICONF) one run may use. Shuffles are
-/// numbered by pass, and the wire format carries the pass in one byte.
-pub const MAX_PASSES: usize = 255;
+/// The most passes (regular and BICONF together) any schedule may have.
+/// Shuffles are numbered by pass and the wire format carries the pass in
+/// one byte; the bound also caps what a run can make Alice compute (see
+/// the [memory bound](super#memory)).
+pub const MAX_PASSES: usize = 64;
 
 /// A named Cascade variant from Martinez-Mateo, Pacher, Peev, Ciurana and
 /// Martin, "Demystifying the information reconciliation protocol Cascade"
 /// (QIC 15, 2015), with the block sizes of `shared/specs/cascade.md`.
 ///
 /// `Q` below is the QBER estimate given to [`CascadeParams::for_variant`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// In configuration files a variant is written by its [name](Self::name)
+/// (`"option8"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Variant {
     /// Brassard–Salvail: `k_1 = 0.73/Q`, `k_i = 2·k_{i−1}`, each rounded
@@ -85,14 +93,20 @@ impl fmt::Display for Variant {
 }
 
 impl FromStr for Variant {
-    type Err = CascadeError;
+    type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Variant::ALL
             .into_iter()
             .find(|v| v.name() == s)
-            .ok_or(CascadeError::InvalidConfig {
-                reason: "unknown Cascade variant",
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "variant",
+                    format!(
+                        "unknown Cascade variant `{s}` (one of original, biconf, yanetal, \
+                         option3, option4, option7, option8)"
+                    ),
+                )
             })
     }
 }
@@ -101,10 +115,16 @@ impl FromStr for Variant {
 /// BICONF, and whether known parities are reused.
 ///
 /// Build it with [`for_variant`](Self::for_variant), or fill the fields for
-/// a schedule of your own (block-size sweeps). Both sides need not agree on
-/// it: only Bob follows the schedule, Alice answers whatever he asks and
-/// counts it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// a schedule of your own (block-size sweeps). Both sides build their
+/// machines from the same schedule (in a [`CascadeConfig`]): Bob follows
+/// it, and Alice answers only questions about the passes it has
+/// ([`passes`](Self::passes)), so that a message cannot make her compute
+/// shuffles nobody agreed on.
+///
+/// In a configuration file only `block_sizes` is required; the other
+/// fields default as documented on each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CascadeParams {
     /// Block size of each regular pass, first pass first. Pass 1 uses the key
     /// in its own order, later passes a shuffle. Each size is at least 1; a
@@ -112,12 +132,19 @@ pub struct CascadeParams {
     pub block_sizes: Vec<usize>,
     /// After the regular passes, run BICONF passes (a fresh shuffle, the key
     /// split in two halves, one parity asked) until this many in a row find
-    /// no error. `None`: no BICONF.
+    /// no error. `None` (the default): no BICONF.
+    #[serde(default)]
     pub biconf_clean_passes: Option<u32>,
+    /// The most BICONF passes one run makes, clean or not (default
+    /// [`DEFAULT_BICONF_MAX_PASSES`]); a run that reaches it ends, and
+    /// confirmation decides about any error left. Unused without BICONF.
+    #[serde(default = "default_biconf_max_passes")]
+    pub biconf_max_passes: u32,
     /// Reuse every parity both sides already know: a range whose parity is
     /// known (asked before, or implied by its parent and sibling, or the last
     /// block of a pass implied by the total parity) is never asked again, and
-    /// binary searches step through known sub-blocks for free.
+    /// binary searches step through known sub-blocks for free. Default `false`.
+    #[serde(default)]
     pub reuse_known_parities: bool,
     /// In passes after the first, the blocks found odd are searched in this
     /// many waves, each wave's searches (and the cascades they set off) in
@@ -126,13 +153,32 @@ pub struct CascadeParams {
     /// hold the two errors of one pair; searching them one after the other
     /// lets the first search's cascade fix the second error through the
     /// cheap pass-1 block. More waves: fewer parities, more channel uses.
-    /// 1 searches every odd block at once.
+    /// 1 (the default) searches every odd block at once.
+    #[serde(default = "one")]
     pub search_waves: u32,
     /// When a flipped bit makes several blocks odd, the smallest is searched
-    /// first and the others are set aside. `true`: they are checked again
-    /// once no search at all is running (fewest parities, most channel
-    /// uses); `false`: once the search that set them aside has ended.
+    /// first and the others are set aside. `true` (the default): they are
+    /// checked again once no search at all is running (fewest parities, most
+    /// channel uses); `false`: once the search that set them aside has ended.
+    #[serde(default = "yes")]
     pub defer_until_idle: bool,
+}
+
+/// Default of [`CascadeParams::biconf_max_passes`]: about 2.5 times the
+/// most BICONF passes the `biconf` variant needed in 200 runs each at QBER
+/// 1, 5, 10 and 12 % and 30 to 10^4 bits (19; 11 on average).
+pub const DEFAULT_BICONF_MAX_PASSES: u32 = 48;
+
+fn default_biconf_max_passes() -> u32 {
+    DEFAULT_BICONF_MAX_PASSES
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl CascadeParams {
@@ -140,18 +186,12 @@ impl CascadeParams {
     /// `qber`.
     ///
     /// # Errors
-    /// [`CascadeError::InvalidConfig`] if `qber` is not in `[0, 0.5)` or
-    /// `n` is 0. A `qber` of 0 makes every block the whole key.
-    pub fn for_variant(variant: Variant, qber: f64, n: usize) -> Result<Self, CascadeError> {
-        if !(0.0..0.5).contains(&qber) {
-            return Err(CascadeError::InvalidConfig {
-                reason: "QBER estimate must be in [0, 0.5)",
-            });
-        }
+    /// A [`ConfigError`] naming `qber` if it is not in `[0, 0.5)`, or `n`
+    /// if it is 0. A `qber` of 0 makes every block the whole key.
+    pub fn for_variant(variant: Variant, qber: f64, n: usize) -> Result<Self, ConfigError> {
+        check_range("qber", qber, 0.0..0.5)?;
         if n == 0 {
-            return Err(CascadeError::InvalidConfig {
-                reason: "key length must be positive",
-            });
+            return Err(ConfigError::new("n", "the key length must be positive"));
         }
         let half = n.div_ceil(2);
         let inv = if qber > 0.0 {
@@ -222,37 +262,205 @@ impl CascadeParams {
         Ok(CascadeParams {
             block_sizes,
             biconf_clean_passes: biconf,
+            biconf_max_passes: DEFAULT_BICONF_MAX_PASSES,
             reuse_known_parities: reuse,
             search_waves,
             defer_until_idle: true,
         })
     }
 
+    /// The most passes a run of this schedule makes: the regular passes,
+    /// plus [`biconf_max_passes`](Self::biconf_max_passes) with BICONF.
+    /// Passes are numbered `0 .. passes()` on the wire.
+    #[must_use]
+    pub fn passes(&self) -> usize {
+        let biconf = match self.biconf_clean_passes {
+            Some(_) => self.biconf_max_passes as usize,
+            None => 0,
+        };
+        self.block_sizes.len().saturating_add(biconf)
+    }
+
     /// Checks the schedule.
     ///
     /// # Errors
-    /// [`CascadeError::InvalidConfig`] for no passes, a zero block size, or
-    /// more than [`MAX_PASSES`] regular passes.
-    pub fn validate(&self) -> Result<(), CascadeError> {
-        if self.block_sizes.is_empty() || self.block_sizes.len() > MAX_PASSES {
-            return Err(CascadeError::InvalidConfig {
-                reason: "number of passes must be in 1..=255",
-            });
+    /// A [`ConfigError`] naming the field: no passes or more than
+    /// [`MAX_PASSES`] in all, a zero block size, no search wave, or BICONF
+    /// with no clean pass or no pass.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.block_sizes.is_empty() {
+            return Err(ConfigError::new(
+                "block_sizes",
+                "at least one regular pass is needed",
+            ));
         }
         if self.block_sizes.contains(&0) {
-            return Err(CascadeError::InvalidConfig {
-                reason: "block sizes must be positive",
-            });
+            return Err(ConfigError::new(
+                "block_sizes",
+                "every block size must be positive",
+            ));
         }
         if self.search_waves == 0 {
-            return Err(CascadeError::InvalidConfig {
-                reason: "search waves must be at least 1",
-            });
+            return Err(ConfigError::new("search_waves", "must be at least 1"));
         }
         if self.biconf_clean_passes == Some(0) {
-            return Err(CascadeError::InvalidConfig {
-                reason: "BICONF needs at least one clean pass",
-            });
+            return Err(ConfigError::new(
+                "biconf_clean_passes",
+                "BICONF needs at least one clean pass",
+            ));
+        }
+        if self.biconf_clean_passes.is_some() && self.biconf_max_passes == 0 {
+            return Err(ConfigError::new(
+                "biconf_max_passes",
+                "must be at least 1 with BICONF",
+            ));
+        }
+        if self.passes() > MAX_PASSES {
+            let field = if self.block_sizes.len() > MAX_PASSES {
+                "block_sizes"
+            } else {
+                "biconf_max_passes"
+            };
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "{} passes in all (regular and BICONF), at most {MAX_PASSES} allowed",
+                    self.passes()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The most parity bits Alice discloses in one run. Past it she refuses the
+/// round and the run aborts ([`AbortReason::LeakLimit`](super::AbortReason::LeakLimit)).
+///
+/// In configuration files: `{ "bits": 3000 }` or `{ "per_key_bit": 0.5 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LeakBudget {
+    /// At most this many parity bits, whatever the key length.
+    Bits(u64),
+    /// At most `⌊fraction · n⌋` parity bits for a key of `n` bits
+    /// (finite, at least 0). A run that discloses as many bits as the key
+    /// has leaves no secret key, so values above 1 only make sense for
+    /// tests of tiny keys.
+    PerKeyBit(f64),
+}
+
+impl Default for LeakBudget {
+    /// One parity bit per key bit: more leaves nothing to distil.
+    fn default() -> Self {
+        LeakBudget::PerKeyBit(1.0)
+    }
+}
+
+impl LeakBudget {
+    /// The budget in parity bits for a key of `n` bits.
+    #[must_use]
+    pub fn bits_for(self, n: usize) -> u64 {
+        match self {
+            LeakBudget::Bits(bits) => bits,
+            // Validated: finite and at least 0; `as` saturates.
+            LeakBudget::PerKeyBit(fraction) => (fraction * n as f64).floor() as u64,
+        }
+    }
+
+    /// Checks the budget.
+    ///
+    /// # Errors
+    /// A fraction that is NaN, infinite or negative (field `per_key_bit`).
+    pub fn validate(self) -> Result<(), ConfigError> {
+        match self {
+            LeakBudget::Bits(_) => Ok(()),
+            LeakBudget::PerKeyBit(fraction) => {
+                check_range("per_key_bit", fraction, 0.0..).map(|_| ())
+            }
+        }
+    }
+}
+
+/// The configuration both machines of a run are built from: the schedule
+/// and the leak budget both sides agreed on, and Bob's retransmission timer.
+///
+/// In a configuration file only `params` is required:
+///
+/// ```
+/// use std::time::Duration;
+/// use qkd_postproc::cascade::{CascadeConfig, LeakBudget};
+///
+/// let config: CascadeConfig = serde_json::from_str(
+///     r#"{ "params": { "block_sizes": [64, 256, 5000], "reuse_known_parities": true } }"#,
+/// ).unwrap();
+/// assert_eq!(config.leak_budget, LeakBudget::PerKeyBit(1.0));
+/// assert_eq!(config.retransmit_after, Duration::from_millis(200));
+/// assert_eq!(config.max_retransmissions, 20);
+/// assert_eq!(config.params.passes(), 3);
+/// config.validate().unwrap();
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeConfig {
+    /// The schedule. Bob follows it; Alice answers questions about its
+    /// passes only.
+    pub params: CascadeParams,
+    /// The most parity bits Alice discloses (default: one per key bit).
+    /// Only Alice enforces it.
+    #[serde(default)]
+    pub leak_budget: LeakBudget,
+    /// Bob resends the outstanding message when no reply came for this long
+    /// (default 200 ms). Alice sets no timer.
+    #[serde(default = "default_retransmit_after")]
+    pub retransmit_after: Duration,
+    /// Bob gives up (aborts with [`AbortReason::Timeout`](super::AbortReason::Timeout))
+    /// after this many resends of one message (default 20).
+    #[serde(default = "default_max_retransmissions")]
+    pub max_retransmissions: u32,
+}
+
+fn default_retransmit_after() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_max_retransmissions() -> u32 {
+    20
+}
+
+impl CascadeConfig {
+    /// A configuration with `params` and every other field at its default.
+    #[must_use]
+    pub fn new(params: CascadeParams) -> Self {
+        CascadeConfig {
+            params,
+            leak_budget: LeakBudget::default(),
+            retransmit_after: default_retransmit_after(),
+            max_retransmissions: default_max_retransmissions(),
+        }
+    }
+
+    /// The same configuration with another leak budget.
+    #[must_use]
+    pub fn with_leak_budget(mut self, leak_budget: LeakBudget) -> Self {
+        self.leak_budget = leak_budget;
+        self
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field (`params.block_sizes`,
+    /// `leak_budget.per_key_bit`, `retransmit_after` ...).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.params.validate().map_err(|e| e.within("params"))?;
+        self.leak_budget
+            .validate()
+            .map_err(|e| e.within("leak_budget"))?;
+        if self.retransmit_after.is_zero() {
+            return Err(ConfigError::new(
+                "retransmit_after",
+                "must be longer than zero",
+            ));
         }
         Ok(())
     }

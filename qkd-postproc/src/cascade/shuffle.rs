@@ -6,7 +6,8 @@ use qkd_core::BitVec;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
-use super::CascadeError;
+use qkd_core::machine::ConfigError;
+
 use super::params::MAX_PASSES;
 
 /// The permutations of every pass of a Cascade run on keys of one length.
@@ -19,11 +20,18 @@ use super::params::MAX_PASSES;
 /// the shuffles are public (every parity they lead to is counted as leaked).
 ///
 /// A plan computes each pass's permutation on first use and keeps it, so one
-/// plan shared (through an `Arc`) by many frames of the same length, and by
+/// plan shared (through an `Arc`) by many blocks of the same length, and by
 /// both machines in a test, pays for the shuffles once. Reusing one seed for
-/// many frames is safe: the shuffles reveal nothing about the key, and the
-/// errors of each frame are fresh. Derive a new seed (for example from the
-/// block ID) when you want different shuffles per frame.
+/// many blocks is safe: the shuffles reveal nothing about the key, and the
+/// errors of each block are fresh. Derive a new seed (for example from the
+/// block ID) when you want different shuffles per block.
+///
+/// Memory: each pass computed holds its permutation and its inverse (8
+/// bytes per key bit), the half-key mask (1/8 byte per key bit) and the
+/// masks of the first tree levels of the two halves (at most 60 masks of
+/// 1/8 byte per key bit, only for keys of 2^13 bits and more): at most
+/// [`SHUFFLE_BYTES_PER_KEY_BIT`] per pass. The machines only ever ask for
+/// the passes of their agreed schedule ([`CascadeParams::passes`](super::CascadeParams::passes)).
 pub struct ShufflePlan {
     n: usize,
     seed: u64,
@@ -121,16 +129,23 @@ pub(crate) struct Shuffle {
 /// Depth of the half-block tree nodes that get a precomputed mask.
 const MASK_DEPTH: u32 = 4;
 
+/// The most bytes one pass's shuffle holds per key bit (rounded up): the
+/// permutation and its inverse (8), the half mask (1/8) and at most
+/// `2 · (2 + 4 + 8 + 16) = 60` node masks (60/8). Keys whose length is not
+/// a multiple of 64 add less than one word per mask.
+pub const SHUFFLE_BYTES_PER_KEY_BIT: f64 = 8.0 + (1.0 + 60.0) / 8.0;
+
 impl ShufflePlan {
     /// A plan for keys of `n` bits with the shuffle seed `seed`.
     ///
     /// # Errors
-    /// [`CascadeError::InvalidConfig`] if `n` is 0 or does not fit in 32 bits.
-    pub fn new(n: usize, seed: u64) -> Result<Self, CascadeError> {
+    /// A [`ConfigError`] naming `n` if it is 0 or does not fit in 32 bits.
+    pub fn new(n: usize, seed: u64) -> Result<Self, ConfigError> {
         if n == 0 || u32::try_from(n).is_err() {
-            return Err(CascadeError::InvalidConfig {
-                reason: "key length must be in 1..2^32",
-            });
+            return Err(ConfigError::new(
+                "n",
+                format!("the key length must be in 1..2^32, got {n}"),
+            ));
         }
         Ok(ShufflePlan {
             n,
@@ -146,7 +161,7 @@ impl ShufflePlan {
     pub fn random<R: rand_core::CryptoRng + ?Sized>(
         n: usize,
         rng: &mut R,
-    ) -> Result<Self, CascadeError> {
+    ) -> Result<Self, ConfigError> {
         Self::new(n, rng.next_u64())
     }
 

@@ -3,11 +3,13 @@
 //! Every message is
 //!
 //! ```text
-//! version u8 (= 1) | type u8 | frame_id u64 | body | crc32 u32
+//! 13 | version u8 (= 1) | type u8 | block u64 | body | crc32 u32
 //! ```
 //!
-//! with integers big-endian and the CRC-32 (IEEE 802.3 polynomial, as in
-//! zlib) taken over everything before it. The bodies:
+//! The first three bytes are the workspace's envelope
+//! ([`qkd_core::wire`], protocol [`Protocol::Cascade`] = `0x13`), integers
+//! are big-endian, and the CRC-32 (IEEE 802.3 polynomial, as in zlib) is
+//! taken over every byte before it. The bodies:
 //!
 //! | type | message | body |
 //! | --- | --- | --- |
@@ -22,33 +24,67 @@
 //! [`ShufflePlan`](super::ShufflePlan)); its answer is Alice's parity of
 //! that range. Answers come in the order of the questions.
 //!
-//! Example: the answers of round 3 of frame 7, five parities `1,0,1,1,0`:
+//! Example: the answers of round 3 of block 7, five parities `1,0,1,1,0`:
 //!
 //! ```text
-//! 01 02 00 00 00 00 00 00 00 07   version 1, Answers, frame 7
-//! 00 00 00 03 00 00 00 05         round 3, 5 parities
-//! 0d                              0b01101: bits 0, 2, 3 set
-//! xx xx xx xx                     CRC-32 of the 19 bytes before
+//! 13 01 02                  Cascade, version 1, Answers
+//! 00 00 00 00 00 00 00 07   block 7
+//! 00 00 00 03 00 00 00 05   round 3, 5 parities
+//! 0d                        0b01101: bits 0, 2, 3 set
+//! f5 02 77 96               CRC-32 of the 20 bytes before
 //! ```
 //!
-//! Decoding checks the CRC first, then the version, type and every length
-//! against [`MAX_QUESTIONS`] before allocating; trailing bytes are an error,
-//! and no input makes it panic. The CRC catches transmission errors (all
-//! one- and two-bit errors); it is not authentication: in a deployment the
-//! messages travel over the Wegman–Carter authenticated channel.
+//! Decoding ([`CascadeMessage::decode`]) checks the envelope, then the CRC,
+//! then reads the body through [`Reader`]: every count is checked against
+//! the bytes that remain before anything is allocated (a decoded message
+//! takes at most 4/3 of its length in memory), ranges must be non-empty and
+//! must not overflow, padding bits must be zero, and trailing bytes are an
+//! error. No input makes it panic; every failure is a [`WireError`].
+//!
+//! # Why the CRC stays
+//!
+//! The CRC is not authentication: anyone can recompute it. It is kept
+//! because Cascade messages do not always travel sealed one by one:
+//!
+//! - Sealed per message ([`AuthenticatedChannel::seal`](crate::auth::AuthenticatedChannel::seal)),
+//!   a damaged message fails its tag and never reaches Cascade; the CRC
+//!   costs four bytes and never fails.
+//! - In the transcript mode ([`crate::auth::transcript`]) the messages of a
+//!   round travel unauthenticated and the tags are only compared at the end
+//!   of the round. A transmission error there that still decoded (a flipped
+//!   parity) would send Bob's search the wrong way, and the whole round's
+//!   key would be dropped at the tag; with the CRC the damaged copy is
+//!   rejected, Bob resends, and the round survives.
+//! - Standalone over a lossy link (the `qkd ec` tool, a vendor's own
+//!   transport) it is the only integrity check.
+//!
+//! It catches every error of up to three bits and every burst of up to 32
+//! bits in these short messages, for a hash over a few bytes per message.
+//! What the authenticated channel protects in each mode, and what an
+//! unauthenticated message can cost before the round's tag is checked, is
+//! in the [module documentation](super#the-channel-under-cascade).
 
-use bytes::{Buf, BufMut};
-use qkd_core::BitVec;
+use bytes::BufMut;
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, strip_crc32};
+use qkd_core::{BitVec, BlockId};
 
-/// The wire format version this module writes and reads.
+/// The version of Cascade's format this module writes and reads.
 pub const VERSION: u8 = 1;
 
-/// The most questions (and answers) one message may carry.
-pub const MAX_QUESTIONS: usize = 1 << 24;
+/// The most questions (and answers) one message may carry: the count is a
+/// `u32`. A decoder never allocates more than the message's own bytes allow.
+pub const MAX_QUESTIONS: usize = u32::MAX as usize;
 
-const HEADER: usize = 10;
+/// Envelope and block ID.
+const HEADER: usize = Envelope::LEN + 8;
 const TRAILER: usize = 4;
 const QUESTION: usize = 9;
+
+const QUESTIONS: u8 = 1;
+const ANSWERS: u8 = 2;
+const DONE: u8 = 3;
+const DONE_ACK: u8 = 4;
+const ABORT: u8 = 5;
 
 /// One parity question: the range `start .. start + len` in the order of `pass`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,11 +103,13 @@ pub struct Question {
 pub enum AbortReason {
     /// Alice would have disclosed more parities than her limit allows.
     LeakLimit,
-    /// The peer's messages did not fit the protocol (wrong key length, seed,
-    /// round or answer count).
+    /// The peer's messages did not fit the protocol (leak counts that
+    /// differ at the end).
     Protocol,
     /// Bob gave up after too many retransmissions.
     Timeout,
+    /// The peer runs with another key length or shuffle seed.
+    Incompatible,
     /// A reason code this version does not know.
     Other(u8),
 }
@@ -82,6 +120,7 @@ impl AbortReason {
             AbortReason::LeakLimit => 1,
             AbortReason::Protocol => 2,
             AbortReason::Timeout => 3,
+            AbortReason::Incompatible => 4,
             AbortReason::Other(c) => c,
         }
     }
@@ -91,6 +130,7 @@ impl AbortReason {
             1 => AbortReason::LeakLimit,
             2 => AbortReason::Protocol,
             3 => AbortReason::Timeout,
+            4 => AbortReason::Incompatible,
             c => AbortReason::Other(c),
         }
     }
@@ -102,8 +142,8 @@ impl AbortReason {
 pub enum CascadeMessage {
     /// Bob's questions of one round.
     Questions {
-        /// The frame (key block) this run reconciles.
-        frame_id: u64,
+        /// The block this run reconciles.
+        block: BlockId,
         /// Round number, from 0, one more for each new set of questions.
         round: u32,
         /// The seed of Bob's [`ShufflePlan`](super::ShufflePlan).
@@ -115,8 +155,8 @@ pub enum CascadeMessage {
     },
     /// Alice's parities for the questions of one round.
     Answers {
-        /// The frame.
-        frame_id: u64,
+        /// The block.
+        block: BlockId,
         /// The round answered.
         round: u32,
         /// One parity per question, in order.
@@ -124,8 +164,8 @@ pub enum CascadeMessage {
     },
     /// Bob has finished; the totals he counted.
     Done {
-        /// The frame.
-        frame_id: u64,
+        /// The block.
+        block: BlockId,
         /// Rounds of questions Bob sent.
         rounds: u32,
         /// Parity bits Bob asked for in total.
@@ -133,54 +173,30 @@ pub enum CascadeMessage {
     },
     /// Alice agrees that the run is over.
     DoneAck {
-        /// The frame.
-        frame_id: u64,
+        /// The block.
+        block: BlockId,
         /// Parity bits Alice disclosed in total.
         leaked_bits: u64,
     },
-    /// The sender gave up on this frame.
+    /// The sender gave up on this block.
     Abort {
-        /// The frame.
-        frame_id: u64,
+        /// The block.
+        block: BlockId,
         /// Why.
         reason: AbortReason,
     },
 }
 
-/// Why a message could not be decoded. Says nothing about key material.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WireError {
-    /// The input ended before the message did.
-    #[error("message truncated")]
-    Truncated,
-    /// The CRC did not match: the message was damaged in transit.
-    #[error("checksum mismatch")]
-    Checksum,
-    /// A version this implementation does not speak.
-    #[error("unsupported version {0}")]
-    Version(u8),
-    /// An unknown message type.
-    #[error("unknown message type {0}")]
-    Type(u8),
-    /// A count above [`MAX_QUESTIONS`] or a range that is empty or overflows.
-    #[error("field out of range: {0}")]
-    OutOfRange(&'static str),
-    /// Bytes left after the message (or set padding bits).
-    #[error("trailing bytes after message")]
-    Trailing,
-}
-
 impl CascadeMessage {
-    /// The frame the message is about.
+    /// The block the message is about.
     #[must_use]
-    pub fn frame_id(&self) -> u64 {
+    pub fn block(&self) -> BlockId {
         match self {
-            CascadeMessage::Questions { frame_id, .. }
-            | CascadeMessage::Answers { frame_id, .. }
-            | CascadeMessage::Done { frame_id, .. }
-            | CascadeMessage::DoneAck { frame_id, .. }
-            | CascadeMessage::Abort { frame_id, .. } => *frame_id,
+            CascadeMessage::Questions { block, .. }
+            | CascadeMessage::Answers { block, .. }
+            | CascadeMessage::Done { block, .. }
+            | CascadeMessage::DoneAck { block, .. }
+            | CascadeMessage::Abort { block, .. } => *block,
         }
     }
 
@@ -188,193 +204,136 @@ impl CascadeMessage {
     ///
     /// # Panics
     /// If a message holds more than [`MAX_QUESTIONS`] questions or answers
-    /// (the machines never build such a message).
+    /// (the machines never build one: a key has fewer than 2^32 bits).
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len_hint());
-        out.put_u8(VERSION);
+        let (kind, body) = match self {
+            CascadeMessage::Questions { questions, .. } => {
+                (QUESTIONS, 20 + QUESTION * questions.len())
+            }
+            CascadeMessage::Answers { parities, .. } => (ANSWERS, 8 + parities.len().div_ceil(8)),
+            CascadeMessage::Done { .. } => (DONE, 12),
+            CascadeMessage::DoneAck { .. } => (DONE_ACK, 8),
+            CascadeMessage::Abort { .. } => (ABORT, 1),
+        };
+        let mut out = Envelope::new(Protocol::Cascade, VERSION, kind).start(8 + body + TRAILER);
+        out.put_u64(self.block().get());
         match self {
             CascadeMessage::Questions {
-                frame_id,
                 round,
                 shuffle_seed,
                 key_len,
                 questions,
+                ..
             } => {
-                assert!(questions.len() <= MAX_QUESTIONS, "too many questions");
-                out.put_u8(1);
-                out.put_u64(*frame_id);
+                let count = u32::try_from(questions.len()).expect("at most 2^32 - 1 questions");
                 out.put_u32(*round);
                 out.put_u64(*shuffle_seed);
                 out.put_u32(*key_len);
-                out.put_u32(questions.len() as u32);
+                out.put_u32(count);
                 for q in questions {
-                    let mut bytes = [0u8; QUESTION];
-                    bytes[0] = q.pass;
-                    bytes[1..5].copy_from_slice(&q.start.to_be_bytes());
-                    bytes[5..].copy_from_slice(&q.len.to_be_bytes());
-                    out.extend_from_slice(&bytes);
+                    out.put_u8(q.pass);
+                    out.put_u32(q.start);
+                    out.put_u32(q.len);
                 }
             }
             CascadeMessage::Answers {
-                frame_id,
-                round,
-                parities,
+                round, parities, ..
             } => {
-                assert!(parities.len() <= MAX_QUESTIONS, "too many answers");
-                out.put_u8(2);
-                out.put_u64(*frame_id);
+                let count = u32::try_from(parities.len()).expect("at most 2^32 - 1 answers");
                 out.put_u32(*round);
-                out.put_u32(parities.len() as u32);
+                out.put_u32(count);
                 out.extend_from_slice(&parities.to_bytes_lsb());
             }
             CascadeMessage::Done {
-                frame_id,
                 rounds,
                 leaked_bits,
+                ..
             } => {
-                out.put_u8(3);
-                out.put_u64(*frame_id);
                 out.put_u32(*rounds);
                 out.put_u64(*leaked_bits);
             }
-            CascadeMessage::DoneAck {
-                frame_id,
-                leaked_bits,
-            } => {
-                out.put_u8(4);
-                out.put_u64(*frame_id);
-                out.put_u64(*leaked_bits);
-            }
-            CascadeMessage::Abort { frame_id, reason } => {
-                out.put_u8(5);
-                out.put_u64(*frame_id);
-                out.put_u8(reason.code());
-            }
+            CascadeMessage::DoneAck { leaked_bits, .. } => out.put_u64(*leaked_bits),
+            CascadeMessage::Abort { reason, .. } => out.put_u8(reason.code()),
         }
-        let crc = crc32fast::hash(&out);
-        out.put_u32(crc);
+        append_crc32(&mut out);
         out
-    }
-
-    fn encoded_len_hint(&self) -> usize {
-        HEADER
-            + TRAILER
-            + match self {
-                CascadeMessage::Questions { questions, .. } => 20 + QUESTION * questions.len(),
-                CascadeMessage::Answers { parities, .. } => 8 + parities.len().div_ceil(8),
-                _ => 12,
-            }
     }
 
     /// Decodes one message, checking everything described in the module docs.
     ///
     /// # Errors
-    /// A [`WireError`] naming the first problem found.
+    /// A [`WireError`] naming the first problem found: another protocol or
+    /// version, too short, a CRC mismatch ([`WireError::Checksum`]), an
+    /// unknown type, a count larger than the bytes behind it, an empty or
+    /// overflowing range, set padding bits, or trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        if bytes.len() < HEADER + TRAILER {
-            return Err(WireError::Truncated);
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - TRAILER);
-        let crc = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
-        if crc32fast::hash(body) != crc {
-            return Err(WireError::Checksum);
-        }
-        let mut buf = body;
-        let version = buf.get_u8();
-        if version != VERSION {
-            return Err(WireError::Version(version));
-        }
-        let kind = buf.get_u8();
-        let frame_id = buf.get_u64();
+        let mut r = Reader::new(bytes);
+        let kind = r.envelope(Protocol::Cascade, VERSION)?;
+        r.ensure(HEADER - Envelope::LEN + TRAILER)?;
+        let covered = strip_crc32(bytes)?;
+        let mut r = Reader::new(&covered[Envelope::LEN..]);
+        let block = r.block()?;
         let msg = match kind {
-            1 => {
-                need(&buf, 20)?;
-                let round = buf.get_u32();
-                let shuffle_seed = buf.get_u64();
-                let key_len = buf.get_u32();
-                let count = buf.get_u32() as usize;
-                if count > MAX_QUESTIONS {
-                    return Err(WireError::OutOfRange("question count"));
-                }
-                need(&buf, count * QUESTION)?;
+            QUESTIONS => {
+                let round = r.u32()?;
+                let shuffle_seed = r.u64()?;
+                let key_len = r.u32()?;
+                let count = r.count_u32("questions", MAX_QUESTIONS, QUESTION)?;
                 let mut questions = Vec::with_capacity(count);
-                for chunk in buf[..count * QUESTION].chunks_exact(QUESTION) {
-                    let word = |at: usize| {
-                        u32::from_be_bytes([chunk[at], chunk[at + 1], chunk[at + 2], chunk[at + 3]])
-                    };
-                    let (pass, start, len) = (chunk[0], word(1), word(5));
+                for _ in 0..count {
+                    let (pass, start, len) = (r.u8()?, r.u32()?, r.u32()?);
                     if len == 0 || start.checked_add(len).is_none() {
-                        return Err(WireError::OutOfRange("question range"));
+                        return Err(WireError::invalid(
+                            "question",
+                            "a range must be non-empty and end below 2^32",
+                        ));
                     }
                     questions.push(Question { pass, start, len });
                 }
-                buf.advance(count * QUESTION);
                 CascadeMessage::Questions {
-                    frame_id,
+                    block,
                     round,
                     shuffle_seed,
                     key_len,
                     questions,
                 }
             }
-            2 => {
-                need(&buf, 8)?;
-                let round = buf.get_u32();
-                let count = buf.get_u32() as usize;
-                if count > MAX_QUESTIONS {
-                    return Err(WireError::OutOfRange("answer count"));
+            ANSWERS => {
+                let round = r.u32()?;
+                let count = r.count_u32("parities", MAX_QUESTIONS, 0)?;
+                let packed = r.bytes(count.div_ceil(8))?;
+                if !count.is_multiple_of(8) && packed[packed.len() - 1] >> (count % 8) != 0 {
+                    return Err(WireError::invalid(
+                        "parities",
+                        "the padding bits of the last byte must be zero",
+                    ));
                 }
-                let nbytes = count.div_ceil(8);
-                need(&buf, nbytes)?;
-                let parities = BitVec::from_bytes_lsb(&buf[..nbytes], count)
-                    .map_err(|_| WireError::OutOfRange("answer bytes"))?;
-                if !count.is_multiple_of(8) && buf[nbytes - 1] >> (count % 8) != 0 {
-                    return Err(WireError::Trailing);
-                }
-                buf.advance(nbytes);
+                let parities = BitVec::from_bytes_lsb(packed, count)
+                    .map_err(|_| WireError::invalid("parities", "wrong length"))?;
                 CascadeMessage::Answers {
-                    frame_id,
+                    block,
                     round,
                     parities,
                 }
             }
-            3 => {
-                need(&buf, 12)?;
-                CascadeMessage::Done {
-                    frame_id,
-                    rounds: buf.get_u32(),
-                    leaked_bits: buf.get_u64(),
-                }
-            }
-            4 => {
-                need(&buf, 8)?;
-                CascadeMessage::DoneAck {
-                    frame_id,
-                    leaked_bits: buf.get_u64(),
-                }
-            }
-            5 => {
-                need(&buf, 1)?;
-                CascadeMessage::Abort {
-                    frame_id,
-                    reason: AbortReason::from_code(buf.get_u8()),
-                }
-            }
-            t => return Err(WireError::Type(t)),
+            DONE => CascadeMessage::Done {
+                block,
+                rounds: r.u32()?,
+                leaked_bits: r.u64()?,
+            },
+            DONE_ACK => CascadeMessage::DoneAck {
+                block,
+                leaked_bits: r.u64()?,
+            },
+            ABORT => CascadeMessage::Abort {
+                block,
+                reason: AbortReason::from_code(r.u8()?),
+            },
+            t => return Err(Reader::unknown_type(Protocol::Cascade, t)),
         };
-        if buf.has_remaining() {
-            return Err(WireError::Trailing);
-        }
+        r.finish()?;
         Ok(msg)
-    }
-}
-
-fn need(buf: &&[u8], n: usize) -> Result<(), WireError> {
-    if buf.remaining() < n {
-        Err(WireError::Truncated)
-    } else {
-        Ok(())
     }
 }
 
@@ -387,21 +346,23 @@ mod tests {
     fn answers_example_from_the_docs() {
         let parities: BitVec = [true, false, true, true, false].into_iter().collect();
         let msg = CascadeMessage::Answers {
-            frame_id: 7,
+            block: BlockId::new(7),
             round: 3,
             parities,
         };
         let bytes = msg.encode();
         assert_eq!(
-            &bytes[..19],
-            &[1, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 5, 0x0d]
+            bytes,
+            [
+                0x13, 1, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 5, 0x0d, 0xf5, 0x02, 0x77,
+                0x96
+            ]
         );
-        assert_eq!(bytes.len(), 23);
         assert_eq!(CascadeMessage::decode(&bytes).unwrap(), msg);
     }
 
     fn reseal(mut bytes: Vec<u8>) -> Vec<u8> {
-        bytes.truncate(bytes.len() - 4);
+        bytes.truncate(bytes.len() - TRAILER);
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
         bytes
@@ -410,65 +371,103 @@ mod tests {
     #[test]
     fn malformed_messages_are_typed_errors() {
         let msg = CascadeMessage::Done {
-            frame_id: 1,
+            block: BlockId::new(1),
             rounds: 2,
             leaked_bits: 3,
         };
         let good = msg.encode();
-        assert_eq!(
+        assert!(matches!(
             CascadeMessage::decode(&good[..5]),
-            Err(WireError::Truncated)
-        );
+            Err(WireError::Truncated { .. })
+        ));
         let mut bad = good.clone();
         bad[12] ^= 1;
         assert_eq!(CascadeMessage::decode(&bad), Err(WireError::Checksum));
         let mut v = good.clone();
-        v[0] = 2;
+        v[1] = 2;
         assert_eq!(
             CascadeMessage::decode(&reseal(v)),
-            Err(WireError::Version(2))
+            Err(WireError::UnsupportedVersion {
+                protocol: Protocol::Cascade,
+                version: 2
+            })
         );
+        let mut p = good.clone();
+        p[0] = Protocol::Confirm.id();
+        assert!(matches!(
+            CascadeMessage::decode(&reseal(p)),
+            Err(WireError::WrongProtocol { .. })
+        ));
         let mut t = good.clone();
-        t[1] = 9;
-        assert_eq!(CascadeMessage::decode(&reseal(t)), Err(WireError::Type(9)));
+        t[2] = 9;
+        assert_eq!(
+            CascadeMessage::decode(&reseal(t)),
+            Err(WireError::UnknownType {
+                protocol: Protocol::Cascade,
+                kind: 9
+            })
+        );
         let mut long = good.clone();
-        long.insert(good.len() - 4, 0);
+        long.insert(good.len() - TRAILER, 0);
         assert_eq!(
             CascadeMessage::decode(&reseal(long)),
-            Err(WireError::Trailing)
+            Err(WireError::TrailingBytes { count: 1 })
         );
         // A huge question count is rejected before allocating.
         let q = CascadeMessage::Questions {
-            frame_id: 1,
+            block: BlockId::new(1),
             round: 0,
             shuffle_seed: 0,
             key_len: 10,
             questions: vec![],
         };
+        let count_at = HEADER + 16;
         let mut huge = q.encode();
-        huge[26..30].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(
+        huge[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
             CascadeMessage::decode(&reseal(huge)),
-            Err(WireError::OutOfRange("question count"))
-        );
-        let mut short = q.encode();
-        short[26..30].copy_from_slice(&3u32.to_be_bytes());
-        assert_eq!(
-            CascadeMessage::decode(&reseal(short)),
-            Err(WireError::Truncated)
-        );
+            Err(WireError::TooMany {
+                field: "questions",
+                count: 0xffff_ffff,
+                max: 0
+            })
+        ));
+        // An empty range is refused.
+        let one = CascadeMessage::Questions {
+            block: BlockId::new(1),
+            round: 0,
+            shuffle_seed: 0,
+            key_len: 10,
+            questions: vec![Question {
+                pass: 0,
+                start: 1,
+                len: 1,
+            }],
+        };
+        let mut empty = one.encode();
+        empty[count_at + 4 + 5..count_at + 4 + 9].copy_from_slice(&[0; 4]);
+        assert!(matches!(
+            CascadeMessage::decode(&reseal(empty)),
+            Err(WireError::Invalid {
+                field: "question",
+                ..
+            })
+        ));
         // Padding bits of the answers must be zero.
         let a = CascadeMessage::Answers {
-            frame_id: 1,
+            block: BlockId::new(1),
             round: 0,
             parities: [true, true].into_iter().collect(),
         };
         let mut pad = a.encode();
-        pad[18] |= 0x80;
-        assert_eq!(
+        pad[HEADER + 8] |= 0x80;
+        assert!(matches!(
             CascadeMessage::decode(&reseal(pad)),
-            Err(WireError::Trailing)
-        );
+            Err(WireError::Invalid {
+                field: "parities",
+                ..
+            })
+        ));
     }
 
     fn question() -> impl Strategy<Value = Question> {
@@ -480,17 +479,18 @@ mod tests {
     }
 
     fn message() -> impl Strategy<Value = CascadeMessage> {
+        let block = any::<u64>().prop_map(BlockId::new);
         prop_oneof![
             (
-                any::<u64>(),
+                block.clone(),
                 any::<u32>(),
                 any::<u64>(),
                 any::<u32>(),
                 proptest::collection::vec(question(), 0..50)
             )
-                .prop_map(|(frame_id, round, shuffle_seed, key_len, questions)| {
+                .prop_map(|(block, round, shuffle_seed, key_len, questions)| {
                     CascadeMessage::Questions {
-                        frame_id,
+                        block,
                         round,
                         shuffle_seed,
                         key_len,
@@ -498,32 +498,27 @@ mod tests {
                     }
                 }),
             (
-                any::<u64>(),
+                block.clone(),
                 any::<u32>(),
                 proptest::collection::vec(any::<bool>(), 0..100)
             )
-                .prop_map(|(frame_id, round, bits)| CascadeMessage::Answers {
-                    frame_id,
+                .prop_map(|(block, round, bits)| CascadeMessage::Answers {
+                    block,
                     round,
                     parities: bits.into_iter().collect()
                 }),
-            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
-                |(frame_id, rounds, leaked_bits)| {
-                    CascadeMessage::Done {
-                        frame_id,
-                        rounds,
-                        leaked_bits,
-                    }
-                }
-            ),
-            (any::<u64>(), any::<u64>()).prop_map(|(frame_id, leaked_bits)| {
-                CascadeMessage::DoneAck {
-                    frame_id,
+            (block.clone(), any::<u32>(), any::<u64>()).prop_map(|(block, rounds, leaked_bits)| {
+                CascadeMessage::Done {
+                    block,
+                    rounds,
                     leaked_bits,
                 }
             }),
-            (any::<u64>(), any::<u8>()).prop_map(|(frame_id, c)| CascadeMessage::Abort {
-                frame_id,
+            (block.clone(), any::<u64>()).prop_map(|(block, leaked_bits)| {
+                CascadeMessage::DoneAck { block, leaked_bits }
+            }),
+            (block, any::<u8>()).prop_map(|(block, c)| CascadeMessage::Abort {
+                block,
                 reason: AbortReason::from_code(c)
             }),
         ]
@@ -536,6 +531,32 @@ mod tests {
             prop_assert_eq!(CascadeMessage::decode(&bytes).unwrap(), msg);
         }
 
+        /// Every strict prefix is refused, even with its CRC recomputed.
+        #[test]
+        fn every_strict_prefix_is_rejected(msg in message()) {
+            let bytes = msg.encode();
+            for len in 0..bytes.len() {
+                prop_assert!(CascadeMessage::decode(&bytes[..len]).is_err());
+                if len >= HEADER + TRAILER {
+                    prop_assert!(CascadeMessage::decode(&reseal(bytes[..len].to_vec())).is_err());
+                }
+            }
+        }
+
+        /// Every one-byte extension is refused, as is the body extended by
+        /// one byte under a recomputed CRC.
+        #[test]
+        fn every_one_byte_extension_is_rejected(msg in message(), extra in any::<u8>()) {
+            let bytes = msg.encode();
+            let mut longer = bytes.clone();
+            longer.push(extra);
+            prop_assert!(CascadeMessage::decode(&longer).is_err());
+            let mut body = bytes[..bytes.len() - TRAILER].to_vec();
+            body.push(extra);
+            body.extend_from_slice(&[0; TRAILER]);
+            prop_assert!(CascadeMessage::decode(&reseal(body)).is_err());
+        }
+
         #[test]
         fn any_bit_flip_is_detected(msg in message(), bit in any::<proptest::sample::Index>()) {
             let mut bytes = msg.encode();
@@ -545,17 +566,16 @@ mod tests {
         }
 
         #[test]
-        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn decoding_arbitrary_bytes_never_panics(
+            kind in 0u8..7,
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
             let _ = CascadeMessage::decode(&bytes);
-            let _ = CascadeMessage::decode(&reseal_or_empty(bytes));
-        }
-    }
-
-    fn reseal_or_empty(bytes: Vec<u8>) -> Vec<u8> {
-        if bytes.len() < 4 {
-            bytes
-        } else {
-            reseal(bytes)
+            // With a valid envelope and CRC, to reach the body's checks.
+            let mut framed = vec![Protocol::Cascade.id(), VERSION, kind];
+            framed.extend_from_slice(&bytes);
+            framed.extend_from_slice(&[0; TRAILER]);
+            let _ = CascadeMessage::decode(&reseal(framed));
         }
     }
 }
