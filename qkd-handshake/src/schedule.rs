@@ -226,7 +226,7 @@ mod tests {
             hex32(next.expose_secret()),
         ];
         let want = [KAT_I2R, KAT_R2I, KAT_I2R_KEY, KAT_I2R_IV, KAT_I2R_REKEYED];
-        assert_eq!(got, want.map(|h| hex32(h)), "{got:#?}");
+        assert_eq!(got, want.map(hex32), "{got:#?}");
     }
 
     const KAT_I2R: &[u8] =
