@@ -273,6 +273,146 @@ impl PskSource for PskTable {
     }
 }
 
+/// Key material of a simulated QKD link, for tests and demos: both ends
+/// derive key `i` of the link from a shared seed with blake3, so no key
+/// table is held; each key is still given out once, and
+/// [`next`](PskSource::next) walks this side's parity as [`PskTable`] does.
+/// The link holds `max_keys` keys.
+///
+/// ```
+/// use qkd_handshake::capability::Ownership;
+/// use qkd_handshake::psk::{PskSource, SimulatedLink};
+///
+/// let mut a = SimulatedLink::new(b"link-7", 42, 1024, 1 << 20, Ownership::First);
+/// let mut b = SimulatedLink::new(b"link-7", 42, 1024, 1 << 20, Ownership::Second);
+/// let (id, key) = a.next().unwrap();
+/// assert_eq!(key.len(), 1024);
+/// assert_eq!(b.take(&id).unwrap(), key);
+/// assert!(b.take(&id).is_err());
+/// ```
+pub struct SimulatedLink {
+    link: Vec<u8>,
+    seed: u64,
+    key_len: usize,
+    max_keys: u64,
+    next_index: u64,
+    /// IDs of keys `0..computed`, to recognise the peer's.
+    ids: HashMap<KeyId, u64>,
+    computed: u64,
+    used: HashSet<KeyId>,
+    ownership: Ownership,
+}
+
+/// How many key IDs [`SimulatedLink`] derives ahead at a time.
+const SIMULATED_LOOKAHEAD: u64 = 1 << 14;
+
+impl SimulatedLink {
+    /// `max_keys` keys of `key_len` bytes of the link named `link`, from `seed`.
+    #[must_use]
+    pub fn new(
+        link: &[u8],
+        seed: u64,
+        key_len: usize,
+        max_keys: u64,
+        ownership: Ownership,
+    ) -> Self {
+        SimulatedLink {
+            link: link.to_vec(),
+            seed,
+            key_len,
+            max_keys,
+            next_index: match ownership {
+                Ownership::First => 0,
+                Ownership::Second => 1,
+            },
+            ids: HashMap::new(),
+            computed: 0,
+            used: HashSet::new(),
+            ownership,
+        }
+    }
+
+    /// The ID of key number `index`.
+    #[must_use]
+    pub fn key_id(&self, index: u64) -> KeyId {
+        KeyId::for_block(&self.link, self.seed, index)
+    }
+
+    /// Keys consumed so far on this side.
+    #[must_use]
+    pub fn consumed(&self) -> usize {
+        self.used.len()
+    }
+
+    fn key(&self, id: &KeyId) -> SecretKey {
+        let mut bytes = vec![0u8; self.key_len];
+        let mut h = blake3::Hasher::new_derive_key("qkd-handshake 2026-11 simulated link key");
+        h.update(&self.seed.to_le_bytes());
+        h.update(id.as_bytes());
+        h.finalize_xof().fill(&mut bytes);
+        SecretKey::from_vec(bytes)
+    }
+
+    /// Derives the next batch of IDs; `false` when the link has no more.
+    fn extend(&mut self) -> bool {
+        let end = (self.computed + SIMULATED_LOOKAHEAD).min(self.max_keys);
+        if end == self.computed {
+            return false;
+        }
+        for i in self.computed..end {
+            self.ids.insert(self.key_id(i), i);
+        }
+        self.computed = end;
+        true
+    }
+
+    fn check(&mut self, id: &KeyId) -> Result<(), PskError> {
+        if self.used.contains(id) {
+            return Err(PskError::AlreadyUsed(*id));
+        }
+        // The peer may draw ahead of this side: look one batch further.
+        while !self.ids.contains_key(id) {
+            if self.computed > self.next_index + 4 * SIMULATED_LOOKAHEAD || !self.extend() {
+                return Err(PskError::Unknown(*id));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Debug for SimulatedLink {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SimulatedLink")
+            .field("ownership", &self.ownership)
+            .field("consumed", &self.used.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PskSource for SimulatedLink {
+    fn next(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        while self.next_index < self.max_keys {
+            let id = self.key_id(self.next_index);
+            self.next_index += 2;
+            if self.used.insert(id) {
+                return Ok((id, self.key(&id)));
+            }
+        }
+        Err(PskError::Exhausted)
+    }
+
+    fn find(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        self.check(id)?;
+        Ok(self.key(id))
+    }
+
+    fn consume(&mut self, id: &KeyId) -> Result<(), PskError> {
+        self.check(id)?;
+        self.used.insert(*id);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
