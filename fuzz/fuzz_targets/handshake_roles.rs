@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use qkd_core::machine::Machine;
 use qkd_core::{KeyId, SecretKey};
 use qkd_handshake::capability::{Capabilities, Ownership, StoreParams};
 use qkd_handshake::handshake::{Handshake, HandshakeConfig, HandshakeEvent};

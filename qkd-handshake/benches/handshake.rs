@@ -12,6 +12,7 @@ use std::time::Instant;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use qkd_core::machine::Machine;
 use qkd_core::{KeyId, SecretKey};
 use qkd_handshake::capability::{Capabilities, CipherSuite, Ownership, StoreParams};
 use qkd_handshake::handshake::{Handshake, HandshakeConfig, HandshakeEvent, Session};

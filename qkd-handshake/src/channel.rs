@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use qkd_core::KeyId;
 use qkd_core::machine::{ConfigError, Machine};
-use qkd_core::wire::{Protocol, WireError};
+use qkd_core::wire::{Envelope, Protocol, WireError};
 
 use crate::capability::CipherSuite;
 use crate::handshake::{
@@ -180,7 +180,6 @@ pub struct SecuredChannel<M: Machine, S> {
     control: VecDeque<(ContentType, zeroize::Zeroizing<Vec<u8>>)>,
     events: VecDeque<ChannelEvent<M::Event>>,
     rekey_at: Option<Instant>,
-    sent_close: bool,
 }
 
 impl<M: Machine, S> core::fmt::Debug for SecuredChannel<M, S> {
@@ -221,7 +220,6 @@ impl<M: Machine, S: PskSource> SecuredChannel<M, S> {
             control: VecDeque::new(),
             events: VecDeque::new(),
             rekey_at: None,
-            sent_close: false,
         };
         ch.drain_handshake(now);
         Ok(ch)
@@ -375,10 +373,10 @@ impl<M: Machine, S: PskSource> Machine for SecuredChannel<M, S> {
     type Error = ChannelInputError<M::Error>;
 
     fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), Self::Error> {
-        let Some(&proto) = datagram.first() else {
-            return Err(ChannelInputError::Malformed(WireError::Truncated));
-        };
-        if proto == Protocol::Handshake as u8 {
+        let protocol = Envelope::peek(datagram)
+            .map_err(ChannelInputError::Malformed)?
+            .protocol;
+        if protocol == Protocol::Handshake {
             if self.is_finished() {
                 return Err(ChannelInputError::NotOpen);
             }
@@ -386,8 +384,11 @@ impl<M: Machine, S: PskSource> Machine for SecuredChannel<M, S> {
             self.drain_handshake(now);
             return Ok(());
         }
-        if proto != Protocol::SecuredChannel as u8 {
-            return Err(ChannelInputError::Malformed(WireError::UnknownProtocol(proto)));
+        if protocol != Protocol::SecuredChannel {
+            return Err(ChannelInputError::Malformed(WireError::WrongProtocol {
+                expected: Protocol::SecuredChannel,
+                found: protocol.id(),
+            }));
         }
         if !matches!(self.phase, Phase::Open | Phase::Closing { .. }) {
             return Err(ChannelInputError::NotOpen);

@@ -24,6 +24,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use qkd_core::KeyId;
+use qkd_core::machine::Machine;
 
 use crate::capability::{Capabilities, CipherSuite, PROTOCOL_VERSION, StoreMismatch, negotiate};
 use crate::message::{
@@ -32,7 +33,7 @@ use crate::message::{
 };
 use crate::psk::{PskError, PskSource};
 use crate::schedule::{Proof, PskParts, TrafficSecret, traffic_secrets};
-use crate::wire::{self, WireError};
+use qkd_core::wire::WireError;
 
 /// Settings of a handshake.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -425,70 +426,6 @@ impl<S: PskSource> Handshake<S> {
         self.events.push_back(HandshakeEvent::Failed(error));
     }
 
-    /// Feeds one datagram from the peer.
-    ///
-    /// # Errors
-    /// The datagram was not a handshake message this state accepts; nothing
-    /// changed. Failures of the handshake itself are events, not errors.
-    pub fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), InputError> {
-        let msg = Message::decode(datagram)?;
-        if let Message::Alert(a) = msg {
-            return match self.inner {
-                Inner::Done { .. } | Inner::Failed => Err(InputError::Unexpected),
-                _ => {
-                    self.fail(HandshakeError::AlertReceived(a.code), false);
-                    Ok(())
-                }
-            };
-        }
-        match (&self.inner, msg) {
-            (Inner::Idle, Message::ClientHello(ch)) => {
-                self.respond(now, datagram, &ch, None);
-                Ok(())
-            }
-            (Inner::SentHello { nonce, .. }, Message::ClientHello(ch)) => {
-                // Both sides initiated: the larger nonce stays initiator.
-                if *nonce >= ch.nonce {
-                    return Ok(());
-                }
-                let own = match core::mem::replace(&mut self.inner, Inner::Idle) {
-                    Inner::SentHello { psk_id, parts, .. } if psk_id == ch.psk_id => Some(parts),
-                    _ => None,
-                };
-                self.retransmit_at = None;
-                self.retransmissions = 0;
-                self.out.clear();
-                self.respond(now, datagram, &ch, own);
-                Ok(())
-            }
-            (Inner::SentServerHello { ch, sh, .. }, Message::ClientHello(_)) => {
-                if ch.as_slice() == datagram {
-                    self.out.push_back(sh.clone());
-                    Ok(())
-                } else {
-                    Err(InputError::Unexpected)
-                }
-            }
-            (Inner::SentHello { .. }, Message::ServerHello(sh)) => {
-                self.finish_initiator(datagram, &sh);
-                Ok(())
-            }
-            (Inner::Done { sh, fin }, Message::ServerHello(_)) => {
-                if sh.as_slice() == datagram {
-                    self.out.push_back(fin.clone());
-                    Ok(())
-                } else {
-                    Err(InputError::Unexpected)
-                }
-            }
-            (Inner::SentServerHello { .. }, Message::Finished(fin)) => {
-                self.finish_responder(datagram, &fin);
-                Ok(())
-            }
-            _ => Err(InputError::Unexpected),
-        }
-    }
-
     /// Answers client hello `ch` (its bytes `raw`). `own` is the PSK this side
     /// already took when it initiated too and the peer named the same one.
     fn respond(&mut self, now: Instant, raw: &[u8], ch: &ClientHello, own: Option<PskParts>) {
@@ -634,22 +571,89 @@ impl<S: PskSource> Handshake<S> {
             }
         }
     }
+}
+
+impl<S: PskSource> Machine for Handshake<S> {
+    type Event = HandshakeEvent;
+    type Error = InputError;
+
+    /// Feeds one datagram from the peer.
+    ///
+    /// # Errors
+    /// The datagram was not a handshake message this state accepts; nothing
+    /// changed. Failures of the handshake itself are events, not errors.
+    fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), InputError> {
+        let msg = Message::decode(datagram)?;
+        if let Message::Alert(a) = msg {
+            return match self.inner {
+                Inner::Done { .. } | Inner::Failed => Err(InputError::Unexpected),
+                _ => {
+                    self.fail(HandshakeError::AlertReceived(a.code), false);
+                    Ok(())
+                }
+            };
+        }
+        match (&self.inner, msg) {
+            (Inner::Idle, Message::ClientHello(ch)) => {
+                self.respond(now, datagram, &ch, None);
+                Ok(())
+            }
+            (Inner::SentHello { nonce, .. }, Message::ClientHello(ch)) => {
+                // Both sides initiated: the larger nonce stays initiator.
+                if *nonce >= ch.nonce {
+                    return Ok(());
+                }
+                let own = match core::mem::replace(&mut self.inner, Inner::Idle) {
+                    Inner::SentHello { psk_id, parts, .. } if psk_id == ch.psk_id => Some(parts),
+                    _ => None,
+                };
+                self.retransmit_at = None;
+                self.retransmissions = 0;
+                self.out.clear();
+                self.respond(now, datagram, &ch, own);
+                Ok(())
+            }
+            (Inner::SentServerHello { ch, sh, .. }, Message::ClientHello(_)) => {
+                if ch.as_slice() == datagram {
+                    self.out.push_back(sh.clone());
+                    Ok(())
+                } else {
+                    Err(InputError::Unexpected)
+                }
+            }
+            (Inner::SentHello { .. }, Message::ServerHello(sh)) => {
+                self.finish_initiator(datagram, &sh);
+                Ok(())
+            }
+            (Inner::Done { sh, fin }, Message::ServerHello(_)) => {
+                if sh.as_slice() == datagram {
+                    self.out.push_back(fin.clone());
+                    Ok(())
+                } else {
+                    Err(InputError::Unexpected)
+                }
+            }
+            (Inner::SentServerHello { .. }, Message::Finished(fin)) => {
+                self.finish_responder(datagram, &fin);
+                Ok(())
+            }
+            _ => Err(InputError::Unexpected),
+        }
+    }
 
     /// The next message to send, until `None`.
-    #[must_use]
-    pub fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
+    fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
         self.out.pop_front()
     }
 
     /// The next event ([`HandshakeEvent::Established`] or
     /// [`HandshakeEvent::Failed`], once).
-    pub fn poll_event(&mut self) -> Option<HandshakeEvent> {
+    fn poll_event(&mut self) -> Option<HandshakeEvent> {
         self.events.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is due.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         match self.inner {
             Inner::Done { .. } | Inner::Failed => None,
             Inner::Idle => Some(self.deadline),
@@ -661,7 +665,7 @@ impl<S: PskSource> Handshake<S> {
     }
 
     /// Resends the last flight or fails with [`HandshakeError::Timeout`].
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.is_finished() {
             return;
         }
@@ -727,7 +731,7 @@ fn check_server_hello(
     // The finished message's proofs cover both hellos and its own header.
     transcript.truncate(ch.len());
     transcript.extend_from_slice(raw);
-    wire::envelope(&mut transcript, wire::HANDSHAKE, TYPE_FINISHED);
+    crate::message::header(TYPE_FINISHED).write(&mut transcript);
     let fin = Message::Finished(Finished {
         psk_proof: parts.prove(
             Proof::InitiatorPsk,

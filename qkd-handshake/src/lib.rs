@@ -9,4 +9,4 @@ pub mod psk;
 pub mod record;
 pub mod relay;
 pub mod schedule;
-mod wire;
+pub mod channel;

@@ -4,7 +4,7 @@
 use qkd_core::KeyId;
 
 use crate::capability::{MAX_LIST, Ownership, PROTOCOL_VERSION, StoreParams};
-use crate::wire::{self, Reader, WireError};
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError};
 
 /// Message type of a [`ClientHello`].
 pub const TYPE_CLIENT_HELLO: u8 = 1;
@@ -51,9 +51,9 @@ impl Offer {
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, WireError> {
-        let n = r.count_u8(1, MAX_LIST)?;
+        let n = r.count_u8("versions", MAX_LIST, 1)?;
         let versions = r.bytes(n)?.to_vec();
-        let n = r.count_u8(2, MAX_LIST)?;
+        let n = r.count_u8("suites", MAX_LIST, 2)?;
         let mut suites = Vec::with_capacity(n);
         for _ in 0..n {
             suites.push(r.u16()?);
@@ -61,14 +61,10 @@ impl Offer {
         let chunk_bytes = r.u32()?;
         let min_key_bits = r.u32()?;
         let max_key_bits = r.u32()?;
-        let ownership =
-            Ownership::from_byte(r.u8()?).ok_or(WireError::InvalidValue("ownership"))?;
+        let ownership = Ownership::from_byte(r.u8()?)
+            .ok_or(WireError::invalid("ownership", "must be 0 or 1"))?;
         let sync_version = r.u8()?;
-        let multicast = match r.u8()? {
-            0 => false,
-            1 => true,
-            _ => return Err(WireError::InvalidValue("multicast")),
-        };
+        let multicast = r.bool("multicast")?;
         Ok(Offer {
             versions,
             suites,
@@ -202,6 +198,11 @@ pub enum Message {
     Alert(Alert),
 }
 
+/// The envelope of handshake message type `kind`.
+pub(crate) const fn header(kind: u8) -> Envelope {
+    Envelope::new(Protocol::Handshake, PROTOCOL_VERSION, kind)
+}
+
 /// Offset of the responder's proofs in an encoded [`ServerHello`], counted
 /// from the end (the two 16-byte tags).
 pub(crate) const SERVER_HELLO_PROOFS: usize = 32;
@@ -213,13 +214,13 @@ impl Message {
         let mut out = Vec::with_capacity(128);
         match self {
             Message::ClientHello(m) => {
-                wire::envelope(&mut out, wire::HANDSHAKE, TYPE_CLIENT_HELLO);
+                header(TYPE_CLIENT_HELLO).write(&mut out);
                 out.extend_from_slice(&m.nonce);
                 out.extend_from_slice(m.psk_id.as_bytes());
                 m.offer.encode(&mut out);
             }
             Message::ServerHello(m) => {
-                wire::envelope(&mut out, wire::HANDSHAKE, TYPE_SERVER_HELLO);
+                header(TYPE_SERVER_HELLO).write(&mut out);
                 out.extend_from_slice(&m.nonce);
                 out.push(m.version);
                 out.extend_from_slice(&m.suite.to_be_bytes());
@@ -228,12 +229,12 @@ impl Message {
                 out.extend_from_slice(&m.transcript_mac);
             }
             Message::Finished(m) => {
-                wire::envelope(&mut out, wire::HANDSHAKE, TYPE_FINISHED);
+                header(TYPE_FINISHED).write(&mut out);
                 out.extend_from_slice(&m.psk_proof);
                 out.extend_from_slice(&m.transcript_mac);
             }
             Message::Alert(m) => {
-                wire::envelope(&mut out, wire::HANDSHAKE, TYPE_ALERT);
+                header(TYPE_ALERT).write(&mut out);
                 out.push(m.code.to_byte());
             }
         }
@@ -247,7 +248,7 @@ impl Message {
     /// message of protocol version 1.
     pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
         let mut r = Reader::new(bytes);
-        let ty = r.envelope(wire::HANDSHAKE, PROTOCOL_VERSION)?;
+        let ty = r.envelope(Protocol::Handshake, PROTOCOL_VERSION)?;
         let m = match ty {
             TYPE_CLIENT_HELLO => Message::ClientHello(ClientHello {
                 nonce: r.array()?,
@@ -269,7 +270,7 @@ impl Message {
             TYPE_ALERT => Message::Alert(Alert {
                 code: AlertCode::from_byte(r.u8()?),
             }),
-            t => return Err(WireError::UnknownType(t)),
+            t => return Err(Reader::unknown_type(Protocol::Handshake, t)),
         };
         r.finish()?;
         Ok(m)

@@ -32,7 +32,7 @@ use crate::capability::{CipherSuite, PROTOCOL_VERSION};
 use crate::handshake::Session;
 use crate::psk::{PskError, PskSource};
 use crate::schedule::{TrafficSecret, wc_tag};
-use crate::wire::{self, Reader, WireError};
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError};
 
 /// Record type of an AES-256-GCM record.
 pub const TYPE_AEAD: u8 = 1;
@@ -126,15 +126,13 @@ pub enum RecordView<'a> {
 /// A [`WireError`] for anything that is not one well-formed record.
 pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, WireError> {
     let mut r = Reader::new(bytes);
-    match r.envelope(wire::SECURED_CHANNEL, PROTOCOL_VERSION)? {
+    match r.envelope(Protocol::SecuredChannel, PROTOCOL_VERSION)? {
         TYPE_AEAD => {
             let epoch = r.u32()?;
             let key_id = KeyId::from_bytes(r.array()?);
             let seq = r.u64()?;
+            r.ensure(TAG_BYTES + 1)?;
             let body = r.rest();
-            if body.len() < TAG_BYTES + 1 {
-                return Err(WireError::Truncated);
-            }
             Ok(RecordView::Aead {
                 epoch,
                 key_id,
@@ -145,7 +143,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, WireError> {
         }
         TYPE_OTP => {
             let seq = r.u64()?;
-            let n = r.count_u8(24, MAX_SEGMENTS)?;
+            let n = r.count_u8("segments", MAX_SEGMENTS, 24)?;
             let mut segments = Vec::with_capacity(n);
             for _ in 0..n {
                 segments.push(Segment {
@@ -155,20 +153,20 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, WireError> {
                 });
             }
             let header_len = bytes.len() - r.remaining();
+            r.ensure(TAG_BYTES + 1)?;
             let rest = r.rest();
-            if rest.len() < TAG_BYTES + 1 {
-                return Err(WireError::Truncated);
-            }
             let (ct, tag) = rest.split_at(rest.len() - TAG_BYTES);
             Ok(RecordView::Otp {
                 seq,
                 segments,
                 header: &bytes[..header_len],
                 ct,
-                tag: tag.try_into().map_err(|_| WireError::Truncated)?,
+                tag: tag
+                    .try_into()
+                    .map_err(|_| WireError::invalid("tag", "must be 16 bytes"))?,
             })
         }
-        t => Err(WireError::UnknownType(t)),
+        t => Err(Reader::unknown_type(Protocol::SecuredChannel, t)),
     }
 }
 
@@ -401,7 +399,7 @@ impl RecordLayer {
         let out = match &mut self.protection {
             Protection::Aead { send, .. } => {
                 let mut out = Vec::with_capacity(AEAD_HEADER + 1 + payload.len() + TAG_BYTES);
-                wire::envelope(&mut out, wire::SECURED_CHANNEL, TYPE_AEAD);
+                Envelope::new(Protocol::SecuredChannel, PROTOCOL_VERSION, TYPE_AEAD).write(&mut out);
                 out.extend_from_slice(&send.epoch.to_be_bytes());
                 out.extend_from_slice(send.key_id.as_bytes());
                 out.extend_from_slice(&seq.to_be_bytes());
@@ -421,7 +419,7 @@ impl RecordLayer {
                 let (segments, pad) = cut_pad(send, source, need)?;
                 self.pad_bytes_used += need as u64;
                 let mut out = Vec::with_capacity(12 + 24 * segments.len() + need);
-                wire::envelope(&mut out, wire::SECURED_CHANNEL, TYPE_OTP);
+                Envelope::new(Protocol::SecuredChannel, PROTOCOL_VERSION, TYPE_OTP).write(&mut out);
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.push(segments.len() as u8);
                 for s in &segments {
@@ -668,6 +666,7 @@ mod layer_tests {
     use super::*;
     use crate::capability::{Capabilities, Ownership, StoreParams};
     use crate::handshake::{Handshake, HandshakeConfig, HandshakeEvent};
+    use qkd_core::machine::Machine;
     use crate::psk::{PSK_BYTES, PskTable};
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;

@@ -23,15 +23,17 @@
 //! Wire form of the payload (inside an encrypted record):
 //!
 //! ```text
-//! Forward: [1] transfer:[16] dest_len:u8 dest link_key_id:[16] len:u16 masked:[len]
-//! Status:  [2] transfer:[16] code:u8     (0 delivered, 1 no link key, 2 unknown key, 3 refused)
+//! Forward: [Relay, 1, 1] transfer:[16] dest_len:u8 dest link_key_id:[16] len:u16 masked:[len]
+//! Status:  [Relay, 1, 2] transfer:[16] code:u8     (0 delivered, 1 no link key, 2 unknown key, 3 refused)
 //! ```
 
 use qkd_core::{KeyId, SecretKey};
 use zeroize::Zeroizing;
 
 use crate::psk::{PskError, PskSource};
-use crate::wire::{Reader, WireError};
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError};
+
+use crate::capability::PROTOCOL_VERSION;
 
 /// Longest key relayed, in bytes.
 pub const MAX_RELAY_KEY: usize = 4096;
@@ -257,7 +259,7 @@ impl RelayMessage {
                 link_key_id,
                 masked,
             } => {
-                out.push(1);
+                Envelope::new(Protocol::Relay, PROTOCOL_VERSION, 1).write(&mut *out);
                 out.extend_from_slice(transfer.as_bytes());
                 out.push(destination.len() as u8);
                 out.extend_from_slice(destination.as_bytes());
@@ -266,7 +268,7 @@ impl RelayMessage {
                 out.extend_from_slice(masked.expose_secret());
             }
             RelayMessage::Status { transfer, status } => {
-                out.push(2);
+                Envelope::new(Protocol::Relay, PROTOCOL_VERSION, 2).write(&mut *out);
                 out.extend_from_slice(transfer.as_bytes());
                 out.push(status.to_byte());
             }
@@ -280,17 +282,17 @@ impl RelayMessage {
     /// A [`WireError`] for anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(bytes);
-        let m = match r.u8()? {
+        let m = match r.envelope(Protocol::Relay, PROTOCOL_VERSION)? {
             1 => {
                 let transfer = KeyId::from_bytes(r.array()?);
-                let n = r.count_u8(1, MAX_NODE_NAME)?;
+                let n = r.count_u8("destination", MAX_NODE_NAME, 1)?;
                 let destination = core::str::from_utf8(r.bytes(n)?)
-                    .map_err(|_| WireError::InvalidValue("destination"))?
+                    .map_err(|_| WireError::invalid("destination", "must be UTF-8"))?
                     .to_owned();
                 let link_key_id = KeyId::from_bytes(r.array()?);
                 let len = usize::from(r.u16()?);
                 if len == 0 || len > MAX_RELAY_KEY {
-                    return Err(WireError::InvalidValue("key length"));
+                    return Err(WireError::invalid("key length", "must be 1 to 4096 bytes"));
                 }
                 RelayMessage::Forward {
                     transfer,
@@ -302,9 +304,9 @@ impl RelayMessage {
             2 => RelayMessage::Status {
                 transfer: KeyId::from_bytes(r.array()?),
                 status: RelayStatus::from_byte(r.u8()?)
-                    .ok_or(WireError::InvalidValue("relay status"))?,
+                    .ok_or(WireError::invalid("status", "unknown relay status"))?,
             },
-            t => return Err(WireError::UnknownType(t)),
+            t => return Err(Reader::unknown_type(Protocol::Relay, t)),
         };
         r.finish()?;
         Ok(m)
@@ -375,7 +377,7 @@ mod tests {
             assert!(RelayMessage::decode(&b[..cut]).is_err());
         }
         let mut bad = b.to_vec();
-        bad[17] = 9;
+        bad[19] = 9;
         assert!(RelayMessage::decode(&bad).is_err());
     }
 }
