@@ -67,7 +67,10 @@ impl ChannelConfig {
             .validate()
             .map_err(|(field, reason)| ConfigError::new(field, reason))?;
         if self.rekey_after_bytes == 0 {
-            return Err(ConfigError::new("channel.rekey_after_bytes", "must be at least 1"));
+            return Err(ConfigError::new(
+                "channel.rekey_after_bytes",
+                "must be at least 1",
+            ));
         }
         if self.rekey_after.is_zero() {
             return Err(ConfigError::new("channel.rekey_after", "must be positive"));

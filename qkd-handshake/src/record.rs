@@ -15,7 +15,7 @@
 //! ```
 //!
 //! The AES-256-GCM sender moves to epoch `e + 1` by drawing a fresh QKD key
-//! `K` from its source and setting `secret' = derive_key(CTX_REKEY, secret ‖ K)`;
+//! `K` from its source and setting `secret_e+1 = derive_key(CTX_REKEY, secret_0 ‖ be32(e + 1) ‖ K)`;
 //! every record names its epoch's key ID, so the receiver follows (it looks
 //! `K` up, and consumes it only once a record of the new epoch verifies).
 
@@ -186,7 +186,7 @@ pub enum RecordError {
     /// A sequence number seen before or left behind the window.
     #[error("replayed record")]
     Replay,
-    /// A key epoch this side cannot follow (older, or more than one ahead).
+    /// A key epoch older than the current one (or epoch 0 with another key).
     #[error("record of key epoch {0} cannot be followed")]
     Epoch(u32),
     /// The pad of a one-time-pad record is not usable: wrong length, a
@@ -247,6 +247,8 @@ impl ReplayWindow {
 }
 
 struct AeadDirection {
+    /// The epoch-0 secret every later epoch is derived from.
+    base: TrafficSecret,
     epoch: u32,
     key_id: KeyId,
     secret: TrafficSecret,
@@ -255,9 +257,10 @@ struct AeadDirection {
 }
 
 impl AeadDirection {
-    fn new(epoch: u32, key_id: KeyId, secret: TrafficSecret) -> Self {
+    fn new(base: TrafficSecret, epoch: u32, key_id: KeyId, secret: TrafficSecret) -> Self {
         let key = secret.record_key();
         AeadDirection {
+            base,
             epoch,
             key_id,
             cipher: Aes256Gcm::new((&*key).into()),
@@ -320,8 +323,18 @@ impl RecordLayer {
     pub fn new(session: &Session) -> Self {
         let protection = match session.traffic_secrets() {
             Some((send, recv)) => Protection::Aead {
-                send: Box::new(AeadDirection::new(0, session.psk_id, send.clone())),
-                recv: Box::new(AeadDirection::new(0, session.psk_id, recv.clone())),
+                send: Box::new(AeadDirection::new(
+                    send.clone(),
+                    0,
+                    session.psk_id,
+                    send.clone(),
+                )),
+                recv: Box::new(AeadDirection::new(
+                    recv.clone(),
+                    0,
+                    session.psk_id,
+                    recv.clone(),
+                )),
             },
             None => Protection::Otp {
                 send: None,
@@ -375,8 +388,11 @@ impl RecordLayer {
     pub fn rekey(&mut self, source: &mut dyn PskSource) -> Result<(), PskError> {
         if let Protection::Aead { send, .. } = &mut self.protection {
             let (id, fresh) = source.next()?;
-            let secret = send.secret.rekey(&fresh);
-            **send = AeadDirection::new(send.epoch.wrapping_add(1), id, secret);
+            let Some(epoch) = send.epoch.checked_add(1) else {
+                return Err(PskError::Exhausted);
+            };
+            let secret = send.base.rekey(epoch, &fresh);
+            **send = AeadDirection::new(send.base.clone(), epoch, id, secret);
         }
         self.sent_since_rekey = 0;
         Ok(())
@@ -399,7 +415,8 @@ impl RecordLayer {
         let out = match &mut self.protection {
             Protection::Aead { send, .. } => {
                 let mut out = Vec::with_capacity(AEAD_HEADER + 1 + payload.len() + TAG_BYTES);
-                Envelope::new(Protocol::SecuredChannel, PROTOCOL_VERSION, TYPE_AEAD).write(&mut out);
+                Envelope::new(Protocol::SecuredChannel, PROTOCOL_VERSION, TYPE_AEAD)
+                    .write(&mut out);
                 out.extend_from_slice(&send.epoch.to_be_bytes());
                 out.extend_from_slice(send.key_id.as_bytes());
                 out.extend_from_slice(&seq.to_be_bytes());
@@ -476,9 +493,10 @@ impl RecordLayer {
                 }
                 let candidate = if epoch == recv.epoch && key_id == recv.key_id {
                     None
-                } else if epoch == recv.epoch.wrapping_add(1) {
+                } else if epoch > recv.epoch {
                     let fresh = source.find(&key_id)?;
-                    Some(AeadDirection::new(epoch, key_id, recv.secret.rekey(&fresh)))
+                    let secret = recv.base.rekey(epoch, &fresh);
+                    Some(AeadDirection::new(recv.base.clone(), epoch, key_id, secret))
                 } else {
                     return Err(RecordError::Epoch(epoch));
                 };
@@ -666,8 +684,8 @@ mod layer_tests {
     use super::*;
     use crate::capability::{Capabilities, Ownership, StoreParams};
     use crate::handshake::{Handshake, HandshakeConfig, HandshakeEvent};
-    use qkd_core::machine::Machine;
     use crate::psk::{PSK_BYTES, PskTable};
+    use qkd_core::machine::Machine;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
     use std::time::Instant;
@@ -802,7 +820,11 @@ mod layer_tests {
         la.rekey(&mut sa).unwrap();
         la.rekey(&mut sa).unwrap();
         let r3 = la.seal(&mut sa, ContentType::Data, b"epoch 3").unwrap();
-        assert_eq!(lb.open(&mut sb, &r3).unwrap_err(), RecordError::Epoch(3));
+        // Epoch 2 was never seen: epoch 3 still opens, and epoch 1 is over.
+        assert_eq!(lb.open(&mut sb, &r3).unwrap().1.as_slice(), b"epoch 3");
+        let mut late = r1.clone();
+        late[30] ^= 1; // a new sequence number, same epoch 1
+        assert_eq!(lb.open(&mut sb, &late).unwrap_err(), RecordError::Epoch(1));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! secret_r2i  = blake3::derive_key(CTX_R2I, schedule_secret ‖ th)
 //! key         = blake3::derive_key(CTX_KEY, secret)            (32 bytes)
 //! iv          = blake3::derive_key(CTX_IV,  secret)[..12]
-//! secret'     = blake3::derive_key(CTX_REKEY, secret ‖ fresh QKD key)
+//! secret_e    = blake3::derive_key(CTX_REKEY, secret_0 ‖ be32(e) ‖ fresh QKD key K_e)
 //! ```
 //!
 //! with the context strings below. Known-answer vectors are in the tests.
@@ -45,7 +45,8 @@ pub const CTX_R2I: &str = "qkd-handshake 2026-11 responder-to-initiator traffic 
 pub const CTX_KEY: &str = "qkd-handshake 2026-11 record key v1";
 /// Context of a record IV derived from a traffic secret.
 pub const CTX_IV: &str = "qkd-handshake 2026-11 record iv v1";
-/// Context of the next traffic secret after a rekey with fresh QKD key.
+/// Context of the traffic secret of a later key epoch, from the epoch-0
+/// secret, the epoch number and fresh QKD key.
 pub const CTX_REKEY: &str = "qkd-handshake 2026-11 rekey v1";
 
 /// Which of the four handshake proofs (selects the tag pad).
@@ -158,11 +159,14 @@ impl TrafficSecret {
         iv
     }
 
-    /// The next secret after a rekey with `fresh` QKD key.
+    /// The secret of key epoch `epoch`, from this (epoch-0) secret and
+    /// `fresh` QKD key. Each epoch is derived from epoch 0 directly, so a
+    /// receiver that missed every record of an epoch still follows.
     #[must_use]
-    pub fn rekey(&self, fresh: &SecretKey) -> TrafficSecret {
+    pub fn rekey(&self, epoch: u32, fresh: &SecretKey) -> TrafficSecret {
         let mut hasher = blake3::Hasher::new_derive_key(CTX_REKEY);
         hasher.update(&self.0);
+        hasher.update(&epoch.to_be_bytes());
         hasher.update(fresh.expose_secret());
         TrafficSecret(*hasher.finalize().as_bytes())
     }
@@ -217,7 +221,7 @@ mod tests {
         let (i2r, r2i) = derive_traffic_secrets(&psk(), &th).unwrap();
         let key = i2r.record_key();
         let iv = i2r.record_iv();
-        let next = i2r.rekey(&SecretKey::from_slice(&[0xaa; 32]));
+        let next = i2r.rekey(1, &SecretKey::from_slice(&[0xaa; 32]));
         let got = [
             hex32(i2r.expose_secret()),
             hex32(r2i.expose_secret()),
@@ -237,7 +241,7 @@ mod tests {
         &hex!("af9c76dca48c9e7afbf409e2379e358c79801f19da4cda5f6dd775de1e527cdc");
     const KAT_I2R_IV: &[u8] = &hex!("2ea100471c634853a5d5745c");
     const KAT_I2R_REKEYED: &[u8] =
-        &hex!("a0cd53cef37145901dbed63ee91b10e79aff17c1f301a93fd3fb13c92923c760");
+        &hex!("2d7f2a7fb966815207df8c9a81910e82dea655d2b8c0213cbe8806172bc85581");
 
     #[test]
     fn traffic_secrets_follow_the_documented_formula() {
@@ -249,6 +253,20 @@ mod tests {
         assert_eq!(i2r.expose_secret(), &blake3::derive_key(CTX_I2R, &ikm));
         assert_eq!(r2i.expose_secret(), &blake3::derive_key(CTX_R2I, &ikm));
         assert_ne!(i2r.expose_secret(), r2i.expose_secret());
+        let fresh = SecretKey::from_slice(&[0xaa; 32]);
+        let mut rk = i2r.expose_secret().to_vec();
+        rk.extend_from_slice(&7u32.to_be_bytes());
+        rk.extend_from_slice(fresh.expose_secret());
+        assert_eq!(
+            i2r.rekey(7, &fresh).expose_secret(),
+            &blake3::derive_key(CTX_REKEY, &rk)
+        );
+        let key = i2r.record_key();
+        assert_eq!(&key[..], &blake3::derive_key(CTX_KEY, i2r.expose_secret()));
+        assert_eq!(
+            i2r.record_iv()[..],
+            blake3::derive_key(CTX_IV, i2r.expose_secret())[..12]
+        );
     }
 
     #[test]
