@@ -262,10 +262,8 @@ impl<M: Machine, S: PskSource> SecuredChannel<M, S> {
         self.records.as_ref()
     }
 
-    /// Sends `message` (a key forward or relay status) to the peer.
-    ///
-    /// # Errors
-    /// [`ChannelInputError::NotOpen`]-like: `false` if the channel is not open.
+    /// Queues `message` (a key forward or relay status) for the peer;
+    /// `false` (and nothing queued) if the channel is not open.
     pub fn forward(&mut self, message: &RelayMessage) -> bool {
         if self.phase != Phase::Open {
             return false;
@@ -457,22 +455,18 @@ impl<M: Machine, S: PskSource> Machine for SecuredChannel<M, S> {
 
     fn handle_timeout(&mut self, now: Instant) {
         match self.phase {
-            Phase::Handshaking => {
-                if self.handshake.poll_timeout().is_some_and(|t| t <= now) {
-                    self.handshake.handle_timeout(now);
-                    self.drain_handshake(now);
-                }
+            Phase::Handshaking if self.handshake.poll_timeout().is_some_and(|t| t <= now) => {
+                self.handshake.handle_timeout(now);
+                self.drain_handshake(now);
             }
             Phase::Closing { deadline } if deadline <= now => {
                 self.fail(ChannelError::CloseTimeout);
                 return;
             }
-            Phase::Open => {
-                if self.rekey_at.is_some_and(|t| t <= now) {
-                    if let Err(e) = self.rekey(now) {
-                        self.fail(ChannelError::Seal(SealError::Key(e)));
-                        return;
-                    }
+            Phase::Open if self.rekey_at.is_some_and(|t| t <= now) => {
+                if let Err(e) = self.rekey(now) {
+                    self.fail(ChannelError::Seal(SealError::Key(e)));
+                    return;
                 }
             }
             _ => {}

@@ -251,7 +251,6 @@ struct AeadDirection {
     base: TrafficSecret,
     epoch: u32,
     key_id: KeyId,
-    secret: TrafficSecret,
     cipher: Aes256Gcm,
     iv: [u8; 12],
 }
@@ -265,7 +264,6 @@ impl AeadDirection {
             key_id,
             cipher: Aes256Gcm::new((&*key).into()),
             iv: secret.record_iv(),
-            secret,
         }
     }
 
