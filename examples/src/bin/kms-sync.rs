@@ -10,8 +10,10 @@
 //! collision is a key ID handed out fresh on both sides or a matched pair
 //! whose bytes differ; the exit status is non-zero if there was one.
 //!
-//! A real deployment runs the sync messages inside the authenticated and
-//! encrypted qkd-handshake channel; this example uses plain loopback TCP.
+//! The sync messages run inside a qkd-handshake secured channel
+//! (`--channel QKD_AES_256_GCM_BLAKE3`, the default, or `QKD_OTP_WC_POLYVAL`),
+//! keyed by a simulated QKD link's key material; `--channel plain` runs them
+//! over bare TCP for comparison.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -28,7 +30,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
+use qkd_core::machine::Machine;
 use qkd_core::{KeyId, SecretKey};
+use qkd_handshake::capability::{Capabilities, CipherSuite, Ownership, StoreParams};
+use qkd_handshake::channel::{ChannelConfig, ChannelEvent, SecuredChannel, Start};
+use qkd_handshake::handshake::HandshakeConfig;
+use qkd_handshake::psk::SimulatedLink;
 use qkd_keystore::{Binding, Role, StoreConfig};
 use qkd_sync::{Lookup, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
@@ -68,6 +75,92 @@ struct Args {
     /// Seed of the simulated pipeline's key material.
     #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     seed: u64,
+    /// How the sync messages travel: inside a secured channel with the suite
+    /// QKD_AES_256_GCM_BLAKE3 or QKD_OTP_WC_POLYVAL, or `plain` TCP.
+    #[arg(long, default_value = "QKD_AES_256_GCM_BLAKE3", value_parser = channel_kind)]
+    channel: ChannelKind,
+}
+
+/// What `--channel` selects: a cipher suite, or none (plain TCP).
+#[derive(Clone, Copy, Debug)]
+struct ChannelKind(Option<CipherSuite>);
+
+/// Parses `--channel`: a suite's registry name, or `plain` (no channel).
+fn channel_kind(s: &str) -> Result<ChannelKind, String> {
+    if s == "plain" {
+        return Ok(ChannelKind(None));
+    }
+    CipherSuite::from_name(s)
+        .map(|s| ChannelKind(Some(s)))
+        .ok_or_else(|| {
+            format!(
+                "must be {}, {} or plain",
+                CipherSuite::Aes256GcmBlake3,
+                CipherSuite::OtpWegmanCarter
+            )
+        })
+}
+
+/// Bytes of each key of the simulated QKD link that keys the channel (the
+/// handshake PSK, AES rekeys, one-time pads).
+const LINK_KEY_BYTES: usize = 1024;
+
+/// A node's connection: the sync machine alone, or inside a secured channel.
+enum Conn {
+    Plain(SyncNode),
+    Secured(Box<SecuredChannel<SyncNode, SimulatedLink>>),
+}
+
+impl Conn {
+    fn node(&mut self) -> &mut SyncNode {
+        match self {
+            Conn::Plain(n) => n,
+            Conn::Secured(c) => c.inner_mut(),
+        }
+    }
+
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Plain(n) => n.handle_input(now, bytes).map_err(|e| e.to_string()),
+            Conn::Secured(c) => c.handle_input(now, bytes).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        match self {
+            Conn::Plain(n) => n.poll_transmit(now),
+            Conn::Secured(c) => c.poll_transmit(now),
+        }
+    }
+
+    /// Drains the events; returns a channel failure, if one happened.
+    fn drain_events(&mut self) -> Option<String> {
+        let mut failure = None;
+        match self {
+            Conn::Plain(n) => while n.poll_event().is_some() {},
+            Conn::Secured(c) => {
+                while let Some(e) = c.poll_event() {
+                    if let ChannelEvent::Failed(e) = e {
+                        failure = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        failure
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let due = match self {
+            Conn::Plain(n) => n.poll_timeout(),
+            Conn::Secured(c) => c.poll_timeout(),
+        };
+        if due.is_some_and(|t| t <= now) {
+            match self {
+                Conn::Plain(n) => n.handle_timeout(now),
+                Conn::Secured(c) => c.handle_timeout(now),
+            }
+        }
+    }
 }
 
 /// Longest `--seconds`: a day.
@@ -107,7 +200,7 @@ fn key_bits(s: &str) -> Result<usize, String> {
 /// One node: the protocol machine and the write half of its socket.
 struct Side {
     name: &'static str,
-    node: Mutex<SyncNode>,
+    node: Mutex<Conn>,
     out: Mutex<TcpStream>,
 }
 
@@ -115,15 +208,22 @@ impl Side {
     /// Runs `f` on the node, then sends what it wants to send (outside the
     /// node lock, so that two nodes writing to each other cannot deadlock).
     fn with<T>(&self, f: impl FnOnce(&mut SyncNode, Instant) -> T) -> T {
+        self.with_conn(|conn, now| f(conn.node(), now))
+    }
+
+    /// As [`with`](Self::with), on the connection (channel or plain).
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn, Instant) -> T) -> T {
         let now = Instant::now();
         let mut out = Vec::new();
         let result = {
-            let mut node = self.node.lock().expect("node lock");
-            let r = f(&mut node, now);
-            while let Some(m) = node.poll_transmit(now) {
+            let mut conn = self.node.lock().expect("node lock");
+            let r = f(&mut conn, now);
+            while let Some(m) = conn.poll_transmit(now) {
                 out.push(m);
             }
-            while node.poll_event().is_some() {}
+            if let Some(e) = conn.drain_events() {
+                eprintln!("{}: secured channel failed: {e}", self.name);
+            }
             r
         };
         if !out.is_empty() {
@@ -149,7 +249,8 @@ fn reader(side: Arc<Side>, stream: TcpStream, stop: Arc<AtomicBool>) {
             return;
         }
         let n = u32::from_be_bytes(len) as usize;
-        if n > qkd_sync::message::MAX_MESSAGE_LEN {
+        // A record adds its header, pad segments and tag to the message.
+        if n > qkd_sync::message::MAX_MESSAGE_LEN + 8192 {
             eprintln!("{}: oversized frame", side.name);
             return;
         }
@@ -157,8 +258,8 @@ fn reader(side: Arc<Side>, stream: TcpStream, stop: Arc<AtomicBool>) {
         if r.read_exact(&mut buf).is_err() {
             return;
         }
-        side.with(|node, now| {
-            if let Err(e) = node.handle_input(now, &buf) {
+        side.with_conn(|conn, now| {
+            if let Err(e) = conn.handle_input(now, &buf) {
                 eprintln!("{}: rejected message: {e}", side.name);
             }
         });
@@ -168,11 +269,7 @@ fn reader(side: Arc<Side>, stream: TcpStream, stop: Arc<AtomicBool>) {
 fn ticker(side: Arc<Side>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(2));
-        side.with(|node, now| {
-            if node.poll_timeout().is_some_and(|t| t <= now) {
-                node.handle_timeout(now);
-            }
-        });
+        side.with_conn(|conn, now| conn.tick(now));
     }
 }
 
@@ -331,14 +428,49 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
         c.lookup_wait = Duration::from_millis(50);
         c
     };
+    let mut conn = |role: Role| -> Result<Conn, Box<dyn std::error::Error>> {
+        let node = SyncNode::new(cfg(role), &mut rng);
+        let Some(suite) = args.channel.0 else {
+            return Ok(Conn::Plain(node));
+        };
+        let (ownership, start) = match role {
+            Role::First => (Ownership::First, Start::Respond),
+            Role::Second => (Ownership::Second, Start::Initiate),
+        };
+        let caps = Capabilities::new(StoreParams {
+            chunk_bytes: 1024,
+            min_key_bits: 8,
+            max_key_bits: MAX_KEY_BITS as u32,
+            ownership,
+        })
+        .with_suites(&[suite]);
+        // The channel's key: a simulated QKD link both nodes hold (the first
+        // key serves as the operator-installed PSK).
+        let link = SimulatedLink::new(
+            b"kms-sync-demo",
+            args.seed,
+            LINK_KEY_BYTES,
+            1 << 24,
+            ownership,
+        );
+        let channel = SecuredChannel::new(
+            ChannelConfig::new(HandshakeConfig::new(caps)),
+            start,
+            link,
+            node,
+            &mut rng,
+            Instant::now(),
+        )?;
+        Ok(Conn::Secured(Box::new(channel)))
+    };
     let a = Arc::new(Side {
         name: "A",
-        node: Mutex::new(SyncNode::new(cfg(Role::First), &mut rng)),
+        node: Mutex::new(conn(Role::First)?),
         out: Mutex::new(a_stream.try_clone()?),
     });
     let b = Arc::new(Side {
         name: "B",
-        node: Mutex::new(SyncNode::new(cfg(Role::Second), &mut rng)),
+        node: Mutex::new(conn(Role::Second)?),
         out: Mutex::new(b_stream.try_clone()?),
     });
     let stop_io = Arc::new(AtomicBool::new(false));
@@ -428,9 +560,21 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     let matched = tally.matched.load(Ordering::Relaxed);
     let collisions = tally.collisions.load(Ordering::Relaxed);
     let (sa, sb) = (
-        a.node.lock().expect("node lock").store().stats(),
-        b.node.lock().expect("node lock").store().stats(),
+        a.node.lock().expect("node lock").node().store().stats(),
+        b.node.lock().expect("node lock").node().store().stats(),
     );
+    for side in [&a, &b] {
+        if let Conn::Secured(c) = &*side.node.lock().expect("node lock")
+            && let (Some(suite), Some(r)) = (c.suite(), c.records())
+        {
+            println!(
+                "{}: channel {suite}, key epoch {}, one-time pad used {} bytes",
+                side.name,
+                r.send_epoch(),
+                r.pad_bytes_used()
+            );
+        }
+    }
     println!(
         "taken: {taken} keys of {} bits in {:.2} s; matched within {:.2} s; unmatched: {}",
         args.key_bits,
