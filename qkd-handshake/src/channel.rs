@@ -404,6 +404,8 @@ impl<M: Machine, S: PskSource> Machine for SecuredChannel<M, S> {
                 .handle_input(now, &payload)
                 .map_err(ChannelInputError::Inner)?,
             ContentType::KeyForward => {
+                // A key forward carries key material: zeroized when dropped.
+                let payload = zeroize::Zeroizing::new(payload);
                 let m = RelayMessage::decode(&payload).map_err(ChannelInputError::Relay)?;
                 self.events.push_back(ChannelEvent::Relay(m));
             }

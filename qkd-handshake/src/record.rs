@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! AES-256-GCM (type 1):
-//!   [proto][1][1] epoch:u32 key_id:[16] seq:u64 | AES-256-GCM(content_type:u8 ‖ payload) tag:[16]
+//!   [proto][1][1] epoch:u32 key_id:[16] seq:u64 | AES-256-GCM(payload ‖ content_type:u8) tag:[16]
 //!   AAD = the 31 header bytes; nonce = iv ⊕ (0:u32 ‖ seq:u64)
 //! one-time pad + Wegman-Carter (type 2):
 //!   [proto][1][2] seq:u64 n:u8 n × (key_id:[16] offset:u32 len:u32) | ct tag:[16]
@@ -418,8 +418,8 @@ impl RecordLayer {
                 out.extend_from_slice(&send.epoch.to_be_bytes());
                 out.extend_from_slice(send.key_id.as_bytes());
                 out.extend_from_slice(&seq.to_be_bytes());
-                out.push(content.to_byte());
                 out.extend_from_slice(payload);
+                out.push(content.to_byte());
                 let (header, body) = out.split_at_mut(AEAD_HEADER);
                 let nonce = send.nonce(seq);
                 let tag = send
@@ -443,8 +443,8 @@ impl RecordLayer {
                     out.extend_from_slice(&s.len.to_be_bytes());
                 }
                 let header_len = out.len();
-                out.push(content.to_byte());
                 out.extend_from_slice(payload);
+                out.push(content.to_byte());
                 for (c, p) in out[header_len..].iter_mut().zip(&pad[32..]) {
                     *c ^= p;
                 }
@@ -465,7 +465,9 @@ impl RecordLayer {
     }
 
     /// Verifies and decrypts one record. A rejected record changes nothing
-    /// (no key is consumed, the replay window does not move).
+    /// (no key is consumed, the replay window does not move). The plaintext
+    /// is not zeroized: a caller that receives key material in it (the
+    /// channel, for key forwards) wraps it.
     ///
     /// # Errors
     /// See [`RecordError`].
@@ -473,7 +475,7 @@ impl RecordLayer {
         &mut self,
         source: &mut dyn PskSource,
         record: &[u8],
-    ) -> Result<(ContentType, Zeroizing<Vec<u8>>), RecordError> {
+    ) -> Result<(ContentType, Vec<u8>), RecordError> {
         let view = decode_record(record)?;
         let plain = match (&mut self.protection, view) {
             (
@@ -500,7 +502,7 @@ impl RecordLayer {
                 };
                 let dir = candidate.as_ref().unwrap_or(&**recv);
                 let (ct, tag) = body.split_at(body.len() - TAG_BYTES);
-                let mut plain = Zeroizing::new(ct.to_vec());
+                let mut plain = ct.to_vec();
                 dir.cipher
                     .decrypt_in_place_detached(
                         Nonce::from_slice(&dir.nonce(seq)),
@@ -509,7 +511,12 @@ impl RecordLayer {
                         tag.into(),
                     )
                     .map_err(|_| RecordError::BadTag)?;
-                if ContentType::from_byte(plain[0]).is_none() {
+                if plain
+                    .last()
+                    .copied()
+                    .and_then(ContentType::from_byte)
+                    .is_none()
+                {
                     return Err(RecordError::ContentType);
                 }
                 if let Some(next) = candidate {
@@ -538,9 +545,11 @@ impl RecordLayer {
             }
             _ => return Err(RecordError::WrongSuite),
         };
-        let content = ContentType::from_byte(plain[0]).ok_or(RecordError::ContentType)?;
         let mut plain = plain;
-        plain.remove(0);
+        let content = plain
+            .pop()
+            .and_then(ContentType::from_byte)
+            .ok_or(RecordError::ContentType)?;
         Ok((content, plain))
     }
 }
@@ -588,7 +597,7 @@ fn open_otp(
     header: &[u8],
     ct: &[u8],
     tag: &[u8; TAG_BYTES],
-) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+) -> Result<Vec<u8>, RecordError> {
     let total: u64 = segments.iter().map(|s| u64::from(s.len)).sum();
     if total != (2 * TAG_BYTES + ct.len()) as u64 {
         return Err(RecordError::Pad);
@@ -628,11 +637,16 @@ fn open_otp(
     if !ok {
         return Err(RecordError::BadTag);
     }
-    let mut plain = Zeroizing::new(ct.to_vec());
+    let mut plain = ct.to_vec();
     for (c, p) in plain.iter_mut().zip(&pad[32..]) {
         *c ^= p;
     }
-    if ContentType::from_byte(plain[0]).is_none() {
+    if plain
+        .last()
+        .copied()
+        .and_then(ContentType::from_byte)
+        .is_none()
+    {
         return Err(RecordError::ContentType);
     }
     // Accepted: consume the new keys and move every cursor.
