@@ -1,7 +1,7 @@
 //! The key schedule: Wegman-Carter proofs of the handshake and the
 //! AES-256-GCM traffic keys.
 //!
-//! A handshake PSK of [`PSK_BYTES`](crate::psk::PSK_BYTES) bytes is cut into
+//! A handshake PSK of [`PSK_BYTES`] bytes is cut into
 //! fixed parts, each used for one purpose only:
 //!
 //! | bytes | use |
@@ -189,7 +189,7 @@ pub(crate) fn traffic_secrets(
 /// The traffic secrets `(initiator-to-responder, responder-to-initiator)`
 /// of the AES-256-GCM suite for `psk` and the transcript hash `th`, as the
 /// handshake derives them. `None` if `psk` is shorter than
-/// [`PSK_BYTES`](crate::psk::PSK_BYTES).
+/// [`PSK_BYTES`].
 #[must_use]
 pub fn derive_traffic_secrets(
     psk: &SecretKey,
