@@ -281,6 +281,42 @@ struct OtpKey {
     cursor: usize,
 }
 
+/// A pad key the peer cuts from, with the byte ranges already used here
+/// (sorted, disjoint): records may arrive out of order, but no byte of pad
+/// is accepted twice.
+struct RecvPadKey {
+    key: SecretKey,
+    used: Vec<(usize, usize)>,
+}
+
+/// Most separate used ranges kept per receive pad key.
+const MAX_PAD_RANGES: usize = 64;
+
+impl RecvPadKey {
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.used.iter().any(|&(s, e)| start < e && s < end)
+    }
+
+    /// Marks `start..end` used; `false` if that needs too many ranges.
+    fn mark(&mut self, start: usize, end: usize) -> bool {
+        let at = self.used.partition_point(|&(s, _)| s < start);
+        self.used.insert(at, (start, end));
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.used.len());
+        for &(s, e) in &self.used {
+            match merged.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => merged.push((s, e)),
+            }
+        }
+        self.used = merged;
+        self.used.len() <= MAX_PAD_RANGES
+    }
+
+    fn is_spent(&self) -> bool {
+        self.used == [(0, self.key.len())]
+    }
+}
+
 enum Protection {
     Aead {
         send: Box<AeadDirection>,
@@ -290,7 +326,7 @@ enum Protection {
         /// The key pads are being cut from, and how far.
         send: Option<(KeyId, OtpKey)>,
         /// Keys the peer started cutting pads from.
-        recv: HashMap<KeyId, OtpKey>,
+        recv: HashMap<KeyId, RecvPadKey>,
     },
 }
 
@@ -591,7 +627,7 @@ fn cut_pad(
 }
 
 fn open_otp(
-    recv: &mut HashMap<KeyId, OtpKey>,
+    recv: &mut HashMap<KeyId, RecvPadKey>,
     source: &mut dyn PskSource,
     segments: &[Segment],
     header: &[u8],
@@ -613,7 +649,7 @@ fn open_otp(
     for s in segments {
         let (start, end) = (s.offset as usize, s.offset as usize + s.len as usize);
         let bytes = if let Some(k) = recv.get(&s.key_id) {
-            if start < k.cursor {
+            if k.overlaps(start, end) || k.used.len() >= MAX_PAD_RANGES {
                 return Err(RecordError::Pad);
             }
             k.key.expose_secret().get(start..end)
@@ -649,18 +685,23 @@ fn open_otp(
     {
         return Err(RecordError::ContentType);
     }
-    // Accepted: consume the new keys and move every cursor.
+    // Accepted: consume the new keys and mark every range used.
     for (id, key) in fresh {
         source.consume(&id)?;
-        recv.insert(id, OtpKey { key, cursor: 0 });
+        recv.insert(
+            id,
+            RecvPadKey {
+                key,
+                used: Vec::new(),
+            },
+        );
     }
     for s in segments {
-        let end = s.offset as usize + s.len as usize;
-        if let Some(k) = recv.get_mut(&s.key_id) {
-            k.cursor = end;
-            if end >= k.key.len() {
-                recv.remove(&s.key_id);
-            }
+        let (start, end) = (s.offset as usize, s.offset as usize + s.len as usize);
+        if let Some(k) = recv.get_mut(&s.key_id)
+            && (!k.mark(start, end) || k.is_spent())
+        {
+            recv.remove(&s.key_id);
         }
     }
     while recv.len() > MAX_OPEN_PAD_KEYS {
@@ -858,13 +899,30 @@ mod layer_tests {
     }
 
     #[test]
-    fn otp_record_naming_a_used_pad_is_rejected() {
+    fn otp_records_out_of_order_open_once_and_a_reused_pad_is_rejected() {
         let ((mut la, mut sa), (mut lb, mut sb)) = layers(CipherSuite::OtpWegmanCarter, 112);
         let r1 = la.seal(&mut sa, ContentType::Data, b"a").unwrap();
         let r2 = la.seal(&mut sa, ContentType::Data, b"b").unwrap();
         lb.open(&mut sb, &r2).unwrap();
-        // r1's pad lies before r2's in the same key: the cursor moved past it.
-        assert_eq!(lb.open(&mut sb, &r1).unwrap_err(), RecordError::Pad);
+        assert_eq!(lb.open(&mut sb, &r1).unwrap().1.as_slice(), b"a");
+        // A forged record that reuses r1's pad under a new sequence number.
+        let mut again = r1.clone();
+        again[10] ^= 0x40;
+        assert_eq!(lb.open(&mut sb, &again).unwrap_err(), RecordError::Pad);
+    }
+
+    #[test]
+    fn pad_ranges_merge_and_never_overlap() {
+        let mut k = RecvPadKey {
+            key: SecretKey::from_slice(&[0; 100]),
+            used: Vec::new(),
+        };
+        assert!(k.mark(40, 60));
+        assert!(k.overlaps(50, 51) && k.overlaps(0, 41) && !k.overlaps(60, 100));
+        assert!(k.mark(0, 40));
+        assert!(k.mark(60, 100));
+        assert_eq!(k.used, [(0, 100)]);
+        assert!(k.is_spent());
     }
 
     #[test]
