@@ -22,7 +22,10 @@ fn every_channel_ends_without_a_collision() {
         assert_eq!(code, Some(0), "{channel}: {stdout}\n{stderr}");
         let last = stdout.lines().last().unwrap_or_default();
         assert!(last.ends_with("collisions: 0"), "{channel}: {last}");
-        assert!(!last.contains("matched: 0 "), "{channel}: no key matched: {last}");
+        assert!(
+            !last.contains("matched: 0 "),
+            "{channel}: no key matched: {last}"
+        );
         assert!(!stderr.contains("channel failed"), "{channel}: {stderr}");
         if channel != "plain" {
             assert!(stdout.contains(&format!("channel {channel}")), "{stdout}");

@@ -197,16 +197,31 @@ fn key_bits(s: &str) -> Result<usize, String> {
     }
 }
 
-/// One node: the protocol machine and the write half of its socket.
+/// One node: the protocol machine, the queue to its socket's writer thread,
+/// and the socket (to shut it down).
 struct Side {
     name: &'static str,
     node: Mutex<Conn>,
-    out: Mutex<TcpStream>,
+    out: Sender<Vec<u8>>,
+    socket: TcpStream,
+}
+
+/// Writes what a node queued, in queue order. The queue is filled under the
+/// node lock, so records reach the peer in the order they were sealed (the
+/// secured channel's replay window and one-time pads expect that), and the
+/// socket write happens outside the node lock, so that two nodes writing to
+/// each other cannot deadlock.
+fn writer(mut stream: TcpStream, queue: Receiver<Vec<u8>>) {
+    for buf in queue {
+        // A closed peer at shutdown is not an error worth reporting.
+        if stream.write_all(&buf).is_err() {
+            return;
+        }
+    }
 }
 
 impl Side {
-    /// Runs `f` on the node, then sends what it wants to send (outside the
-    /// node lock, so that two nodes writing to each other cannot deadlock).
+    /// Runs `f` on the node, then queues what it wants to send.
     fn with<T>(&self, f: impl FnOnce(&mut SyncNode, Instant) -> T) -> T {
         self.with_conn(|conn, now| f(conn.node(), now))
     }
@@ -224,18 +239,17 @@ impl Side {
             if let Some(e) = conn.drain_events() {
                 eprintln!("{}: secured channel failed: {e}", self.name);
             }
+            if !out.is_empty() {
+                let mut buf = Vec::with_capacity(out.iter().map(|m| m.len() + 4).sum());
+                for m in &out {
+                    buf.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(m);
+                }
+                // The writer is gone only at shutdown.
+                let _ = self.out.send(buf);
+            }
             r
         };
-        if !out.is_empty() {
-            let mut buf = Vec::with_capacity(out.iter().map(|m| m.len() + 4).sum());
-            for m in &out {
-                buf.extend_from_slice(&(m.len() as u32).to_be_bytes());
-                buf.extend_from_slice(m);
-            }
-            let mut w = self.out.lock().expect("socket lock");
-            // A closed peer at shutdown is not an error worth reporting.
-            let _ = w.write_all(&buf);
-        }
         result
     }
 }
@@ -463,15 +477,29 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
         )?;
         Ok(Conn::Secured(Box::new(channel)))
     };
+    let (a_queue, a_out) = channel();
+    let (b_queue, b_out) = channel();
+    let writers = [
+        thread::spawn({
+            let s = a_stream.try_clone()?;
+            move || writer(s, a_out)
+        }),
+        thread::spawn({
+            let s = b_stream.try_clone()?;
+            move || writer(s, b_out)
+        }),
+    ];
     let a = Arc::new(Side {
         name: "A",
         node: Mutex::new(conn(Role::First)?),
-        out: Mutex::new(a_stream.try_clone()?),
+        out: a_queue,
+        socket: a_stream.try_clone()?,
     });
     let b = Arc::new(Side {
         name: "B",
         node: Mutex::new(conn(Role::Second)?),
-        out: Mutex::new(b_stream.try_clone()?),
+        out: b_queue,
+        socket: b_stream.try_clone()?,
     });
     let stop_io = Arc::new(AtomicBool::new(false));
     let stop_take = Arc::new(AtomicBool::new(false));
@@ -546,15 +574,14 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     let _ = feed.join();
     // Closing the sockets ends the readers.
     for side in [&a, &b] {
-        let _ = side
-            .out
-            .lock()
-            .expect("socket lock")
-            .shutdown(std::net::Shutdown::Both);
+        let _ = side.socket.shutdown(std::net::Shutdown::Both);
     }
     for t in io {
         let _ = t.join();
     }
+    // The writers end once their queues close (the last Side dropped) or a
+    // write fails on the closed socket; they are not waited for.
+    drop(writers);
 
     let taken = tally.taken.load(Ordering::Relaxed);
     let matched = tally.matched.load(Ordering::Relaxed);
