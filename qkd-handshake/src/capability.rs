@@ -6,6 +6,7 @@
 //! middle that removes a suite, reorders a list or changes a store parameter
 //! makes the handshake fail (downgrade detection).
 
+use qkd_core::machine::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version of the handshake and of the secured channel records.
@@ -238,34 +239,37 @@ impl Capabilities {
     /// Checks the lists are non-empty, short enough and free of repeats.
     ///
     /// # Errors
-    /// The name of the field and what is wrong with it.
-    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        fn list<T: PartialEq>(
-            v: &[T],
-            name: &'static str,
-        ) -> Result<(), (&'static str, &'static str)> {
+    /// The field (`capabilities.…`) and what is wrong with it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn list<T: PartialEq>(v: &[T], name: &'static str) -> Result<(), ConfigError> {
             if v.is_empty() || v.len() > MAX_LIST {
-                return Err((name, "must hold 1 to 32 entries"));
+                return Err(ConfigError::new(name, "must hold 1 to 32 entries"));
             }
             if v.iter().enumerate().any(|(i, x)| v[..i].contains(x)) {
-                return Err((name, "must not repeat an entry"));
+                return Err(ConfigError::new(name, "must not repeat an entry"));
             }
             Ok(())
         }
         list(&self.versions, "capabilities.versions")?;
         if !self.versions.contains(&PROTOCOL_VERSION) {
-            return Err(("capabilities.versions", "must include version 1"));
+            return Err(ConfigError::new(
+                "capabilities.versions",
+                "must include version 1",
+            ));
         }
         list(&self.suites, "capabilities.suites")?;
         if self.store.chunk_bytes == 0 {
-            return Err(("capabilities.store.chunk_bytes", "must be at least 1"));
+            return Err(ConfigError::new(
+                "capabilities.store.chunk_bytes",
+                "must be at least 1",
+            ));
         }
         if self.store.min_key_bits == 0
             || self.store.min_key_bits > self.store.max_key_bits
             || !self.store.min_key_bits.is_multiple_of(8)
             || !self.store.max_key_bits.is_multiple_of(8)
         {
-            return Err((
+            return Err(ConfigError::new(
                 "capabilities.store.min_key_bits",
                 "key sizes must be whole bytes with 0 < min <= max",
             ));

@@ -63,9 +63,7 @@ impl ChannelConfig {
     /// # Errors
     /// The first invalid field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.handshake
-            .validate()
-            .map_err(|(field, reason)| ConfigError::new(field, reason))?;
+        self.handshake.validate()?;
         if self.rekey_after_bytes == 0 {
             return Err(ConfigError::new(
                 "channel.rekey_after_bytes",
@@ -212,8 +210,7 @@ impl<M: Machine, S: PskSource> SecuredChannel<M, S> {
         let hs = match start {
             Start::Initiate => Handshake::initiator(config.handshake.clone(), source, rng, now),
             Start::Respond => Handshake::responder(config.handshake.clone(), source, rng, now),
-        }
-        .map_err(|(field, reason)| ConfigError::new(field, reason))?;
+        }?;
         let mut ch = SecuredChannel {
             config,
             handshake: hs,

@@ -24,7 +24,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use qkd_core::KeyId;
-use qkd_core::machine::Machine;
+use qkd_core::machine::{ConfigError, Machine};
 
 use crate::capability::{Capabilities, CipherSuite, PROTOCOL_VERSION, StoreMismatch, negotiate};
 use crate::message::{
@@ -64,14 +64,17 @@ impl HandshakeConfig {
     /// Checks every field.
     ///
     /// # Errors
-    /// The field's name and what is wrong with it.
-    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+    /// The first invalid field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.capabilities.validate()?;
         if self.timeout.is_zero() {
-            return Err(("handshake.timeout", "must be positive"));
+            return Err(ConfigError::new("handshake.timeout", "must be positive"));
         }
         if self.retransmit_after.is_zero() {
-            return Err(("handshake.retransmit_after", "must be positive"));
+            return Err(ConfigError::new(
+                "handshake.retransmit_after",
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -338,13 +341,13 @@ impl<S: PskSource> Handshake<S> {
     /// [`HandshakeError::Psk`].
     ///
     /// # Errors
-    /// An invalid configuration (field name and reason).
+    /// An invalid configuration.
     pub fn initiator<R: CryptoRng + ?Sized>(
         config: HandshakeConfig,
         source: S,
         rng: &mut R,
         now: Instant,
-    ) -> Result<Self, (&'static str, &'static str)> {
+    ) -> Result<Self, ConfigError> {
         let mut hs = Self::new(config, source, rng, now)?;
         match hs.source.next() {
             Err(e) => hs.fail(HandshakeError::Psk(e), false),
@@ -374,13 +377,13 @@ impl<S: PskSource> Handshake<S> {
     /// A responder: waits for a client hello.
     ///
     /// # Errors
-    /// An invalid configuration (field name and reason).
+    /// An invalid configuration.
     pub fn responder<R: CryptoRng + ?Sized>(
         config: HandshakeConfig,
         source: S,
         rng: &mut R,
         now: Instant,
-    ) -> Result<Self, (&'static str, &'static str)> {
+    ) -> Result<Self, ConfigError> {
         Self::new(config, source, rng, now)
     }
 
@@ -389,7 +392,7 @@ impl<S: PskSource> Handshake<S> {
         source: S,
         rng: &mut R,
         now: Instant,
-    ) -> Result<Self, (&'static str, &'static str)> {
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut nonce = [0u8; NONCE_BYTES];
         rng.fill_bytes(&mut nonce);
@@ -1336,12 +1339,12 @@ mod tests {
     #[test]
     fn config_is_validated() {
         let mut c = config(Ownership::First, &[]);
-        assert_eq!(c.validate().unwrap_err().0, "capabilities.suites");
+        assert_eq!(c.validate().unwrap_err().field(), "capabilities.suites");
         c = config(Ownership::First, &[Aes, Aes]);
         assert!(c.validate().is_err());
         c = config(Ownership::First, &[Aes]);
         c.timeout = Duration::ZERO;
-        assert_eq!(c.validate().unwrap_err().0, "handshake.timeout");
+        assert_eq!(c.validate().unwrap_err().field(), "handshake.timeout");
         c = config(Ownership::First, &[Aes]);
         c.capabilities.store.min_key_bits = 9;
         assert!(c.validate().is_err());
