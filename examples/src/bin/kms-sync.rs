@@ -10,8 +10,10 @@
 //! collision is a key ID handed out fresh on both sides or a matched pair
 //! whose bytes differ; the exit status is non-zero if there was one.
 //!
-//! A real deployment runs the sync messages inside the authenticated and
-//! encrypted qkd-handshake channel; this example uses plain loopback TCP.
+//! The sync messages run inside a qkd-handshake secured channel
+//! (`--channel QKD_AES_256_GCM_BLAKE3`, the default, or `QKD_OTP_WC_POLYVAL`),
+//! keyed by a simulated QKD link's key material; `--channel plain` runs them
+//! over bare TCP for comparison.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -28,7 +30,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
+use qkd_core::machine::Machine;
 use qkd_core::{KeyId, SecretKey};
+use qkd_handshake::capability::{Capabilities, CipherSuite, Ownership, StoreParams};
+use qkd_handshake::channel::{ChannelConfig, ChannelEvent, SecuredChannel, Start};
+use qkd_handshake::handshake::HandshakeConfig;
+use qkd_handshake::psk::SimulatedLink;
 use qkd_keystore::{Binding, Role, StoreConfig};
 use qkd_sync::{Lookup, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
@@ -68,6 +75,92 @@ struct Args {
     /// Seed of the simulated pipeline's key material.
     #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     seed: u64,
+    /// How the sync messages travel: inside a secured channel with the suite
+    /// QKD_AES_256_GCM_BLAKE3 or QKD_OTP_WC_POLYVAL, or `plain` TCP.
+    #[arg(long, default_value = "QKD_AES_256_GCM_BLAKE3", value_parser = channel_kind)]
+    channel: ChannelKind,
+}
+
+/// What `--channel` selects: a cipher suite, or none (plain TCP).
+#[derive(Clone, Copy, Debug)]
+struct ChannelKind(Option<CipherSuite>);
+
+/// Parses `--channel`: a suite's registry name, or `plain` (no channel).
+fn channel_kind(s: &str) -> Result<ChannelKind, String> {
+    if s == "plain" {
+        return Ok(ChannelKind(None));
+    }
+    CipherSuite::from_name(s)
+        .map(|s| ChannelKind(Some(s)))
+        .ok_or_else(|| {
+            format!(
+                "must be {}, {} or plain",
+                CipherSuite::Aes256GcmBlake3,
+                CipherSuite::OtpWegmanCarter
+            )
+        })
+}
+
+/// Bytes of each key of the simulated QKD link that keys the channel (the
+/// handshake PSK, AES rekeys, one-time pads).
+const LINK_KEY_BYTES: usize = 1024;
+
+/// A node's connection: the sync machine alone, or inside a secured channel.
+enum Conn {
+    Plain(SyncNode),
+    Secured(Box<SecuredChannel<SyncNode, SimulatedLink>>),
+}
+
+impl Conn {
+    fn node(&mut self) -> &mut SyncNode {
+        match self {
+            Conn::Plain(n) => n,
+            Conn::Secured(c) => c.inner_mut(),
+        }
+    }
+
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            Conn::Plain(n) => n.handle_input(now, bytes).map_err(|e| e.to_string()),
+            Conn::Secured(c) => c.handle_input(now, bytes).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        match self {
+            Conn::Plain(n) => n.poll_transmit(now),
+            Conn::Secured(c) => c.poll_transmit(now),
+        }
+    }
+
+    /// Drains the events; returns a channel failure, if one happened.
+    fn drain_events(&mut self) -> Option<String> {
+        let mut failure = None;
+        match self {
+            Conn::Plain(n) => while n.poll_event().is_some() {},
+            Conn::Secured(c) => {
+                while let Some(e) = c.poll_event() {
+                    if let ChannelEvent::Failed(e) = e {
+                        failure = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        failure
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let due = match self {
+            Conn::Plain(n) => n.poll_timeout(),
+            Conn::Secured(c) => c.poll_timeout(),
+        };
+        if due.is_some_and(|t| t <= now) {
+            match self {
+                Conn::Plain(n) => n.handle_timeout(now),
+                Conn::Secured(c) => c.handle_timeout(now),
+            }
+        }
+    }
 }
 
 /// Longest `--seconds`: a day.
@@ -104,38 +197,59 @@ fn key_bits(s: &str) -> Result<usize, String> {
     }
 }
 
-/// One node: the protocol machine and the write half of its socket.
+/// One node: the protocol machine, the queue to its socket's writer thread,
+/// and the socket (to shut it down).
 struct Side {
     name: &'static str,
-    node: Mutex<SyncNode>,
-    out: Mutex<TcpStream>,
+    node: Mutex<Conn>,
+    out: Sender<Vec<u8>>,
+    socket: TcpStream,
+}
+
+/// Writes what a node queued, in queue order. The queue is filled under the
+/// node lock, so records reach the peer in the order they were sealed (the
+/// secured channel's replay window and one-time pads expect that), and the
+/// socket write happens outside the node lock, so that two nodes writing to
+/// each other cannot deadlock.
+fn writer(mut stream: TcpStream, queue: Receiver<Vec<u8>>) {
+    for buf in queue {
+        // A closed peer at shutdown is not an error worth reporting.
+        if stream.write_all(&buf).is_err() {
+            return;
+        }
+    }
 }
 
 impl Side {
-    /// Runs `f` on the node, then sends what it wants to send (outside the
-    /// node lock, so that two nodes writing to each other cannot deadlock).
+    /// Runs `f` on the node, then queues what it wants to send.
     fn with<T>(&self, f: impl FnOnce(&mut SyncNode, Instant) -> T) -> T {
+        self.with_conn(|conn, now| f(conn.node(), now))
+    }
+
+    /// As [`with`](Self::with), on the connection (channel or plain).
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn, Instant) -> T) -> T {
         let now = Instant::now();
         let mut out = Vec::new();
         let result = {
-            let mut node = self.node.lock().expect("node lock");
-            let r = f(&mut node, now);
-            while let Some(m) = node.poll_transmit(now) {
+            let mut conn = self.node.lock().expect("node lock");
+            let r = f(&mut conn, now);
+            while let Some(m) = conn.poll_transmit(now) {
                 out.push(m);
             }
-            while node.poll_event().is_some() {}
+            if let Some(e) = conn.drain_events() {
+                eprintln!("{}: secured channel failed: {e}", self.name);
+            }
+            if !out.is_empty() {
+                let mut buf = Vec::with_capacity(out.iter().map(|m| m.len() + 4).sum());
+                for m in &out {
+                    buf.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(m);
+                }
+                // The writer is gone only at shutdown.
+                let _ = self.out.send(buf);
+            }
             r
         };
-        if !out.is_empty() {
-            let mut buf = Vec::with_capacity(out.iter().map(|m| m.len() + 4).sum());
-            for m in &out {
-                buf.extend_from_slice(&(m.len() as u32).to_be_bytes());
-                buf.extend_from_slice(m);
-            }
-            let mut w = self.out.lock().expect("socket lock");
-            // A closed peer at shutdown is not an error worth reporting.
-            let _ = w.write_all(&buf);
-        }
         result
     }
 }
@@ -149,7 +263,8 @@ fn reader(side: Arc<Side>, stream: TcpStream, stop: Arc<AtomicBool>) {
             return;
         }
         let n = u32::from_be_bytes(len) as usize;
-        if n > qkd_sync::message::MAX_MESSAGE_LEN {
+        // A record adds its header, pad segments and tag to the message.
+        if n > qkd_sync::message::MAX_MESSAGE_LEN + 8192 {
             eprintln!("{}: oversized frame", side.name);
             return;
         }
@@ -157,8 +272,8 @@ fn reader(side: Arc<Side>, stream: TcpStream, stop: Arc<AtomicBool>) {
         if r.read_exact(&mut buf).is_err() {
             return;
         }
-        side.with(|node, now| {
-            if let Err(e) = node.handle_input(now, &buf) {
+        side.with_conn(|conn, now| {
+            if let Err(e) = conn.handle_input(now, &buf) {
                 eprintln!("{}: rejected message: {e}", side.name);
             }
         });
@@ -168,11 +283,7 @@ fn reader(side: Arc<Side>, stream: TcpStream, stop: Arc<AtomicBool>) {
 fn ticker(side: Arc<Side>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         thread::sleep(Duration::from_millis(2));
-        side.with(|node, now| {
-            if node.poll_timeout().is_some_and(|t| t <= now) {
-                node.handle_timeout(now);
-            }
-        });
+        side.with_conn(|conn, now| conn.tick(now));
     }
 }
 
@@ -331,15 +442,64 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
         c.lookup_wait = Duration::from_millis(50);
         c
     };
+    let mut conn = |role: Role| -> Result<Conn, Box<dyn std::error::Error>> {
+        let node = SyncNode::new(cfg(role), &mut rng);
+        let Some(suite) = args.channel.0 else {
+            return Ok(Conn::Plain(node));
+        };
+        let (ownership, start) = match role {
+            Role::First => (Ownership::First, Start::Respond),
+            Role::Second => (Ownership::Second, Start::Initiate),
+        };
+        let caps = Capabilities::new(StoreParams {
+            chunk_bytes: 1024,
+            min_key_bits: 8,
+            max_key_bits: MAX_KEY_BITS as u32,
+            ownership,
+        })
+        .with_suites(&[suite]);
+        // The channel's key: a simulated QKD link both nodes hold (the first
+        // key serves as the operator-installed PSK).
+        let link = SimulatedLink::new(
+            b"kms-sync-demo",
+            args.seed,
+            LINK_KEY_BYTES,
+            1 << 24,
+            ownership,
+        );
+        let channel = SecuredChannel::new(
+            ChannelConfig::new(HandshakeConfig::new(caps)),
+            start,
+            link,
+            node,
+            &mut rng,
+            Instant::now(),
+        )?;
+        Ok(Conn::Secured(Box::new(channel)))
+    };
+    let (a_queue, a_out) = channel();
+    let (b_queue, b_out) = channel();
+    let writers = [
+        thread::spawn({
+            let s = a_stream.try_clone()?;
+            move || writer(s, a_out)
+        }),
+        thread::spawn({
+            let s = b_stream.try_clone()?;
+            move || writer(s, b_out)
+        }),
+    ];
     let a = Arc::new(Side {
         name: "A",
-        node: Mutex::new(SyncNode::new(cfg(Role::First), &mut rng)),
-        out: Mutex::new(a_stream.try_clone()?),
+        node: Mutex::new(conn(Role::First)?),
+        out: a_queue,
+        socket: a_stream.try_clone()?,
     });
     let b = Arc::new(Side {
         name: "B",
-        node: Mutex::new(SyncNode::new(cfg(Role::Second), &mut rng)),
-        out: Mutex::new(b_stream.try_clone()?),
+        node: Mutex::new(conn(Role::Second)?),
+        out: b_queue,
+        socket: b_stream.try_clone()?,
     });
     let stop_io = Arc::new(AtomicBool::new(false));
     let stop_take = Arc::new(AtomicBool::new(false));
@@ -414,23 +574,34 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     let _ = feed.join();
     // Closing the sockets ends the readers.
     for side in [&a, &b] {
-        let _ = side
-            .out
-            .lock()
-            .expect("socket lock")
-            .shutdown(std::net::Shutdown::Both);
+        let _ = side.socket.shutdown(std::net::Shutdown::Both);
     }
     for t in io {
         let _ = t.join();
     }
+    // The writers end once their queues close (the last Side dropped) or a
+    // write fails on the closed socket; they are not waited for.
+    drop(writers);
 
     let taken = tally.taken.load(Ordering::Relaxed);
     let matched = tally.matched.load(Ordering::Relaxed);
     let collisions = tally.collisions.load(Ordering::Relaxed);
     let (sa, sb) = (
-        a.node.lock().expect("node lock").store().stats(),
-        b.node.lock().expect("node lock").store().stats(),
+        a.node.lock().expect("node lock").node().store().stats(),
+        b.node.lock().expect("node lock").node().store().stats(),
     );
+    for side in [&a, &b] {
+        if let Conn::Secured(c) = &*side.node.lock().expect("node lock")
+            && let (Some(suite), Some(r)) = (c.suite(), c.records())
+        {
+            println!(
+                "{}: channel {suite}, key epoch {}, one-time pad used {} bytes",
+                side.name,
+                r.send_epoch(),
+                r.pad_bytes_used()
+            );
+        }
+    }
     println!(
         "taken: {taken} keys of {} bits in {:.2} s; matched within {:.2} s; unmatched: {}",
         args.key_bits,
