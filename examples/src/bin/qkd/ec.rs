@@ -293,7 +293,7 @@ fn thread_cpu() -> Option<Duration> {
 }
 
 /// The paper's efficiencies at QBER 1, 2, 5, 10 % (Martinez-Mateo et al.
-/// 2015, read off its figures; `shared/specs/cascade.md`).
+/// 2015, arXiv:1407.3257, read off its figures).
 const PAPER: [(&str, [f64; 4]); 7] = [
     ("original", [1.135, 1.15, 1.18, 1.21]),
     ("biconf", [1.095, 1.09, 1.095, 1.115]),
