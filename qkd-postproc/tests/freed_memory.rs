@@ -365,7 +365,7 @@ fn finding_4_confirmation_leaves_no_key_in_freed_memory() {
     let scan = scanned(|| {
         let now = Instant::now();
         let config = ConfirmConfig::default();
-        let mut alice = ConfirmAlice::new(9, key.slice(..), config.clone(), &mut rng, now);
+        let mut alice = ConfirmAlice::new(9, key.slice(..), config, &mut rng, now);
         let mut bob = ConfirmBob::new(9, key.slice(..), config);
         for _ in 0..4 {
             while let Some(m) = alice.poll_transmit(now) {
