@@ -9,14 +9,17 @@
 //! themselves and the bit iterators.
 //!
 //! A [`BitVec`] usually carries key material (sifted, corrected or final key),
-//! so its storage is zeroized on drop and its `Debug` output shows only the
-//! length.
+//! so its storage is zeroized on drop, no growth leaves a copy of its bits in
+//! freed memory (a reallocation moves the words and zeroizes the old buffer
+//! before freeing it), equality is decided in constant time for vectors of
+//! the same length, and its `Debug` output shows only the length.
 
 use core::fmt;
 use core::ops::{BitXorAssign, Bound, Range, RangeBounds};
 
 use rand_core::Rng;
-use zeroize::Zeroize;
+use subtle::{Choice, ConstantTimeEq};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::Error;
 
@@ -127,7 +130,13 @@ fn resolve_range(range: impl RangeBounds<usize>, len: usize) -> Range<usize> {
 /// A growable vector of bits packed in `u64` words.
 ///
 /// Bits past [`len`](Self::len) in the last word are always zero. The words are
-/// zeroized when the vector is dropped, and `Debug` shows only the length.
+/// zeroized when the vector is dropped; when the vector grows past its
+/// capacity ([`push`](Self::push), [`push_bits`](Self::push_bits),
+/// [`extend_from_bitslice`](Self::extend_from_bitslice), `Extend`,
+/// `FromIterator`) the words move to a new buffer and the old one is zeroized
+/// before it is freed. `==` compares the words in constant time (the lengths
+/// are not secret), also available as [`ConstantTimeEq`]. `Debug` shows only
+/// the length.
 ///
 /// ```
 /// use qkd_core::BitVec;
@@ -161,9 +170,21 @@ impl fmt::Debug for BitVec {
     }
 }
 
+impl ConstantTimeEq for BitVec {
+    /// Constant time in the bits; vectors of different lengths are unequal
+    /// (the lengths are public).
+    fn ct_eq(&self, other: &Self) -> Choice {
+        if self.len != other.len {
+            return Choice::from(0);
+        }
+        self.words.as_slice().ct_eq(other.words.as_slice())
+    }
+}
+
 impl PartialEq for BitVec {
+    /// Constant time in the bits, as [`ConstantTimeEq::ct_eq`].
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.words == other.words
+        self.ct_eq(other).into()
     }
 }
 impl Eq for BitVec {}
@@ -293,11 +314,33 @@ impl BitVec {
         &self.words
     }
 
-    /// Takes the packed words out, leaving an empty vector.
+    /// Takes the packed words out, leaving an empty vector; they stay
+    /// zeroized on drop.
     #[must_use]
-    pub fn into_words(mut self) -> Vec<u64> {
+    pub fn into_words(mut self) -> Zeroizing<Vec<u64>> {
         self.len = 0;
-        core::mem::take(&mut self.words)
+        Zeroizing::new(core::mem::take(&mut self.words))
+    }
+
+    /// Makes room for `additional` more words. When the buffer must grow, the
+    /// words move to a new allocation (at least twice the old capacity, so
+    /// pushes stay amortised O(1)) and the old buffer is zeroized before it
+    /// is freed: `Vec::reserve` or a `Vec::push` past the capacity would hand
+    /// it to the allocator with the bits still in it.
+    fn reserve_words(&mut self, additional: usize) {
+        let need = self
+            .words
+            .len()
+            .checked_add(additional)
+            .expect("BitVec capacity overflow");
+        if need <= self.words.capacity() {
+            return;
+        }
+        let mut grown = Vec::with_capacity(need.max(2 * self.words.capacity()).max(4));
+        grown.extend_from_slice(&self.words);
+        let mut old = core::mem::replace(&mut self.words, grown);
+        // Zeroizes the whole allocation, spare capacity included.
+        old.zeroize();
     }
 
     /// Bit `i`.
@@ -363,6 +406,9 @@ impl BitVec {
         }
         let bits = bits & low_mask(n);
         let off = self.len % WORD;
+        if off == 0 || off + n > WORD {
+            self.reserve_words(1);
+        }
         if off == 0 {
             self.words.push(bits);
         } else {
@@ -377,8 +423,7 @@ impl BitVec {
 
     /// Appends all bits of `src`, 64 at a time.
     pub fn extend_from_bitslice(&mut self, src: BitSlice<'_>) {
-        self.words
-            .reserve(words_for(self.len + src.len) - self.words.len());
+        self.reserve_words(words_for(self.len + src.len) - self.words.len());
         let mut pos = 0;
         while pos < src.len {
             let n = (src.len - pos).min(WORD);
@@ -579,7 +624,8 @@ impl BitXorAssign<&BitVec> for BitVec {
 
 impl FromIterator<bool> for BitVec {
     fn from_iter<I: IntoIterator<Item = bool>>(iter: I) -> Self {
-        let mut v = BitVec::new();
+        let iter = iter.into_iter();
+        let mut v = BitVec::with_capacity(iter.size_hint().0);
         let mut acc = 0u64;
         let mut n = 0;
         for b in iter {
@@ -598,6 +644,8 @@ impl FromIterator<bool> for BitVec {
 
 impl Extend<bool> for BitVec {
     fn extend<I: IntoIterator<Item = bool>>(&mut self, iter: I) {
+        let iter = iter.into_iter();
+        self.reserve_words(words_for(self.len + iter.size_hint().0) - self.words.len());
         for b in iter {
             self.push(b);
         }
@@ -629,9 +677,28 @@ impl fmt::Debug for BitSlice<'_> {
     }
 }
 
+impl ConstantTimeEq for BitSlice<'_> {
+    /// Constant time in the bits; slices of different lengths are unequal
+    /// (the lengths are public).
+    fn ct_eq(&self, other: &Self) -> Choice {
+        if self.len != other.len {
+            return Choice::from(0);
+        }
+        let mut diff = 0u64;
+        let mut pos = 0;
+        while pos < self.len {
+            let n = (self.len - pos).min(WORD);
+            diff |= load(self.words, self.start + pos, n) ^ load(other.words, other.start + pos, n);
+            pos += n;
+        }
+        diff.ct_eq(&0)
+    }
+}
+
 impl PartialEq for BitSlice<'_> {
+    /// Constant time in the bits, as [`ConstantTimeEq::ct_eq`].
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.hamming_distance(*other) == 0
+        self.ct_eq(other).into()
     }
 }
 impl Eq for BitSlice<'_> {}
@@ -1029,6 +1096,38 @@ mod tests {
             inv.invert();
             prop_assert_eq!(model(&inv), pairs.iter().map(|p| !p.0).collect::<Vec<_>>());
             prop_assert_eq!(inv.count_ones(), v.len() - v.count_ones());
+        }
+
+        #[test]
+        fn constant_time_equality_matches_model(a in bits(300), c in bits(300), cut in 0usize..300) {
+            let va: BitVec = a.iter().copied().collect();
+            let vc: BitVec = c.iter().copied().collect();
+            prop_assert_eq!(va == vc, a == c);
+            prop_assert_eq!(bool::from(va.ct_eq(&vc)), a == c);
+            prop_assert!(va == va.clone());
+            // Slices at unaligned offsets compare by their bits.
+            let k = cut.min(a.len());
+            let shifted: BitVec = a[k..].iter().copied().collect();
+            prop_assert!(va.slice(k..) == shifted.as_bitslice());
+            prop_assert_eq!(va.slice(k..) == vc.slice(cut.min(c.len())..),
+                a[k..] == c[cut.min(c.len())..]);
+        }
+
+        #[test]
+        fn growth_keeps_the_bits(b in bits(700), split in 0usize..700) {
+            // push, extend and extend_from_bitslice past the capacity move
+            // the words to a new buffer; the bits must survive the move.
+            let k = split.min(b.len());
+            let mut v = BitVec::new();
+            for &bit in &b[..k] {
+                v.push(bit);
+            }
+            v.extend(b[k..].iter().copied().filter(|_| true));
+            prop_assert_eq!(model(&v), b.clone());
+            let mut w: BitVec = b[..k].iter().copied().collect();
+            let tail: BitVec = b[k..].iter().copied().collect();
+            w.extend_from_bitslice(tail.as_bitslice());
+            prop_assert_eq!(w, v);
         }
 
         #[test]

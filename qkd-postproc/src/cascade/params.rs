@@ -16,7 +16,8 @@ pub const MAX_PASSES: usize = 64;
 
 /// A named Cascade variant from Martinez-Mateo, Pacher, Peev, Ciurana and
 /// Martin, "Demystifying the information reconciliation protocol Cascade"
-/// (QIC 15, 2015), with the block sizes of `shared/specs/cascade.md`.
+/// (Quantum Inf. Comput. 15, 453–477, 2015; arXiv:1407.3257); each variant
+/// below gives its block sizes.
 ///
 /// `Q` below is the QBER estimate given to [`CascadeParams::for_variant`].
 /// In configuration files a variant is written by its [name](Self::name)

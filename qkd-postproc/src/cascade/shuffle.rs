@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use qkd_core::BitVec;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
+use zeroize::Zeroizing;
 
 use qkd_core::machine::ConfigError;
 
@@ -209,8 +210,8 @@ impl ShufflePlan {
 
 /// Bit `i` of `key` as byte `i` (0 or 1) of the result, zero-padded to a
 /// power-of-two length (up to twice the key's bits in bytes; the buffer
-/// lives for one gather).
-fn spread_bytes(key: &BitVec) -> Vec<u8> {
+/// lives for one gather and, holding the whole key, is zeroized when freed).
+fn spread_bytes(key: &BitVec) -> Zeroizing<Vec<u8>> {
     const fn table() -> [u64; 256] {
         let mut t = [0u64; 256];
         let mut b = 0;
@@ -228,7 +229,7 @@ fn spread_bytes(key: &BitVec) -> Vec<u8> {
     }
     const SPREAD: [u64; 256] = table();
     let len = (key.words().len() * 64).next_power_of_two();
-    let mut out = vec![0u8; len];
+    let mut out = Zeroizing::new(vec![0u8; len]);
     for (bytes, &w) in out.chunks_exact_mut(64).zip(key.words()) {
         for (eight, byte) in bytes.chunks_exact_mut(8).zip(w.to_le_bytes()) {
             eight.copy_from_slice(&SPREAD[usize::from(byte)].to_le_bytes());
