@@ -19,8 +19,9 @@
 //!   once key is deposited or a checkpoint is committed;
 //! - an unacknowledged context switch is sent again every
 //!   [`AuthenticatedConfig::retransmit_after`];
-//! - a feed notice goes out after each deposit and after a restore, so the
-//!   peer compares the pools and skips past this end's receive floor.
+//! - a feed notice goes out after each deposit and after a restore
+//!   ([`AuthenticatedChannel::is_notice_pending`]), so the peer compares
+//!   the pools and skips past this end's receive floor.
 //!
 //! The host's duties stay the host's: on
 //! [`AuthEvent::CheckpointDue`] call [`checkpoint`](Authenticated::checkpoint),
@@ -123,7 +124,6 @@ pub struct Authenticated<M> {
     pending: VecDeque<Vec<u8>>,
     /// Sealed datagrams ready to go.
     outbox: VecDeque<Vec<u8>>,
-    notice_due: bool,
     switch_resend_at: Option<Instant>,
     events: VecDeque<AuthEvent>,
     dropped: VecDeque<SealError>,
@@ -148,18 +148,10 @@ impl<M: Machine> Authenticated<M> {
             config,
             pending: VecDeque::new(),
             outbox: VecDeque::new(),
-            notice_due: false,
             switch_resend_at: None,
             events: VecDeque::new(),
             dropped: VecDeque::new(),
         })
-    }
-
-    /// Sends a feed notice (deposit count, digest, receive floor) at the
-    /// next [`poll_transmit`](Machine::poll_transmit): after a restore, so
-    /// the peer skips past this end's receive floor.
-    pub fn announce(&mut self) {
-        self.notice_due = true;
     }
 
     /// The inner machine.
@@ -212,9 +204,6 @@ impl<M: Machine> Authenticated<M> {
         final_key: SecretKey,
     ) -> Result<(SecretKey, BlockAccount), (PoolError, SecretKey)> {
         let result = self.channel.replenish_from_block(agreed, final_key);
-        if result.is_ok() {
-            self.notice_due = true;
-        }
         self.drain_channel_events();
         result
     }
@@ -241,17 +230,11 @@ impl<M: Machine> Authenticated<M> {
 
     /// Seals pending payloads in order while the pool pays for them.
     fn seal_pending(&mut self) {
-        if self.notice_due {
+        if self.channel.is_notice_pending() && !self.channel.is_diverged() {
             match self.channel.seal_feed_notice() {
-                Ok(sealed) => {
-                    self.notice_due = false;
-                    self.outbox.push_back(sealed);
-                }
-                Err(SealError::Pool(_)) => {}
-                Err(e) => {
-                    self.notice_due = false;
-                    self.dropped.push_back(e);
-                }
+                Ok(sealed) => self.outbox.push_back(sealed),
+                // Wait for key or a committed checkpoint.
+                Err(_) => {}
             }
         }
         while let Some(payload) = self.pending.front() {

@@ -432,6 +432,8 @@ pub struct AuthenticatedChannel {
     /// A peer feed notice ahead of this end's deposits, compared again at
     /// each deposit.
     peer_feed: Option<(u64, [u8; FEED_DIGEST_BYTES])>,
+    /// A feed notice should go out (after a deposit or a restore).
+    notice_pending: bool,
     diverged: bool,
     stats: ChannelStats,
     events: VecDeque<AuthEvent>,
@@ -549,6 +551,7 @@ impl AuthenticatedChannel {
             recv_previous: None,
             unconfirmed: None,
             peer_feed: None,
+            notice_pending: false,
             diverged: false,
             stats: ChannelStats::default(),
             events: VecDeque::new(),
@@ -642,6 +645,7 @@ impl AuthenticatedChannel {
             recv_previous,
             unconfirmed,
             peer_feed: None,
+            notice_pending: true,
             diverged,
             stats,
             events: VecDeque::new(),
@@ -987,7 +991,17 @@ impl AuthenticatedChannel {
         body[..8].copy_from_slice(&count.to_be_bytes());
         body[8..8 + FEED_DIGEST_BYTES].copy_from_slice(&digest);
         body[8 + FEED_DIGEST_BYTES..].copy_from_slice(&self.pool.receive_floor().to_be_bytes());
-        self.seal_typed(MessageType::FeedNotice, &body)
+        let sealed = self.seal_typed(MessageType::FeedNotice, &body)?;
+        self.notice_pending = false;
+        Ok(sealed)
+    }
+
+    /// Whether a feed notice is due: a deposit or a restore happened since
+    /// the last one was sealed. [`Authenticated`](super::Authenticated)
+    /// sends it by itself.
+    #[must_use]
+    pub fn is_notice_pending(&self) -> bool {
+        self.notice_pending
     }
 
     /// Whether the pools were found [diverged](AuthEvent::FeedDiverged).
@@ -1162,6 +1176,7 @@ impl AuthenticatedChannel {
     }
 
     fn after_deposit(&mut self) {
+        self.notice_pending = true;
         if let Some((count, digest)) = self.peer_feed
             && self.pool.compare_feed(count, &digest) != FeedComparison::PeerAhead
         {

@@ -135,9 +135,10 @@
 //!    position of the peer's stream below the saved receive horizon as too
 //!    old: every position the saved process may have used is behind both.
 //!    Units reserved and not used are lost (at most `checkpoint_units` per
-//!    direction per restart). A restored end should send a feed notice
-//!    ([`Authenticated::announce`]) so that the peer skips its send cursor
-//!    past the restored receive floor.
+//!    direction per restart). A restored end sends a feed notice
+//!    ([`AuthenticatedChannel::is_notice_pending`]; [`Authenticated`] does it
+//!    by itself) so that the peer skips its send cursor past the restored
+//!    receive floor.
 //! 4. **Only the newest state.** Restoring an older state than the newest
 //!    one written would reuse positions: keep exactly one, replaced
 //!    atomically; [`ChannelState::generation`] numbers them.
