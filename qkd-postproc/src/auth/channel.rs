@@ -389,7 +389,15 @@ pub enum Opened<'a> {
 ///
 /// - Input: [`open`](Self::open) (received bytes).
 /// - Application actions: [`seal`](Self::seal), [`switch_context`](Self::switch_context),
-///   [`replenish_from_block`](Self::replenish_from_block).
+///   [`replenish_from_block`](Self::replenish_from_block),
+///   [`checkpoint`](Self::checkpoint) / [`commit`](Self::commit),
+///   [`seal_feed_notice`](Self::seal_feed_notice).
+/// - Construction: [`new`](Self::new) (consumes a [`PresharedSecret`]) or
+///   [`restore`](Self::restore) (a saved [`ChannelState`]); see the
+///   [restart rules](super#restarts).
+///
+/// To drive it as a [`Machine`](qkd_core::machine::Machine) around another
+/// machine, wrap it in [`Authenticated`](super::Authenticated).
 /// - Output: [`poll_event`](Self::poll_event) until `None` after each call;
 ///   [`unconfirmed_switch`](Self::unconfirmed_switch) to re-send a switch.
 /// - Getters: [`stats`](Self::stats), [`pool`](Self::pool),
@@ -401,11 +409,20 @@ pub enum Opened<'a> {
 ///
 /// ```
 /// use qkd_core::{Role, SecretKey};
-/// use qkd_postproc::auth::{AuthenticatedChannel, ChannelConfig, OpenError, Opened};
+/// use qkd_postproc::auth::{
+///     AuthenticatedChannel, ChannelConfig, OpenError, Opened, PresharedSecret, SecretId,
+/// };
 ///
-/// let secret = SecretKey::from_slice(&[0x5c; 4096]); // pre-shared
-/// let mut alice = AuthenticatedChannel::new(Role::Alice, &secret, ChannelConfig::default()).unwrap();
-/// let mut bob = AuthenticatedChannel::new(Role::Bob, &secret, ChannelConfig::default()).unwrap();
+/// let key = SecretKey::from_slice(&[0x5c; 4096]); // pre-shared
+/// let start = |role, key| {
+///     let secret = PresharedSecret::new(SecretId::new(1), key);
+///     let (mut channel, first) = AuthenticatedChannel::new(role, secret, ChannelConfig::default())?;
+///     // Persist `first.state()` durably here, then:
+///     channel.commit(first)?;
+///     Ok::<_, qkd_postproc::auth::PoolError>(channel)
+/// };
+/// let mut alice = start(Role::Alice, key.clone()).unwrap();
+/// let mut bob = start(Role::Bob, key).unwrap();
 ///
 /// let sealed = alice.seal(b"parities 0110").unwrap();
 /// assert_eq!(bob.open(&sealed), Ok(Opened::Data(&b"parities 0110"[..])));

@@ -684,11 +684,18 @@ impl core::fmt::Debug for PoolState {
 ///
 /// ```
 /// use qkd_core::{Role, SecretKey};
-/// use qkd_postproc::auth::{AuthKeyPool, PoolConfig, TagMode};
+/// use qkd_postproc::auth::{AuthKeyPool, PoolConfig, PresharedSecret, SecretId, TagMode};
 ///
-/// let secret = SecretKey::from_slice(&[7u8; 1024]);
-/// let mut alice = AuthKeyPool::new(Role::Alice, &secret, PoolConfig::default()).unwrap();
-/// let mut bob = AuthKeyPool::new(Role::Bob, &secret, PoolConfig::default()).unwrap();
+/// let key = SecretKey::from_slice(&[7u8; 1024]);
+/// let start = |role, key| {
+///     let secret = PresharedSecret::new(SecretId::new(1), key);
+///     let mut pool = AuthKeyPool::new(role, secret, PoolConfig::default()).unwrap();
+///     let state = pool.checkpoint(); // persist it, then:
+///     pool.commit(&state).unwrap();
+///     pool
+/// };
+/// let mut alice = start(Role::Alice, key.clone());
+/// let mut bob = start(Role::Bob, key);
 ///
 /// let pad = alice.take_send_pad(TagMode::Bits128).unwrap();
 /// let same = bob.receive_pad(pad.position(), pad.units()).unwrap();
