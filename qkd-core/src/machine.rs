@@ -91,7 +91,7 @@
 //! machines against each other in virtual time, with faults.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A sans-IO protocol machine: bytes and time in, bytes, events and
 /// wake-up times out. See the [module documentation](self) for the rules.
@@ -222,6 +222,92 @@ pub fn check_range(
             field,
             format!("must be a finite number in {range:?}, got {value}"),
         ))
+    }
+}
+
+/// What a [`Retransmit`] timer says when the machine's timeout fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetransmitDue {
+    /// Not armed, or not yet due: nothing to do.
+    NotYet,
+    /// Send the message again (the timer is disarmed until [`Retransmit::arm`]).
+    Resend,
+    /// Every retransmission was spent: the machine gives up.
+    GiveUp,
+}
+
+/// The retransmission timer most request–reply machines need: armed when a
+/// message leaves, due `retransmit_after` later, at most
+/// `max_retransmissions` resends, then give up.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use qkd_core::machine::{Retransmit, RetransmitDue};
+///
+/// let t0 = Instant::now();
+/// let mut timer = Retransmit::new(Duration::from_millis(100), 1);
+/// timer.arm(t0);
+/// assert_eq!(timer.deadline(), Some(t0 + Duration::from_millis(100)));
+/// assert_eq!(timer.poll(t0), RetransmitDue::NotYet);
+/// assert_eq!(timer.poll(t0 + Duration::from_millis(100)), RetransmitDue::Resend);
+/// timer.arm(t0 + Duration::from_millis(100));
+/// assert_eq!(timer.poll(t0 + Duration::from_secs(1)), RetransmitDue::GiveUp);
+/// assert_eq!(timer.deadline(), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retransmit {
+    retransmit_after: Duration,
+    max_retransmissions: u32,
+    sent_again: u32,
+    at: Option<Instant>,
+}
+
+impl Retransmit {
+    /// A disarmed timer.
+    pub const fn new(retransmit_after: Duration, max_retransmissions: u32) -> Self {
+        Retransmit {
+            retransmit_after,
+            max_retransmissions,
+            sent_again: 0,
+            at: None,
+        }
+    }
+
+    /// The message left at `now`: due `retransmit_after` later.
+    pub fn arm(&mut self, now: Instant) {
+        self.at = Some(now + self.retransmit_after);
+    }
+
+    /// No reply is awaited any more.
+    pub fn disarm(&mut self) {
+        self.at = None;
+    }
+
+    /// When the timer is due, for [`Machine::poll_timeout`].
+    pub const fn deadline(&self) -> Option<Instant> {
+        self.at
+    }
+
+    /// Resends so far.
+    pub const fn retransmissions(&self) -> u32 {
+        self.sent_again
+    }
+
+    /// For [`Machine::handle_timeout`]: whether to resend or give up at
+    /// `now`. Both disarm the timer.
+    pub fn poll(&mut self, now: Instant) -> RetransmitDue {
+        match self.at {
+            Some(at) if at <= now => {
+                self.at = None;
+                if self.sent_again >= self.max_retransmissions {
+                    RetransmitDue::GiveUp
+                } else {
+                    self.sent_again += 1;
+                    RetransmitDue::Resend
+                }
+            }
+            _ => RetransmitDue::NotYet,
+        }
     }
 }
 

@@ -517,6 +517,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Appends a CRC-32 (IEEE) of everything in `message` so far, big-endian.
+///
+/// The CRC catches damage on a raw link (a protocol run without the
+/// authenticated channel, as in tests over a lossy simulated network); it
+/// is not authentication. Decode with [`strip_crc32`].
+pub fn append_crc32(message: &mut Vec<u8>) {
+    let crc = crc32fast::hash(message);
+    message.put_u32(crc);
+}
+
+/// Checks and removes the CRC-32 that [`append_crc32`] appended, returning
+/// the bytes before it.
+///
+/// # Errors
+/// [`WireError::Truncated`] for fewer than four bytes,
+/// [`WireError::Checksum`] for a mismatch.
+pub fn strip_crc32(message: &[u8]) -> Result<&[u8], WireError> {
+    let Some(body_len) = message.len().checked_sub(4) else {
+        return Err(WireError::Truncated {
+            needed: 4,
+            remaining: message.len(),
+        });
+    };
+    let (body, crc) = message.split_at(body_len);
+    if crc32fast::hash(body).to_be_bytes() == crc {
+        Ok(body)
+    } else {
+        Err(WireError::Checksum)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,6 +654,24 @@ mod tests {
                 .to_string(),
             "`x`: count 5 above the limit 4"
         );
+    }
+
+    #[test]
+    fn crc_trailer_round_trips_and_catches_damage() {
+        let mut msg = Envelope::new(Protocol::Sift, 1, 1).start(4);
+        msg.extend_from_slice(b"abc");
+        append_crc32(&mut msg);
+        assert_eq!(msg.len(), 10);
+        assert_eq!(strip_crc32(&msg), Ok(&msg[..6]));
+        for i in 0..msg.len() * 8 {
+            let mut bad = msg.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert_eq!(strip_crc32(&bad), Err(WireError::Checksum));
+        }
+        assert!(matches!(
+            strip_crc32(&msg[..3]),
+            Err(WireError::Truncated { .. })
+        ));
     }
 
     proptest! {
