@@ -93,7 +93,7 @@ pub struct Header {
 }
 
 impl Header {
-    fn encode(&self, payload_len: u32) -> [u8; HEADER_LEN] {
+    pub(crate) fn encode(&self, payload_len: u32) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         let mut w = &mut out[..];
         Envelope::new(Protocol::Auth, VERSION, self.message_type.code()).write(&mut w);
@@ -669,6 +669,12 @@ impl AuthenticatedChannel {
         };
         channel.drain_pool_events();
         Ok(channel)
+    }
+
+    /// The configuration (both ends use the same).
+    #[must_use]
+    pub fn config(&self) -> &ChannelConfig {
+        &self.config
     }
 
     /// This end's role.
