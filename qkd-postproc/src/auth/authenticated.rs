@@ -231,10 +231,9 @@ impl<M: Machine> Authenticated<M> {
     /// Seals pending payloads in order while the pool pays for them.
     fn seal_pending(&mut self) {
         if self.channel.is_notice_pending() && !self.channel.is_diverged() {
-            match self.channel.seal_feed_notice() {
-                Ok(sealed) => self.outbox.push_back(sealed),
-                // Wait for key or a committed checkpoint.
-                Err(_) => {}
+            // On a refusal, wait for key or a committed checkpoint.
+            if let Ok(sealed) = self.channel.seal_feed_notice() {
+                self.outbox.push_back(sealed);
             }
         }
         while let Some(payload) = self.pending.front() {

@@ -981,10 +981,8 @@ impl AuthenticatedChannel {
     fn compare_peer_feed(&mut self, count: u64, digest: [u8; FEED_DIGEST_BYTES]) -> FeedComparison {
         let outcome = self.pool.compare_feed(count, &digest);
         match outcome {
-            FeedComparison::PeerAhead => {
-                if self.peer_feed.is_none_or(|(c, _)| c < count) {
-                    self.peer_feed = Some((count, digest));
-                }
+            FeedComparison::PeerAhead if self.peer_feed.is_none_or(|(c, _)| c < count) => {
+                self.peer_feed = Some((count, digest));
             }
             FeedComparison::Diverged => self.diverge(count),
             _ => {}
