@@ -36,7 +36,8 @@
 //!
 //! # The hash
 //!
-//! A polynomial hash over GF(2^128) (`z^128 + z^7 + z^2 + z + 1`): the key's
+//! A polynomial hash over GF(2^128) (`z^128 + z^7 + z^2 + z + 1`, the
+//! arithmetic of [`crate::gf128`]): the key's
 //! bits, LSB-first, in 128-bit blocks `m_1 … m_d` (the last zero-padded),
 //! followed by the block `m_{d+1}` = key length in bits, evaluated at the
 //! fresh random point `r`: `h_r = Σ m_i·r^(d+2−i)`, truncated to its low `t`
@@ -107,8 +108,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::amplify::Backend;
-use crate::amplify::clmul::run;
+use crate::gf128::{self, Backend};
 
 /// Version of the confirmation format in the envelope.
 pub const VERSION: u8 = 1;
@@ -390,11 +390,6 @@ pub fn confirmation_tag_with(
     hash_point: u128,
     tag_bits: u8,
 ) -> u128 {
-    let backend = if backend.is_available() {
-        backend
-    } else {
-        Backend::Portable
-    };
     let tag_bits = tag_bits.clamp(1, 128);
     // The key's 64-bit words, read from the slice (no copy of the key).
     let n_words = key.len().div_ceil(64);
@@ -411,10 +406,10 @@ pub fn confirmation_tag_with(
             blocks[count] = word(j) | (hi << 64);
             count += 1;
         }
-        acc = run::horner(backend, acc, hash_point, &blocks[..count]);
+        acc = gf128::horner(backend, acc, hash_point, &blocks[..count]);
     }
     blocks.zeroize();
-    acc = run::horner(backend, acc, hash_point, &[key.len() as u128]);
+    acc = gf128::horner(backend, acc, hash_point, &[key.len() as u128]);
     let tag = acc & tag_mask(tag_bits);
     acc.zeroize();
     tag

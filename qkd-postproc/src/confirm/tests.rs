@@ -11,7 +11,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use super::*;
-use crate::amplify::gf128_mul_reference;
+use crate::gf128::mul_portable as gf128_mul_reference;
 use qkd_core::wire::Protocol;
 
 /// The hash from its definition: Horner over 128-bit blocks, then the length.
