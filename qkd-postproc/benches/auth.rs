@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use qkd_core::{Role, SecretKey};
-use qkd_postproc::auth::{AuthenticatedChannel, ChannelConfig, HashKey, TagMode};
+use qkd_postproc::auth::{
+    AuthenticatedChannel, ChannelConfig, HashKey, PoolConfig, PresharedSecret, SecretId, TagMode,
+};
 
 const SIZES: [(usize, &str); 3] = [(64, "64B"), (4096, "4KiB"), (1 << 20, "1MiB")];
 
@@ -56,13 +58,25 @@ fn channel_round_trip(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 let mut left = iters;
                 while left > 0 {
+                    // One checkpoint covers the whole pair's run, as a host
+                    // checkpointing every few thousand messages would.
                     let config = ChannelConfig {
                         mode: TagMode::Bits128,
+                        pool: PoolConfig {
+                            checkpoint_units: 4 * PER_PAIR,
+                            ..PoolConfig::default()
+                        },
                         ..ChannelConfig::default()
                     };
-                    let mut a =
-                        AuthenticatedChannel::new(Role::Alice, &secret, config.clone()).unwrap();
-                    let mut bob = AuthenticatedChannel::new(Role::Bob, &secret, config).unwrap();
+                    let start = |role| {
+                        let s = PresharedSecret::new(SecretId::new(1), secret.clone());
+                        let (mut c, first) =
+                            AuthenticatedChannel::new(role, s, config.clone()).unwrap();
+                        c.commit(first).unwrap();
+                        c
+                    };
+                    let mut a = start(Role::Alice);
+                    let mut bob = start(Role::Bob);
                     let n = left.min(PER_PAIR);
                     let start = Instant::now();
                     for _ in 0..n {

@@ -7,4 +7,5 @@ pub mod auth;
 pub mod cascade;
 pub mod confirm;
 pub mod estimate;
+pub mod gf128;
 pub mod sift;

@@ -85,12 +85,6 @@ pub mod length;
 
 pub use clmul::Backend;
 
-/// GF(2^128) product, portable (for tests of code built on the field).
-#[cfg(test)]
-pub(crate) fn gf128_mul_reference(a: u128, b: u128) -> u128 {
-    clmul::gf128_mul_portable(a, b)
-}
-
 use qkd_core::{BitSlice, BitVec};
 
 /// Longest input accepted, in bits (the additive FFT handles up to `2^40`

@@ -2,20 +2,30 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, BufMut};
-use qkd_core::{Role, SecretKey};
+use bytes::BufMut;
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError};
+use qkd_core::{BlockId, Role, SecretKey};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-use super::context::{ContextSwitch, CryptoContext, SWITCH_BODY_LEN};
-use super::pool::{AuthKeyPool, BlockAccount, HASH_KEY_UNITS, PoolConfig, PoolError, PoolEvent};
-use super::tag::{HASH_KEY_BYTES, HashKey, MAX_MESSAGE_BYTES, TagMode, epsilon};
+use super::context::{ContextState, ContextSwitch, CryptoContext, SWITCH_BODY_LEN};
+use super::pool::{
+    AuthKeyPool, BlockAccount, FEED_DIGEST_BYTES, FeedComparison, HASH_KEY_UNITS, PoolConfig,
+    PoolError, PoolEvent, PoolState, PresharedSecret,
+};
+use super::tag::{HASH_KEY_BYTES, MAX_MESSAGE_BYTES, TagMode, epsilon};
 use super::transcript::Transcript;
+use crate::confirm::ConfirmedBlock;
 
-/// Version byte of the sealed-message format.
+/// Version of the sealed-message format in the envelope.
 pub const VERSION: u8 = 1;
-/// Length of the header in bytes.
-pub const HEADER_LEN: usize = 24;
+/// Length of the header in bytes (envelope included).
+pub const HEADER_LEN: usize = 25;
 /// Default and largest accepted payload length (16 MiB).
 pub const MAX_PAYLOAD: usize = 16 << 20;
+/// Length of the body of a feed notice: deposit count (8), feed digest
+/// (16) and the sender's receive floor (8).
+pub const FEED_NOTICE_LEN: usize = 8 + FEED_DIGEST_BYTES + 8;
 
 /// What a sealed message carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +37,12 @@ pub enum MessageType {
     ContextSwitch,
     /// The tag of a round [transcript](super::transcript) (type byte `0x03`).
     TranscriptTag,
+    /// The sender's pool status (type byte `0x04`, body: deposit count (8),
+    /// feed digest (16), receive floor (8)): the receiver compares the
+    /// digest (see [`AuthKeyPool::compare_feed`]) and moves its send cursor
+    /// up to the floor ([`AuthKeyPool::skip_send_to`]), so that after a
+    /// restart its messages are not refused as too old.
+    FeedNotice,
 }
 
 impl MessageType {
@@ -37,6 +53,7 @@ impl MessageType {
             MessageType::Data => 0x01,
             MessageType::ContextSwitch => 0x02,
             MessageType::TranscriptTag => 0x03,
+            MessageType::FeedNotice => 0x04,
         }
     }
 
@@ -45,6 +62,7 @@ impl MessageType {
             0x01 => Some(MessageType::Data),
             0x02 => Some(MessageType::ContextSwitch),
             0x03 => Some(MessageType::TranscriptTag),
+            0x04 => Some(MessageType::FeedNotice),
             _ => None,
         }
     }
@@ -55,38 +73,6 @@ pub(crate) fn role_code(role: Role) -> u8 {
         Role::Alice => 0,
         Role::Bob => 1,
     }
-}
-
-/// Structural errors of the sealed-message decoder.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// Fewer bytes than the header and tag need.
-    #[error("sealed message truncated")]
-    Truncated,
-    /// Version byte other than [`VERSION`].
-    #[error("unsupported version {0}")]
-    UnsupportedVersion(u8),
-    /// Unknown type byte.
-    #[error("unknown message type {0:#04x}")]
-    UnknownType(u8),
-    /// Unknown tag mode code.
-    #[error("unknown tag mode {0}")]
-    UnknownTagMode(u8),
-    /// Sender byte other than 0 (Alice) or 1 (Bob).
-    #[error("unknown sender {0}")]
-    UnknownSender(u8),
-    /// The payload length exceeds the receiver's limit.
-    #[error("payload of {len} bytes exceeds the limit of {max}")]
-    PayloadTooLarge {
-        /// Length claimed by the header.
-        len: u64,
-        /// The receiver's limit.
-        max: usize,
-    },
-    /// Bytes after the tag.
-    #[error("{0} trailing bytes after the tag")]
-    TrailingBytes(usize),
 }
 
 /// The parsed header of a sealed message.
@@ -107,11 +93,10 @@ pub struct Header {
 }
 
 impl Header {
-    fn encode(&self, payload_len: u32) -> [u8; HEADER_LEN] {
+    pub(crate) fn encode(&self, payload_len: u32) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         let mut w = &mut out[..];
-        w.put_u8(VERSION);
-        w.put_u8(self.message_type.code());
+        Envelope::new(Protocol::Auth, VERSION, self.message_type.code()).write(&mut w);
         w.put_u8(self.mode.code());
         w.put_u8(role_code(self.sender));
         w.put_u32(self.context);
@@ -137,51 +122,33 @@ pub struct SealedMessage<'a> {
 
 impl<'a> SealedMessage<'a> {
     /// Parses a sealed message (format in the [module docs](super#wire-format)).
-    /// Checks the payload length against `max_payload` before looking
-    /// further; never allocates and never panics.
+    /// Checks the payload length against `max_payload` and the bytes left
+    /// before looking further; never allocates and never panics.
     ///
     /// # Errors
-    /// A [`DecodeError`] naming the first structural fault.
-    pub fn decode(bytes: &'a [u8], max_payload: usize) -> Result<Self, DecodeError> {
-        if bytes.len() < HEADER_LEN {
-            return Err(DecodeError::Truncated);
-        }
-        let (header_bytes, rest) = bytes.split_at(HEADER_LEN);
-        let mut h = header_bytes;
-        let version = h.get_u8();
-        if version != VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
-        let type_code = h.get_u8();
-        let message_type =
-            MessageType::from_code(type_code).ok_or(DecodeError::UnknownType(type_code))?;
-        let mode_code = h.get_u8();
-        let mode = TagMode::from_code(mode_code).ok_or(DecodeError::UnknownTagMode(mode_code))?;
-        let sender = match h.get_u8() {
+    /// A [`WireError`] naming the first structural fault.
+    pub fn decode(bytes: &'a [u8], max_payload: usize) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        let type_code = r.envelope(Protocol::Auth, VERSION)?;
+        let message_type = MessageType::from_code(type_code)
+            .ok_or(Reader::unknown_type(Protocol::Auth, type_code))?;
+        let mode = TagMode::from_code(r.u8()?).ok_or(WireError::invalid(
+            "tag_mode",
+            "must be 1 (128-bit) or 2 (64-bit)",
+        ))?;
+        let sender = match r.u8()? {
             0 => Role::Alice,
             1 => Role::Bob,
-            other => return Err(DecodeError::UnknownSender(other)),
+            _ => return Err(WireError::invalid("sender", "must be 0 (Alice) or 1 (Bob)")),
         };
-        let context = h.get_u32();
-        let ack_context = h.get_u32();
-        let pad_position = h.get_u64();
-        let len = u64::from(h.get_u32());
-        if len > max_payload as u64 {
-            return Err(DecodeError::PayloadTooLarge {
-                len,
-                max: max_payload,
-            });
-        }
-        let len = len as usize;
-        let tag_len = mode.tag_bytes();
-        let needed = len + tag_len;
-        if rest.len() < needed {
-            return Err(DecodeError::Truncated);
-        }
-        if rest.len() > needed {
-            return Err(DecodeError::TrailingBytes(rest.len() - needed));
-        }
-        let (payload, tag) = rest.split_at(len);
+        let context = r.u32()?;
+        let ack_context = r.u32()?;
+        let pad_position = r.u64()?;
+        let len = r.count_u32("payload", max_payload, 1)?;
+        let header_bytes = &bytes[..r.position()];
+        let payload = r.bytes(len)?;
+        let tag = r.bytes(mode.tag_bytes())?;
+        r.finish()?;
         Ok(SealedMessage {
             header: Header {
                 message_type,
@@ -222,6 +189,10 @@ pub enum SealError {
     /// The transcript was started for another context or the other direction.
     #[error("transcript started under another context")]
     TranscriptContext,
+    /// The two pools were fed differently ([`AuthEvent::FeedDiverged`]):
+    /// the channel is dead; start a new one from a fresh pre-shared secret.
+    #[error("authentication pools diverged")]
+    FeedDiverged,
 }
 
 /// Why an incoming message was rejected. No key material and no detail about
@@ -231,7 +202,7 @@ pub enum SealError {
 pub enum OpenError {
     /// Not a well-formed sealed message.
     #[error("malformed sealed message: {0}")]
-    Malformed(#[from] DecodeError),
+    Malformed(#[from] WireError),
     /// The message claims to come from this end (a reflection).
     #[error("message sent by this end's role")]
     WrongSender,
@@ -260,6 +231,14 @@ pub enum OpenError {
     /// [`AuthenticatedChannel::open_transcript`]. Nothing was consumed.
     #[error("transcript tag given to open")]
     TranscriptTag,
+    /// The pad lies beyond this end's durable receive horizon: take, persist
+    /// and commit a [checkpoint](AuthenticatedChannel::checkpoint), then
+    /// the peer's retransmission is accepted. Nothing was consumed.
+    #[error("checkpoint required before accepting this message")]
+    CheckpointRequired,
+    /// The two pools were fed differently: the channel is dead.
+    #[error("authentication pools diverged")]
+    FeedDiverged,
 }
 
 impl From<PoolError> for OpenError {
@@ -267,13 +246,15 @@ impl From<PoolError> for OpenError {
         match e {
             PoolError::TooOld => OpenError::TooOld,
             PoolError::Replay => OpenError::Replay,
+            PoolError::CheckpointRequired => OpenError::CheckpointRequired,
             _ => OpenError::PadUnavailable,
         }
     }
 }
 
 /// Configuration of an [`AuthenticatedChannel`]; both ends must use the same.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ChannelConfig {
     /// The key pool's configuration.
     pub pool: PoolConfig,
@@ -284,12 +265,30 @@ pub struct ChannelConfig {
 }
 
 impl Default for ChannelConfig {
+    /// The default pool, 128-bit tags, payloads up to 1 MiB.
     fn default() -> Self {
         ChannelConfig {
             pool: PoolConfig::default(),
             mode: TagMode::Bits128,
             max_payload: 1 << 20,
         }
+    }
+}
+
+impl ChannelConfig {
+    /// Checks every field, naming the first bad one (`pool.*` for the pool's).
+    ///
+    /// # Errors
+    /// A [`ConfigError`](qkd_core::machine::ConfigError).
+    pub fn validate(&self) -> Result<(), qkd_core::machine::ConfigError> {
+        self.pool.validate().map_err(|e| e.within("pool"))?;
+        if self.max_payload > MAX_PAYLOAD {
+            return Err(qkd_core::machine::ConfigError::new(
+                "max_payload",
+                format!("must be at most {MAX_PAYLOAD}"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -314,10 +313,24 @@ pub enum AuthEvent {
         /// The context ID now in use.
         context: u32,
     },
+    /// Take a [checkpoint](AuthenticatedChannel::checkpoint) now: the
+    /// durable horizon is near, or key was deposited since the last one.
+    CheckpointDue,
+    /// The peer's authentic feed notice shows that the two pools were fed
+    /// different blocks from deposit `count` on: the two pad streams differ
+    /// and nothing in the channel can bring them back. The channel refuses
+    /// everything from now on; the layer above must start a new one from a
+    /// fresh pre-shared secret.
+    FeedDiverged {
+        /// The first deposit count at which the digests differ (or the
+        /// peer's count, if this end compared later).
+        count: u64,
+    },
 }
 
 /// Counters of one channel end.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChannelStats {
     /// Messages sealed (context switches included).
     pub sealed: u64,
@@ -339,6 +352,12 @@ pub struct ChannelStats {
     pub unknown_context_rejected: u64,
     /// Messages whose pad was not yet deposited here.
     pub unavailable_rejected: u64,
+    /// Messages beyond the durable horizon (a checkpoint was due).
+    #[serde(default)]
+    pub checkpoint_rejected: u64,
+    /// Messages refused because the pools diverged.
+    #[serde(default)]
+    pub diverged_rejected: u64,
     /// Sum over every tag verification of the per-attempt forgery bound ε:
     /// an upper bound on the probability that any forgery was accepted so
     /// far (Portmann: the recycled hash key costs ε per round).
@@ -354,6 +373,10 @@ pub enum Opened<'a> {
     /// The peer switched its direction's context (also reported as
     /// [`AuthEvent::PeerSwitched`]).
     ContextSwitch(ContextSwitch),
+    /// The peer's feed notice, compared with this end's pool: `InStep`,
+    /// `PeerAhead` (compared again after this end's next deposits),
+    /// `TooOld`, or `Diverged` (also reported as [`AuthEvent::FeedDiverged`]).
+    FeedNotice(FeedComparison),
 }
 
 /// One end of a Wegman-Carter authenticated channel (sans-IO).
@@ -366,7 +389,15 @@ pub enum Opened<'a> {
 ///
 /// - Input: [`open`](Self::open) (received bytes).
 /// - Application actions: [`seal`](Self::seal), [`switch_context`](Self::switch_context),
-///   [`replenish_from_block`](Self::replenish_from_block).
+///   [`replenish_from_block`](Self::replenish_from_block),
+///   [`checkpoint`](Self::checkpoint) / [`commit`](Self::commit),
+///   [`seal_feed_notice`](Self::seal_feed_notice).
+/// - Construction: [`new`](Self::new) (consumes a [`PresharedSecret`]) or
+///   [`restore`](Self::restore) (a saved [`ChannelState`]); see the
+///   [restart rules](super#restarts).
+///
+/// To drive it as a [`Machine`](qkd_core::machine::Machine) around another
+/// machine, wrap it in [`Authenticated`](super::Authenticated).
 /// - Output: [`poll_event`](Self::poll_event) until `None` after each call;
 ///   [`unconfirmed_switch`](Self::unconfirmed_switch) to re-send a switch.
 /// - Getters: [`stats`](Self::stats), [`pool`](Self::pool),
@@ -378,11 +409,20 @@ pub enum Opened<'a> {
 ///
 /// ```
 /// use qkd_core::{Role, SecretKey};
-/// use qkd_postproc::auth::{AuthenticatedChannel, ChannelConfig, OpenError, Opened};
+/// use qkd_postproc::auth::{
+///     AuthenticatedChannel, ChannelConfig, OpenError, Opened, PresharedSecret, SecretId,
+/// };
 ///
-/// let secret = SecretKey::from_slice(&[0x5c; 4096]); // pre-shared
-/// let mut alice = AuthenticatedChannel::new(Role::Alice, &secret, ChannelConfig::default()).unwrap();
-/// let mut bob = AuthenticatedChannel::new(Role::Bob, &secret, ChannelConfig::default()).unwrap();
+/// let key = SecretKey::from_slice(&[0x5c; 4096]); // pre-shared
+/// let start = |role, key| {
+///     let secret = PresharedSecret::new(SecretId::new(1), key);
+///     let (mut channel, first) = AuthenticatedChannel::new(role, secret, ChannelConfig::default())?;
+///     // Persist `first.state()` durably here, then:
+///     channel.commit(first)?;
+///     Ok::<_, qkd_postproc::auth::PoolError>(channel)
+/// };
+/// let mut alice = start(Role::Alice, key.clone()).unwrap();
+/// let mut bob = start(Role::Bob, key).unwrap();
 ///
 /// let sealed = alice.seal(b"parities 0110").unwrap();
 /// assert_eq!(bob.open(&sealed), Ok(Opened::Data(&b"parities 0110"[..])));
@@ -398,6 +438,7 @@ pub enum Opened<'a> {
 /// ```
 pub struct AuthenticatedChannel {
     role: Role,
+    config: ChannelConfig,
     pool: AuthKeyPool,
     max_payload: usize,
     send: CryptoContext,
@@ -405,42 +446,235 @@ pub struct AuthenticatedChannel {
     recv_previous: Option<CryptoContext>,
     /// The last switch sent, until the peer acknowledges it.
     unconfirmed: Option<(u32, Vec<u8>)>,
+    /// A peer feed notice ahead of this end's deposits, compared again at
+    /// each deposit.
+    peer_feed: Option<(u64, [u8; FEED_DIGEST_BYTES])>,
+    /// A feed notice should go out (after a deposit or a restore).
+    notice_pending: bool,
+    diverged: bool,
     stats: ChannelStats,
     events: VecDeque<AuthEvent>,
 }
 
-fn hash_key_from(pad: &super::pool::Pad) -> HashKey {
-    let mut bytes = zeroize::Zeroizing::new([0u8; HASH_KEY_BYTES]);
+fn hash_key_bytes(pad: &super::pool::Pad) -> Zeroizing<[u8; HASH_KEY_BYTES]> {
+    let mut bytes = Zeroizing::new([0u8; HASH_KEY_BYTES]);
     bytes.copy_from_slice(pad.as_bytes());
-    HashKey::new(&bytes)
+    bytes
+}
+
+/// Version of the [`ChannelState`] format.
+pub const CHANNEL_STATE_VERSION: u32 = 1;
+
+/// The saved state of an [`AuthenticatedChannel`]: its [pool's](PoolState)
+/// and the crypto contexts in force (hash keys included), the unconfirmed
+/// context switch, the counters. Key material: zeroized on drop, hidden
+/// from `Debug`; store it like the pre-shared secret (see the
+/// [restart rules](super#restarts)). Versioned ([`CHANNEL_STATE_VERSION`]).
+#[derive(PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelState {
+    version: u32,
+    role: Role,
+    config: ChannelConfig,
+    pool: PoolState,
+    send: ContextState,
+    recv: ContextState,
+    recv_previous: Option<ContextState>,
+    unconfirmed: Option<(u32, Vec<u8>)>,
+    diverged: bool,
+    stats: ChannelStats,
+}
+
+impl ChannelState {
+    /// The pool's saved state.
+    #[must_use]
+    pub fn pool(&self) -> &PoolState {
+        &self.pool
+    }
+
+    /// The checkpoint's number (see [`PoolState::generation`]).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.pool.generation()
+    }
+}
+
+impl core::fmt::Debug for ChannelState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ChannelState")
+            .field("version", &self.version)
+            .field("role", &self.role)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checkpoint of a channel, to write durably and then hand back to
+/// [`AuthenticatedChannel::commit`]. Until it is committed, the channel
+/// stays within the horizons of the previous one.
+#[must_use = "a checkpoint does nothing until it is persisted and committed"]
+#[derive(Debug)]
+pub struct Checkpoint {
+    state: ChannelState,
+}
+
+impl Checkpoint {
+    /// The state to persist (serde). Write it, replacing the previous one
+    /// atomically (write, flush, rename), before [committing](AuthenticatedChannel::commit).
+    #[must_use]
+    pub fn state(&self) -> &ChannelState {
+        &self.state
+    }
+
+    /// The state, when the host wants to own it (it was persisted already).
+    #[must_use]
+    pub fn into_state(self) -> ChannelState {
+        self.state
+    }
 }
 
 impl AuthenticatedChannel {
-    /// The end with `role`, keyed from the pre-shared `secret` (identical on
-    /// both ends; see [`AuthKeyPool::new`]).
+    /// A fresh end with `role`, keyed from the pre-shared `secret`
+    /// (identical on both ends; see [`AuthKeyPool::new`]), which it
+    /// consumes. Returns the channel and its first [`Checkpoint`]: persist
+    /// it and [commit](Self::commit) it before sealing or opening anything
+    /// (nothing can be sealed or accepted before), and from then on never
+    /// use the same secret again. See the [restart rules](super#restarts).
     ///
     /// # Errors
-    /// The pool's refusals; [`PoolError::Config`] for a `max_payload` above
-    /// [`MAX_PAYLOAD`].
-    pub fn new(role: Role, secret: &SecretKey, config: ChannelConfig) -> Result<Self, PoolError> {
-        if config.max_payload > MAX_PAYLOAD {
-            return Err(PoolError::Config("max_payload above MAX_PAYLOAD"));
+    /// The pool's refusals; [`PoolError::Config`] for a configuration
+    /// [`ChannelConfig::validate`] refuses.
+    pub fn new(
+        role: Role,
+        secret: PresharedSecret,
+        config: ChannelConfig,
+    ) -> Result<(Self, Checkpoint), PoolError> {
+        if config.validate().is_err() {
+            return Err(PoolError::Config(
+                "invalid channel configuration (see ChannelConfig::validate)",
+            ));
         }
-        let mut pool = AuthKeyPool::new(role, secret, config.pool)?;
+        let mut pool = AuthKeyPool::new(role, secret, config.pool.clone())?;
         let (own, peer) = pool
             .take_initial_hash_keys()
             .ok_or(PoolError::Config("fresh pool without hash keys"))?;
-        Ok(AuthenticatedChannel {
+        let mut channel = AuthenticatedChannel {
             role,
-            pool,
             max_payload: config.max_payload,
-            send: CryptoContext::new(1, config.mode, hash_key_from(&own), HASH_KEY_UNITS),
-            recv: CryptoContext::new(1, config.mode, hash_key_from(&peer), HASH_KEY_UNITS),
+            send: CryptoContext::new(1, config.mode, &hash_key_bytes(&own), HASH_KEY_UNITS),
+            recv: CryptoContext::new(1, config.mode, &hash_key_bytes(&peer), HASH_KEY_UNITS),
+            config,
+            pool,
             recv_previous: None,
             unconfirmed: None,
+            peer_feed: None,
+            notice_pending: false,
+            diverged: false,
             stats: ChannelStats::default(),
             events: VecDeque::new(),
-        })
+        };
+        // The first checkpoint is handed out here: the event would repeat it.
+        while channel.pool.poll_event().is_some() {}
+        let first = channel.checkpoint();
+        Ok((channel, first))
+    }
+
+    /// A checkpoint of this channel: the state with horizons moved
+    /// [`checkpoint_units`](PoolConfig::checkpoint_units) ahead. Changes
+    /// nothing until [committed](Self::commit). Take one on
+    /// [`AuthEvent::CheckpointDue`] (and whenever the host likes, e.g. before
+    /// hibernating).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            state: ChannelState {
+                version: CHANNEL_STATE_VERSION,
+                role: self.role,
+                config: self.config.clone(),
+                pool: self.pool.checkpoint(),
+                send: self.send.save(),
+                recv: self.recv.save(),
+                recv_previous: self.recv_previous.as_ref().map(CryptoContext::save),
+                unconfirmed: self.unconfirmed.clone(),
+                diverged: self.diverged,
+                stats: self.stats.clone(),
+            },
+        }
+    }
+
+    /// Puts a persisted checkpoint of this channel in force: the pool may
+    /// now use positions up to its horizons.
+    ///
+    /// # Errors
+    /// [`PoolError::State`] for a checkpoint of another channel, or one
+    /// that is not the next after the last committed.
+    pub fn commit(&mut self, checkpoint: Checkpoint) -> Result<(), PoolError> {
+        if checkpoint.state.role != self.role {
+            return Err(PoolError::State("checkpoint of the other end"));
+        }
+        self.pool.commit(&checkpoint.state.pool)
+    }
+
+    /// The channel saved in `state`, continuing strictly after every pad
+    /// position and receive position the saved channel may have used (see
+    /// [`AuthKeyPool::restore`]). The restored channel raises
+    /// [`AuthEvent::CheckpointDue`]: persist and commit a checkpoint before
+    /// it can seal or accept anything.
+    ///
+    /// # Errors
+    /// [`PoolError::State`] for another version, role or configuration, or
+    /// a damaged state.
+    pub fn restore(
+        role: Role,
+        config: &ChannelConfig,
+        state: ChannelState,
+    ) -> Result<Self, PoolError> {
+        if state.version != CHANNEL_STATE_VERSION {
+            return Err(PoolError::State("unsupported state version"));
+        }
+        if state.role != role {
+            return Err(PoolError::State("state saved by the other end"));
+        }
+        if &state.config != config {
+            return Err(PoolError::State("state saved with another configuration"));
+        }
+        let damaged = PoolError::State("damaged crypto context");
+        let send = CryptoContext::restore(&state.send).ok_or(damaged.clone())?;
+        let recv = CryptoContext::restore(&state.recv).ok_or(damaged.clone())?;
+        let recv_previous = match &state.recv_previous {
+            Some(c) => Some(CryptoContext::restore(c).ok_or(damaged)?),
+            None => None,
+        };
+        let ChannelState {
+            pool,
+            unconfirmed,
+            diverged,
+            stats,
+            ..
+        } = state;
+        let pool = AuthKeyPool::restore(role, &config.pool, pool)?;
+        let mut channel = AuthenticatedChannel {
+            role,
+            config: config.clone(),
+            pool,
+            max_payload: config.max_payload,
+            send,
+            recv,
+            recv_previous,
+            unconfirmed,
+            peer_feed: None,
+            notice_pending: true,
+            diverged,
+            stats,
+            events: VecDeque::new(),
+        };
+        channel.drain_pool_events();
+        Ok(channel)
+    }
+
+    /// The configuration (both ends use the same).
+    #[must_use]
+    pub fn config(&self) -> &ChannelConfig {
+        &self.config
     }
 
     /// This end's role.
@@ -490,6 +724,9 @@ impl AuthenticatedChannel {
         message_type: MessageType,
         payload: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        if self.diverged {
+            return Err(SealError::FeedDiverged);
+        }
         if payload.len() > self.max_payload {
             return Err(SealError::PayloadTooLarge {
                 len: payload.len(),
@@ -577,7 +814,7 @@ impl AuthenticatedChannel {
             CryptoContext::new(
                 new_id,
                 mode,
-                hash_key_from(&key),
+                &hash_key_bytes(&key),
                 key_position + HASH_KEY_UNITS,
             ),
         );
@@ -621,6 +858,8 @@ impl AuthenticatedChannel {
             OpenError::Replay => &mut self.stats.replays_rejected,
             OpenError::PadUnavailable => &mut self.stats.unavailable_rejected,
             OpenError::AuthenticationFailed => &mut self.stats.forgeries_rejected,
+            OpenError::CheckpointRequired => &mut self.stats.checkpoint_rejected,
+            OpenError::FeedDiverged => &mut self.stats.diverged_rejected,
         };
         *counter += 1;
     }
@@ -655,6 +894,9 @@ impl AuthenticatedChannel {
     }
 
     fn open_inner<'a>(&mut self, datagram: &'a [u8]) -> Result<Opened<'a>, OpenError> {
+        if self.diverged {
+            return Err(OpenError::FeedDiverged);
+        }
         let msg = SealedMessage::decode(datagram, self.max_payload)?;
         let h = msg.header;
         if h.message_type == MessageType::TranscriptTag {
@@ -664,9 +906,16 @@ impl AuthenticatedChannel {
         let units = h.mode.pad_units();
         let switch = match h.message_type {
             MessageType::Data => None,
+            MessageType::FeedNotice => {
+                if msg.payload.len() != FEED_NOTICE_LEN {
+                    return Err(OpenError::ContextMismatch);
+                }
+                None
+            }
             MessageType::TranscriptTag => return Err(OpenError::TranscriptTag),
             MessageType::ContextSwitch => {
-                let body = ContextSwitch::decode(msg.payload).ok_or(OpenError::ContextMismatch)?;
+                let body =
+                    ContextSwitch::decode(msg.payload).map_err(|_| OpenError::ContextMismatch)?;
                 if !is_current
                     || Some(body.new_context) != h.context.checked_add(1)
                     || Some(body.key_position) != h.pad_position.checked_add(units)
@@ -691,6 +940,16 @@ impl AuthenticatedChannel {
         // Authentic from here on: consume the pad, move the window.
         self.accept(&h);
         let opened = match switch {
+            None if h.message_type == MessageType::FeedNotice => {
+                let mut count = [0u8; 8];
+                count.copy_from_slice(&msg.payload[..8]);
+                let mut digest = [0u8; FEED_DIGEST_BYTES];
+                digest.copy_from_slice(&msg.payload[8..8 + FEED_DIGEST_BYTES]);
+                let mut floor = [0u8; 8];
+                floor.copy_from_slice(&msg.payload[8 + FEED_DIGEST_BYTES..]);
+                self.pool.skip_send_to(u64::from_be_bytes(floor));
+                Opened::FeedNotice(self.compare_peer_feed(u64::from_be_bytes(count), digest))
+            }
             None => Opened::Data(msg.payload),
             Some((body, key)) => {
                 self.pool.commit_hash_key(body.key_position);
@@ -699,7 +958,7 @@ impl AuthenticatedChannel {
                     CryptoContext::new(
                         body.new_context,
                         body.mode,
-                        hash_key_from(&key),
+                        &hash_key_bytes(&key),
                         body.key_position + HASH_KEY_UNITS,
                     ),
                 );
@@ -715,6 +974,61 @@ impl AuthenticatedChannel {
         };
         self.drain_pool_events();
         Ok(opened)
+    }
+
+    /// Compares an authentic peer feed notice; a peer ahead is kept to be
+    /// compared after this end's next deposits.
+    fn compare_peer_feed(&mut self, count: u64, digest: [u8; FEED_DIGEST_BYTES]) -> FeedComparison {
+        let outcome = self.pool.compare_feed(count, &digest);
+        match outcome {
+            FeedComparison::PeerAhead if self.peer_feed.is_none_or(|(c, _)| c < count) => {
+                self.peer_feed = Some((count, digest));
+            }
+            FeedComparison::Diverged => self.diverge(count),
+            _ => {}
+        }
+        outcome
+    }
+
+    fn diverge(&mut self, count: u64) {
+        if !self.diverged {
+            self.diverged = true;
+            self.events.push_back(AuthEvent::FeedDiverged { count });
+        }
+    }
+
+    /// Seals a feed notice: this end's deposit count, feed digest and
+    /// receive floor (public data), for the peer to
+    /// [compare](AuthKeyPool::compare_feed) and to skip its send cursor to
+    /// the floor. Send one after each deposit and after a restore; a lost
+    /// one is harmless (the next carries the whole history in its digest).
+    /// Costs one pad.
+    ///
+    /// # Errors
+    /// As [`seal`](Self::seal).
+    pub fn seal_feed_notice(&mut self) -> Result<Vec<u8>, SealError> {
+        let (count, digest) = self.pool.feed_digest();
+        let mut body = [0u8; FEED_NOTICE_LEN];
+        body[..8].copy_from_slice(&count.to_be_bytes());
+        body[8..8 + FEED_DIGEST_BYTES].copy_from_slice(&digest);
+        body[8 + FEED_DIGEST_BYTES..].copy_from_slice(&self.pool.receive_floor().to_be_bytes());
+        let sealed = self.seal_typed(MessageType::FeedNotice, &body)?;
+        self.notice_pending = false;
+        Ok(sealed)
+    }
+
+    /// Whether a feed notice is due: a deposit or a restore happened since
+    /// the last one was sealed. [`Authenticated`](super::Authenticated)
+    /// sends it by itself.
+    #[must_use]
+    pub fn is_notice_pending(&self) -> bool {
+        self.notice_pending
+    }
+
+    /// Whether the pools were found [diverged](AuthEvent::FeedDiverged).
+    #[must_use]
+    pub fn is_diverged(&self) -> bool {
+        self.diverged
     }
 
     /// Consumes the pad of an authentic message and takes its acknowledgement.
@@ -754,6 +1068,9 @@ impl AuthenticatedChannel {
     /// [`start_transcript`](Self::start_transcript) under the current
     /// context; [`SealError::Pool`] when the pool is empty. Nothing changes then.
     pub fn seal_transcript(&mut self, transcript: Transcript) -> Result<Vec<u8>, SealError> {
+        if self.diverged {
+            return Err(SealError::FeedDiverged);
+        }
         if transcript.keyed_for != self.role || transcript.context != self.send.id() {
             return Err(SealError::TranscriptContext);
         }
@@ -820,6 +1137,9 @@ impl AuthenticatedChannel {
         datagram: &[u8],
         transcript: Transcript,
     ) -> Result<(), OpenError> {
+        if self.diverged {
+            return Err(OpenError::FeedDiverged);
+        }
         let msg = SealedMessage::decode(datagram, self.max_payload)?;
         let h = msg.header;
         if h.message_type != MessageType::TranscriptTag {
@@ -844,19 +1164,21 @@ impl AuthenticatedChannel {
         Ok(())
     }
 
-    /// Takes the configured share of block `block_id`'s final key into the
+    /// Takes the configured share of the agreed block's final key into the
     /// pool (see [`AuthKeyPool::replenish_from_block`]); returns the rest for
-    /// the key store and the block's key account.
+    /// the key store and the block's key account. Take a checkpoint after
+    /// it ([`AuthEvent::CheckpointDue`] is raised) and send a
+    /// [feed notice](Self::seal_feed_notice).
     ///
     /// # Errors
     /// As [`AuthKeyPool::replenish_from_block`].
     pub fn replenish_from_block(
         &mut self,
-        block_id: u64,
+        agreed: &ConfirmedBlock,
         final_key: SecretKey,
     ) -> Result<(SecretKey, BlockAccount), (PoolError, SecretKey)> {
-        let result = self.pool.replenish_from_block(block_id, final_key);
-        self.drain_pool_events();
+        let result = self.pool.replenish_from_block(agreed, final_key);
+        self.after_deposit();
         result
     }
 
@@ -864,13 +1186,30 @@ impl AuthenticatedChannel {
     ///
     /// # Errors
     /// As [`AuthKeyPool::replenish`].
-    pub fn replenish(&mut self, block_id: u64, key: &SecretKey) -> Result<u64, PoolError> {
-        self.pool.replenish(block_id, key)
+    pub fn replenish(
+        &mut self,
+        agreed: &ConfirmedBlock,
+        key: &SecretKey,
+    ) -> Result<u64, PoolError> {
+        let result = self.pool.replenish(agreed, key);
+        self.after_deposit();
+        result
+    }
+
+    fn after_deposit(&mut self) {
+        self.notice_pending = true;
+        if let Some((count, digest)) = self.peer_feed
+            && self.pool.compare_feed(count, &digest) != FeedComparison::PeerAhead
+        {
+            self.peer_feed = None;
+            self.compare_peer_feed(count, digest);
+        }
+        self.drain_pool_events();
     }
 
     /// Closes the current block account (see [`AuthKeyPool::close_block`]).
-    pub fn close_block(&mut self, block_id: u64) -> BlockAccount {
-        self.pool.close_block(block_id)
+    pub fn close_block(&mut self, block: BlockId) -> BlockAccount {
+        self.pool.close_block(block)
     }
 
     fn drain_pool_events(&mut self) {
@@ -880,6 +1219,7 @@ impl AuthenticatedChannel {
                     self.events
                         .push_back(AuthEvent::LowWater { remaining_bits });
                 }
+                PoolEvent::CheckpointDue => self.events.push_back(AuthEvent::CheckpointDue),
             }
         }
     }

@@ -38,9 +38,12 @@
 //! bound grows by ε per verification), after rejected forgeries, or a
 //! change of tag length.
 
-use bytes::{Buf, BufMut};
+use bytes::BufMut;
+use qkd_core::wire::{Reader, WireError};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-use super::tag::{HashKey, TagMode};
+use super::tag::{HASH_KEY_BYTES, HashKey, TagMode};
 
 /// Length of the context-switch body in bytes.
 pub const SWITCH_BODY_LEN: usize = 13;
@@ -50,20 +53,43 @@ pub struct CryptoContext {
     id: u32,
     mode: TagMode,
     key: HashKey,
+    /// The key's bytes, kept for [saving](ContextState) (zeroized on drop).
+    key_bytes: Zeroizing<[u8; HASH_KEY_BYTES]>,
     /// Positions `[from, until)` of the sender's stream sealed under this context.
     from: u64,
     until: u64,
 }
 
 impl CryptoContext {
-    pub(crate) fn new(id: u32, mode: TagMode, key: HashKey, from: u64) -> Self {
+    pub(crate) fn new(id: u32, mode: TagMode, key_bytes: &[u8; HASH_KEY_BYTES], from: u64) -> Self {
         CryptoContext {
             id,
             mode,
-            key,
+            key: HashKey::new(key_bytes),
+            key_bytes: Zeroizing::new(*key_bytes),
             from,
             until: u64::MAX,
         }
+    }
+
+    pub(crate) fn save(&self) -> ContextState {
+        ContextState {
+            id: self.id,
+            mode: self.mode,
+            key: Zeroizing::new(self.key_bytes.to_vec()),
+            from: self.from,
+            until: self.until,
+        }
+    }
+
+    pub(crate) fn restore(state: &ContextState) -> Option<Self> {
+        let bytes: &[u8; HASH_KEY_BYTES] = state.key.as_slice().try_into().ok()?;
+        if state.from > state.until {
+            return None;
+        }
+        let mut c = CryptoContext::new(state.id, state.mode, bytes, state.from);
+        c.until = state.until;
+        Some(c)
     }
 
     /// The context ID (1 for the first context).
@@ -89,6 +115,27 @@ impl CryptoContext {
 
     pub(crate) fn close_at(&mut self, until: u64) {
         self.until = until;
+    }
+}
+
+/// A crypto context in a saved channel state: the hash key is key
+/// material (zeroized on drop, hidden from `Debug`).
+#[derive(PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ContextState {
+    id: u32,
+    mode: TagMode,
+    key: Zeroizing<Vec<u8>>,
+    from: u64,
+    until: u64,
+}
+
+impl core::fmt::Debug for ContextState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ContextState")
+            .field("id", &self.id)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,16 +171,20 @@ impl ContextSwitch {
         out
     }
 
-    /// Parses a body; `None` for a wrong length or an unknown mode.
-    #[must_use]
-    pub fn decode(mut body: &[u8]) -> Option<Self> {
-        if body.len() != SWITCH_BODY_LEN {
-            return None;
-        }
-        let new_context = body.get_u32();
-        let mode = TagMode::from_code(body.get_u8())?;
-        let key_position = body.get_u64();
-        Some(ContextSwitch {
+    /// Parses a body.
+    ///
+    /// # Errors
+    /// A [`WireError`] for a wrong length or an unknown mode.
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(body);
+        let new_context = r.u32()?;
+        let mode = TagMode::from_code(r.u8()?).ok_or(WireError::invalid(
+            "tag_mode",
+            "must be 1 (128-bit) or 2 (64-bit)",
+        ))?;
+        let key_position = r.u64()?;
+        r.finish()?;
+        Ok(ContextSwitch {
             new_context,
             mode,
             key_position,
@@ -158,16 +209,19 @@ mod tests {
             [0, 0, 0, 2, 2, 1, 2, 3, 4, 5, 6, 7, 8],
             "documented layout"
         );
-        assert_eq!(ContextSwitch::decode(&body), Some(s));
-        assert_eq!(ContextSwitch::decode(&body[..12]), None);
+        assert_eq!(ContextSwitch::decode(&body), Ok(s));
+        assert!(ContextSwitch::decode(&body[..12]).is_err());
+        let mut long = body.to_vec();
+        long.push(0);
+        assert!(ContextSwitch::decode(&long).is_err());
         let mut bad = body;
         bad[4] = 9;
-        assert_eq!(ContextSwitch::decode(&bad), None);
+        assert!(ContextSwitch::decode(&bad).is_err());
     }
 
     #[test]
     fn context_covers_its_positions_and_hides_its_key() {
-        let mut c = CryptoContext::new(1, TagMode::Bits128, HashKey::new(&[1; 16]), 4);
+        let mut c = CryptoContext::new(1, TagMode::Bits128, &[1; 16], 4);
         assert!(!c.covers(3));
         assert!(c.covers(4) && c.covers(u64::MAX - 1));
         c.close_at(10);

@@ -56,10 +56,13 @@
 
 use std::collections::VecDeque;
 
-use qkd_core::{Role, SecretKey};
+use qkd_core::machine::ConfigError;
+use qkd_core::{BlockId, Role, SecretKey};
+use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::tag::{HASH_KEY_BYTES, TagMode};
+use crate::confirm::ConfirmedBlock;
 
 /// Bytes of one pad unit.
 pub const UNIT_BYTES: usize = 8;
@@ -97,23 +100,34 @@ pub enum PoolError {
         actual: usize,
     },
     /// Blocks must be deposited in strictly increasing order of their IDs.
-    #[error("block {block_id} deposited after block {last}")]
+    #[error("block {block} deposited after block {last}")]
     BlockOrder {
         /// The block given.
-        block_id: u64,
+        block: BlockId,
         /// The last block deposited.
-        last: u64,
+        last: BlockId,
     },
     /// The configuration is inconsistent.
     #[error("invalid pool configuration: {0}")]
     Config(&'static str),
+    /// The position lies beyond the durable horizon: no checkpoint that
+    /// covers it has been committed, so using it now could reuse it after a
+    /// restart. Take a [checkpoint](AuthKeyPool::checkpoint), persist it,
+    /// [commit](AuthKeyPool::commit) it, and retry. Nothing changed.
+    #[error("checkpoint required before this pad may be used")]
+    CheckpointRequired,
+    /// A saved state that cannot be restored (another format version, a
+    /// broken invariant, another role or configuration).
+    #[error("saved pool state refused: {0}")]
+    State(&'static str),
 }
 
 /// How much of each final key block flows back into the pool.
 ///
 /// Both ends must use the same share: the amount is computed from the block
 /// length only, so both deposit the same bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum ReplenishShare {
     /// A fixed number of bytes per block (or the whole block if it is shorter).
@@ -144,7 +158,8 @@ impl ReplenishShare {
 }
 
 /// Configuration of an [`AuthKeyPool`]; both ends must use the same.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Replay window `W` in units (at least 2). Reordering by more than `W`
     /// units (`W / 2` messages with 128-bit tags) is rejected as too old.
@@ -154,17 +169,129 @@ pub struct PoolConfig {
     pub low_water_bits: u64,
     /// Share of each final block deposited by [`AuthKeyPool::replenish_from_block`].
     pub share: ReplenishShare,
+    /// Units each [checkpoint](AuthKeyPool::checkpoint) reserves ahead of
+    /// the send cursor and of the receive window (at least 2): how far the
+    /// pool may go between two saves. A restart skips what was reserved and
+    /// not used, so this is also the most key a restart can waste per
+    /// direction (`checkpoint_units * 64` bits).
+    pub checkpoint_units: u64,
 }
 
 impl Default for PoolConfig {
     /// `W` = 1024 units, low water at 16 384 bits (128 messages with 128-bit
-    /// tags), a share of 1 % of each block.
+    /// tags), a share of 1 % of each block, 1024 units (64 Kibit) reserved
+    /// per checkpoint.
     fn default() -> Self {
         PoolConfig {
             window_units: 1024,
             low_water_bits: 16_384,
             share: ReplenishShare::PartsPerMillion { ppm: 10_000 },
+            checkpoint_units: 1024,
         }
+    }
+}
+
+impl PoolConfig {
+    /// Checks every field, naming the first bad one.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `window_units`, `checkpoint_units` or `share`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.window_units < 2 {
+            return Err(ConfigError::new("window_units", "must be at least 2"));
+        }
+        if self.window_units > 1 << 24 {
+            return Err(ConfigError::new("window_units", "must be at most 2^24"));
+        }
+        if self.checkpoint_units < HASH_KEY_UNITS {
+            return Err(ConfigError::new("checkpoint_units", "must be at least 2"));
+        }
+        if let ReplenishShare::PartsPerMillion { ppm } = self.share
+            && ppm > 1_000_000
+        {
+            return Err(ConfigError::new(
+                "share.parts_per_million.ppm",
+                "must be at most 1 000 000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The identifier of a pre-shared secret, as provisioned with it (for
+/// example the serial number of the secret's record in the key-provisioning
+/// system). It is public; [`PoolState`] records it so that a host can tell
+/// which secret a saved state descends from and refuse a second fresh start
+/// from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretId(u64);
+
+impl SecretId {
+    /// The identifier `id`.
+    #[must_use]
+    pub const fn new(id: u64) -> Self {
+        SecretId(id)
+    }
+
+    /// The number.
+    #[must_use]
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl core::fmt::Display for SecretId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "secret {}", self.0)
+    }
+}
+
+/// A pre-shared secret with its identifier: the only thing a *fresh* pool
+/// can be made from, and consumed by it.
+///
+/// It is neither `Clone` nor `Copy`: [`AuthKeyPool::new`] and
+/// [`AuthenticatedChannel::new`](super::AuthenticatedChannel::new) take it
+/// by value, so one value starts one pool. A restart never needs it again:
+/// it [restores](AuthKeyPool::restore) the saved state, which holds what is
+/// left of the secret. See the [restart rules](super#restarts).
+pub struct PresharedSecret {
+    id: SecretId,
+    key: SecretKey,
+}
+
+impl PresharedSecret {
+    /// The secret `key` provisioned under `id` (identical on both ends).
+    #[must_use]
+    pub fn new(id: SecretId, key: SecretKey) -> Self {
+        PresharedSecret { id, key }
+    }
+
+    /// Its identifier.
+    #[must_use]
+    pub fn id(&self) -> SecretId {
+        self.id
+    }
+
+    /// Its length in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.key.len()
+    }
+
+    /// Whether it is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+}
+
+impl core::fmt::Debug for PresharedSecret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PresharedSecret")
+            .field("id", &self.id)
+            .field("len", &self.key.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,10 +305,16 @@ pub enum PoolEvent {
         /// Bits left in the send stream.
         remaining_bits: u64,
     },
+    /// Take a [checkpoint](AuthKeyPool::checkpoint) soon: half of the
+    /// reserve of the last one is used up in one direction, or key was
+    /// deposited since (a restore from an older state would lose it).
+    /// Raised once until the next commit.
+    CheckpointDue,
 }
 
-/// Key bits through one end's pool since it was created.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Key bits through one end's pool since it was created (across restores).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoolStats {
     /// Bits of the pre-shared secret put into the streams.
     pub preshared_bits: u64,
@@ -193,6 +326,10 @@ pub struct PoolStats {
     pub received_pad_bits: u64,
     /// Bits used as hash keys (both directions).
     pub hash_key_bits: u64,
+    /// Bits skipped at restores: units a checkpoint reserved that were not
+    /// used before the restart (never used after it either).
+    #[serde(default)]
+    pub skipped_bits: u64,
     /// Bits thrown away: units that left the replay window unused (pads of
     /// lost messages) and deposit remainders below 16 bytes.
     pub discarded_bits: u64,
@@ -206,15 +343,20 @@ impl PoolStats {
     /// All key bits this end consumed: pads, hash keys and discarded units.
     #[must_use]
     pub fn consumed_bits(&self) -> u64 {
-        self.sent_pad_bits + self.received_pad_bits + self.hash_key_bits + self.discarded_bits
+        self.sent_pad_bits
+            + self.received_pad_bits
+            + self.hash_key_bits
+            + self.discarded_bits
+            + self.skipped_bits
     }
 }
 
 /// Key bits of one block: what the messages of one post-processing round cost.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BlockAccount {
     /// The block the account was closed for.
-    pub block_id: u64,
+    pub block: BlockId,
     /// Messages sealed during the block.
     pub sent_messages: u64,
     /// Messages accepted during the block.
@@ -339,6 +481,45 @@ impl PadStream {
         })
     }
 
+    /// A copy of the units from `from` (at least `freed`) to the end.
+    fn save_from(&self, from: u64) -> StreamState {
+        // Below the end: a horizon beyond it keeps nothing, and the stream
+        // goes on at its end with the next deposit.
+        let from = from.max(self.freed).min(self.end);
+        let mut words = Zeroizing::new(Vec::with_capacity((self.end - from) as usize));
+        for chunk in &self.chunks {
+            let start = chunk.start;
+            let stop = start + chunk.words.len() as u64;
+            if stop <= from {
+                continue;
+            }
+            let skip = from.saturating_sub(start) as usize;
+            words.extend_from_slice(&chunk.words[skip..]);
+        }
+        StreamState {
+            first_unit: from,
+            units: SecretUnits(words),
+        }
+    }
+
+    /// The stream saved in `state`: units below its first are gone.
+    fn restore(state: StreamState) -> Self {
+        let mut stream = PadStream {
+            chunks: VecDeque::new(),
+            freed: state.first_unit,
+            end: state.first_unit,
+        };
+        let SecretUnits(words) = state.units;
+        if !words.is_empty() {
+            stream.end = state.first_unit + words.len() as u64;
+            stream.chunks.push_back(Chunk {
+                start: state.first_unit,
+                words,
+            });
+        }
+        stream
+    }
+
     /// Zeroizes and drops every unit below `pos`.
     fn free_below(&mut self, pos: u64) {
         let pos = pos.min(self.end);
@@ -361,6 +542,140 @@ impl PadStream {
     }
 }
 
+/// Version of the [`PoolState`] format.
+pub const POOL_STATE_VERSION: u32 = 1;
+
+/// Unit words of a pad stream in a saved state: zeroized on drop, `Debug`
+/// shows only the count. Serialized as a sequence of `u64`.
+#[derive(Default, PartialEq, Eq)]
+pub(crate) struct SecretUnits(Zeroizing<Vec<u64>>);
+
+impl core::fmt::Debug for SecretUnits {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "SecretUnits({} units)", self.0.len())
+    }
+}
+
+impl Serialize for SecretUnits {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for w in self.0.iter() {
+            seq.serialize_element(w)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretUnits {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Units;
+        impl<'de> serde::de::Visitor<'de> for Units {
+            type Value = SecretUnits;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a sequence of 64-bit pad units")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SecretUnits, A::Error> {
+                // Sized from the hint (bounded) so that a well-hinted format
+                // never reallocates and leaves a copy behind; growth beyond
+                // it goes through a zeroizing copy.
+                let hint = seq.size_hint().unwrap_or(0).min(1 << 24);
+                let mut words = Zeroizing::new(Vec::with_capacity(hint));
+                while let Some(w) = seq.next_element::<u64>()? {
+                    if words.len() == words.capacity() {
+                        let mut grown =
+                            Zeroizing::new(Vec::with_capacity((words.capacity() * 2).max(64)));
+                        grown.extend_from_slice(&words);
+                        words = grown;
+                    }
+                    words.push(w);
+                }
+                Ok(SecretUnits(words))
+            }
+        }
+        deserializer.deserialize_seq(Units)
+    }
+}
+
+/// The unused part of one pad stream in a saved state.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamState {
+    /// Position of the first unit kept.
+    first_unit: u64,
+    /// The units from `first_unit` on (key material).
+    units: SecretUnits,
+}
+
+/// The saved state of an [`AuthKeyPool`]: what a restart needs so that no
+/// pad and no receive position is ever used twice. Made by
+/// [`AuthKeyPool::checkpoint`], put back by [`AuthKeyPool::restore`].
+///
+/// It holds key material (the unused pad units of both streams): it is
+/// zeroized on drop, never shown by `Debug`, and must be stored as
+/// carefully as the pre-shared secret it replaces. The serialized form
+/// (serde, any format) is a copy the host owns and must protect and wipe
+/// likewise. The format is versioned ([`POOL_STATE_VERSION`]).
+#[derive(PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolState {
+    version: u32,
+    role: Role,
+    config: PoolConfig,
+    secret_id: SecretId,
+    generation: u64,
+    send_limit: u64,
+    recv_limit: u64,
+    send_stream: StreamState,
+    recv_stream: StreamState,
+    feed: FeedLog,
+    last_block: Option<BlockId>,
+    stats: PoolStats,
+}
+
+impl PoolState {
+    /// The pre-shared secret the saved pool descends from.
+    #[must_use]
+    pub fn secret_id(&self) -> SecretId {
+        self.secret_id
+    }
+
+    /// The checkpoint's number: 1 for the first after the fresh start, one
+    /// more for each after it. A host keeps only the newest.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The end that saved it.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The horizons `(send, receive)` this state puts in force.
+    #[must_use]
+    pub fn limits(&self) -> (u64, u64) {
+        (self.send_limit, self.recv_limit)
+    }
+}
+
+impl core::fmt::Debug for PoolState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PoolState")
+            .field("version", &self.version)
+            .field("role", &self.role)
+            .field("secret_id", &self.secret_id)
+            .field("generation", &self.generation)
+            .field("send_limit", &self.send_limit)
+            .field("recv_limit", &self.recv_limit)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The key material of one link end for Wegman-Carter authentication.
 ///
 /// Holds both pad streams (the one this end seals with, the one the peer
@@ -369,11 +684,18 @@ impl PadStream {
 ///
 /// ```
 /// use qkd_core::{Role, SecretKey};
-/// use qkd_postproc::auth::{AuthKeyPool, PoolConfig, TagMode};
+/// use qkd_postproc::auth::{AuthKeyPool, PoolConfig, PresharedSecret, SecretId, TagMode};
 ///
-/// let secret = SecretKey::from_slice(&[7u8; 1024]);
-/// let mut alice = AuthKeyPool::new(Role::Alice, &secret, PoolConfig::default()).unwrap();
-/// let mut bob = AuthKeyPool::new(Role::Bob, &secret, PoolConfig::default()).unwrap();
+/// let key = SecretKey::from_slice(&[7u8; 1024]);
+/// let start = |role, key| {
+///     let secret = PresharedSecret::new(SecretId::new(1), key);
+///     let mut pool = AuthKeyPool::new(role, secret, PoolConfig::default()).unwrap();
+///     let state = pool.checkpoint(); // persist it, then:
+///     pool.commit(&state).unwrap();
+///     pool
+/// };
+/// let mut alice = start(Role::Alice, key.clone());
+/// let mut bob = start(Role::Bob, key);
 ///
 /// let pad = alice.take_send_pad(TagMode::Bits128).unwrap();
 /// let same = bob.receive_pad(pad.position(), pad.units()).unwrap();
@@ -387,6 +709,7 @@ impl PadStream {
 pub struct AuthKeyPool {
     role: Role,
     config: PoolConfig,
+    secret_id: SecretId,
     /// Index 0: the stream Alice seals with; 1: Bob's.
     streams: [PadStream; 2],
     /// Next unit this end seals with, in its own stream.
@@ -396,25 +719,116 @@ pub struct AuthKeyPool {
     /// Whether each unit of the peer's stream in `[recv_end - W, recv_end)`
     /// (saturating at 0) was used: entry `i` is unit `low + i`.
     recv_used: VecDeque<bool>,
-    /// Units of deposits that were rounded off, kept to be honest in stats.
+    /// The durable horizons: no unit at or above them may be used (sealed
+    /// with, or accepted) until a checkpoint that covers it is committed.
+    send_limit: u64,
+    recv_limit: u64,
+    /// Checkpoints committed (0 for a fresh pool).
+    generation: u64,
+    checkpoint_armed: bool,
+    feed: FeedLog,
     stats: PoolStats,
     block: BlockAccount,
-    last_block: Option<u64>,
+    last_block: Option<BlockId>,
     low_water_armed: bool,
     events: VecDeque<PoolEvent>,
 }
 
+/// The running digest of what was fed into the pool: the pre-shared
+/// secret's identifier and length, then each deposit's block and length.
+/// Public data only (never key bytes): two ends fed the same blocks have the
+/// same digest, and their key material is then the same too (the shares are
+/// a function of the agreed final keys).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedLog {
+    /// Deposits so far (the pre-shared secret is deposit 0).
+    count: u64,
+    /// Digest after deposit `count`.
+    digest: [u8; FEED_DIGEST_BYTES],
+    /// `(count, digest)` of the last [`FEED_HISTORY`] deposits, oldest first,
+    /// to compare with a peer that is a few deposits behind.
+    history: VecDeque<(u64, [u8; FEED_DIGEST_BYTES])>,
+}
+
+/// Bytes of a feed digest.
+pub const FEED_DIGEST_BYTES: usize = 16;
+/// Deposits whose digests a pool keeps to compare with a peer.
+pub const FEED_HISTORY: usize = 64;
+
+impl FeedLog {
+    const CONTEXT: &'static str = "qkd-postproc auth pool feed digest v1";
+
+    fn new(id: SecretId, preshared_bytes: u64) -> Self {
+        let mut h = blake3::Hasher::new_derive_key(Self::CONTEXT);
+        h.update(&id.get().to_be_bytes());
+        h.update(&preshared_bytes.to_be_bytes());
+        let mut digest = [0u8; FEED_DIGEST_BYTES];
+        digest.copy_from_slice(&h.finalize().as_bytes()[..FEED_DIGEST_BYTES]);
+        FeedLog {
+            count: 0,
+            digest,
+            history: VecDeque::from([(0, digest)]),
+        }
+    }
+
+    fn add(&mut self, block: BlockId, bytes: u64) {
+        let mut h = blake3::Hasher::new_derive_key(Self::CONTEXT);
+        h.update(&self.digest);
+        h.update(&block.get().to_be_bytes());
+        h.update(&bytes.to_be_bytes());
+        self.digest
+            .copy_from_slice(&h.finalize().as_bytes()[..FEED_DIGEST_BYTES]);
+        self.count += 1;
+        if self.history.len() == FEED_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((self.count, self.digest));
+    }
+
+    fn at(&self, count: u64) -> Option<[u8; FEED_DIGEST_BYTES]> {
+        self.history
+            .iter()
+            .find(|(c, _)| *c == count)
+            .map(|(_, d)| *d)
+    }
+}
+
+/// How a peer's feed digest compares with this pool's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FeedComparison {
+    /// Same digest after the same number of deposits.
+    InStep,
+    /// The peer has fed more deposits than this end: compare again later.
+    PeerAhead,
+    /// This end's history no longer reaches back to the peer's count.
+    TooOld,
+    /// Different digests after the same number of deposits: the two pad
+    /// streams differ from that deposit on. Nothing recovers this but a fresh
+    /// pre-shared secret.
+    Diverged,
+}
+
 impl AuthKeyPool {
-    /// A pool for the end with `role`, filled from the pre-shared `secret`
-    /// (both ends give the same bytes). The first 16 bytes of each half are
-    /// the first hash keys; at least 32 bytes are needed.
+    /// A fresh pool for the end with `role`, filled from the pre-shared
+    /// `secret` (both ends give the same one), which it consumes. The first
+    /// 16 bytes of each half are the first hash keys; at least 32 bytes are
+    /// needed.
+    ///
+    /// A fresh pool can neither seal nor accept anything before its first
+    /// [checkpoint](Self::checkpoint) is committed: the host must have
+    /// persisted a state that names this secret before the secret's pads
+    /// are used. See the [restart rules](super#restarts).
     ///
     /// # Errors
-    /// [`PoolError::SecretTooShort`], or [`PoolError::Config`] for a window
-    /// below 2 units.
-    pub fn new(role: Role, secret: &SecretKey, config: PoolConfig) -> Result<Self, PoolError> {
-        if config.window_units < 2 {
-            return Err(PoolError::Config("window_units must be at least 2"));
+    /// [`PoolError::SecretTooShort`], or [`PoolError::Config`] for a
+    /// configuration [`PoolConfig::validate`] refuses.
+    pub fn new(role: Role, secret: PresharedSecret, config: PoolConfig) -> Result<Self, PoolError> {
+        if config.validate().is_err() {
+            return Err(PoolError::Config(
+                "invalid pool configuration (see PoolConfig::validate)",
+            ));
         }
         let minimum = 2 * HASH_KEY_BYTES;
         if secret.len() / 16 * 16 < minimum {
@@ -426,17 +840,25 @@ impl AuthKeyPool {
         let mut pool = AuthKeyPool {
             role,
             config,
+            secret_id: secret.id,
             streams: [PadStream::default(), PadStream::default()],
             send_cursor: 0,
             recv_end: 0,
             recv_used: VecDeque::new(),
+            // The first hash keys are taken at once, before any checkpoint.
+            send_limit: HASH_KEY_UNITS,
+            recv_limit: HASH_KEY_UNITS,
+            generation: 0,
+            checkpoint_armed: true,
+            feed: FeedLog::new(secret.id, secret.len() as u64),
             stats: PoolStats::default(),
             block: BlockAccount::default(),
             last_block: None,
             low_water_armed: true,
             events: VecDeque::new(),
         };
-        let bits = pool.deposit(secret.expose_secret());
+        let bits = pool.deposit(secret.key.expose_secret());
+        drop(secret);
         pool.stats.preshared_bits = bits;
         Ok(pool)
     }
@@ -451,6 +873,186 @@ impl AuthKeyPool {
     #[must_use]
     pub fn config(&self) -> &PoolConfig {
         &self.config
+    }
+
+    /// The pre-shared secret this pool descends from.
+    #[must_use]
+    pub fn secret_id(&self) -> SecretId {
+        self.secret_id
+    }
+
+    /// Checkpoints committed since the fresh start (restores included).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The durable horizons `(send, receive)`: units at or above them are
+    /// used only after a checkpoint covering them is committed.
+    #[must_use]
+    pub fn limits(&self) -> (u64, u64) {
+        (self.send_limit, self.recv_limit)
+    }
+
+    /// Deposits fed so far (the pre-shared secret is deposit 0) and the
+    /// digest after the last one.
+    #[must_use]
+    pub fn feed_digest(&self) -> (u64, [u8; FEED_DIGEST_BYTES]) {
+        (self.feed.count, self.feed.digest)
+    }
+
+    /// Compares the peer's feed digest after `count` deposits with this
+    /// end's.
+    #[must_use]
+    pub fn compare_feed(&self, count: u64, digest: &[u8; FEED_DIGEST_BYTES]) -> FeedComparison {
+        if count > self.feed.count {
+            return FeedComparison::PeerAhead;
+        }
+        match self.feed.at(count) {
+            None => FeedComparison::TooOld,
+            Some(mine) if mine == *digest => FeedComparison::InStep,
+            Some(_) => FeedComparison::Diverged,
+        }
+    }
+
+    /// The state to persist so that a restart continues strictly after
+    /// every position this pool may use: the durable horizons move to
+    /// `reserve` units ([`PoolConfig::checkpoint_units`]) beyond the send
+    /// cursor and the receive window. Nothing changes here: the new horizons
+    /// take effect when the state, once written durably, is
+    /// [committed](Self::commit).
+    #[must_use]
+    pub fn checkpoint(&self) -> PoolState {
+        let reserve = self.config.checkpoint_units;
+        let send_limit = self
+            .send_limit
+            .max(self.send_cursor.saturating_add(reserve));
+        let recv_limit = self.recv_limit.max(self.recv_end.saturating_add(reserve));
+        let own = Self::stream_index(self.role);
+        let peer = Self::stream_index(self.role.peer());
+        PoolState {
+            version: POOL_STATE_VERSION,
+            role: self.role,
+            config: self.config.clone(),
+            secret_id: self.secret_id,
+            generation: self.generation + 1,
+            send_limit,
+            recv_limit,
+            send_stream: self.streams[own].save_from(send_limit),
+            recv_stream: self.streams[peer].save_from(recv_limit),
+            feed: self.feed.clone(),
+            last_block: self.last_block,
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Puts in force the horizons of `state`, a checkpoint of this pool that
+    /// the host has written durably. A state of another pool, or one older
+    /// than the horizons in force, changes nothing.
+    ///
+    /// # Errors
+    /// [`PoolError::State`] if `state` is not a checkpoint of this pool.
+    pub fn commit(&mut self, state: &PoolState) -> Result<(), PoolError> {
+        if state.role != self.role
+            || state.secret_id != self.secret_id
+            || state.generation != self.generation + 1
+            || state.send_limit < self.send_limit
+            || state.recv_limit < self.recv_limit
+        {
+            return Err(PoolError::State("not the latest checkpoint of this pool"));
+        }
+        self.send_limit = state.send_limit;
+        self.recv_limit = state.recv_limit;
+        self.generation = state.generation;
+        self.checkpoint_armed = true;
+        Ok(())
+    }
+
+    /// The pool saved in `state`, continuing strictly after every position
+    /// the saved pool may have used: the send cursor restarts at the saved
+    /// send horizon and every position of the peer's stream below the saved
+    /// receive horizon is refused as too old (so no message accepted before
+    /// the restart can be accepted again). The restored pool's horizons are
+    /// where it starts: take and commit a checkpoint before sealing or
+    /// accepting anything.
+    ///
+    /// # Errors
+    /// [`PoolError::State`] for another format version, a role or
+    /// configuration other than `role` and `config`, or a state whose
+    /// fields contradict each other.
+    pub fn restore(role: Role, config: &PoolConfig, state: PoolState) -> Result<Self, PoolError> {
+        if state.version != POOL_STATE_VERSION {
+            return Err(PoolError::State("unsupported state version"));
+        }
+        if state.role != role {
+            return Err(PoolError::State("state saved by the other end"));
+        }
+        if &state.config != config {
+            return Err(PoolError::State("state saved with another configuration"));
+        }
+        if config.validate().is_err() {
+            return Err(PoolError::State("invalid configuration in the state"));
+        }
+        let stream_fits = |st: &StreamState, limit: u64| {
+            st.first_unit == limit || (st.first_unit < limit && st.units.0.is_empty())
+        };
+        if !stream_fits(&state.send_stream, state.send_limit)
+            || !stream_fits(&state.recv_stream, state.recv_limit)
+            || state
+                .send_stream
+                .first_unit
+                .checked_add(state.send_stream.units.0.len() as u64)
+                .is_none()
+            || state
+                .recv_stream
+                .first_unit
+                .checked_add(state.recv_stream.units.0.len() as u64)
+                .is_none()
+            || state.feed.history.back().map(|(c, d)| (*c, *d))
+                != Some((state.feed.count, state.feed.digest))
+            || state.feed.history.len() > FEED_HISTORY
+        {
+            return Err(PoolError::State("inconsistent state"));
+        }
+        let own = Self::stream_index(role);
+        let peer = Self::stream_index(role.peer());
+        let mut streams = [PadStream::default(), PadStream::default()];
+        let stats = state.stats.clone();
+        let PoolState {
+            send_stream,
+            recv_stream,
+            ..
+        } = state;
+        streams[own] = PadStream::restore(send_stream);
+        streams[peer] = PadStream::restore(recv_stream);
+        let window = config.window_units;
+        let low = state.recv_limit.saturating_sub(window);
+        let mut pool = AuthKeyPool {
+            role,
+            config: config.clone(),
+            secret_id: state.secret_id,
+            streams,
+            send_cursor: state.send_limit,
+            recv_end: state.recv_limit,
+            // Everything below the receive horizon counts as used.
+            recv_used: VecDeque::from(vec![true; (state.recv_limit - low) as usize]),
+            send_limit: state.send_limit,
+            recv_limit: state.recv_limit,
+            generation: state.generation,
+            checkpoint_armed: false,
+            feed: state.feed.clone(),
+            stats: PoolStats::default(),
+            block: BlockAccount::default(),
+            last_block: state.last_block,
+            low_water_armed: true,
+            events: VecDeque::from([PoolEvent::CheckpointDue]),
+        };
+        // Units the saved pool reserved beyond its cursor and window are
+        // skipped; how many of them it used before the restart is unknown
+        // here, so they are not counted apart (stats.skipped_bits counts
+        // only units skipped by this process, see `commit`).
+        pool.stats = stats;
+        Ok(pool)
     }
 
     fn stream_index(role: Role) -> usize {
@@ -484,27 +1086,42 @@ impl AuthKeyPool {
         (usable * 8) as u64
     }
 
-    /// Deposits `key` (already agreed on both ends, e.g. a share of a final
-    /// block) and counts it for block `block_id`.
+    /// Deposits `key`, this end's share of the final key of an agreed block,
+    /// and counts it for that block.
+    ///
+    /// `agreed` is the proof, made only by the [confirmation](crate::confirm)
+    /// machines, that both ends decided to keep the block: a block whose
+    /// outcome is not agreed cannot feed the pool. Both ends must feed the
+    /// same agreed blocks in the same order; compare
+    /// [`feed_digest`](Self::feed_digest)s (the channel does, see
+    /// [`FeedComparison`]) to catch a layer above that did not.
     ///
     /// # Errors
-    /// [`PoolError::BlockOrder`] if `block_id` is not above the last one
+    /// [`PoolError::BlockOrder`] if the block is not above the last one
     /// deposited; nothing is deposited then.
-    pub fn replenish(&mut self, block_id: u64, key: &SecretKey) -> Result<u64, PoolError> {
+    pub fn replenish(
+        &mut self,
+        agreed: &ConfirmedBlock,
+        key: &SecretKey,
+    ) -> Result<u64, PoolError> {
+        let block = agreed.block();
         if let Some(last) = self.last_block
-            && block_id <= last
+            && block <= last
         {
-            return Err(PoolError::BlockOrder { block_id, last });
+            return Err(PoolError::BlockOrder { block, last });
         }
-        self.last_block = Some(block_id);
+        self.last_block = Some(block);
         let bits = self.deposit(key.expose_secret());
+        self.feed.add(block, bits / 8);
         self.stats.replenished_bits += bits;
         self.block.replenished_bits += bits;
+        // A restore from a state older than this deposit would lose it.
+        self.raise_checkpoint_due(true);
         Ok(bits)
     }
 
     /// Takes the configured [share](PoolConfig::share) from the front of the
-    /// final key of block `block_id`, deposits it, and closes the block's
+    /// final key of the agreed block, deposits it, and closes the block's
     /// account. Returns the rest of the key (for the key store) and the account.
     ///
     /// # Errors
@@ -512,7 +1129,7 @@ impl AuthKeyPool {
     /// is given back untouched in that case.
     pub fn replenish_from_block(
         &mut self,
-        block_id: u64,
+        agreed: &ConfirmedBlock,
         mut final_key: SecretKey,
     ) -> Result<(SecretKey, BlockAccount), (PoolError, SecretKey)> {
         let take = self.config.share.bytes_of(final_key.len());
@@ -520,7 +1137,7 @@ impl AuthKeyPool {
             Ok(rest) => rest,
             Err(_) => return Err((PoolError::Config("share larger than block"), final_key)),
         };
-        if let Err(e) = self.replenish(block_id, &final_key) {
+        if let Err(e) = self.replenish(agreed, &final_key) {
             // Put the key back together for the caller.
             // Allocated at its final size: no reallocation leaves a copy behind.
             let mut whole = Vec::with_capacity(final_key.len() + rest.len());
@@ -529,14 +1146,27 @@ impl AuthKeyPool {
             return Err((e, SecretKey::from_vec(whole)));
         }
         drop(final_key);
-        Ok((rest, self.close_block(block_id)))
+        Ok((rest, self.close_block(agreed.block())))
+    }
+
+    fn raise_checkpoint_due(&mut self, force: bool) {
+        if !self.checkpoint_armed {
+            return;
+        }
+        let half = self.config.checkpoint_units / 2;
+        let send_left = self.send_limit.saturating_sub(self.send_cursor);
+        let recv_left = self.recv_limit.saturating_sub(self.recv_end);
+        if force || send_left <= half || recv_left <= half {
+            self.checkpoint_armed = false;
+            self.events.push_back(PoolEvent::CheckpointDue);
+        }
     }
 
     /// Returns the account of everything since the last close, labelled
-    /// `block_id`, and starts a new one.
-    pub fn close_block(&mut self, block_id: u64) -> BlockAccount {
+    /// `block`, and starts a new one.
+    pub fn close_block(&mut self, block: BlockId) -> BlockAccount {
         let mut account = core::mem::take(&mut self.block);
-        account.block_id = block_id;
+        account.block = block;
         account
     }
 
@@ -588,6 +1218,9 @@ impl AuthKeyPool {
             });
         }
         let pos = self.send_cursor;
+        if pos + units > self.send_limit {
+            return Err(PoolError::CheckpointRequired);
+        }
         let stream = self.send_stream();
         let pad = stream.read(pos, units, true).ok_or(PoolError::Exhausted {
             needed_bits,
@@ -601,7 +1234,35 @@ impl AuthKeyPool {
                 remaining_bits: self.send_remaining_bits(),
             });
         }
+        self.raise_checkpoint_due(false);
         Ok(pad)
+    }
+
+    /// The lowest position of the peer's stream this end can still accept:
+    /// after a restore, everything below the saved receive horizon is
+    /// refused, and the peer should [skip](Self::skip_send_to) there.
+    #[must_use]
+    pub fn receive_floor(&self) -> u64 {
+        let low = self.recv_end.saturating_sub(self.config.window_units);
+        let peer = &self.streams[Self::stream_index(self.role.peer())];
+        low.max(peer.freed)
+    }
+
+    /// Moves the send cursor forward to `pos` (the peer's
+    /// [receive floor](Self::receive_floor), announced in an authentic
+    /// message): the units skipped are zeroized and counted in
+    /// [`PoolStats::skipped_bits`]; they are never used. A position at or
+    /// below the cursor changes nothing.
+    pub fn skip_send_to(&mut self, pos: u64) {
+        if pos <= self.send_cursor {
+            return;
+        }
+        let stream_end = self.streams[Self::stream_index(self.role)].end;
+        let skipped = pos.min(stream_end).saturating_sub(self.send_cursor);
+        self.stats.skipped_bits += skipped * 64;
+        self.send_stream().free_below(pos);
+        self.send_cursor = pos;
+        self.raise_checkpoint_due(false);
     }
 
     /// Takes the next pad of this end's stream for a `mode` tag, zeroizing
@@ -675,6 +1336,9 @@ impl AuthKeyPool {
         }
         if end > stream.end {
             return Err(PoolError::Unavailable);
+        }
+        if end > self.recv_limit {
+            return Err(PoolError::CheckpointRequired);
         }
         Ok(())
     }
@@ -751,6 +1415,7 @@ impl AuthKeyPool {
                 w.zeroize();
             }
         }
+        self.raise_checkpoint_due(false);
         true
     }
 
@@ -793,19 +1458,36 @@ mod tests {
         SecretKey::from_vec((0..len).map(|i| (i * 31 + 7) as u8).collect())
     }
 
+    /// A fresh pool with its first checkpoint committed.
+    fn fresh(role: Role, s: &SecretKey, config: PoolConfig) -> AuthKeyPool {
+        let mut pool = AuthKeyPool::new(
+            role,
+            PresharedSecret::new(SecretId::new(9), s.clone()),
+            config,
+        )
+        .unwrap();
+        let state = pool.checkpoint();
+        pool.commit(&state).unwrap();
+        pool
+    }
+
+    fn agreed(block: u64) -> ConfirmedBlock {
+        ConfirmedBlock::new(BlockId::new(block))
+    }
+
     fn pair(len: usize, config: PoolConfig) -> (AuthKeyPool, AuthKeyPool) {
         let s = secret(len);
         (
-            AuthKeyPool::new(Role::Alice, &s, config.clone()).unwrap(),
-            AuthKeyPool::new(Role::Bob, &s, config).unwrap(),
+            fresh(Role::Alice, &s, config.clone()),
+            fresh(Role::Bob, &s, config),
         )
     }
 
     #[test]
     fn layout_splits_each_deposit_in_halves() {
         let s = secret(64);
-        let mut a = AuthKeyPool::new(Role::Alice, &s, PoolConfig::default()).unwrap();
-        let mut b = AuthKeyPool::new(Role::Bob, &s, PoolConfig::default()).unwrap();
+        let mut a = fresh(Role::Alice, &s, PoolConfig::default());
+        let mut b = fresh(Role::Bob, &s, PoolConfig::default());
         let pa = a.take_send_pad(TagMode::Bits128).unwrap();
         assert_eq!(pa.as_bytes(), &s.expose_secret()[..16]);
         let pb = b.take_send_pad(TagMode::Bits64).unwrap();
@@ -817,7 +1499,12 @@ mod tests {
     #[test]
     fn short_secret_and_bad_window_are_refused() {
         assert_eq!(
-            AuthKeyPool::new(Role::Alice, &secret(31), PoolConfig::default()).unwrap_err(),
+            AuthKeyPool::new(
+                Role::Alice,
+                PresharedSecret::new(SecretId::new(1), secret(31)),
+                PoolConfig::default()
+            )
+            .unwrap_err(),
             PoolError::SecretTooShort {
                 minimum: 32,
                 actual: 31
@@ -828,7 +1515,11 @@ mod tests {
             ..PoolConfig::default()
         };
         assert!(matches!(
-            AuthKeyPool::new(Role::Alice, &secret(64), config),
+            AuthKeyPool::new(
+                Role::Alice,
+                PresharedSecret::new(SecretId::new(1), secret(64)),
+                config
+            ),
             Err(PoolError::Config(_))
         ));
     }
@@ -873,7 +1564,9 @@ mod tests {
         );
         a.take_send_pad(TagMode::Bits64).unwrap();
         assert_eq!(a.poll_event(), None);
-        a.replenish(1, &secret(128)).unwrap(); // +512: 576 left, re-armed
+        a.replenish(&agreed(1), &secret(128)).unwrap(); // +512: 576 left, re-armed
+        // A deposit asks for a checkpoint (a restore would lose it otherwise).
+        assert_eq!(a.poll_event(), Some(PoolEvent::CheckpointDue));
         for _ in 0..3 {
             a.take_send_pad(TagMode::Bits128).unwrap();
         }
@@ -941,23 +1634,25 @@ mod tests {
         let pad = a.take_send_pad(TagMode::Bits128).unwrap();
         b.receive_pad(pad.position(), 2).unwrap();
         b.commit_receive(pad.position(), 2);
-        let (rest, account) = a.replenish_from_block(7, block.clone()).unwrap();
+        let (rest, account) = a.replenish_from_block(&agreed(7), block.clone()).unwrap();
         assert_eq!(rest.len(), 125_000 - 1248);
         assert_eq!(rest.expose_secret(), &block.expose_secret()[1248..]);
-        assert_eq!(account.block_id, 7);
+        assert_eq!(account.block, BlockId::new(7));
         assert_eq!(account.replenished_bits, 1248 * 8);
         assert_eq!(account.sent_messages, 1);
         assert_eq!(account.consumed_bits(), 128);
-        let (_, account_b) = b.replenish_from_block(7, block.clone()).unwrap();
+        let (_, account_b) = b.replenish_from_block(&agreed(7), block.clone()).unwrap();
         assert_eq!(account_b.received_messages, 1);
         assert_eq!(account_b.consumed_bits(), 128);
         // Out of order: refused, key handed back whole.
-        let (err, back) = a.replenish_from_block(7, block.clone()).unwrap_err();
+        let (err, back) = a
+            .replenish_from_block(&agreed(7), block.clone())
+            .unwrap_err();
         assert_eq!(
             err,
             PoolError::BlockOrder {
-                block_id: 7,
-                last: 7
+                block: BlockId::new(7),
+                last: BlockId::new(7)
             }
         );
         assert_eq!(back, block);

@@ -73,7 +73,10 @@ pub const LENGTH_BLOCK_DOMAIN: u64 = u64::from_le_bytes(*b"qkd-auth");
 pub const HASH_KEY_BYTES: usize = 16;
 
 /// Tag length of a crypto context.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TagMode {
     /// 128-bit tags, ε = L / 2^128 (the default).

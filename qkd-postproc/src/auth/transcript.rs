@@ -31,16 +31,16 @@
 //! pad) of
 //!
 //! ```text
-//! TRANSCRIPT_DOMAIN (16 bytes, starts with 01 03)
+//! TRANSCRIPT_DOMAIN (16 bytes, starts with 10 01 03)
 //! ‖ for each message: sender (1 byte: 0 Alice, 1 Bob) ‖ length (8 bytes, BE) ‖ bytes
-//! ‖ header of the tag message (24 bytes, type 0x03)
+//! ‖ header of the tag message (25 bytes, type 0x03)
 //! ‖ body: transcript length in bytes (8, BE) ‖ message count (4, BE)
 //! ```
 //!
 //! The encoding is injective (it parses from the end: body, header, then
 //! length-prefixed messages), and it can never equal the hash input of an
-//! ordinary sealed message, whose second byte is its type (`0x01` or
-//! `0x02`), while a transcript's is `0x03`: a transcript tag cannot be
+//! ordinary sealed message, whose third byte is its type (`0x01`, `0x02` or
+//! `0x04`), while a transcript's is `0x03`: a transcript tag cannot be
 //! replayed as the tag of a data message.
 
 use qkd_core::Role;
@@ -49,11 +49,15 @@ use super::channel::{VERSION, role_code};
 use super::context::CryptoContext;
 use super::tag::HashStream;
 
-/// First block of every transcript hash input (see the [module docs](self)).
+/// First block of every transcript hash input (see the [module docs](self)):
+/// the envelope of a transcript tag message, then `"qkd-transcri"` and a
+/// zero byte.
 pub const TRANSCRIPT_DOMAIN: [u8; 16] = [
-    VERSION, 0x03, b'q', b'k', b'd', b'-', b't', b'r', b'a', b'n', b's', b'c', b'r', b'i', b'p',
-    b't',
+    0x10, VERSION, 0x03, b'q', b'k', b'd', b'-', b't', b'r', b'a', b'n', b's', b'c', b'r', b'i',
+    0x00,
 ];
+
+const _: () = assert!(TRANSCRIPT_DOMAIN[0] == qkd_core::wire::Protocol::Auth.id());
 
 /// The running hash of one round's messages, keyed with one direction's
 /// hash key. Made by
@@ -148,8 +152,8 @@ mod tests {
     fn pair() -> (AuthenticatedChannel, AuthenticatedChannel) {
         let s = SecretKey::from_vec((0..4096u32).map(|i| (i * 7 + 1) as u8).collect());
         (
-            AuthenticatedChannel::new(Role::Alice, &s, ChannelConfig::default()).unwrap(),
-            AuthenticatedChannel::new(Role::Bob, &s, ChannelConfig::default()).unwrap(),
+            crate::auth::tests::started(Role::Alice, &s, ChannelConfig::default()),
+            crate::auth::tests::started(Role::Bob, &s, ChannelConfig::default()),
         )
     }
 

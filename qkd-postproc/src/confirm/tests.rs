@@ -4,14 +4,15 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use qkd_core::BitVec;
 use qkd_core::machine::Machine;
-use qkd_core::sim::{LinkConfig, Network};
+use qkd_core::sim::{LinkConfig, Network, Side};
+use qkd_core::{BitVec, BlockId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use super::*;
-use crate::amplify::gf128_mul_reference;
+use crate::gf128::mul_portable as gf128_mul_reference;
+use qkd_core::wire::Protocol;
 
 /// The hash from its definition: Horner over 128-bit blocks, then the length.
 fn tag_by_definition(key: &BitVec, r: u128, t: u8) -> u128 {
@@ -75,68 +76,219 @@ fn tag_known_answers() {
 #[test]
 fn eps_cor_values() {
     let c = ConfirmConfig::default();
-    assert_eq!(c.eps_cor(128), 2.0 * 2f64.powi(-64));
-    assert_eq!(c.eps_cor(1_000_000), 7814.0 * 2f64.powi(-64));
+    let slack = 1.0 + 2f64.powi(-126);
+    assert_eq!(c.eps_cor(128), 2.0 * 2f64.powi(-64) * slack);
+    assert_eq!(c.eps_cor(1_000_000), 7814.0 * 2f64.powi(-64) * slack);
     let c = ConfirmConfig { tag_bits: 128, ..c };
-    assert_eq!(c.eps_cor(0), 2f64.powi(-128));
+    assert_eq!(c.eps_cor(0), 2f64.powi(-128) * slack);
+}
+
+#[test]
+fn config_is_validated_by_field_and_round_trips_through_serde() {
+    let bad = [
+        (
+            ConfirmConfig {
+                tag_bits: 0,
+                ..ConfirmConfig::default()
+            },
+            "tag_bits",
+        ),
+        (
+            ConfirmConfig {
+                tag_bits: 129,
+                ..ConfirmConfig::default()
+            },
+            "tag_bits",
+        ),
+        (
+            ConfirmConfig {
+                retransmit_after: Duration::ZERO,
+                ..ConfirmConfig::default()
+            },
+            "retransmit_after",
+        ),
+        (
+            ConfirmConfig {
+                max_retransmissions: u32::MAX,
+                ..ConfirmConfig::default()
+            },
+            "max_retransmissions",
+        ),
+    ];
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let key = BitVec::random(100, &mut rng);
+    for (config, field) in bad {
+        let e = ConfirmAlice::new(
+            BlockId::new(1),
+            key.as_bitslice(),
+            &config,
+            &mut rng,
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(e.field(), field);
+        let e = ConfirmBob::new(BlockId::new(1), key.as_bitslice(), &config).unwrap_err();
+        assert_eq!(e.field(), field);
+    }
+    let c = ConfirmConfig::default();
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<ConfirmConfig>(&json).unwrap(), c);
+    let unknown = json.replace("\"tag_bits\"", "\"tag_bitz\"");
+    assert!(serde_json::from_str::<ConfirmConfig>(&unknown).is_err());
 }
 
 #[test]
 fn wire_example_from_docs() {
     let m = ConfirmMessage::Verdict {
-        block_id: 5,
+        block: BlockId::new(5),
         tag_bits: 16,
         tag: 0xbeef,
     };
-    assert_eq!(m.encode(), [1, 2, 0, 0, 0, 0, 0, 0, 0, 5, 16, 0xef, 0xbe]);
+    assert_eq!(
+        m.encode(),
+        [0x15, 1, 2, 0, 0, 0, 0, 0, 0, 0, 5, 16, 0xef, 0xbe]
+    );
     assert_eq!(ConfirmMessage::decode(&m.encode()), Ok(m));
 }
 
 #[test]
 fn decode_rejects_bad_input() {
     let good = ConfirmMessage::Challenge {
-        block_id: 9,
+        block: BlockId::new(9),
         tag_bits: 12,
-        hash_key: 77,
+        hash_point: 77,
         tag: 0xabc,
     }
     .encode();
     assert!(ConfirmMessage::decode(&good).is_ok());
-    for cut in 0..good.len() {
-        assert_eq!(
-            ConfirmMessage::decode(&good[..cut]),
-            Err(DecodeError::Truncated),
-            "cut {cut}"
-        );
-    }
     let mut long = good.clone();
     long.push(0);
     assert_eq!(
         ConfirmMessage::decode(&long),
-        Err(DecodeError::TrailingBytes(1))
+        Err(WireError::TrailingBytes { count: 1 })
     );
     let mut v = good.clone();
-    v[0] = 2;
+    v[1] = 2;
     assert_eq!(
         ConfirmMessage::decode(&v),
-        Err(DecodeError::UnsupportedVersion(2))
+        Err(WireError::UnsupportedVersion {
+            protocol: Protocol::Confirm,
+            version: 2
+        })
     );
+    let mut p = good.clone();
+    p[0] = 0x13;
+    assert!(matches!(
+        ConfirmMessage::decode(&p),
+        Err(WireError::WrongProtocol { .. })
+    ));
     let mut t = good.clone();
-    t[1] = 9;
-    assert_eq!(ConfirmMessage::decode(&t), Err(DecodeError::UnknownType(9)));
+    t[2] = 9;
+    assert_eq!(
+        ConfirmMessage::decode(&t),
+        Err(WireError::UnknownType {
+            protocol: Protocol::Confirm,
+            kind: 9
+        })
+    );
     let mut pad = good.clone();
     *pad.last_mut().unwrap() |= 0x80; // bit 15 of a 12-bit tag
-    assert_eq!(ConfirmMessage::decode(&pad), Err(DecodeError::InvalidTag));
+    assert!(matches!(
+        ConfirmMessage::decode(&pad),
+        Err(WireError::Invalid { field: "tag", .. })
+    ));
     let mut zero = good;
-    zero[10] = 0;
-    assert_eq!(ConfirmMessage::decode(&zero), Err(DecodeError::InvalidTag));
+    zero[11] = 0;
+    assert!(matches!(
+        ConfirmMessage::decode(&zero),
+        Err(WireError::Invalid {
+            field: "tag_bits",
+            ..
+        })
+    ));
+}
+
+/// Finding 6 of the adversarial review (issue 11): with the hash point
+/// r = 0 every key hashes to 0, so `{r = 0, tag = 0}` made Bob confirm any
+/// key (and r = 1 hashes to the XOR of the key's blocks, no key at all).
+/// Both points are refused by the decoder, so Bob never decides on them.
+#[test]
+fn finding_6_degenerate_hash_points_are_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(66);
+    let key = BitVec::random(5000, &mut rng);
+    // The attack: at r = 0 the tag of any key is 0.
+    assert_eq!(confirmation_tag(key.as_bitslice(), 0, 64), 0);
+    for point in [0u128, 1] {
+        let forged = ConfirmMessage::Challenge {
+            block: BlockId::new(3),
+            tag_bits: 64,
+            hash_point: point,
+            tag: confirmation_tag(BitVec::new().as_bitslice(), point, 64)
+                ^ confirmation_tag(key.as_bitslice(), point, 64)
+                ^ confirmation_tag(key.as_bitslice(), point, 64),
+        }
+        .encode();
+        assert!(matches!(
+            ConfirmMessage::decode(&forged),
+            Err(WireError::Invalid {
+                field: "hash_point",
+                ..
+            })
+        ));
+        let mut bob = ConfirmBob::new(
+            BlockId::new(3),
+            key.as_bitslice(),
+            &ConfirmConfig::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            bob.handle_input(Instant::now(), &forged),
+            Err(ConfirmError::Malformed(_))
+        ));
+        assert!(!bob.is_finished());
+        assert_eq!(bob.poll_event(), None);
+        assert_eq!(bob.poll_transmit(Instant::now()), None);
+    }
+    // Alice never draws them, even from a generator that offers them.
+    struct Offers(u8);
+    impl rand_core::TryRng for Offers {
+        type Error = core::convert::Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            Ok(0)
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            Ok(0)
+        }
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            // 0, then 1, then 2 (little-endian u128 points).
+            dst.fill(0);
+            dst[0] = self.0;
+            self.0 += 1;
+            Ok(())
+        }
+    }
+    impl rand_core::TryCryptoRng for Offers {}
+    let now = Instant::now();
+    let mut alice = ConfirmAlice::new(
+        BlockId::new(3),
+        key.as_bitslice(),
+        &ConfirmConfig::default(),
+        &mut Offers(0),
+        now,
+    )
+    .unwrap();
+    let challenge = alice.poll_transmit(now).unwrap();
+    match ConfirmMessage::decode(&challenge).unwrap() {
+        ConfirmMessage::Challenge { hash_point, .. } => assert_eq!(hash_point, 2),
+        other => panic!("{other:?}"),
+    }
 }
 
 fn message() -> impl Strategy<Value = ConfirmMessage> {
     (
         any::<u64>(),
         1u8..=128,
-        any::<u128>(),
+        2u128..,
         any::<u128>(),
         any::<bool>(),
     )
@@ -144,14 +296,14 @@ fn message() -> impl Strategy<Value = ConfirmMessage> {
             let tag = tag & tag_mask(t);
             if c {
                 ConfirmMessage::Challenge {
-                    block_id: b,
+                    block: BlockId::new(b),
                     tag_bits: t,
-                    hash_key: k,
+                    hash_point: k,
                     tag,
                 }
             } else {
                 ConfirmMessage::Verdict {
-                    block_id: b,
+                    block: BlockId::new(b),
                     tag_bits: t,
                     tag,
                 }
@@ -163,6 +315,18 @@ proptest! {
     #[test]
     fn decode_of_encode_is_identity(m in message()) {
         prop_assert_eq!(ConfirmMessage::decode(&m.encode()), Ok(m));
+    }
+
+    /// Every strict prefix and every one-byte extension is refused.
+    #[test]
+    fn prefixes_and_extensions_are_rejected(m in message(), extra: u8) {
+        let bytes = m.encode();
+        for cut in 0..bytes.len() {
+            prop_assert!(ConfirmMessage::decode(&bytes[..cut]).is_err(), "prefix {}", cut);
+        }
+        let mut long = bytes.clone();
+        long.push(extra);
+        prop_assert_eq!(ConfirmMessage::decode(&long), Err(WireError::TrailingBytes { count: 1 }));
     }
 
     #[test]
@@ -182,75 +346,32 @@ proptest! {
     }
 }
 
-/// The two machines as `sim` endpoints.
-struct AliceEnd(ConfirmAlice, Vec<ConfirmEvent>);
-struct BobEnd(ConfirmBob, Vec<ConfirmEvent>);
+const BLOCK: BlockId = BlockId::new(42);
 
-impl Machine for AliceEnd {
-    type Event = std::convert::Infallible;
-    type Error = ConfirmError;
-    fn handle_input(&mut self, now: Instant, d: &[u8]) -> Result<(), ConfirmError> {
-        let r = self.0.handle_input(now, d);
-        self.1.extend(std::iter::from_fn(|| self.0.poll_event()));
-        r
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn poll_event(&mut self) -> Option<Self::Event> {
-        None
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.0.handle_timeout(now);
-        self.1.extend(std::iter::from_fn(|| self.0.poll_event()));
-    }
-}
-
-impl Machine for BobEnd {
-    type Event = std::convert::Infallible;
-    type Error = ConfirmError;
-    fn handle_input(&mut self, now: Instant, d: &[u8]) -> Result<(), ConfirmError> {
-        let r = self.0.handle_input(now, d);
-        self.1.extend(std::iter::from_fn(|| self.0.poll_event()));
-        r
-    }
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.0.poll_transmit(now)
-    }
-    fn poll_event(&mut self) -> Option<Self::Event> {
-        None
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.0.poll_timeout()
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.0.handle_timeout(now);
-    }
-}
-
-fn run_pair(flip: Option<usize>, link: LinkConfig, seed: u64) -> Network<AliceEnd, BobEnd> {
+fn pair(flip: Option<usize>, seed: u64) -> (ConfirmAlice, ConfirmBob) {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let key_a = BitVec::random(50_000, &mut rng);
     let mut key_b = key_a.clone();
     if let Some(i) = flip {
         key_b.flip(i);
     }
-    let start = Instant::now();
     let config = ConfirmConfig::default();
-    let alice = ConfirmAlice::new(42, key_a.as_bitslice(), config, &mut rng, start);
-    let bob = ConfirmBob::new(42, key_b.as_bitslice(), config);
-    let mut net = Network::new(
-        AliceEnd(alice, vec![]),
-        BobEnd(bob, vec![]),
-        link,
-        seed,
-        start,
-    );
+    (
+        ConfirmAlice::new(
+            BLOCK,
+            key_a.as_bitslice(),
+            &config,
+            &mut rng,
+            Instant::now(),
+        )
+        .unwrap(),
+        ConfirmBob::new(BLOCK, key_b.as_bitslice(), &config).unwrap(),
+    )
+}
+
+fn run_pair(flip: Option<usize>, link: LinkConfig, seed: u64) -> Network<ConfirmAlice, ConfirmBob> {
+    let (alice, bob) = pair(flip, seed);
+    let mut net = Network::new(alice, bob, link, seed, Instant::now());
     net.drive();
     net
 }
@@ -258,29 +379,24 @@ fn run_pair(flip: Option<usize>, link: LinkConfig, seed: u64) -> Network<AliceEn
 #[test]
 fn equal_keys_are_kept_on_both_sides() {
     let net = run_pair(None, LinkConfig::perfect(Duration::from_millis(5)), 1);
-    assert_eq!(net.a.1, [ConfirmEvent::Confirmed { block_id: 42 }]);
-    assert_eq!(net.b.1, [ConfirmEvent::Confirmed { block_id: 42 }]);
+    let kept = ConfirmEvent::Confirmed(ConfirmedBlock::new(BLOCK));
+    assert_eq!(net.events_a(), [kept]);
+    assert_eq!(net.events_b(), [kept]);
+    assert!(net.a.is_finished() && net.b.is_finished());
 }
 
 #[test]
 fn a_mismatch_drops_the_block_on_both_sides() {
     for flip in [0, 1, 12_345, 49_999] {
         let net = run_pair(Some(flip), LinkConfig::perfect(Duration::from_millis(5)), 2);
-        assert_eq!(
-            net.a.1,
-            [ConfirmEvent::Mismatch { block_id: 42 }],
-            "flip {flip}"
-        );
-        assert_eq!(
-            net.b.1,
-            [ConfirmEvent::Mismatch { block_id: 42 }],
-            "flip {flip}"
-        );
+        let dropped = ConfirmEvent::Mismatch { block: BLOCK };
+        assert_eq!(net.events_a(), [dropped], "flip {flip}");
+        assert_eq!(net.events_b(), [dropped], "flip {flip}");
     }
 }
 
 #[test]
-fn loss_duplication_and_reordering_keep_both_sides_agreeing() {
+fn loss_duplication_and_reordering_never_make_the_sides_disagree() {
     for seed in 0..40u64 {
         let link = LinkConfig::perfect(Duration::from_millis(5))
             .with_loss(0.3)
@@ -293,15 +409,18 @@ fn loss_duplication_and_reordering_keep_both_sides_agreeing() {
             net.errors_a().is_empty() && net.errors_b().is_empty(),
             "seed {seed}"
         );
-        let alice = net.a.1.clone();
-        let bob = net.b.1.clone();
-        assert_eq!(alice.len(), 1, "seed {seed}: one decision at Alice");
+        let alice = net.events_a();
+        let bob = net.events_b();
+        assert_eq!(alice.len(), 1, "seed {seed}: one outcome at Alice");
         match alice[0] {
-            // Alice gave up: Bob may have decided; the key store drops it there.
-            ConfirmEvent::Abandoned { .. } => assert!(bob.len() <= 1),
+            // Alice never learned the outcome: Bob may have decided; nobody decided otherwise.
+            ConfirmEvent::Unresolved { block } => {
+                assert_eq!(block, BLOCK);
+                assert!(bob.len() <= 1);
+            }
             decided => assert_eq!(bob, [decided], "seed {seed}"),
         }
-        if let ConfirmEvent::Confirmed { .. } = alice[0] {
+        if let ConfirmEvent::Confirmed(_) = alice[0] {
             assert!(flip.is_none(), "seed {seed}: a differing key was confirmed");
         }
     }
@@ -313,28 +432,26 @@ fn machines_reject_misdirected_messages() {
     let key = BitVec::random(1000, &mut rng);
     let now = Instant::now();
     let config = ConfirmConfig::default();
-    let mut alice = ConfirmAlice::new(1, key.as_bitslice(), config, &mut rng, now);
-    let mut bob = ConfirmBob::new(2, key.as_bitslice(), config);
+    let mut alice =
+        ConfirmAlice::new(BlockId::new(1), key.as_bitslice(), &config, &mut rng, now).unwrap();
+    let mut bob = ConfirmBob::new(BlockId::new(2), key.as_bitslice(), &config).unwrap();
     let challenge = alice.poll_transmit(now).unwrap();
     assert_eq!(
         bob.handle_input(now, &challenge),
         Err(ConfirmError::WrongBlock {
-            expected: 2,
-            got: 1
+            expected: BlockId::new(2),
+            got: BlockId::new(1)
         })
     );
     assert_eq!(
         alice.handle_input(now, &challenge),
         Err(ConfirmError::UnexpectedMessage)
     );
-    let mut bob = ConfirmBob::new(
-        1,
-        key.as_bitslice(),
-        ConfirmConfig {
-            tag_bits: 32,
-            ..config
-        },
-    );
+    let narrow = ConfirmConfig {
+        tag_bits: 32,
+        ..config.clone()
+    };
+    let mut bob = ConfirmBob::new(BlockId::new(1), key.as_bitslice(), &narrow).unwrap();
     assert_eq!(
         bob.handle_input(now, &challenge),
         Err(ConfirmError::TagLengthMismatch {
@@ -342,14 +459,14 @@ fn machines_reject_misdirected_messages() {
             peer: 64
         })
     );
-    let mut bob = ConfirmBob::new(1, key.as_bitslice(), config);
+    let mut bob = ConfirmBob::new(BlockId::new(1), key.as_bitslice(), &config).unwrap();
     bob.handle_input(now, &challenge).unwrap();
     bob.handle_input(now, &challenge).unwrap(); // idempotent repeat
     assert_eq!(bob.poll_transmit(now), bob.poll_transmit(now));
     let other = ConfirmMessage::Challenge {
-        block_id: 1,
+        block: BlockId::new(1),
         tag_bits: 64,
-        hash_key: 1,
+        hash_point: 2,
         tag: 0,
     }
     .encode();
@@ -359,32 +476,46 @@ fn machines_reject_misdirected_messages() {
     );
     assert_eq!(
         bob.poll_event(),
-        Some(ConfirmEvent::Confirmed { block_id: 1 })
+        Some(ConfirmEvent::Confirmed(ConfirmedBlock::new(BlockId::new(
+            1
+        ))))
     );
     assert_eq!(bob.poll_event(), None);
 }
 
+/// Bob's verdicts are all lost: Alice reports `Unresolved` (not a drop),
+/// and a verdict that arrives later, after `resume`, still decides, the
+/// same way as Bob did.
 #[test]
-fn alice_gives_up_after_her_retransmissions() {
-    let mut rng = ChaCha20Rng::seed_from_u64(6);
-    let key = BitVec::random(100, &mut rng);
-    let mut now = Instant::now();
-    let config = ConfirmConfig {
-        max_retransmits: 2,
-        ..ConfirmConfig::default()
-    };
-    let mut alice = ConfirmAlice::new(1, key.as_bitslice(), config, &mut rng, now);
-    let mut sent = 0;
-    while !alice.is_done() {
-        while alice.poll_transmit(now).is_some() {
-            sent += 1;
-        }
-        now = alice.poll_timeout().unwrap();
-        alice.handle_timeout(now);
-    }
-    assert_eq!(sent, 3);
-    assert_eq!(
-        alice.poll_event(),
-        Some(ConfirmEvent::Abandoned { block_id: 1 })
+fn alice_without_a_verdict_is_unresolved_until_one_arrives() {
+    let (alice, bob) = pair(None, 6);
+    let config = ConfirmConfig::default();
+    let mut net = Network::new(
+        alice,
+        bob,
+        LinkConfig::perfect(Duration::from_millis(3)),
+        6,
+        Instant::now(),
     );
+    net.set_interceptor(Box::new(|from, _| from == Side::A)); // B → A all dropped
+    net.drive();
+    assert_eq!(net.events_a(), [ConfirmEvent::Unresolved { block: BLOCK }]);
+    let kept = ConfirmEvent::Confirmed(ConfirmedBlock::new(BLOCK));
+    assert_eq!(net.events_b(), [kept]);
+    assert!(!net.a.is_finished());
+    assert_eq!(
+        net.stats(Side::A).sent,
+        u64::from(config.max_retransmissions) + 1
+    );
+    // The link is back; the layer above resumes Alice.
+    net.clear_interceptor();
+    let now = net.now();
+    net.a.resume(now);
+    net.drive();
+    assert_eq!(
+        net.events_a(),
+        [ConfirmEvent::Unresolved { block: BLOCK }, kept]
+    );
+    assert_eq!(net.events_b(), [kept]);
+    assert!(net.a.is_finished());
 }

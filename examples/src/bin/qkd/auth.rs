@@ -6,10 +6,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use clap::builder::RangedU64ValueParser;
-use qkd_core::{Role, SecretKey, h2};
+use qkd_core::{BlockId, Role, SecretKey, h2};
 use qkd_postproc::amplify::length::{FiniteKeyInput, finite_key_length};
 use qkd_postproc::auth::{
-    AuthenticatedChannel, ChannelConfig, HashKey, MAX_PAYLOAD, PoolConfig, TagMode,
+    AuthenticatedChannel, ChannelConfig, HashKey, MAX_PAYLOAD, PoolConfig, PresharedSecret,
+    SecretId, TagMode,
 };
 
 use crate::{Format, clock, flag};
@@ -170,7 +171,11 @@ fn round_cost(args: &Args) -> Result<u64, Box<dyn std::error::Error>> {
     let mode = TagMode::from(args.tag_bits);
     let config = ChannelConfig {
         mode,
-        pool: PoolConfig::default(),
+        // One checkpoint covers the whole round (this tool persists nothing).
+        pool: PoolConfig {
+            checkpoint_units: 4 * u64::from(args.messages) + 64,
+            ..PoolConfig::default()
+        },
         max_payload: args.payload_bytes.max(64),
     };
     let secret = SecretKey::from_vec(
@@ -178,11 +183,17 @@ fn round_cost(args: &Args) -> Result<u64, Box<dyn std::error::Error>> {
             .map(|i| i.wrapping_mul(2_654_435_761) as u8)
             .collect(),
     );
-    let mut alice = AuthenticatedChannel::new(Role::Alice, &secret, config.clone())?;
-    let mut bob = AuthenticatedChannel::new(Role::Bob, &secret, config)?;
+    let start = |role| -> Result<AuthenticatedChannel, Box<dyn std::error::Error>> {
+        let preshared = PresharedSecret::new(SecretId::new(1), secret.clone());
+        let (mut channel, first) = AuthenticatedChannel::new(role, preshared, config.clone())?;
+        channel.commit(first)?;
+        Ok(channel)
+    };
+    let mut alice = start(Role::Alice)?;
+    let mut bob = start(Role::Bob)?;
     // The pre-shared hash keys belong to set-up, not to the round.
-    alice.close_block(0);
-    bob.close_block(0);
+    alice.close_block(BlockId::new(0));
+    bob.close_block(BlockId::new(0));
     let payload = vec![0x5au8; args.payload_bytes];
     let (mut a_own, mut a_peer) = (alice.start_transcript(), alice.start_peer_transcript());
     let (mut b_own, mut b_peer) = (bob.start_transcript(), bob.start_peer_transcript());
@@ -207,7 +218,10 @@ fn round_cost(args: &Args) -> Result<u64, Box<dyn std::error::Error>> {
         bob.open_transcript(&tag_a, b_peer)?;
         alice.open_transcript(&tag_b, a_peer)?;
     }
-    let (account, account_b) = (alice.close_block(1), bob.close_block(1));
+    let (account, account_b) = (
+        alice.close_block(BlockId::new(1)),
+        bob.close_block(BlockId::new(1)),
+    );
     if account.consumed_bits() != account_b.consumed_bits() {
         return Err(format!(
             "the two ends' accounts differ: Alice {} bits, Bob {} bits",
