@@ -6,4 +6,5 @@ pub mod amplify;
 pub mod auth;
 pub mod cascade;
 pub mod confirm;
+pub mod ldpc;
 pub mod sift;

@@ -1,0 +1,205 @@
+//! Efficiency and frame error rate of LDPC reconciliation per QBER (slow;
+//! run in release):
+//!
+//! `cargo test --release -p qkd-postproc --test ldpc_efficiency -- --ignored --nocapture`
+
+#![allow(clippy::print_stdout)] // the tables are the output of these tests
+
+use qkd_core::{BitVec, h2};
+use qkd_postproc::ldpc::{
+    CodeCache, CodeSpec, Decoder, FramePlan, MotherRate, RateChoice, SHIPPED_SEED, Settings,
+    Variant, choose_plan, reconcile_in_memory,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+fn env(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn noisy(key: &BitVec, qber: f64, rng: &mut ChaCha8Rng) -> BitVec {
+    let mut bob = key.clone();
+    let threshold = (qber * 2f64.powi(32)) as u64;
+    for i in 0..key.len() {
+        if u64::from(rng.next_u32()) < threshold {
+            bob.flip(i);
+        }
+    }
+    bob
+}
+
+/// Per rung, unpunctured: the QBER at which about half the frames fail
+/// (the code's practical threshold) and the efficiency there.
+#[test]
+#[ignore = "slow: thresholds of the ladder"]
+fn ladder_thresholds() {
+    let n: usize = std::env::var("LDPC_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 14);
+    let trials = 20;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for rate in MotherRate::ladder() {
+        let code = std::sync::Arc::new(
+            qkd_postproc::ldpc::LdpcCode::build(CodeSpec {
+                rate,
+                n,
+                seed: SHIPPED_SEED,
+            })
+            .unwrap(),
+        );
+        let plan = FramePlan::new(code.clone(), 0, 0).unwrap();
+        let mut decoder = Decoder::new(code.clone());
+        decoder
+            .set_scaling(
+                env("LDPC_SHIFT", 2.0) as u8,
+                env("LDPC_SHIFT2", 0.0) as u8,
+                env("LDPC_OFFSET", 0.0) as u8,
+            )
+            .unwrap();
+        let capacity_q = {
+            // QBER with h2 = 1 − R
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            lo
+        };
+        let mut line = format!(
+            "R={:.3} untainted={} qcap={:.4}:",
+            code.rate(),
+            code.untainted(),
+            capacity_q
+        );
+        for f in [1.02, 1.05, 1.08, 1.12, 1.16, 1.2, 1.25] {
+            // q with f·h2(q) = 1 − R
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if f * h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            let q = lo;
+            let mut fails = 0;
+            let mut iters = 0;
+            for _ in 0..trials {
+                let a = BitVec::random(n, &mut rng);
+                let b = noisy(&a, q, &mut rng);
+                let out = reconcile_in_memory(
+                    &plan,
+                    &mut decoder,
+                    &a,
+                    &b,
+                    Settings {
+                        qber: q,
+                        variant: Variant::RateAdaptive,
+                        max_iterations: 100,
+                    },
+                    &mut rng,
+                )
+                .unwrap();
+                if !out.keys_equal {
+                    fails += 1;
+                }
+                iters += out.iterations;
+            }
+            line += &format!(
+                " f{f}:fer={:.2},it={}",
+                fails as f64 / trials as f64,
+                iters / trials
+            );
+        }
+        println!("{line}");
+    }
+}
+
+/// Blind reconciliation: mean f and fer per QBER.
+#[test]
+#[ignore = "slow: the efficiency table"]
+fn blind_table() {
+    let n: usize = std::env::var("LDPC_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 17);
+    let trials: usize = std::env::var("LDPC_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let f_start: f64 = std::env::var("LDPC_F")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.02);
+    let mut cache = CodeCache::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    println!("qber,n,key_len,rate,f_mean,fer,rounds_mean");
+    for q in [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10] {
+        let plan = choose_plan(
+            &mut cache,
+            n,
+            SHIPPED_SEED,
+            q,
+            RateChoice {
+                modulated: 0.1,
+                target_efficiency: f_start,
+            },
+        )
+        .unwrap();
+        let mut decoder = Decoder::new(plan.code().clone());
+        decoder
+            .set_scaling(
+                env("LDPC_SHIFT", 2.0) as u8,
+                env("LDPC_SHIFT2", 0.0) as u8,
+                env("LDPC_OFFSET", 0.0) as u8,
+            )
+            .unwrap();
+        let step = (plan.key_len() as f64 * h2(q) * 0.01).ceil() as usize;
+        let (mut fsum, mut ok, mut fails, mut rounds) = (0.0, 0, 0, 0);
+        for _ in 0..trials {
+            let a = BitVec::random(plan.key_len(), &mut rng);
+            let b = noisy(&a, q, &mut rng);
+            let real_q = a.hamming_distance(&b) as f64 / a.len() as f64;
+            let out = reconcile_in_memory(
+                &plan,
+                &mut decoder,
+                &a,
+                &b,
+                Settings {
+                    qber: q,
+                    variant: Variant::Blind {
+                        step,
+                        max_rounds: env("LDPC_ROUNDS", 40.0) as u32,
+                    },
+                    max_iterations: env("LDPC_ITER", 60.0) as u32,
+                },
+                &mut rng,
+            )
+            .unwrap();
+            rounds += out.rounds;
+            if out.keys_equal {
+                ok += 1;
+                fsum += out.leaked_bits as f64 / (plan.key_len() as f64 * h2(real_q));
+            } else {
+                fails += 1;
+            }
+        }
+        println!(
+            "{q},{n},{},{:.3},{:.4},{:.4},{:.2}",
+            plan.key_len(),
+            plan.code().rate(),
+            fsum / ok.max(1) as f64,
+            fails as f64 / trials as f64,
+            rounds as f64 / trials as f64
+        );
+    }
+}
