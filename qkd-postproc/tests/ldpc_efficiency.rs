@@ -203,3 +203,173 @@ fn blind_table() {
         );
     }
 }
+
+/// Float sum-product (flooding) on the same codes: tells the code's
+/// quality apart from the min-sum decoder's losses.
+fn bp_decode(
+    code: &qkd_postproc::ldpc::LdpcCode,
+    llr: &[f64],
+    syndrome: &BitVec,
+    iters: u32,
+) -> Option<BitVec> {
+    let m = code.m();
+    let checks: Vec<Vec<u32>> = (0..m).map(|i| code.check(i)).collect();
+    let mut msg: Vec<Vec<f64>> = checks.iter().map(|c| vec![0.0; c.len()]).collect();
+    let n = code.n();
+    let mut post = llr.to_vec();
+    for _ in 0..iters {
+        let mut acc = llr.to_vec();
+        for (i, c) in checks.iter().enumerate() {
+            let t: Vec<f64> = c
+                .iter()
+                .zip(&msg[i])
+                .map(|(&v, &r)| ((post[v as usize] - r) / 2.0).tanh())
+                .collect();
+            let sign = if syndrome.get(i) { -1.0 } else { 1.0 };
+            for k in 0..c.len() {
+                let mut p = sign;
+                for (l, &x) in t.iter().enumerate() {
+                    if l != k {
+                        p *= x;
+                    }
+                }
+                let p = p.clamp(-0.999_999_999, 0.999_999_999);
+                msg[i][k] = 2.0 * p.atanh();
+            }
+        }
+        for (i, c) in checks.iter().enumerate() {
+            for (k, &v) in c.iter().enumerate() {
+                acc[v as usize] += msg[i][k];
+            }
+        }
+        post = acc;
+        let mut x = BitVec::zeros(n);
+        for v in 0..n {
+            if post[v] < 0.0 {
+                x.set(v, true);
+            }
+        }
+        if code.syndrome(&x) == *syndrome {
+            return Some(x);
+        }
+    }
+    None
+}
+
+#[test]
+#[ignore = "slow: float BP reference"]
+fn bp_reference_thresholds() {
+    let n: usize = env("LDPC_N", 4096.0) as usize;
+    let trials = env("LDPC_TRIALS", 10.0) as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for rate in MotherRate::ladder().filter(|r| r.index() % 2 == 0) {
+        let code = qkd_postproc::ldpc::LdpcCode::build(CodeSpec {
+            rate,
+            n,
+            seed: SHIPPED_SEED,
+        })
+        .unwrap();
+        let mut line = format!("BP R={:.3}:", code.rate());
+        for f in [1.08, 1.16, 1.25, 1.5] {
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if f * h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            let q = lo;
+            let mut fails = 0;
+            for _ in 0..trials {
+                let a = BitVec::random(n, &mut rng);
+                let b = noisy(&a, q, &mut rng);
+                let c = ((1.0 - q) / q).ln();
+                let llr: Vec<f64> = (0..n).map(|i| if b.get(i) { -c } else { c }).collect();
+                if bp_decode(&code, &llr, &code.syndrome(&a), 100).as_ref() != Some(&a) {
+                    fails += 1;
+                }
+            }
+            line += &format!(" f{f}:fer={:.2}", fails as f64 / trials as f64);
+        }
+        println!("{line}");
+    }
+}
+
+/// One degree profile from `LDPC_PROFILE=nb:mb:deg*count,deg*count,...`
+/// (columns besides the staircase): frame error rate of min-sum per f.
+#[test]
+#[ignore = "slow: tuning a profile"]
+fn profile_threshold() {
+    let Ok(text) = std::env::var("LDPC_PROFILE") else {
+        return;
+    };
+    let n: usize = env("LDPC_N", 16384.0) as usize;
+    let trials = env("LDPC_TRIALS", 20.0) as usize;
+    for one in text.split(';') {
+        let parts: Vec<&str> = one.split(':').collect();
+        let columns = parts[2]
+            .split(',')
+            .map(|dc| {
+                let (d, c) = dc.split_once('*').unwrap();
+                (d.parse().unwrap(), c.parse().unwrap())
+            })
+            .collect();
+        let profile = qkd_postproc::ldpc::code::DegreeProfile {
+            base_columns: parts[0].parse().unwrap(),
+            base_rows: parts[1].parse().unwrap(),
+            columns,
+        };
+        let code = std::sync::Arc::new(
+            qkd_postproc::ldpc::LdpcCode::build_profile(&profile, n, 1).unwrap(),
+        );
+        let plan = FramePlan::new(code.clone(), 0, 0).unwrap();
+        let mut decoder = Decoder::new(code.clone());
+        decoder
+            .set_scaling(
+                env("LDPC_SHIFT", 2.0) as u8,
+                env("LDPC_SHIFT2", 0.0) as u8,
+                env("LDPC_OFFSET", 0.0) as u8,
+            )
+            .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut line = format!("{one} R={:.3}:", code.rate());
+        let fs: Vec<f64> = std::env::var("LDPC_FS")
+            .unwrap_or_else(|_| "1.08,1.12,1.16,1.2,1.25".into())
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        for f in fs {
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if f * h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            let q = lo;
+            let mut fails = 0;
+            let mut residual = Vec::new();
+            for _ in 0..trials {
+                let a = BitVec::random(n, &mut rng);
+                let b = noisy(&a, q, &mut rng);
+                let settings = Settings {
+                    qber: q,
+                    variant: Variant::RateAdaptive,
+                    max_iterations: env("LDPC_ITER", 100.0) as u32,
+                };
+                let out =
+                    reconcile_in_memory(&plan, &mut decoder, &a, &b, settings, &mut rng).unwrap();
+                if !out.keys_equal {
+                    fails += 1;
+                    residual.push(plan.key_of(&decoder.decisions()).hamming_distance(&a));
+                }
+            }
+            line += &format!(" f{f}:{:.2}{residual:?}", fails as f64 / trials as f64);
+        }
+        println!("{line}");
+    }
+}

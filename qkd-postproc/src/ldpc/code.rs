@@ -19,8 +19,6 @@ use rand_core::{Rng, SeedableRng};
 
 use super::LdpcError;
 
-/// Columns of the base matrix of every built code.
-pub const BASE_COLUMNS: usize = 128;
 /// Smallest frame length [`LdpcCode::build`] accepts.
 pub const MIN_BUILT_LENGTH: usize = 1 << 10;
 /// Largest frame length [`LdpcCode::build`] accepts.
@@ -29,97 +27,46 @@ pub const MAX_BUILT_LENGTH: usize = 1 << 20;
 /// edges of a row with a byte).
 pub const MAX_ROW_DEGREE: usize = 255;
 
-/// One rung of the ladder of mother codes built in code.
-///
-/// The degree profile (node perspective, over the 128 base columns) is
-/// `mb − 1` degree-2 columns in a staircase (no cycle among them, the IRA
-/// structure), and the other columns split between degree 3, a middle
-/// degree and a high degree; checks are concentrated (row degrees differ by
-/// at most one in the base matrix). The profiles follow the shape of the
-/// distributions optimised for the binary symmetric channel by density
-/// evolution (Richardson, Shokrollahi and Urbanke 2001; Elkouss, Leverrier,
-/// Alléaume and Boutros 2009): about as many degree-2 variables as checks,
-/// most of the rest at degree 3, a tail at high degree.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Rung {
-    /// Base rows.
-    mb: usize,
-    /// Columns (besides the staircase) at degree 3, middle, high.
-    middle_degree: usize,
-    high_degree: usize,
-    /// Fractions of the non-staircase columns at the middle and high degree.
-    middle_share: f64,
-    high_share: f64,
+/// The degree profile of a quasi-cyclic code: `base_rows − 1` degree-2
+/// columns in a staircase (no cycle among them, the IRA structure), plus
+/// `columns` (degree, count) spread over the least loaded base rows, so
+/// check degrees stay concentrated. Counts must add up to
+/// `base_columns − base_rows + 1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DegreeProfile {
+    /// Rows of the base matrix.
+    pub base_rows: usize,
+    /// Columns of the base matrix.
+    pub base_columns: usize,
+    /// (variable degree, number of base columns) besides the staircase.
+    pub columns: Vec<(u8, u16)>,
 }
 
+/// The rungs: (base rows, base columns, columns besides the staircase).
+/// The shapes follow distributions optimised for the binary symmetric
+/// channel by density evolution (Richardson, Shokrollahi and Urbanke 2001;
+/// Elkouss, Leverrier, Alléaume and Boutros 2009): about as many degree-2
+/// variables as checks, most of the rest at degree 3, a tail at a high
+/// degree; the high rates use 256 base columns so the tail can reach high
+/// degrees.
+/// (base rows, base columns, (degree, count) besides the staircase).
+type Rung = (usize, usize, &'static [(u8, u16)]);
+
 const LADDER: [Rung; 9] = [
-    Rung {
-        mb: 64,
-        middle_degree: 6,
-        high_degree: 18,
-        middle_share: 0.24,
-        high_share: 0.15,
-    },
-    Rung {
-        mb: 58,
-        middle_degree: 6,
-        high_degree: 18,
-        middle_share: 0.22,
-        high_share: 0.13,
-    },
-    Rung {
-        mb: 51,
-        middle_degree: 6,
-        high_degree: 18,
-        middle_share: 0.20,
-        high_share: 0.12,
-    },
-    Rung {
-        mb: 45,
-        middle_degree: 6,
-        high_degree: 18,
-        middle_share: 0.18,
-        high_share: 0.11,
-    },
-    Rung {
-        mb: 38,
-        middle_degree: 6,
-        high_degree: 18,
-        middle_share: 0.16,
-        high_share: 0.10,
-    },
-    Rung {
-        mb: 32,
-        middle_degree: 6,
-        high_degree: 16,
-        middle_share: 0.14,
-        high_share: 0.09,
-    },
-    Rung {
-        mb: 26,
-        middle_degree: 6,
-        high_degree: 14,
-        middle_share: 0.12,
-        high_share: 0.08,
-    },
-    Rung {
-        mb: 19,
-        middle_degree: 6,
-        high_degree: 12,
-        middle_share: 0.10,
-        high_share: 0.07,
-    },
-    Rung {
-        mb: 13,
-        middle_degree: 5,
-        high_degree: 10,
-        middle_share: 0.08,
-        high_share: 0.06,
-    },
+    (64, 128, &[(18, 10), (6, 16), (3, 39)]),
+    (58, 128, &[(18, 9), (6, 16), (3, 46)]),
+    (51, 128, &[(18, 9), (6, 16), (3, 53)]),
+    (45, 128, &[(18, 9), (6, 15), (3, 60)]),
+    (38, 128, &[(18, 9), (6, 15), (3, 67)]),
+    (32, 128, &[(16, 9), (6, 14), (3, 74)]),
+    (52, 256, &[(14, 25), (6, 30), (3, 150)]),
+    (38, 256, &[(12, 30), (6, 30), (3, 159)]),
+    (26, 256, &[(12, 30), (6, 30), (3, 171)]),
 ];
 
-/// The mother code rates built in code, lowest first: `1 − mb/128` for
-/// `mb` = 64, 58, 51, 45, 38, 32, 26, 19, 13 (0.5 to 0.898 in steps of
+/// The mother code rates built in code, lowest first: `1 − mb/nb` for
+/// `mb/nb` = 64, 58, 51, 45, 38, 32 over 128 and 52, 38, 26 over 256
+/// (0.5 to 0.898 in steps of
 /// about 0.05). With puncturing and shortening they cover QBER 1 % to 11 %.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MotherRate(u8);
@@ -151,14 +98,22 @@ impl MotherRate {
         self.0
     }
 
-    /// The design rate `1 − mb/128`.
+    /// The design rate `1 − mb/nb`.
     #[must_use]
     pub fn rate(self) -> f64 {
-        1.0 - self.rung().mb as f64 / BASE_COLUMNS as f64
+        let (mb, nb, _) = LADDER[usize::from(self.0)];
+        1.0 - mb as f64 / nb as f64
     }
 
-    fn rung(self) -> Rung {
-        LADDER[usize::from(self.0)]
+    /// The degree profile of this rung.
+    #[must_use]
+    pub fn profile(self) -> DegreeProfile {
+        let (base_rows, base_columns, columns) = LADDER[usize::from(self.0)];
+        DegreeProfile {
+            base_rows,
+            base_columns,
+            columns: columns.to_vec(),
+        }
     }
 }
 
@@ -168,7 +123,8 @@ impl MotherRate {
 pub struct CodeSpec {
     /// Mother rate.
     pub rate: MotherRate,
-    /// Frame length in bits: a multiple of 128 from 2^10 to 2^20.
+    /// Frame length in bits: a multiple of the rung's base columns (128,
+    /// or 256 for rates from 0.797) from 2^10 to 2^20.
     pub n: usize,
     /// Seed of the construction (shifts, row choice, puncturing order).
     pub seed: u64,
@@ -195,38 +151,57 @@ pub struct LdpcCode {
 }
 
 impl LdpcCode {
-    /// Builds the code of `spec` (quasi-cyclic, 128 base columns, lifted by
-    /// `Z = n / 128`): rows of each column chosen among the least loaded
+    /// Builds the code of `spec` (quasi-cyclic, 128 or 256 base columns,
+    /// lifted by `Z = n / base columns`): rows of each column chosen among the least loaded
     /// base rows, circulant shifts drawn from the seed avoiding 4-cycles in
     /// the lifted graph.
     ///
     /// # Errors
-    /// [`LdpcError::Config`] for a length that is not a multiple of 128 in
+    /// [`LdpcError::Config`] for a length that is not a multiple of the base columns in
     /// `2^10..=2^20`.
     pub fn build(spec: CodeSpec) -> Result<Self, LdpcError> {
-        if !(MIN_BUILT_LENGTH..=MAX_BUILT_LENGTH).contains(&spec.n)
-            || !spec.n.is_multiple_of(BASE_COLUMNS)
-        {
+        let seed = spec.seed ^ (u64::from(spec.rate.0) << 56);
+        Self::build_profile(&spec.rate.profile(), spec.n, seed)
+    }
+
+    /// Builds a quasi-cyclic code of length `n` with the degree profile
+    /// `profile` (see [`DegreeProfile`]), lifted by `Z = n / base_columns`.
+    ///
+    /// # Errors
+    /// [`LdpcError::Config`] for a profile that does not add up, or a length
+    /// that is not a multiple of the base columns in `2^10..=2^20`.
+    pub fn build_profile(profile: &DegreeProfile, n: usize, seed: u64) -> Result<Self, LdpcError> {
+        let (mb, nb) = (profile.base_rows, profile.base_columns);
+        if !(MIN_BUILT_LENGTH..=MAX_BUILT_LENGTH).contains(&n) || nb == 0 || !n.is_multiple_of(nb) {
             return Err(LdpcError::Config {
                 field: "ldpc.n",
-                reason: "must be a multiple of 128 from 1024 to 1048576",
+                reason: "must be a multiple of the base columns from 1024 to 1048576",
             });
         }
-        let z = spec.n / BASE_COLUMNS;
-        let rung = spec.rate.rung();
-        let (mb, nb) = (rung.mb, BASE_COLUMNS);
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            spec.seed ^ (u64::from(spec.rate.0) << 56) ^ ((spec.n as u64) << 20),
-        );
+        let counted: usize = profile.columns.iter().map(|&(_, c)| usize::from(c)).sum();
+        if mb < 2
+            || mb >= nb
+            || counted + mb - 1 != nb
+            || profile
+                .columns
+                .iter()
+                .any(|&(d, _)| d == 0 || usize::from(d) > mb)
+        {
+            return Err(LdpcError::Config {
+                field: "ldpc.profile",
+                reason: "columns must add up to base_columns − base_rows + 1, degrees 1 to base_rows",
+            });
+        }
+        let z = n / nb;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((n as u64) << 20));
 
-        // Column degrees: staircase columns last.
+        // Column degrees, highest first; the staircase columns last.
         let free = nb - (mb - 1);
-        let high = ((free as f64) * rung.high_share).round() as usize;
-        let middle = ((free as f64) * rung.middle_share).round() as usize;
-        let mut degrees = Vec::with_capacity(nb);
-        degrees.extend(std::iter::repeat_n(rung.high_degree.min(mb), high));
-        degrees.extend(std::iter::repeat_n(rung.middle_degree.min(mb), middle));
-        degrees.extend(std::iter::repeat_n(3.min(mb), free - high - middle));
+        let mut degrees: Vec<usize> = Vec::with_capacity(nb);
+        for &(d, count) in &profile.columns {
+            degrees.extend(std::iter::repeat_n(usize::from(d), usize::from(count)));
+        }
+        degrees.sort_unstable_by(|a, b| b.cmp(a));
 
         // base[r][c] = shift + 1, or 0 for an empty entry.
         let mut base = vec![vec![0u32; nb]; mb];
@@ -268,7 +243,7 @@ impl LdpcCode {
             untainted: 0,
         };
         code.check_shape()?;
-        code.order_puncturing(spec.seed);
+        code.order_puncturing(seed);
         Ok(code)
     }
 

@@ -3,7 +3,7 @@
 //! This is the only module of `ldpc` with `unsafe` code: AVX2 intrinsics
 //! behind run-time detection. Both kernels compute, lane by lane, exactly
 //! the update written in [`super::decode`] (saturating byte arithmetic,
-//! `α = 3/4` as `m − (m >> 2)`, ties keep the first minimum), so their
+//! the same scaling of the minima, ties keep the first minimum), so their
 //! results are bit-identical; `tests::kernels_agree` and the property test
 //! in `tests/ldpc.rs` check it.
 #![allow(unsafe_code)]
