@@ -20,6 +20,20 @@ fn env(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
+/// `LDPC_SHIFT`, `LDPC_SHIFT2`, `LDPC_OFFSET` override the decoder's
+/// default scaling (for tuning).
+fn scaling_from_env(decoder: &mut Decoder) {
+    if std::env::var("LDPC_SHIFT").is_ok() {
+        decoder
+            .set_scaling(
+                env("LDPC_SHIFT", 5.0) as u8,
+                env("LDPC_SHIFT2", 0.0) as u8,
+                env("LDPC_OFFSET", 1.0) as u8,
+            )
+            .unwrap();
+    }
+}
+
 fn noisy(key: &BitVec, qber: f64, rng: &mut ChaCha8Rng) -> BitVec {
     let mut bob = key.clone();
     let threshold = (qber * 2f64.powi(32)) as u64;
@@ -53,13 +67,7 @@ fn ladder_thresholds() {
         );
         let plan = FramePlan::new(code.clone(), 0, 0).unwrap();
         let mut decoder = Decoder::new(code.clone());
-        decoder
-            .set_scaling(
-                env("LDPC_SHIFT", 2.0) as u8,
-                env("LDPC_SHIFT2", 0.0) as u8,
-                env("LDPC_OFFSET", 0.0) as u8,
-            )
-            .unwrap();
+        scaling_from_env(&mut decoder);
         let capacity_q = {
             // QBER with h2 = 1 − R
             let (mut lo, mut hi) = (1e-4, 0.5);
@@ -156,13 +164,7 @@ fn blind_table() {
         )
         .unwrap();
         let mut decoder = Decoder::new(plan.code().clone());
-        decoder
-            .set_scaling(
-                env("LDPC_SHIFT", 2.0) as u8,
-                env("LDPC_SHIFT2", 0.0) as u8,
-                env("LDPC_OFFSET", 0.0) as u8,
-            )
-            .unwrap();
+        scaling_from_env(&mut decoder);
         let step = (plan.key_len() as f64 * h2(q) * 0.01).ceil() as usize;
         let (mut fsum, mut ok, mut fails, mut rounds) = (0.0, 0, 0, 0);
         for _ in 0..trials {
@@ -204,6 +206,7 @@ fn blind_table() {
     }
 }
 
+#[allow(clippy::needless_range_loop)] // index loops read best here
 /// Float sum-product (flooding) on the same codes: tells the code's
 /// quality apart from the min-sum decoder's losses.
 fn bp_decode(
@@ -326,13 +329,7 @@ fn profile_threshold() {
         );
         let plan = FramePlan::new(code.clone(), 0, 0).unwrap();
         let mut decoder = Decoder::new(code.clone());
-        decoder
-            .set_scaling(
-                env("LDPC_SHIFT", 2.0) as u8,
-                env("LDPC_SHIFT2", 0.0) as u8,
-                env("LDPC_OFFSET", 0.0) as u8,
-            )
-            .unwrap();
+        scaling_from_env(&mut decoder);
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let mut line = format!("{one} R={:.3}:", code.rate());
         let fs: Vec<f64> = std::env::var("LDPC_FS")
