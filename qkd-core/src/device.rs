@@ -23,7 +23,7 @@
 //! let mut bob = SimulatedBb84::device(config, Role::Bob).unwrap();
 //! let a = alice.next_frame().unwrap().unwrap();
 //! let b = bob.next_frame().unwrap().unwrap();
-//! assert_eq!(a.frame_id, b.frame_id);
+//! assert_eq!(a.block, b.block);
 //! assert_eq!(a.values.len(), 1 << 16);
 //! assert_eq!(b.values.len(), b.detections.as_ref().unwrap().count_ones());
 //! ```
@@ -31,7 +31,7 @@
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::{BitVec, Error};
+use crate::{BitVec, BlockId, Error};
 
 /// Which end of the link a device or protocol machine is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -61,8 +61,9 @@ impl Role {
 /// basis and value per detection, in slot order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawFrame {
-    /// Frame number; both ends number the same time window alike.
-    pub frame_id: u64,
+    /// The block this frame starts: both ends number the same time window
+    /// alike, and the block keeps this number through every later stage.
+    pub block: BlockId,
     /// Number of time slots (sent pulses) the frame covers.
     pub slots: usize,
     /// Bob only: bit `s` is set when slot `s` produced a detection.
@@ -128,7 +129,7 @@ pub enum DeviceError {
 ///
 /// `next_frame` may block until the hardware has a frame; it is called from the
 /// application's own thread, never from a library crate. Frames must come in
-/// increasing `frame_id` order, and both ends must number the same time window
+/// increasing `block` order, and both ends must number the same time window
 /// with the same ID.
 pub trait QkdDevice {
     /// Which end this device is.
@@ -272,7 +273,7 @@ impl Bernoulli {
 pub struct SimulatedBb84 {
     config: SimulatorConfig,
     rng: Xoshiro256PlusPlus,
-    next_frame_id: u64,
+    next_block: u64,
     x_basis: Bernoulli,
     detection: Bernoulli,
     error: Bernoulli,
@@ -287,7 +288,7 @@ impl SimulatedBb84 {
         config.validate()?;
         Ok(Self {
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
-            next_frame_id: 0,
+            next_block: 0,
             x_basis: Bernoulli::new(1.0 - config.z_basis_probability),
             detection: Bernoulli::new(config.detection_probability),
             error: Bernoulli::new(config.qber),
@@ -378,18 +379,18 @@ impl SimulatedBb84 {
             b_values.push_bits(vals, n);
             b_bases.push_bits(bases, n);
         }
-        let frame_id = self.next_frame_id;
-        self.next_frame_id += 1;
+        let block = BlockId::new(self.next_block);
+        self.next_block += 1;
         let words = |v: Vec<u64>| BitVec::from_words(v, slots).expect("word count matches slots");
         let alice = RawFrame {
-            frame_id,
+            block,
             slots,
             detections: None,
             bases: words(a_bases),
             values: words(a_values),
         };
         let bob = RawFrame {
-            frame_id,
+            block,
             slots,
             detections: Some(words(det_words)),
             bases: b_bases,
@@ -602,7 +603,7 @@ mod tests {
         for id in 0..3 {
             let (a1, b1) = s1.next_pair();
             let (a2, b2) = s2.next_pair();
-            assert_eq!(a1.frame_id, id);
+            assert_eq!(a1.block, BlockId::new(id));
             assert_eq!((a1, b1), (a2, b2));
         }
         let mut other = SimulatedBb84::new(SimulatorConfig { seed: 10, ..config }).unwrap();
@@ -636,7 +637,7 @@ mod tests {
             let fa = a.next_frame().unwrap().unwrap();
             let fb = b.next_frame().unwrap().unwrap();
             assert!(fa.detections.is_none());
-            assert_eq!(fa.frame_id, fb.frame_id);
+            assert_eq!(fa.block, fb.block);
             let det = fb.detections.unwrap();
             // Where bases match and qber is small, most bits agree.
             let mut agree = 0;

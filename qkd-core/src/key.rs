@@ -132,6 +132,89 @@ impl fmt::Debug for SecretKey {
     }
 }
 
+/// The identifier of one block: the unit of work of every protocol of the
+/// workspace, from a device frame through sifting, estimation, correction,
+/// confirmation and amplification to the final key that enters the store.
+///
+/// Both ends of a link number their blocks the same way, so a `BlockId`
+/// names the same block on both sides; it is carried on the wire as a
+/// big-endian `u64` ([`crate::wire::Reader::block`]) and in serde as a plain
+/// number.
+///
+/// ```
+/// use qkd_core::BlockId;
+///
+/// let b = BlockId::new(7);
+/// assert_eq!(b.get(), 7);
+/// assert_eq!(b.next(), Some(BlockId::new(8)));
+/// assert_eq!(BlockId::new(u64::MAX).next(), None);
+/// assert_eq!(b.to_string(), "7");
+/// assert_eq!(BlockId::from(7u64), b);
+/// assert!(BlockId::new(1) < b);
+/// ```
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct BlockId(u64);
+
+impl BlockId {
+    /// The block numbered `n`.
+    #[must_use]
+    pub const fn new(n: u64) -> Self {
+        BlockId(n)
+    }
+
+    /// Its number.
+    #[must_use]
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The block after this one, or `None` after `u64::MAX`.
+    #[must_use]
+    pub const fn next(self) -> Option<Self> {
+        match self.0.checked_add(1) {
+            Some(n) => Some(BlockId(n)),
+            None => None,
+        }
+    }
+
+    /// Its eight bytes on the wire (big-endian).
+    #[must_use]
+    pub const fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl From<u64> for BlockId {
+    fn from(n: u64) -> Self {
+        BlockId(n)
+    }
+}
+
+impl From<BlockId> for u64 {
+    fn from(b: BlockId) -> Self {
+        b.0
+    }
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// The blake3 key-derivation context for [`KeyId::derive`]. Changing it
 /// changes every derived ID, so it is fixed for the life of the format.
 const KEY_ID_CONTEXT: &str = "qkd-core 2026-11 KeyId v1";
@@ -188,7 +271,8 @@ impl KeyId {
     /// link named `link`. Fields are length-prefixed, so no two distinct
     /// triples share an encoding.
     #[must_use]
-    pub fn for_block(link: &[u8], block: u64, index: u64) -> Self {
+    pub fn for_block(link: &[u8], block: impl Into<BlockId>, index: u64) -> Self {
+        let block = block.into().get();
         Self::derive_parts(&[
             &(link.len() as u64).to_le_bytes(),
             link,

@@ -7,8 +7,10 @@ pub mod bounds;
 pub mod device;
 mod error;
 pub mod key;
+pub mod machine;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod wire;
 
 pub use bits::{BitSlice, BitVec};
 pub use bounds::h2;
@@ -16,4 +18,5 @@ pub use device::{
     DeviceError, QkdDevice, RawFrame, Role, SimulatedBb84, SimulatedDevice, SimulatorConfig,
 };
 pub use error::Error;
-pub use key::{KeyId, SecretKey};
+pub use key::{BlockId, KeyId, SecretKey};
+pub use machine::{ConfigError, Machine};

@@ -1,9 +1,9 @@
 //! A deterministic simulated network for testing sans-IO protocol machines.
 //!
-//! Every two-party protocol of the workspace is a state machine that is fed
-//! bytes and time and hands back bytes and wake-up times (see the sans-IO
-//! contract in `DESIGN.md`). [`Network`] runs two such machines against each
-//! other over a simulated link, entirely in virtual time, with seeded
+//! Every two-party protocol of the workspace is a [`Machine`]: fed bytes and
+//! time, it hands back bytes, events and wake-up times (see
+//! [`crate::machine`]). [`Network`] runs two machines against each other over
+//! a simulated link, records their events, entirely in virtual time, with seeded
 //! randomness for latency jitter, loss, duplication, reordering and
 //! corruption:
 //!
@@ -44,20 +44,24 @@
 //! use std::collections::VecDeque;
 //! use std::time::{Duration, Instant};
 //!
-//! use qkd_core::sim::{Endpoint, LinkConfig, Network, Side};
+//! use qkd_core::machine::Machine;
+//! use qkd_core::sim::{LinkConfig, Network, Side};
 //!
 //! struct Pinger {
 //!     acked: u8,
 //!     total: u8,
 //!     send_now: bool,
 //!     retry_at: Option<Instant>,
+//!     echoed: Option<u8>,
 //! }
 //!
-//! impl Endpoint for Pinger {
+//! impl Machine for Pinger {
+//!     type Event = u8; // the number of each ping echoed
 //!     type Error = &'static str;
 //!     fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), Self::Error> {
 //!         match datagram {
 //!             [n] if *n == self.acked => {
+//!                 self.echoed = Some(*n);
 //!                 self.acked += 1;
 //!                 self.retry_at = None;
 //!                 self.send_now = self.acked < self.total;
@@ -75,6 +79,9 @@
 //!         self.retry_at = Some(now + Duration::from_millis(50));
 //!         Some(vec![self.acked])
 //!     }
+//!     fn poll_event(&mut self) -> Option<u8> {
+//!         self.echoed.take()
+//!     }
 //!     fn poll_timeout(&self) -> Option<Instant> {
 //!         self.retry_at
 //!     }
@@ -91,7 +98,8 @@
 //!     replies: VecDeque<Vec<u8>>,
 //! }
 //!
-//! impl Endpoint for Echo {
+//! impl Machine for Echo {
+//!     type Event = std::convert::Infallible;
 //!     type Error = std::convert::Infallible;
 //!     fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), Self::Error> {
 //!         self.replies.push_back(datagram.to_vec());
@@ -99,6 +107,9 @@
 //!     }
 //!     fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
 //!         self.replies.pop_front()
+//!     }
+//!     fn poll_event(&mut self) -> Option<Self::Event> {
+//!         None
 //!     }
 //!     fn poll_timeout(&self) -> Option<Instant> {
 //!         None
@@ -108,13 +119,15 @@
 //!
 //! // The one clock read of the run: everything after it is virtual time.
 //! let start = Instant::now();
-//! let pinger = Pinger { acked: 0, total: 20, send_now: true, retry_at: None };
+//! let pinger = Pinger { acked: 0, total: 20, send_now: true, retry_at: None, echoed: None };
 //! let link = LinkConfig::perfect(Duration::from_millis(10)).with_loss(0.2);
 //! let mut net = Network::new(pinger, Echo::default(), link, 7, start);
 //!
 //! let steps = net.drive();
 //! assert!(steps > 0);
 //! assert_eq!(net.a.acked, 20);
+//! // The network drained the pinger's events: one per echo, in order.
+//! assert_eq!(net.events_a(), (0..20).collect::<Vec<u8>>());
 //! // Each round trip takes at least 2 x 10 ms of virtual time.
 //! assert!(net.now() >= start + Duration::from_millis(20 * 20));
 //! let (ab, ba) = (net.stats(Side::A), net.stats(Side::B));
@@ -163,29 +176,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use rand_core::{Rng, SeedableRng};
+
+pub use crate::machine::Machine;
 use rand_xoshiro::Xoshiro256PlusPlus;
-
-/// What a sans-IO machine must offer to be driven by the simulated [`Network`].
-pub trait Endpoint {
-    /// Error returned when an incoming datagram is rejected.
-    type Error: fmt::Debug;
-
-    /// Feed one datagram received from the peer at virtual time `now`.
-    ///
-    /// An `Err` is recorded by the network (see [`Network::errors_a`]) and
-    /// counted in [`DirectionStats::rejected`]; the run goes on.
-    fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), Self::Error>;
-
-    /// Next datagram to send to the peer, until `None`.
-    fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>>;
-
-    /// Earliest time the machine wants [`handle_timeout`](Self::handle_timeout), if any.
-    fn poll_timeout(&self) -> Option<Instant>;
-
-    /// Called when the virtual clock has reached the time from
-    /// [`poll_timeout`](Self::poll_timeout) (or later).
-    fn handle_timeout(&mut self, now: Instant);
-}
 
 /// One of the two endpoints of a [`Network`].
 ///
@@ -430,7 +423,7 @@ pub type Interceptor = Box<dyn FnMut(Side, &mut Vec<u8>) -> bool>;
 /// Two endpoints connected by a simulated, seeded, lossy link in virtual time.
 ///
 /// See the [module documentation](self) for the model and an example.
-pub struct Network<A: Endpoint, B: Endpoint> {
+pub struct Network<A: Machine, B: Machine> {
     /// The first endpoint; tests may inspect or poke it between steps.
     pub a: A,
     /// The second endpoint; tests may inspect or poke it between steps.
@@ -444,6 +437,8 @@ pub struct Network<A: Endpoint, B: Endpoint> {
     stats: [DirectionStats; 2],
     errors_a: Vec<A::Error>,
     errors_b: Vec<B::Error>,
+    events_a: Vec<A::Event>,
+    events_b: Vec<B::Event>,
     recording: bool,
     recorded: Vec<(Instant, Side, Vec<u8>)>,
     interceptor: Option<Interceptor>,
@@ -453,7 +448,7 @@ pub struct Network<A: Endpoint, B: Endpoint> {
 /// Default limit of [`Network::drive`] and [`Network::drive_until`].
 pub const DEFAULT_MAX_STEPS: usize = 10_000_000;
 
-impl<A: Endpoint, B: Endpoint> Network<A, B> {
+impl<A: Machine, B: Machine> Network<A, B> {
     /// Connects `a` and `b` with the same `config` in both directions.
     ///
     /// `seed` determines every random decision; `start` is the initial virtual time.
@@ -490,6 +485,8 @@ impl<A: Endpoint, B: Endpoint> Network<A, B> {
             stats: [DirectionStats::default(), DirectionStats::default()],
             errors_a: Vec::new(),
             errors_b: Vec::new(),
+            events_a: Vec::new(),
+            events_b: Vec::new(),
             recording: false,
             recorded: Vec::new(),
             interceptor: None,
@@ -553,6 +550,29 @@ impl<A: Endpoint, B: Endpoint> Network<A, B> {
     /// Errors returned by `b.handle_input`, in order.
     pub fn errors_b(&self) -> &[B::Error] {
         &self.errors_b
+    }
+
+    /// Events `a` reported through [`Machine::poll_event`], in order.
+    ///
+    /// The network drains both machines' events after every step, so a test
+    /// reads outcomes here rather than from the machine.
+    pub fn events_a(&self) -> &[A::Event] {
+        &self.events_a
+    }
+
+    /// Events `b` reported through [`Machine::poll_event`], in order.
+    pub fn events_b(&self) -> &[B::Event] {
+        &self.events_b
+    }
+
+    /// Takes the events recorded for `a` so far, leaving none.
+    pub fn take_events_a(&mut self) -> Vec<A::Event> {
+        std::mem::take(&mut self.events_a)
+    }
+
+    /// Takes the events recorded for `b` so far, leaving none.
+    pub fn take_events_b(&mut self) -> Vec<B::Event> {
+        std::mem::take(&mut self.events_b)
     }
 
     /// Puts `datagram` on the wire towards `to`, delivered exactly `delay` after now.
@@ -738,6 +758,12 @@ impl<A: Endpoint, B: Endpoint> Network<A, B> {
         while let Some(datagram) = self.b.poll_transmit(self.now) {
             self.send(Side::B, datagram);
         }
+        while let Some(event) = self.a.poll_event() {
+            self.events_a.push(event);
+        }
+        while let Some(event) = self.b.poll_event() {
+            self.events_b.push(event);
+        }
     }
 
     /// Puts a datagram sent by `from` on its link, deciding its fate.
@@ -823,8 +849,8 @@ impl<A: Endpoint, B: Endpoint> Network<A, B> {
 
 impl<A, B> fmt::Debug for Network<A, B>
 where
-    A: Endpoint + fmt::Debug,
-    B: Endpoint + fmt::Debug,
+    A: Machine + fmt::Debug,
+    B: Machine + fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Network")

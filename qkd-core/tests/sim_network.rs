@@ -12,7 +12,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use qkd_core::sim::{DirectionStats, Endpoint, LinkConfig, Network, Side};
+use qkd_core::machine::Machine;
+use qkd_core::sim::{DirectionStats, LinkConfig, Network, Side};
 
 const MS: Duration = Duration::from_millis(1);
 const US: Duration = Duration::from_micros(1);
@@ -88,7 +89,8 @@ impl Blaster {
     }
 }
 
-impl Endpoint for Blaster {
+impl Machine for Blaster {
+    type Event = std::convert::Infallible;
     type Error = FrameError;
     fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), FrameError> {
         parse(datagram).map(|_| ())
@@ -101,6 +103,10 @@ impl Endpoint for Blaster {
         self.next += 1;
         Some(frame(DATA, self.next - 1))
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         (self.next < self.count).then_some(self.next_at)
     }
@@ -113,7 +119,8 @@ struct Sink {
     got: Vec<(Instant, Vec<u8>)>,
 }
 
-impl Endpoint for Sink {
+impl Machine for Sink {
+    type Event = std::convert::Infallible;
     type Error = FrameError;
     fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), FrameError> {
         self.got.push((now, datagram.to_vec()));
@@ -122,6 +129,10 @@ impl Endpoint for Sink {
     fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
         None
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
@@ -151,7 +162,8 @@ impl ArqSender {
     }
 }
 
-impl Endpoint for ArqSender {
+impl Machine for ArqSender {
+    type Event = std::convert::Infallible;
     type Error = FrameError;
     fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), FrameError> {
         let (kind, ack) = parse(datagram)?;
@@ -173,6 +185,10 @@ impl Endpoint for ArqSender {
         self.deadline = Some(now + self.rto);
         Some(frame(DATA, self.base))
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
     }
@@ -193,7 +209,8 @@ struct ArqReceiver {
     acks: VecDeque<Vec<u8>>,
 }
 
-impl Endpoint for ArqReceiver {
+impl Machine for ArqReceiver {
+    type Event = std::convert::Infallible;
     type Error = FrameError;
     fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), FrameError> {
         let (kind, seq) = parse(datagram)?;
@@ -210,6 +227,10 @@ impl Endpoint for ArqReceiver {
     fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
         self.acks.pop_front()
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
@@ -223,7 +244,8 @@ struct Timers {
     log: Rc<RefCell<Vec<(Side, Instant)>>>,
 }
 
-impl Endpoint for Timers {
+impl Machine for Timers {
+    type Event = std::convert::Infallible;
     type Error = FrameError;
     fn handle_input(&mut self, _now: Instant, _datagram: &[u8]) -> Result<(), FrameError> {
         Ok(())
@@ -231,6 +253,10 @@ impl Endpoint for Timers {
     fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
         None
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         self.pending.iter().min().copied()
     }
@@ -686,7 +712,8 @@ fn deliveries_and_timeouts_interleave_by_time() {
 /// Wants a timeout at a fixed instant and never clears it.
 struct Stuck(Instant);
 
-impl Endpoint for Stuck {
+impl Machine for Stuck {
+    type Event = std::convert::Infallible;
     type Error = FrameError;
     fn handle_input(&mut self, _now: Instant, _datagram: &[u8]) -> Result<(), FrameError> {
         Ok(())
@@ -694,6 +721,10 @@ impl Endpoint for Stuck {
     fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
         None
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         Some(self.0)
     }
@@ -719,7 +750,8 @@ fn a_timer_that_never_clears_panics_at_max_steps() {
 #[derive(Default)]
 struct Echo(VecDeque<Vec<u8>>);
 
-impl Endpoint for Echo {
+impl Machine for Echo {
+    type Event = std::convert::Infallible;
     type Error = FrameError;
     fn handle_input(&mut self, _now: Instant, datagram: &[u8]) -> Result<(), FrameError> {
         self.0.push_back(datagram.to_vec());
@@ -728,6 +760,10 @@ impl Endpoint for Echo {
     fn poll_transmit(&mut self, _now: Instant) -> Option<Vec<u8>> {
         self.0.pop_front()
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }

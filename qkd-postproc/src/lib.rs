@@ -6,5 +6,6 @@ pub mod amplify;
 pub mod auth;
 pub mod cascade;
 pub mod confirm;
+pub mod estimate;
 pub mod ldpc;
 pub mod sift;

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use qkd_core::sim::{Endpoint, LinkConfig, Network, Side};
+use qkd_core::machine::Machine;
+use qkd_core::sim::{LinkConfig, Network, Side};
 use qkd_core::{Role, SecretKey};
 use qkd_postproc::auth::{
     AuthenticatedChannel, ChannelConfig, HEADER_LEN, OpenError, Opened, PoolConfig, TagMode,
@@ -94,7 +95,8 @@ impl Node {
     }
 }
 
-impl Endpoint for Node {
+impl Machine for Node {
+    type Event = std::convert::Infallible;
     type Error = OpenError;
 
     fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), OpenError> {
@@ -143,6 +145,10 @@ impl Endpoint for Node {
         } else {
             Some(self.outbox.remove(0))
         }
+    }
+
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

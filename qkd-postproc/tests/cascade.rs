@@ -302,10 +302,6 @@ fn messages_for_another_frame_or_from_the_wrong_side_are_rejected() {
 
 // ----- through the simulated network -----
 
-fn events<E>(next: impl FnMut() -> Option<E>) -> Vec<E> {
-    std::iter::from_fn(next).collect()
-}
-
 fn run_sim(
     link: LinkConfig,
     net_seed: u64,
@@ -321,8 +317,8 @@ fn run_sim(
     let (alice, bob) = machines(variant, 0.04, &alice_key, &bob_key, net_seed);
     let mut net = Network::new(alice, bob, link, net_seed, Instant::now());
     net.drive();
-    let ea = events(|| net.a.poll_event());
-    let eb = events(|| net.b.poll_event());
+    let ea = net.take_events_a();
+    let eb = net.take_events_b();
     (net, alice_key, bob_key, ea, eb)
 }
 

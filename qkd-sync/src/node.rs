@@ -770,8 +770,8 @@ fn fresh_epoch<R: CryptoRng + ?Sized>(rng: &mut R) -> u64 {
     }
 }
 
-#[cfg(feature = "sim")]
-impl qkd_core::sim::Endpoint for SyncNode {
+impl qkd_core::machine::Machine for SyncNode {
+    type Event = Event;
     type Error = InputError;
 
     fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), InputError> {
@@ -780,6 +780,10 @@ impl qkd_core::sim::Endpoint for SyncNode {
 
     fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         SyncNode::poll_transmit(self, now)
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        SyncNode::poll_event(self)
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

@@ -171,6 +171,8 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
     let b = fresh_node(Side::B, &mut rng, p);
     let mut net = Network::new(a, b, link, seed, start);
     net.drive_for(Duration::from_millis(rng.next_u64() % 40));
+    net.take_events_a();
+    net.take_events_b();
     while net.a.poll_event().is_some() || net.b.poll_event().is_some() {}
     let mut ghost = Ghost::new();
     let mut next_block = 1u64;
@@ -334,7 +336,12 @@ fn run_schedule(seed: u64, p: Params, cov: &mut Coverage) -> Result<(), Violatio
         for s in [Side::A, Side::B] {
             let drops = node(&mut net, s).store_mut().take_audit();
             ghost.record_drops(s, drops);
-            while let Some(ev) = node(&mut net, s).poll_event() {
+            let mut events = match s {
+                Side::A => net.take_events_a(),
+                Side::B => net.take_events_b(),
+            };
+            events.extend(std::iter::from_fn(|| node(&mut net, s).poll_event()));
+            for ev in events {
                 // Honest nodes never report each other (a schedule without
                 // the ownership rule breaks the protocol on purpose).
                 if let Event::PeerMisbehaved(e) = &ev

@@ -48,8 +48,15 @@ fn insert_both(net: &mut Network<SyncNode, SyncNode>, block: u64, len: usize) {
         .unwrap();
 }
 
-fn events(n: &mut SyncNode) -> Vec<Event> {
-    std::iter::from_fn(|| n.poll_event()).collect()
+/// Events of one side: those the network drained, then any the node holds
+/// from calls made outside a network step.
+fn events(net: &mut Network<SyncNode, SyncNode>, side: Side) -> Vec<Event> {
+    let (mut seen, n) = match side {
+        Side::A => (net.take_events_a(), &mut net.a),
+        Side::B => (net.take_events_b(), &mut net.b),
+    };
+    seen.extend(std::iter::from_fn(|| n.poll_event()));
+    seen
 }
 
 #[test]
@@ -96,11 +103,14 @@ fn a_pending_lookup_resolves_when_the_notice_arrives() {
     let binding = Arc::new(Binding::pair("m", "s").unwrap());
     let keys = net.a.take_fresh(1, 128, &binding).unwrap();
     let (id, key) = &keys[0];
-    events(&mut net.b);
+    events(&mut net, Side::B);
     let now = net.now();
     assert_eq!(net.b.lookup(now, id, "s").unwrap(), Lookup::Pending);
     net.drive_for(Duration::from_millis(50));
-    assert_eq!(events(&mut net.b), vec![Event::KeyArrived { id: *id }]);
+    assert_eq!(
+        events(&mut net, Side::B),
+        vec![Event::KeyArrived { id: *id }]
+    );
     let now = net.now();
     assert_eq!(
         net.b.lookup(now, id, "s").unwrap(),
@@ -111,7 +121,7 @@ fn a_pending_lookup_resolves_when_the_notice_arrives() {
     assert_eq!(net.b.lookup(now, &unknown, "s").unwrap(), Lookup::Pending);
     net.drive_for(Duration::from_secs(3));
     assert_eq!(
-        events(&mut net.b),
+        events(&mut net, Side::B),
         vec![Event::LookupTimedOut { id: unknown }]
     );
 }
@@ -126,7 +136,7 @@ fn a_reboot_wipes_both_stores_and_a_new_session_starts() {
     net.drive_for(Duration::from_millis(500));
     assert!(net.a.store().held_bytes() > 0);
     let old_b = net.b.epoch();
-    events(&mut net.a);
+    events(&mut net, Side::A);
     // B reboots: new incarnation, nothing kept.
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     net.b = SyncNode::new(config(Role::Second), &mut rng);
@@ -134,7 +144,7 @@ fn a_reboot_wipes_both_stores_and_a_new_session_starts() {
     assert!(net.a.is_established() && net.b.is_established());
     assert_eq!(net.a.peer_epoch(), Some(net.b.epoch()));
     assert_eq!(net.a.store().held_bytes(), 0, "A wiped the old session");
-    assert!(events(&mut net.a).contains(&Event::Paired {
+    assert!(events(&mut net, Side::A).contains(&Event::Paired {
         peer_epoch: net.b.epoch(),
         previous: Some(old_b)
     }));

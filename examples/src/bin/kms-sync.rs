@@ -27,34 +27,81 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use qkd_core::{KeyId, SecretKey};
 use qkd_keystore::{Binding, Role, StoreConfig};
 use qkd_sync::{Lookup, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-/// Two KMS nodes syncing their key stores over loopback TCP.
+/// Two KMS nodes keeping their key stores in step with qkd-sync over loopback TCP.
+///
+/// Node A listens, node B connects. A feeder thread plays the
+/// post-processing pipeline and inserts the same final key blocks into
+/// both. Application threads on each side take fresh keys (ETSI 014
+/// `enc_keys`); every key taken on one side is looked up by ID on the other
+/// (`dec_keys`) and compared byte for byte.
+///
+/// The last line is `keys/s: N  matched: N  collisions: N`, where a
+/// collision is a key ID handed out fresh on both sides or a matched pair
+/// whose bytes differ. Exit status: 0 without a collision, 1 with one or on
+/// a failure, 2 for a bad flag value.
 #[derive(Parser, Debug)]
-#[command(name = "kms-sync", version, about)]
+#[command(name = "kms-sync", version)]
 struct Args {
-    /// How long the application threads take keys, in seconds.
-    #[arg(long, default_value_t = 3.0)]
+    /// How long the application threads take keys, in seconds (0.01 to 86400).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3.0, value_parser = seconds)]
     seconds: f64,
-    /// Key size in bits (a multiple of 8).
-    #[arg(long, default_value_t = 256)]
+    /// Key size in bits: a multiple of 8 from 8 to 8192 (the store's chunk).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 256, value_parser = key_bits)]
     key_bits: usize,
-    /// Keys per take request.
-    #[arg(long, default_value_t = 64)]
+    /// Keys per take request, 1 to 10 000 (the store's limit per request).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_BATCH))]
     batch: usize,
-    /// Application threads taking keys on each side.
-    #[arg(long, default_value_t = 2)]
+    /// Application threads taking keys on each side, 1 to 64.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_THREADS))]
     threads: usize,
-    /// Size of each final key block fed to both nodes, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Size of each final key block fed to both nodes, in bytes: at least one
+    /// key (--key-bits / 8), at most 16 MiB.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1 << 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_BLOCK_BYTES))]
     block_bytes: usize,
     /// Seed of the simulated pipeline's key material.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     seed: u64,
+}
+
+/// Longest `--seconds`: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+/// Shortest `--seconds`.
+const MIN_SECONDS: f64 = 0.01;
+/// Most `--batch`: the store's default `max_keys_per_request`.
+const MAX_BATCH: u64 = 10_000;
+/// Most `--threads` per side.
+const MAX_THREADS: u64 = 64;
+/// Largest `--block-bytes`: the feeder keeps up to five blocks per node, well
+/// inside the store's 256 MiB.
+const MAX_BLOCK_BYTES: u64 = 16 << 20;
+/// Largest `--key-bits`: one 1024-byte chunk of the store.
+const MAX_KEY_BITS: usize = 8192;
+
+/// Parses `--seconds`: finite, in `MIN_SECONDS..=MAX_SECONDS`.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(t) if (MIN_SECONDS..=MAX_SECONDS).contains(&t) => Ok(t),
+        Ok(t) if t.is_finite() => Err(format!(
+            "must be between {MIN_SECONDS} and {MAX_SECONDS} seconds"
+        )),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(_) => Err("must be a number".into()),
+    }
+}
+
+/// Parses `--key-bits`: a multiple of 8 in `8..=MAX_KEY_BITS`.
+fn key_bits(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(b) if b > 0 && b.is_multiple_of(8) && b <= MAX_KEY_BITS => Ok(b),
+        _ => Err(format!("must be a multiple of 8 from 8 to {MAX_KEY_BITS}")),
+    }
 }
 
 /// One node: the protocol machine and the write half of its socket.
@@ -258,8 +305,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
-    if args.key_bits == 0 || !args.key_bits.is_multiple_of(8) || args.key_bits > 8192 {
-        return Err("--key-bits must be a multiple of 8 up to 8192".into());
+    if args.block_bytes * 8 < args.key_bits {
+        return Err(format!(
+            "--block-bytes {} is smaller than one key of --key-bits {}",
+            args.block_bytes, args.key_bits
+        )
+        .into());
     }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;

@@ -219,17 +219,17 @@ pub fn run_in_memory(
     }
 }
 
-/// Either machine runs on a [`qkd_core::sim::Network`] as an endpoint
-/// (feature `sim`): each method is the machine's own.
-#[cfg(feature = "sim")]
-mod sim_endpoints {
+/// Both machines implement the workspace's one [`Machine`](qkd_core::machine::Machine)
+/// contract; each method is the machine's own.
+mod machine_impls {
     use std::time::Instant;
 
-    use qkd_core::sim::Endpoint;
+    use qkd_core::machine::Machine;
 
-    use super::{CascadeAlice, CascadeBob, CascadeError};
+    use super::{CascadeAlice, CascadeBob, CascadeError, CascadeEvent};
 
-    impl Endpoint for CascadeAlice {
+    impl Machine for CascadeAlice {
+        type Event = CascadeEvent;
         type Error = CascadeError;
 
         fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
@@ -238,6 +238,10 @@ mod sim_endpoints {
 
         fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
             CascadeAlice::poll_transmit(self, now)
+        }
+
+        fn poll_event(&mut self) -> Option<CascadeEvent> {
+            CascadeAlice::poll_event(self)
         }
 
         fn poll_timeout(&self) -> Option<Instant> {
@@ -249,7 +253,8 @@ mod sim_endpoints {
         }
     }
 
-    impl Endpoint for CascadeBob {
+    impl Machine for CascadeBob {
+        type Event = CascadeEvent;
         type Error = CascadeError;
 
         fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), CascadeError> {
@@ -258,6 +263,10 @@ mod sim_endpoints {
 
         fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
             CascadeBob::poll_transmit(self, now)
+        }
+
+        fn poll_event(&mut self) -> Option<CascadeEvent> {
+            CascadeBob::poll_event(self)
         }
 
         fn poll_timeout(&self) -> Option<Instant> {

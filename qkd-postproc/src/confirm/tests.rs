@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use qkd_core::BitVec;
-use qkd_core::sim::{Endpoint, LinkConfig, Network};
+use qkd_core::machine::Machine;
+use qkd_core::sim::{LinkConfig, Network};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -185,7 +186,8 @@ proptest! {
 struct AliceEnd(ConfirmAlice, Vec<ConfirmEvent>);
 struct BobEnd(ConfirmBob, Vec<ConfirmEvent>);
 
-impl Endpoint for AliceEnd {
+impl Machine for AliceEnd {
+    type Event = std::convert::Infallible;
     type Error = ConfirmError;
     fn handle_input(&mut self, now: Instant, d: &[u8]) -> Result<(), ConfirmError> {
         let r = self.0.handle_input(now, d);
@@ -195,6 +197,10 @@ impl Endpoint for AliceEnd {
     fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         self.0.poll_transmit(now)
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         self.0.poll_timeout()
     }
@@ -204,7 +210,8 @@ impl Endpoint for AliceEnd {
     }
 }
 
-impl Endpoint for BobEnd {
+impl Machine for BobEnd {
+    type Event = std::convert::Infallible;
     type Error = ConfirmError;
     fn handle_input(&mut self, now: Instant, d: &[u8]) -> Result<(), ConfirmError> {
         let r = self.0.handle_input(now, d);
@@ -214,6 +221,10 @@ impl Endpoint for BobEnd {
     fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         self.0.poll_transmit(now)
     }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        None
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         self.0.poll_timeout()
     }

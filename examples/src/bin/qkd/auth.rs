@@ -5,11 +5,20 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
 use qkd_core::{Role, SecretKey, h2};
 use qkd_postproc::amplify::length::{FiniteKeyInput, finite_key_length};
-use qkd_postproc::auth::{AuthenticatedChannel, ChannelConfig, HashKey, PoolConfig, TagMode};
+use qkd_postproc::auth::{
+    AuthenticatedChannel, ChannelConfig, HashKey, MAX_PAYLOAD, PoolConfig, TagMode,
+};
 
-use crate::Format;
+use crate::{Format, clock, flag};
+
+/// Largest `--block-bits` (10^12: beyond any finite-key block in use).
+const MAX_BLOCK_BITS: u64 = 1_000_000_000_000;
+
+/// Most `--messages` in a round.
+const MAX_MESSAGES: u32 = 1_000_000;
 
 /// Tag length, as a command-line value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,24 +43,25 @@ impl From<TagBits> for TagMode {
 /// Options of `qkd auth`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Sifted bits per block entering error correction (after the estimation sample).
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Sifted bits per block entering error correction (after the
+    /// estimation sample), 1 to 10^12.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCK_BITS))]
     block_bits: u64,
-    /// QBER of the block.
-    #[arg(long, default_value_t = 0.02)]
+    /// QBER of the block, in [0, 0.5).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.02, value_parser = flag::qber)]
     qber: f64,
-    /// Reconciliation efficiency f assumed for the leakage.
-    #[arg(long, default_value_t = 1.05)]
+    /// Reconciliation efficiency f assumed for the leakage, in [1, 10].
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.05, value_parser = flag::efficiency)]
     efficiency: f64,
-    /// Bits sampled for parameter estimation, as a fraction of the block.
-    #[arg(long, default_value_t = 0.1)]
+    /// Bits sampled for parameter estimation, as a fraction of the block, in (0, 1).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1, value_parser = flag::fraction)]
     sample_fraction: f64,
     /// Messages exchanged in one round (both directions together): sifting,
-    /// estimation, error correction, confirmation, amplification.
-    #[arg(long, default_value_t = 110)]
+    /// estimation, error correction, confirmation, amplification; 1 to 10^6.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 110, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MESSAGES)))]
     messages: u32,
-    /// Payload bytes per message.
-    #[arg(long, default_value_t = 1024)]
+    /// Payload bytes per message, 0 to 16 MiB.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1024, value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_PAYLOAD as u64))]
     payload_bytes: usize,
     /// Tag length.
     #[arg(long, value_enum, default_value_t = TagBits::B128)]
@@ -60,8 +70,8 @@ pub(crate) struct Args {
     /// of sealing every message.
     #[arg(long)]
     transcript: bool,
-    /// Seconds spent on each throughput measurement.
-    #[arg(long, default_value_t = 0.5)]
+    /// Seconds spent on each throughput measurement, 0.01 to 3600.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5, value_parser = flag::seconds)]
     seconds: f64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -87,21 +97,26 @@ struct Report {
     transcript: bool,
     auth_bits_per_round: u64,
     auth_bits_per_message: f64,
-    share_of_final_key_percent: f64,
+    /// `None` when the round distils no final key.
+    share_of_final_key_percent: Option<f64>,
 }
 
-/// Bytes per second of `f` over `len`-byte messages, measured for `seconds`.
+/// Bytes per second of `f` over `len`-byte messages, measured for at least
+/// `seconds` (at least [`clock::MIN_TIMED`], so never a rate over no time).
 fn rate(len: usize, seconds: f64, mut f: impl FnMut()) -> f64 {
-    let budget = Duration::from_secs_f64(seconds);
+    let budget = Duration::from_secs_f64(seconds).max(clock::MIN_TIMED);
     let start = Instant::now();
     let mut n = 0u64;
-    while start.elapsed() < budget {
+    loop {
         for _ in 0..16 {
             f();
         }
         n += 16;
+        let elapsed = start.elapsed();
+        if elapsed >= budget {
+            return (n as f64 * len as f64) / elapsed.as_secs_f64();
+        }
     }
-    (n as f64 * len as f64) / start.elapsed().as_secs_f64()
 }
 
 fn throughput(seconds: f64) -> Vec<Throughput> {
@@ -150,7 +165,8 @@ fn final_key_bits(args: &Args) -> Result<u64, Box<dyn std::error::Error>> {
 
 /// Runs one round through two channels in this process and returns the
 /// authentication key it consumed (Alice's block account; Bob's is equal).
-fn round_cost(args: &Args, final_bits: u64) -> Result<u64, Box<dyn std::error::Error>> {
+/// What the round's final key gives back to the pool does not change it.
+fn round_cost(args: &Args) -> Result<u64, Box<dyn std::error::Error>> {
     let mode = TagMode::from(args.tag_bits);
     let config = ChannelConfig {
         mode,
@@ -191,19 +207,22 @@ fn round_cost(args: &Args, final_bits: u64) -> Result<u64, Box<dyn std::error::E
         bob.open_transcript(&tag_a, b_peer)?;
         alice.open_transcript(&tag_b, a_peer)?;
     }
-    let block = SecretKey::from_vec(vec![0u8; (final_bits / 8) as usize]);
-    let (_, account) = alice
-        .replenish_from_block(1, block.clone())
-        .map_err(|(e, _)| e)?;
-    let (_, account_b) = bob.replenish_from_block(1, block).map_err(|(e, _)| e)?;
-    assert_eq!(account.consumed_bits(), account_b.consumed_bits());
+    let (account, account_b) = (alice.close_block(1), bob.close_block(1));
+    if account.consumed_bits() != account_b.consumed_bits() {
+        return Err(format!(
+            "the two ends' accounts differ: Alice {} bits, Bob {} bits",
+            account.consumed_bits(),
+            account_b.consumed_bits()
+        )
+        .into());
+    }
     Ok(account.consumed_bits())
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let throughput = throughput(args.seconds);
     let final_bits = final_key_bits(args)?;
-    let auth_bits = round_cost(args, final_bits)?;
+    let auth_bits = round_cost(args)?;
     let tag_bits = TagMode::from(args.tag_bits).tag_bits();
     // One end's account counts the pads it sent and those it received:
     // every pad of the round once, i.e. the shared key the round used.
@@ -216,8 +235,9 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         tag_bits,
         transcript: args.transcript,
         auth_bits_per_round: auth_bits,
-        auth_bits_per_message: auth_bits as f64 / f64::from(args.messages.max(1)),
-        share_of_final_key_percent: 100.0 * auth_bits as f64 / final_bits.max(1) as f64,
+        auth_bits_per_message: auth_bits as f64 / f64::from(args.messages),
+        share_of_final_key_percent: (final_bits > 0)
+            .then(|| 100.0 * auth_bits as f64 / final_bits as f64),
     };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -234,7 +254,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 report.block_bits, report.qber, report.final_key_bits
             );
             println!(
-                "authentication: {} messages, {}-bit tags{}: {} bits ({:.1} per message), {:.3} % of the final key",
+                "authentication: {} messages, {}-bit tags{}: {} bits ({:.1} per message), {}",
                 report.messages,
                 report.tag_bits,
                 if report.transcript {
@@ -244,7 +264,11 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 },
                 report.auth_bits_per_round,
                 report.auth_bits_per_message,
-                report.share_of_final_key_percent
+                report.share_of_final_key_percent.map_or_else(
+                    || "and no final key to pay for it: the round only spends stored key"
+                        .to_owned(),
+                    |p| format!("{p:.3} % of the final key")
+                )
             );
         }
     }

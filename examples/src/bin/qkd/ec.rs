@@ -7,19 +7,35 @@
 //! over `n · h2(q)`, with `q` the true error rate of each frame), channel
 //! uses (rounds of questions), frame error rate (frames whose corrected key
 //! still differs from Alice's), and corrected-key throughput in Mbit per
-//! second of this thread's CPU time (protocol only: key generation and the
-//! one-off shuffle plan are outside the timed part).
+//! second of wall-clock time (protocol only: key generation and the one-off
+//! shuffle plan are outside the timed part; see [`crate::clock`]).
+//!
+//! Where no frame of a row had `0 < errors < n`, `f` is undefined and its fields
+//! are left empty (`null` in JSON), as is `f_stddev` with fewer than two
+//! such frames and the throughput of a row timed for less than
+//! [`clock::MIN_TIMED`]; a note on standard error says which flag to raise.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
 use qkd_core::BitVec;
 use qkd_postproc::cascade::{
     CascadeAlice, CascadeBob, CascadeConfig, CascadeParams, ShufflePlan, Variant, run_in_memory,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
+
+use crate::{clock, flag};
+
+/// Largest `--n` and `--n-option8` (2^20, above the 10^6-bit frames in
+/// use). The shuffles of 20 passes, computed up front and kept, take about
+/// 300 bytes per key bit: the run peaks at about 320 MB at this bound.
+pub(crate) const MAX_N: u64 = 1 << 20;
+
+/// Most `--trials` per row.
+pub(crate) const MAX_TRIALS: u64 = 1_000_000;
 
 /// Error-correction methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -80,20 +96,23 @@ pub(crate) struct Args {
     /// Variants to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "option8")]
     variant: Vec<VariantArg>,
-    /// Channel QBER (comma-separated to sweep), also given to Cascade as its estimate.
-    #[arg(long, value_delimiter = ',', default_value = "0.02")]
+    /// Channel QBER in (0, 0.5) (comma-separated to sweep), also given to
+    /// Cascade as its estimate.
+    #[arg(long, allow_negative_numbers = true, value_delimiter = ',', default_value = "0.02", value_parser = flag::qber_with_errors)]
     qber: Vec<f64>,
-    /// Key length per frame in bits.
-    #[arg(long, default_value_t = 10_000)]
+    /// Key length per frame in bits, 1 to 2^20 (the shuffles take about 300
+    /// bytes per bit).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10_000, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_N))]
     n: usize,
-    /// Key length for option 8 (the paper used 2^14 for it); default: --n.
-    #[arg(long)]
+    /// Key length for option 8 (the paper used 2^14 for it), 1 to 2^20;
+    /// default: --n.
+    #[arg(long, allow_negative_numbers = true, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_N))]
     n_option8: Option<usize>,
-    /// Frames per (variant, qber).
-    #[arg(long, default_value_t = 100)]
+    /// Frames per (variant, qber), 1 to 1 000 000.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=MAX_TRIALS))]
     trials: u64,
     /// Seed of the key generator and the shuffles.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     seed: u64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = EcFormat::Csv)]
@@ -106,10 +125,11 @@ pub(crate) struct Args {
     /// Search the odd blocks of each pass after the first in this many waves
     /// (`CascadeParams::search_waves`): lower f, more channel uses. Default:
     /// the variant's own (2 for original, 1 for the others).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     search_waves: Option<u32>,
-    /// Also draw f against QBER, per variant, into this SVG file.
-    #[arg(long)]
+    /// Also draw f against QBER, per variant, into this SVG file (its
+    /// folder must exist).
+    #[arg(long, value_parser = flag::output_file)]
     plot: Option<std::path::PathBuf>,
 }
 
@@ -121,20 +141,17 @@ pub(crate) struct Row {
     qber: f64,
     n: usize,
     trials: u64,
-    f_mean: f64,
-    f_stddev: f64,
+    /// `None` when no frame had an error.
+    f_mean: Option<f64>,
+    /// `None` with fewer than two frames with errors.
+    f_stddev: Option<f64>,
     channel_uses_mean: f64,
     fer: f64,
-    throughput_mbps: f64,
+    /// `None` when the timed part was shorter than [`clock::MIN_TIMED`].
+    throughput_mbps: Option<f64>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    if args.n == 0 || args.trials == 0 {
-        return Err("--n and --trials must be positive".into());
-    }
-    if let Some(q) = args.qber.iter().find(|q| !(**q > 0.0 && **q < 0.5)) {
-        return Err(format!("--qber {q} is not in (0, 0.5)").into());
-    }
     let mut rows = Vec::new();
     let mut plans: Vec<Arc<ShufflePlan>> = Vec::new();
     for &variant in &args.variant {
@@ -143,9 +160,6 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Variant::Option8 => args.n_option8.unwrap_or(args.n),
             _ => args.n,
         };
-        if n == 0 {
-            return Err("--n-option8 must be positive".into());
-        }
         let plan = match plans.iter().find(|p| p.key_len() == n) {
             Some(plan) => plan.clone(),
             None => {
@@ -171,26 +185,60 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             for r in &rows {
                 writeln!(
                     out,
-                    "{},{},{},{},{},{:.4},{:.4},{:.1},{:e},{:.1}",
+                    "{},{},{},{},{},{},{},{:.1},{:e},{}",
                     r.method,
                     r.variant,
                     r.qber,
                     r.n,
                     r.trials,
-                    r.f_mean,
-                    r.f_stddev,
+                    clock::or_text(r.f_mean, 4, ""),
+                    clock::or_text(r.f_stddev, 4, ""),
                     r.channel_uses_mean,
                     r.fer,
-                    r.throughput_mbps
+                    clock::or_text(r.throughput_mbps, 1, "")
                 )?;
             }
         }
         EcFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?,
     }
+    out.flush()?;
+    notes(&rows);
     if let Some(path) = &args.plot {
-        plot(path, &rows)?;
+        plot(path, &rows).map_err(|e| format!("--plot {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Says on standard error why fields of some rows are empty.
+fn notes(rows: &[Row]) {
+    let undefined: Vec<_> = rows.iter().filter(|r| r.f_mean.is_none()).collect();
+    if let Some(r) = undefined.first() {
+        eprintln!(
+            "note: {} row(s) (first: {} at QBER {}, n = {}) had no frame with 0 < errors < n, \
+             so f = leaked / (n h2(errors / n)) is undefined and left empty; raise --n or \
+             --trials",
+            undefined.len(),
+            r.variant,
+            r.qber,
+            r.n
+        );
+    }
+    if rows
+        .iter()
+        .any(|r| r.f_mean.is_some() && r.f_stddev.is_none())
+    {
+        eprintln!(
+            "note: f_stddev needs two frames with errors and is left empty where there \
+             were fewer; raise --trials"
+        );
+    }
+    if rows.iter().any(|r| r.throughput_mbps.is_none()) {
+        eprintln!(
+            "note: throughput_mbps is left empty where a row's timed part took less than \
+             {} ms, too short to time; raise --trials or --n",
+            clock::MIN_TIMED.as_millis()
+        );
+    }
 }
 
 fn run_point(
@@ -204,7 +252,7 @@ fn run_point(
     let threshold = (qber * 2f64.powi(32)) as u64;
     let (mut sum, mut sum_sq, mut counted) = (0.0, 0.0, 0u64);
     let (mut uses, mut failures) = (0u64, 0u64);
-    let mut cpu = Duration::ZERO;
+    let mut timed = Duration::ZERO;
     let mut corrected_bits = 0u64;
     for frame in 0..args.trials {
         let alice_key = BitVec::random(n, &mut rng);
@@ -220,33 +268,30 @@ fn run_point(
         if let Some(waves) = args.search_waves {
             params.search_waves = waves;
         }
-        let start = ThreadClock::now();
+        let start = Instant::now();
         let mut alice = CascadeAlice::new(frame, alice_key, plan.clone(), n as u64)?;
         let mut bob = CascadeBob::new(frame, bob_key, plan.clone(), CascadeConfig::new(params))?;
         let stats = run_in_memory(&mut alice, &mut bob, Instant::now())?;
-        cpu += start.elapsed();
+        timed += start.elapsed();
         corrected_bits += n as u64;
         uses += u64::from(stats.channel_uses);
         if bob.key() != alice.key() {
             failures += 1;
         }
-        if errors > 0 {
+        // f = leaked / (n h2(errors / n)) is defined where h2 is positive.
+        if 0 < errors && errors < n {
             let f = stats.efficiency(errors as f64 / n as f64);
             sum += f;
             sum_sq += f * f;
             counted += 1;
         }
     }
-    let mean = if counted > 0 {
-        sum / counted as f64
-    } else {
-        f64::NAN
-    };
-    let var = if counted > 1 {
-        ((sum_sq - sum * sum / counted as f64) / (counted - 1) as f64).max(0.0)
-    } else {
-        0.0
-    };
+    let mean = (counted > 0).then(|| sum / counted as f64);
+    let stddev = (counted > 1).then(|| {
+        ((sum_sq - sum * sum / counted as f64) / (counted - 1) as f64)
+            .max(0.0)
+            .sqrt()
+    });
     Ok(Row {
         method: "cascade",
         variant: variant.name(),
@@ -254,46 +299,15 @@ fn run_point(
         n,
         trials: args.trials,
         f_mean: mean,
-        f_stddev: var.sqrt(),
+        f_stddev: stddev,
         channel_uses_mean: uses as f64 / args.trials as f64,
         fer: failures as f64 / args.trials as f64,
-        throughput_mbps: corrected_bits as f64 / cpu.as_secs_f64().max(1e-9) / 1e6,
+        throughput_mbps: clock::per_second(corrected_bits as f64 / 1e6, timed),
     })
 }
 
-/// CPU time of this thread (Linux `/proc/thread-self/schedstat`), or wall
-/// time where that is not available.
-enum ThreadClock {
-    Cpu(Duration),
-    Wall(Instant),
-}
-
-impl ThreadClock {
-    fn now() -> Self {
-        match thread_cpu() {
-            Some(d) => ThreadClock::Cpu(d),
-            None => ThreadClock::Wall(Instant::now()),
-        }
-    }
-
-    fn elapsed(&self) -> Duration {
-        match self {
-            ThreadClock::Cpu(start) => {
-                thread_cpu().map_or(Duration::ZERO, |now| now.saturating_sub(*start))
-            }
-            ThreadClock::Wall(start) => start.elapsed(),
-        }
-    }
-}
-
-fn thread_cpu() -> Option<Duration> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
-}
-
 /// The paper's efficiencies at QBER 1, 2, 5, 10 % (Martinez-Mateo et al.
-/// 2015, read off its figures; `shared/specs/cascade.md`).
+/// 2015, read off its figures).
 const PAPER: [(&str, [f64; 4]); 7] = [
     ("original", [1.135, 1.15, 1.18, 1.21]),
     ("biconf", [1.095, 1.09, 1.095, 1.115]),
@@ -311,12 +325,7 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
     let mut variants: Vec<&str> = rows.iter().map(|r| r.variant).collect();
     variants.dedup();
     let q_max = rows.iter().map(|r| r.qber).fold(0.1f64, f64::max) * 1.05;
-    let f_max = rows
-        .iter()
-        .map(|r| r.f_mean)
-        .filter(|f| f.is_finite())
-        .fold(1.25f64, f64::max)
-        + 0.2; // room above the curves for the legend
+    let f_max = rows.iter().filter_map(|r| r.f_mean).fold(1.25f64, f64::max) + 0.2; // room above the curves for the legend
     let root = SVGBackend::new(path, (900, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -345,8 +354,8 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
         let color = Palette99::pick(i).to_rgba();
         let mut points: Vec<(f64, f64)> = rows
             .iter()
-            .filter(|r| r.variant == *variant && r.f_mean.is_finite())
-            .map(|r| (r.qber, r.f_mean))
+            .filter(|r| r.variant == *variant)
+            .filter_map(|r| Some((r.qber, r.f_mean?)))
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart

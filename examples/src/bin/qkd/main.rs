@@ -1,6 +1,9 @@
 //! `qkd`: the command-line tool of the qkd workspace.
 //!
 //! Each subcommand lives in its own module; `qkd --help` lists them.
+//! Numeric flags and output paths are checked where they are parsed
+//! ([`flag`]): a bad value ends in an error naming the flag and exit
+//! status 2; a failure while running ends in `error: …` and exit status 1.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -11,12 +14,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod amplify;
 mod auth;
+mod clock;
 mod ec;
+mod flag;
 mod simulate;
 
 /// Tools for the classical side of a QKD link.
+///
+/// A bad flag value ends in an error naming the flag and exit status 2; a
+/// failure while running ends in `error: …` and exit status 1.
 #[derive(Parser, Debug)]
-#[command(name = "qkd", version, about)]
+#[command(name = "qkd", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

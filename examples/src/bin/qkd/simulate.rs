@@ -2,32 +2,40 @@
 
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qkd_core::{SimulatedBb84, SimulatorConfig};
 use qkd_postproc::sift;
 
-use crate::Format;
+use crate::{Format, clock, flag};
+
+/// Most `--bits` (about a day of simulation on one core).
+const MAX_BITS: u64 = 1 << 40;
+
+/// Largest `--frame-slots`: a frame of 2^28 slots takes about 150 MB.
+const MAX_FRAME_SLOTS: u64 = 1 << 28;
 
 /// Options of `qkd simulate`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Quantum bit error rate of the simulated channel (on sifted bits).
-    #[arg(long, default_value_t = 0.03)]
+    /// Quantum bit error rate of the simulated channel (on sifted bits), in [0, 0.5].
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.03, value_parser = flag::simulated_qber)]
     qber: f64,
-    /// Raw detections to generate (at least; whole frames are run).
-    #[arg(long, default_value_t = 10_000_000)]
+    /// Raw detections to generate (at least; whole frames are run), 1 to 2^40.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..=MAX_BITS))]
     bits: u64,
     /// Seed of the simulator.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     seed: u64,
-    /// Probability that a slot gives a detection (loss and detector efficiency).
-    #[arg(long, default_value_t = 0.1)]
+    /// Probability that a slot gives a detection (loss and detector
+    /// efficiency), in [2^-32, 1].
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1, value_parser = flag::detection_probability)]
     detection_probability: f64,
-    /// Probability of choosing the Z basis, on both sides.
-    #[arg(long, default_value_t = 0.5)]
+    /// Probability of choosing the Z basis, on both sides, in (0, 1).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.5, value_parser = flag::basis_probability)]
     z_basis_probability: f64,
-    /// Time slots per frame.
-    #[arg(long, default_value_t = 1 << 22)]
+    /// Time slots per frame, 1 to 2^28.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1 << 22, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_FRAME_SLOTS))]
     frame_slots: usize,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -42,9 +50,11 @@ struct Report {
     sifted_bits: u64,
     errors: u64,
     configured_qber: f64,
-    measured_qber: f64,
+    /// `None` when no bit survived sifting.
+    measured_qber: Option<f64>,
     seconds: f64,
-    raw_detections_per_second: f64,
+    /// `None` when the run took less than [`clock::MIN_TIMED`].
+    raw_detections_per_second: Option<f64>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -70,9 +80,9 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         sifted_bits: 0,
         errors: 0,
         configured_qber: args.qber,
-        measured_qber: 0.0,
+        measured_qber: None,
         seconds: 0.0,
-        raw_detections_per_second: 0.0,
+        raw_detections_per_second: None,
     };
     while r.raw_detections < args.bits {
         let (alice, bob) = sim.next_pair();
@@ -91,13 +101,10 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         bar.set_position(r.raw_detections.min(args.bits));
     }
     bar.finish_and_clear();
-    r.seconds = start.elapsed().as_secs_f64();
-    r.measured_qber = if r.sifted_bits == 0 {
-        0.0
-    } else {
-        r.errors as f64 / r.sifted_bits as f64
-    };
-    r.raw_detections_per_second = r.raw_detections as f64 / r.seconds.max(1e-9);
+    let elapsed = start.elapsed();
+    r.seconds = elapsed.as_secs_f64();
+    r.measured_qber = (r.sifted_bits > 0).then(|| r.errors as f64 / r.sifted_bits as f64);
+    r.raw_detections_per_second = clock::per_second(r.raw_detections as f64, elapsed);
     match args.format {
         Format::Json => println!("{}", serde_json::to_string(&r)?),
         Format::Text => {
@@ -106,7 +113,7 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "raw detections:  {} (detection rate {:.4})",
                 r.raw_detections,
-                r.raw_detections as f64 / r.slots as f64
+                r.raw_detections as f64 / r.slots.max(1) as f64
             );
             println!(
                 "sifted bits:     {} (sifting ratio {:.4})",
@@ -115,13 +122,21 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             );
             println!("errors:          {}", r.errors);
             println!(
-                "measured QBER:   {:.5} (configured {})",
-                r.measured_qber, r.configured_qber
+                "measured QBER:   {} (configured {})",
+                clock::or_text(
+                    r.measured_qber,
+                    5,
+                    "none: no bit survived sifting, raise --bits"
+                ),
+                r.configured_qber
             );
             println!(
-                "time:            {:.3} s ({:.1} Mdetections/s, sifting included)",
+                "time:            {:.3} s ({}, sifting included)",
                 r.seconds,
-                r.raw_detections_per_second / 1e6
+                r.raw_detections_per_second.map_or_else(
+                    || "too short to time".to_owned(),
+                    |d| format!("{:.1} Mdetections/s", d / 1e6)
+                )
             );
         }
     }
