@@ -126,6 +126,16 @@ pub struct Decoder {
     scaling: simd::Scaling,
 }
 
+impl Drop for Decoder {
+    /// Posteriors and messages are derived from Bob's key: wiped.
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.posterior.zeroize();
+        self.messages.zeroize();
+        self.layer.zeroize();
+    }
+}
+
 impl Decoder {
     /// A decoder with the fastest available kernel.
     #[must_use]

@@ -18,18 +18,26 @@
 //!   AVX2 kernels with the same output.
 //! - [`rate`]: frames with punctured and shortened positions, choosing the
 //!   code for a QBER, the leakage accounting.
+//! - [`machine`]: [`LdpcAlice`] and [`LdpcBob`] on the `Machine` contract,
+//!   with their messages in [`wire`].
 //! - [`reconcile_in_memory`]: both sides in one call (tests, `qkd ec`).
 
 pub mod alist;
 pub mod code;
 pub mod decode;
+pub mod machine;
 pub mod rate;
 mod simd;
+pub mod wire;
 
 pub use alist::{read_alist, write_alist};
 pub use code::{CodeCache, CodeSpec, LdpcCode, MotherRate, SHIPPED_SEED};
 pub use decode::{Backend, DecodeOutcome, Decoder, channel_magnitude};
+pub use machine::{
+    LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent, LdpcInputError, LdpcStats,
+};
 pub use rate::{FramePlan, RateChoice, choose_plan};
+pub use wire::{LdpcMessage, PlanId};
 
 use qkd_core::BitVec;
 use rand_core::Rng;

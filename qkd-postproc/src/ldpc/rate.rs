@@ -36,6 +36,7 @@ pub struct FramePlan {
     code: Arc<LdpcCode>,
     punctured: usize,
     shortened: usize,
+    rung: Option<MotherRate>,
     /// 0 = key, 1 = punctured, 2 = shortened.
     kind: Vec<u8>,
 }
@@ -76,6 +77,7 @@ impl FramePlan {
             code,
             punctured,
             shortened,
+            rung: None,
             kind,
         })
     }
@@ -84,6 +86,13 @@ impl FramePlan {
     #[must_use]
     pub fn code(&self) -> &Arc<LdpcCode> {
         &self.code
+    }
+
+    /// The ladder rung of the code, when the plan came from
+    /// [`choose_plan`] (named on the wire so both sides check they agree).
+    #[must_use]
+    pub fn rung(&self) -> Option<MotherRate> {
+        self.rung
     }
 
     /// Punctured positions.
@@ -282,5 +291,7 @@ pub fn choose_plan(
     };
     let code = cache.get(CodeSpec { rate, n, seed })?;
     let p = p.min(code.untainted());
-    FramePlan::new(code, p, d - p)
+    let mut plan = FramePlan::new(code, p, d - p)?;
+    plan.rung = Some(rate);
+    Ok(plan)
 }
