@@ -370,3 +370,53 @@ fn profile_threshold() {
         println!("{line}");
     }
 }
+
+/// The plan `choose_plan` makes for `LDPC_Q`, `LDPC_F`, `LDPC_N`, and its
+/// frame error rate over `LDPC_TRIALS` frames in one round.
+#[test]
+#[ignore = "diagnostic"]
+fn plan_probe() {
+    let n = env("LDPC_N", 16384.0) as usize;
+    let q = env("LDPC_Q", 0.02);
+    let f = env("LDPC_F", 1.45);
+    let trials = env("LDPC_TRIALS", 20.0) as usize;
+    let mut cache = CodeCache::new();
+    let plan = choose_plan(
+        &mut cache,
+        n,
+        SHIPPED_SEED,
+        q,
+        RateChoice {
+            modulated: 0.1,
+            target_efficiency: f,
+        },
+    )
+    .unwrap();
+    let mut decoder = Decoder::new(plan.code().clone());
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut fails = 0;
+    for _ in 0..trials {
+        let a = BitVec::random(plan.key_len(), &mut rng);
+        let b = noisy(&a, q, &mut rng);
+        let settings = Settings {
+            qber: q,
+            variant: Variant::RateAdaptive,
+            max_iterations: 100,
+        };
+        if !reconcile_in_memory(&plan, &mut decoder, &a, &b, settings, &mut rng)
+            .unwrap()
+            .keys_equal
+        {
+            fails += 1;
+        }
+    }
+    println!(
+        "rate {:.3} p {} s {} key {} untainted {} fer {:.2}",
+        plan.code().rate(),
+        plan.punctured(),
+        plan.shortened(),
+        plan.key_len(),
+        plan.code().untainted(),
+        fails as f64 / trials as f64
+    );
+}

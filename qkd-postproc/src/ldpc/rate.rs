@@ -240,7 +240,8 @@ impl Default for RateChoice {
 /// into punctured and shortened so that the syndrome leaks
 /// `target_efficiency · h2(qber)` per key bit: `p = m − f·h2·(n − d)`.
 /// Among the rungs where that `p` fits in `0..=min(d, untainted)`, the one
-/// whose `p` is nearest to `d/2` wins (the middle of its range).
+/// that punctures least wins (puncturing costs the decoder more than
+/// shortening).
 ///
 /// # Errors
 /// [`LdpcError::Config`] for a QBER outside (0, 0.5), a modulated fraction
@@ -278,7 +279,9 @@ pub fn choose_plan(
         if p > d {
             continue;
         }
-        let score = (p as f64 - d as f64 / 2.0).abs();
+        // Puncturing costs the decoder far more than shortening: the
+        // rung that needs the fewest punctured positions wins.
+        let score = p as f64;
         if best.is_none_or(|(s, _, _)| score < s) {
             best = Some((score, rate, p));
         }
