@@ -8,4 +8,5 @@ pub mod cascade;
 pub mod confirm;
 pub mod estimate;
 pub mod gf128;
+pub mod ldpc;
 pub mod sift;

@@ -42,6 +42,9 @@ pub(crate) const MAX_TRIALS: u64 = 1_000_000;
 pub(crate) enum Method {
     /// Interactive Cascade (`qkd_postproc::cascade`).
     Cascade,
+    /// One-way LDPC syndrome coding (`qkd_postproc::ldpc`), with
+    /// `--variant rate-adaptive` or `--variant blind`.
+    Ldpc,
 }
 
 /// Cascade variants (Martinez-Mateo et al. 2015).
@@ -61,11 +64,27 @@ pub(crate) enum VariantArg {
     Option7,
     /// Powers of two from log2(1/Q) - 0.5, k3 = 4096, then n/2; 14 passes; reuse.
     Option8,
+    /// LDPC: one syndrome at a rate aimed at --ldpc-efficiency (default 1.25).
+    RateAdaptive,
+    /// LDPC: syndrome aimed at f = 1, then reveals of 1 % of n h2(Q) per round.
+    Blind,
+}
+
+impl VariantArg {
+    fn ldpc(self) -> Option<crate::ldpc::LdpcVariant> {
+        match self {
+            VariantArg::RateAdaptive => Some(crate::ldpc::LdpcVariant::RateAdaptive),
+            VariantArg::Blind => Some(crate::ldpc::LdpcVariant::Blind),
+            _ => None,
+        }
+    }
 }
 
 impl From<VariantArg> for Variant {
+    /// Only for the Cascade variants (`run` checks before converting).
     fn from(v: VariantArg) -> Self {
         match v {
+            VariantArg::RateAdaptive | VariantArg::Blind => Variant::Option8,
             VariantArg::Original => Variant::Original,
             VariantArg::Biconf => Variant::Biconf,
             VariantArg::Yanetal => Variant::YanEtAl,
@@ -93,8 +112,9 @@ pub(crate) struct Args {
     /// Error-correction method.
     #[arg(long, value_enum, default_value_t = Method::Cascade)]
     method: Method,
-    /// Variants to run (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "option8")]
+    /// Variants to run (comma-separated). Default: option8 for Cascade,
+    /// blind for LDPC.
+    #[arg(long, value_enum, value_delimiter = ',')]
     variant: Vec<VariantArg>,
     /// Channel QBER in (0, 0.5) (comma-separated to sweep), also given to
     /// Cascade as its estimate.
@@ -127,6 +147,14 @@ pub(crate) struct Args {
     /// the variant's own (2 for original, 1 for the others).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     search_waves: Option<u32>,
+    /// LDPC: the syndrome efficiency the rate is chosen for (rate-adaptive
+    /// default 1.25, blind default 1.0), in [1, 10].
+    #[arg(long, allow_negative_numbers = true, value_parser = flag::efficiency)]
+    ldpc_efficiency: Option<f64>,
+    /// LDPC: run with this alist code instead of the built ladder (the
+    /// whole frame is key; --n is ignored).
+    #[arg(long, value_parser = flag::input_file)]
+    code: Option<std::path::PathBuf>,
     /// Also draw f against QBER, per variant, into this SVG file (its
     /// folder must exist).
     #[arg(long, value_parser = flag::output_file)]
@@ -136,25 +164,56 @@ pub(crate) struct Args {
 /// One output row.
 #[derive(serde::Serialize, Clone, Debug)]
 pub(crate) struct Row {
-    method: &'static str,
-    variant: &'static str,
-    qber: f64,
-    n: usize,
-    trials: u64,
+    pub(crate) method: &'static str,
+    pub(crate) variant: &'static str,
+    pub(crate) qber: f64,
+    pub(crate) n: usize,
+    pub(crate) trials: u64,
     /// `None` when no frame had an error.
-    f_mean: Option<f64>,
+    pub(crate) f_mean: Option<f64>,
     /// `None` with fewer than two frames with errors.
-    f_stddev: Option<f64>,
-    channel_uses_mean: f64,
-    fer: f64,
+    pub(crate) f_stddev: Option<f64>,
+    pub(crate) channel_uses_mean: f64,
+    pub(crate) fer: f64,
     /// `None` when the timed part was shorter than [`clock::MIN_TIMED`].
-    throughput_mbps: Option<f64>,
+    pub(crate) throughput_mbps: Option<f64>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     let mut plans: Vec<Arc<ShufflePlan>> = Vec::new();
-    for &variant in &args.variant {
+    let ldpc = args.method == Method::Ldpc;
+    let variants = match (args.variant.is_empty(), ldpc) {
+        (false, _) => args.variant.clone(),
+        (true, true) => vec![VariantArg::Blind],
+        (true, false) => vec![VariantArg::Option8],
+    };
+    if let Some(bad) = variants.iter().find(|v| v.ldpc().is_some() != ldpc) {
+        return Err(format!(
+            "--variant {} does not go with --method {}: LDPC takes rate-adaptive or \
+             blind, Cascade the others",
+            format!("{bad:?}").to_lowercase(),
+            format!("{:?}", args.method).to_lowercase()
+        )
+        .into());
+    }
+    let mut cache = qkd_postproc::ldpc::CodeCache::new();
+    for &variant in &variants {
+        if let Some(v) = variant.ldpc() {
+            for &qber in &args.qber {
+                let point = crate::ldpc::Point {
+                    variant: v,
+                    qber,
+                    n: args.n,
+                    trials: args.trials,
+                    seed: args.seed,
+                    efficiency: args.ldpc_efficiency,
+                    code: args.code.as_deref(),
+                };
+                rows.push(crate::ldpc::run_point(&point, &mut cache)?);
+            }
+            continue;
+        }
         let variant = Variant::from(variant);
         let n = match variant {
             Variant::Option8 => args.n_option8.unwrap_or(args.n),

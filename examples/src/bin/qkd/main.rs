@@ -17,6 +17,7 @@ mod auth;
 mod clock;
 mod ec;
 mod flag;
+mod ldpc;
 mod simulate;
 
 /// Tools for the classical side of a QKD link.
@@ -38,8 +39,10 @@ enum Command {
     Auth(auth::Args),
     /// Toeplitz-hash a key file with a seed file (privacy amplification).
     Amplify(amplify::Args),
-    /// Run error correction (Cascade) on simulated frames; report efficiency, channel uses, FER.
+    /// Run error correction (Cascade or LDPC) on simulated frames; report efficiency, channel uses, FER.
     Ec(ec::Args),
+    /// LDPC codes: export a built code as alist.
+    Ldpc(ldpc::Args),
 }
 
 /// How a subcommand prints its result.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Auth(args) => auth::run(&args),
         Command::Amplify(args) => amplify::run(&args),
         Command::Ec(args) => ec::run(&args),
+        Command::Ldpc(args) => ldpc::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,562 @@
+//! Parity-check matrices: quasi-cyclic codes built from a seed, codes read
+//! from `alist` files, untainted puncturing orders, and a cache the caller
+//! owns.
+//!
+//! A code is stored as a *base matrix* of `mb × nb` entries, each entry
+//! either empty or a `Z × Z` circulant permutation given by its shift `s`:
+//! check row `r·Z + j` of base row `r` holds the variable
+//! `c·Z + (j + s) mod Z` for every entry `(c, s)` of that row. A code read
+//! from an `alist` file without this structure is held with `Z = 1` (each
+//! entry one edge), so every code goes through the same decoder; only the
+//! vectorised decoder needs `Z` to be a multiple of its lane count to run at
+//! full width.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use super::LdpcError;
+
+/// Smallest frame length [`LdpcCode::build`] accepts.
+pub const MIN_BUILT_LENGTH: usize = 1 << 10;
+/// Largest frame length [`LdpcCode::build`] accepts.
+pub const MAX_BUILT_LENGTH: usize = 1 << 20;
+/// Largest check-row degree any code may have (the decoders index the
+/// edges of a row with a byte).
+pub const MAX_ROW_DEGREE: usize = 255;
+
+/// The degree profile of a quasi-cyclic code: `base_rows − 1` degree-2
+/// columns in a staircase (no cycle among them, the IRA structure), plus
+/// `columns` (degree, count) spread over the least loaded base rows, so
+/// check degrees stay concentrated. Counts must add up to
+/// `base_columns − base_rows + 1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DegreeProfile {
+    /// Rows of the base matrix.
+    pub base_rows: usize,
+    /// Columns of the base matrix.
+    pub base_columns: usize,
+    /// (variable degree, number of base columns) besides the staircase.
+    pub columns: Vec<(u8, u16)>,
+}
+
+/// The rungs: (base rows, base columns, columns besides the staircase).
+/// The shapes follow distributions optimised for the binary symmetric
+/// channel by density evolution (Richardson, Shokrollahi and Urbanke 2001;
+/// Elkouss, Leverrier, Alléaume and Boutros 2009): about as many degree-2
+/// variables as checks, most of the rest at degree 3, a tail at a high
+/// degree; the high rates use 256 base columns so the tail can reach high
+/// degrees.
+/// (base rows, base columns, (degree, count) besides the staircase).
+type Rung = (usize, usize, &'static [(u8, u16)]);
+
+const LADDER: [Rung; 9] = [
+    (64, 128, &[(18, 10), (6, 16), (3, 39)]),
+    (58, 128, &[(18, 9), (6, 16), (3, 46)]),
+    (51, 128, &[(18, 9), (6, 16), (3, 53)]),
+    (45, 128, &[(18, 9), (6, 15), (3, 60)]),
+    (38, 128, &[(18, 9), (6, 15), (3, 67)]),
+    (32, 128, &[(16, 9), (6, 14), (3, 74)]),
+    (52, 256, &[(14, 25), (6, 30), (3, 150)]),
+    (38, 256, &[(12, 30), (6, 30), (3, 159)]),
+    (26, 256, &[(12, 30), (6, 30), (3, 171)]),
+];
+
+/// The mother code rates built in code, lowest first: `1 − mb/nb` for
+/// `mb/nb` = 64, 58, 51, 45, 38, 32 over 128 and 52, 38, 26 over 256
+/// (0.5 to 0.898 in steps of
+/// about 0.05). With puncturing and shortening they cover QBER 1 % to 11 %.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MotherRate(u8);
+
+impl MotherRate {
+    /// Every rung of the ladder, lowest rate first.
+    pub fn ladder() -> impl Iterator<Item = MotherRate> {
+        (0..LADDER.len() as u8).map(MotherRate)
+    }
+
+    /// The rung at `index` (0 = rate 0.5), if there is one.
+    #[must_use]
+    pub fn from_index(index: u8) -> Option<Self> {
+        (usize::from(index) < LADDER.len()).then_some(MotherRate(index))
+    }
+
+    /// The rung nearest to `rate` (for command lines: `--rate 0.8`).
+    #[must_use]
+    pub fn nearest(rate: f64) -> Option<Self> {
+        if !rate.is_finite() {
+            return None;
+        }
+        Self::ladder().min_by(|a, b| (a.rate() - rate).abs().total_cmp(&(b.rate() - rate).abs()))
+    }
+
+    /// Position on the ladder (0 = lowest rate).
+    #[must_use]
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
+    /// The design rate `1 − mb/nb`.
+    #[must_use]
+    pub fn rate(self) -> f64 {
+        let (mb, nb, _) = LADDER[usize::from(self.0)];
+        1.0 - mb as f64 / nb as f64
+    }
+
+    /// The degree profile of this rung.
+    #[must_use]
+    pub fn profile(self) -> DegreeProfile {
+        let (base_rows, base_columns, columns) = LADDER[usize::from(self.0)];
+        DegreeProfile {
+            base_rows,
+            base_columns,
+            columns: columns.to_vec(),
+        }
+    }
+}
+
+/// What identifies a built code: rung, frame length and seed. Two builds
+/// from equal specs give the same matrix on every machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CodeSpec {
+    /// Mother rate.
+    pub rate: MotherRate,
+    /// Frame length in bits: a multiple of the rung's base columns (128,
+    /// or 256 for rates from 0.797) from 2^10 to 2^20.
+    pub n: usize,
+    /// Seed of the construction (shifts, row choice, puncturing order).
+    pub seed: u64,
+}
+
+/// The seed of the codes this crate ships (pinned by a test of their hashes).
+pub const SHIPPED_SEED: u64 = 0x4c44_5043_0001;
+
+/// A binary LDPC code given by its parity-check matrix, in quasi-cyclic
+/// form (see the module docs), with an untainted puncturing order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LdpcCode {
+    z: usize,
+    nb: usize,
+    mb: usize,
+    /// Base row `r` holds entries `row_start[r]..row_start[r + 1]`.
+    row_start: Vec<u32>,
+    /// (column, shift) of every base entry, rows in order, columns sorted.
+    entries: Vec<(u32, u32)>,
+    /// Variables in the order they are punctured (untainted first).
+    puncture_order: Vec<u32>,
+    /// How many leading entries of `puncture_order` are untainted.
+    untainted: usize,
+}
+
+impl LdpcCode {
+    /// Builds the code of `spec` (quasi-cyclic, 128 or 256 base columns,
+    /// lifted by `Z = n / base columns`): rows of each column chosen among the least loaded
+    /// base rows, circulant shifts drawn from the seed avoiding 4-cycles in
+    /// the lifted graph.
+    ///
+    /// # Errors
+    /// [`LdpcError::Config`] for a length that is not a multiple of the base columns in
+    /// `2^10..=2^20`.
+    pub fn build(spec: CodeSpec) -> Result<Self, LdpcError> {
+        let seed = spec.seed ^ (u64::from(spec.rate.0) << 56);
+        Self::build_profile(&spec.rate.profile(), spec.n, seed)
+    }
+
+    /// Builds a quasi-cyclic code of length `n` with the degree profile
+    /// `profile` (see [`DegreeProfile`]), lifted by `Z = n / base_columns`.
+    ///
+    /// # Errors
+    /// [`LdpcError::Config`] for a profile that does not add up, or a length
+    /// that is not a multiple of the base columns in `2^10..=2^20`.
+    pub fn build_profile(profile: &DegreeProfile, n: usize, seed: u64) -> Result<Self, LdpcError> {
+        let (mb, nb) = (profile.base_rows, profile.base_columns);
+        if !(MIN_BUILT_LENGTH..=MAX_BUILT_LENGTH).contains(&n) || nb == 0 || !n.is_multiple_of(nb) {
+            return Err(LdpcError::Config {
+                field: "ldpc.n",
+                reason: "must be a multiple of the base columns from 1024 to 1048576",
+            });
+        }
+        let counted: usize = profile.columns.iter().map(|&(_, c)| usize::from(c)).sum();
+        if mb < 2
+            || mb >= nb
+            || counted + mb - 1 != nb
+            || profile
+                .columns
+                .iter()
+                .any(|&(d, _)| d == 0 || usize::from(d) > mb)
+        {
+            return Err(LdpcError::Config {
+                field: "ldpc.profile",
+                reason: "columns must add up to base_columns − base_rows + 1, degrees 1 to base_rows",
+            });
+        }
+        let z = n / nb;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ ((n as u64) << 20));
+
+        // Column degrees, highest first; the staircase columns last.
+        let free = nb - (mb - 1);
+        let mut degrees: Vec<usize> = Vec::with_capacity(nb);
+        for &(d, count) in &profile.columns {
+            degrees.extend(std::iter::repeat_n(usize::from(d), usize::from(count)));
+        }
+        degrees.sort_unstable_by(|a, b| b.cmp(a));
+
+        // base[r][c] = shift + 1, or 0 for an empty entry.
+        let mut base = vec![vec![0u32; nb]; mb];
+        let mut row_load = vec![0usize; mb];
+        for (c, &d) in degrees.iter().enumerate() {
+            // The `d` least loaded rows, ties broken by a random key.
+            let mut rows: Vec<(usize, u32, usize)> =
+                (0..mb).map(|r| (row_load[r], rng.next_u32(), r)).collect();
+            rows.sort_unstable();
+            for &(_, _, r) in rows.iter().take(d) {
+                base[r][c] = 1 + pick_shift(&base, r, c, z, &mut rng);
+                row_load[r] += 1;
+            }
+        }
+        for i in 0..mb - 1 {
+            let c = free + i;
+            for r in [i, i + 1] {
+                base[r][c] = 1 + pick_shift(&base, r, c, z, &mut rng);
+            }
+        }
+        let mut row_start = Vec::with_capacity(mb + 1);
+        let mut entries = Vec::new();
+        row_start.push(0);
+        for row in &base {
+            for (c, &e) in row.iter().enumerate() {
+                if e != 0 {
+                    entries.push((c as u32, e - 1));
+                }
+            }
+            row_start.push(entries.len() as u32);
+        }
+        let mut code = LdpcCode {
+            z,
+            nb,
+            mb,
+            row_start,
+            entries,
+            puncture_order: Vec::new(),
+            untainted: 0,
+        };
+        code.check_shape()?;
+        code.order_puncturing(seed);
+        Ok(code)
+    }
+
+    /// A code from explicit check rows (`rows[i]` lists the variables of
+    /// check `i`, each below `n`), held with `Z = 1`.
+    ///
+    /// # Errors
+    /// [`LdpcError::Code`] for a variable out of range, a repeated variable
+    /// in a row, an empty code or a row above [`MAX_ROW_DEGREE`].
+    pub fn from_rows(n: usize, rows: &[Vec<u32>], puncture_seed: u64) -> Result<Self, LdpcError> {
+        let mut row_start = Vec::with_capacity(rows.len() + 1);
+        let mut entries = Vec::new();
+        row_start.push(0u32);
+        for row in rows {
+            let mut sorted: Vec<u32> = row.clone();
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return Err(LdpcError::Code("a check lists the same variable twice"));
+            }
+            if sorted.last().is_some_and(|&v| v as usize >= n) {
+                return Err(LdpcError::Code("a check lists a variable beyond n"));
+            }
+            entries.extend(sorted.into_iter().map(|c| (c, 0)));
+            row_start
+                .push(u32::try_from(entries.len()).map_err(|_| LdpcError::Code("too many edges"))?);
+        }
+        let mut code = LdpcCode {
+            z: 1,
+            nb: n,
+            mb: rows.len(),
+            row_start,
+            entries,
+            puncture_order: Vec::new(),
+            untainted: 0,
+        };
+        code.check_shape()?;
+        code.order_puncturing(puncture_seed);
+        Ok(code)
+    }
+
+    fn check_shape(&self) -> Result<(), LdpcError> {
+        if self.n() == 0 || self.m() == 0 || self.m() >= self.n() {
+            return Err(LdpcError::Code("need 0 < m < n"));
+        }
+        if u32::try_from(self.n()).is_err() {
+            return Err(LdpcError::Code("too many variables"));
+        }
+        if (0..self.mb).any(|r| self.row(r).len() > MAX_ROW_DEGREE || self.row(r).is_empty()) {
+            return Err(LdpcError::Code("check degree must be 1 to 255"));
+        }
+        Ok(())
+    }
+
+    /// Frame length (variables).
+    #[must_use]
+    pub fn n(&self) -> usize {
+        self.nb * self.z
+    }
+
+    /// Syndrome length (checks).
+    #[must_use]
+    pub fn m(&self) -> usize {
+        self.mb * self.z
+    }
+
+    /// Design rate `1 − m/n`.
+    #[must_use]
+    pub fn rate(&self) -> f64 {
+        1.0 - self.m() as f64 / self.n() as f64
+    }
+
+    /// Lifting factor `Z` (1 for a code without circulant structure).
+    #[must_use]
+    pub fn lifting(&self) -> usize {
+        self.z
+    }
+
+    /// Rows of the base matrix.
+    #[must_use]
+    pub fn base_rows(&self) -> usize {
+        self.mb
+    }
+
+    /// Columns of the base matrix.
+    #[must_use]
+    pub fn base_columns(&self) -> usize {
+        self.nb
+    }
+
+    /// Edges of the Tanner graph (ones in the parity-check matrix).
+    #[must_use]
+    pub fn edges(&self) -> usize {
+        self.entries.len() * self.z
+    }
+
+    /// The (column, shift) entries of base row `r`.
+    #[must_use]
+    pub fn row(&self, r: usize) -> &[(u32, u32)] {
+        &self.entries[self.row_start[r] as usize..self.row_start[r + 1] as usize]
+    }
+
+    /// Variables of check `i` (expanded, ascending).
+    #[must_use]
+    pub fn check(&self, i: usize) -> Vec<u32> {
+        let (r, j) = (i / self.z, i % self.z);
+        let z = self.z as u32;
+        let mut v: Vec<u32> = self
+            .row(r)
+            .iter()
+            .map(|&(c, s)| c * z + (j as u32 + s) % z)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Canonical bytes of the matrix (n, m, then every check's variables as
+    /// big-endian `u32`), the input of the pinned hashes. Equal for a
+    /// quasi-cyclic code and its `alist` read back with `Z = 1`.
+    #[must_use]
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 4 * (self.edges() + self.m()));
+        out.extend_from_slice(&(self.n() as u32).to_be_bytes());
+        out.extend_from_slice(&(self.m() as u32).to_be_bytes());
+        for i in 0..self.m() {
+            let vars = self.check(i);
+            out.extend_from_slice(&(vars.len() as u32).to_be_bytes());
+            for v in vars {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    /// Variables in puncturing order: the first [`Self::untainted`] ones
+    /// are untainted (no check sees two of them), so each is recoverable
+    /// from one check in the first iteration; the rest follow in a seeded
+    /// random order and are only used when a rate needs more.
+    #[must_use]
+    pub fn puncture_order(&self) -> &[u32] {
+        &self.puncture_order
+    }
+
+    /// How many variables can be punctured untainted.
+    #[must_use]
+    pub fn untainted(&self) -> usize {
+        self.untainted
+    }
+
+    /// Syndrome `H·x` of a frame of `n` bits, packed like `BitVec` words.
+    #[must_use]
+    pub fn syndrome(&self, frame: &qkd_core::BitVec) -> qkd_core::BitVec {
+        debug_assert_eq!(frame.len(), self.n());
+        let words = frame.words();
+        let bit = |v: usize| (words[v / 64] >> (v % 64)) & 1;
+        let mut out = qkd_core::BitVec::zeros(self.m());
+        let z = self.z;
+        for r in 0..self.mb {
+            for j in 0..z {
+                let mut p = 0;
+                for &(c, s) in self.row(r) {
+                    p ^= bit(c as usize * z + (j + s as usize) % z);
+                }
+                if p != 0 {
+                    out.set(r * z + j, true);
+                }
+            }
+        }
+        out
+    }
+
+    /// Untainted puncturing (Elkouss, Martinez-Mateo and Martin 2011):
+    /// repeatedly puncture a lowest-degree variable none of whose checks
+    /// already sees a punctured one, and strike every variable sharing a
+    /// check with it; ties broken by a seeded random order.
+    fn order_puncturing(&mut self, seed: u64) {
+        let (n, m, z) = (self.n(), self.m(), self.z);
+        // Expanded adjacency: checks of each variable.
+        let mut var_deg = vec![0u32; n];
+        for r in 0..self.mb {
+            for &(c, _) in self.row(r) {
+                for t in 0..z {
+                    var_deg[c as usize * z + t] += 1;
+                }
+            }
+        }
+        let mut var_start = vec![0usize; n + 1];
+        for v in 0..n {
+            var_start[v + 1] = var_start[v] + var_deg[v] as usize;
+        }
+        let mut fill = var_start.clone();
+        let mut var_checks = vec![0u32; var_start[n]];
+        for i in 0..m {
+            let (r, j) = (i / z, i % z);
+            for &(c, s) in self.row(r) {
+                let v = c as usize * z + (j + s as usize) % z;
+                var_checks[fill[v]] = i as u32;
+                fill[v] += 1;
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7075_6e63_7475_7265);
+        let mut order: Vec<(u32, u32, u32)> = (0..n)
+            .map(|v| (var_deg[v], rng.next_u32(), v as u32))
+            .collect();
+        order.sort_unstable();
+        let mut struck = vec![false; n];
+        let mut check_used = vec![false; m];
+        let mut chosen = Vec::new();
+        for &(_, _, v) in &order {
+            let v = v as usize;
+            if struck[v] || var_deg[v] == 0 {
+                continue;
+            }
+            let checks = &var_checks[var_start[v]..var_start[v + 1]];
+            if checks.iter().any(|&i| check_used[i as usize]) {
+                continue;
+            }
+            chosen.push(v as u32);
+            struck[v] = true;
+            for &i in checks {
+                check_used[i as usize] = true;
+                for u in self.check(i as usize) {
+                    struck[u as usize] = true;
+                }
+            }
+        }
+        self.untainted = chosen.len();
+        let mut is_chosen = vec![false; n];
+        for &v in &chosen {
+            is_chosen[v as usize] = true;
+        }
+        let mut rest: Vec<(u32, u32)> = (0..n as u32)
+            .filter(|&v| !is_chosen[v as usize])
+            .map(|v| (rng.next_u32(), v))
+            .collect();
+        rest.sort_unstable();
+        chosen.extend(rest.into_iter().map(|(_, v)| v));
+        self.puncture_order = chosen;
+    }
+}
+
+/// A shift for entry `(r, c)` that closes no 4-cycle with the entries
+/// already placed (tries 64 random shifts, then takes the last).
+fn pick_shift(base: &[Vec<u32>], r: usize, c: usize, z: usize, rng: &mut ChaCha8Rng) -> u32 {
+    let z32 = z as u32;
+    let mut s = 0;
+    for _ in 0..64 {
+        s = if z == 1 { 0 } else { rng.next_u32() % z32 };
+        let mut clean = true;
+        'rows: for (r2, row2) in base.iter().enumerate() {
+            let e2 = row2[c];
+            if r2 == r || e2 == 0 {
+                continue;
+            }
+            let s2 = e2 - 1;
+            for (c2, (&a, &b)) in base[r].iter().zip(row2.iter()).enumerate() {
+                if c2 == c || a == 0 || b == 0 {
+                    continue;
+                }
+                // Cycle (r,c) → (r,c2) → (r2,c2) → (r2,c) → (r,c).
+                let sum = (u64::from(s) + u64::from(b - 1) + 2 * u64::from(z32)
+                    - u64::from(a - 1)
+                    - u64::from(s2))
+                    % u64::from(z32);
+                if sum == 0 {
+                    clean = false;
+                    break 'rows;
+                }
+            }
+        }
+        if clean {
+            break;
+        }
+    }
+    s
+}
+
+/// Built codes kept for reuse, keyed by their spec. The caller owns it
+/// (library code keeps no process-wide state); building the largest code
+/// (2^18 bits) takes tens of milliseconds, so a run builds each code once.
+#[derive(Debug, Default)]
+pub struct CodeCache {
+    codes: HashMap<CodeSpec, Arc<LdpcCode>>,
+}
+
+impl CodeCache {
+    /// An empty cache.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The code of `spec`, built on first use.
+    ///
+    /// # Errors
+    /// As [`LdpcCode::build`].
+    pub fn get(&mut self, spec: CodeSpec) -> Result<Arc<LdpcCode>, LdpcError> {
+        if let Some(code) = self.codes.get(&spec) {
+            return Ok(Arc::clone(code));
+        }
+        let code = Arc::new(LdpcCode::build(spec)?);
+        self.codes.insert(spec, Arc::clone(&code));
+        Ok(code)
+    }
+
+    /// Codes held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Whether the cache is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+}

@@ -1,0 +1,171 @@
+//! LDPC reconciliation: one-way syndrome coding with rate adaptation and
+//! blind rounds.
+//!
+//! ```text
+//!  Alice (reference key)                               Bob (noisy key)
+//!  frame = key ∪ punctured (random) ∪ shortened (0)
+//!  syndrome H·frame ───────────────────────────────▶  decode (min-sum)
+//!                     ◀─────── failed, reveal more ─── (blind only)
+//!  next bits of the reveal order ──────────────────▶  decode again
+//!                     ◀─────────── decoded ────────── key = decisions
+//! ```
+//!
+//! - [`code`]: quasi-cyclic codes built from a seed ([`LdpcCode::build`],
+//!   a ladder of mother rates 0.5 to 0.9), untainted puncturing orders, the
+//!   [`CodeCache`] the caller owns.
+//! - [`alist`]: read and write the `alist` format.
+//! - [`decode`]: layered normalised min-sum on 8-bit messages, portable and
+//!   AVX2 kernels with the same output.
+//! - [`rate`]: frames with punctured and shortened positions, choosing the
+//!   code for a QBER, the leakage accounting.
+//! - [`machine`]: [`LdpcAlice`] and [`LdpcBob`] on the `Machine` contract,
+//!   with their messages in [`wire`].
+//! - [`reconcile_in_memory`]: both sides in one call (tests, `qkd ec`).
+
+pub mod alist;
+pub mod code;
+pub mod decode;
+pub mod machine;
+pub mod rate;
+mod simd;
+pub mod wire;
+
+pub use alist::{read_alist, write_alist};
+pub use code::{CodeCache, CodeSpec, LdpcCode, MotherRate, SHIPPED_SEED};
+pub use decode::{Backend, DecodeOutcome, Decoder, channel_magnitude};
+pub use machine::{
+    LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent, LdpcInputError, LdpcStats,
+};
+pub use rate::{FramePlan, RateChoice, choose_plan};
+pub use wire::{LdpcMessage, PlanId};
+
+use qkd_core::BitVec;
+use rand_core::Rng;
+
+/// Errors of the LDPC module.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LdpcError {
+    /// A parameter is out of range.
+    #[error("invalid `{field}`: {reason}")]
+    Config {
+        /// The parameter.
+        field: &'static str,
+        /// What is allowed.
+        reason: &'static str,
+    },
+    /// The matrix cannot be used.
+    #[error("unusable parity-check matrix: {0}")]
+    Code(&'static str),
+    /// An `alist` text is malformed.
+    #[error("malformed alist: {0}")]
+    Alist(&'static str),
+    /// A key, frame, LLR vector or syndrome has the wrong length.
+    #[error("wrong length of a key, frame or syndrome")]
+    Length,
+}
+
+/// How reconciliation reacts to a failed decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// One syndrome at the chosen rate; a failure drops the frame.
+    RateAdaptive,
+    /// Blind: after a failure Alice reveals the next `step` bits of the
+    /// reveal order, up to `max_rounds` rounds in all.
+    Blind {
+        /// Bits revealed per extra round.
+        step: usize,
+        /// Decoding rounds at most (the first included).
+        max_rounds: u32,
+    },
+}
+
+/// Result of [`reconcile_in_memory`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InMemoryOutcome {
+    /// Whether Bob's decoder matched the syndrome.
+    pub converged: bool,
+    /// Whether Bob's corrected key equals Alice's key (what confirmation
+    /// would find).
+    pub keys_equal: bool,
+    /// `m − p + revealed` (see [`rate`]).
+    pub leaked_bits: usize,
+    /// Bits revealed in blind rounds.
+    pub revealed: usize,
+    /// Decoding rounds run.
+    pub rounds: u32,
+    /// Decoder iterations over all rounds.
+    pub iterations: u32,
+}
+
+/// What [`reconcile_in_memory`] runs with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    /// Estimated QBER (sets the channel LLR magnitude).
+    pub qber: f64,
+    /// Rate-adaptive or blind.
+    pub variant: Variant,
+    /// Decoder iterations per round at most.
+    pub max_iterations: u32,
+}
+
+/// Runs Alice and Bob of one frame in memory: Alice's frame and syndrome,
+/// Bob's decoding, and for [`Variant::Blind`] reveal rounds until success.
+///
+/// # Errors
+/// [`LdpcError::Length`] if a key is not `plan.key_len()` bits or the
+/// decoder belongs to another code.
+pub fn reconcile_in_memory<R: Rng + ?Sized>(
+    plan: &FramePlan,
+    decoder: &mut Decoder,
+    alice_key: &BitVec,
+    bob_key: &BitVec,
+    settings: Settings,
+    rng: &mut R,
+) -> Result<InMemoryOutcome, LdpcError> {
+    if decoder.code().n() != plan.code().n() || decoder.code() != plan.code() {
+        return Err(LdpcError::Length);
+    }
+    let Settings {
+        qber,
+        variant,
+        max_iterations,
+    } = settings;
+    let frame = plan.alice_frame(alice_key, rng)?;
+    let syndrome = plan.code().syndrome(&frame);
+    let mut llrs = plan.bob_llrs(bob_key, channel_magnitude(qber))?;
+    let (step, max_rounds) = match variant {
+        Variant::RateAdaptive => (0, 1),
+        Variant::Blind { step, max_rounds } => (step.max(1), max_rounds.max(1)),
+    };
+    let mut revealed = 0;
+    let mut rounds = 0;
+    let mut iterations = 0;
+    loop {
+        rounds += 1;
+        let out = decoder.decode(&llrs, &syndrome, max_iterations)?;
+        iterations += out.iterations;
+        if out.converged || rounds >= max_rounds || revealed >= plan.max_reveal() {
+            let keys_equal = out.converged && plan.key_of(&decoder.decisions()) == *alice_key;
+            return Ok(InMemoryOutcome {
+                converged: out.converged,
+                keys_equal,
+                leaked_bits: plan.syndrome_leakage() + revealed,
+                revealed,
+                rounds,
+                iterations,
+            });
+        }
+        let upto = (revealed + step).min(plan.max_reveal());
+        for k in revealed..upto {
+            if let Some(v) = plan.reveal_position(k) {
+                llrs[v] = if frame.get(v) {
+                    -decode::LLR_MAX
+                } else {
+                    decode::LLR_MAX
+                };
+            }
+        }
+        revealed = upto;
+    }
+}

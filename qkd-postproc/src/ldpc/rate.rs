@@ -1,0 +1,300 @@
+//! Rate adaptation: one mother code serves a range of QBER by puncturing
+//! and shortening a fixed number `d` of its `n` positions; blind
+//! reconciliation reveals them step by step.
+//!
+//! A frame of `n` bits holds `n − p − s` key bits, `p` punctured bits
+//! (Alice's fresh random bits, unknown to Bob: LLR 0) and `s` shortened
+//! bits (zero, known to both: LLR +127). Punctured positions are the first
+//! `p` of the code's untainted puncturing order, shortened ones the last
+//! `s` of the same order, so the two never meet.
+//!
+//! # Leakage
+//! Alice sends the `m` syndrome bits. Because the punctured bits are
+//! uniform, secret and discarded, and untainted puncturing gives the
+//! punctured columns of `H` full rank, the syndrome tells Eve at most
+//! `m − p` bits about the key. Every bit revealed later (a punctured bit's
+//! value, then key bits) costs one more:
+//!
+//! ```text
+//! leaked_bits = m − p + revealed,   key length = n − p − s,
+//! f = leaked_bits / ((n − p − s) · h2(qber))
+//! ```
+
+use std::sync::Arc;
+
+use qkd_core::{BitVec, h2};
+use rand_core::Rng;
+
+use super::LdpcError;
+use super::code::{CodeCache, CodeSpec, LdpcCode, MotherRate};
+use super::decode::LLR_MAX;
+
+/// How a frame of one code is filled: `p` punctured and `s` shortened
+/// positions, the rest key.
+#[derive(Clone, Debug)]
+pub struct FramePlan {
+    code: Arc<LdpcCode>,
+    punctured: usize,
+    shortened: usize,
+    rung: Option<MotherRate>,
+    /// 0 = key, 1 = punctured, 2 = shortened.
+    kind: Vec<u8>,
+}
+
+const KEY: u8 = 0;
+const PUNCTURED: u8 = 1;
+const SHORTENED: u8 = 2;
+
+impl FramePlan {
+    /// A plan with `punctured` and `shortened` positions.
+    ///
+    /// # Errors
+    /// [`LdpcError::Config`] if `punctured` exceeds the untainted positions
+    /// of the code or no key bit would be left.
+    pub fn new(code: Arc<LdpcCode>, punctured: usize, shortened: usize) -> Result<Self, LdpcError> {
+        let n = code.n();
+        if punctured > code.untainted() {
+            return Err(LdpcError::Config {
+                field: "ldpc.punctured",
+                reason: "more than the code's untainted positions",
+            });
+        }
+        if punctured + shortened >= n.saturating_sub(code.m()) {
+            return Err(LdpcError::Config {
+                field: "ldpc.shortened",
+                reason: "punctured + shortened must stay below n − m",
+            });
+        }
+        let order = code.puncture_order();
+        let mut kind = vec![KEY; n];
+        for &v in &order[..punctured] {
+            kind[v as usize] = PUNCTURED;
+        }
+        for &v in &order[n - shortened..] {
+            kind[v as usize] = SHORTENED;
+        }
+        Ok(FramePlan {
+            code,
+            punctured,
+            shortened,
+            rung: None,
+            kind,
+        })
+    }
+
+    /// The code.
+    #[must_use]
+    pub fn code(&self) -> &Arc<LdpcCode> {
+        &self.code
+    }
+
+    /// The ladder rung of the code, when the plan came from
+    /// [`choose_plan`] (named on the wire so both sides check they agree).
+    #[must_use]
+    pub fn rung(&self) -> Option<MotherRate> {
+        self.rung
+    }
+
+    /// Punctured positions.
+    #[must_use]
+    pub fn punctured(&self) -> usize {
+        self.punctured
+    }
+
+    /// Shortened positions.
+    #[must_use]
+    pub fn shortened(&self) -> usize {
+        self.shortened
+    }
+
+    /// Key bits per frame: `n − p − s`.
+    #[must_use]
+    pub fn key_len(&self) -> usize {
+        self.code.n() - self.punctured - self.shortened
+    }
+
+    /// Leakage of the syndrome alone: `m − p`.
+    #[must_use]
+    pub fn syndrome_leakage(&self) -> usize {
+        self.code.m() - self.punctured
+    }
+
+    /// The largest number of bits blind reconciliation may reveal: the
+    /// punctured ones, then key bits up to half the key.
+    #[must_use]
+    pub fn max_reveal(&self) -> usize {
+        self.punctured + self.key_len() / 2
+    }
+
+    /// Frame position of the `k`-th revealed bit: the punctured positions
+    /// last-punctured first, then key positions in the order they would be
+    /// shortened next (`k < max_reveal()`).
+    #[must_use]
+    pub fn reveal_position(&self, k: usize) -> Option<usize> {
+        let order = self.code.puncture_order();
+        if k >= self.max_reveal() {
+            return None;
+        }
+        let v = if k < self.punctured {
+            order[self.punctured - 1 - k]
+        } else {
+            order[self.code.n() - self.shortened - 1 - (k - self.punctured)]
+        };
+        Some(v as usize)
+    }
+
+    /// Alice's frame: her key at the key positions, fresh random bits from
+    /// `rng` at the punctured ones, zeros at the shortened ones.
+    ///
+    /// # Errors
+    /// [`LdpcError::Length`] if `key` is not `key_len()` bits.
+    pub fn alice_frame<R: Rng + ?Sized>(
+        &self,
+        key: &BitVec,
+        rng: &mut R,
+    ) -> Result<BitVec, LdpcError> {
+        if key.len() != self.key_len() {
+            return Err(LdpcError::Length);
+        }
+        let mut frame = BitVec::zeros(self.code.n());
+        let mut next = 0;
+        let (mut random, mut left) = (0u64, 0u32);
+        for (v, &kind) in self.kind.iter().enumerate() {
+            match kind {
+                KEY => {
+                    frame.set(v, key.get(next));
+                    next += 1;
+                }
+                PUNCTURED => {
+                    if left == 0 {
+                        random = rng.next_u64();
+                        left = 64;
+                    }
+                    left -= 1;
+                    frame.set(v, random & 1 == 1);
+                    random >>= 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(frame)
+    }
+
+    /// The key bits of a frame.
+    #[must_use]
+    pub fn key_of(&self, frame: &BitVec) -> BitVec {
+        let mut key = BitVec::with_capacity(self.key_len());
+        for (v, &kind) in self.kind.iter().enumerate() {
+            if kind == KEY {
+                key.push(frame.get(v));
+            }
+        }
+        key
+    }
+
+    /// Bob's starting LLRs: `±magnitude` from his key bits, 0 at punctured
+    /// positions, +127 at shortened ones.
+    ///
+    /// # Errors
+    /// [`LdpcError::Length`] if `key` is not `key_len()` bits.
+    pub fn bob_llrs(&self, key: &BitVec, magnitude: i8) -> Result<Vec<i8>, LdpcError> {
+        if key.len() != self.key_len() {
+            return Err(LdpcError::Length);
+        }
+        let mut next = 0;
+        Ok(self
+            .kind
+            .iter()
+            .map(|&kind| match kind {
+                KEY => {
+                    let bit = key.get(next);
+                    next += 1;
+                    if bit { -magnitude } else { magnitude }
+                }
+                PUNCTURED => 0,
+                _ => LLR_MAX,
+            })
+            .collect())
+    }
+}
+
+/// Parameters of rate selection.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateChoice {
+    /// Fraction of each frame that is punctured or shortened (`d/n`).
+    pub modulated: f64,
+    /// Efficiency the syndrome alone aims at.
+    pub target_efficiency: f64,
+}
+
+impl Default for RateChoice {
+    fn default() -> Self {
+        RateChoice {
+            modulated: 0.1,
+            target_efficiency: 1.1,
+        }
+    }
+}
+
+/// Chooses the mother code and the split of `d = modulated·n` positions
+/// into punctured and shortened so that the syndrome leaks
+/// `target_efficiency · h2(qber)` per key bit: `p = m − f·h2·(n − d)`.
+/// Among the rungs where that `p` fits in `0..=min(d, untainted)`, the one
+/// that punctures least wins (puncturing costs the decoder more than
+/// shortening).
+///
+/// # Errors
+/// [`LdpcError::Config`] for a QBER outside (0, 0.5), a modulated fraction
+/// outside [0, 0.5), or a QBER no rung can serve.
+pub fn choose_plan(
+    cache: &mut CodeCache,
+    n: usize,
+    seed: u64,
+    qber: f64,
+    choice: RateChoice,
+) -> Result<FramePlan, LdpcError> {
+    if !(qber > 0.0 && qber < 0.5) {
+        return Err(LdpcError::Config {
+            field: "ldpc.qber",
+            reason: "must be in (0, 0.5)",
+        });
+    }
+    let efficiency_ok = choice.target_efficiency >= 1.0 && choice.target_efficiency < 3.0;
+    if !(0.0..0.5).contains(&choice.modulated) || !efficiency_ok {
+        return Err(LdpcError::Config {
+            field: "ldpc.rate_choice",
+            reason: "modulated in [0, 0.5), target efficiency in [1, 3)",
+        });
+    }
+    let d = (choice.modulated * n as f64).round() as usize;
+    let need = choice.target_efficiency * h2(qber) * (n - d) as f64;
+    let mut best: Option<(f64, MotherRate, usize)> = None;
+    for rate in MotherRate::ladder() {
+        let m = ((1.0 - rate.rate()) * n as f64).round();
+        let p = m - need;
+        if p < 0.0 {
+            continue;
+        }
+        let p = p.round() as usize;
+        if p > d {
+            continue;
+        }
+        // Puncturing costs the decoder far more than shortening: the
+        // rung that needs the fewest punctured positions wins.
+        let score = p as f64;
+        if best.is_none_or(|(s, _, _)| score < s) {
+            best = Some((score, rate, p));
+        }
+    }
+    let Some((_, rate, p)) = best else {
+        return Err(LdpcError::Config {
+            field: "ldpc.qber",
+            reason: "no mother code serves this QBER",
+        });
+    };
+    let code = cache.get(CodeSpec { rate, n, seed })?;
+    let p = p.min(code.untainted());
+    let mut plan = FramePlan::new(code, p, d - p)?;
+    plan.rung = Some(rate);
+    Ok(plan)
+}

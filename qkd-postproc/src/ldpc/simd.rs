@@ -1,0 +1,329 @@
+//! The layer kernels of the min-sum decoder: portable and AVX2.
+//!
+//! This is the only module of `ldpc` with `unsafe` code: AVX2 intrinsics
+//! behind run-time detection. Both kernels compute, lane by lane, exactly
+//! the update written in [`super::decode`] (saturating byte arithmetic,
+//! the same scaling of the minima, ties keep the first minimum), so their
+//! results are bit-identical; `tests::kernels_agree` and the property test
+//! in `tests/ldpc.rs` check it.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+/// Per-layer lane state of the portable kernel and the parity scratch of
+/// the syndrome check, `Z` bytes each.
+#[derive(Debug, Clone)]
+pub(crate) struct Scratch {
+    min1: Vec<i8>,
+    min2: Vec<i8>,
+    pos: Vec<u8>,
+    sign: Vec<i8>,
+    pub(crate) parity: Vec<i8>,
+}
+
+impl Scratch {
+    pub(crate) fn new(z: usize) -> Self {
+        Scratch {
+            min1: vec![0; z],
+            min2: vec![0; z],
+            pos: vec![0; z],
+            sign: vec![0; z],
+            parity: vec![0; z],
+        }
+    }
+}
+
+/// Whether the AVX2 kernel can run on this CPU.
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline]
+fn sat(x: i16) -> i8 {
+    x.clamp(-127, 127) as i8
+}
+
+/// The scaling of the minimum magnitudes: `max(0, m − (m >> shift) − offset)`
+/// (`α = 1 − 2^−shift`, then an offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Scaling {
+    pub(crate) shift: u8,
+    /// A second term `m >> shift2` subtracted (0: none).
+    pub(crate) shift2: u8,
+    pub(crate) offset: u8,
+}
+
+#[inline]
+fn normalise(m: i8, scaling: Scaling) -> i8 {
+    let second = if scaling.shift2 == 0 {
+        0
+    } else {
+        m >> scaling.shift2
+    };
+    (m - (m >> scaling.shift) - second)
+        .saturating_sub(scaling.offset as i8)
+        .max(0)
+}
+
+/// One layer, lanes `lanes` of `z`: `layer` holds the `d` rotated
+/// posterior rows (`d·z` bytes, updated in place), `messages` the `d` rows
+/// of check-to-variable messages, `signs` the syndrome sign of each lane.
+pub(crate) fn layer_portable(
+    layer: &mut [i8],
+    messages: &mut [i8],
+    signs: &[i8],
+    d: usize,
+    z: usize,
+    scaling: Scaling,
+    scratch: &mut Scratch,
+) {
+    lanes_portable(layer, messages, signs, d, z, 0..z, scaling, scratch);
+}
+
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+fn lanes_portable(
+    layer: &mut [i8],
+    messages: &mut [i8],
+    signs: &[i8],
+    d: usize,
+    z: usize,
+    lanes: core::ops::Range<usize>,
+    scaling: Scaling,
+    scratch: &mut Scratch,
+) {
+    let w = lanes.len();
+    let (j0, j1) = (lanes.start, lanes.end);
+    scratch.min1.resize(w, 0);
+    scratch.min2.resize(w, 0);
+    scratch.pos.resize(w, 0);
+    scratch.sign.resize(w, 0);
+    let Scratch {
+        min1,
+        min2,
+        pos,
+        sign,
+        ..
+    } = scratch;
+    let (min1, min2, pos, sign) = (
+        &mut min1[..w],
+        &mut min2[..w],
+        &mut pos[..w],
+        &mut sign[..w],
+    );
+    min1.fill(127);
+    min2.fill(127);
+    pos.fill(0);
+    sign.copy_from_slice(&signs[j0..j1]);
+    for k in 0..d {
+        let q_row = &mut layer[k * z + j0..k * z + j1];
+        let r_row = &messages[k * z + j0..k * z + j1];
+        for t in 0..w {
+            let q = sat(i16::from(q_row[t]) - i16::from(r_row[t]));
+            q_row[t] = q;
+            let a = q.abs();
+            min2[t] = min2[t].min(min1[t].max(a));
+            if a < min1[t] {
+                pos[t] = k as u8;
+                min1[t] = a;
+            }
+            sign[t] ^= q;
+        }
+    }
+    for t in 0..w {
+        min1[t] = normalise(min1[t], scaling);
+        min2[t] = normalise(min2[t], scaling);
+    }
+    for k in 0..d {
+        let q_row = &mut layer[k * z + j0..k * z + j1];
+        let r_row = &mut messages[k * z + j0..k * z + j1];
+        for t in 0..w {
+            let q = q_row[t];
+            let mag = if usize::from(pos[t]) == k {
+                min2[t]
+            } else {
+                min1[t]
+            };
+            let r = if (sign[t] ^ q) < 0 { -mag } else { mag };
+            q_row[t] = sat(i16::from(q) + i16::from(r));
+            r_row[t] = r;
+        }
+    }
+}
+
+/// The AVX2 kernel: 32 lanes per vector, the lanes past the last multiple
+/// of 32 through the portable code. Falls back to the portable kernel when
+/// AVX2 is missing.
+pub(crate) fn layer_avx2(
+    layer: &mut [i8],
+    messages: &mut [i8],
+    signs: &[i8],
+    d: usize,
+    z: usize,
+    scaling: Scaling,
+    scratch: &mut Scratch,
+) {
+    assert!(layer.len() >= d * z && messages.len() >= d * z && signs.len() >= z && d <= 256);
+    let full = z / 32 * 32;
+    #[cfg(target_arch = "x86_64")]
+    if full > 0 && avx2_available() {
+        // SAFETY: AVX2 was detected on this CPU just above, and the lengths
+        // the kernel indexes (d·z bytes of `layer` and `messages`, z of
+        // `signs`) were asserted above.
+        unsafe { x86::layer(layer, messages, signs, d, z, full, scaling) };
+        if full < z {
+            lanes_portable(layer, messages, signs, d, z, full..z, scaling, scratch);
+        }
+        return;
+    }
+    lanes_portable(layer, messages, signs, d, z, 0..z, scaling, scratch);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    /// Lanes `0..full` (a multiple of 32) of one layer.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `layer` and `messages` must hold `d·z`
+    /// bytes, `signs` `z`, and `full ≤ z`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn layer(
+        layer: &mut [i8],
+        messages: &mut [i8],
+        signs: &[i8],
+        d: usize,
+        z: usize,
+        full: usize,
+        scaling: super::Scaling,
+    ) {
+        let lo = _mm256_set1_epi8(-127);
+        let top = _mm256_set1_epi8(127);
+        let zero = _mm256_setzero_si256();
+        let low = _mm256_set1_epi8((0xffu8 >> scaling.shift) as i8);
+        let count = _mm_cvtsi32_si128(i32::from(scaling.shift));
+        let offset = _mm256_set1_epi8(scaling.offset as i8);
+        let (low2, count2) = if scaling.shift2 == 0 {
+            (zero, _mm_cvtsi32_si128(0))
+        } else {
+            (
+                _mm256_set1_epi8((0xffu8 >> scaling.shift2) as i8),
+                _mm_cvtsi32_si128(i32::from(scaling.shift2)),
+            )
+        };
+        let scale = |m: __m256i| {
+            let scaled = _mm256_sub_epi8(m, _mm256_and_si256(_mm256_srl_epi16(m, count), low));
+            let scaled =
+                _mm256_sub_epi8(scaled, _mm256_and_si256(_mm256_srl_epi16(m, count2), low2));
+            _mm256_max_epi8(_mm256_subs_epi8(scaled, offset), zero)
+        };
+        let load = |s: &[i8], at: usize| {
+            let chunk = &s[at..at + 32];
+            // SAFETY: `chunk` is 32 readable bytes; loadu has no alignment
+            // requirement.
+            unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
+        };
+        let store = |s: &mut [i8], at: usize, v: __m256i| {
+            let chunk = &mut s[at..at + 32];
+            // SAFETY: `chunk` is 32 writable bytes; storeu has no alignment
+            // requirement.
+            unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v) }
+        };
+        let mut j = 0;
+        while j < full {
+            let mut min1 = top;
+            let mut min2 = top;
+            let mut pos = zero;
+            let mut sign = load(signs, j);
+            for k in 0..d {
+                let at = k * z + j;
+                let q = _mm256_max_epi8(_mm256_subs_epi8(load(layer, at), load(messages, at)), lo);
+                store(layer, at, q);
+                let a = _mm256_abs_epi8(q);
+                min2 = _mm256_min_epi8(min2, _mm256_max_epi8(min1, a));
+                let below = _mm256_cmpgt_epi8(min1, a);
+                pos = _mm256_blendv_epi8(pos, _mm256_set1_epi8(k as u8 as i8), below);
+                min1 = _mm256_min_epi8(min1, a);
+                sign = _mm256_xor_si256(sign, q);
+            }
+            let m1 = scale(min1);
+            let m2 = scale(min2);
+            for k in 0..d {
+                let at = k * z + j;
+                let q = load(layer, at);
+                let second = _mm256_cmpeq_epi8(pos, _mm256_set1_epi8(k as u8 as i8));
+                let mag = _mm256_blendv_epi8(m1, m2, second);
+                let r =
+                    _mm256_blendv_epi8(mag, _mm256_sub_epi8(zero, mag), _mm256_xor_si256(sign, q));
+                store(layer, at, _mm256_max_epi8(_mm256_adds_epi8(q, r), lo));
+                store(messages, at, r);
+            }
+            j += 32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_agree() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (d, z, shift, offset) in [
+            (3, 32, 2, 0),
+            (7, 64, 3, 1),
+            (20, 96, 1, 2),
+            (5, 45, 2, 0),
+            (255, 33, 4, 3),
+            (2, 1, 2, 0),
+        ] {
+            let scaling = Scaling {
+                shift,
+                shift2: shift + 1,
+                offset,
+            };
+            let layer: Vec<i8> = (0..d * z)
+                .map(|_| (next() % 255) as i8)
+                .map(|x| x.max(-127))
+                .collect();
+            let messages: Vec<i8> = (0..d * z).map(|_| ((next() % 61) as i8) - 30).collect();
+            let signs: Vec<i8> = (0..z)
+                .map(|_| if next() & 1 == 1 { i8::MIN } else { 0 })
+                .collect();
+            let (mut l1, mut m1) = (layer.clone(), messages.clone());
+            let (mut l2, mut m2) = (layer, messages);
+            layer_portable(
+                &mut l1,
+                &mut m1,
+                &signs,
+                d,
+                z,
+                scaling,
+                &mut Scratch::new(z),
+            );
+            layer_avx2(
+                &mut l2,
+                &mut m2,
+                &signs,
+                d,
+                z,
+                scaling,
+                &mut Scratch::new(z),
+            );
+            assert_eq!((l1, m1), (l2, m2), "d={d} z={z}");
+        }
+    }
+}

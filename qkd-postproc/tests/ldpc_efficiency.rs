@@ -1,0 +1,422 @@
+//! Efficiency and frame error rate of LDPC reconciliation per QBER (slow;
+//! run in release):
+//!
+//! `cargo test --release -p qkd-postproc --test ldpc_efficiency -- --ignored --nocapture`
+
+#![allow(clippy::print_stdout)] // the tables are the output of these tests
+
+use qkd_core::{BitVec, h2};
+use qkd_postproc::ldpc::{
+    CodeCache, CodeSpec, Decoder, FramePlan, MotherRate, RateChoice, SHIPPED_SEED, Settings,
+    Variant, choose_plan, reconcile_in_memory,
+};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+fn env(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `LDPC_SHIFT`, `LDPC_SHIFT2`, `LDPC_OFFSET` override the decoder's
+/// default scaling (for tuning).
+fn scaling_from_env(decoder: &mut Decoder) {
+    if std::env::var("LDPC_SHIFT").is_ok() {
+        decoder
+            .set_scaling(
+                env("LDPC_SHIFT", 5.0) as u8,
+                env("LDPC_SHIFT2", 0.0) as u8,
+                env("LDPC_OFFSET", 1.0) as u8,
+            )
+            .unwrap();
+    }
+}
+
+fn noisy(key: &BitVec, qber: f64, rng: &mut ChaCha8Rng) -> BitVec {
+    let mut bob = key.clone();
+    let threshold = (qber * 2f64.powi(32)) as u64;
+    for i in 0..key.len() {
+        if u64::from(rng.next_u32()) < threshold {
+            bob.flip(i);
+        }
+    }
+    bob
+}
+
+/// Per rung, unpunctured: the QBER at which about half the frames fail
+/// (the code's practical threshold) and the efficiency there.
+#[test]
+#[ignore = "slow: thresholds of the ladder"]
+fn ladder_thresholds() {
+    let n: usize = std::env::var("LDPC_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 14);
+    let trials = 20;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for rate in MotherRate::ladder() {
+        let code = std::sync::Arc::new(
+            qkd_postproc::ldpc::LdpcCode::build(CodeSpec {
+                rate,
+                n,
+                seed: SHIPPED_SEED,
+            })
+            .unwrap(),
+        );
+        let plan = FramePlan::new(code.clone(), 0, 0).unwrap();
+        let mut decoder = Decoder::new(code.clone());
+        scaling_from_env(&mut decoder);
+        let capacity_q = {
+            // QBER with h2 = 1 − R
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            lo
+        };
+        let mut line = format!(
+            "R={:.3} untainted={} qcap={:.4}:",
+            code.rate(),
+            code.untainted(),
+            capacity_q
+        );
+        for f in [1.02, 1.05, 1.08, 1.12, 1.16, 1.2, 1.25] {
+            // q with f·h2(q) = 1 − R
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if f * h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            let q = lo;
+            let mut fails = 0;
+            let mut iters = 0;
+            for _ in 0..trials {
+                let a = BitVec::random(n, &mut rng);
+                let b = noisy(&a, q, &mut rng);
+                let out = reconcile_in_memory(
+                    &plan,
+                    &mut decoder,
+                    &a,
+                    &b,
+                    Settings {
+                        qber: q,
+                        variant: Variant::RateAdaptive,
+                        max_iterations: 100,
+                    },
+                    &mut rng,
+                )
+                .unwrap();
+                if !out.keys_equal {
+                    fails += 1;
+                }
+                iters += out.iterations;
+            }
+            line += &format!(
+                " f{f}:fer={:.2},it={}",
+                fails as f64 / trials as f64,
+                iters / trials
+            );
+        }
+        println!("{line}");
+    }
+}
+
+/// Blind reconciliation: mean f and fer per QBER.
+#[test]
+#[ignore = "slow: the efficiency table"]
+fn blind_table() {
+    let n: usize = std::env::var("LDPC_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 17);
+    let trials: usize = std::env::var("LDPC_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let f_start: f64 = std::env::var("LDPC_F")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.02);
+    let mut cache = CodeCache::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    println!("qber,n,key_len,rate,f_mean,fer,rounds_mean");
+    for q in [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10] {
+        let plan = choose_plan(
+            &mut cache,
+            n,
+            SHIPPED_SEED,
+            q,
+            RateChoice {
+                modulated: 0.1,
+                target_efficiency: f_start,
+            },
+        )
+        .unwrap();
+        let mut decoder = Decoder::new(plan.code().clone());
+        scaling_from_env(&mut decoder);
+        let step = (plan.key_len() as f64 * h2(q) * 0.01).ceil() as usize;
+        let (mut fsum, mut ok, mut fails, mut rounds) = (0.0, 0, 0, 0);
+        for _ in 0..trials {
+            let a = BitVec::random(plan.key_len(), &mut rng);
+            let b = noisy(&a, q, &mut rng);
+            let real_q = a.hamming_distance(&b) as f64 / a.len() as f64;
+            let out = reconcile_in_memory(
+                &plan,
+                &mut decoder,
+                &a,
+                &b,
+                Settings {
+                    qber: q,
+                    variant: Variant::Blind {
+                        step,
+                        max_rounds: env("LDPC_ROUNDS", 40.0) as u32,
+                    },
+                    max_iterations: env("LDPC_ITER", 60.0) as u32,
+                },
+                &mut rng,
+            )
+            .unwrap();
+            rounds += out.rounds;
+            if out.keys_equal {
+                ok += 1;
+                fsum += out.leaked_bits as f64 / (plan.key_len() as f64 * h2(real_q));
+            } else {
+                fails += 1;
+            }
+        }
+        println!(
+            "{q},{n},{},{:.3},{:.4},{:.4},{:.2}",
+            plan.key_len(),
+            plan.code().rate(),
+            fsum / ok.max(1) as f64,
+            fails as f64 / trials as f64,
+            rounds as f64 / trials as f64
+        );
+    }
+}
+
+#[allow(clippy::needless_range_loop)] // index loops read best here
+/// Float sum-product (flooding) on the same codes: tells the code's
+/// quality apart from the min-sum decoder's losses.
+fn bp_decode(
+    code: &qkd_postproc::ldpc::LdpcCode,
+    llr: &[f64],
+    syndrome: &BitVec,
+    iters: u32,
+) -> Option<BitVec> {
+    let m = code.m();
+    let checks: Vec<Vec<u32>> = (0..m).map(|i| code.check(i)).collect();
+    let mut msg: Vec<Vec<f64>> = checks.iter().map(|c| vec![0.0; c.len()]).collect();
+    let n = code.n();
+    let mut post = llr.to_vec();
+    for _ in 0..iters {
+        let mut acc = llr.to_vec();
+        for (i, c) in checks.iter().enumerate() {
+            let t: Vec<f64> = c
+                .iter()
+                .zip(&msg[i])
+                .map(|(&v, &r)| ((post[v as usize] - r) / 2.0).tanh())
+                .collect();
+            let sign = if syndrome.get(i) { -1.0 } else { 1.0 };
+            for k in 0..c.len() {
+                let mut p = sign;
+                for (l, &x) in t.iter().enumerate() {
+                    if l != k {
+                        p *= x;
+                    }
+                }
+                let p = p.clamp(-0.999_999_999, 0.999_999_999);
+                msg[i][k] = 2.0 * p.atanh();
+            }
+        }
+        for (i, c) in checks.iter().enumerate() {
+            for (k, &v) in c.iter().enumerate() {
+                acc[v as usize] += msg[i][k];
+            }
+        }
+        post = acc;
+        let mut x = BitVec::zeros(n);
+        for v in 0..n {
+            if post[v] < 0.0 {
+                x.set(v, true);
+            }
+        }
+        if code.syndrome(&x) == *syndrome {
+            return Some(x);
+        }
+    }
+    None
+}
+
+#[test]
+#[ignore = "slow: float BP reference"]
+fn bp_reference_thresholds() {
+    let n: usize = env("LDPC_N", 4096.0) as usize;
+    let trials = env("LDPC_TRIALS", 10.0) as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for rate in MotherRate::ladder().filter(|r| r.index() % 2 == 0) {
+        let code = qkd_postproc::ldpc::LdpcCode::build(CodeSpec {
+            rate,
+            n,
+            seed: SHIPPED_SEED,
+        })
+        .unwrap();
+        let mut line = format!("BP R={:.3}:", code.rate());
+        for f in [1.08, 1.16, 1.25, 1.5] {
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if f * h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            let q = lo;
+            let mut fails = 0;
+            for _ in 0..trials {
+                let a = BitVec::random(n, &mut rng);
+                let b = noisy(&a, q, &mut rng);
+                let c = ((1.0 - q) / q).ln();
+                let llr: Vec<f64> = (0..n).map(|i| if b.get(i) { -c } else { c }).collect();
+                if bp_decode(&code, &llr, &code.syndrome(&a), 100).as_ref() != Some(&a) {
+                    fails += 1;
+                }
+            }
+            line += &format!(" f{f}:fer={:.2}", fails as f64 / trials as f64);
+        }
+        println!("{line}");
+    }
+}
+
+/// One degree profile from `LDPC_PROFILE=nb:mb:deg*count,deg*count,...`
+/// (columns besides the staircase): frame error rate of min-sum per f.
+#[test]
+#[ignore = "slow: tuning a profile"]
+fn profile_threshold() {
+    let Ok(text) = std::env::var("LDPC_PROFILE") else {
+        return;
+    };
+    let n: usize = env("LDPC_N", 16384.0) as usize;
+    let trials = env("LDPC_TRIALS", 20.0) as usize;
+    for one in text.split(';') {
+        let parts: Vec<&str> = one.split(':').collect();
+        let columns = parts[2]
+            .split(',')
+            .map(|dc| {
+                let (d, c) = dc.split_once('*').unwrap();
+                (d.parse().unwrap(), c.parse().unwrap())
+            })
+            .collect();
+        let profile = qkd_postproc::ldpc::code::DegreeProfile {
+            base_columns: parts[0].parse().unwrap(),
+            base_rows: parts[1].parse().unwrap(),
+            columns,
+        };
+        let code = std::sync::Arc::new(
+            qkd_postproc::ldpc::LdpcCode::build_profile(&profile, n, 1).unwrap(),
+        );
+        let plan = FramePlan::new(code.clone(), 0, 0).unwrap();
+        let mut decoder = Decoder::new(code.clone());
+        scaling_from_env(&mut decoder);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut line = format!("{one} R={:.3}:", code.rate());
+        let fs: Vec<f64> = std::env::var("LDPC_FS")
+            .unwrap_or_else(|_| "1.08,1.12,1.16,1.2,1.25".into())
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        for f in fs {
+            let (mut lo, mut hi) = (1e-4, 0.5);
+            for _ in 0..60 {
+                let mid = (lo + hi) / 2.0;
+                if f * h2(mid) < 1.0 - code.rate() {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            let q = lo;
+            let mut fails = 0;
+            let mut residual = Vec::new();
+            for _ in 0..trials {
+                let a = BitVec::random(n, &mut rng);
+                let b = noisy(&a, q, &mut rng);
+                let settings = Settings {
+                    qber: q,
+                    variant: Variant::RateAdaptive,
+                    max_iterations: env("LDPC_ITER", 100.0) as u32,
+                };
+                let out =
+                    reconcile_in_memory(&plan, &mut decoder, &a, &b, settings, &mut rng).unwrap();
+                if !out.keys_equal {
+                    fails += 1;
+                    residual.push(plan.key_of(&decoder.decisions()).hamming_distance(&a));
+                }
+            }
+            line += &format!(" f{f}:{:.2}{residual:?}", fails as f64 / trials as f64);
+        }
+        println!("{line}");
+    }
+}
+
+/// The plan `choose_plan` makes for `LDPC_Q`, `LDPC_F`, `LDPC_N`, and its
+/// frame error rate over `LDPC_TRIALS` frames in one round.
+#[test]
+#[ignore = "diagnostic"]
+fn plan_probe() {
+    let n = env("LDPC_N", 16384.0) as usize;
+    let q = env("LDPC_Q", 0.02);
+    let f = env("LDPC_F", 1.45);
+    let trials = env("LDPC_TRIALS", 20.0) as usize;
+    let mut cache = CodeCache::new();
+    let plan = choose_plan(
+        &mut cache,
+        n,
+        SHIPPED_SEED,
+        q,
+        RateChoice {
+            modulated: 0.1,
+            target_efficiency: f,
+        },
+    )
+    .unwrap();
+    let mut decoder = Decoder::new(plan.code().clone());
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut fails = 0;
+    for _ in 0..trials {
+        let a = BitVec::random(plan.key_len(), &mut rng);
+        let b = noisy(&a, q, &mut rng);
+        let settings = Settings {
+            qber: q,
+            variant: Variant::RateAdaptive,
+            max_iterations: 100,
+        };
+        if !reconcile_in_memory(&plan, &mut decoder, &a, &b, settings, &mut rng)
+            .unwrap()
+            .keys_equal
+        {
+            fails += 1;
+        }
+    }
+    println!(
+        "rate {:.3} p {} s {} key {} untainted {} fer {:.2}",
+        plan.code().rate(),
+        plan.punctured(),
+        plan.shortened(),
+        plan.key_len(),
+        plan.code().untainted(),
+        fails as f64 / trials as f64
+    );
+}
