@@ -657,6 +657,29 @@ fn finding_5_pairings_from_delivered_notices_are_bounded() {
 }
 
 #[test]
+fn finding_5_a_delivered_notice_without_a_valid_key_creates_no_pairing() {
+    let now = Instant::now();
+    let (mut a, _) = ready_pair();
+    let mut arrived = Vec::new();
+    for i in 0..100 {
+        let n = Notice::Delivered {
+            binding: Arc::new(Binding::pair(format!("m{i}"), "s").unwrap()),
+            keys: vec![KeyRange {
+                block: bid(99),
+                offset: 0,
+                len: 8,
+            }],
+        };
+        assert_eq!(
+            a.apply(now, n, &mut arrived),
+            Err(NoticeError::UnknownBlock { block: bid(99) })
+        );
+    }
+    assert!(arrived.is_empty());
+    assert_eq!(a.pairings_counted(), 0);
+}
+
+#[test]
 fn finding_5_announcements_far_ahead_are_refused_and_bounded() {
     let now = Instant::now();
     let (mut a, _) = ready_pair();
