@@ -292,6 +292,7 @@ impl Blocks {
 
     /// Drops the uncut rest of chunk `chunk` of `block` if it is owned here,
     /// and returns the range dropped (which the peer must drop too).
+    #[inline(never)]
     pub(crate) fn drop_owned_tail(&mut self, block: BlockId, chunk: u32) -> Option<KeyRange> {
         let Some(b) = self.blocks.get_mut(&block) else {
             self.usable.remove(&(block, chunk));

@@ -111,26 +111,41 @@ impl Pairings {
 
     /// The counters of a pairing, created if there is room (no allocation
     /// once it exists).
-    fn entry(&mut self, master: &str, slave: &str) -> Option<&mut PairingStats> {
-        if self.get(master, slave).is_none() {
-            if self.len >= self.max {
-                return None;
-            }
-            self.len += 1;
-            self.by_master
-                .entry(master.to_owned())
-                .or_default()
-                .insert(slave.to_owned(), PairingStats::default());
+    /// Applies `f` to the counters of a pairing, created if there is room
+    /// (two map lookups and no allocation once it exists). Returns whether
+    /// the pairing is counted.
+    fn update(&mut self, master: &str, slave: &str, f: impl FnOnce(&mut PairingStats)) -> bool {
+        if let Some(p) = self.get_mut(master, slave) {
+            f(p);
+            return true;
         }
-        self.get_mut(master, slave)
+        if !self.create(master, slave) {
+            return false;
+        }
+        self.get_mut(master, slave).map(f).is_some()
+    }
+
+    /// Creates the counters of a new pairing if there is room (out of the
+    /// hot path of every take and delivery).
+    #[cold]
+    #[inline(never)]
+    fn create(&mut self, master: &str, slave: &str) -> bool {
+        if self.len >= self.max {
+            return false;
+        }
+        self.len += 1;
+        self.by_master
+            .entry(master.to_owned())
+            .or_default()
+            .insert(slave.to_owned(), PairingStats::default());
+        true
     }
 
     /// This node took `n` keys for `binding`.
     pub(crate) fn taken(&mut self, binding: &Binding, n: u64) {
         for s in binding.slaves() {
-            match self.entry(binding.master(), s) {
-                Some(p) => p.taken += n,
-                None => self.untracked_fetchable += n,
+            if !self.update(binding.master(), s, |p| p.taken += n) {
+                self.untracked_fetchable += n;
             }
         }
     }
@@ -143,13 +158,10 @@ impl Pairings {
     pub(crate) fn delivered(&mut self, binding: &Binding, n: u64) -> Result<(), NoticeError> {
         let mut result = Ok(());
         for s in binding.slaves() {
-            match self.entry(binding.master(), s) {
-                Some(p) => p.waiting += n,
-                None => {
-                    result = Err(NoticeError::TooManyPairings {
-                        max: self.max as u32,
-                    });
-                }
+            if !self.update(binding.master(), s, |p| p.waiting += n) {
+                result = Err(NoticeError::TooManyPairings {
+                    max: self.max as u32,
+                });
             }
         }
         result

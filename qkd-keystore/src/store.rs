@@ -19,7 +19,7 @@ use crate::chunks::Blocks;
 use crate::config::StoreConfig;
 use crate::delivered::DeliveredKeys;
 use crate::lending::Lending;
-use crate::notice::{Binding, KeyRange, Notice};
+use crate::notice::{Binding, GrantedChunk, KeyRange, Notice};
 use crate::peer::{Decision, PeerView, Placement};
 use crate::reservations::{ReservationId, Reservations};
 use crate::stats::{PairingStats, Pairings, StoreStats};
@@ -508,107 +508,137 @@ impl KeyStore {
         arrived: &mut Vec<KeyId>,
     ) -> Result<(), NoticeError> {
         match notice {
-            Notice::Have { block } => {
-                let placement = self.peer.announce(block, true)?;
-                self.peer_passed(block);
-                if placement == Placement::Reached && self.blocks.mark_ready(block) {
-                    self.maybe_borrow();
-                }
-                Ok(())
-            }
-            Notice::Lost { block } => {
-                let placement = self.peer.announce(block, false)?;
-                self.peer_passed(block);
-                if placement == Placement::Reached && self.blocks.contains(block) {
-                    if self.blocks.is_ready(block) {
-                        return Err(NoticeError::LostAfterHave { block });
-                    }
-                    self.drop_block(block);
-                }
-                Ok(())
-            }
-            Notice::Drop { range } => {
-                if !self.blocks.contains(range.block) {
-                    // A block this node never stored or already dropped whole
-                    // (the peer drops its own chunks of an unready block too).
-                    return Ok(());
-                }
-                let (chunk, start) = self.blocks.locate(&range)?;
-                self.blocks
-                    .zero_range(range.block, chunk, start, range.len)
-                    .ok_or(NoticeError::BadRange { block: range.block })?;
-                self.stats.bytes_dropped += u64::from(range.len);
-                self.audit_drop(range);
-                Ok(())
-            }
-            Notice::Delivered { binding, keys } => {
-                let deadline = now + self.config.delivered_ttl;
-                let mut result = Ok(());
-                let mut stored = 0u64;
-                // Keys that make room for these are taken off their
-                // pairings after these are counted (they may be of the same one).
-                let mut evicted = Vec::new();
-                for range in keys {
-                    let key = self.blocks.locate(&range).and_then(|(chunk, start)| {
-                        self.blocks
-                            .zero_range(range.block, chunk, start, range.len)
-                            .ok_or(NoticeError::BadRange { block: range.block })
-                    });
-                    let key = match key {
-                        Ok(key) => key,
-                        Err(e) => {
-                            result = Err(e);
-                            continue;
-                        }
-                    };
-                    let id = self.key_id(range.block, range.offset);
-                    self.delivered
-                        .insert(id, key, binding.clone(), deadline, |b, remaining| {
-                            evicted.push((Arc::clone(b), remaining));
-                        });
-                    arrived.push(id);
-                    stored += 1;
-                }
-                if stored > 0 {
-                    // The keys wait whether or not their pairing is counted;
-                    // a pairing is never created for a notice with no key.
-                    if let Err(e) = self.pairings.delivered(&binding, stored) {
-                        result = Err(e);
-                    }
-                }
-                for (b, remaining) in evicted {
-                    self.pairings.expired(&b, remaining);
-                    self.stats.keys_expired += 1;
-                }
-                result
-            }
+            Notice::Delivered { binding, keys } => self.on_delivered(now, &binding, keys, arrived),
             Notice::Consumed {
                 master,
                 slave,
                 count,
-            } => {
-                self.pairings.consumed(&master, &slave, count)?;
-                self.stats.keys_fetched_by_peer += u64::from(count);
-                Ok(())
-            }
+            } => self.on_consumed(&master, &slave, count),
+            Notice::Have { block } => self.on_announced(block, true),
+            Notice::Lost { block } => self.on_announced(block, false),
+            Notice::Drop { range } => self.on_drop(range),
             Notice::Borrow { bytes, fresh } => {
-                let granted = self.blocks.lend(bytes, fresh);
-                self.stats.chunks_lent += granted.len() as u64;
-                self.notices.push_back(Notice::Grant { chunks: granted });
+                self.on_borrow(bytes, fresh);
                 Ok(())
             }
-            Notice::Grant { chunks } => {
-                self.lending.answered();
-                let mut result = Ok(());
-                for g in chunks {
-                    match self.blocks.accept_grant(g) {
-                        Ok(()) => self.stats.chunks_borrowed += 1,
-                        Err(e) => result = Err(e),
-                    }
+            Notice::Grant { chunks } => self.on_grant(chunks),
+        }
+    }
+
+    /// The peer handed out keys: keep them for the slaves of `binding`.
+    fn on_delivered(
+        &mut self,
+        now: Instant,
+        binding: &Arc<Binding>,
+        keys: Vec<KeyRange>,
+        arrived: &mut Vec<KeyId>,
+    ) -> Result<(), NoticeError> {
+        let deadline = now + self.config.delivered_ttl;
+        let mut result = Ok(());
+        let mut stored = 0u64;
+        // Keys that make room for these are taken off their pairings after
+        // these are counted (they may be of the same one).
+        let mut evicted = Vec::new();
+        for range in keys {
+            let key = self.blocks.locate(&range).and_then(|(chunk, start)| {
+                self.blocks
+                    .zero_range(range.block, chunk, start, range.len)
+                    .ok_or(NoticeError::BadRange { block: range.block })
+            });
+            let key = match key {
+                Ok(key) => key,
+                Err(e) => {
+                    result = Err(e);
+                    continue;
                 }
-                result
+            };
+            let id = self.key_id(range.block, range.offset);
+            self.delivered
+                .insert(id, key, binding.clone(), deadline, |b, remaining| {
+                    evicted.push((Arc::clone(b), remaining));
+                });
+            arrived.push(id);
+            stored += 1;
+        }
+        if stored > 0 {
+            // The keys wait whether or not their pairing is counted; a
+            // pairing is never created for a notice with no key.
+            if let Err(e) = self.pairings.delivered(binding, stored) {
+                result = Err(e);
             }
         }
+        for (b, remaining) in evicted {
+            self.pairings.expired(&b, remaining);
+            self.stats.keys_expired += 1;
+        }
+        result
+    }
+
+    /// The peer's slave fetched keys this node took.
+    fn on_consumed(&mut self, master: &str, slave: &str, count: u32) -> Result<(), NoticeError> {
+        self.pairings.consumed(master, slave, count)?;
+        self.stats.keys_fetched_by_peer += u64::from(count);
+        Ok(())
+    }
+
+    /// The peer stored (`has`) or will never hold `block`.
+    #[inline(never)]
+    fn on_announced(&mut self, block: BlockId, has: bool) -> Result<(), NoticeError> {
+        let placement = self.peer.announce(block, has)?;
+        self.peer_passed(block);
+        if placement == Placement::Ahead {
+            return Ok(());
+        }
+        if has {
+            if self.blocks.mark_ready(block) {
+                self.maybe_borrow();
+            }
+        } else if self.blocks.contains(block) {
+            if self.blocks.is_ready(block) {
+                return Err(NoticeError::LostAfterHave { block });
+            }
+            self.drop_block(block);
+        }
+        Ok(())
+    }
+
+    /// The peer dropped bytes of a chunk it owns.
+    #[inline(never)]
+    fn on_drop(&mut self, range: KeyRange) -> Result<(), NoticeError> {
+        if !self.blocks.contains(range.block) {
+            // A block this node never stored or already dropped whole
+            // (the peer drops its own chunks of an unready block too).
+            return Ok(());
+        }
+        let (chunk, start) = self.blocks.locate(&range)?;
+        self.blocks
+            .zero_range(range.block, chunk, start, range.len)
+            .ok_or(NoticeError::BadRange { block: range.block })?;
+        self.stats.bytes_dropped += u64::from(range.len);
+        self.audit_drop(range);
+        Ok(())
+    }
+
+    /// The peer asks to borrow: lend by the rule, answer with a grant.
+    #[inline(never)]
+    fn on_borrow(&mut self, bytes: u64, fresh: u64) {
+        let granted = self.blocks.lend(bytes, fresh);
+        self.stats.chunks_lent += granted.len() as u64;
+        self.notices.push_back(Notice::Grant { chunks: granted });
+    }
+
+    /// The peer answered this node's borrow.
+    #[inline(never)]
+    fn on_grant(&mut self, chunks: Vec<GrantedChunk>) -> Result<(), NoticeError> {
+        self.lending.answered();
+        let mut result = Ok(());
+        for g in chunks {
+            match self.blocks.accept_grant(g) {
+                Ok(()) => self.stats.chunks_borrowed += 1,
+                Err(e) => result = Err(e),
+            }
+        }
+        result
     }
 
     /// The peer decided on `block`; it decides in block order, so blocks
@@ -634,6 +664,7 @@ impl KeyStore {
 
     /// This node dropped `range` (owned here, never handed out): count it
     /// and tell the peer.
+    #[inline(never)]
     fn dropped_here(&mut self, range: KeyRange) {
         self.stats.bytes_dropped += u64::from(range.len);
         self.audit_drop(range);
