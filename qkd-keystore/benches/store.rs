@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use qkd_core::{KeyId, SecretKey};
-use qkd_keystore::{Binding, KeyStore, Role, StoreConfig};
+use qkd_core::{BlockId, KeyId, SecretKey};
+use qkd_keystore::{Binding, KeyStore, StoreConfig, StoreRole};
 
 const CHUNK: usize = 20_000;
 const BLOCK: usize = 1 << 20;
@@ -18,14 +18,14 @@ const BLOCK: usize = 1 << 20;
 fn paired(keys: usize) -> (KeyStore, KeyStore) {
     let now = Instant::now();
     let cfg = |r| StoreConfig::new("bench", r).with_borrow_low_water(0);
-    let mut a = KeyStore::new(cfg(Role::First));
-    let mut b = KeyStore::new(cfg(Role::Second));
+    let mut a = KeyStore::new(cfg(StoreRole::EvenChunks)).unwrap();
+    let mut b = KeyStore::new(cfg(StoreRole::OddChunks)).unwrap();
     // a owns half of every block.
     let blocks = (keys * 32 * 2).div_ceil(BLOCK) + 1;
     for i in 0..blocks as u64 {
         let k = SecretKey::from_vec(vec![i as u8; BLOCK]);
-        a.insert_block(now, i + 1, k.clone()).unwrap();
-        b.insert_block(now, i + 1, k).unwrap();
+        a.insert_block(now, BlockId::new(i + 1), k.clone()).unwrap();
+        b.insert_block(now, BlockId::new(i + 1), k).unwrap();
     }
     let mut arrived = Vec::new();
     while let Some(n) = a.poll_notice() {

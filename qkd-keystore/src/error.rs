@@ -1,5 +1,7 @@
 //! Errors of the key store, split by cause. None carries key material.
 
+use qkd_core::BlockId;
+
 /// The caller gave a bad [`Binding`](crate::Binding).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -33,9 +35,9 @@ pub enum StoreError {
     #[error("block {block} does not follow block {last}")]
     BlockOutOfOrder {
         /// The block given.
-        block: u64,
+        block: BlockId,
         /// The last block inserted or discarded.
-        last: u64,
+        last: BlockId,
     },
     /// A block was empty or longer than `u32::MAX` bytes.
     #[error("block of {len} bytes (1 to 4294967295 allowed)")]
@@ -97,19 +99,19 @@ pub enum NoticeError {
     #[error("notice for block {block}, which is not held here")]
     UnknownBlock {
         /// The block.
-        block: u64,
+        block: BlockId,
     },
     /// A range lies outside its block, spans chunks, or is empty.
     #[error("range outside block {block} or across a chunk boundary")]
     BadRange {
         /// The block.
-        block: u64,
+        block: BlockId,
     },
     /// The peer claimed or granted a chunk it does not own.
     #[error("block {block} chunk {chunk} is not owned by the peer")]
     NotPeerOwned {
         /// The block.
-        block: u64,
+        block: BlockId,
         /// The chunk.
         chunk: u32,
     },
@@ -117,6 +119,35 @@ pub enum NoticeError {
     #[error("block {block} announced lost after being announced stored")]
     LostAfterHave {
         /// The block.
-        block: u64,
+        block: BlockId,
+    },
+    /// The peer announced a block further ahead of this node's last block
+    /// than [`StoreConfig::max_blocks_ahead`](crate::StoreConfig::max_blocks_ahead)
+    /// allows (or more announcements ahead than it allows); the
+    /// announcement is forgotten.
+    #[error("block {block} announced too far ahead of this node")]
+    BlockTooFarAhead {
+        /// The block.
+        block: BlockId,
+    },
+    /// A consumed notice names a pairing no key was taken for here.
+    #[error("consumed notice for a pairing no key was taken for")]
+    UnknownPairing,
+    /// A consumed notice counts zero keys, or more than were taken here for
+    /// the pairing and not reported fetched yet.
+    #[error("consumed notice for {count} keys, {outstanding} outstanding")]
+    ConsumedTooMany {
+        /// The count in the notice.
+        count: u32,
+        /// Keys of the pairing the peer's slave could still have fetched.
+        outstanding: u64,
+    },
+    /// A delivered notice names a pairing beyond
+    /// [`StoreConfig::max_pairings`](crate::StoreConfig::max_pairings); its
+    /// keys were kept but are not counted.
+    #[error("more pairings than the {max} this store counts")]
+    TooManyPairings {
+        /// The limit.
+        max: u32,
     },
 }

@@ -2,12 +2,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod chunks;
+mod config;
+mod delivered;
 mod error;
+mod id_hash;
+mod lending;
 pub mod notice;
-pub mod store;
+mod peer;
+mod reservations;
+mod stats;
+mod store;
 
+pub use config::{MAX_CHUNK_BYTES, StoreConfig, StoreRole};
 pub use error::{BindingError, LookupError, NoticeError, StoreError, TakeError};
 pub use notice::{Binding, GrantedChunk, KeyRange, Notice};
-pub use store::{
-    InsertOutcome, KeyStore, PairingStats, ReservationId, Role, StoreConfig, StoreStats,
-};
+pub use reservations::ReservationId;
+pub use stats::{PairingStats, StoreStats};
+pub use store::{InsertOutcome, KeyStore};

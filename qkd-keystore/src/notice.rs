@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use qkd_core::BlockId;
+
 use crate::BindingError;
 
 /// Longest SAE identifier accepted, in bytes.
@@ -23,7 +25,7 @@ pub const MAX_SLAVES: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyRange {
     /// The final key block.
-    pub block: u64,
+    pub block: BlockId,
     /// First byte within the block.
     pub offset: u32,
     /// Length in bytes.
@@ -115,7 +117,7 @@ fn check_sae_id(id: &str) -> Result<(), BindingError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GrantedChunk {
     /// The final key block.
-    pub block: u64,
+    pub block: BlockId,
     /// Chunk index within the block.
     pub chunk: u32,
     /// First byte of the block the borrower may cut; bytes before it were
@@ -134,13 +136,13 @@ pub enum Notice {
     /// The sender stored final key block `block`.
     Have {
         /// The block.
-        block: u64,
+        block: BlockId,
     },
     /// The sender does not hold and will never hold block `block` (failed
     /// confirmation there, or refused for capacity); the receiver drops it.
     Lost {
         /// The block.
-        block: u64,
+        block: BlockId,
     },
     /// The sender dropped bytes of a chunk it owns; the receiver drops its copy.
     Drop {
@@ -156,7 +158,9 @@ pub enum Notice {
         keys: Vec<KeyRange>,
     },
     /// A slave fetched `count` keys of the pairing (`master`, `slave`) on the
-    /// sender (statistics only).
+    /// sender (statistics only). The receiver took those keys: `count` is at
+    /// least 1 and at most the keys it took for the pairing that were not
+    /// reported fetched yet.
     Consumed {
         /// The master SAE.
         master: String,
@@ -165,10 +169,14 @@ pub enum Notice {
         /// How many keys.
         count: u32,
     },
-    /// The sender asks for ownership of about `bytes` of fresh material.
+    /// The sender asks for ownership of about `bytes` of fresh material,
+    /// and says how much it has (see the lending rule on
+    /// [`StoreConfig`](crate::StoreConfig)).
     Borrow {
         /// How many bytes it would like.
         bytes: u64,
+        /// Fresh bytes the sender owns now.
+        fresh: u64,
     },
     /// The sender gave up these chunks; the receiver owns them from now on.
     /// An empty grant answers a borrow that could not be served.

@@ -1,225 +1,29 @@
 //! [`KeyStore`]: the key material of one link on one node.
+//!
+//! The store is a composition of sub-states, each in its own module with
+//! its own tests: the material and its ownership ([`Blocks`]), the block
+//! sequence and the peer's announcements ahead of it ([`PeerView`]), keys
+//! waiting for slaves ([`DeliveredKeys`]), reservations, per-pairing
+//! counters ([`Pairings`]) and the borrowing side of lending ([`Lending`]).
+//! This module sequences them and turns what they change into notices and
+//! statistics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use qkd_core::{BitVec, KeyId, SecretKey};
-use zeroize::{Zeroize, Zeroizing};
+use qkd_core::machine::ConfigError;
+use qkd_core::{BlockId, KeyId, SecretKey};
 
+use crate::chunks::Blocks;
+use crate::config::StoreConfig;
+use crate::delivered::DeliveredKeys;
+use crate::lending::Lending;
 use crate::notice::{Binding, GrantedChunk, KeyRange, Notice};
+use crate::peer::{Decision, PeerView, Placement};
+use crate::reservations::{ReservationId, Reservations};
+use crate::stats::{PairingStats, Pairings, StoreStats};
 use crate::{LookupError, NoticeError, StoreError, TakeError};
-
-/// Hasher for maps keyed by [`KeyId`] (already uniformly distributed: the
-/// blake3 output) and by block numbers (multiplicative mixing). Not for keys
-/// an attacker chooses freely; the peer is authenticated.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
-
-/// Which end of the pairing a node is. Fixed when the link is paired; the two
-/// nodes of a link must have different roles.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Owns the even-numbered chunks of every block at first.
-    First,
-    /// Owns the odd-numbered chunks of every block at first.
-    Second,
-}
-
-impl Role {
-    /// The other role.
-    #[must_use]
-    pub const fn peer(self) -> Role {
-        match self {
-            Role::First => Role::Second,
-            Role::Second => Role::First,
-        }
-    }
-
-    /// Whether this role owns chunk `chunk` of a block before any transfer.
-    #[must_use]
-    pub const fn owns_initially(self, chunk: u32) -> bool {
-        match self {
-            Role::First => chunk.is_multiple_of(2),
-            Role::Second => chunk % 2 == 1,
-        }
-    }
-
-    /// The wire byte of the role (0 = first, 1 = second).
-    #[must_use]
-    pub const fn to_byte(self) -> u8 {
-        match self {
-            Role::First => 0,
-            Role::Second => 1,
-        }
-    }
-}
-
-/// Settings of a [`KeyStore`]. Both nodes of a link must use the same `link`
-/// and `chunk_bytes` (qkd-sync checks this in its hello).
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    /// Name of the link, mixed into every [`KeyId`].
-    pub link: Vec<u8>,
-    /// This node's role.
-    pub role: Role,
-    /// Size of an ownership unit in bytes; also the largest key cut.
-    pub chunk_bytes: u32,
-    /// Most bytes held (chunk copies, reserved and delivered keys).
-    pub capacity_bytes: usize,
-    /// How long fresh material may wait after its block was stored before
-    /// its owner drops it.
-    pub key_ttl: Duration,
-    /// How long a key handed out on the peer waits here for its slave.
-    pub delivered_ttl: Duration,
-    /// How long a reservation holds its keys before they are dropped.
-    pub reservation_ttl: Duration,
-    /// Below this many fresh bytes the store asks the peer to lend ownership.
-    pub borrow_low_water: u64,
-    /// Most keys one take or reservation may ask for.
-    pub max_keys_per_request: usize,
-}
-
-impl StoreConfig {
-    /// Defaults: 1 KiB chunks, 256 MiB capacity, one hour of key TTL, ten
-    /// minutes for delivered keys and one minute for reservations, borrow
-    /// below 64 KiB, 10 000 keys per request.
-    #[must_use]
-    pub fn new(link: impl Into<Vec<u8>>, role: Role) -> Self {
-        StoreConfig {
-            link: link.into(),
-            role,
-            chunk_bytes: 1024,
-            capacity_bytes: 256 << 20,
-            key_ttl: Duration::from_secs(3600),
-            delivered_ttl: Duration::from_secs(600),
-            reservation_ttl: Duration::from_secs(60),
-            borrow_low_water: 64 << 10,
-            max_keys_per_request: 10_000,
-        }
-    }
-
-    /// Sets the chunk size in bytes (at least 1).
-    #[must_use]
-    pub fn with_chunk_bytes(mut self, chunk_bytes: u32) -> Self {
-        self.chunk_bytes = chunk_bytes.max(1);
-        self
-    }
-
-    /// Sets the capacity in bytes.
-    #[must_use]
-    pub fn with_capacity_bytes(mut self, capacity_bytes: usize) -> Self {
-        self.capacity_bytes = capacity_bytes;
-        self
-    }
-
-    /// Sets the TTL of fresh material.
-    #[must_use]
-    pub fn with_key_ttl(mut self, ttl: Duration) -> Self {
-        self.key_ttl = ttl;
-        self
-    }
-
-    /// Sets the TTL of delivered keys waiting for their slave.
-    #[must_use]
-    pub fn with_delivered_ttl(mut self, ttl: Duration) -> Self {
-        self.delivered_ttl = ttl;
-        self
-    }
-
-    /// Sets the TTL of reservations.
-    #[must_use]
-    pub fn with_reservation_ttl(mut self, ttl: Duration) -> Self {
-        self.reservation_ttl = ttl;
-        self
-    }
-
-    /// Sets the borrow low-water mark in bytes (0 never borrows).
-    #[must_use]
-    pub fn with_borrow_low_water(mut self, bytes: u64) -> Self {
-        self.borrow_low_water = bytes;
-        self
-    }
-}
-
-/// Counts of what a store holds and has done. Bits are `8 *` the byte figures.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StoreStats {
-    /// Blocks held (at least one chunk not finished).
-    pub blocks: usize,
-    /// Bytes held in chunk buffers (fresh, pending and peer-owned copies).
-    pub chunk_bytes: u64,
-    /// Fresh bytes: owned here, block held by both, not yet cut.
-    pub fresh_bytes: u64,
-    /// Owned bytes of blocks the peer has not announced yet.
-    pub pending_bytes: u64,
-    /// Keys reserved and not yet committed or released.
-    pub reserved_keys: u64,
-    /// Bytes of reserved keys.
-    pub reserved_bytes: u64,
-    /// Keys handed out on the peer and waiting here for their slaves.
-    pub delivered_keys: u64,
-    /// Bytes of those keys.
-    pub delivered_bytes: u64,
-    /// Blocks stored since creation.
-    pub blocks_stored: u64,
-    /// Blocks refused or dropped whole (capacity, lost on one side).
-    pub blocks_lost: u64,
-    /// Keys handed out fresh here.
-    pub keys_taken: u64,
-    /// Keys fetched here by a slave.
-    pub keys_fetched: u64,
-    /// Keys fetched on the peer (from its consumed notices).
-    pub keys_fetched_by_peer: u64,
-    /// Delivered keys that expired before their slave fetched them.
-    pub keys_expired: u64,
-    /// Bytes dropped without being handed out (expiry, capacity,
-    /// fragments, reservations released, the peer's drops).
-    pub bytes_dropped: u64,
-    /// Chunks lent to the peer.
-    pub chunks_lent: u64,
-    /// Chunks borrowed from the peer.
-    pub chunks_borrowed: u64,
-    /// Whole-store wipes.
-    pub wipes: u64,
-}
-
-/// Per-pairing counts (master SAE, slave SAE), for ETSI 014 status.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PairingStats {
-    /// Keys taken here with this master for this slave.
-    pub taken: u64,
-    /// Keys delivered from the peer for this slave and not yet fetched here.
-    pub waiting: u64,
-    /// Keys this slave fetched here.
-    pub fetched: u64,
-    /// Keys this slave fetched on the peer.
-    pub fetched_by_peer: u64,
-}
 
 /// What happened to an inserted block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,57 +44,6 @@ pub enum InsertOutcome {
     NoSession,
 }
 
-/// A handle to reserved keys; see [`KeyStore::reserve`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReservationId(u64);
-
-/// Who may cut a chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Owner {
-    Mine,
-    Peer,
-}
-
-/// One ownership unit of a block.
-struct Chunk {
-    /// The bytes; zeroized range by range as they leave, freed when done.
-    bytes: Option<Zeroizing<Vec<u8>>>,
-    owner: Owner,
-    /// Next byte to cut, relative to the chunk (owner side).
-    cursor: u32,
-    /// One bit per byte: already zeroized (cut, delivered or dropped). A
-    /// byte leaves once; a notice naming a gone byte again is refused.
-    gone: BitVec,
-}
-
-impl Chunk {
-    /// Bytes not yet zeroized.
-    fn live(&self) -> u32 {
-        (self.gone.len() - self.gone.count_ones()) as u32
-    }
-}
-
-struct Block {
-    chunks: Vec<Chunk>,
-    /// Chunks not finished.
-    open: u32,
-    /// The peer announced it holds the block.
-    peer_has: bool,
-}
-
-struct DeliveredKey {
-    key: SecretKey,
-    binding: Arc<Binding>,
-    /// Bit i set: slave i may still fetch.
-    remaining: u64,
-}
-
-struct Reservation {
-    keys: Vec<(KeyId, KeyRange, SecretKey)>,
-    binding: Arc<Binding>,
-    deadline: Instant,
-}
-
 /// The key material of one link on one node.
 ///
 /// Final key blocks go in with [`insert_block`](Self::insert_block) in the
@@ -302,73 +55,75 @@ struct Reservation {
 ///
 /// # Ownership
 ///
-/// Each block is cut into chunks of `chunk_bytes`. At insertion the
-/// [`Role::First`] node owns the even chunks and [`Role::Second`] the odd
-/// ones. Only the owner of a chunk hands its bytes out fresh or drops them;
-/// the other node keeps a copy, from which it serves the keys the owner
-/// announces as delivered, and which it drops only when the owner says so
-/// (or on a wipe). A chunk is usable once both nodes announced its block.
-/// Ownership moves only by [`Notice::Grant`]: the lender gives the chunk up
-/// before the notice leaves, so at every moment a chunk has at most one owner.
+/// Each block is cut into chunks of `chunk_bytes`, and each chunk has one
+/// owner: at insertion the node whose [`StoreRole`](crate::StoreRole)
+/// matches the parity of `block + chunk`, so both nodes own about half of
+/// every link's material whatever the block size. Only the owner of a
+/// chunk hands its bytes out fresh or drops them; the other node keeps a
+/// copy, from which it serves the keys the owner announces as delivered,
+/// and which it drops only when the owner says so (or on a wipe). A chunk
+/// is usable once both nodes announced its block. Ownership moves only by
+/// [`Notice::Grant`]: the lender gives the chunk up before the notice
+/// leaves, so at every moment a chunk has at most one owner. When and how
+/// much is lent is documented on [`StoreConfig`] ("Ownership and lending").
+///
+/// # The peer
+///
+/// The peer is authenticated but not trusted to be well behaved: every
+/// notice is checked against what this store holds and knows (ranges within
+/// bytes the peer may have taken, each byte once; grants of chunks the
+/// peer owned, whole; consumed counts within keys taken here; blocks
+/// announced not too far ahead), and every structure the peer's notices
+/// create is bounded by the configuration. A notice that fails a check is
+/// refused ([`apply`](Self::apply) returns the [`NoticeError`]; the few
+/// found later come out of [`poll_peer_violation`](Self::poll_peer_violation)).
 ///
 /// Every operation is O(log n) or amortised O(1) in the number of chunks and
 /// keys held, plus the work proportional to the keys asked for.
 pub struct KeyStore {
     config: StoreConfig,
-    blocks: IdMap<u64, Block>,
-    /// Usable chunks owned here, oldest first.
-    usable: BTreeSet<(u64, u32)>,
-    /// Peer decisions on blocks not inserted here yet: true = has, false = lost.
-    peer_ahead: BTreeMap<u64, bool>,
-    /// Highest block the peer announced (stored or lost).
-    peer_high: Option<u64>,
-    /// Blocks held here that the peer has not announced.
-    unready: BTreeSet<u64>,
-    last_block: Option<u64>,
-    expiry: VecDeque<(Instant, u64)>,
-    delivered: IdMap<KeyId, DeliveredKey>,
-    delivered_expiry: VecDeque<(Instant, KeyId)>,
-    reservations: HashMap<u64, Reservation>,
-    reservation_expiry: BTreeSet<(Instant, u64)>,
-    next_reservation: u64,
-    /// Per master, per slave.
-    pairings: HashMap<String, HashMap<String, PairingStats>>,
+    blocks: Blocks,
+    peer: PeerView,
+    /// Blocks in insertion order with the time their owned rest expires.
+    expiry: VecDeque<(Instant, BlockId)>,
+    delivered: DeliveredKeys,
+    reservations: Reservations,
+    pairings: Pairings,
+    lending: Lending,
     notices: VecDeque<Notice>,
-    borrow_outstanding: bool,
+    /// Peer violations found outside [`apply`](Self::apply).
+    violations: VecDeque<NoticeError>,
+    /// Cumulative counters (the "held" figures come from the parts).
     stats: StoreStats,
-    #[cfg(feature = "model")]
-    ownership_rule: bool,
-    #[cfg(feature = "model")]
-    audit: Vec<KeyRange>,
+    /// Ranges dropped since the last [`take_drop_audit`](Self::take_drop_audit), when on.
+    audit: Option<Vec<KeyRange>>,
+    /// Reused buffer of ranges dropped by one operation.
+    scratch: Vec<KeyRange>,
 }
 
 impl KeyStore {
     /// An empty store.
-    #[must_use]
-    pub fn new(config: StoreConfig) -> Self {
-        KeyStore {
-            config,
-            blocks: IdMap::default(),
-            usable: BTreeSet::new(),
-            peer_ahead: BTreeMap::new(),
-            peer_high: None,
-            unready: BTreeSet::new(),
-            last_block: None,
+    ///
+    /// # Errors
+    /// [`ConfigError`] if the configuration does not pass
+    /// [`StoreConfig::validate`].
+    pub fn new(config: StoreConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(KeyStore {
+            blocks: Blocks::new(config.chunk_bytes, config.role),
+            peer: PeerView::new(config.max_blocks_ahead),
             expiry: VecDeque::new(),
-            delivered: IdMap::default(),
-            delivered_expiry: VecDeque::new(),
-            reservations: HashMap::new(),
-            reservation_expiry: BTreeSet::new(),
-            next_reservation: 0,
-            pairings: HashMap::new(),
+            delivered: DeliveredKeys::new(config.max_delivered_keys),
+            reservations: Reservations::default(),
+            pairings: Pairings::new(config.max_pairings),
+            lending: Lending::new(config.borrow_low_water),
             notices: VecDeque::new(),
-            borrow_outstanding: false,
+            violations: VecDeque::new(),
             stats: StoreStats::default(),
-            #[cfg(feature = "model")]
-            ownership_rule: true,
-            #[cfg(feature = "model")]
-            audit: Vec::new(),
-        }
+            audit: None,
+            scratch: Vec::new(),
+            config,
+        })
     }
 
     /// The configuration.
@@ -379,8 +134,8 @@ impl KeyStore {
 
     /// The ID both nodes give the key starting at byte `offset` of `block`.
     #[must_use]
-    pub fn key_id(&self, block: u64, offset: u32) -> KeyId {
-        KeyId::for_block(&self.config.link, block, u64::from(offset))
+    pub fn key_id(&self, block: BlockId, offset: u32) -> KeyId {
+        KeyId::for_block(self.config.link.as_bytes(), block, u64::from(offset))
     }
 
     /// Largest key size in bits.
@@ -394,18 +149,37 @@ impl KeyStore {
     pub fn stats(&self) -> StoreStats {
         let mut s = self.stats.clone();
         s.blocks = self.blocks.len();
+        s.chunk_bytes = self.blocks.held_bytes();
+        s.fresh_bytes = self.blocks.fresh_bytes();
+        s.pending_bytes = self.blocks.pending_bytes();
+        s.reserved_keys = self.reservations.keys();
+        s.reserved_bytes = self.reservations.bytes();
         s.delivered_keys = self.delivered.len() as u64;
+        s.delivered_bytes = self.delivered.bytes();
         s
     }
 
-    /// Counts for the pairing (`master`, `slave`).
+    /// Counts for the pairing (`master`, `slave`) (zero if not counted).
     #[must_use]
     pub fn pairing(&self, master: &str, slave: &str) -> PairingStats {
         self.pairings
-            .get(master)
-            .and_then(|m| m.get(slave))
+            .get(master, slave)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Pairings whose counters are kept (at most
+    /// [`StoreConfig::max_pairings`]).
+    #[must_use]
+    pub fn pairings_counted(&self) -> usize {
+        self.pairings.len()
+    }
+
+    /// The peer's announcements of blocks this node has not reached yet
+    /// (at most [`StoreConfig::max_blocks_ahead`]).
+    #[must_use]
+    pub fn peer_blocks_ahead(&self) -> usize {
+        self.peer.ahead_len()
     }
 
     /// Keys of `bits` bits this node could hand out fresh now (counted per
@@ -415,18 +189,14 @@ impl KeyStore {
         if bits == 0 || !bits.is_multiple_of(8) || bits > self.max_key_bits() {
             return 0;
         }
-        let len = (bits / 8) as u32;
-        self.usable
-            .iter()
-            .map(|&(b, c)| (self.remaining(b, c) / len) as usize)
-            .sum()
+        self.blocks.fresh_keys((bits / 8) as u32)
     }
 
     /// Bytes held (chunk buffers, reserved and delivered keys), as bounded by
     /// [`StoreConfig::capacity_bytes`].
     #[must_use]
     pub fn held_bytes(&self) -> u64 {
-        self.stats.chunk_bytes + self.stats.reserved_bytes + self.stats.delivered_bytes
+        self.blocks.held_bytes() + self.reservations.bytes() + self.delivered.bytes()
     }
 
     /// The next notice for the peer, oldest first.
@@ -440,34 +210,19 @@ impl KeyStore {
         !self.notices.is_empty()
     }
 
-    fn chunk_span(&self, block_len: usize, chunk: u32) -> (u32, u32) {
-        let start = chunk as usize * self.config.chunk_bytes as usize;
-        let end = (start + self.config.chunk_bytes as usize).min(block_len);
-        (start as u32, (end - start) as u32)
+    /// The next violation of the peer found outside [`apply`](Self::apply):
+    /// announcements made before this node's first block that the first
+    /// insert showed to lie too far ahead.
+    pub fn poll_peer_violation(&mut self) -> Option<NoticeError> {
+        self.violations.pop_front()
     }
 
-    fn chunk_len(block: &Block, chunk: u32) -> u32 {
-        block.chunks[chunk as usize]
-            .bytes
-            .as_ref()
-            .map_or(0, |b| b.len() as u32)
+    /// Block IDs held, in no particular order (for audits and tests).
+    pub fn block_ids(&self) -> impl Iterator<Item = BlockId> + '_ {
+        self.blocks.ids()
     }
 
-    fn remaining(&self, block: u64, chunk: u32) -> u32 {
-        let Some(b) = self.blocks.get(&block) else {
-            return 0;
-        };
-        let len = Self::chunk_len(b, chunk);
-        len.saturating_sub(b.chunks[chunk as usize].cursor)
-    }
-
-    fn owns_initially(&self, chunk: u32) -> bool {
-        #[cfg(feature = "model")]
-        if !self.ownership_rule {
-            return true;
-        }
-        self.config.role.owns_initially(chunk)
-    }
+    // ---- blocks in ----
 
     /// Stores final key block `block` (IDs strictly increasing, the same
     /// blocks in the same order on both nodes, never repeated for the life of
@@ -481,82 +236,47 @@ impl KeyStore {
     pub fn insert_block(
         &mut self,
         now: Instant,
-        block: u64,
+        block: BlockId,
         key: SecretKey,
     ) -> Result<InsertOutcome, StoreError> {
-        if let Some(last) = self.last_block
-            && block <= last
-        {
-            return Err(StoreError::BlockOutOfOrder { block, last });
-        }
+        self.peer.check_next(block)?;
         let len = key.len();
         if len == 0 || len > u32::MAX as usize {
             return Err(StoreError::BadBlockLength { len });
         }
-        self.last_block = Some(block);
-        // Decisions on earlier blocks can never be used now.
-        let ahead = self.peer_ahead.split_off(&block);
-        let decision = {
-            let mut ahead = ahead;
-            let d = ahead.remove(&block);
-            self.peer_ahead = ahead;
-            d
-        };
-        if decision == Some(false) {
-            self.stats.blocks_lost += 1;
-            return Ok(InsertOutcome::LostByPeer);
+        let decision = self.advance(block);
+        match decision {
+            Decision::Lost => {
+                self.stats.blocks_lost += 1;
+                return Ok(InsertOutcome::LostByPeer);
+            }
+            Decision::Skipped => {
+                self.stats.blocks_lost += 1;
+                return Ok(InsertOutcome::SkippedByPeer);
+            }
+            Decision::Have | Decision::Unknown => {}
         }
-        if decision.is_none() && self.peer_high.is_some_and(|h| block < h) {
-            self.stats.blocks_lost += 1;
-            return Ok(InsertOutcome::SkippedByPeer);
-        }
-        while self.held_bytes() + len as u64 > self.config.capacity_bytes as u64 {
-            let Some(&(b, c)) = self.usable.first() else {
+        let fits = |s: &Self| s.held_bytes() + len as u64 <= s.config.capacity_bytes;
+        while !fits(self) {
+            let Some((b, c)) = self.blocks.oldest_usable() else {
                 break;
             };
-            self.drop_owned_tail(b, c);
+            if let Some(range) = self.blocks.drop_owned_tail(b, c) {
+                self.dropped_here(range);
+            }
         }
-        if self.held_bytes() + len as u64 > self.config.capacity_bytes as u64 {
+        if !fits(self) {
             self.stats.blocks_lost += 1;
             self.notices.push_back(Notice::Lost { block });
             return Ok(InsertOutcome::OverCapacity);
         }
-        let bytes = key.expose_secret();
-        let n_chunks = len.div_ceil(self.config.chunk_bytes as usize) as u32;
-        let mut chunks = Vec::with_capacity(n_chunks as usize);
-        let mut pending = 0u64;
-        for c in 0..n_chunks {
-            let (start, clen) = self.chunk_span(len, c);
-            let mine = self.owns_initially(c);
-            if mine {
-                pending += u64::from(clen);
-            }
-            chunks.push(Chunk {
-                bytes: Some(Zeroizing::new(
-                    bytes[start as usize..(start + clen) as usize].to_vec(),
-                )),
-                owner: if mine { Owner::Mine } else { Owner::Peer },
-                cursor: 0,
-                gone: BitVec::zeros(clen as usize),
-            });
-        }
+        self.blocks.insert(block, key.expose_secret());
         drop(key);
-        self.stats.chunk_bytes += len as u64;
-        self.stats.pending_bytes += pending;
         self.stats.blocks_stored += 1;
-        self.blocks.insert(
-            block,
-            Block {
-                chunks,
-                open: n_chunks,
-                peer_has: false,
-            },
-        );
         self.expiry.push_back((now + self.config.key_ttl, block));
-        self.unready.insert(block);
         self.notices.push_back(Notice::Have { block });
-        if decision == Some(true) {
-            self.mark_ready(block);
+        if decision == Decision::Have {
+            self.blocks.mark_ready(block);
             self.maybe_borrow();
             Ok(InsertOutcome::Ready)
         } else {
@@ -570,117 +290,30 @@ impl KeyStore {
     ///
     /// # Errors
     /// [`StoreError::BlockOutOfOrder`] if `block` does not follow the last block.
-    pub fn discard_block(&mut self, block: u64) -> Result<(), StoreError> {
-        if let Some(last) = self.last_block
-            && block <= last
-        {
-            return Err(StoreError::BlockOutOfOrder { block, last });
-        }
-        self.last_block = Some(block);
-        self.peer_ahead = self.peer_ahead.split_off(&(block.saturating_add(1)));
+    pub fn discard_block(&mut self, block: BlockId) -> Result<(), StoreError> {
+        self.peer.check_next(block)?;
+        self.advance(block);
         self.stats.blocks_lost += 1;
         self.notices.push_back(Notice::Lost { block });
         Ok(())
     }
 
-    fn mark_ready(&mut self, block: u64) {
-        let Some(b) = self.blocks.get_mut(&block) else {
-            return;
-        };
-        if b.peer_has {
-            return;
-        }
-        b.peer_has = true;
-        self.unready.remove(&block);
-        let mut moved = 0u64;
-        for (i, ch) in b.chunks.iter().enumerate() {
-            if ch.owner == Owner::Mine && ch.bytes.is_some() {
-                let len = ch.bytes.as_ref().map_or(0, |x| x.len() as u32);
-                if ch.cursor < len {
-                    moved += u64::from(len - ch.cursor);
-                    self.usable.insert((block, i as u32));
-                }
+    /// Moves the block sequence on to `block`, reporting the peer's
+    /// announcements that turn out to lie too far ahead.
+    fn advance(&mut self, block: BlockId) -> Decision {
+        let mut refused = Vec::new();
+        let decision = self.peer.advance(block, &mut refused);
+        for block in refused {
+            self.stats.peer_violations += 1;
+            if self.violations.len() < self.config.max_blocks_ahead as usize {
+                self.violations
+                    .push_back(NoticeError::BlockTooFarAhead { block });
             }
         }
-        self.stats.pending_bytes -= moved;
-        self.stats.fresh_bytes += moved;
+        decision
     }
 
-    /// Zeroizes `range` (relative to the chunk) of a chunk and frees what is done.
-    fn zero_range(&mut self, block: u64, chunk: u32, start: u32, len: u32) -> Option<SecretKey> {
-        let b = self.blocks.get_mut(&block)?;
-        let ch = b.chunks.get_mut(chunk as usize)?;
-        let buf = ch.bytes.as_mut()?;
-        let s = start as usize;
-        let e = s + len as usize;
-        if e > buf.len() || ch.gone.slice(s..e).count_ones() != 0 {
-            return None;
-        }
-        let key = SecretKey::from_slice(&buf[s..e]);
-        buf[s..e].zeroize();
-        let size = buf.len() as u64;
-        for i in s..e {
-            ch.gone.set(i, true);
-        }
-        if ch.live() == 0 {
-            ch.bytes = None;
-            b.open -= 1;
-            self.stats.chunk_bytes -= size;
-            if b.open == 0 {
-                self.blocks.remove(&block);
-                self.unready.remove(&block);
-            }
-        }
-        Some(key)
-    }
-
-    /// Drops the uncut rest of an owned chunk and tells the peer.
-    fn drop_owned_tail(&mut self, block: u64, chunk: u32) {
-        let Some(b) = self.blocks.get_mut(&block) else {
-            self.usable.remove(&(block, chunk));
-            return;
-        };
-        let ready = b.peer_has;
-        let Some(ch) = b.chunks.get_mut(chunk as usize) else {
-            return;
-        };
-        let Some(buf) = ch.bytes.as_ref() else {
-            self.usable.remove(&(block, chunk));
-            return;
-        };
-        let len = buf.len() as u32;
-        let cursor = ch.cursor;
-        if ch.owner != Owner::Mine || cursor >= len {
-            self.usable.remove(&(block, chunk));
-            return;
-        }
-        ch.cursor = len;
-        let n = len - cursor;
-        if ready {
-            self.usable.remove(&(block, chunk));
-            self.stats.fresh_bytes -= u64::from(n);
-        } else {
-            self.stats.pending_bytes -= u64::from(n);
-        }
-        self.stats.bytes_dropped += u64::from(n);
-        let offset = chunk * self.config.chunk_bytes + cursor;
-        let range = KeyRange {
-            block,
-            offset,
-            len: n,
-        };
-        self.audit_drop(range);
-        drop(self.zero_range(block, chunk, cursor, n));
-        self.notices.push_back(Notice::Drop { range });
-    }
-
-    #[cfg(feature = "model")]
-    fn audit_drop(&mut self, range: KeyRange) {
-        self.audit.push(range);
-    }
-
-    #[cfg(not(feature = "model"))]
-    fn audit_drop(&mut self, _range: KeyRange) {}
+    // ---- keys out ----
 
     fn check_take(&self, count: usize, bits: usize) -> Result<u32, TakeError> {
         if bits == 0 || !bits.is_multiple_of(8) || bits > self.max_key_bits() {
@@ -689,109 +322,34 @@ impl KeyStore {
                 max_bits: self.max_key_bits(),
             });
         }
-        if count == 0 || count > self.config.max_keys_per_request {
-            return Err(TakeError::InvalidCount {
-                count,
-                max: self.config.max_keys_per_request,
-            });
+        let max = self.config.max_keys_per_request as usize;
+        if count == 0 || count > max {
+            return Err(TakeError::InvalidCount { count, max });
         }
         Ok((bits / 8) as u32)
     }
 
-    /// Cuts `count` keys of `len` bytes from the oldest usable chunks, all or
-    /// nothing. Chunks passed over with less than `len` bytes left have
-    /// their rest dropped (with a notice).
+    /// Cuts `count` keys of `len` bytes, all or nothing, with their IDs.
     fn cut(
         &mut self,
         count: usize,
         len: u32,
     ) -> Result<Vec<(KeyId, KeyRange, SecretKey)>, TakeError> {
-        // Plan without changing anything.
-        let mut found = 0usize;
-        let mut last_needed: Option<(u64, u32)> = None;
-        for &(b, c) in &self.usable {
-            found += (self.remaining(b, c) / len) as usize;
-            if found >= count {
-                last_needed = Some((b, c));
-                break;
-            }
+        let mut dropped = std::mem::take(&mut self.scratch);
+        let link = self.config.link.as_bytes();
+        let result = self.blocks.cut(count, len, &mut dropped, |range, key| {
+            let id = KeyId::for_block(link, range.block, u64::from(range.offset));
+            (id, range, key)
+        });
+        for range in dropped.drain(..) {
+            self.dropped_here(range);
         }
-        if last_needed.is_none() {
-            self.maybe_borrow();
-            return Err(TakeError::Insufficient {
-                requested: count,
-                available: found,
-            });
-        };
-        let mut out = Vec::with_capacity(count);
-        while out.len() < count {
-            let Some(&(b, c)) = self.usable.first() else {
-                break;
-            };
-            let rem = self.remaining(b, c);
-            if rem < len {
-                self.drop_owned_tail(b, c);
-                continue;
-            }
-            let cursor = self.blocks[&b].chunks[c as usize].cursor;
-            let offset = c * self.config.chunk_bytes + cursor;
-            let range = KeyRange {
-                block: b,
-                offset,
-                len,
-            };
-            let id = self.key_id(b, offset);
-            {
-                let ch = &mut self
-                    .blocks
-                    .get_mut(&b)
-                    .expect("usable chunk's block is held")
-                    .chunks[c as usize];
-                ch.cursor += len;
-            }
-            self.stats.fresh_bytes -= u64::from(len);
-            if rem == len {
-                self.usable.remove(&(b, c));
-            }
-            let key = self
-                .zero_range(b, c, cursor, len)
-                .expect("usable chunk holds its bytes");
-            out.push((id, range, key));
-        }
+        self.scratch = dropped;
         self.maybe_borrow();
-        Ok(out)
-    }
-
-    fn maybe_borrow(&mut self) {
-        if self.config.borrow_low_water == 0 || self.borrow_outstanding {
-            return;
-        }
-        if self.stats.fresh_bytes < self.config.borrow_low_water {
-            self.borrow_outstanding = true;
-            self.notices.push_back(Notice::Borrow {
-                bytes: self.config.borrow_low_water * 2,
-            });
-        }
-    }
-
-    /// The counters of a pairing, created on first use (no allocation
-    /// once it exists).
-    fn pairing_mut(&mut self, master: &str, slave: &str) -> &mut PairingStats {
-        if !self.pairings.contains_key(master) {
-            self.pairings.insert(master.to_owned(), HashMap::new());
-        }
-        let per_slave = self.pairings.get_mut(master).expect("just inserted");
-        if !per_slave.contains_key(slave) {
-            per_slave.insert(slave.to_owned(), PairingStats::default());
-        }
-        per_slave.get_mut(slave).expect("just inserted")
-    }
-
-    fn count_taken(&mut self, binding: &Binding, n: usize) {
-        self.stats.keys_taken += n as u64;
-        for s in binding.slaves() {
-            self.pairing_mut(binding.master(), s).taken += n as u64;
-        }
+        result.map_err(|available| TakeError::Insufficient {
+            requested: count,
+            available,
+        })
     }
 
     /// Hands out `count` fresh keys of `bits` bits for `binding` (ETSI 014
@@ -819,7 +377,8 @@ impl KeyStore {
         binding: Arc<Binding>,
         cut: Vec<(KeyId, KeyRange, SecretKey)>,
     ) -> Vec<(KeyId, SecretKey)> {
-        self.count_taken(&binding, cut.len());
+        self.stats.keys_taken += cut.len() as u64;
+        self.pairings.taken(&binding, cut.len() as u64);
         let mut ranges = Vec::with_capacity(cut.len());
         let mut keys = Vec::with_capacity(cut.len());
         for (id, range, key) in cut {
@@ -849,31 +408,8 @@ impl KeyStore {
     ) -> Result<ReservationId, TakeError> {
         let len = self.check_take(count, bits)?;
         let keys = self.cut(count, len)?;
-        let id = self.next_reservation;
-        self.next_reservation += 1;
-        let bytes = u64::from(len) * keys.len() as u64;
-        self.stats.reserved_bytes += bytes;
-        self.stats.reserved_keys += keys.len() as u64;
         let deadline = now + self.config.reservation_ttl;
-        self.reservations.insert(
-            id,
-            Reservation {
-                keys,
-                binding: binding.clone(),
-                deadline,
-            },
-        );
-        self.reservation_expiry.insert((deadline, id));
-        Ok(ReservationId(id))
-    }
-
-    fn remove_reservation(&mut self, id: ReservationId) -> Option<Reservation> {
-        let r = self.reservations.remove(&id.0)?;
-        self.reservation_expiry.remove(&(r.deadline, id.0));
-        let bytes: u64 = r.keys.iter().map(|k| u64::from(k.1.len)).sum();
-        self.stats.reserved_bytes -= bytes;
-        self.stats.reserved_keys -= r.keys.len() as u64;
-        Some(r)
+        Ok(self.reservations.add(keys, binding.clone(), deadline))
     }
 
     /// Hands out the reserved keys (as [`take`](Self::take) would have).
@@ -882,7 +418,8 @@ impl KeyStore {
     /// [`TakeError::UnknownReservation`] if it was committed, released or expired.
     pub fn commit(&mut self, id: ReservationId) -> Result<Vec<(KeyId, SecretKey)>, TakeError> {
         let r = self
-            .remove_reservation(id)
+            .reservations
+            .remove(id)
             .ok_or(TakeError::UnknownReservation)?;
         Ok(self.deliver(r.binding, r.keys))
     }
@@ -893,13 +430,12 @@ impl KeyStore {
     /// [`TakeError::UnknownReservation`] if it was committed, released or expired.
     pub fn release(&mut self, id: ReservationId) -> Result<(), TakeError> {
         let r = self
-            .remove_reservation(id)
+            .reservations
+            .remove(id)
             .ok_or(TakeError::UnknownReservation)?;
         for (_, range, key) in r.keys {
             drop(key);
-            self.stats.bytes_dropped += u64::from(range.len);
-            self.audit_drop(range);
-            self.notices.push_back(Notice::Drop { range });
+            self.dropped_here(range);
         }
         Ok(())
     }
@@ -912,30 +448,11 @@ impl KeyStore {
     /// # Errors
     /// [`LookupError::NotAuthorized`] if `slave` is not a remaining slave of the key.
     pub fn lookup(&mut self, id: &KeyId, slave: &str) -> Result<Option<SecretKey>, LookupError> {
-        let Some(entry) = self.delivered.get_mut(id) else {
+        let Some((key, binding)) = self.delivered.fetch(id, slave)? else {
             return Ok(None);
         };
-        let i = entry
-            .binding
-            .slave_index(slave)
-            .ok_or(LookupError::NotAuthorized)?;
-        if entry.remaining & (1 << i) == 0 {
-            return Err(LookupError::NotAuthorized);
-        }
-        entry.remaining &= !(1 << i);
-        let binding = entry.binding.clone();
-        let key = if entry.remaining == 0 {
-            let e = self.delivered.remove(id).expect("entry just seen");
-            let n = e.key.len() as u64;
-            self.stats.delivered_bytes -= n;
-            e.key
-        } else {
-            entry.key.clone()
-        };
         self.stats.keys_fetched += 1;
-        let p = self.pairing_mut(binding.master(), slave);
-        p.fetched += 1;
-        p.waiting = p.waiting.saturating_sub(1);
+        self.pairings.fetched(binding.master(), slave);
         if let Some(Notice::Consumed {
             master,
             slave: s,
@@ -959,281 +476,222 @@ impl KeyStore {
     /// Whether key `id` waits here for a slave.
     #[must_use]
     pub fn is_delivered(&self, id: &KeyId) -> bool {
-        self.delivered.contains_key(id)
+        self.delivered.contains(id)
     }
+
+    // ---- the peer's notices ----
 
     /// Applies a notice from the peer at time `now`. Key IDs that became
     /// available for lookup are appended to `arrived`.
     ///
     /// # Errors
     /// [`NoticeError`] if the notice does not fit this store (the rest of the
-    /// notice is still applied where it fits).
+    /// notice is still applied where it fits); counted in
+    /// [`StoreStats::peer_violations`].
     pub fn apply(
         &mut self,
         now: Instant,
         notice: Notice,
         arrived: &mut Vec<KeyId>,
     ) -> Result<(), NoticeError> {
+        let result = self.apply_checked(now, notice, arrived);
+        if result.is_err() {
+            self.stats.peer_violations += 1;
+        }
+        result
+    }
+
+    fn apply_checked(
+        &mut self,
+        now: Instant,
+        notice: Notice,
+        arrived: &mut Vec<KeyId>,
+    ) -> Result<(), NoticeError> {
         match notice {
-            Notice::Have { block } => {
-                self.peer_passed(block);
-                if self.blocks.contains_key(&block) {
-                    self.mark_ready(block);
-                    self.maybe_borrow();
-                } else if self.last_block.is_none_or(|l| block > l) {
-                    self.peer_ahead.insert(block, true);
-                }
-                Ok(())
-            }
-            Notice::Lost { block } => {
-                self.peer_passed(block);
-                if let Some(b) = self.blocks.get(&block) {
-                    if b.peer_has {
-                        return Err(NoticeError::LostAfterHave { block });
-                    }
-                    self.drop_block(block);
-                } else if self.last_block.is_none_or(|l| block > l) {
-                    self.peer_ahead.insert(block, false);
-                }
-                Ok(())
-            }
-            Notice::Drop { range } => {
-                if !self.blocks.contains_key(&range.block) {
-                    // A block this node never stored or already dropped whole
-                    // (the peer drops its own chunks of an unready block too).
-                    return Ok(());
-                }
-                let (chunk, start) = self.locate(&range)?;
-                self.stats.bytes_dropped += u64::from(range.len);
-                self.audit_drop(range);
-                drop(self.zero_range(range.block, chunk, start, range.len));
-                Ok(())
-            }
-            Notice::Delivered { binding, keys } => {
-                let mut result = Ok(());
-                let deadline = now + self.config.delivered_ttl;
-                let all = if binding.slaves().len() == 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << binding.slaves().len()) - 1
-                };
-                let mut n = 0u64;
-                for range in keys {
-                    let (chunk, start) = match self.locate(&range) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            result = Err(e);
-                            continue;
-                        }
-                    };
-                    let Some(key) = self.zero_range(range.block, chunk, start, range.len) else {
-                        result = Err(NoticeError::BadRange { block: range.block });
-                        continue;
-                    };
-                    let id = self.key_id(range.block, range.offset);
-                    self.stats.delivered_bytes += u64::from(range.len);
-                    self.delivered.insert(
-                        id,
-                        DeliveredKey {
-                            key,
-                            binding: binding.clone(),
-                            remaining: all,
-                        },
-                    );
-                    self.delivered_expiry.push_back((deadline, id));
-                    arrived.push(id);
-                    n += 1;
-                }
-                for s in binding.slaves() {
-                    self.pairing_mut(binding.master(), s).waiting += n;
-                }
-                result
-            }
+            Notice::Delivered { binding, keys } => self.on_delivered(now, &binding, keys, arrived),
             Notice::Consumed {
                 master,
                 slave,
                 count,
-            } => {
-                self.stats.keys_fetched_by_peer += u64::from(count);
-                self.pairing_mut(&master, &slave).fetched_by_peer += u64::from(count);
+            } => self.on_consumed(&master, &slave, count),
+            Notice::Have { block } => self.on_announced(block, true),
+            Notice::Lost { block } => self.on_announced(block, false),
+            Notice::Drop { range } => self.on_drop(range),
+            Notice::Borrow { bytes, fresh } => {
+                self.on_borrow(bytes, fresh);
                 Ok(())
             }
-            Notice::Borrow { bytes } => {
-                self.lend(bytes);
-                Ok(())
-            }
-            Notice::Grant { chunks } => {
-                self.borrow_outstanding = false;
-                let mut result = Ok(());
-                for g in chunks {
-                    if let Err(e) = self.accept_grant(g) {
-                        result = Err(e);
-                    }
-                }
-                result
-            }
+            Notice::Grant { chunks } => self.on_grant(chunks),
         }
     }
 
-    /// Chunk index and start within the chunk of a peer-named range.
-    /// The chunk and start of a range the peer names in a notice. The range
-    /// must lie in one chunk and in bytes the peer may have taken: a chunk
-    /// it owns, or below this node's cursor in one this node owns (keys it
-    /// cut and then lent).
-    fn locate(&self, range: &KeyRange) -> Result<(u32, u32), NoticeError> {
-        let b = self
-            .blocks
-            .get(&range.block)
-            .ok_or(NoticeError::UnknownBlock { block: range.block })?;
-        let cb = self.config.chunk_bytes;
-        let chunk = range.offset / cb;
-        let start = range.offset % cb;
-        let bad = NoticeError::BadRange { block: range.block };
-        if range.len == 0 || chunk as usize >= b.chunks.len() {
-            return Err(bad);
-        }
-        let end = u64::from(start) + u64::from(range.len);
-        if end > u64::from(Self::chunk_len(b, chunk)) {
-            return Err(bad);
-        }
-        let ch = &b.chunks[chunk as usize];
-        if ch.owner == Owner::Mine && end > u64::from(ch.cursor) {
-            return Err(NoticeError::NotPeerOwned {
-                block: range.block,
-                chunk,
+    /// The peer handed out keys: keep them for the slaves of `binding`.
+    fn on_delivered(
+        &mut self,
+        now: Instant,
+        binding: &Arc<Binding>,
+        keys: Vec<KeyRange>,
+        arrived: &mut Vec<KeyId>,
+    ) -> Result<(), NoticeError> {
+        let deadline = now + self.config.delivered_ttl;
+        let mut result = Ok(());
+        let mut stored = 0u64;
+        // Keys that make room for these are taken off their pairings after
+        // these are counted (they may be of the same one).
+        let mut evicted = Vec::new();
+        for range in keys {
+            let key = self.blocks.locate(&range).and_then(|(chunk, start)| {
+                self.blocks
+                    .zero_range(range.block, chunk, start, range.len)
+                    .ok_or(NoticeError::BadRange { block: range.block })
             });
+            let key = match key {
+                Ok(key) => key,
+                Err(e) => {
+                    result = Err(e);
+                    continue;
+                }
+            };
+            let id = self.key_id(range.block, range.offset);
+            self.delivered
+                .insert(id, key, binding.clone(), deadline, |b, remaining| {
+                    evicted.push((Arc::clone(b), remaining));
+                });
+            arrived.push(id);
+            stored += 1;
         }
-        Ok((chunk, start))
+        if stored > 0 {
+            // The keys wait whether or not their pairing is counted; a
+            // pairing is never created for a notice with no key.
+            if let Err(e) = self.pairings.delivered(binding, stored) {
+                result = Err(e);
+            }
+        }
+        for (b, remaining) in evicted {
+            self.pairings.expired(&b, remaining);
+            self.stats.keys_expired += 1;
+        }
+        result
+    }
+
+    /// The peer's slave fetched keys this node took.
+    fn on_consumed(&mut self, master: &str, slave: &str, count: u32) -> Result<(), NoticeError> {
+        self.pairings.consumed(master, slave, count)?;
+        self.stats.keys_fetched_by_peer += u64::from(count);
+        Ok(())
+    }
+
+    /// The peer stored (`has`) or will never hold `block`.
+    #[inline(never)]
+    fn on_announced(&mut self, block: BlockId, has: bool) -> Result<(), NoticeError> {
+        let placement = self.peer.announce(block, has)?;
+        self.peer_passed(block);
+        if placement == Placement::Ahead {
+            return Ok(());
+        }
+        if has {
+            if self.blocks.mark_ready(block) {
+                self.maybe_borrow();
+            }
+        } else if self.blocks.contains(block) {
+            if self.blocks.is_ready(block) {
+                return Err(NoticeError::LostAfterHave { block });
+            }
+            self.drop_block(block);
+        }
+        Ok(())
+    }
+
+    /// The peer dropped bytes of a chunk it owns.
+    #[inline(never)]
+    fn on_drop(&mut self, range: KeyRange) -> Result<(), NoticeError> {
+        if !self.blocks.contains(range.block) {
+            // A block this node never stored or already dropped whole
+            // (the peer drops its own chunks of an unready block too).
+            return Ok(());
+        }
+        let (chunk, start) = self.blocks.locate(&range)?;
+        self.blocks
+            .zero_range(range.block, chunk, start, range.len)
+            .ok_or(NoticeError::BadRange { block: range.block })?;
+        self.stats.bytes_dropped += u64::from(range.len);
+        self.audit_drop(range);
+        Ok(())
+    }
+
+    /// The peer asks to borrow: lend by the rule, answer with a grant.
+    #[inline(never)]
+    fn on_borrow(&mut self, bytes: u64, fresh: u64) {
+        let granted = self.blocks.lend(bytes, fresh);
+        self.stats.chunks_lent += granted.len() as u64;
+        self.notices.push_back(Notice::Grant { chunks: granted });
+    }
+
+    /// The peer answered this node's borrow.
+    #[inline(never)]
+    fn on_grant(&mut self, chunks: Vec<GrantedChunk>) -> Result<(), NoticeError> {
+        self.lending.answered();
+        let mut result = Ok(());
+        for g in chunks {
+            match self.blocks.accept_grant(g) {
+                Ok(()) => self.stats.chunks_borrowed += 1,
+                Err(e) => result = Err(e),
+            }
+        }
+        result
     }
 
     /// The peer decided on `block`; it decides in block order, so blocks
     /// before it that it never announced it will never hold: drop them.
-    fn peer_passed(&mut self, block: u64) {
-        if self.peer_high.is_some_and(|h| h >= block) {
-            return;
-        }
-        self.peer_high = Some(block);
-        let rest = self.unready.split_off(&block);
-        let skipped = std::mem::replace(&mut self.unready, rest);
-        for b in skipped {
+    fn peer_passed(&mut self, block: BlockId) {
+        for b in self.blocks.unready_before(block) {
             self.drop_block(b);
         }
     }
 
-    fn drop_block(&mut self, block: u64) {
-        let Some(b) = self.blocks.remove(&block) else {
+    fn drop_block(&mut self, block: BlockId) {
+        let audit = &mut self.audit;
+        let Some(dropped) = self.blocks.drop_block(block, |range| {
+            if let Some(a) = audit {
+                a.push(range);
+            }
+        }) else {
             return;
         };
-        self.unready.remove(&block);
-        for (i, ch) in b.chunks.iter().enumerate() {
-            if let Some(buf) = &ch.bytes {
-                let size = buf.len() as u64;
-                self.stats.chunk_bytes -= size;
-                self.stats.bytes_dropped += u64::from(ch.live());
-                if ch.owner == Owner::Mine {
-                    let rest = u64::from((buf.len() as u32).saturating_sub(ch.cursor));
-                    if b.peer_has {
-                        self.stats.fresh_bytes -= rest;
-                        self.usable.remove(&(block, i as u32));
-                    } else {
-                        self.stats.pending_bytes -= rest;
-                    }
-                }
-                #[cfg(feature = "model")]
-                self.audit.push(KeyRange {
-                    block,
-                    offset: i as u32 * self.config.chunk_bytes,
-                    len: buf.len() as u32,
-                });
-            }
-        }
+        self.stats.bytes_dropped += dropped.live;
         self.stats.blocks_lost += 1;
-        // Dropping `b` zeroizes every buffer.
     }
 
-    /// Gives up to about `bytes` of the newest usable chunks to the peer.
-    fn lend(&mut self, bytes: u64) {
-        let mut granted = Vec::new();
-        let mut total = 0u64;
-        // Keep at least the low-water mark for ourselves.
-        while total < bytes && self.stats.fresh_bytes > self.config.borrow_low_water {
-            let Some(&(b, c)) = self.usable.last() else {
-                break;
-            };
-            let rem = self.remaining(b, c);
-            let Some(block) = self.blocks.get_mut(&b) else {
-                // Cannot happen (a usable chunk's block is held); never
-                // worth a panic on a peer's request.
-                self.usable.remove(&(b, c));
-                continue;
-            };
-            let ch = &mut block.chunks[c as usize];
-            let from = c * self.config.chunk_bytes + ch.cursor;
-            ch.owner = Owner::Peer;
-            self.usable.remove(&(b, c));
-            self.stats.fresh_bytes -= u64::from(rem);
-            self.stats.chunks_lent += 1;
-            total += u64::from(rem);
-            granted.push(GrantedChunk {
-                block: b,
-                chunk: c,
-                from,
-            });
-        }
-        self.notices.push_back(Notice::Grant { chunks: granted });
+    /// This node dropped `range` (owned here, never handed out): count it
+    /// and tell the peer.
+    #[inline(never)]
+    fn dropped_here(&mut self, range: KeyRange) {
+        self.stats.bytes_dropped += u64::from(range.len);
+        self.audit_drop(range);
+        self.notices.push_back(Notice::Drop { range });
     }
 
-    fn accept_grant(&mut self, g: GrantedChunk) -> Result<(), NoticeError> {
-        let cb = self.config.chunk_bytes;
-        let b = self
-            .blocks
-            .get_mut(&g.block)
-            .ok_or(NoticeError::UnknownBlock { block: g.block })?;
-        let ch = b
-            .chunks
-            .get_mut(g.chunk as usize)
-            .ok_or(NoticeError::BadRange { block: g.block })?;
-        if ch.owner != Owner::Peer {
-            return Err(NoticeError::NotPeerOwned {
-                block: g.block,
-                chunk: g.chunk,
-            });
+    fn audit_drop(&mut self, range: KeyRange) {
+        if let Some(a) = &mut self.audit {
+            a.push(range);
         }
-        let Some(buf) = ch.bytes.as_ref() else {
-            return Ok(()); // nothing left of it here
-        };
-        let len = buf.len() as u32;
-        let start = g.chunk * cb;
-        // The granted rest must be whole here: the peer cannot hand over
-        // bytes it already delivered or dropped.
-        if g.from < start
-            || g.from - start > len
-            || ch.gone.slice((g.from - start) as usize..).count_ones() != 0
-        {
-            return Err(NoticeError::BadRange { block: g.block });
-        }
-        ch.owner = Owner::Mine;
-        ch.cursor = g.from - start;
-        let rem = len - ch.cursor;
-        self.stats.chunks_borrowed += 1;
-        if rem > 0 {
-            if b.peer_has {
-                self.usable.insert((g.block, g.chunk));
-                self.stats.fresh_bytes += u64::from(rem);
-            } else {
-                self.stats.pending_bytes += u64::from(rem);
-            }
-        }
-        Ok(())
     }
+
+    fn maybe_borrow(&mut self) {
+        if let Some(n) = self.lending.want(self.blocks.fresh_bytes()) {
+            self.notices.push_back(n);
+        }
+    }
+
+    // ---- time ----
 
     /// The earliest time [`expire`](Self::expire) has work to do.
     #[must_use]
     pub fn next_expiry(&self) -> Option<Instant> {
         [
             self.expiry.front().map(|e| e.0),
-            self.delivered_expiry.front().map(|e| e.0),
-            self.reservation_expiry.first().map(|e| e.0),
+            self.delivered.next_deadline(),
+            self.reservations.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -1243,116 +701,71 @@ impl KeyStore {
     /// Drops what is due at `now`: owned fresh material older than the key
     /// TTL (with notices), reservations past their TTL (with notices) and
     /// delivered keys nobody fetched in time (no notice: the owner already
-    /// handed them out). Returns the number of keys and chunks dropped.
+    /// handed them out). Returns the number of keys and chunk rests dropped.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut n = 0;
+        let mut dropped = std::mem::take(&mut self.scratch);
         while let Some(&(at, block)) = self.expiry.front() {
             if at > now {
                 break;
             }
             self.expiry.pop_front();
-            let owned: Vec<u32> = match self.blocks.get(&block) {
-                Some(b) => (0..b.chunks.len() as u32)
-                    .filter(|&c| b.chunks[c as usize].owner == Owner::Mine)
-                    .collect(),
-                None => continue,
-            };
-            for c in owned {
-                self.drop_owned_tail(block, c);
-                n += 1;
-            }
+            self.blocks.drop_owned_tails(block, |r| dropped.push(r));
         }
-        while let Some(&(at, id)) = self.reservation_expiry.first() {
-            if at > now {
-                break;
-            }
-            let _ = self.release(ReservationId(id));
+        n += dropped.len();
+        for range in dropped.drain(..) {
+            self.dropped_here(range);
+        }
+        self.scratch = dropped;
+        while let Some(id) = self.reservations.due(now) {
+            let _ = self.release(id);
             n += 1;
         }
-        while let Some(&(at, id)) = self.delivered_expiry.front() {
-            if at > now {
-                break;
-            }
-            self.delivered_expiry.pop_front();
-            if let Some(e) = self.delivered.remove(&id) {
-                let len = e.key.len() as u64;
-                self.stats.delivered_bytes -= len;
-                self.stats.keys_expired += 1;
-                for (i, s) in e.binding.slaves().iter().enumerate() {
-                    if e.remaining & (1 << i) != 0
-                        && let Some(p) = self
-                            .pairings
-                            .get_mut(e.binding.master())
-                            .and_then(|m| m.get_mut(s.as_str()))
-                    {
-                        p.waiting = p.waiting.saturating_sub(1);
-                    }
-                }
-                n += 1;
-            }
-        }
+        let (pairings, stats) = (&mut self.pairings, &mut self.stats);
+        n += self.delivered.expire(now, |b, remaining| {
+            pairings.expired(b, remaining);
+            stats.keys_expired += 1;
+        });
         n
     }
 
-    /// Zeroizes and forgets everything (blocks, reservations, delivered keys,
-    /// queued notices). Cumulative counters are kept; `wipes` counts up.
+    /// Zeroizes and forgets everything: blocks, the block sequence and the
+    /// peer's announcements, reservations, delivered keys, pairing
+    /// counters, queued notices and violations. The cumulative counters of
+    /// [`stats`](Self::stats) are kept; `wipes` counts up.
     pub fn wipe(&mut self) {
         self.blocks.clear();
-        self.usable.clear();
-        self.peer_ahead.clear();
-        self.peer_high = None;
-        self.unready.clear();
-        self.last_block = None;
+        self.peer.clear();
         self.expiry.clear();
         self.delivered.clear();
-        self.delivered_expiry.clear();
         self.reservations.clear();
-        self.reservation_expiry.clear();
-        for p in self.pairings.values_mut().flat_map(|m| m.values_mut()) {
-            p.waiting = 0;
-        }
+        self.pairings.clear();
+        self.lending.clear();
         self.notices.clear();
-        self.borrow_outstanding = false;
-        let s = &mut self.stats;
-        s.chunk_bytes = 0;
-        s.fresh_bytes = 0;
-        s.pending_bytes = 0;
-        s.reserved_bytes = 0;
-        s.reserved_keys = 0;
-        s.delivered_bytes = 0;
-        s.wipes += 1;
+        self.violations.clear();
+        if let Some(a) = &mut self.audit {
+            a.clear();
+        }
+        self.stats.wipes += 1;
     }
 
-    /// Block IDs held, in no particular order (for audits and tests).
-    pub fn block_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.blocks.keys().copied()
+    // ---- audit hooks ----
+
+    /// Records the ranges dropped here without being handed out from now on
+    /// (by this node's expiry, capacity, fragments and releases, by the
+    /// peer's drop notices, and whole blocks lost): key ranges only, never
+    /// key bytes. For the model check of qkd-sync; costs memory until
+    /// drained with [`take_drop_audit`](Self::take_drop_audit).
+    #[doc(hidden)]
+    pub fn enable_drop_audit(&mut self) {
+        self.audit.get_or_insert_with(Vec::new);
     }
 
-    /// Test-only: turns the ownership rule off, so that this node believes it
-    /// owns every chunk. Exists to show that the model check catches it.
-    #[cfg(feature = "model")]
-    pub fn disable_ownership_rule(&mut self) {
-        self.ownership_rule = false;
-    }
-
-    /// Test-only: a copy of the bytes still buffered for chunk `chunk` of
-    /// `block` (`None` once the chunk is finished and its buffer freed), to
-    /// check that ranges that left the store were zeroized.
-    #[cfg(feature = "model")]
-    pub fn chunk_buffer(&self, block: u64, chunk: u32) -> Option<Vec<u8>> {
-        let b = self.blocks.get(&block)?;
-        b.chunks
-            .get(chunk as usize)?
-            .bytes
-            .as_ref()
-            .map(|x| x.to_vec())
-    }
-
-    /// Test-only: the ranges dropped here without being handed out since the
-    /// last call (wipes excluded).
-    #[cfg(feature = "model")]
-    pub fn take_audit(&mut self) -> Vec<KeyRange> {
-        std::mem::take(&mut self.audit)
+    /// The ranges recorded since the last call (none unless
+    /// [`enable_drop_audit`](Self::enable_drop_audit) was called; wipes excluded).
+    #[doc(hidden)]
+    pub fn take_drop_audit(&mut self) -> Vec<KeyRange> {
+        self.audit.as_mut().map(std::mem::take).unwrap_or_default()
     }
 }
 
@@ -1361,8 +774,131 @@ impl core::fmt::Debug for KeyStore {
         f.debug_struct("KeyStore")
             .field("role", &self.config.role)
             .field("blocks", &self.blocks.len())
-            .field("fresh_bytes", &self.stats.fresh_bytes)
+            .field("fresh_bytes", &self.blocks.fresh_bytes())
             .field("delivered_keys", &self.delivered.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::StoreRole;
+
+    fn b(n: u64) -> BlockId {
+        BlockId::new(n)
+    }
+
+    fn pair(chunk: u32) -> (KeyStore, KeyStore) {
+        let cfg = |r| {
+            StoreConfig::new("z", r)
+                .with_chunk_bytes(chunk)
+                .with_borrow_low_water(0)
+        };
+        (
+            KeyStore::new(cfg(StoreRole::EvenChunks)).unwrap(),
+            KeyStore::new(cfg(StoreRole::OddChunks)).unwrap(),
+        )
+    }
+
+    fn carry(now: Instant, from: &mut KeyStore, to: &mut KeyStore) {
+        let mut arrived = Vec::new();
+        while let Some(n) = from.poll_notice() {
+            to.apply(now, n, &mut arrived).unwrap();
+        }
+    }
+
+    /// Every range that leaves the store is zeroized in its buffer at once.
+    #[test]
+    fn taken_delivered_and_dropped_ranges_are_zeroized() {
+        let now = Instant::now();
+        let (mut a, mut c) = pair(32);
+        // Block 2: the even node owns chunk 0, the odd node chunk 1.
+        let block = SecretKey::from_slice(&[0xff; 64]);
+        a.insert_block(now, b(2), block.clone()).unwrap();
+        c.insert_block(now, b(2), block).unwrap();
+        carry(now, &mut a, &mut c);
+        carry(now, &mut c, &mut a);
+        let binding = Arc::new(Binding::pair("m", "s").unwrap());
+        let keys = a.take(1, 64, &binding).unwrap();
+        assert_eq!(keys[0].1.expose_secret(), &[0xff; 8]);
+        let mut want = vec![0u8; 8];
+        want.extend_from_slice(&[0xff; 24]);
+        assert_eq!(
+            a.blocks.chunk_buffer(b(2), 0).unwrap(),
+            want,
+            "owner zeroized the cut key"
+        );
+        carry(now, &mut a, &mut c);
+        assert_eq!(
+            c.blocks.chunk_buffer(b(2), 0).unwrap(),
+            want,
+            "peer zeroized its copy on delivery"
+        );
+        // The delivered copy of a's key leaves c through lookup.
+        assert_eq!(
+            c.lookup(&keys[0].0, "s").unwrap().unwrap().expose_secret(),
+            &[0xff; 8]
+        );
+        assert!(!c.is_delivered(&keys[0].0));
+        // A 24-byte take uses the rest of the chunk: finished and freed.
+        a.take(1, 8 * 24, &binding).unwrap();
+        assert_eq!(a.blocks.chunk_buffer(b(2), 0), None, "finished chunk freed");
+        // Dropping the rest of c's chunk 1 by expiry zeroizes it on both.
+        let later = now + c.config().key_ttl;
+        c.take(1, 8 * 8, &binding).unwrap();
+        carry(now, &mut c, &mut a);
+        c.expire(later);
+        assert_eq!(c.blocks.chunk_buffer(b(2), 1), None);
+        carry(later, &mut c, &mut a);
+        assert_eq!(
+            a.blocks.chunk_buffer(b(2), 1),
+            None,
+            "peer copy freed after the drop notice"
+        );
+    }
+
+    #[test]
+    fn the_parts_stay_consistent_through_a_session() {
+        let now = Instant::now();
+        let (mut a, mut c) = pair(16);
+        let binding = Arc::new(Binding::new("m", ["s1", "s2"]).unwrap());
+        a.enable_drop_audit();
+        for n in 1..=6u64 {
+            let key = SecretKey::from_vec(vec![n as u8; 40]);
+            a.insert_block(now, b(n), key.clone()).unwrap();
+            c.insert_block(now, b(n), key).unwrap();
+        }
+        carry(now, &mut a, &mut c);
+        carry(now, &mut c, &mut a);
+        let r = a.reserve(now, 2, 64, &binding).unwrap();
+        let keys = a.take(3, 96, &binding).unwrap();
+        a.release(r).unwrap();
+        carry(now, &mut a, &mut c);
+        for (id, key) in &keys {
+            assert_eq!(c.lookup(id, "s2").unwrap().as_ref(), Some(key));
+        }
+        carry(now, &mut c, &mut a);
+        for s in [&a, &c] {
+            s.blocks.check_invariants();
+            let st = s.stats();
+            assert_eq!(
+                s.held_bytes(),
+                st.chunk_bytes + st.reserved_bytes + st.delivered_bytes
+            );
+        }
+        assert_eq!(a.pairing("m", "s2").fetched_by_peer, 3);
+        assert_eq!(c.pairing("m", "s1").waiting, 3);
+        assert!(!a.take_drop_audit().is_empty(), "the released keys");
+        assert_eq!(a.stats().peer_violations + c.stats().peer_violations, 0);
+        c.expire(now + Duration::from_secs(7200));
+        assert_eq!(c.pairing("m", "s1").waiting, 0);
+        a.wipe();
+        a.blocks.check_invariants();
+        assert_eq!(a.pairings_counted(), 0);
+        assert_eq!(a.held_bytes(), 0);
+        assert!(a.take_drop_audit().is_empty());
     }
 }

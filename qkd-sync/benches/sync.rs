@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use qkd_core::SecretKey;
-use qkd_keystore::{Binding, KeyStore, Role, StoreConfig};
+use qkd_core::machine::Machine;
+use qkd_core::{BlockId, SecretKey};
+use qkd_keystore::{Binding, KeyStore, StoreConfig, StoreRole};
 use qkd_sync::{Lookup, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -20,7 +21,7 @@ const BATCH: usize = 256;
 const ROUNDS: usize = 200;
 const BLOCK: usize = 1 << 20;
 
-fn store_cfg(r: Role) -> StoreConfig {
+fn store_cfg(r: StoreRole) -> StoreConfig {
     StoreConfig::new("bench", r).with_borrow_low_water(0)
 }
 
@@ -49,14 +50,14 @@ fn nodes() -> (SyncNode, SyncNode) {
         c.max_message_len = qkd_sync::message::MAX_MESSAGE_LEN;
         c
     };
-    let mut a = SyncNode::new(cfg(Role::First), &mut rng);
-    let mut b = SyncNode::new(cfg(Role::Second), &mut rng);
+    let mut a = SyncNode::new(cfg(StoreRole::EvenChunks), &mut rng).unwrap();
+    let mut b = SyncNode::new(cfg(StoreRole::OddChunks), &mut rng).unwrap();
     pump(now, &mut a, &mut b);
     let blocks = (BATCH * ROUNDS * 32 * 2).div_ceil(BLOCK) + 1;
     for i in 0..blocks as u64 {
         let k = SecretKey::from_vec(vec![i as u8; BLOCK]);
-        a.insert_block(now, i + 1, k.clone()).unwrap();
-        b.insert_block(now, i + 1, k).unwrap();
+        a.insert_block(now, BlockId::new(i + 1), k.clone()).unwrap();
+        b.insert_block(now, BlockId::new(i + 1), k).unwrap();
     }
     pump(now, &mut a, &mut b);
     (a, b)
@@ -64,13 +65,13 @@ fn nodes() -> (SyncNode, SyncNode) {
 
 fn stores() -> (KeyStore, KeyStore) {
     let now = Instant::now();
-    let mut a = KeyStore::new(store_cfg(Role::First));
-    let mut b = KeyStore::new(store_cfg(Role::Second));
+    let mut a = KeyStore::new(store_cfg(StoreRole::EvenChunks)).unwrap();
+    let mut b = KeyStore::new(store_cfg(StoreRole::OddChunks)).unwrap();
     let blocks = (BATCH * ROUNDS * 32 * 2).div_ceil(BLOCK) + 1;
     for i in 0..blocks as u64 {
         let k = SecretKey::from_vec(vec![i as u8; BLOCK]);
-        a.insert_block(now, i + 1, k.clone()).unwrap();
-        b.insert_block(now, i + 1, k).unwrap();
+        a.insert_block(now, BlockId::new(i + 1), k.clone()).unwrap();
+        b.insert_block(now, BlockId::new(i + 1), k).unwrap();
     }
     let mut arrived = Vec::new();
     while let Some(n) = a.poll_notice() {
@@ -95,7 +96,7 @@ fn sync(c: &mut Criterion) {
                 let now = Instant::now();
                 let t = Instant::now();
                 for _ in 0..ROUNDS {
-                    let keys = a.take_fresh(BATCH, 256, &binding).unwrap();
+                    let keys = a.take(BATCH, 256, &binding).unwrap();
                     pump(now, &mut a, &mut b);
                     for (id, key) in keys {
                         let Lookup::Ready(copy) = b.lookup(now, &id, "s").unwrap() else {

@@ -6,5 +6,6 @@ pub mod message;
 pub mod node;
 
 pub use node::{
-    Event, InputError, Lookup, MIN_MESSAGE_LEN, PairingStatus, SyncConfig, SyncError, SyncNode,
+    Event, InputError, Lookup, MAX_WINDOW, MIN_MESSAGE_LEN, PairingStatus, SyncConfig, SyncError,
+    SyncNode,
 };

@@ -1,29 +1,34 @@
 //! The binary messages of the sync protocol.
 //!
-//! Every message starts with a version byte ([`VERSION`] = 1) and a type
-//! byte. Integers are big-endian. A message is at most [`MAX_MESSAGE_LEN`]
-//! bytes; counts are checked against the bytes left before anything is
-//! allocated; trailing bytes are an error; decoding never panics.
+//! Every message starts with the workspace envelope (see
+//! [`qkd_core::wire`]): protocol [`Protocol::Sync`] (`0x20`), version
+//! [`VERSION`] (1) and a type byte. Integers are big-endian. A message is
+//! at most [`MAX_MESSAGE_LEN`] bytes; it is read with the checked
+//! [`Reader`], so every count is checked against its limit and against the
+//! bytes left before anything is allocated, trailing bytes are an error,
+//! and decoding never panics; every failure is a [`WireError`].
 //!
 //! ```text
+//! envelope: 0x20 | version 0x01 | type u8
 //! Hello (type 1): from u64 | paired_to u64 | nonce u64 | echo_epoch u64 | echo_nonce u64
-//!                 | role u8 (0 first, 1 second) | chunk_bytes u32 | link_tag [16]
+//!                 | role u8 (0 even chunks, 1 odd chunks) | chunk_bytes u32 | link_tag [16]
 //! Data  (type 2): from u64 | to u64 | seq u64 | ack u64 | count u16 | count x record
 //! Ack   (type 3): from u64 | to u64 | ack u64
 //!
 //! record: tag u8, then
 //!   1 Have      block u64
 //!   2 Lost      block u64
-//!   3 Drop      block u64 | offset u32 | len u32
-//!   4 Delivered master str8 | n_slaves u8 | n_slaves x str8 | n u16 | n x (block u64 | offset u32 | len u32)
+//!   3 Drop      block u64 | offset u32 | len u32 (len >= 1)
+//!   4 Delivered master str8 | n_slaves u8 (1..=64) | n_slaves x str8
+//!               | n u16 | n x (block u64 | offset u32 | len u32)
 //!   5 Consumed  master str8 | slave str8 | count u32
-//!   6 Borrow    bytes u64
+//!   6 Borrow    bytes u64 | fresh u64
 //!   7 Grant     n u16 | n x (block u64 | chunk u32 | from u32)
 //! str8: len u8 (1..=255) | UTF-8 bytes
 //! ```
 //!
 //! Example: an `Ack` from epoch 0x0102030405060708 to epoch 9 acknowledging
-//! sequence number 5 is 26 bytes:
+//! sequence number 5 is 27 bytes:
 //!
 //! ```
 //! use qkd_sync::message::{Ack, Message};
@@ -31,7 +36,7 @@
 //! let msg = Message::Ack(Ack { from: 0x0102030405060708, to: 9, ack: 5 });
 //! let bytes = msg.encode();
 //! assert_eq!(bytes, [
-//!     1, 3,                                   // version 1, type Ack
+//!     0x20, 1, 3,                             // protocol Sync, version 1, type Ack
 //!     1, 2, 3, 4, 5, 6, 7, 8,                 // from
 //!     0, 0, 0, 0, 0, 0, 0, 9,                 // to
 //!     0, 0, 0, 0, 0, 0, 0, 5,                 // ack
@@ -41,8 +46,10 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut};
-use qkd_keystore::{Binding, GrantedChunk, KeyRange, Notice, Role};
+use bytes::BufMut;
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError};
+use qkd_keystore::notice::MAX_SLAVES;
+use qkd_keystore::{Binding, GrantedChunk, KeyRange, Notice, StoreRole};
 
 /// Protocol version written and accepted.
 pub const VERSION: u8 = 1;
@@ -61,40 +68,14 @@ const R_CONSUMED: u8 = 5;
 const R_BORROW: u8 = 6;
 const R_GRANT: u8 = 7;
 
-/// Size of the fixed part of a [`Data`] message.
-pub const DATA_HEADER_LEN: usize = 2 + 8 * 4 + 2;
+/// Size of the fixed part of a [`Data`] message (envelope included).
+pub const DATA_HEADER_LEN: usize = Envelope::LEN + 8 * 4 + 2;
 /// Encoded size of one key range in a Delivered record.
 pub const KEY_RANGE_LEN: usize = 16;
-
-/// Why a message was rejected. Carries no key material.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WireError {
-    /// The message ended early.
-    #[error("message truncated")]
-    Truncated,
-    /// The message is longer than [`MAX_MESSAGE_LEN`].
-    #[error("message of {len} bytes is too long")]
-    TooLong {
-        /// Its length.
-        len: usize,
-    },
-    /// A version this implementation does not speak.
-    #[error("unsupported protocol version {0}")]
-    UnsupportedVersion(u8),
-    /// An unknown message type.
-    #[error("unknown message type {0}")]
-    UnknownType(u8),
-    /// An unknown record tag.
-    #[error("unknown record tag {0}")]
-    UnknownRecord(u8),
-    /// Bytes left after the message.
-    #[error("{0} trailing bytes")]
-    TrailingBytes(usize),
-    /// A field holds a value outside its domain.
-    #[error("invalid field: {0}")]
-    Invalid(&'static str),
-}
+/// Encoded size of one granted chunk in a Grant record.
+pub const GRANTED_CHUNK_LEN: usize = 16;
+/// The shortest record (an empty Grant: tag and count).
+const MIN_RECORD_LEN: usize = 3;
 
 /// Session setup: who I am, whom I am paired with, my challenge, and the
 /// answer to yours.
@@ -111,7 +92,7 @@ pub struct Hello {
     /// The echoed challenge.
     pub echo_nonce: u64,
     /// The sender's role.
-    pub role: Role,
+    pub role: StoreRole,
     /// The sender's chunk size.
     pub chunk_bytes: u32,
     /// A tag of the sender's link name.
@@ -155,15 +136,17 @@ pub enum Message {
     Ack(Ack),
 }
 
+fn envelope(kind: u8) -> Envelope {
+    Envelope::new(Protocol::Sync, VERSION, kind)
+}
+
 impl Message {
     /// The encoded bytes.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
         match self {
             Message::Hello(h) => {
-                out.put_u8(VERSION);
-                out.put_u8(T_HELLO);
+                let mut out = envelope(T_HELLO).start(5 * 8 + 1 + 4 + 16);
                 out.put_u64(h.from);
                 out.put_u64(h.paired_to);
                 out.put_u64(h.nonce);
@@ -172,22 +155,25 @@ impl Message {
                 out.put_u8(h.role.to_byte());
                 out.put_u32(h.chunk_bytes);
                 out.put_slice(&h.link_tag);
+                out
             }
             Message::Data(d) => {
+                let body: usize = d.notices.iter().map(notice_len).sum();
+                let mut out = Vec::with_capacity(DATA_HEADER_LEN + body);
                 write_data_header(&mut out, d.from, d.to, d.seq, d.ack, d.notices.len() as u16);
                 for n in &d.notices {
                     encode_notice(n, &mut out);
                 }
+                out
             }
             Message::Ack(a) => {
-                out.put_u8(VERSION);
-                out.put_u8(T_ACK);
+                let mut out = envelope(T_ACK).start(3 * 8);
                 out.put_u64(a.from);
                 out.put_u64(a.to);
                 out.put_u64(a.ack);
+                out
             }
         }
-        out
     }
 
     /// Decodes one message.
@@ -196,53 +182,34 @@ impl Message {
     /// [`WireError`] for anything that is not exactly one valid message.
     pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
         if bytes.len() > MAX_MESSAGE_LEN {
-            return Err(WireError::TooLong { len: bytes.len() });
+            return Err(WireError::TooMany {
+                field: "message length",
+                count: bytes.len() as u64,
+                max: MAX_MESSAGE_LEN as u64,
+            });
         }
-        let mut b = bytes;
-        let version = get_u8(&mut b)?;
-        if version != VERSION {
-            return Err(WireError::UnsupportedVersion(version));
-        }
-        let msg = match get_u8(&mut b)? {
-            T_HELLO => {
-                let from = get_u64(&mut b)?;
-                let paired_to = get_u64(&mut b)?;
-                let nonce = get_u64(&mut b)?;
-                let echo_epoch = get_u64(&mut b)?;
-                let echo_nonce = get_u64(&mut b)?;
-                let role = match get_u8(&mut b)? {
-                    0 => Role::First,
-                    1 => Role::Second,
-                    _ => return Err(WireError::Invalid("role")),
-                };
-                let chunk_bytes = get_u32(&mut b)?;
-                let mut link_tag = [0u8; 16];
-                need(&b, 16)?;
-                b.copy_to_slice(&mut link_tag);
-                Message::Hello(Hello {
-                    from,
-                    paired_to,
-                    nonce,
-                    echo_epoch,
-                    echo_nonce,
-                    role,
-                    chunk_bytes,
-                    link_tag,
-                })
-            }
+        let mut r = Reader::new(bytes);
+        let msg = match r.envelope(Protocol::Sync, VERSION)? {
+            T_HELLO => Message::Hello(Hello {
+                from: r.u64()?,
+                paired_to: r.u64()?,
+                nonce: r.u64()?,
+                echo_epoch: r.u64()?,
+                echo_nonce: r.u64()?,
+                role: StoreRole::from_byte(r.u8()?)
+                    .ok_or(WireError::invalid("role", "must be 0 or 1"))?,
+                chunk_bytes: r.u32()?,
+                link_tag: r.array()?,
+            }),
             T_DATA => {
-                let from = get_u64(&mut b)?;
-                let to = get_u64(&mut b)?;
-                let seq = get_u64(&mut b)?;
-                let ack = get_u64(&mut b)?;
-                let count = get_u16(&mut b)? as usize;
-                // Every record is at least 3 bytes (an empty grant).
-                if count * 3 > b.remaining() {
-                    return Err(WireError::Truncated);
-                }
+                let from = r.u64()?;
+                let to = r.u64()?;
+                let seq = r.u64()?;
+                let ack = r.u64()?;
+                let count = r.count_u16("records", usize::MAX, MIN_RECORD_LEN)?;
                 let mut notices = Vec::with_capacity(count);
                 for _ in 0..count {
-                    notices.push(decode_notice(&mut b)?);
+                    notices.push(decode_notice(&mut r)?);
                 }
                 Message::Data(Data {
                     from,
@@ -253,23 +220,20 @@ impl Message {
                 })
             }
             T_ACK => Message::Ack(Ack {
-                from: get_u64(&mut b)?,
-                to: get_u64(&mut b)?,
-                ack: get_u64(&mut b)?,
+                from: r.u64()?,
+                to: r.u64()?,
+                ack: r.u64()?,
             }),
-            t => return Err(WireError::UnknownType(t)),
+            kind => return Err(Reader::unknown_type(Protocol::Sync, kind)),
         };
-        if !b.is_empty() {
-            return Err(WireError::TrailingBytes(b.len()));
-        }
+        r.finish()?;
         Ok(msg)
     }
 }
 
 /// Writes the fixed part of a Data message; `count` records must follow.
 pub fn write_data_header(out: &mut Vec<u8>, from: u64, to: u64, seq: u64, ack: u64, count: u16) {
-    out.put_u8(VERSION);
-    out.put_u8(T_DATA);
+    envelope(T_DATA).write(out);
     out.put_u64(from);
     out.put_u64(to);
     out.put_u64(seq);
@@ -287,11 +251,14 @@ fn put_str8(out: &mut Vec<u8>, s: &str) {
 #[must_use]
 pub fn notice_len(n: &Notice) -> usize {
     1 + match n {
-        Notice::Have { .. } | Notice::Lost { .. } | Notice::Borrow { .. } => 8,
-        Notice::Drop { .. } => 16,
-        Notice::Delivered { binding, keys } => delivered_header_len(binding) + keys.len() * 16,
+        Notice::Have { .. } | Notice::Lost { .. } => 8,
+        Notice::Borrow { .. } => 16,
+        Notice::Drop { .. } => KEY_RANGE_LEN,
+        Notice::Delivered { binding, keys } => {
+            delivered_header_len(binding) + keys.len() * KEY_RANGE_LEN
+        }
         Notice::Consumed { master, slave, .. } => 2 + master.len() + slave.len() + 4,
-        Notice::Grant { chunks } => 2 + chunks.len() * 16,
+        Notice::Grant { chunks } => 2 + chunks.len() * GRANTED_CHUNK_LEN,
     }
 }
 
@@ -306,11 +273,11 @@ pub fn encode_notice(n: &Notice, out: &mut Vec<u8>) {
     match n {
         Notice::Have { block } => {
             out.put_u8(R_HAVE);
-            out.put_u64(*block);
+            out.put_u64(block.get());
         }
         Notice::Lost { block } => {
             out.put_u8(R_LOST);
-            out.put_u64(*block);
+            out.put_u64(block.get());
         }
         Notice::Drop { range } => {
             out.put_u8(R_DROP);
@@ -338,15 +305,16 @@ pub fn encode_notice(n: &Notice, out: &mut Vec<u8>) {
             put_str8(out, slave);
             out.put_u32(*count);
         }
-        Notice::Borrow { bytes } => {
+        Notice::Borrow { bytes, fresh } => {
             out.put_u8(R_BORROW);
             out.put_u64(*bytes);
+            out.put_u64(*fresh);
         }
         Notice::Grant { chunks } => {
             out.put_u8(R_GRANT);
             out.put_u16(chunks.len() as u16);
             for g in chunks {
-                out.put_u64(g.block);
+                out.put_u64(g.block.get());
                 out.put_u32(g.chunk);
                 out.put_u32(g.from);
             }
@@ -355,57 +323,30 @@ pub fn encode_notice(n: &Notice, out: &mut Vec<u8>) {
 }
 
 fn put_range(out: &mut Vec<u8>, r: &KeyRange) {
-    out.put_u64(r.block);
+    out.put_u64(r.block.get());
     out.put_u32(r.offset);
     out.put_u32(r.len);
 }
 
-fn need(b: &&[u8], n: usize) -> Result<(), WireError> {
-    if b.remaining() < n {
-        Err(WireError::Truncated)
-    } else {
-        Ok(())
-    }
-}
-
-fn get_u8(b: &mut &[u8]) -> Result<u8, WireError> {
-    need(b, 1)?;
-    Ok(b.get_u8())
-}
-
-fn get_u16(b: &mut &[u8]) -> Result<u16, WireError> {
-    need(b, 2)?;
-    Ok(b.get_u16())
-}
-
-fn get_u32(b: &mut &[u8]) -> Result<u32, WireError> {
-    need(b, 4)?;
-    Ok(b.get_u32())
-}
-
-fn get_u64(b: &mut &[u8]) -> Result<u64, WireError> {
-    need(b, 8)?;
-    Ok(b.get_u64())
-}
-
-fn get_str8(b: &mut &[u8]) -> Result<String, WireError> {
-    let len = get_u8(b)? as usize;
+fn get_str8(r: &mut Reader<'_>, field: &'static str) -> Result<String, WireError> {
+    let len = r.u8()? as usize;
     if len == 0 {
-        return Err(WireError::Invalid("empty SAE ID"));
+        return Err(WireError::invalid(field, "an SAE ID is 1 to 255 bytes"));
     }
-    need(b, len)?;
-    let s = std::str::from_utf8(&b[..len]).map_err(|_| WireError::Invalid("SAE ID not UTF-8"))?;
-    let s = s.to_owned();
-    b.advance(len);
-    Ok(s)
+    let s = std::str::from_utf8(r.bytes(len)?)
+        .map_err(|_| WireError::invalid(field, "an SAE ID is UTF-8"))?;
+    Ok(s.to_owned())
 }
 
-fn get_range(b: &mut &[u8]) -> Result<KeyRange, WireError> {
-    let block = get_u64(b)?;
-    let offset = get_u32(b)?;
-    let len = get_u32(b)?;
+fn get_range(r: &mut Reader<'_>) -> Result<KeyRange, WireError> {
+    let block = r.block()?;
+    let offset = r.u32()?;
+    let len = r.u32()?;
     if len == 0 {
-        return Err(WireError::Invalid("empty key range"));
+        return Err(WireError::invalid(
+            "len",
+            "a key range is at least one byte",
+        ));
     }
     Ok(KeyRange { block, offset, len })
 }
@@ -414,32 +355,28 @@ fn get_range(b: &mut &[u8]) -> Result<KeyRange, WireError> {
 ///
 /// # Errors
 /// [`WireError`] if the bytes do not start with a valid record.
-pub fn decode_notice(b: &mut &[u8]) -> Result<Notice, WireError> {
-    Ok(match get_u8(b)? {
-        R_HAVE => Notice::Have { block: get_u64(b)? },
-        R_LOST => Notice::Lost { block: get_u64(b)? },
+pub fn decode_notice(r: &mut Reader<'_>) -> Result<Notice, WireError> {
+    Ok(match r.u8()? {
+        R_HAVE => Notice::Have { block: r.block()? },
+        R_LOST => Notice::Lost { block: r.block()? },
         R_DROP => Notice::Drop {
-            range: get_range(b)?,
+            range: get_range(r)?,
         },
         R_DELIVERED => {
-            let master = get_str8(b)?;
-            let n_slaves = get_u8(b)? as usize;
-            if n_slaves * 2 > b.remaining() {
-                return Err(WireError::Truncated);
-            }
+            let master = get_str8(r, "master")?;
+            // Each slave is at least two bytes (length and one byte).
+            let n_slaves = r.count_u8("slaves", MAX_SLAVES, 2)?;
             let mut slaves = Vec::with_capacity(n_slaves);
             for _ in 0..n_slaves {
-                slaves.push(get_str8(b)?);
+                slaves.push(get_str8(r, "slave")?);
             }
-            let binding =
-                Binding::new(master, slaves).map_err(|_| WireError::Invalid("binding"))?;
-            let n = get_u16(b)? as usize;
-            if n * KEY_RANGE_LEN > b.remaining() {
-                return Err(WireError::Truncated);
-            }
+            let binding = Binding::new(master, slaves).map_err(|_| {
+                WireError::invalid("slaves", "a binding names 1 to 64 distinct slaves")
+            })?;
+            let n = r.count_u16("keys", usize::MAX, KEY_RANGE_LEN)?;
             let mut keys = Vec::with_capacity(n);
             for _ in 0..n {
-                keys.push(get_range(b)?);
+                keys.push(get_range(r)?);
             }
             Notice::Delivered {
                 binding: Arc::new(binding),
@@ -447,26 +384,26 @@ pub fn decode_notice(b: &mut &[u8]) -> Result<Notice, WireError> {
             }
         }
         R_CONSUMED => Notice::Consumed {
-            master: get_str8(b)?,
-            slave: get_str8(b)?,
-            count: get_u32(b)?,
+            master: get_str8(r, "master")?,
+            slave: get_str8(r, "slave")?,
+            count: r.u32()?,
         },
-        R_BORROW => Notice::Borrow { bytes: get_u64(b)? },
+        R_BORROW => Notice::Borrow {
+            bytes: r.u64()?,
+            fresh: r.u64()?,
+        },
         R_GRANT => {
-            let n = get_u16(b)? as usize;
-            if n * 16 > b.remaining() {
-                return Err(WireError::Truncated);
-            }
+            let n = r.count_u16("chunks", usize::MAX, GRANTED_CHUNK_LEN)?;
             let mut chunks = Vec::with_capacity(n);
             for _ in 0..n {
                 chunks.push(GrantedChunk {
-                    block: get_u64(b)?,
-                    chunk: get_u32(b)?,
-                    from: get_u32(b)?,
+                    block: r.block()?,
+                    chunk: r.u32()?,
+                    from: r.u32()?,
                 });
             }
             Notice::Grant { chunks }
         }
-        t => return Err(WireError::UnknownRecord(t)),
+        _ => return Err(WireError::invalid("record", "unknown record tag")),
     })
 }

@@ -4,54 +4,157 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qkd_core::{KeyId, SecretKey};
+use qkd_core::machine::{ConfigError, Machine};
+use qkd_core::wire::WireError;
+use qkd_core::{BlockId, KeyId, SecretKey};
+use qkd_keystore::notice::{MAX_SAE_ID_LEN, MAX_SLAVES};
 use qkd_keystore::{
-    Binding, InsertOutcome, KeyStore, LookupError, Notice, NoticeError, PairingStats,
+    Binding, InsertOutcome, KeyRange, KeyStore, LookupError, Notice, NoticeError, PairingStats,
     ReservationId, StoreConfig, StoreError, TakeError,
 };
 use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
 
 use crate::message::{
-    self, Ack, DATA_HEADER_LEN, Hello, KEY_RANGE_LEN, MAX_MESSAGE_LEN, Message, WireError,
+    self, Ack, DATA_HEADER_LEN, GRANTED_CHUNK_LEN, Hello, KEY_RANGE_LEN, MAX_MESSAGE_LEN, Message,
 };
 
 /// Smallest message size a node may be configured with: room for a
-/// Delivered record of the largest binding and one key.
-pub const MIN_MESSAGE_LEN: usize = DATA_HEADER_LEN + 1 + 2 + 256 * 65 + 2 + KEY_RANGE_LEN;
+/// Delivered record of the largest binding (master and 64 slaves of 255
+/// bytes) and one key.
+pub const MIN_MESSAGE_LEN: usize = DATA_HEADER_LEN
+    + 1
+    + (1 + MAX_SAE_ID_LEN)
+    + 1
+    + MAX_SLAVES * (1 + MAX_SAE_ID_LEN)
+    + 2
+    + KEY_RANGE_LEN;
+
+/// Largest window accepted: the messages a node keeps unacknowledged and
+/// buffers out of order are bounded by `window * max_message_len`.
+pub const MAX_WINDOW: u32 = 4096;
 
 /// Settings of a [`SyncNode`].
-#[derive(Clone, Debug)]
+///
+/// Every field but `store` has a default that works on a lossy wide-area
+/// link as well as on a local one (the numbers below, the same as
+/// [`SyncConfig::new`]); `store` is the store's configuration (see
+/// [`StoreConfig`], whose defaults work for small and large blocks alike).
+///
+/// ```
+/// use qkd_sync::SyncConfig;
+///
+/// let json = r#"{ "store": { "link": "l", "role": "even_chunks" }, "window": 16 }"#;
+/// let config: SyncConfig = serde_json::from_str(json).unwrap();
+/// assert_eq!(config.window, 16);
+/// config.validate().unwrap();
+/// let bad = SyncConfig { max_message_len: 100, ..config };
+/// assert_eq!(bad.validate().unwrap_err().field(), "max_message_len");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     /// The store's settings (link name, role, chunk size, TTLs, capacity).
     pub store: StoreConfig,
-    /// Largest message sent, in bytes (`MIN_MESSAGE_LEN..=MAX_MESSAGE_LEN`).
+    /// Largest message sent, in bytes ([`MIN_MESSAGE_LEN`] to
+    /// [`MAX_MESSAGE_LEN`]; default 32 KiB).
+    #[serde(default = "defaults::max_message_len")]
     pub max_message_len: usize,
-    /// Resend unacknowledged data after this long.
+    /// Resend unacknowledged data after this long (more than zero; default 200 ms).
+    #[serde(default = "defaults::retransmit_after")]
     pub retransmit_after: Duration,
-    /// Resend hellos this often until the session is established.
+    /// Resend hellos this often until the session is established (more
+    /// than zero; default 500 ms).
+    #[serde(default = "defaults::hello_interval")]
     pub hello_interval: Duration,
-    /// Most data messages in flight (and buffered out of order).
-    pub window: usize,
-    /// How long a pending lookup waits for the peer's notice.
+    /// Most data messages in flight, and buffered out of order (1 to
+    /// [`MAX_WINDOW`]; default 64).
+    #[serde(default = "defaults::window")]
+    pub window: u32,
+    /// How long a pending lookup waits for the peer's notice (more than
+    /// zero; default 2 s).
+    #[serde(default = "defaults::lookup_wait")]
     pub lookup_wait: Duration,
-    /// Most lookups waiting at once.
-    pub max_waiters: usize,
+    /// Most lookups waiting at once; more are answered
+    /// [`Lookup::Pending`] without an event (at least 1; default 100 000).
+    #[serde(default = "defaults::max_waiters")]
+    pub max_waiters: u32,
+}
+
+/// The documented defaults, one function per field (serde needs them so).
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) const fn max_message_len() -> usize {
+        32 << 10
+    }
+    pub(super) const fn retransmit_after() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub(super) const fn hello_interval() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub(super) const fn window() -> u32 {
+        64
+    }
+    pub(super) const fn lookup_wait() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub(super) const fn max_waiters() -> u32 {
+        100_000
+    }
 }
 
 impl SyncConfig {
-    /// Defaults: 32 KiB messages, resend after 200 ms, hellos every 500 ms,
-    /// 64 messages in flight, lookups wait 2 s.
+    /// The defaults (see the fields) around `store`.
     #[must_use]
     pub fn new(store: StoreConfig) -> Self {
         SyncConfig {
             store,
-            max_message_len: 32 << 10,
-            retransmit_after: Duration::from_millis(200),
-            hello_interval: Duration::from_millis(500),
-            window: 64,
-            lookup_wait: Duration::from_secs(2),
-            max_waiters: 100_000,
+            max_message_len: defaults::max_message_len(),
+            retransmit_after: defaults::retransmit_after(),
+            hello_interval: defaults::hello_interval(),
+            window: defaults::window(),
+            lookup_wait: defaults::lookup_wait(),
+            max_waiters: defaults::max_waiters(),
         }
+    }
+
+    /// Checks every field against the ranges in its documentation
+    /// (the store's fields are named `store.*`).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store.validate().map_err(|e| e.within("store"))?;
+        if !(MIN_MESSAGE_LEN..=MAX_MESSAGE_LEN).contains(&self.max_message_len) {
+            return Err(ConfigError::new(
+                "max_message_len",
+                format!(
+                    "must be {MIN_MESSAGE_LEN} to {MAX_MESSAGE_LEN}, got {}",
+                    self.max_message_len
+                ),
+            ));
+        }
+        for (field, d) in [
+            ("retransmit_after", self.retransmit_after),
+            ("hello_interval", self.hello_interval),
+            ("lookup_wait", self.lookup_wait),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(field, "must be more than zero"));
+            }
+        }
+        if !(1..=MAX_WINDOW).contains(&self.window) {
+            return Err(ConfigError::new(
+                "window",
+                format!("must be 1 to {MAX_WINDOW}, got {}", self.window),
+            ));
+        }
+        if self.max_waiters == 0 {
+            return Err(ConfigError::new("max_waiters", "must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -77,7 +180,9 @@ pub enum Event {
         /// The key.
         id: KeyId,
     },
-    /// The peer sent a notice that does not fit the store (ignored).
+    /// The peer sent a notice that does not fit the store: refused (the
+    /// store is unchanged by it), the session goes on. See "What happens
+    /// when the peer misbehaves" in the crate docs.
     PeerMisbehaved(NoticeError),
 }
 
@@ -112,7 +217,7 @@ pub enum SyncError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
-    /// Malformed bytes.
+    /// Malformed bytes, or a field outside its domain (a hello from epoch 0).
     #[error(transparent)]
     Wire(#[from] WireError),
     /// The peer's settings do not match ours (role, chunk size, link name).
@@ -138,15 +243,15 @@ struct Outgoing {
 
 /// One end of the sync protocol between the two key stores of a link.
 ///
-/// Sans IO: the caller moves bytes and time. After anything that may change
-/// state ([`handle_input`](Self::handle_input),
-/// [`handle_timeout`](Self::handle_timeout), or an application call) it
-/// drains [`poll_transmit`](Self::poll_transmit) until `None` and sends each
-/// message to the peer over a channel that is **authenticated and
-/// encrypted** (qkd-handshake's; the notices name key ranges, and a forged
-/// grant or drop would break the ownership rule), drains
-/// [`poll_event`](Self::poll_event), and calls `handle_timeout` at
-/// [`poll_timeout`](Self::poll_timeout). `now` must never go backwards.
+/// Sans IO, a [`Machine`]: the caller moves bytes and time. After anything
+/// that may change state ([`handle_input`](Machine::handle_input),
+/// [`handle_timeout`](Machine::handle_timeout), or an application call) it
+/// drains [`poll_transmit`](Machine::poll_transmit) until `None` and sends
+/// each message to the peer over an **authenticated** channel
+/// (qkd-handshake's secured channel; a forged grant or drop would break the
+/// ownership rule), drains [`poll_event`](Machine::poll_event), and calls
+/// `handle_timeout` at [`poll_timeout`](Machine::poll_timeout). `now` must
+/// never go backwards.
 ///
 /// The channel may lose, duplicate, delay and reorder messages; the node
 /// numbers its notices, retransmits until acknowledged, and applies each
@@ -159,9 +264,14 @@ struct Outgoing {
 /// new peer epoch wipes the store: a reboot on one side deletes everything
 /// on both.
 ///
-/// Application calls: [`insert_block`](Self::insert_block) (from the
-/// pipeline), [`take_fresh`](Self::take_fresh) (enc),
-/// [`lookup`](Self::lookup) (dec), [`status`](Self::status).
+/// Application calls: [`insert_block`](Self::insert_block) and
+/// [`discard_block`](Self::discard_block) (from the pipeline),
+/// [`take`](Self::take), [`reserve`](Self::reserve),
+/// [`commit`](Self::commit), [`release`](Self::release) (enc),
+/// [`lookup`](Self::lookup) (dec), [`wipe`](Self::wipe). Getters:
+/// [`is_paired`](Self::is_paired), [`epoch`](Self::epoch),
+/// [`peer_epoch`](Self::peer_epoch), [`store`](Self::store),
+/// [`status`](Self::status), [`in_flight`](Self::in_flight).
 pub struct SyncNode {
     config: SyncConfig,
     store: KeyStore,
@@ -190,18 +300,17 @@ pub struct SyncNode {
 impl SyncNode {
     /// A node with a fresh random epoch and an empty store.
     ///
-    /// # Panics
-    /// If `config.max_message_len` is outside `MIN_MESSAGE_LEN..=MAX_MESSAGE_LEN`
-    /// or `config.window` is 0.
-    pub fn new<R: CryptoRng + ?Sized>(config: SyncConfig, rng: &mut R) -> Self {
-        assert!(
-            (MIN_MESSAGE_LEN..=MAX_MESSAGE_LEN).contains(&config.max_message_len),
-            "max_message_len must be within {MIN_MESSAGE_LEN}..={MAX_MESSAGE_LEN}"
-        );
-        assert!(config.window > 0, "window must be at least 1");
-        let link_tag = *KeyId::derive(&config.store.link).as_bytes();
-        let store = KeyStore::new(config.store.clone());
-        SyncNode {
+    /// # Errors
+    /// [`ConfigError`] naming the field if `config` does not pass
+    /// [`SyncConfig::validate`].
+    pub fn new<R: CryptoRng + ?Sized>(
+        config: SyncConfig,
+        rng: &mut R,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let link_tag = *KeyId::derive(config.store.link.as_bytes()).as_bytes();
+        let store = KeyStore::new(config.store.clone()).map_err(|e| e.within("store"))?;
+        Ok(SyncNode {
             config,
             store,
             link_tag,
@@ -224,7 +333,7 @@ impl SyncNode {
             waiter_order: BTreeSet::new(),
             events: VecDeque::new(),
             arrived: Vec::new(),
-        }
+        })
     }
 
     /// This node's epoch (changes on [`wipe`](Self::wipe)).
@@ -241,7 +350,7 @@ impl SyncNode {
 
     /// Whether both sides are paired with each other (as far as this node knows).
     #[must_use]
-    pub fn is_established(&self) -> bool {
+    pub fn is_paired(&self) -> bool {
         self.peer.is_some() && self.confirmed
     }
 
@@ -251,10 +360,18 @@ impl SyncNode {
         &self.store
     }
 
-    /// Test-only access to the store (the model check's hooks).
-    #[cfg(feature = "model")]
-    pub fn store_mut(&mut self) -> &mut KeyStore {
-        &mut self.store
+    /// Records the key ranges dropped here without being handed out (see
+    /// `KeyStore::enable_drop_audit`): ranges only, never key bytes. For
+    /// the model check.
+    #[doc(hidden)]
+    pub fn enable_drop_audit(&mut self) {
+        self.store.enable_drop_audit();
+    }
+
+    /// The ranges recorded since the last call (see `KeyStore::take_drop_audit`).
+    #[doc(hidden)]
+    pub fn take_drop_audit(&mut self) -> Vec<KeyRange> {
+        self.store.take_drop_audit()
     }
 
     /// Notices and messages not yet acknowledged by the peer.
@@ -307,43 +424,16 @@ impl SyncNode {
 
     // ---- input ----
 
-    /// Feeds one message from the peer.
-    ///
-    /// # Errors
-    /// [`InputError`] if it is malformed or from an incompatible peer; the
-    /// node is unchanged then.
-    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), InputError> {
-        match Message::decode(bytes)? {
-            Message::Hello(h) => self.on_hello(h),
-            Message::Data(d) => {
-                if self.in_session(d.from, d.to) {
-                    self.confirmed = true;
-                    self.on_ack(now, d.ack);
-                    self.on_data(now, d.seq, d.notices);
-                } else {
-                    self.hello_due = true;
-                }
-                Ok(())
-            }
-            Message::Ack(a) => {
-                if self.in_session(a.from, a.to) {
-                    self.confirmed = true;
-                    self.on_ack(now, a.ack);
-                } else {
-                    self.hello_due = true;
-                }
-                Ok(())
-            }
-        }
-    }
-
     fn in_session(&self, from: u64, to: u64) -> bool {
         self.peer == Some(from) && to == self.epoch
     }
 
     fn on_hello(&mut self, h: Hello) -> Result<(), InputError> {
         if h.from == 0 {
-            return Err(InputError::Wire(WireError::Invalid("epoch 0")));
+            return Err(InputError::Wire(WireError::invalid(
+                "from",
+                "epoch 0 is reserved",
+            )));
         }
         if h.role == self.config.store.role {
             return Err(InputError::Incompatible("both nodes have the same role"));
@@ -393,7 +483,7 @@ impl SyncNode {
 
     fn on_data(&mut self, now: Instant, seq: u64, notices: Vec<Notice>) {
         self.ack_due = true;
-        if seq < self.recv_next || seq >= self.recv_next + self.config.window as u64 {
+        if seq < self.recv_next || seq >= self.recv_next + u64::from(self.config.window) {
             return;
         }
         if seq > self.recv_next {
@@ -414,6 +504,7 @@ impl SyncNode {
                 self.events.push_back(Event::PeerMisbehaved(e));
             }
         }
+        self.collect_violations();
         if self.waiters.is_empty() {
             self.arrived.clear();
             return;
@@ -427,58 +518,6 @@ impl SyncNode {
     }
 
     // ---- output ----
-
-    /// The next message to send, until `None`.
-    #[must_use]
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let hello_timer = !self.is_established() && self.next_hello.is_none_or(|t| t <= now);
-        if self.hello_due || hello_timer {
-            self.hello_due = false;
-            self.next_hello = Some(now + self.config.hello_interval);
-            return Some(self.hello());
-        }
-        if !self.is_established() {
-            return None;
-        }
-        if self
-            .oldest_sent_at
-            .is_some_and(|t| t + self.config.retransmit_after <= now)
-        {
-            self.next_unsent = 0;
-            self.oldest_sent_at = None;
-        }
-        if self.next_unsent < self.unacked.len() {
-            let i = self.next_unsent;
-            self.next_unsent += 1;
-            if i == 0 || self.oldest_sent_at.is_none() {
-                self.oldest_sent_at = Some(now);
-            }
-            return Some(self.data_message(i));
-        }
-        if self.unacked.len() < self.config.window
-            && let Some(out) = self.pack()
-        {
-            self.unacked.push_back(out);
-            let i = self.unacked.len() - 1;
-            self.next_unsent = self.unacked.len();
-            if self.oldest_sent_at.is_none() {
-                self.oldest_sent_at = Some(now);
-            }
-            return Some(self.data_message(i));
-        }
-        if self.ack_due {
-            self.ack_due = false;
-            return Some(
-                Message::Ack(Ack {
-                    from: self.epoch,
-                    to: self.peer.unwrap_or(0),
-                    ack: self.recv_next - 1,
-                })
-                .encode(),
-            );
-        }
-        None
-    }
 
     fn hello(&self) -> Vec<u8> {
         let (echo_epoch, echo_nonce) = self.last_hello.unwrap_or((0, 0));
@@ -551,7 +590,7 @@ impl SyncNode {
                     }
                 }
                 Notice::Grant { mut chunks } => {
-                    let fit = room.saturating_sub(3) / 16;
+                    let fit = room.saturating_sub(3) / GRANTED_CHUNK_LEN;
                     if fit > 0 {
                         let rest = chunks.split_off(fit);
                         message::encode_notice(&Notice::Grant { chunks }, &mut records);
@@ -577,61 +616,6 @@ impl SyncNode {
         })
     }
 
-    /// The next event, until `None`.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    // ---- time ----
-
-    /// When [`handle_timeout`](Self::handle_timeout) should be called next.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let hello = if self.is_established() {
-            None
-        } else {
-            self.next_hello
-        };
-        let resend = self
-            .oldest_sent_at
-            .filter(|_| !self.unacked.is_empty())
-            .map(|t| t + self.config.retransmit_after);
-        [
-            hello,
-            resend,
-            self.store.next_expiry(),
-            self.waiter_order.first().map(|w| w.0),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// Runs what is due at `now`: expiry in the store, lookup deadlines,
-    /// retransmission and hello timers.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.store.expire(now);
-        while let Some(&(at, id)) = self.waiter_order.first() {
-            if at > now {
-                break;
-            }
-            self.waiter_order.pop_first();
-            self.waiters.remove(&id);
-            self.events.push_back(Event::LookupTimedOut { id });
-        }
-        if self
-            .oldest_sent_at
-            .is_some_and(|t| t + self.config.retransmit_after <= now)
-        {
-            self.next_unsent = 0;
-            self.oldest_sent_at = None;
-        }
-        if !self.is_established() && self.next_hello.is_some_and(|t| t <= now) {
-            self.hello_due = true;
-        }
-    }
-
     // ---- application ----
 
     /// Stores a final key block from the pipeline (see
@@ -643,24 +627,35 @@ impl SyncNode {
     pub fn insert_block(
         &mut self,
         now: Instant,
-        block: u64,
+        block: BlockId,
         key: SecretKey,
     ) -> Result<InsertOutcome, SyncError> {
         if self.peer.is_none() {
             return Ok(InsertOutcome::NoSession);
         }
-        Ok(self.store.insert_block(now, block, key)?)
+        let outcome = self.store.insert_block(now, block, key);
+        self.collect_violations();
+        Ok(outcome?)
+    }
+
+    /// Turns the peer's violations the store found outside `apply` into events.
+    fn collect_violations(&mut self) {
+        while let Some(e) = self.store.poll_peer_violation() {
+            self.events.push_back(Event::PeerMisbehaved(e));
+        }
     }
 
     /// Records that block `block` failed here; the peer drops its copy.
     ///
     /// # Errors
     /// [`SyncError::Store`] if the block is out of order.
-    pub fn discard_block(&mut self, block: u64) -> Result<(), SyncError> {
+    pub fn discard_block(&mut self, block: BlockId) -> Result<(), SyncError> {
         if self.peer.is_none() {
             return Ok(());
         }
-        Ok(self.store.discard_block(block)?)
+        let result = self.store.discard_block(block);
+        self.collect_violations();
+        Ok(result?)
     }
 
     /// Takes `count` fresh keys of `bits` bits for `binding` (ETSI 014
@@ -668,7 +663,7 @@ impl SyncNode {
     ///
     /// # Errors
     /// [`SyncError::NotPaired`] without a session; [`SyncError::Take`] otherwise.
-    pub fn take_fresh(
+    pub fn take(
         &mut self,
         count: usize,
         bits: usize,
@@ -683,7 +678,7 @@ impl SyncNode {
     /// Reserves keys (see [`KeyStore::reserve`]).
     ///
     /// # Errors
-    /// As [`take_fresh`](Self::take_fresh).
+    /// As [`take`](Self::take).
     pub fn reserve(
         &mut self,
         now: Instant,
@@ -728,7 +723,7 @@ impl SyncNode {
         if let Some(key) = self.store.lookup(id, slave)? {
             return Ok(Lookup::Ready(key));
         }
-        if !self.waiters.contains_key(id) && self.waiters.len() < self.config.max_waiters {
+        if !self.waiters.contains_key(id) && self.waiters.len() < self.config.max_waiters as usize {
             let at = now + self.config.lookup_wait;
             self.waiters.insert(*id, at);
             self.waiter_order.insert((at, *id));
@@ -770,27 +765,141 @@ fn fresh_epoch<R: CryptoRng + ?Sized>(rng: &mut R) -> u64 {
     }
 }
 
-impl qkd_core::machine::Machine for SyncNode {
+impl Machine for SyncNode {
     type Event = Event;
     type Error = InputError;
 
-    fn handle_input(&mut self, now: Instant, datagram: &[u8]) -> Result<(), InputError> {
-        SyncNode::handle_input(self, now, datagram)
+    /// Feeds one message from the peer.
+    ///
+    /// # Errors
+    /// [`InputError`] if it is malformed or from an incompatible peer; the
+    /// node is unchanged then. A well-formed message with a notice that
+    /// does not fit the store is accepted, and the notice refused with
+    /// [`Event::PeerMisbehaved`].
+    fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), InputError> {
+        match Message::decode(bytes)? {
+            Message::Hello(h) => self.on_hello(h),
+            Message::Data(d) => {
+                if self.in_session(d.from, d.to) {
+                    self.confirmed = true;
+                    self.on_ack(now, d.ack);
+                    self.on_data(now, d.seq, d.notices);
+                } else {
+                    self.hello_due = true;
+                }
+                Ok(())
+            }
+            Message::Ack(a) => {
+                if self.in_session(a.from, a.to) {
+                    self.confirmed = true;
+                    self.on_ack(now, a.ack);
+                } else {
+                    self.hello_due = true;
+                }
+                Ok(())
+            }
+        }
     }
 
+    /// The next message to send, until `None`.
     fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        SyncNode::poll_transmit(self, now)
+        let hello_timer = !self.is_paired() && self.next_hello.is_none_or(|t| t <= now);
+        if self.hello_due || hello_timer {
+            self.hello_due = false;
+            self.next_hello = Some(now + self.config.hello_interval);
+            return Some(self.hello());
+        }
+        if !self.is_paired() {
+            return None;
+        }
+        if self
+            .oldest_sent_at
+            .is_some_and(|t| t + self.config.retransmit_after <= now)
+        {
+            self.next_unsent = 0;
+            self.oldest_sent_at = None;
+        }
+        if self.next_unsent < self.unacked.len() {
+            let i = self.next_unsent;
+            self.next_unsent += 1;
+            if i == 0 || self.oldest_sent_at.is_none() {
+                self.oldest_sent_at = Some(now);
+            }
+            return Some(self.data_message(i));
+        }
+        if self.unacked.len() < self.config.window as usize
+            && let Some(out) = self.pack()
+        {
+            self.unacked.push_back(out);
+            let i = self.unacked.len() - 1;
+            self.next_unsent = self.unacked.len();
+            if self.oldest_sent_at.is_none() {
+                self.oldest_sent_at = Some(now);
+            }
+            return Some(self.data_message(i));
+        }
+        if self.ack_due {
+            self.ack_due = false;
+            return Some(
+                Message::Ack(Ack {
+                    from: self.epoch,
+                    to: self.peer.unwrap_or(0),
+                    ack: self.recv_next - 1,
+                })
+                .encode(),
+            );
+        }
+        None
     }
 
+    /// The next event, until `None`.
     fn poll_event(&mut self) -> Option<Event> {
-        SyncNode::poll_event(self)
+        self.events.pop_front()
     }
 
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     fn poll_timeout(&self) -> Option<Instant> {
-        SyncNode::poll_timeout(self)
+        let hello = if self.is_paired() {
+            None
+        } else {
+            self.next_hello
+        };
+        let resend = self
+            .oldest_sent_at
+            .filter(|_| !self.unacked.is_empty())
+            .map(|t| t + self.config.retransmit_after);
+        [
+            hello,
+            resend,
+            self.store.next_expiry(),
+            self.waiter_order.first().map(|w| w.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
+    /// Runs what is due at `now`: expiry in the store, lookup deadlines,
+    /// retransmission and hello timers.
     fn handle_timeout(&mut self, now: Instant) {
-        SyncNode::handle_timeout(self, now);
+        self.store.expire(now);
+        while let Some(&(at, id)) = self.waiter_order.first() {
+            if at > now {
+                break;
+            }
+            self.waiter_order.pop_first();
+            self.waiters.remove(&id);
+            self.events.push_back(Event::LookupTimedOut { id });
+        }
+        if self
+            .oldest_sent_at
+            .is_some_and(|t| t + self.config.retransmit_after <= now)
+        {
+            self.next_unsent = 0;
+            self.oldest_sent_at = None;
+        }
+        if !self.is_paired() && self.next_hello.is_some_and(|t| t <= now) {
+            self.hello_due = true;
+        }
     }
 }

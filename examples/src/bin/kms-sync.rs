@@ -1,6 +1,6 @@
 //! `kms-sync`: two key stores kept in step by qkd-sync over loopback TCP.
 //!
-//! Node A (role first) listens, node B (role second) connects. A feeder
+//! Node A (even chunks) listens, node B (odd chunks) connects. A feeder
 //! thread plays the post-processing pipeline and inserts the same final key
 //! blocks into both. Several application threads on each side take fresh
 //! keys (ETSI 014 `enc_keys`); every key taken on one side is looked up by
@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use qkd_core::machine::Machine;
-use qkd_core::{KeyId, SecretKey};
+use qkd_core::{BlockId, KeyId, SecretKey};
 use qkd_handshake::capability::{Capabilities, CipherSuite, Ownership, StoreParams};
 use qkd_handshake::channel::{ChannelConfig, ChannelEvent, SecuredChannel, Start};
 use qkd_handshake::handshake::HandshakeConfig;
 use qkd_handshake::psk::SimulatedLink;
-use qkd_keystore::{Binding, Role, StoreConfig};
+use qkd_keystore::{Binding, StoreConfig, StoreRole};
 use qkd_sync::{Lookup, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -305,7 +305,7 @@ fn taker(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        let keys = side.with(|node, _| node.take_fresh(args.batch, args.key_bits, &binding));
+        let keys = side.with(|node, _| node.take(args.batch, args.key_bits, &binding));
         let Ok(keys) = keys else {
             thread::sleep(Duration::from_micros(200));
             continue;
@@ -382,7 +382,7 @@ fn feeder(a: Arc<Side>, b: Arc<Side>, args: Arc<Args>, stop: Arc<AtomicBool>) {
     let mut block = 1u64;
     let low_water = (4 * args.block_bytes) as u64;
     while !stop.load(Ordering::Relaxed) {
-        let established = a.with(|n, _| n.is_established()) && b.with(|n, _| n.is_established());
+        let established = a.with(|n, _| n.is_paired()) && b.with(|n, _| n.is_paired());
         let fresh = a
             .with(|n, _| n.store().stats().fresh_bytes + n.store().stats().pending_bytes)
             .min(b.with(|n, _| n.store().stats().fresh_bytes + n.store().stats().pending_bytes));
@@ -396,9 +396,9 @@ fn feeder(a: Arc<Side>, b: Arc<Side>, args: Arc<Args>, stop: Arc<AtomicBool>) {
         let id = block;
         block += 1;
         let k2 = key.clone();
-        a.with(|n, now| n.insert_block(now, id, key))
+        a.with(|n, now| n.insert_block(now, BlockId::new(id), key))
             .expect("block order");
-        b.with(|n, now| n.insert_block(now, id, k2))
+        b.with(|n, now| n.insert_block(now, BlockId::new(id), k2))
             .expect("block order");
     }
 }
@@ -442,14 +442,14 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
         c.lookup_wait = Duration::from_millis(50);
         c
     };
-    let mut conn = |role: Role| -> Result<Conn, Box<dyn std::error::Error>> {
-        let node = SyncNode::new(cfg(role), &mut rng);
+    let mut conn = |role: StoreRole| -> Result<Conn, Box<dyn std::error::Error>> {
+        let node = SyncNode::new(cfg(role), &mut rng)?;
         let Some(suite) = args.channel.0 else {
             return Ok(Conn::Plain(node));
         };
         let (ownership, start) = match role {
-            Role::First => (Ownership::First, Start::Respond),
-            Role::Second => (Ownership::Second, Start::Initiate),
+            StoreRole::EvenChunks => (Ownership::First, Start::Respond),
+            StoreRole::OddChunks => (Ownership::Second, Start::Initiate),
         };
         let caps = Capabilities::new(StoreParams {
             chunk_bytes: 1024,
@@ -491,13 +491,13 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     ];
     let a = Arc::new(Side {
         name: "A",
-        node: Mutex::new(conn(Role::First)?),
+        node: Mutex::new(conn(StoreRole::EvenChunks)?),
         out: a_queue,
         socket: a_stream.try_clone()?,
     });
     let b = Arc::new(Side {
         name: "B",
-        node: Mutex::new(conn(Role::Second)?),
+        node: Mutex::new(conn(StoreRole::OddChunks)?),
         out: b_queue,
         socket: b_stream.try_clone()?,
     });
@@ -515,7 +515,7 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     }
     // Wait for the session.
     let t0 = Instant::now();
-    while !(a.with(|n, _| n.is_established()) && b.with(|n, _| n.is_established())) {
+    while !(a.with(|n, _| n.is_paired()) && b.with(|n, _| n.is_paired())) {
         if t0.elapsed() > Duration::from_secs(5) {
             return Err("the nodes did not pair within 5 s".into());
         }
