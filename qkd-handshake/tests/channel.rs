@@ -7,9 +7,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qkd_core::SecretKey;
 use qkd_core::sim::{LinkConfig, Network, Side};
 use qkd_core::wire::Protocol;
+use qkd_core::{BlockId, SecretKey};
 use qkd_handshake::capability::{Capabilities, CipherSuite, Ownership, StoreParams};
 use qkd_handshake::channel::{
     ChannelConfig, ChannelError, ChannelEvent, ChannelInputError, SecuredChannel, Start,
@@ -18,7 +18,7 @@ use qkd_handshake::handshake::{HandshakeConfig, HandshakeError, HandshakeRole};
 use qkd_handshake::psk::SimulatedLink;
 use qkd_handshake::record::{RecordError, RecordView, decode_record};
 use qkd_handshake::relay::{RelayMessage, RelayStatus};
-use qkd_keystore::{Binding, GrantedChunk, Notice, Role, StoreConfig};
+use qkd_keystore::{Binding, GrantedChunk, Notice, StoreConfig, StoreRole};
 use qkd_sync::message::{Data, Message};
 use qkd_sync::{Lookup, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
@@ -53,13 +53,14 @@ fn channel(
 ) -> Chan {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let role = match ownership {
-        Ownership::First => Role::First,
-        Ownership::Second => Role::Second,
+        Ownership::First => StoreRole::EvenChunks,
+        Ownership::Second => StoreRole::OddChunks,
     };
     let node = SyncNode::new(
         SyncConfig::new(StoreConfig::new("sim-link", role).with_borrow_low_water(0)),
         &mut rng,
-    );
+    )
+    .unwrap();
     let source = SimulatedLink::new(b"sim-link", 7, PAD_KEY, 1 << 20, ownership);
     SecuredChannel::new(config, start, source, node, &mut rng, now).unwrap()
 }
@@ -89,10 +90,7 @@ fn network(
 }
 
 fn both_synced(net: &Network<Chan, Chan>) -> bool {
-    net.a.is_open()
-        && net.b.is_open()
-        && net.a.inner().is_established()
-        && net.b.inner().is_established()
+    net.a.is_open() && net.b.is_open() && net.a.inner().is_paired() && net.b.inner().is_paired()
 }
 
 /// Feeds the same block to both stores, takes keys on A, looks them up on B.
@@ -105,12 +103,15 @@ fn keys_match(net: &mut Network<Chan, Chan>, block: u64, count: usize) -> usize 
     );
     net.a
         .inner_mut()
-        .insert_block(now, block, key.clone())
+        .insert_block(now, BlockId::new(block), key.clone())
         .unwrap();
-    net.b.inner_mut().insert_block(now, block, key).unwrap();
+    net.b
+        .inner_mut()
+        .insert_block(now, BlockId::new(block), key)
+        .unwrap();
     net.drive_for(Duration::from_millis(500));
     let binding = Arc::new(Binding::pair("sae-a", "sae-b").unwrap());
-    let taken = net.a.inner_mut().take_fresh(count, 256, &binding).unwrap();
+    let taken = net.a.inner_mut().take(count, 256, &binding).unwrap();
     net.drive_for(Duration::from_millis(500));
     let now = net.now();
     let mut matched = 0;
@@ -374,7 +375,7 @@ fn a_forged_grant_is_rejected_by_the_channel_and_the_stores_do_not_change() {
                 chunks: (0..64)
                     .filter(|c| c % 2 == 1)
                     .map(|chunk| GrantedChunk {
-                        block: 1,
+                        block: BlockId::new(1),
                         chunk,
                         from: 0,
                     })
@@ -419,8 +420,8 @@ fn a_forged_grant_is_rejected_by_the_channel_and_the_stores_do_not_change() {
         // Both still take disjoint keys: nothing is handed out twice.
         let binding_a = Arc::new(Binding::pair("sae-a", "sae-b").unwrap());
         let binding_b = Arc::new(Binding::pair("sae-b", "sae-a").unwrap());
-        let ka = net.a.inner_mut().take_fresh(16, 256, &binding_a).unwrap();
-        let kb = net.b.inner_mut().take_fresh(16, 256, &binding_b).unwrap();
+        let ka = net.a.inner_mut().take(16, 256, &binding_a).unwrap();
+        let kb = net.b.inner_mut().take(16, 256, &binding_b).unwrap();
         assert!(ka.iter().all(|(ia, _)| kb.iter().all(|(ib, _)| ia != ib)));
     }
 }

@@ -24,13 +24,17 @@ use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use qkd_core::{BitVec, Role, SecretKey};
+use qkd_core::{BitVec, BlockId, Machine, Role, SecretKey};
 use qkd_postproc::amplify::{Backend, Construction, ToeplitzHasher};
-use qkd_postproc::auth::{AuthKeyPool, AuthenticatedChannel, ChannelConfig, Opened, PoolConfig};
+use qkd_postproc::auth::{
+    AuthKeyPool, AuthenticatedChannel, ChannelConfig, Opened, PoolConfig, PresharedSecret, SecretId,
+};
 use qkd_postproc::cascade::{
     CascadeAlice, CascadeBob, CascadeConfig, CascadeParams, ShufflePlan, Variant, run_in_memory,
 };
-use qkd_postproc::confirm::{ConfirmAlice, ConfirmBob, ConfirmConfig, ConfirmEvent};
+use qkd_postproc::confirm::{
+    ConfirmAlice, ConfirmBob, ConfirmConfig, ConfirmEvent, ConfirmedBlock,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use zeroize::Zeroizing;
@@ -345,10 +349,11 @@ fn finding_4_cascade_leaves_no_key_in_freed_memory() {
             }
             let plan = Arc::new(ShufflePlan::new(n, t as u64).unwrap());
             let params = CascadeParams::for_variant(variant, 0.02, n).unwrap();
+            let config = CascadeConfig::new(params);
+            let block = BlockId::new(t as u64);
             let mut alice =
-                CascadeAlice::new(t as u64, alice_key.clone(), plan.clone(), 2 * n as u64).unwrap();
-            let mut bob =
-                CascadeBob::new(t as u64, bob_key, plan, CascadeConfig::new(params)).unwrap();
+                CascadeAlice::new(block, alice_key.clone(), plan.clone(), &config).unwrap();
+            let mut bob = CascadeBob::new(block, bob_key, plan, &config).unwrap();
             run_in_memory(&mut alice, &mut bob, Instant::now()).unwrap();
             assert_eq!(bob.key(), alice.key(), "{variant:?} corrected the key");
         }
@@ -365,8 +370,9 @@ fn finding_4_confirmation_leaves_no_key_in_freed_memory() {
     let scan = scanned(|| {
         let now = Instant::now();
         let config = ConfirmConfig::default();
-        let mut alice = ConfirmAlice::new(9, key.slice(..), config, &mut rng, now);
-        let mut bob = ConfirmBob::new(9, key.slice(..), config);
+        let mut alice =
+            ConfirmAlice::new(BlockId::new(9), key.slice(..), &config, &mut rng, now).unwrap();
+        let mut bob = ConfirmBob::new(BlockId::new(9), key.slice(..), &config).unwrap();
         for _ in 0..4 {
             while let Some(m) = alice.poll_transmit(now) {
                 bob.handle_input(now, &m).unwrap();
@@ -377,7 +383,7 @@ fn finding_4_confirmation_leaves_no_key_in_freed_memory() {
         }
         assert!(matches!(
             alice.poll_event(),
-            Some(ConfirmEvent::Confirmed { .. })
+            Some(ConfirmEvent::Confirmed(_))
         ));
     });
     drop(key);
@@ -427,6 +433,41 @@ fn finding_4_amplification_leaves_no_key_in_freed_memory() {
     assert!(ran >= 8);
 }
 
+/// Runs one honest confirmation of a small key as `block` and returns what
+/// each side holds afterwards: the agreed block, on Alice's and Bob's side.
+fn confirmed(block: u64) -> (ConfirmedBlock, ConfirmedBlock) {
+    let mut rng = ChaCha20Rng::seed_from_u64(block);
+    let key = BitVec::random(1024, &mut rng);
+    let now = Instant::now();
+    let config = ConfirmConfig::default();
+    let block = BlockId::new(block);
+    let mut alice = ConfirmAlice::new(block, key.slice(..), &config, &mut rng, now).unwrap();
+    let mut bob = ConfirmBob::new(block, key.slice(..), &config).unwrap();
+    let (mut got_a, mut got_b) = (None, None);
+    for _ in 0..8 {
+        while let Some(m) = alice.poll_transmit(now) {
+            bob.handle_input(now, &m).unwrap();
+        }
+        while let Some(m) = bob.poll_transmit(now) {
+            alice.handle_input(now, &m).unwrap();
+        }
+        while let Some(e) = alice.poll_event() {
+            if let ConfirmEvent::Confirmed(c) = e {
+                got_a = Some(c);
+            }
+        }
+        while let Some(e) = bob.poll_event() {
+            if let ConfirmEvent::Confirmed(c) = e {
+                got_b = Some(c);
+            }
+        }
+    }
+    (
+        got_a.expect("Alice confirmed"),
+        got_b.expect("Bob confirmed"),
+    )
+}
+
 #[test]
 fn finding_4_auth_pool_leaves_no_key_in_freed_memory() {
     // The pre-shared secret and every deposit carry the marker in each
@@ -440,24 +481,39 @@ fn finding_4_auth_pool_leaves_no_key_in_freed_memory() {
     };
     let secret = bytes(4096);
     let deposit = bytes(2048);
+    // The blocks both sides agreed on, from real confirmations (only the
+    // confirmation machine makes a ConfirmedBlock), before the scan starts.
+    let agreed: Vec<(ConfirmedBlock, ConfirmedBlock)> = (1..=6).map(confirmed).collect();
+    let psk = || PresharedSecret::new(SecretId::new(1), secret.clone());
     let scan = scanned(|| {
         let config = ChannelConfig::default();
-        let mut alice = AuthenticatedChannel::new(Role::Alice, &secret, config.clone()).unwrap();
-        let mut bob = AuthenticatedChannel::new(Role::Bob, &secret, config).unwrap();
+        let started = |role| {
+            let (mut channel, first) =
+                AuthenticatedChannel::new(role, psk(), config.clone()).unwrap();
+            channel.commit(first).unwrap();
+            channel
+        };
+        let mut alice = started(Role::Alice);
+        let mut bob = started(Role::Bob);
+        let mut deposits = agreed.iter();
         for round in 0..40u64 {
             let sealed = alice.seal(&round.to_be_bytes()).unwrap();
             assert!(matches!(bob.open(&sealed), Ok(Opened::Data(_))));
             let sealed = bob.seal(b"ack").unwrap();
             assert!(matches!(alice.open(&sealed), Ok(Opened::Data(_))));
             if round % 10 == 9 {
-                alice.replenish(round, &deposit).unwrap();
-                bob.replenish(round, &deposit).unwrap();
+                let (a, b) = deposits.next().unwrap();
+                alice.replenish(a, &deposit).unwrap();
+                bob.replenish(b, &deposit).unwrap();
             }
         }
         drop((alice, bob));
-        let mut pool = AuthKeyPool::new(Role::Alice, &secret, PoolConfig::default()).unwrap();
-        pool.replenish(1, &deposit).unwrap();
-        let (rest, _) = pool.replenish_from_block(2, bytes(8192)).unwrap();
+        let mut pool = AuthKeyPool::new(Role::Alice, psk(), PoolConfig::default()).unwrap();
+        pool.replenish(&agreed[4].0, &deposit).unwrap();
+        let (rest, _) = pool
+            .replenish_from_block(&agreed[5].0, bytes(8192))
+            .map_err(|(e, _)| e)
+            .unwrap();
         drop(rest);
     });
     drop((secret, deposit));
@@ -482,13 +538,15 @@ fn finding_4_key_store_leaves_no_key_in_freed_memory() {
                 .with_chunk_bytes(1024)
                 .with_borrow_low_water(0)
         };
-        let mut a = KeyStore::new(cfg(qkd_keystore::Role::First));
-        let mut b = KeyStore::new(cfg(qkd_keystore::Role::Second));
+        let mut a = KeyStore::new(cfg(qkd_keystore::StoreRole::EvenChunks)).unwrap();
+        let mut b = KeyStore::new(cfg(qkd_keystore::StoreRole::OddChunks)).unwrap();
         let mut arrived = Vec::new();
         let binding = Arc::new(Binding::pair("m", "s").unwrap());
         for (block, key) in (1u64..).zip(&keys) {
-            a.insert_block(now, block, key.clone()).unwrap();
-            b.insert_block(now, block, key.clone()).unwrap();
+            a.insert_block(now, BlockId::new(block), key.clone())
+                .unwrap();
+            b.insert_block(now, BlockId::new(block), key.clone())
+                .unwrap();
             loop {
                 let mut moved = false;
                 while let Some(n) = a.poll_notice() {

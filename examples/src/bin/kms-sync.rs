@@ -107,7 +107,7 @@ const LINK_KEY_BYTES: usize = 1024;
 
 /// A node's connection: the sync machine alone, or inside a secured channel.
 enum Conn {
-    Plain(SyncNode),
+    Plain(Box<SyncNode>),
     Secured(Box<SecuredChannel<SyncNode, SimulatedLink>>),
 }
 
@@ -230,9 +230,9 @@ impl Side {
     fn with_conn<T>(&self, f: impl FnOnce(&mut Conn, Instant) -> T) -> T {
         let now = Instant::now();
         let mut out = Vec::new();
-        let result = {
-            let mut conn = self.node.lock().expect("node lock");
-            let r = f(&mut conn, now);
+        let mut conn = self.node.lock().expect("node lock");
+        let r = f(&mut conn, now);
+        {
             while let Some(m) = conn.poll_transmit(now) {
                 out.push(m);
             }
@@ -248,9 +248,8 @@ impl Side {
                 // The writer is gone only at shutdown.
                 let _ = self.out.send(buf);
             }
-            r
-        };
-        result
+        }
+        r
     }
 }
 
@@ -445,7 +444,7 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     let mut conn = |role: StoreRole| -> Result<Conn, Box<dyn std::error::Error>> {
         let node = SyncNode::new(cfg(role), &mut rng)?;
         let Some(suite) = args.channel.0 else {
-            return Ok(Conn::Plain(node));
+            return Ok(Conn::Plain(Box::new(node)));
         };
         let (ownership, start) = match role {
             StoreRole::EvenChunks => (Ownership::First, Start::Respond),
