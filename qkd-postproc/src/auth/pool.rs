@@ -1218,7 +1218,10 @@ impl AuthKeyPool {
             });
         }
         let pos = self.send_cursor;
-        if pos + units > self.send_limit {
+        if pos
+            .checked_add(units)
+            .is_none_or(|end| end > self.send_limit)
+        {
             return Err(PoolError::CheckpointRequired);
         }
         let stream = self.send_stream();
@@ -1728,6 +1731,52 @@ mod tests {
                 proptest::prop_assert_eq!(b.stats().discarded_bits, discarded * 64);
             }
         }
+    }
+
+    #[test]
+    fn horizons_refuse_without_change_until_a_checkpoint_is_committed() {
+        let s = secret(4096);
+        let config = PoolConfig {
+            checkpoint_units: 8,
+            ..PoolConfig::default()
+        };
+        let mut a = AuthKeyPool::new(
+            Role::Alice,
+            PresharedSecret::new(SecretId::new(4), s.clone()),
+            config.clone(),
+        )
+        .unwrap();
+        // Fresh: nothing beyond the two hash key units before a checkpoint.
+        a.take_send_hash_key().unwrap();
+        assert_eq!(
+            a.take_send_pad(TagMode::Bits64).unwrap_err(),
+            PoolError::CheckpointRequired
+        );
+        let state = a.checkpoint();
+        assert_eq!(state.limits(), (10, 8));
+        a.commit(&state).unwrap();
+        assert_eq!(a.generation(), 1);
+        while a.poll_event().is_some() {}
+        for _ in 0..4 {
+            a.take_send_pad(TagMode::Bits128).unwrap();
+        }
+        // Half the reserve was used: a checkpoint is due.
+        assert_eq!(a.poll_event(), Some(PoolEvent::CheckpointDue));
+        let before = (a.send_position(), a.stats().clone());
+        assert_eq!(
+            a.take_send_pad(TagMode::Bits64).unwrap_err(),
+            PoolError::CheckpointRequired
+        );
+        assert_eq!((a.send_position(), a.stats().clone()), before);
+        // The restored pool starts at the saved horizon, not at the cursor.
+        let restored = AuthKeyPool::restore(Role::Alice, &config, a.checkpoint()).unwrap();
+        assert_eq!(restored.send_position(), 18);
+        // A peer's floor far ahead, even absurd, only moves the cursor.
+        let mut b = fresh(Role::Bob, &s, PoolConfig::default());
+        b.skip_send_to(u64::MAX);
+        assert_eq!(b.send_remaining_bits(), 0);
+        assert!(b.take_send_pad(TagMode::Bits64).is_err());
+        let _ = b.checkpoint();
     }
 
     #[test]

@@ -22,6 +22,35 @@
 //!   with their messages in [`wire`].
 //! - [`reconcile_in_memory`]: both sides in one call (tests, `qkd ec`).
 
+//! # Measured (AMD EPYC VM, 2 shared vCPUs, AVX2; partial results)
+//!
+//! Decoder throughput, reconciled key bits per second on one core, frames
+//! at a syndrome efficiency of 1.45 (criterion medians,
+//! `cargo bench -p qkd-postproc --bench ldpc -- --warm-up-time 1 --measurement-time 3`):
+//!
+//! | n | QBER | AVX2 | portable | ratio |
+//! | --- | --- | --- | --- | --- |
+//! | 2^14 | 2 % | 8.6 Mbit/s | 0.43 Mbit/s | 20× |
+//! | 2^14 | 3 % | 11.5 Mbit/s | 0.45 Mbit/s | 26× |
+//! | 2^14 | 5 % | 18.2 Mbit/s | 0.68 Mbit/s | 27× |
+//! | 2^16 | 2 % | 14.2 Mbit/s | 0.51 Mbit/s | 28× |
+//! | 2^16 | 3 % | 13.0 Mbit/s | 0.50 Mbit/s | 26× |
+//! | 2^16 | 5 % | 16.3 Mbit/s | 0.60 Mbit/s | 27× |
+//!
+//! The target of 100 Mbit/s is not reached.
+//!
+//! Blind reconciliation, n = 2^17 (117 965 key bits), syndrome aimed at
+//! f = 1.0, reveals of 1 % of n·h2(Q) per round, 10 frames per QBER
+//! (`LDPC_N=131072 LDPC_TRIALS=10 LDPC_F=1.0 LDPC_ROUNDS=100 cargo test
+//! --release -p qkd-postproc --test ldpc_efficiency -- --ignored
+//! --nocapture blind_table`): every frame reconciled (fer 0 of 10); mean f
+//! 1.36, 1.66, 1.38, 1.36, 1.22, 1.41, 1.25, 1.17, 1.24, 1.18 at QBER
+//! 1, 2, …, 10 %. The target
+//! f ≤ 1.08 is not reached: the low-rate codes are good (float BP decodes
+//! the rate-0.5 code at f = 1.08 at n = 2^16), but the 8-bit min-sum
+//! decoder needs f ≈ 1.15 on it, and the high-rate rungs (0.75–0.9) need
+//! f ≈ 1.3 even with BP: their degree profiles are not optimised.
+
 pub mod alist;
 pub mod code;
 pub mod decode;
