@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::builder::RangedU64ValueParser;
-use qkd_core::BitVec;
+use qkd_core::device::binary_symmetric_channel;
+use qkd_core::{BitVec, BlockId};
 use qkd_postproc::cascade::{
     CascadeAlice, CascadeBob, CascadeConfig, CascadeParams, ShufflePlan, Variant, run_in_memory,
 };
 use rand_chacha::ChaCha8Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::SeedableRng;
 
 use crate::{clock, flag};
 
@@ -249,28 +250,25 @@ fn run_point(
 ) -> Result<Row, Box<dyn std::error::Error>> {
     let n = plan.key_len();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ qber.to_bits().rotate_left(17));
-    let threshold = (qber * 2f64.powi(32)) as u64;
     let (mut sum, mut sum_sq, mut counted) = (0.0, 0.0, 0u64);
     let (mut uses, mut failures) = (0u64, 0u64);
     let mut timed = Duration::ZERO;
     let mut corrected_bits = 0u64;
     for frame in 0..args.trials {
         let alice_key = BitVec::random(n, &mut rng);
-        let mut bob_key = alice_key.clone();
-        for i in 0..n {
-            if u64::from(rng.next_u32()) < threshold {
-                bob_key.flip(i);
-            }
-        }
+        let bob_key = binary_symmetric_channel(&alice_key, qber, &mut rng)?;
         let errors = alice_key.hamming_distance(&bob_key);
         let mut params = CascadeParams::for_variant(variant, qber, n)?;
         params.defer_until_idle = !args.eager_cascades;
         if let Some(waves) = args.search_waves {
             params.search_waves = waves;
         }
+        // One parity per key bit at most (the default budget).
+        let config = CascadeConfig::new(params);
+        let block = BlockId::new(frame);
         let start = Instant::now();
-        let mut alice = CascadeAlice::new(frame, alice_key, plan.clone(), n as u64)?;
-        let mut bob = CascadeBob::new(frame, bob_key, plan.clone(), CascadeConfig::new(params))?;
+        let mut alice = CascadeAlice::new(block, alice_key, plan.clone(), &config)?;
+        let mut bob = CascadeBob::new(block, bob_key, plan.clone(), &config)?;
         let stats = run_in_memory(&mut alice, &mut bob, Instant::now())?;
         timed += start.elapsed();
         corrected_bits += n as u64;
