@@ -152,7 +152,7 @@ enum State {
 
 /// Bob's Cascade machine: asks for parities, finds and flips his errors.
 ///
-/// Bob follows the [`CascadeParams`] schedule. Each round he sends all his
+/// Bob follows the [`CascadeParams`](super::CascadeParams) schedule. Each round he sends all his
 /// questions at once (one channel use): the block parities of a new pass, or
 /// the next sub-block of every binary search under way. When an answer shows
 /// an error, the flip changes the parity of the block holding that bit in

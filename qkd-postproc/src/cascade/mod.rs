@@ -139,7 +139,7 @@
 //!
 //! # Driving the machines
 //!
-//! Both machines implement [`Machine`](qkd_core::machine::Machine) and
+//! Both machines implement `qkd_core::machine::Machine` and
 //! nothing else drives them: feed the peer's datagrams to `handle_input`,
 //! send what `poll_transmit` gives, call `handle_timeout` at `poll_timeout`
 //! (only Bob sets timers), and read `poll_event` until

@@ -322,9 +322,10 @@ fn run_point(
         if let Some(waves) = args.search_waves {
             params.search_waves = waves;
         }
-        let start = Instant::now();
+        // One parity per key bit at most (the default budget).
         let config = CascadeConfig::new(params);
         let block = BlockId::new(frame);
+        let start = Instant::now();
         let mut alice = CascadeAlice::new(block, alice_key, plan.clone(), &config)?;
         let mut bob = CascadeBob::new(block, bob_key, plan.clone(), &config)?;
         let stats = run_in_memory(&mut alice, &mut bob, Instant::now())?;
