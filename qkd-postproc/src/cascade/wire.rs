@@ -232,9 +232,11 @@ impl CascadeMessage {
                 out.put_u32(*key_len);
                 out.put_u32(count);
                 for q in questions {
-                    out.put_u8(q.pass);
-                    out.put_u32(q.start);
-                    out.put_u32(q.len);
+                    let mut record = [0u8; QUESTION];
+                    record[0] = q.pass;
+                    record[1..5].copy_from_slice(&q.start.to_be_bytes());
+                    record[5..].copy_from_slice(&q.len.to_be_bytes());
+                    out.extend_from_slice(&record);
                 }
             }
             CascadeMessage::Answers {
@@ -281,8 +283,18 @@ impl CascadeMessage {
                 let key_len = r.u32()?;
                 let count = r.count_u32("questions", MAX_QUESTIONS, QUESTION)?;
                 let mut questions = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let (pass, start, len) = (r.u8()?, r.u32()?, r.u32()?);
+                // `count` was checked against the bytes left: one slice read,
+                // then fixed-size records.
+                for record in r.bytes(count * QUESTION)?.chunks_exact(QUESTION) {
+                    let word = |at: usize| {
+                        u32::from_be_bytes([
+                            record[at],
+                            record[at + 1],
+                            record[at + 2],
+                            record[at + 3],
+                        ])
+                    };
+                    let (pass, start, len) = (record[0], word(1), word(5));
                     if len == 0 || start.checked_add(len).is_none() {
                         return Err(WireError::invalid(
                             "question",
