@@ -35,7 +35,7 @@
 //! - `Q` is the sample's own error rate, `errors / k`: feed
 //!   [`Estimate::key_bits`], [`Estimate::sample_bits`] and
 //!   [`Estimate::sample_errors`] unchanged into
-//!   [`FiniteKeyInput`](crate::amplify::length::FiniteKeyInput)
+//!   [`FiniteKeyInput`]
 //!   (see [`Estimate::finite_key_input`]); the bound adds `μ` itself.
 //!
 //! Estimating from the errors that error correction found would disclose
