@@ -57,6 +57,7 @@ use std::fmt;
 
 use bytes::{Buf, BufMut};
 
+use crate::BitVec;
 use crate::key::BlockId;
 
 /// The registry of protocol identifiers: the first byte of every message.
@@ -418,6 +419,29 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// Reads `len` bits packed LSB first in `⌈len/8⌉` bytes, refusing
+    /// non-zero padding bits so every bit string has one encoding; returns
+    /// the packed bytes (no copy).
+    ///
+    /// # Errors
+    /// Truncated, or [`WireError::Invalid`] naming `field` for set padding bits.
+    pub fn packed_bits(&mut self, field: &'static str, len: usize) -> Result<&'a [u8], WireError> {
+        let bytes = self.bytes(len.div_ceil(8))?;
+        if !len.is_multiple_of(8) && bytes[bytes.len() - 1] >> (len % 8) != 0 {
+            return Err(WireError::invalid(field, "padding bits must be zero"));
+        }
+        Ok(bytes)
+    }
+
+    /// [`packed_bits`](Self::packed_bits) as a [`BitVec`].
+    ///
+    /// # Errors
+    /// As [`packed_bits`](Self::packed_bits).
+    pub fn bits(&mut self, field: &'static str, len: usize) -> Result<BitVec, WireError> {
+        let bytes = self.packed_bits(field, len)?;
+        BitVec::from_bytes_lsb(bytes, len).map_err(|_| WireError::invalid(field, "length"))
+    }
+
     /// Reads a `u8` count of elements of `bytes_each` bytes, checked
     /// against `max` and against the bytes that remain. See [`count_u32`](Self::count_u32).
     ///
@@ -515,6 +539,14 @@ impl<'a> Reader<'a> {
             })
         }
     }
+}
+
+/// Appends `bits` packed LSB first, the padding bits of the last byte zero
+/// (what [`Reader::bits`] reads). The temporary byte copy is zeroized.
+pub fn put_bits(out: &mut Vec<u8>, bits: &BitVec) {
+    let mut bytes = bits.to_bytes_lsb();
+    out.extend_from_slice(&bytes);
+    zeroize::Zeroize::zeroize(&mut bytes);
 }
 
 /// Appends a CRC-32 (IEEE) of everything in `message` so far, big-endian.
@@ -672,6 +704,20 @@ mod tests {
             strip_crc32(&msg[..3]),
             Err(WireError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn bits_round_trip_and_padding_is_refused() {
+        let bits: BitVec = [true, false, true].into_iter().collect();
+        let mut out = Vec::new();
+        put_bits(&mut out, &bits);
+        assert_eq!(out, [0b101]);
+        assert_eq!(Reader::new(&out).bits("b", 3), Ok(bits));
+        assert_eq!(
+            Reader::new(&[0b1101]).bits("b", 3),
+            Err(WireError::invalid("b", "padding bits must be zero"))
+        );
+        assert_eq!(Reader::new(&[0xff]).packed_bits("b", 8), Ok(&[0xffu8][..]));
     }
 
     proptest! {

@@ -109,7 +109,7 @@ use std::time::{Duration, Instant};
 use bytes::BufMut;
 use qkd_core::bounds::qber_upper_bound;
 use qkd_core::machine::{ConfigError, Machine, Retransmit, RetransmitDue, check_range};
-use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, strip_crc32};
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, put_bits, strip_crc32};
 use qkd_core::{BitVec, BlockId};
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -384,20 +384,6 @@ impl core::fmt::Debug for EstimateMessage {
     }
 }
 
-fn put_bits(out: &mut Vec<u8>, bits: &BitVec) {
-    let mut bytes = bits.to_bytes_lsb();
-    out.extend_from_slice(&bytes);
-    bytes.zeroize();
-}
-
-fn read_bits(r: &mut Reader<'_>, len: usize) -> Result<BitVec, WireError> {
-    let bytes = r.bytes(len.div_ceil(8))?;
-    if !len.is_multiple_of(8) && bytes[bytes.len() - 1] >> (len % 8) != 0 {
-        return Err(WireError::invalid("bits", "padding bits must be zero"));
-    }
-    BitVec::from_bytes_lsb(bytes, len).map_err(|_| WireError::invalid("bits", "length"))
-}
-
 impl EstimateMessage {
     /// The message's bytes (see the module docs for the layout).
     pub fn encode(&self) -> Vec<u8> {
@@ -456,7 +442,7 @@ impl EstimateMessage {
                     ));
                 }
                 let seed = r.array::<32>()?;
-                let bits = read_bits(&mut r, k)?;
+                let bits = r.bits("bits", k)?;
                 EstimateMessage::Sample {
                     block,
                     sifted_bits,
@@ -474,7 +460,7 @@ impl EstimateMessage {
                         "more errors than sampled bits",
                     ));
                 }
-                let bits = read_bits(&mut r, k)?;
+                let bits = r.bits("bits", k)?;
                 EstimateMessage::Reply {
                     block,
                     bits,

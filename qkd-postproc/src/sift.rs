@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 use qkd_core::machine::{ConfigError, Machine, Retransmit, RetransmitDue};
-use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, strip_crc32};
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, put_bits, strip_crc32};
 use qkd_core::{BitVec, BlockId, RawFrame};
 use serde::{Deserialize, Serialize};
 
@@ -217,18 +217,6 @@ pub enum SiftMessage {
     Decision(SiftDecision),
 }
 
-fn put_bits(out: &mut Vec<u8>, bits: &BitVec) {
-    out.extend_from_slice(&bits.to_bytes_lsb());
-}
-
-fn read_bits(r: &mut Reader<'_>, field: &'static str, len: usize) -> Result<BitVec, WireError> {
-    let bytes = r.bytes(len.div_ceil(8))?;
-    if !len.is_multiple_of(8) && bytes[bytes.len() - 1] >> (len % 8) != 0 {
-        return Err(WireError::invalid(field, "padding bits must be zero"));
-    }
-    BitVec::from_bytes_lsb(bytes, len).map_err(|_| WireError::invalid(field, "length"))
-}
-
 impl SiftMessage {
     /// The message's bytes.
     pub fn encode(&self) -> Vec<u8> {
@@ -266,8 +254,8 @@ impl SiftMessage {
                 let block = r.block()?;
                 let slots = r.count_u32("slots", MAX_SLOTS, 0)?;
                 r.ensure(slots.div_ceil(8))?;
-                let detections = read_bits(&mut r, "detections", slots)?;
-                let bases = read_bits(&mut r, "bases", detections.count_ones())?;
+                let detections = r.bits("detections", slots)?;
+                let bases = r.bits("bases", detections.count_ones())?;
                 SiftMessage::Announcement(BasisAnnouncement {
                     block,
                     detections,
@@ -278,7 +266,7 @@ impl SiftMessage {
                 let block = r.block()?;
                 let detected = r.count_u32("detected", MAX_SLOTS, 0)?;
                 r.ensure(detected.div_ceil(8))?;
-                let keep = read_bits(&mut r, "keep", detected)?;
+                let keep = r.bits("keep", detected)?;
                 SiftMessage::Decision(SiftDecision { block, keep })
             }
             other => return Err(Reader::unknown_type(Protocol::Sift, other)),

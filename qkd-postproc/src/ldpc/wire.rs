@@ -174,11 +174,7 @@ impl LdpcMessage {
                 if bits > MAX_BITS {
                     return Err(WireError::invalid(field, "more than 2^20 bits"));
                 }
-                let bytes = r.bytes(bits.div_ceil(8))?;
-                if !bits.is_multiple_of(8) && bytes[bytes.len() - 1] >> (bits % 8) != 0 {
-                    return Err(WireError::invalid(field, "padding bits must be zero"));
-                }
-                Ok(bytes.to_vec())
+                Ok(r.packed_bits(field, bits)?.to_vec())
             };
         let message = match kind {
             1 => {
