@@ -8,6 +8,7 @@ pub mod device;
 mod error;
 pub mod key;
 pub mod machine;
+pub mod module;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod wire;
