@@ -5,7 +5,7 @@
 //! the same numbers on both nodes. Until it lands, [`SimulatedSource`]
 //! stands in: both nodes derive the same blocks from a shared seed.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use qkd_core::{BlockId, SecretKey};
 
@@ -122,9 +122,6 @@ impl BlockSource for SimulatedSource {
         self.bytes
     }
 }
-
-/// How long until a paced source may have a block again (for sleeping).
-pub(crate) const SOURCE_POLL: Duration = Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests {
