@@ -60,6 +60,17 @@ impl DeliveredKeys {
         self.keys.contains_key(id)
     }
 
+    /// The binding of key `id` and whether `slave` may still fetch it,
+    /// without fetching; `None` if it is not here.
+    pub(crate) fn binding(&self, id: &KeyId, slave: &str) -> Option<(&Binding, bool)> {
+        let entry = self.keys.get(id)?;
+        let may = entry
+            .binding
+            .slave_index(slave)
+            .is_some_and(|i| entry.remaining & (1 << i) != 0);
+        Some((&entry.binding, may))
+    }
+
     /// Keeps `key` for every slave of `binding` until `deadline`
     /// (deadlines must not decrease). If `max` keys wait already, the
     /// oldest is dropped first and handed to `on_expired` with the mask of
