@@ -47,17 +47,17 @@ def main() -> int:
     master = QKD014Client(f"127.0.0.1:{a_port}", a_cert, a_key, ca)
     slave = QKD014Client(f"127.0.0.1:{b_port}", b_cert, b_key, ca)
     code, status = master.get_status("SAE_B")
-    check("lip6 get_status", code == 200 and status.source_KME_ID == "KME_A", f"{code}")
+    check("lip6 get_status", code == 200 and status.source_kme_id == "KME_A", f"{code}")
     for number, size in [(None, None), (4, 512)]:
         code, enc = master.get_key("SAE_B", number=number, size=size)
         check(f"lip6 get_key number={number} size={size}", code == 200, f"{code}")
         if code != 200:
             continue
-        ids = [k.key_ID for k in enc.keys]
+        ids = [k.key_id for k in enc.keys]
         code, dec = slave.get_key_with_key_IDs("SAE_A", ids)
         check(f"lip6 get_key_with_key_IDs ({len(ids)} keys)", code == 200, f"{code}")
         if code == 200:
-            same = [(k.key_ID, k.key) for k in enc.keys] == [(k.key_ID, k.key) for k in dec.keys]
+            same = [(k.key_id, k.key) for k in enc.keys] == [(k.key_id, k.key) for k in dec.keys]
             bits = {len(base64.b64decode(k.key)) * 8 for k in enc.keys}
             check("lip6 keys match", same and bits == {size or 256}, f"bits={bits}")
         code, _ = slave.get_key_with_key_IDs("SAE_A", ids)
