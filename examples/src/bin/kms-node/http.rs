@@ -181,7 +181,6 @@ async fn handle(
     pending.answered = true;
     let status = r.status();
     let allow = r.allow();
-    let len = r.body().len();
     let mut out = hyper::Response::new(Full::new(Payload::Etsi(r.into_body(), 0)));
     *out.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -195,6 +194,5 @@ async fn handle(
     {
         h.insert(ALLOW, v);
     }
-    let _ = len;
     out
 }

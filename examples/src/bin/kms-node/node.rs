@@ -118,7 +118,7 @@ enum Link {
 /// Counters for the demo and the logs.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// HTTP requests answered, by status class.
+    /// 2xx answers of the ETSI 014 handler.
     pub(crate) ok: AtomicU64,
     /// 4xx answers.
     pub(crate) client_errors: AtomicU64,
@@ -155,7 +155,7 @@ pub(crate) struct Snapshot {
     pub(crate) suite: Option<String>,
     /// The store's counters.
     pub(crate) store: qkd_keystore::StoreStats,
-    /// Blocks and bytes the source delivered in this session.
+    /// Blocks the source delivered in this session.
     pub(crate) source_blocks: u64,
     /// Bytes the source delivered in this session.
     pub(crate) source_bytes: u64,
@@ -584,7 +584,8 @@ impl State {
         self.after(now);
     }
 
-    /// Feeds blocks from the source while the node is paired and holds
+    /// Feeds blocks from the source while the node is paired and either
+    /// the peer announced blocks this node has not stored yet, or it holds
     /// less than the low-water mark of fresh and pending key.
     fn feed(&mut self, now: Instant) {
         let State {
@@ -601,8 +602,12 @@ impl State {
             if !node.is_paired() {
                 return;
             }
+            // Catch up with blocks the peer stored already (their keys may
+            // be asked for here), else keep a few blocks ahead of demand.
             let s = node.store().stats();
-            if s.fresh_bytes + s.pending_bytes >= *low_water {
+            if node.store().peer_blocks_ahead() == 0
+                && s.fresh_bytes + s.pending_bytes >= *low_water
+            {
                 return;
             }
             let Some((block, key)) = source.poll_block(now) else {
@@ -654,9 +659,8 @@ impl State {
                 }
                 for ev in events {
                     match ev {
-                        ChannelEvent::Established { suite, .. } => {
+                        ChannelEvent::Established { .. } => {
                             counters.handshakes.fetch_add(1, Ordering::Relaxed);
-                            let _ = suite;
                         }
                         ChannelEvent::Inner(ev) => {
                             let node = channel.inner_mut();
