@@ -413,3 +413,81 @@ fn in_range(field: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> NodeConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("kms-node/node-a.toml");
+        NodeConfig::load(&path).unwrap()
+    }
+
+    #[test]
+    fn the_committed_examples_load_and_resolve_paths_next_to_the_file() {
+        let a = example();
+        assert_eq!(a.kme_id, "KME_A");
+        assert!(a.accepts_link());
+        assert!(a.tls.ca.ends_with("kms-node/certs/ca.pem"));
+        assert!(a.tls.ca.is_absolute() || a.tls.ca.starts_with(env!("CARGO_MANIFEST_DIR")));
+        let b =
+            NodeConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("kms-node/node-b.toml"))
+                .unwrap();
+        assert!(!b.accepts_link());
+        assert_eq!(a.link_name(), b.link_name());
+        assert_eq!(a.peer.link_listen, b.peer.link_address);
+    }
+
+    #[test]
+    fn each_invalid_value_names_its_field() {
+        let ok = example();
+        let cases: Vec<(&str, Box<dyn Fn(&mut NodeConfig)>)> = vec![
+            ("kme_id", Box::new(|c| c.kme_id.clear())),
+            (
+                "peer.kme_id",
+                Box::new(|c| c.peer.kme_id = c.kme_id.clone()),
+            ),
+            ("sae", Box::new(|c| c.saes.clear())),
+            ("sae.id", Box::new(|c| c.saes.push(c.saes[0].clone()))),
+            ("sae.id", Box::new(|c| c.saes[0].id = "a/b".into())),
+            (
+                "peer.saes",
+                Box::new(|c| c.peer.saes.push(c.saes[0].id.clone())),
+            ),
+            ("keys.min_size", Box::new(|c| c.keys.min_size = 12)),
+            ("keys.default_size", Box::new(|c| c.keys.default_size = 16)),
+            ("keys.max_size", Box::new(|c| c.keys.max_size = 16384)),
+            (
+                "keys.max_per_request",
+                Box::new(|c| c.keys.max_per_request = 0),
+            ),
+            (
+                "keys.max_additional_slaves",
+                Box::new(|c| c.keys.max_additional_slaves = 64),
+            ),
+            ("keys.dec_wait_ms", Box::new(|c| c.keys.dec_wait_ms = 0)),
+            (
+                "keys.max_body_bytes",
+                Box::new(|c| c.keys.max_body_bytes = 1),
+            ),
+            ("keys.max_waiting", Box::new(|c| c.keys.max_waiting = 0)),
+            ("store.chunk_bytes", Box::new(|c| c.store.chunk_bytes = 0)),
+            (
+                "store.capacity_bytes",
+                Box::new(|c| c.store.capacity_bytes = 10),
+            ),
+            ("store.key_ttl_s", Box::new(|c| c.store.key_ttl_s = 0)),
+            ("source.block_bytes", Box::new(|c| c.source.block_bytes = 1)),
+            (
+                "peer.link_address",
+                Box::new(|c| c.peer.link_address = c.peer.link_listen),
+            ),
+        ];
+        for (field, change) in cases {
+            let mut c = ok.clone();
+            change(&mut c);
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.field(), field, "{e}");
+        }
+    }
+}

@@ -172,3 +172,74 @@ impl SaeMap {
         Err(IdentityError::Unknown(candidates.swap_remove(0)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{CertRequest, generate};
+    use crate::config::SaeEntry;
+
+    fn config_with(field: IdentityField, saes: &[(&str, Option<&str>)]) -> NodeConfig {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kms-node/node-a.toml"),
+        )
+        .unwrap();
+        let mut c: NodeConfig = toml::from_str(&text).unwrap();
+        c.tls.sae_id_from = field;
+        c.saes = saes
+            .iter()
+            .map(|(id, identity)| SaeEntry {
+                id: (*id).to_owned(),
+                identity: identity.map(str::to_owned),
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn the_sae_id_comes_from_the_configured_field_and_unmapped_identities_are_refused() {
+        let dir = std::env::temp_dir().join(format!("kms-node-tls-{}", std::process::id()));
+        generate(&CertRequest {
+            out: dir.clone(),
+            ca_name: "t".into(),
+            kmes: vec![],
+            saes: vec!["sae-1".into(), "SAE_2".into()],
+            secret: false,
+        })
+        .unwrap();
+        let chain = |name: &str| load_certs(&dir.join(format!("{name}.pem"))).unwrap();
+        let (one, two) = (chain("sae-1"), chain("SAE_2"));
+
+        let cn = SaeMap::new(&config_with(IdentityField::SubjectCn, &[("sae-1", None)]));
+        assert_eq!(cn.sae_id(Some(&one)).unwrap(), "sae-1");
+        assert_eq!(
+            cn.sae_id(Some(&two)).unwrap_err(),
+            IdentityError::Unknown("SAE_2".into())
+        );
+        assert_eq!(cn.sae_id(None).unwrap_err(), IdentityError::NoCertificate);
+
+        let uri = SaeMap::new(&config_with(
+            IdentityField::SanUri,
+            &[("Alice", Some("urn:qkd:sae:SAE_2"))],
+        ));
+        assert_eq!(uri.sae_id(Some(&two)).unwrap(), "Alice");
+        assert!(matches!(
+            uri.sae_id(Some(&one)).unwrap_err(),
+            IdentityError::Unknown(_)
+        ));
+
+        // "SAE_2" is not a DNS name, so its certificate has no SAN DNS.
+        let dns = SaeMap::new(&config_with(IdentityField::SanDns, &[("x", Some("sae-1"))]));
+        assert_eq!(dns.sae_id(Some(&one)).unwrap(), "x");
+        assert_eq!(
+            dns.sae_id(Some(&two)).unwrap_err(),
+            IdentityError::NoField("SAN DNS name")
+        );
+        let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])];
+        assert_eq!(
+            cn.sae_id(Some(&garbage)).unwrap_err(),
+            IdentityError::Unparsable
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
