@@ -420,7 +420,7 @@ fn the_demo_matches_every_key() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        out.contains("keys match: 3000 of 3000  mismatched: 0"),
+        out.contains("keys match: 3000 of 3000  mismatched: 0  repeated IDs: 0"),
         "{out}"
     );
     assert!(out.contains("ALL KEYS MATCHED"), "{out}");

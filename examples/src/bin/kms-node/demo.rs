@@ -210,6 +210,8 @@ async fn exchange(
     let mut enc_time = Duration::ZERO;
     let mut dec_time = Duration::ZERO;
     let mut first_id = None;
+    let mut seen = std::collections::HashSet::new();
+    let mut repeated = 0usize;
     let mut remaining = args.keys;
     while remaining > 0 {
         let n = remaining.min(args.batch);
@@ -231,6 +233,8 @@ async fn exchange(
             return Ok(false);
         }
         let enc: KeyContainer = serde_json::from_slice(&body)?;
+        // Each key leaves KME_A once: no ID may come back.
+        repeated += enc.keys.iter().filter(|k| !seen.insert(k.key_id)).count();
         let mut ids = String::from(r#"{"key_IDs": ["#);
         for (i, k) in enc.keys.iter().enumerate() {
             if i > 0 {
@@ -287,14 +291,14 @@ async fn exchange(
         args.size, args.batch
     );
     println!(
-        "keys match: {matched} of {total}  mismatched: {mismatched}  (enc {:.1} ms, dec {:.1} ms in all)",
+        "keys match: {matched} of {total}  mismatched: {mismatched}  repeated IDs: {repeated}  (enc {:.1} ms, dec {:.1} ms in all)",
         enc_time.as_secs_f64() * 1e3,
         dec_time.as_secs_f64() * 1e3
     );
     for (name, n) in [("KME_A", &a.node), ("KME_B", &b.node)] {
         print_stats(name, &n.snapshot(), n);
     }
-    let ok = matched == total && mismatched == 0 && again_refused;
+    let ok = matched == total && mismatched == 0 && repeated == 0 && again_refused;
     println!(
         "{}",
         if ok {
