@@ -10,12 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The built binary.
-pub fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kms-node"))
 }
 
 /// Whether curl can be run.
-pub fn have_curl() -> bool {
+pub(crate) fn have_curl() -> bool {
     Command::new("curl")
         .arg("--version")
         .stdout(Stdio::null())
@@ -25,7 +25,7 @@ pub fn have_curl() -> bool {
 }
 
 /// Free loopback ports (bound, read, released).
-pub fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<_> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -33,7 +33,7 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// A fresh folder under the system's temporary folder.
-pub fn temp_dir(name: &str) -> PathBuf {
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -44,7 +44,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// Runs `kms-node certs` into `out`.
-pub fn certs(out: &Path, kmes: &[&str], saes: &[&str], secret: bool) {
+pub(crate) fn certs(out: &Path, kmes: &[&str], saes: &[&str], secret: bool) {
     let mut c = Command::new(bin());
     c.arg("certs").arg("--out").arg(out);
     for k in kmes {
@@ -65,7 +65,7 @@ pub fn certs(out: &Path, kmes: &[&str], saes: &[&str], secret: bool) {
 }
 
 /// An example configuration, as committed.
-pub fn example(name: &str) -> String {
+pub(crate) fn example(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("kms-node")
         .join(name);
@@ -73,14 +73,14 @@ pub fn example(name: &str) -> String {
 }
 
 /// Two nodes running as processes.
-pub struct Nodes {
-    pub dir: PathBuf,
-    pub a: Option<Child>,
-    pub b: Option<Child>,
-    pub a_port: u16,
-    pub b_port: u16,
-    pub a_config: PathBuf,
-    pub b_config: PathBuf,
+pub(crate) struct Nodes {
+    pub(crate) dir: PathBuf,
+    pub(crate) a: Option<Child>,
+    pub(crate) b: Option<Child>,
+    pub(crate) a_port: u16,
+    pub(crate) b_port: u16,
+    pub(crate) a_config: PathBuf,
+    pub(crate) b_config: PathBuf,
 }
 
 impl Drop for Nodes {
@@ -96,17 +96,17 @@ impl Drop for Nodes {
 /// What curl returned: the HTTP status (None if no HTTP answer, e.g. a TLS
 /// refusal), the body and the Content-Type.
 #[derive(Debug)]
-pub struct Answer {
-    pub status: Option<u16>,
-    pub body: String,
-    pub content_type: String,
+pub(crate) struct Answer {
+    pub(crate) status: Option<u16>,
+    pub(crate) body: String,
+    pub(crate) content_type: String,
 }
 
 impl Answer {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         self.json()["message"]
             .as_str()
             .unwrap_or_default()
@@ -118,7 +118,7 @@ impl Nodes {
     /// Certificates, configurations (the examples with free ports and an
     /// extra SAE_C attached to KME_B), both nodes started, paired and
     /// holding key.
-    pub fn start(name: &str) -> Nodes {
+    pub(crate) fn start(name: &str) -> Nodes {
         let dir = temp_dir(name);
         certs(
             &dir.join("certs"),
@@ -157,7 +157,7 @@ impl Nodes {
     }
 
     /// Waits until both nodes report key for the pair SAE_A/SAE_B.
-    pub fn wait_ready(&self) {
+    pub(crate) fn wait_ready(&self) {
         let t0 = Instant::now();
         for (port, sae, slave) in [
             (self.a_port, "SAE_A", "SAE_B"),
@@ -184,13 +184,13 @@ impl Nodes {
     }
 
     /// Certificate and key of `sae` (from the nodes' CA).
-    pub fn cert(&self, sae: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn cert(&self, sae: &str) -> (PathBuf, PathBuf) {
         let d = self.dir.join("certs");
         (d.join(format!("{sae}.pem")), d.join(format!("{sae}.key")))
     }
 
     /// curl as `sae` (None: without a client certificate).
-    pub fn curl(
+    pub(crate) fn curl(
         &self,
         port: u16,
         sae: Option<&str>,
@@ -209,7 +209,7 @@ impl Nodes {
     }
 
     /// curl with an explicit certificate and key.
-    pub fn curl_with(
+    pub(crate) fn curl_with(
         &self,
         port: u16,
         cert: Option<(&Path, &Path)>,
@@ -247,7 +247,7 @@ impl Nodes {
     }
 
     /// Stops node A with SIGTERM (graceful) and waits for it.
-    pub fn stop_a(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop_a(&mut self) -> std::process::ExitStatus {
         let mut c = self.a.take().expect("node A runs");
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -266,13 +266,13 @@ impl Nodes {
     }
 
     /// Starts node A again with its configuration.
-    pub fn start_a(&mut self) {
+    pub(crate) fn start_a(&mut self) {
         self.a = Some(spawn(&self.a_config));
     }
 }
 
 /// Starts `kms-node run --config` and waits for its "serving" line.
-pub fn spawn(config: &Path) -> Child {
+pub(crate) fn spawn(config: &Path) -> Child {
     let mut c = Command::new(bin())
         .arg("run")
         .arg("--config")

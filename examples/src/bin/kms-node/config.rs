@@ -294,6 +294,13 @@ impl NodeConfig {
                 ));
             }
         }
+        let s = &self.store;
+        in_range(
+            "store.chunk_bytes",
+            s.chunk_bytes.into(),
+            8,
+            qkd_keystore::MAX_CHUNK_BYTES.into(),
+        )?;
         let k = &self.keys;
         let chunk_bits = u64::from(self.store.chunk_bytes) * 8;
         for (field, v) in [
@@ -330,13 +337,6 @@ impl NodeConfig {
             k.max_body_bytes as u64,
             256,
             16 << 20,
-        )?;
-        let s = &self.store;
-        in_range(
-            "store.chunk_bytes",
-            s.chunk_bytes.into(),
-            8,
-            qkd_keystore::MAX_CHUNK_BYTES.into(),
         )?;
         if s.capacity_bytes < 4 * u64::from(s.chunk_bytes) {
             return Err(ConfigError::new(

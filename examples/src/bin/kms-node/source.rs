@@ -126,6 +126,7 @@ impl BlockSource for SimulatedSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn both_nodes_derive_the_same_blocks_and_sessions_differ() {
