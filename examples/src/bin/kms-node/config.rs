@@ -438,10 +438,13 @@ mod tests {
         assert_eq!(a.peer.link_listen, b.peer.link_address);
     }
 
+    /// A change that makes a configuration invalid.
+    type Breakage = Box<dyn Fn(&mut NodeConfig)>;
+
     #[test]
     fn each_invalid_value_names_its_field() {
         let ok = example();
-        let cases: Vec<(&str, Box<dyn Fn(&mut NodeConfig)>)> = vec![
+        let cases: Vec<(&str, Breakage)> = vec![
             ("kme_id", Box::new(|c| c.kme_id.clear())),
             (
                 "peer.kme_id",
