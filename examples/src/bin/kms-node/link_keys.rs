@@ -1,5 +1,5 @@
 //! The keys of the KMS-to-KMS link's secured channel: a
-//! [`PskSource`](qkd_handshake::psk::PskSource) derived from the
+//! [`PskSource`] derived from the
 //! operator-installed initial secret, with consumption recorded on disk.
 //!
 //! Link key `i` is a blake3 stream keyed by the initial secret and `i`;
