@@ -13,7 +13,10 @@
 # random from a file (--urls-from-file). So POOL key IDs are taken first
 # (enc_keys, 1000 per request) and written as dec_keys URLs; oha picks them
 # at random with replacement, so a few requests hit an ID served already
-# and get 400: only the 200 answers count as pairs.
+# and get 400: only the 200 answers count as pairs. Node B's dec_keys wait
+# is set to 1 ms for the run: every pool ID's notice arrived before it, so
+# the wait only delays those repeated IDs (with the example's 2 s, each one
+# held a connection for 2 s and the run measured the waits).
 set -euo pipefail
 secs="${1:-10}"
 conns="${2:-16}"
@@ -33,7 +36,7 @@ trap cleanup EXIT
 "$bin" certs --out "$dir/certs" --kme KME_A --kme KME_B --sae SAE_A --sae SAE_B >/dev/null
 sed -e 's/127.0.0.1:8443/127.0.0.1:18443/; s/127.0.0.1:9441/127.0.0.1:19441/; s/127.0.0.1:9442/127.0.0.1:19442/' \
     "$root/examples/kms-node/node-a.toml" > "$dir/node-a.toml"
-sed -e 's/127.0.0.1:8444/127.0.0.1:18444/; s/127.0.0.1:9441/127.0.0.1:19441/; s/127.0.0.1:9442/127.0.0.1:19442/' \
+sed -e 's/127.0.0.1:8444/127.0.0.1:18444/; s/127.0.0.1:9441/127.0.0.1:19441/; s/127.0.0.1:9442/127.0.0.1:19442/; s/^dec_wait_ms = .*/dec_wait_ms = 1/' \
     "$root/examples/kms-node/node-b.toml" > "$dir/node-b.toml"
 "$bin" run --config "$dir/node-a.toml" > "$dir/a.log" 2>&1 & pids+=($!)
 "$bin" run --config "$dir/node-b.toml" > "$dir/b.log" 2>&1 & pids+=($!)
