@@ -60,6 +60,17 @@ impl DeliveredKeys {
         self.keys.contains_key(id)
     }
 
+    /// The binding of key `id` and whether `slave` may still fetch it,
+    /// without fetching; `None` if it is not here.
+    pub(crate) fn binding(&self, id: &KeyId, slave: &str) -> Option<(&Binding, bool)> {
+        let entry = self.keys.get(id)?;
+        let may = entry
+            .binding
+            .slave_index(slave)
+            .is_some_and(|i| entry.remaining & (1 << i) != 0);
+        Some((&entry.binding, may))
+    }
+
     /// Keeps `key` for every slave of `binding` until `deadline`
     /// (deadlines must not decrease). If `max` keys wait already, the
     /// oldest is dropped first and handed to `on_expired` with the mask of
@@ -184,7 +195,23 @@ mod tests {
         d.insert(id(1), SecretKey::from_slice(&[9; 4]), multi, now, |_, _| {});
         assert_eq!((d.len(), d.bytes()), (1, 4));
         assert_eq!(d.fetch(&id(1), "x"), Err(LookupError::NotAuthorized));
+        let may = |d: &DeliveredKeys, s: &str| {
+            d.binding(&id(1), s)
+                .map(|(b, may)| (b.master().to_owned(), may))
+        };
+        assert_eq!(may(&d, "s2"), Some(("m".to_owned(), true)));
+        assert_eq!(may(&d, "x"), Some(("m".to_owned(), false)));
         let (key, binding) = d.fetch(&id(1), "s2").unwrap().unwrap();
+        assert_eq!(
+            may(&d, "s2"),
+            Some(("m".to_owned(), false)),
+            "fetched already"
+        );
+        assert_eq!(
+            may(&d, "s1"),
+            Some(("m".to_owned(), true)),
+            "probing took nothing"
+        );
         assert_eq!(key.expose_secret(), &[9; 4]);
         assert_eq!(binding.master(), "m");
         assert_eq!(d.fetch(&id(1), "s2"), Err(LookupError::NotAuthorized));
@@ -193,6 +220,7 @@ mod tests {
         assert!(!d.contains(&id(1)));
         assert_eq!((d.len(), d.bytes()), (0, 0));
         assert_eq!(d.fetch(&id(1), "s1"), Ok(None));
+        assert_eq!(may(&d, "s1"), None);
     }
 
     #[test]

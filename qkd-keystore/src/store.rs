@@ -479,6 +479,15 @@ impl KeyStore {
         self.delivered.contains(id)
     }
 
+    /// The binding of the delivered key `id` and whether `slave` may still
+    /// fetch it ([`lookup`](Self::lookup) would hand it out), without
+    /// fetching anything; `None` if the key does not wait here. Lets a
+    /// caller check every key of a multi-key request before taking any.
+    #[must_use]
+    pub fn delivered_binding(&self, id: &KeyId, slave: &str) -> Option<(&Binding, bool)> {
+        self.delivered.binding(id, slave)
+    }
+
     // ---- the peer's notices ----
 
     /// Applies a notice from the peer at time `now`. Key IDs that became
