@@ -1281,7 +1281,7 @@ impl Pipeline {
                         block.est_params = Some((abort_qber, eps_pe));
                         Ok(())
                     }
-                    StageParameters::Correct { .. } => Err(bad("correction parameters too early")),
+                    _ => Err(bad("parameters out of place")),
                 }
             }
             (Role::Bob, Phase::Estimate, Some(Protocol::Estimate)) => {
@@ -1435,14 +1435,45 @@ impl Pipeline {
                     _ => Err(DropReason::ConfirmMismatch),
                 }
             }
+            (Role::Bob, Phase::Confirm, Some(Protocol::Pipeline)) => {
+                let StageParameters::Amplify { eps_sec } =
+                    StageParameters::decode(message).map_err(|e| bad(&e.to_string()))?
+                else {
+                    return Err(bad("expected amplification parameters"));
+                };
+                if block.confirmed.is_none() {
+                    return Err(bad("amplification before confirmation"));
+                }
+                // Bob computes the length himself from the same numbers.
+                let key_len = block.key.as_ref().map_or(0, BitVec::len) as u64;
+                let tag_bits = block.report.confirm_tag_bits;
+                let eps_cor = ConfirmConfig {
+                    tag_bits: tag_bits as u8,
+                    ..ConfirmConfig::default()
+                }
+                .eps_cor(key_len);
+                let estimate = block.estimate.as_ref().ok_or_else(|| bad("no estimate"))?;
+                let input =
+                    estimate.finite_key_input(block.report.leaked_bits, tag_bits, eps_sec, eps_cor);
+                let length = finite_key_length(&input).map_err(|e| bad(&e.to_string()))?;
+                block.report.eps_sec = input.eps_sec;
+                block.report.eps_cor = input.eps_cor;
+                block.report.eps_pe = input.eps_pe;
+                block.report.final_bits = length.bits;
+                block.length = Some(length);
+                Ok(())
+            }
             (Role::Bob, Phase::Confirm, Some(Protocol::Amplify)) => {
                 let seed = SeedMessage::decode(message).map_err(|e| bad(&e.to_string()))?;
                 let key = block.key.as_ref().ok_or_else(|| bad("no key"))?;
-                if block.confirmed.is_none() {
-                    return Err(bad("seed before confirmation"));
-                }
+                let Some(length) = block.length else {
+                    return Err(bad("seed before the amplification parameters"));
+                };
                 if seed.block != block.id || seed.input_bits != key.len() as u64 {
                     return Err(bad("seed for another key"));
+                }
+                if seed.output_bits != length.bits / 8 * 8 {
+                    return Err(bad("final length differs from this side's formula"));
                 }
                 block.report.hashed_bits = seed.output_bits;
                 block.seed = Some(seed);
@@ -1762,6 +1793,13 @@ impl Pipeline {
         while let Some(challenge) = alice.poll_transmit(now) {
             self.push_message(block, challenge);
         }
+        self.push_message(
+            block,
+            StageParameters::Amplify {
+                eps_sec: amplify.eps_sec,
+            }
+            .encode(),
+        );
         self.push_message(block, seed.encode());
         block.seed = Some(seed);
         block.confirm_alice = Some(alice);

@@ -47,7 +47,9 @@
 //!
 //! ```text
 //! Chunk      17 01 10 | chunk u32 | Cascade message          (one Cascade run per chunk of the key)
-//! Parameters 17 01 11 | stage u8 | body                      (Alice announces a stage's parameters)
+//! Parameters 17 01 11 | stage u8 | body                      (Alice announces a stage's parameters:
+//!            stage 2 estimate: abort_qber f64 | eps_pe f64; stage 3 cascade: variant u8 | shuffle_seed u64 |
+//!            chunks u32 | chunk bits u32 each; stage 5 amplify: eps_sec f64)
 //! Seed       16 01 01 | block u64 | construction u8 | output_bits u64 | input_bits u64 | seed bits
 //! ```
 //!
@@ -389,6 +391,11 @@ pub enum StageParameters {
         /// The length of each chunk, in key order.
         chunks: Vec<u32>,
     },
+    /// Stage 5: `eps_sec f64`.
+    Amplify {
+        /// The secrecy parameter of the length formula.
+        eps_sec: f64,
+    },
 }
 
 impl StageParameters {
@@ -396,6 +403,7 @@ impl StageParameters {
         match self {
             StageParameters::Estimate { .. } => 2,
             StageParameters::Correct { .. } => 3,
+            StageParameters::Amplify { .. } => 5,
         }
     }
 
@@ -422,6 +430,7 @@ impl StageParameters {
                     out.put_u32(*c);
                 }
             }
+            StageParameters::Amplify { eps_sec } => out.put_f64(*eps_sec),
         }
         out
     }
@@ -466,6 +475,13 @@ impl StageParameters {
                     shuffle_seed,
                     chunks,
                 }
+            }
+            5 => {
+                let eps_sec = f64::from_bits(r.u64()?);
+                if !(eps_sec > 0.0 && eps_sec <= 1e-3) {
+                    return Err(WireError::invalid("eps_sec", "must be in (0, 1e-3]"));
+                }
+                StageParameters::Amplify { eps_sec }
             }
             _ => return Err(WireError::invalid("stage", "no parameters for this stage")),
         };
