@@ -2664,6 +2664,9 @@ impl Machine for Pipeline {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
         let mut t: Option<Instant> = if self.peer_ready {
             None
         } else {
