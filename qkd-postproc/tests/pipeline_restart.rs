@@ -262,7 +262,7 @@ fn a_parameter_change_on_alice_takes_effect_in_the_next_block_on_both_sides() {
     let (mut fa, mut fb) = (fa.into_iter(), fb.into_iter());
     let mut keys = Keys::default();
     drive(&mut net, &mut fa, &mut fb, &mut keys, |k| {
-        k.a.len() >= 1 && k.b.len() >= 1
+        !k.a.is_empty() && !k.b.is_empty()
     });
     // The QBER is 2 %: a threshold of 0.5 % drops every later block, on both
     // sides (Bob uses the threshold Alice announces, not his own).

@@ -1226,9 +1226,7 @@ impl Pipeline {
     /// Delivers the block's messages in order; `Some(reason)` when the
     /// block must be dropped.
     fn deliver(&mut self, now: Instant, block: &mut Block) -> Option<DropReason> {
-        if block.frame.is_none() {
-            return None;
-        }
+        block.frame.as_ref()?;
         while let Some(message) = block.recv.pop() {
             let seq = block.recv.next - 1;
             if let Some(t) = &mut block.peer_transcript {
@@ -2093,21 +2091,17 @@ impl Pipeline {
                 continue;
             }
             let final_bits = block.report.hashed_bits;
-            match self.seal_control(&ControlBody::Outcome {
+            if let Ok(frame) = self.seal_control(&ControlBody::Outcome {
                 block: id,
                 keep: true,
                 final_bits,
-            }) {
-                Ok(frame) => {
-                    if let Some(b) = self.blocks.get_mut(&id) {
-                        b.report.auth_bits_sent += u64::from(self.definition.tag_bits);
-                        b.phase = Phase::Committing;
-                        b.control = Some(frame);
-                        b.control_deadline = None;
-                        b.control_retries = 0;
-                    }
-                }
-                Err(_) => {}
+            }) && let Some(b) = self.blocks.get_mut(&id)
+            {
+                b.report.auth_bits_sent += u64::from(self.definition.tag_bits);
+                b.phase = Phase::Committing;
+                b.control = Some(frame);
+                b.control_deadline = None;
+                b.control_retries = 0;
             }
             break;
         }

@@ -726,7 +726,8 @@ mod tests {
             seed: BitVec::ones(29),
         };
         assert_eq!(SeedMessage::decode(&s.encode()).unwrap(), s);
-        let (c, m) = decode_chunk(&encode_chunk(7, b"abc")).unwrap();
+        let chunk = encode_chunk(7, b"abc");
+        let (c, m) = decode_chunk(&chunk).unwrap();
         assert_eq!((c, m), (7, &b"abc"[..]));
     }
 
