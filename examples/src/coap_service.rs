@@ -297,13 +297,13 @@ impl CoapServer {
         let accept = uint(CoapOption::Accept).and_then(|v| u16::try_from(v).ok());
         let observe = uint(CoapOption::Observe);
         let block2 = uint(CoapOption::Block2).map(BlockOption::from_value);
-        if let Some(b1) = uint(CoapOption::Block1).map(BlockOption::from_value) {
-            if b1.num != 0 || b1.more {
-                return OutResponse::whole(Response::error(
-                    Status::RequestEntityTooLarge,
-                    "block-wise requests are not taken; payloads fit one message",
-                ));
-            }
+        if let Some(b1) = uint(CoapOption::Block1).map(BlockOption::from_value)
+            && (b1.num != 0 || b1.more)
+        {
+            return OutResponse::whole(Response::error(
+                Status::RequestEntityTooLarge,
+                "block-wise requests are not taken; payloads fit one message",
+            ));
         }
         let request = Request {
             method: Method::from_code_detail(code & 0x1f),
@@ -521,6 +521,8 @@ fn encode_response(out: &OutResponse, kind: MessageType, message_id: u16, token:
     }
 }
 
+// One argument per field of the CoAP message; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 /// Encodes a request this side starts (a registration, a proxied request,
 /// a client's request), with path segments from `path` (slashes).
 pub fn encode_request(
@@ -797,79 +799,79 @@ impl ControlEndpoint {
         H: ModuleHost + ?Sized,
         S: StateStore + ?Sized,
     {
-        if let (Some(at), Some(qpm)) = (self.next_refresh, self.config.qpm) {
-            if now >= at {
-                self.next_refresh = Some(now + self.config.refresh);
-                let body = Registration {
-                    name: self.config.name.clone(),
-                    pid: std::process::id(),
-                };
-                let payload = serde_json::to_vec(&body).unwrap_or_default();
-                let mid = self.server.next_message_id();
-                if let Ok(datagram) = encode_request(
-                    MessageType::Confirmable,
-                    mid,
-                    &self.registration_token,
-                    Method::Post,
-                    "/hosts",
-                    Some(control::JSON),
-                    &payload,
-                    None,
-                ) {
-                    self.transmit.push_back((qpm, datagram));
-                }
+        if let (Some(at), Some(qpm)) = (self.next_refresh, self.config.qpm)
+            && now >= at
+        {
+            self.next_refresh = Some(now + self.config.refresh);
+            let body = Registration {
+                name: self.config.name.clone(),
+                pid: std::process::id(),
+            };
+            let payload = serde_json::to_vec(&body).unwrap_or_default();
+            let mid = self.server.next_message_id();
+            if let Ok(datagram) = encode_request(
+                MessageType::Confirmable,
+                mid,
+                &self.registration_token,
+                Method::Post,
+                "/hosts",
+                Some(control::JSON),
+                &payload,
+                None,
+            ) {
+                self.transmit.push_back((qpm, datagram));
             }
         }
-        if let Some(at) = self.next_observe {
-            if now >= at {
-                self.next_observe = if self.observers.is_empty() {
-                    None
+        if let Some(at) = self.next_observe
+            && now >= at
+        {
+            self.next_observe = if self.observers.is_empty() {
+                None
+            } else {
+                Some(now + self.config.observe_interval)
+            };
+            let mut gone = Vec::new();
+            for (i, o) in self.observers.iter_mut().enumerate() {
+                let r = control::execute(
+                    host,
+                    states,
+                    &Command::Statistics {
+                        module: o.module.clone(),
+                    },
+                );
+                if r.payload == o.last && r.status.is_success() {
+                    continue;
+                }
+                if !r.status.is_success() {
+                    gone.push(i);
+                }
+                o.last = r.payload.clone();
+                self.observe_seq = self.observe_seq.wrapping_add(1) & 0x00ff_ffff;
+                let mid = self.server.next_message_id();
+                let mut out = if r.payload.len() > BLOCK_SIZE {
+                    let first = r.payload[..BLOCK_SIZE].to_vec();
+                    OutResponse {
+                        size2: Some(r.payload.len()),
+                        block2: Some(BlockOption {
+                            num: 0,
+                            more: true,
+                            szx: 6,
+                        }),
+                        payload: first,
+                        response: r,
+                        observe: None,
+                    }
                 } else {
-                    Some(now + self.config.observe_interval)
+                    OutResponse::whole(r)
                 };
-                let mut gone = Vec::new();
-                for (i, o) in self.observers.iter_mut().enumerate() {
-                    let r = control::execute(
-                        host,
-                        states,
-                        &Command::Statistics {
-                            module: o.module.clone(),
-                        },
-                    );
-                    if r.payload == o.last && r.status.is_success() {
-                        continue;
-                    }
-                    if !r.status.is_success() {
-                        gone.push(i);
-                    }
-                    o.last = r.payload.clone();
-                    self.observe_seq = self.observe_seq.wrapping_add(1) & 0x00ff_ffff;
-                    let mid = self.server.next_message_id();
-                    let mut out = if r.payload.len() > BLOCK_SIZE {
-                        let first = r.payload[..BLOCK_SIZE].to_vec();
-                        OutResponse {
-                            size2: Some(r.payload.len()),
-                            block2: Some(BlockOption {
-                                num: 0,
-                                more: true,
-                                szx: 6,
-                            }),
-                            payload: first,
-                            response: r,
-                            observe: None,
-                        }
-                    } else {
-                        OutResponse::whole(r)
-                    };
-                    out.observe = Some(self.observe_seq);
-                    self.transmit.push_back((
-                        o.peer,
-                        encode_response(&out, MessageType::NonConfirmable, mid, &o.token),
-                    ));
-                }
-                for i in gone.into_iter().rev() {
-                    self.observers.remove(i);
-                }
+                out.observe = Some(self.observe_seq);
+                self.transmit.push_back((
+                    o.peer,
+                    encode_response(&out, MessageType::NonConfirmable, mid, &o.token),
+                ));
+            }
+            for i in gone.into_iter().rev() {
+                self.observers.remove(i);
             }
         }
         let _ = states;

@@ -56,10 +56,10 @@ impl StateDirectory {
         let mut found: Vec<(u64, String)> = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let name = entry?.file_name();
-            if let Some(name) = name.to_str() {
-                if let Some(n) = sequence_of(name) {
-                    found.push((n, name.to_owned()));
-                }
+            if let Some(name) = name.to_str()
+                && let Some(n) = sequence_of(name)
+            {
+                found.push((n, name.to_owned()));
             }
         }
         found.sort();

@@ -35,18 +35,17 @@ impl Drop for Qpm {
         if let Ok(r) = self
             .client
             .request(self.addr, Method::Get, "/links", None, &[])
+            && let Ok(Json::Array(links)) = serde_json::from_slice::<Json>(&r.payload)
         {
-            if let Ok(Json::Array(links)) = serde_json::from_slice::<Json>(&r.payload) {
-                for l in links {
-                    let name = l["name"].as_str().unwrap_or_default().to_owned();
-                    let _ = self.client.request(
-                        self.addr,
-                        Method::Post,
-                        &format!("/links/{name}/stop"),
-                        None,
-                        &[],
-                    );
-                }
+            for l in links {
+                let name = l["name"].as_str().unwrap_or_default().to_owned();
+                let _ = self.client.request(
+                    self.addr,
+                    Method::Post,
+                    &format!("/links/{name}/stop"),
+                    None,
+                    &[],
+                );
             }
         }
         let _ = self.child.kill();

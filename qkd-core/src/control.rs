@@ -470,10 +470,8 @@ impl Command {
                 allowed,
             });
         }
-        if let Some(accept) = request.accept {
-            if accept != format {
-                return Err(RequestError::NotAcceptable { accept });
-            }
+        if let Some(accept) = request.accept.filter(|&a| a != format) {
+            return Err(RequestError::NotAcceptable { accept });
         }
         if request.payload.len() > MAX_PAYLOAD {
             return Err(RequestError::PayloadTooLarge {

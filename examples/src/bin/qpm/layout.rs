@@ -190,10 +190,10 @@ impl Layout {
             layout.qpm.state_dir = base.join(&layout.qpm.state_dir);
         }
         for link in &mut layout.links {
-            if let Some(p) = &link.pipeline {
-                if p.is_relative() {
-                    link.pipeline = Some(base.join(p));
-                }
+            if let Some(p) = &link.pipeline
+                && p.is_relative()
+            {
+                link.pipeline = Some(base.join(p));
             }
             for side in [&mut link.alice, &mut link.bob] {
                 if side.program.contains('/') && Path::new(&side.program).is_relative() {

@@ -353,17 +353,18 @@ impl Manager {
         let fresh = host
             .last_seen
             .is_some_and(|t| now.duration_since(t) < timeout);
-        if let Some(addr) = host.address {
-            if addr != from && fresh {
-                self.log.line(&format!(
-                    "refused duplicate `{}` from {from} (registered at {addr})",
-                    reg.name
-                ));
-                return Response::error(
-                    Status::Conflict,
-                    &format!("`{}` is already registered from {addr}", reg.name),
-                );
-            }
+        if let Some(addr) = host.address
+            && addr != from
+            && fresh
+        {
+            self.log.line(&format!(
+                "refused duplicate `{}` from {from} (registered at {addr})",
+                reg.name
+            ));
+            return Response::error(
+                Status::Conflict,
+                &format!("`{}` is already registered from {addr}", reg.name),
+            );
         }
         if let Some(child) = &host.child {
             if child.id() != reg.pid {
@@ -466,18 +467,16 @@ impl Manager {
             ];
             let mut args: Vec<String> = host.spec.args.iter().map(|a| fill(a, &values)).collect();
             host.load_pending = None;
-            if from_saved {
-                if let Some(label) = host.saved.clone() {
-                    match &host.spec.resume_args {
-                        Some(extra) => {
-                            let file = host.state_dir.join(&label).display().to_string();
-                            let mut v = values.to_vec();
-                            v.push(("{state_file}", file.as_str()));
-                            v.push(("{state}", label.as_str()));
-                            args.extend(extra.iter().map(|a| fill(a, &v)));
-                        }
-                        None => host.load_pending = Some(label),
+            if from_saved && let Some(label) = host.saved.clone() {
+                match &host.spec.resume_args {
+                    Some(extra) => {
+                        let file = host.state_dir.join(&label).display().to_string();
+                        let mut v = values.to_vec();
+                        v.push(("{state_file}", file.as_str()));
+                        v.push(("{state}", label.as_str()));
+                        args.extend(extra.iter().map(|a| fill(a, &v)));
                     }
+                    None => host.load_pending = Some(label),
                 }
             }
             std::fs::create_dir_all(&host.state_dir)
@@ -630,14 +629,14 @@ impl Manager {
             self.autostarted = true;
             for i in 0..self.links.len() {
                 let l = &self.links[i];
-                if l.autostart && l.state == LinkState::Stopped
-                    || l.state == LinkState::Starting && l.hosts.iter().any(|h| h.address.is_none())
+                if (l.autostart && l.state == LinkState::Stopped
+                    || l.state == LinkState::Starting
+                        && l.hosts.iter().any(|h| h.address.is_none()))
+                    && let Err(e) = self.launch(now, i, false)
                 {
-                    if let Err(e) = self.launch(now, i, false) {
-                        self.log
-                            .line(&format!("link `{}`: {e}", self.links[i].name));
-                        self.links[i].state = LinkState::Failed;
-                    }
+                    self.log
+                        .line(&format!("link `{}`: {e}", self.links[i].name));
+                    self.links[i].state = LinkState::Failed;
                 }
             }
         }
@@ -651,12 +650,12 @@ impl Manager {
             }
             let mut failure = None;
             for host in &mut self.links[i].hosts {
-                if let Some(child) = &mut host.child {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        failure = Some(format!("`{}` exited ({status})", host.name));
-                        host.child = None;
-                        break;
-                    }
+                if let Some(child) = &mut host.child
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    failure = Some(format!("`{}` exited ({status})", host.name));
+                    host.child = None;
+                    break;
                 }
                 let since = host.last_seen.or(host.launched_at);
                 if since.is_some_and(|t| now.duration_since(t) > timeout) {
