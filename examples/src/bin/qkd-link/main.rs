@@ -262,6 +262,7 @@ fn main() -> ExitCode {
         let interrupts = Arc::clone(&interrupts);
         let once = AtomicBool::new(false);
         let _ = ctrlc::set_handler(move || {
+            side::INTERRUPTED.store(true, Ordering::SeqCst);
             if once.swap(true, Ordering::SeqCst) {
                 // A second Ctrl-C: stop without saving.
                 std::process::exit(130);

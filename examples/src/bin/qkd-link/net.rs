@@ -231,11 +231,12 @@ pub(crate) fn role_name(role: Role) -> &'static str {
 /// Ends with [`Input::PeerClosed`] at a clean end of stream, or
 /// [`Input::PeerFailed`] naming what went wrong.
 pub(crate) fn spawn_reader(
-    mut stream: TcpStream,
+    stream: TcpStream,
     input: Sender<Input>,
     timeout: Duration,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
+        let mut stream = io::BufReader::with_capacity(1 << 16, stream);
         let end = match read_frames(&mut stream, &input, timeout) {
             Ok(()) => Input::PeerClosed,
             Err(reason) => Input::PeerFailed(reason),
@@ -245,7 +246,7 @@ pub(crate) fn spawn_reader(
 }
 
 fn read_frames(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     input: &Sender<Input>,
     timeout: Duration,
 ) -> Result<(), String> {

@@ -18,6 +18,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -35,6 +36,9 @@ use qkd_postproc::pipeline::{
 use crate::net::{Outgoing, role_name};
 use crate::report::{self, Format, Progress};
 use crate::state::{self, HostState};
+
+/// Set by Ctrl-C: a peer that closes after it is an interruption too.
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Datagrams refused before the peer's hello verified after which the
 /// link gives up: the two sides cannot be talking about the same link.
@@ -432,6 +436,9 @@ impl Loop {
             }
             Input::PeerClosed => {
                 self.peer_closed = true;
+                if !self.closed && INTERRUPTED.load(Ordering::SeqCst) {
+                    return Ok(Some(Ending::Interrupted));
+                }
                 if !self.closed {
                     return Err(format!(
                         "the peer closed the connection with {} block(s) of this run unsettled",
