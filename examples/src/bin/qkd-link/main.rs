@@ -30,6 +30,7 @@ use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::pipeline::{CheckpointMode, Pipeline, PipelineDefinition, StateError};
 use zeroize::Zeroizing;
 
+mod control;
 mod flag;
 mod net;
 mod report;
@@ -144,6 +145,22 @@ struct Args {
     /// link is up: a state is resumed once).
     #[arg(long, value_parser = resume_file)]
     resume: Option<PathBuf>,
+    /// Register this side's control surface with the QKD Protocol Manager
+    /// (`qpm`) at ADDR and keep the registration alive (CoAP over UDP).
+    #[arg(long, value_parser = flag::address, conflicts_with = "both")]
+    qpm: Option<SocketAddr>,
+    /// This side's name for the QPM and in logs [default: qkd-link/SIDE].
+    #[arg(long, value_parser = flag::name, conflicts_with = "both")]
+    name: Option<String>,
+    /// Serve the pipeline's control surface (statistics, parameters, save
+    /// and load) over CoAP on this UDP address; with --qpm the default is
+    /// 127.0.0.1 on a free port.
+    #[arg(long, value_parser = flag::address, conflicts_with = "both")]
+    coap: Option<SocketAddr>,
+    /// Where states saved over CoAP go (`state-00000001.bin`, ...); default:
+    /// kept in memory only.
+    #[arg(long, conflicts_with = "both")]
+    state_dir: Option<PathBuf>,
     /// Output: `text` (progress line, totals) or `json` (one object per
     /// block and per side's totals, on stdout).
     #[arg(long, value_enum, default_value = "text")]
@@ -412,7 +429,22 @@ fn prepare(
     let (pipeline, device, next_frame, resumed_from) = match &args.resume {
         Some(resume) => {
             let path = path_for(resume);
-            let (host, bytes) = state::read(&path, role).map_err(|e| fail(e.to_string()))?;
+            let (host, bytes) = match state::read(&path, role) {
+                Ok(found) => found,
+                // A state saved over the control surface (qpm): the
+                // pipeline's own bytes; the device starts from the flags
+                // and skips the frames the pipeline has already had.
+                Err(state::StateFileError::NotAState { .. }) => {
+                    let bytes = state::read_raw(&path).map_err(|e| fail(e.to_string()))?;
+                    let host = state::HostState {
+                        role,
+                        device: device_config(args),
+                        next_frame: 0,
+                    };
+                    (host, bytes)
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            };
             let pipeline = Pipeline::from_state(&definition, role, &bytes).map_err(|e| {
                 fail(match e {
                     StateError::Definition => format!(
@@ -500,6 +532,11 @@ fn run_one(
     net::greet(&mut stream, role, timeout).map_err(|e| link_failure(role, e))?;
     let (tx, rx) = mpsc::channel();
     register(interrupts, &tx);
+    let _service = control::serve(args, role, &side.pipeline, &tx).map_err(|message| Failure {
+        role,
+        message,
+        saved: None,
+    })?;
     let reader = stream
         .try_clone()
         .map_err(|e| link_failure(role, e.into()))?;

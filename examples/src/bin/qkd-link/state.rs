@@ -173,6 +173,29 @@ pub(crate) fn read(
     Ok((host, Zeroizing::new(body[at..].to_vec())))
 }
 
+/// Reads a file that is not a qkd-link state file: a pipeline state as
+/// the control surface saves it (`POST /pipeline/save` over CoAP).
+pub(crate) fn read_raw(path: &Path) -> Result<Zeroizing<Vec<u8>>, StateFileError> {
+    let len = fs::metadata(path)
+        .map_err(|source| StateFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len > MAX_STATE_BYTES {
+        return Err(StateFileError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "larger than any state qkd-link writes (1 GiB)".into(),
+        });
+    }
+    fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|source| StateFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
