@@ -1,0 +1,309 @@
+//! The keys of the KMS-to-KMS link's secured channel: a
+//! [`PskSource`] derived from the
+//! operator-installed initial secret, with consumption recorded on disk.
+//!
+//! Link key `i` is a blake3 stream keyed by the initial secret and `i`;
+//! its ID is derived from the link name, a fingerprint of the secret and
+//! `i`. The node whose KME ID sorts first owns the even indices, the other
+//! the odd ones (qkd-handshake's ownership rule), so the two never draw the
+//! same key. Every handshake and every AES-256-GCM rekey draws one.
+//!
+//! **No reuse across restarts.** The state file holds, per parity, the
+//! lowest index not yet consumed; it is rewritten (write, fsync, rename)
+//! before a key leaves this source, and everything below it is refused
+//! afterwards, so a restarted node neither reuses its own keys nor accepts
+//! one of the peer's twice. Deleting the state file on both nodes would
+//! allow reuse; deleting it on one makes that node's first handshakes fail
+//! until it has drawn past what the peer remembers.
+//!
+//! Limitation (documented in the README): until the store reserves part
+//! of the QKD key for the channel, the link keys are a computational
+//! expansion of the initial secret, not fresh QKD key.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use qkd_core::{BlockId, KeyId, SecretKey};
+use qkd_handshake::capability::Ownership;
+use qkd_handshake::psk::{PskError, PskSource};
+use zeroize::Zeroizing;
+
+/// Bytes of each link key (handshake PSK, rekey material).
+pub(crate) const LINK_KEY_BYTES: usize = 1024;
+
+/// How far past the lowest unconsumed index the peer's keys are recognised.
+const LOOKAHEAD: u64 = 4096;
+
+/// Why the initial secret or the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum LinkKeyError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The secret file is not hex of at least 32 bytes.
+    #[error("{0}: the initial secret must be at least 64 hex digits (32 bytes)")]
+    BadSecret(PathBuf),
+    /// The state file is not two numbers.
+    #[error("{0}: not a link state file (two numbers expected)")]
+    BadState(PathBuf),
+}
+
+/// The link's keys, as a qkd-handshake PSK source.
+pub(crate) struct LinkKeys {
+    root: Zeroizing<[u8; 32]>,
+    link: Vec<u8>,
+    ownership: Ownership,
+    /// Lowest unconsumed index per parity (persisted).
+    floor: [u64; 2],
+    used: HashSet<u64>,
+    ids: HashMap<KeyId, u64>,
+    computed_to: [u64; 2],
+    state: PathBuf,
+}
+
+impl core::fmt::Debug for LinkKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LinkKeys")
+            .field("ownership", &self.ownership)
+            .field("floor", &self.floor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a hex secret of at least 32 bytes.
+fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, LinkKeyError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| LinkKeyError::Io {
+                path: path.to_owned(),
+                source,
+            })?,
+        );
+    let hex = text.trim();
+    if hex.len() < 64 || hex.len() % 2 != 0 {
+        return Err(LinkKeyError::BadSecret(path.to_owned()));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));
+    for pair in hex.as_bytes().chunks(2) {
+        let hi = (pair[0] as char).to_digit(16);
+        let lo = (pair[1] as char).to_digit(16);
+        match (hi, lo) {
+            (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+            _ => return Err(LinkKeyError::BadSecret(path.to_owned())),
+        }
+    }
+    Ok(out)
+}
+
+impl LinkKeys {
+    /// The keys of link `link` from the secret in `secret_file`, with the
+    /// consumption state in `state_file` (created if missing).
+    pub(crate) fn open(
+        link: &str,
+        secret_file: &Path,
+        state_file: &Path,
+        ownership: Ownership,
+    ) -> Result<Self, LinkKeyError> {
+        let secret = read_secret(secret_file)?;
+        let root = Zeroizing::new(blake3::derive_key(
+            "qkd kms-node 2026 link key root",
+            &secret,
+        ));
+        let floor = match std::fs::read_to_string(state_file) {
+            Ok(text) => {
+                let nums: Vec<u64> = text
+                    .split_whitespace()
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| LinkKeyError::BadState(state_file.to_owned()))?;
+                match nums[..] {
+                    [even, odd] if even % 2 == 0 && odd % 2 == 1 => [even, odd],
+                    _ => return Err(LinkKeyError::BadState(state_file.to_owned())),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => [0, 1],
+            Err(source) => {
+                return Err(LinkKeyError::Io {
+                    path: state_file.to_owned(),
+                    source,
+                });
+            }
+        };
+        // The key IDs name the secret too (by a fingerprint that reveals
+        // nothing of it), so two secrets never share IDs.
+        let fingerprint = blake3::derive_key("qkd kms-node 2026 link key id", &secret);
+        let mut name = link.as_bytes().to_vec();
+        name.extend_from_slice(&fingerprint[..8]);
+        let keys = LinkKeys {
+            root,
+            link: name,
+            ownership,
+            floor,
+            used: HashSet::new(),
+            ids: HashMap::new(),
+            computed_to: floor,
+            state: state_file.to_owned(),
+        };
+        keys.persist().map_err(|source| LinkKeyError::Io {
+            path: state_file.to_owned(),
+            source,
+        })?;
+        Ok(keys)
+    }
+
+    /// Lowest unconsumed index per parity (even, odd).
+    pub(crate) fn floors(&self) -> [u64; 2] {
+        self.floor
+    }
+
+    fn own_parity(&self) -> usize {
+        match self.ownership {
+            Ownership::First => 0,
+            Ownership::Second => 1,
+        }
+    }
+
+    fn id(&self, index: u64) -> KeyId {
+        KeyId::for_block(&self.link, BlockId::new(0), index)
+    }
+
+    fn key(&self, index: u64) -> SecretKey {
+        let mut h = blake3::Hasher::new_keyed(&self.root);
+        h.update(&index.to_le_bytes());
+        let mut bytes = vec![0u8; LINK_KEY_BYTES];
+        h.finalize_xof().fill(&mut bytes);
+        SecretKey::from_vec(bytes)
+    }
+
+    /// Writes the floors durably (temporary file, fsync, rename).
+    fn persist(&self) -> std::io::Result<()> {
+        let tmp = self.state.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            writeln!(f, "{} {}", self.floor[0], self.floor[1])?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.state)?;
+        if let Some(dir) = self.state.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Marks `index` consumed and persists the new floor of its parity.
+    fn mark(&mut self, index: u64) -> Result<(), PskError> {
+        let p = (index % 2) as usize;
+        let old = self.floor[p];
+        self.floor[p] = self.floor[p].max(index + 2);
+        if self.persist().is_err() {
+            // Without a durable record the key must not be used.
+            self.floor[p] = old;
+            return Err(PskError::Exhausted);
+        }
+        self.used.insert(index);
+        self.used.retain(|&i| i >= self.floor[(i % 2) as usize]);
+        Ok(())
+    }
+
+    /// The index of `id` if it names a key at or above its parity's floor.
+    fn index_of(&mut self, id: &KeyId) -> Result<u64, PskError> {
+        for p in 0..2 {
+            let end = self.floor[p] + 2 * LOOKAHEAD;
+            let mut i = self.computed_to[p].max(self.floor[p]);
+            while i < end {
+                let kid = self.id(i);
+                self.ids.insert(kid, i);
+                i += 2;
+            }
+            self.computed_to[p] = self.computed_to[p].max(end);
+        }
+        match self.ids.get(id) {
+            Some(&i) if i >= self.floor[(i % 2) as usize] && !self.used.contains(&i) => Ok(i),
+            Some(_) => Err(PskError::AlreadyUsed(*id)),
+            None => Err(PskError::Unknown(*id)),
+        }
+    }
+}
+
+impl PskSource for LinkKeys {
+    fn next(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        let index = self.floor[self.own_parity()];
+        self.mark(index)?;
+        Ok((self.id(index), self.key(index)))
+    }
+
+    fn find(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        let i = self.index_of(id)?;
+        Ok(self.key(i))
+    }
+
+    fn consume(&mut self, id: &KeyId) -> Result<(), PskError> {
+        let i = self.index_of(id)?;
+        self.mark(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(dir: &Path) -> PathBuf {
+        let secret = dir.join("s");
+        std::fs::write(&secret, "ab".repeat(32)).unwrap();
+        secret
+    }
+
+    #[test]
+    fn the_two_sides_agree_and_nothing_is_reused_across_restarts() {
+        let dir = std::env::temp_dir().join(format!("kms-node-linkkeys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = setup(&dir);
+        let (sa, sb) = (dir.join("a.state"), dir.join("b.state"));
+        let _ = std::fs::remove_file(&sa);
+        let _ = std::fs::remove_file(&sb);
+        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        let (id, key) = a.next().unwrap();
+        assert_eq!(b.find(&id).unwrap(), key);
+        b.consume(&id).unwrap();
+        assert_eq!(b.find(&id).unwrap_err(), PskError::AlreadyUsed(id));
+        let (id_b, _) = b.next().unwrap();
+        assert_ne!(id_b, id);
+        drop((a, b));
+        // After a restart of both, the first keys are refused (below the
+        // recorded floor they are not even recognised) and not drawn.
+        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        assert_eq!(b.find(&id).unwrap_err(), PskError::Unknown(id));
+        assert!(b.consume(&id).is_err());
+        let (id2, _) = a.next().unwrap();
+        assert_ne!(id2, id);
+        assert!(b.find(&id2).is_ok());
+        // The peer's key that this side never took is still there for it.
+        assert!(a.find(&id_b).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_short_or_non_hex_secret_is_refused() {
+        let dir =
+            std::env::temp_dir().join(format!("kms-node-linkkeys-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = dir.join("s");
+        for bad in ["abcd", &"zz".repeat(32)] {
+            std::fs::write(&s, bad).unwrap();
+            assert!(matches!(
+                LinkKeys::open("l", &s, &dir.join("st"), Ownership::First),
+                Err(LinkKeyError::BadSecret(_))
+            ));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
