@@ -285,7 +285,11 @@ fn a_peer_with_another_definition_or_secret_is_refused() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../qkd-postproc/pipelines/default.toml"),
     )
     .unwrap();
-    std::fs::write(&other, default.replace("tag_bits = 128", "tag_bits = 64")).unwrap();
+    std::fs::write(
+        &other,
+        default.replace("abort_qber = 0.11", "abort_qber = 0.1"),
+    )
+    .unwrap();
     let (a, b) = two_processes(
         &with(SMALL, &["--blocks", "1", "--timeout", "10"]),
         &with(
@@ -296,17 +300,18 @@ fn a_peer_with_another_definition_or_secret_is_refused() {
     assert_refused(&a, FAILURE, &["another pipeline definition"]);
     assert_refused(&b, FAILURE, &["another pipeline definition"]);
 
+    let other_psk: Vec<&str> = SMALL
+        .iter()
+        .map(|a| if *a == "11" { "99" } else { *a })
+        .collect();
     let (a, b) = two_processes(
         &with(SMALL, &["--blocks", "1", "--timeout", "10"]),
-        &with(
-            SMALL,
-            &["--blocks", "1", "--timeout", "10", "--psk-seed", "99"],
-        ),
+        &with(&other_psk, &["--blocks", "1", "--timeout", "10"]),
     );
     assert_refused(&a, FAILURE, &["pre-shared secret"]);
     assert_refused(&b, FAILURE, &["pre-shared secret"]);
 
-    // Two Alices.
+    // Something that is not qkd-link.
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let a = spawn(&with(
@@ -388,7 +393,11 @@ fn unreachable_peer_and_broken_state_files_end_in_clear_errors() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../qkd-postproc/pipelines/default.toml"),
     )
     .unwrap();
-    std::fs::write(&other, default.replace("tag_bits = 128", "tag_bits = 64")).unwrap();
+    std::fs::write(
+        &other,
+        default.replace("abort_qber = 0.11", "abort_qber = 0.1"),
+    )
+    .unwrap();
     let o = run(&[
         "alice",
         "--listen",
@@ -480,7 +489,7 @@ fn bad_flag_values_are_refused_before_anything_starts() {
             &["--listen"],
         ),
         (&["--both", "alice"], &["--both"]),
-        (&[], &["--both"]),
+        (&[], &["<ROLE>"]),
         (&["--both", "--out", "x.key"], &["--out"]),
         (&["--both", "--resume", s(&missing)], &["--resume"]),
         (&["--both", "--link", "pigeon"], &["--link"]),
