@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use qkd_core::machine::Machine;
 use qkd_core::module::ModuleHost;
 use qkd_core::sim::{LinkConfig, Network};
 use qkd_core::{BlockId, QkdDevice, Role, SecretKey, SimulatedBb84, SimulatorConfig};
@@ -111,10 +110,8 @@ fn run(
             net.b.push_frame(now, next_b.take().unwrap()).unwrap();
             next_b = dev_b.next_frame().unwrap();
         }
-        if !net.step() {
-            if next_a.is_none() && next_b.is_none() {
-                break;
-            }
+        if !net.step() && next_a.is_none() && next_b.is_none() {
+            break;
         }
         collect(net.take_events_a(), a);
         collect(net.take_events_b(), b);
@@ -317,7 +314,7 @@ fn an_attacker_altering_messages_gets_no_key_through() {
         net.set_interceptor(Box::new(move |side, datagram: &mut Vec<u8>| {
             if side == Side::B && datagram.len() > 40 && datagram[2] == 1 {
                 n += 1;
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     let at = datagram.len() - 10;
                     datagram[at] ^= 0x10;
                     let body = datagram.len() - 4;

@@ -737,7 +737,6 @@ pub struct Pipeline {
     forgotten_below: Option<BlockId>,
     outbox: VecDeque<Vec<u8>>,
     events: VecDeque<PipelineEvent>,
-    hello: Option<Vec<u8>>,
     hello_deadline: Option<Instant>,
     peer_ready: bool,
     ended: bool,
@@ -757,7 +756,25 @@ impl core::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Pipeline")
             .field("role", &self.role)
-            .field("blocks_in_flight", &self.blocks.len())
+            .field("peer_ready", &self.peer_ready)
+            .field(
+                "blocks",
+                &self
+                    .blocks
+                    .values()
+                    .map(|b| {
+                        (
+                            b.id,
+                            b.phase,
+                            b.frame.is_some(),
+                            b.send.next_seq(),
+                            b.recv.next,
+                            b.control.is_some(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .field("frames_waiting", &self.frames.len())
             .field("totals", &self.totals)
             .finish_non_exhaustive()
     }
@@ -874,7 +891,6 @@ impl Pipeline {
             forgotten_below: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
-            hello: None,
             hello_deadline: None,
             peer_ready: false,
             ended: false,
@@ -1210,9 +1226,7 @@ impl Pipeline {
     /// Delivers the block's messages in order; `Some(reason)` when the
     /// block must be dropped.
     fn deliver(&mut self, now: Instant, block: &mut Block) -> Option<DropReason> {
-        if block.frame.is_none() {
-            return None;
-        }
+        block.frame.as_ref()?;
         while let Some(message) = block.recv.pop() {
             let seq = block.recv.next - 1;
             if let Some(t) = &mut block.peer_transcript {
@@ -2051,13 +2065,8 @@ impl Pipeline {
             let Some(block) = self.blocks.get(&id) else {
                 continue;
             };
-            let ready = block.phase == Phase::RoundEnd
-                && block.peer_round_end
-                && block.final_key.is_some()
-                && block
-                    .control
-                    .as_ref()
-                    .is_none_or(|_| self.definition.authentication == AuthMode::Transcript);
+            let ready =
+                block.phase == Phase::RoundEnd && block.peer_round_end && block.final_key.is_some();
             if block.phase == Phase::Committing {
                 if block.control.is_none() {
                     // Restored: seal the outcome again with a fresh pad.
@@ -2082,21 +2091,17 @@ impl Pipeline {
                 continue;
             }
             let final_bits = block.report.hashed_bits;
-            match self.seal_control(&ControlBody::Outcome {
+            if let Ok(frame) = self.seal_control(&ControlBody::Outcome {
                 block: id,
                 keep: true,
                 final_bits,
-            }) {
-                Ok(frame) => {
-                    if let Some(b) = self.blocks.get_mut(&id) {
-                        b.report.auth_bits_sent += u64::from(self.definition.tag_bits);
-                        b.phase = Phase::Committing;
-                        b.control = Some(frame);
-                        b.control_deadline = None;
-                        b.control_retries = 0;
-                    }
-                }
-                Err(_) => {}
+            }) && let Some(b) = self.blocks.get_mut(&id)
+            {
+                b.report.auth_bits_sent += u64::from(self.definition.tag_bits);
+                b.phase = Phase::Committing;
+                b.control = Some(frame);
+                b.control_deadline = None;
+                b.control_retries = 0;
             }
             break;
         }
@@ -2129,7 +2134,7 @@ impl Pipeline {
             return Err(PipelineError::Unexpected("control frame and body differ"));
         }
         match body {
-            ControlBody::Hello { digest } => {
+            ControlBody::Hello { digest, answer } => {
                 if digest != self.digest {
                     self.ended = true;
                     self.events.push_back(PipelineEvent::DefinitionMismatch);
@@ -2137,11 +2142,16 @@ impl Pipeline {
                 }
                 if !self.peer_ready {
                     self.peer_ready = true;
+                    self.hello_deadline = None;
                     self.events.push_back(PipelineEvent::PeerReady);
-                    // Once more, in case ours were lost before the peer was up.
-                    if let Some(h) = self.hello.clone() {
-                        self.outbox.push_back(h);
-                    }
+                }
+                if !answer
+                    && let Ok(frame) = self.seal_control(&ControlBody::Hello {
+                        digest: self.digest,
+                        answer: true,
+                    })
+                {
+                    self.outbox.push_back(frame);
                 }
             }
             ControlBody::RoundEnd { block } => {
@@ -2263,42 +2273,35 @@ impl Pipeline {
     }
 
     /// The peer repeated a control message (its copy was a replay here).
+    /// The peer repeated a control message (its copy was a replay here, or
+    /// older than a restore). Only requests are answered, never answers, so
+    /// two sides never bounce messages between them.
     fn answer_repeat(&mut self, now: Instant, kind: ControlKind, id: BlockId) {
         match kind {
-            ControlKind::Hello => {
-                if let Some(h) = self.hello.clone() {
-                    self.outbox.push_back(h);
-                }
-            }
-            ControlKind::Outcome if self.role == Role::Bob => {
-                match self.history.get(&id) {
-                    Some((_, Some(reply))) => self.outbox.push_back(reply.clone()),
-                    Some((Settled::Kept, None)) => {
-                        // Kept before a restore: acknowledge again, freshly sealed.
-                        if let Ok(a) = self.seal_control(&ControlBody::OutcomeAck {
-                            block: id,
-                            kept: true,
-                        }) {
-                            self.outbox.push_back(a.clone());
-                            self.history.insert(id, (Settled::Kept, Some(a)));
-                        }
-                    }
-                    _ => {
-                        if !self.blocks.contains_key(&id) && self.is_forgotten(id) {
-                            self.on_outcome(now, id, false, 0);
-                        }
+            ControlKind::Outcome if self.role == Role::Bob => match self.history.get(&id) {
+                Some((_, Some(reply))) => self.outbox.push_back(reply.clone()),
+                Some((Settled::Kept, None)) => {
+                    // Kept before a restore: acknowledge again, freshly sealed.
+                    if let Ok(a) = self.seal_control(&ControlBody::OutcomeAck {
+                        block: id,
+                        kept: true,
+                    }) {
+                        self.outbox.push_back(a.clone());
+                        self.history.insert(id, (Settled::Kept, Some(a)));
                     }
                 }
-            }
-            _ => {
-                if let Some(b) = self.blocks.get(&id)
-                    && let Some(reply) = &b.reply
-                {
-                    self.outbox.push_back(reply.clone());
-                } else if let Some((Settled::Dropped, Some(reply))) = self.history.get(&id) {
+                _ => {
+                    if !self.blocks.contains_key(&id) && self.is_forgotten(id) {
+                        self.on_outcome(now, id, false, 0);
+                    }
+                }
+            },
+            ControlKind::RoundEnd if self.role == Role::Alice => {
+                if let Some((Settled::Dropped, Some(reply))) = self.history.get(&id) {
                     self.outbox.push_back(reply.clone());
                 }
             }
+            _ => {}
         }
     }
 
@@ -2357,7 +2360,12 @@ impl Pipeline {
                         block.own_round_ok = true;
                         self.bob_round_end(now, &mut block);
                     }
-                    Role::Alice => block.peer_round_end = true,
+                    Role::Alice => {
+                        // Bob has her tag (he answered it): stop resending.
+                        block.peer_round_end = true;
+                        block.control = None;
+                        block.control_deadline = None;
+                    }
                 }
                 self.put_back(now, block);
                 self.progress(now);
@@ -2571,7 +2579,11 @@ impl Pipeline {
                 }
                 block.control_deadline = Some(now + retransmit_after);
             }
+            // A block ready to settle waits for the blocks before it, which
+            // settle or time out themselves.
+            let ready = block.peer_round_end && block.final_key.is_some();
             if !committing
+                && !ready
                 && block.control.is_none()
                 && !block.amplifying
                 && block.idle_deadline <= now
@@ -2584,23 +2596,30 @@ impl Pipeline {
             self.put_back(now, block);
         }
         if self.hello_deadline.is_some_and(|d| d <= now) && !self.peer_ready {
-            if let Some(h) = self.hello.clone() {
-                self.outbox.push_back(h);
-            }
-            self.hello_deadline = Some(now + retransmit_after);
+            self.send_hello(now);
         }
     }
 
     fn ensure_hello(&mut self, now: Instant) {
-        if self.hello.is_none() && !self.waiting_for_save && !self.ended {
-            if let Ok(frame) = self.seal_control(&ControlBody::Hello {
-                digest: self.digest,
-            }) {
-                self.outbox.push_back(frame.clone());
-                self.hello = Some(frame);
-                self.hello_deadline = Some(now + self.definition.retransmit_after);
-            }
+        if self.hello_deadline.is_none()
+            && !self.peer_ready
+            && !self.waiting_for_save
+            && !self.ended
+        {
+            self.send_hello(now);
         }
+    }
+
+    /// A fresh hello (each costs a pad: resent copies of one would be
+    /// replays the peer cannot answer).
+    fn send_hello(&mut self, now: Instant) {
+        if let Ok(frame) = self.seal_control(&ControlBody::Hello {
+            digest: self.digest,
+            answer: false,
+        }) {
+            self.outbox.push_back(frame);
+        }
+        self.hello_deadline = Some(now + self.definition.retransmit_after);
     }
 }
 
@@ -2680,7 +2699,8 @@ impl Machine for Pipeline {
         for b in self.blocks.values() {
             earliest(b.send.deadline);
             earliest(b.control_deadline);
-            if b.phase != Phase::Committing && b.control.is_none() && !b.amplifying {
+            let ready = b.peer_round_end && b.final_key.is_some();
+            if b.phase != Phase::Committing && !ready && b.control.is_none() && !b.amplifying {
                 earliest(Some(b.idle_deadline));
             }
         }

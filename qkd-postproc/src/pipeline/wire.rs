@@ -261,10 +261,12 @@ impl<'a> Frame<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ControlBody {
-    /// `01 | 0 u64 | digest [32]`.
+    /// `01 | 0 u64 | digest [32] | answer u8`.
     Hello {
         /// The blake3 digest of the sender's pipeline definition.
         digest: [u8; 32],
+        /// Whether this hello answers the peer's (no answer is due then).
+        answer: bool,
     },
     /// `03 | block u64`.
     RoundEnd {
@@ -326,7 +328,10 @@ impl ControlBody {
         out.put_u8(self.kind().code());
         out.put_u64(self.block().get());
         match self {
-            ControlBody::Hello { digest } => out.extend_from_slice(digest),
+            ControlBody::Hello { digest, answer } => {
+                out.extend_from_slice(digest);
+                out.put_u8(u8::from(*answer));
+            }
             ControlBody::Outcome {
                 keep, final_bits, ..
             } => {
@@ -349,7 +354,10 @@ impl ControlBody {
             .ok_or(WireError::invalid("kind", "unknown control kind"))?;
         let block = r.block()?;
         let body = match kind {
-            ControlKind::Hello => ControlBody::Hello { digest: r.array()? },
+            ControlKind::Hello => ControlBody::Hello {
+                digest: r.array()?,
+                answer: r.bool("answer")?,
+            },
             ControlKind::RoundEnd => ControlBody::RoundEnd { block },
             ControlKind::Outcome => ControlBody::Outcome {
                 block,
@@ -677,7 +685,10 @@ mod tests {
         };
         assert_eq!(Frame::decode(&control.encode()).unwrap(), control);
         for body in [
-            ControlBody::Hello { digest: [7; 32] },
+            ControlBody::Hello {
+                digest: [7; 32],
+                answer: true,
+            },
             ControlBody::RoundEnd {
                 block: BlockId::new(1),
             },
@@ -715,7 +726,8 @@ mod tests {
             seed: BitVec::ones(29),
         };
         assert_eq!(SeedMessage::decode(&s.encode()).unwrap(), s);
-        let (c, m) = decode_chunk(&encode_chunk(7, b"abc")).unwrap();
+        let chunk = encode_chunk(7, b"abc");
+        let (c, m) = decode_chunk(&chunk).unwrap();
         assert_eq!((c, m), (7, &b"abc"[..]));
     }
 
