@@ -874,7 +874,6 @@ impl ControlEndpoint {
                 self.observers.remove(i);
             }
         }
-        let _ = states;
     }
 
     /// The next datagram to send and where.
@@ -1004,4 +1003,71 @@ where
         registration,
         thread: Some(thread),
     })
+}
+
+/// The command-line options a pipeline host takes to be managed by `qpm`;
+/// `#[command(flatten)]` them into the host's arguments and call
+/// [`serve`](Self::serve) once its [`ModuleHost`] exists.
+///
+/// ```no_run
+/// use std::sync::{Arc, Mutex};
+/// use clap::Parser;
+/// use qkd_core::module::ModuleHost;
+/// use qkd_examples::coap_service::HostControlArgs;
+///
+/// #[derive(Parser)]
+/// struct Args {
+///     #[command(flatten)]
+///     control: HostControlArgs,
+/// }
+///
+/// fn run<H: ModuleHost + Send + 'static>(pipeline: H) -> std::io::Result<()> {
+///     let args = Args::parse();
+///     let pipeline = Arc::new(Mutex::new(pipeline));
+///     let service = args.control.serve(pipeline.clone())?;
+///     while !service.as_ref().is_some_and(|s| s.shutdown_requested()) {
+///         // drive the pipeline, locking it for each step
+/// #       break;
+///     }
+///     Ok(())
+/// }
+/// ```
+#[derive(clap::Args, Clone, Debug)]
+pub struct HostControlArgs {
+    /// Register with the QKD Protocol Manager at this address (and serve
+    /// the control surface over CoAP).
+    #[arg(long, value_name = "ADDR")]
+    pub qpm: Option<SocketAddr>,
+    /// The name to register under, `LINK/SIDE`.
+    #[arg(long, value_name = "LINK/SIDE", default_value = "link/side")]
+    pub name: String,
+    /// The folder of saved states (`POST /pipeline/save`).
+    #[arg(long, value_name = "DIR", default_value = "qkd-state")]
+    pub state_dir: std::path::PathBuf,
+    /// Serve the control surface over CoAP on this address even without a
+    /// QPM (port 0: any free port).
+    #[arg(long, value_name = "ADDR")]
+    pub coap: Option<SocketAddr>,
+}
+
+impl HostControlArgs {
+    /// Binds the CoAP service and starts it (and the registration, with
+    /// `--qpm`); `None` when neither `--qpm` nor `--coap` was given.
+    ///
+    /// # Errors
+    /// The state folder or the socket could not be opened.
+    pub fn serve<H>(&self, host: Arc<Mutex<H>>) -> io::Result<Option<ServiceHandle>>
+    where
+        H: ModuleHost + Send + 'static,
+    {
+        let bind = match (self.coap, self.qpm) {
+            (Some(a), _) => a,
+            (None, Some(q)) => SocketAddr::new(q.ip(), 0),
+            (None, None) => return Ok(None),
+        };
+        let states = crate::state_directory::StateDirectory::open(&self.state_dir)?;
+        let socket = UdpSocket::bind(bind)?;
+        let config = EndpointConfig::new(self.name.clone(), self.qpm);
+        spawn(socket, config, host, states).map(Some)
+    }
 }

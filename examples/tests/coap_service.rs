@@ -469,3 +469,61 @@ proptest! {
         ep.handle_timeout(now + Duration::from_secs(3), &mut h, &mut s);
     }
 }
+
+#[test]
+fn host_control_args_start_the_service_and_register() {
+    use clap::Parser;
+    use qkd_examples::coap_service::HostControlArgs;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        control: HostControlArgs,
+    }
+    let qpm = UdpSocket::bind("127.0.0.1:0").unwrap();
+    qpm.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let dir = std::env::temp_dir().join(format!("qkd-control-args-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let host = Arc::new(Mutex::new(host()));
+
+    let none = Args::parse_from(["host"]);
+    assert!(none.control.serve(host.clone()).unwrap().is_none());
+
+    let qpm_addr = qpm.local_addr().unwrap().to_string();
+    let args = Args::parse_from([
+        "host",
+        "--qpm",
+        &qpm_addr,
+        "--name",
+        "ground-1/bob",
+        "--state-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let service = args
+        .control
+        .serve(host.clone())
+        .unwrap()
+        .expect("a service");
+    let mut buf = [0u8; 1280];
+    let (n, from) = qpm.recv_from(&mut buf).unwrap();
+    assert_eq!(from, service.local_addr());
+    let p = Packet::from_bytes(&buf[..n]).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(body["name"], "ground-1/bob");
+
+    // A save through the service lands in the state folder.
+    let mut client = CoapClient::new(Duration::from_secs(5)).unwrap();
+    let r = client
+        .request(
+            service.local_addr(),
+            Method::Post,
+            "/pipeline/save",
+            None,
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status(), Some(Status::Changed), "{}", r.text());
+    assert!(dir.join("state-00000001.bin").is_file());
+    service.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
