@@ -285,7 +285,11 @@ fn a_peer_with_another_definition_or_secret_is_refused() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../qkd-postproc/pipelines/default.toml"),
     )
     .unwrap();
-    std::fs::write(&other, default.replace("tag_bits = 128", "tag_bits = 64")).unwrap();
+    std::fs::write(
+        &other,
+        default.replace("abort_qber = 0.11", "abort_qber = 0.1"),
+    )
+    .unwrap();
     let (a, b) = two_processes(
         &with(SMALL, &["--blocks", "1", "--timeout", "10"]),
         &with(
@@ -296,17 +300,18 @@ fn a_peer_with_another_definition_or_secret_is_refused() {
     assert_refused(&a, FAILURE, &["another pipeline definition"]);
     assert_refused(&b, FAILURE, &["another pipeline definition"]);
 
+    let other_psk: Vec<&str> = SMALL
+        .iter()
+        .map(|a| if *a == "11" { "99" } else { *a })
+        .collect();
     let (a, b) = two_processes(
         &with(SMALL, &["--blocks", "1", "--timeout", "10"]),
-        &with(
-            SMALL,
-            &["--blocks", "1", "--timeout", "10", "--psk-seed", "99"],
-        ),
+        &with(&other_psk, &["--blocks", "1", "--timeout", "10"]),
     );
     assert_refused(&a, FAILURE, &["pre-shared secret"]);
     assert_refused(&b, FAILURE, &["pre-shared secret"]);
 
-    // Two Alices.
+    // Something that is not qkd-link.
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let a = spawn(&with(
@@ -388,7 +393,11 @@ fn unreachable_peer_and_broken_state_files_end_in_clear_errors() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../qkd-postproc/pipelines/default.toml"),
     )
     .unwrap();
-    std::fs::write(&other, default.replace("tag_bits = 128", "tag_bits = 64")).unwrap();
+    std::fs::write(
+        &other,
+        default.replace("abort_qber = 0.11", "abort_qber = 0.1"),
+    )
+    .unwrap();
     let o = run(&[
         "alice",
         "--listen",
@@ -480,7 +489,7 @@ fn bad_flag_values_are_refused_before_anything_starts() {
             &["--listen"],
         ),
         (&["--both", "alice"], &["--both"]),
-        (&[], &["--both"]),
+        (&[], &["<ROLE>"]),
         (&["--both", "--out", "x.key"], &["--out"]),
         (&["--both", "--resume", s(&missing)], &["--resume"]),
         (&["--both", "--link", "pigeon"], &["--link"]),
@@ -492,4 +501,70 @@ fn bad_flag_values_are_refused_before_anything_starts() {
     }
     // Nothing was created by the refused runs.
     assert!(!Path::new("x.key").exists());
+}
+
+/// A confirmable CoAP GET of `path` (no token), the answer's code and payload.
+fn coap_get(addr: &str, path: &str) -> Option<(u8, String)> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut msg = vec![0x40, 0x01, 0x12, 0x34];
+    let mut last = 0u8;
+    for seg in path.trim_matches('/').split('/') {
+        let delta = 11 - last;
+        last = 11;
+        msg.push((delta << 4) | seg.len() as u8);
+        msg.extend_from_slice(seg.as_bytes());
+    }
+    socket.send_to(&msg, addr).ok()?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    let data = &buf[..n];
+    let payload = data
+        .iter()
+        .position(|&b| b == 0xff)
+        .map(|i| String::from_utf8_lossy(&data[i + 1..]).into_owned())
+        .unwrap_or_default();
+    Some((data[1], payload))
+}
+
+#[test]
+fn the_pipeline_is_served_over_coap_while_the_link_runs() {
+    let coap_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port();
+    let coap = format!("127.0.0.1:{coap_port}");
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let a = spawn(&with(
+        SMALL,
+        &[
+            "alice", "--listen", &listen, "--blocks", "30", "--coap", &coap,
+        ],
+    ));
+    let b = spawn(&with(
+        SMALL,
+        &["bob", "--connect", &listen, "--blocks", "30"],
+    ));
+    let mut answer = None;
+    for _ in 0..100 {
+        if let Some(a) = coap_get(&coap, "/modules") {
+            answer = Some(a);
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (code, payload) = answer.expect("the CoAP service answers");
+    assert_eq!(code, 0x45, "2.05 Content");
+    assert!(
+        payload.contains("cascade") && payload.contains("pipeline"),
+        "{payload}"
+    );
+    let (code, payload) = coap_get(&coap, "/modules/cascade/params").expect("params");
+    assert_eq!(code, 0x45);
+    assert!(payload.contains("variant"), "{payload}");
+    let (code, _) = coap_get(&coap, "/modules/nonsense/stats").expect("answer");
+    assert_eq!(code >> 5, 4, "a 4.xx for an unknown module");
+    assert_ok(&finish(a));
+    assert_ok(&finish(b));
 }

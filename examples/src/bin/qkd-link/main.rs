@@ -42,7 +42,9 @@ use report::{Format, Progress};
 use side::{Failure, Input, Side, Summary};
 
 /// Bytes of the pre-shared secret derived from `--psk-seed` or drawn for `--both`.
-const DEMO_PSK_BYTES: usize = 4096;
+/// 64 KiB: a restore sets a part of the authentication pool aside (the
+/// pads the saved pipeline may have used), and 4 KiB left nothing to seal with.
+const DEMO_PSK_BYTES: usize = 64 << 10;
 /// Bounds of a `--psk-file`'s secret.
 const MIN_PSK_BYTES: usize = 32;
 const MAX_PSK_BYTES: usize = 16 << 20;
@@ -429,6 +431,7 @@ fn prepare(
     let (pipeline, device, next_frame, resumed_from) = match &args.resume {
         Some(resume) => {
             let path = path_for(resume);
+            let mut raw = false;
             let (host, bytes) = match state::read(&path, role) {
                 Ok(found) => found,
                 // A state saved over the control surface (qpm): the
@@ -436,6 +439,7 @@ fn prepare(
                 // and skips the frames the pipeline has already had.
                 Err(state::StateFileError::NotAState { .. }) => {
                     let bytes = state::read_raw(&path).map_err(|e| fail(e.to_string()))?;
+                    raw = true;
                     let host = state::HostState {
                         role,
                         device: device_config(args),
@@ -452,9 +456,20 @@ fn prepare(
                          --pipeline it was saved with",
                         path.display()
                     ),
+                    StateError::Corrupt(e) if raw => format!(
+                        "{} is not a qkd-link state file, nor a pipeline state saved over CoAP ({e})",
+                        path.display()
+                    ),
                     other => format!("cannot resume from {}: {other}", path.display()),
                 })
             })?;
+            if pipeline.auth_key_left() == 0 {
+                return Err(fail(format!(
+                    "the state {} has no authentication key left: start the link again from a \
+                     fresh (larger) pre-shared secret",
+                    path.display()
+                )));
+            }
             (pipeline, host.device, host.next_frame, Some(path))
         }
         None => {

@@ -423,13 +423,7 @@ impl Loop {
                     if !self.peer_ready {
                         self.refused_before_ready += 1;
                         if self.refused_before_ready >= REFUSALS_BEFORE_READY {
-                            return Err(format!(
-                                "the peer's first messages were refused ({}): the two sides \
-                                 do not hold the same pre-shared secret, or one side resumed \
-                                 from a saved state and the other did not (or from states of \
-                                 different runs)",
-                                self.last_refusal
-                            ));
+                            return Err(self.refused_message());
                         }
                     }
                 }
@@ -438,6 +432,9 @@ impl Loop {
                 self.peer_closed = true;
                 if !self.closed && INTERRUPTED.load(Ordering::SeqCst) {
                     return Ok(Some(Ending::Interrupted));
+                }
+                if !self.closed && !self.peer_ready && self.refused_before_ready > 0 {
+                    return Err(self.refused_message());
                 }
                 if !self.closed {
                     return Err(format!(
@@ -464,6 +461,15 @@ impl Loop {
             Input::Interrupt => return Ok(Some(Ending::Interrupted)),
         }
         Ok(None)
+    }
+
+    fn refused_message(&self) -> String {
+        format!(
+            "the peer's first messages were refused ({}): the two sides do not hold the same \
+             pre-shared secret, or one side resumed from a saved state and the other did not \
+             (or from states of different runs)",
+            self.last_refusal
+        )
     }
 
     fn on_event(&mut self, p: &mut Pipeline, event: PipelineEvent) -> Result<(), String> {
