@@ -2177,7 +2177,8 @@ impl Pipeline {
                 self.on_outcome(now, block, keep, final_bits);
             }
             ControlBody::OutcomeAck { block, kept } if self.role == Role::Alice => {
-                if let Some(b) = self.blocks.remove(&block) {
+                if let Some(mut b) = self.blocks.remove(&block) {
+                    b.report.auth_bits_received += u64::from(self.definition.tag_bits);
                     if b.phase == Phase::Committing && kept {
                         self.keep_block(now, b);
                     } else if b.phase == Phase::Committing {
