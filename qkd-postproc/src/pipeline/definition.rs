@@ -39,7 +39,7 @@
 //! (`cascade`), `confirm` and `amplify` are required. `ldpc` is a known
 //! stage whose pipeline integration does not exist yet: a definition naming
 //! it is refused with [`DefinitionError::NotImplemented`]. A stage's
-//! parameters are the ones its [`Module`](qkd_core::module::Module) lists
+//! parameters are the ones its [`Module`] lists
 //! ([`Pipeline::module`](super::Pipeline)), checked by the same validation
 //! as a change at run time. Errors name the line (TOML) and the field.
 //!

@@ -2120,7 +2120,13 @@ impl Pipeline {
             return self.on_transcript_tag(now, id, count, sealed);
         }
         let payload = match self.channel.open(sealed) {
-            Ok(Opened::Data(payload)) => payload.to_vec(),
+            Ok(Opened::Data(payload)) if kind != ControlKind::FeedNotice => payload.to_vec(),
+            Ok(Opened::FeedNotice(_)) if kind == ControlKind::FeedNotice => {
+                // Compared by the channel; a difference ends the pipeline
+                // (FeedDiverged, from drain_channel_events).
+                self.drain_channel_events();
+                return Ok(());
+            }
             Ok(_) => return Err(PipelineError::Unexpected("not a control message")),
             Err(OpenError::Replay | OpenError::TooOld) => {
                 // A repeat (or one from before a restore): answer it again.
@@ -2171,7 +2177,8 @@ impl Pipeline {
                 self.on_outcome(now, block, keep, final_bits);
             }
             ControlBody::OutcomeAck { block, kept } if self.role == Role::Alice => {
-                if let Some(b) = self.blocks.remove(&block) {
+                if let Some(mut b) = self.blocks.remove(&block) {
+                    b.report.auth_bits_received += u64::from(self.definition.tag_bits);
                     if b.phase == Phase::Committing && kept {
                         self.keep_block(now, b);
                     } else if b.phase == Phase::Committing {
@@ -2667,6 +2674,20 @@ impl Machine for Pipeline {
         }
         self.ensure_hello(now);
         self.progress(now);
+        if self.channel.is_notice_pending()
+            && !self.channel.is_diverged()
+            && let Ok(sealed) = self.channel.seal_feed_notice()
+        {
+            self.outbox.push_back(
+                Frame::Control {
+                    kind: ControlKind::FeedNotice,
+                    block: self.last_committed.unwrap_or(BlockId::new(0)),
+                    count: 0,
+                    sealed: &sealed,
+                }
+                .encode(),
+            );
+        }
         let ids: Vec<BlockId> = self.blocks.keys().copied().collect();
         for id in ids {
             if let Some(mut block) = self.blocks.remove(&id) {

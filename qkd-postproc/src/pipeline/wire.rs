@@ -26,7 +26,8 @@
 //! - **Control** carries one sealed message outside the streams:
 //!   [`ControlKind`]. `count` is the number of stream messages a
 //!   transcript tag covers (0 for the other kinds). For every kind but the
-//!   transcript tag the sealed payload is `kind u8 | block u64 | body`
+//!   transcript tag and the feed notice (the channel's own bodies) the
+//!   sealed payload is `kind u8 | block u64 | body`
 //!   (see [`ControlBody`]).
 //!
 //! The `block`, `ack`, `seq` and `count` fields of the outer frame are not
@@ -93,6 +94,9 @@ pub enum ControlKind {
     OutcomeAck,
     /// The sender dropped the block (or never had it).
     Abandon,
+    /// The authentication channel's feed notice (deposit count and digest,
+    /// receive floor), sent after each kept block and after a restore.
+    FeedNotice,
 }
 
 impl ControlKind {
@@ -106,6 +110,7 @@ impl ControlKind {
             ControlKind::Outcome => 4,
             ControlKind::OutcomeAck => 5,
             ControlKind::Abandon => 6,
+            ControlKind::FeedNotice => 7,
         }
     }
 
@@ -119,6 +124,7 @@ impl ControlKind {
             4 => ControlKind::Outcome,
             5 => ControlKind::OutcomeAck,
             6 => ControlKind::Abandon,
+            7 => ControlKind::FeedNotice,
             _ => return None,
         })
     }
@@ -369,8 +375,8 @@ impl ControlBody {
                 kept: r.bool("kept")?,
             },
             ControlKind::Abandon => ControlBody::Abandon { block },
-            ControlKind::TranscriptTag => {
-                return Err(WireError::invalid("kind", "a transcript tag has no body"));
+            ControlKind::TranscriptTag | ControlKind::FeedNotice => {
+                return Err(WireError::invalid("kind", "no pipeline body for this kind"));
             }
         };
         r.finish()?;
