@@ -115,10 +115,6 @@ pub struct StageStats {
     /// Bits disclosed in this stage (sample, parities, tag; leftover of the
     /// correction chunks counted with Cascade).
     pub leaked_bits: u64,
-    /// Processing time spent in this stage on this side, in nanoseconds
-    /// (host clock differences of `now` around the stage's work; 0 when the
-    /// host passes the same `now`).
-    pub time_ns: u64,
     /// Estimate only: errors found in the samples.
     pub sample_errors: u64,
     /// Estimate only: bits sampled.
@@ -208,7 +204,6 @@ impl Module for Stage {
             Statistic::new("bits_in", Value::U64(s.bits_in), "bits"),
             Statistic::new("bits_out", Value::U64(s.bits_out), "bits"),
             Statistic::new("leaked_bits", Value::U64(s.leaked_bits), "bits"),
-            Statistic::new("time_ns", Value::U64(s.time_ns), "ns"),
         ];
         let rate = if s.elapsed_s > 0.0 {
             s.bits_out as f64 / s.elapsed_s
