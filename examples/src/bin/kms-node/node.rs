@@ -169,6 +169,7 @@ pub(crate) struct Node {
     state: Mutex<State>,
     next_request: AtomicU64,
     stop: AtomicBool,
+    closing: AtomicBool,
     /// Counters.
     pub(crate) counters: Arc<Counters>,
 }
@@ -245,6 +246,7 @@ impl Node {
             }),
             next_request: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             counters,
         }))
     }
@@ -354,6 +356,7 @@ impl Node {
 
     /// Stops the link: an orderly close of the channel, then the threads end.
     pub(crate) fn shutdown(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         {
             let mut st = self.lock();
             let now = Instant::now();
@@ -511,7 +514,7 @@ impl Node {
         };
         let mut st = self.lock();
         if matches!(st.link, Link::Up { generation: g, .. } if g == generation) {
-            if !self.stopped() {
+            if !self.closing.load(Ordering::Relaxed) {
                 eprintln!("{}: link down: {reason}", self.name);
             }
             st.link_down(Instant::now());
@@ -541,7 +544,9 @@ impl Node {
             }
             st.feed(now);
             if let Some(reason) = st.after(now) {
-                eprintln!("{}: link down: {reason}", self.name);
+                if !self.closing.load(Ordering::Relaxed) {
+                    eprintln!("{}: link down: {reason}", self.name);
+                }
                 st.link_down(now);
             }
         }
