@@ -503,3 +503,26 @@ fn kms_sync_good_run() {
     .stdout(contains("collisions: 0"))
     .stdout(contains("matched: 0 ").not());
 }
+
+/// A request larger than four blocks (64 keys of 8192 bits = 64 KiB, blocks
+/// of 2 KiB) used to leave the feeder idle below its refill mark: no key was
+/// ever taken and the run still exited 0.
+#[test]
+fn kms_sync_requests_larger_than_the_refill_mark_still_get_keys() {
+    kms_sync(&[
+        "--seconds",
+        "0.3",
+        "--block-bytes",
+        "2048",
+        "--key-bits",
+        "8192",
+        "--threads",
+        "1",
+        "--channel",
+        "plain",
+    ])
+    .assert()
+    .success()
+    .stdout(contains("collisions: 0"))
+    .stdout(contains("matched: 0 ").not());
+}

@@ -4,6 +4,8 @@
 
 pub mod bits;
 pub mod bounds;
+#[cfg(feature = "control")]
+pub mod control;
 pub mod device;
 mod error;
 pub mod key;

@@ -312,6 +312,15 @@ fn not_found(request: RequestId, ids: &[KeyId]) -> Response {
     Response::error(request, 400, &body)
 }
 
+/// A body that must be one JSON object (serde would also take a struct
+/// from an array of its members in order, which the standard does not allow).
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        _ => Err("the body shall be a JSON object".to_owned()),
+    }
+}
+
 /// A decimal query value; too large saturates (the range check refuses it).
 fn query_number(name: &str, value: &str) -> Result<u64, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
@@ -609,7 +618,7 @@ impl Kme {
         } else if r.body.is_empty() {
             KeyRequest::default()
         } else {
-            match serde_json::from_slice::<KeyRequest>(r.body) {
+            match json_object::<KeyRequest>(r.body) {
                 Ok(k) => k,
                 Err(e) => return bad_request(id, format!("malformed Key request: {e}")),
             }
@@ -736,7 +745,7 @@ impl Kme {
             if r.body.is_empty() {
                 return Some(bad_request(id, "POST dec_keys needs a Key IDs body"));
             }
-            match serde_json::from_slice::<KeyIds>(r.body) {
+            match json_object::<KeyIds>(r.body) {
                 Ok(k) => k.key_ids.into_iter().map(|e| e.key_id).collect(),
                 Err(e) => return Some(bad_request(id, format!("malformed Key IDs: {e}"))),
             }

@@ -165,3 +165,49 @@ pub(crate) fn container_capacity(c: &KeyContainer) -> usize {
             .sum::<usize>()
         + 16
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Key;
+    use proptest::prelude::*;
+    use qkd_core::{KeyId, SecretKey};
+
+    fn container(lens: &[usize]) -> KeyContainer {
+        KeyContainer {
+            keys: lens
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Key {
+                    key_id: KeyId::for_block(b"t", i as u64, 0),
+                    key_id_extension: None,
+                    key: SecretKey::from_vec(vec![0xa5; n]),
+                    key_extension: None,
+                })
+                .collect(),
+            key_container_extension: None,
+        }
+    }
+
+    proptest! {
+        /// The buffer is sized beforehand: writing the keys never
+        /// reallocates (which would leave a copy of them in freed memory).
+        #[test]
+        fn key_bodies_never_reallocate(lens in proptest::collection::vec(0usize..3000, 1..40)) {
+            let c = container(&lens);
+            let capacity = container_capacity(&c);
+            let r = Response::keys(RequestId(1), &c);
+            prop_assert_eq!(r.body.0.capacity(), capacity);
+            prop_assert!(r.body().len() <= capacity);
+        }
+    }
+
+    #[test]
+    fn bodies_are_redacted_in_debug() {
+        let r = Response::keys(RequestId(7), &container(&[32]));
+        let shown = format!("{r:?}");
+        assert!(shown.contains("len") && !shown.contains("paWl"), "{shown}");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.into_body().as_ref().first(), Some(&b'{'));
+    }
+}

@@ -6,7 +6,7 @@
 //! The host drives the node as any [`Machine`](qkd_core::machine::Machine)
 //! and hands its events to the handler with
 //! [`Kme::handle_sync_event`](crate::Kme::handle_sync_event), which takes
-//! [`Event::KeyArrived`] and [`Event::LookupTimedOut`] to answer parked
+//! [`Event::KeyArrived`](qkd_sync::Event::KeyArrived) and [`Event::LookupTimedOut`](qkd_sync::Event::LookupTimedOut) to answer parked
 //! `dec_keys` requests.
 //!
 //! Limits: one key is at most one store chunk

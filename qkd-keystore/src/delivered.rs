@@ -195,7 +195,23 @@ mod tests {
         d.insert(id(1), SecretKey::from_slice(&[9; 4]), multi, now, |_, _| {});
         assert_eq!((d.len(), d.bytes()), (1, 4));
         assert_eq!(d.fetch(&id(1), "x"), Err(LookupError::NotAuthorized));
+        let may = |d: &DeliveredKeys, s: &str| {
+            d.binding(&id(1), s)
+                .map(|(b, may)| (b.master().to_owned(), may))
+        };
+        assert_eq!(may(&d, "s2"), Some(("m".to_owned(), true)));
+        assert_eq!(may(&d, "x"), Some(("m".to_owned(), false)));
         let (key, binding) = d.fetch(&id(1), "s2").unwrap().unwrap();
+        assert_eq!(
+            may(&d, "s2"),
+            Some(("m".to_owned(), false)),
+            "fetched already"
+        );
+        assert_eq!(
+            may(&d, "s1"),
+            Some(("m".to_owned(), true)),
+            "probing took nothing"
+        );
         assert_eq!(key.expose_secret(), &[9; 4]);
         assert_eq!(binding.master(), "m");
         assert_eq!(d.fetch(&id(1), "s2"), Err(LookupError::NotAuthorized));
@@ -204,6 +220,7 @@ mod tests {
         assert!(!d.contains(&id(1)));
         assert_eq!((d.len(), d.bytes()), (0, 0));
         assert_eq!(d.fetch(&id(1), "s1"), Ok(None));
+        assert_eq!(may(&d, "s1"), None);
     }
 
     #[test]

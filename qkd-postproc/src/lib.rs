@@ -9,4 +9,5 @@ pub mod confirm;
 pub mod estimate;
 pub mod gf128;
 pub mod ldpc;
+pub mod pipeline;
 pub mod sift;

@@ -51,8 +51,10 @@ use rand_core::{Rng, SeedableRng};
 ///
 /// The last line is `keys/s: N  matched: N  collisions: N`, where a
 /// collision is a key ID handed out fresh on both sides or a matched pair
-/// whose bytes differ. Exit status: 0 without a collision, 1 with one or on
-/// a failure, 2 for a bad flag value.
+/// whose bytes differ. Exit status: 0 when keys were taken and every one was
+/// matched on the other side without a collision; 1 with a collision, an
+/// unmatched key, no key taken at all, a failed thread or another failure;
+/// 2 for a bad flag value.
 #[derive(Parser, Debug)]
 #[command(name = "kms-sync", version)]
 struct Args {
@@ -337,6 +339,11 @@ fn matcher(
 ) {
     let mut pending: VecDeque<(KeyId, SecretKey)> = VecDeque::new();
     loop {
+        // Read the end flag before draining the queue: every key was sent
+        // before the flag was set (Release/Acquire), so a drain that follows
+        // a `true` sees them all. Read after the drain, the flag could turn
+        // true between the two and the keys sent in between would be lost.
+        let finishing = done.load(Ordering::Acquire);
         let mut got_any = false;
         while let Ok(k) = from_peer.try_recv() {
             pending.push_back(k);
@@ -367,7 +374,7 @@ fn matcher(
                 Ok(Lookup::Pending) | Err(_) => pending.push_back((id, key)),
             }
         }
-        if done.load(Ordering::Relaxed) && pending.is_empty() && !got_any {
+        if finishing && pending.is_empty() && !got_any {
             return;
         }
         if !progressed && !got_any {
@@ -379,7 +386,12 @@ fn matcher(
 fn feeder(a: Arc<Side>, b: Arc<Side>, args: Arc<Args>, stop: Arc<AtomicBool>) {
     let mut rng = ChaCha20Rng::seed_from_u64(args.seed);
     let mut block = 1u64;
-    let low_water = (4 * args.block_bytes) as u64;
+    // Refill before either side could run short of a whole request: each
+    // side takes only from its own half of the chunks, so keep at least four
+    // requests' worth (two per side) above the refill mark, and never less
+    // than four blocks.
+    let request_bytes = (args.batch * args.key_bits / 8) as u64;
+    let low_water = (4 * args.block_bytes as u64).max(4 * request_bytes);
     while !stop.load(Ordering::Relaxed) {
         let established = a.with(|n, _| n.is_paired()) && b.with(|n, _| n.is_paired());
         let fresh = a
@@ -525,6 +537,18 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
         thread::spawn(move || feeder(a, b, args, s))
     };
 
+    // Start the clock once the first block is in both stores, so that a
+    // slow start (a loaded machine) is not counted as time without keys.
+    let t0 = Instant::now();
+    while !(a.with(|n, _| n.store().stats().fresh_bytes > 0)
+        && b.with(|n, _| n.store().stats().fresh_bytes > 0))
+    {
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err("no key block reached both stores within 10 s".into());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+
     let a_binding = Arc::new(Binding::pair("sae-a", "sae-b")?);
     let b_binding = Arc::new(Binding::pair("sae-b", "sae-a")?);
     let mut takers = Vec::new();
@@ -554,29 +578,41 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     let start = Instant::now();
     thread::sleep(Duration::from_secs_f64(args.seconds));
     stop_take.store(true, Ordering::Relaxed);
+    let mut failed_threads = 0u32;
     for t in takers {
-        let _ = t.join();
+        if t.join().is_err() {
+            failed_threads += 1;
+        }
     }
     let taking = start.elapsed();
-    done_taking.store(true, Ordering::Relaxed);
+    done_taking.store(true, Ordering::Release);
     let drain_deadline = Instant::now() + Duration::from_secs(10);
     for m in matchers {
         while !m.is_finished() && Instant::now() < drain_deadline {
             thread::sleep(Duration::from_millis(5));
         }
         if m.is_finished() {
-            let _ = m.join();
+            if m.join().is_err() {
+                failed_threads += 1;
+            }
+        } else {
+            eprintln!("error: a matcher did not finish within 10 s of the end");
+            failed_threads += 1;
         }
     }
     let elapsed = start.elapsed();
     stop_io.store(true, Ordering::Relaxed);
-    let _ = feed.join();
+    if feed.join().is_err() {
+        failed_threads += 1;
+    }
     // Closing the sockets ends the readers.
     for side in [&a, &b] {
         let _ = side.socket.shutdown(std::net::Shutdown::Both);
     }
     for t in io {
-        let _ = t.join();
+        if t.join().is_err() {
+            failed_threads += 1;
+        }
     }
     // The writers end once their queues close (the last Side dropped) or a
     // write fails on the closed socket; they are not waited for.
@@ -619,5 +655,27 @@ fn run(args: Arc<Args>) -> Result<u64, Box<dyn std::error::Error>> {
     );
     let rate = matched as f64 / elapsed.as_secs_f64();
     println!("keys/s: {rate:.0}  matched: {matched}  collisions: {collisions}");
+    if failed_threads > 0 {
+        return Err(format!(
+            "{failed_threads} thread(s) panicked or hung; the figures above are incomplete"
+        )
+        .into());
+    }
+    if taken == 0 {
+        return Err(format!(
+            "no key was taken in {:.2} s (--batch {} x --key-bits {} per request)",
+            taking.as_secs_f64(),
+            args.batch,
+            args.key_bits
+        )
+        .into());
+    }
+    if matched < taken && collisions == 0 {
+        return Err(format!(
+            "{} key(s) taken on one side were never matched on the other",
+            taken - matched
+        )
+        .into());
+    }
     Ok(collisions)
 }

@@ -1,0 +1,587 @@
+//! The stages as [`Module`]s: their parameters (validated, changed at run
+//! time from the next block) and their statistics.
+
+use qkd_core::Role;
+use qkd_core::machine::{ConfigError, check_range};
+use qkd_core::module::{Module, ParameterError, ParameterInfo, Statistic, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::amplify::Construction;
+use crate::cascade::Variant;
+
+/// The stages, in pipeline order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// Sifting.
+    Sift,
+    /// Parameter estimation.
+    Estimate,
+    /// Error correction with Cascade.
+    Cascade,
+    /// Key confirmation.
+    Confirm,
+    /// Privacy amplification.
+    Amplify,
+}
+
+impl StageKind {
+    /// Every stage a definition must have, in order.
+    pub const REQUIRED: [StageKind; 5] = [
+        StageKind::Sift,
+        StageKind::Estimate,
+        StageKind::Cascade,
+        StageKind::Confirm,
+        StageKind::Amplify,
+    ];
+
+    /// The stage's name in definitions and on the control surface.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            StageKind::Sift => "sift",
+            StageKind::Estimate => "estimate",
+            StageKind::Cascade => "cascade",
+            StageKind::Confirm => "confirm",
+            StageKind::Amplify => "amplify",
+        }
+    }
+}
+
+impl core::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parameters of the stages. Alice owns every stage: she announces what
+/// Bob must know in the stage's first message (see [`super::wire`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    pub(crate) sample_fraction: f64,
+    pub(crate) min_sample_bits: u32,
+    pub(crate) abort_qber: f64,
+    pub(crate) eps_pe: f64,
+    pub(crate) variant: Variant,
+    pub(crate) chunk_bits: u32,
+    pub(crate) min_chunk_bits: u32,
+    pub(crate) tag_bits: u8,
+    pub(crate) eps_sec: f64,
+    pub(crate) modified_toeplitz: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            sample_fraction: 0.1,
+            min_sample_bits: 1_000,
+            abort_qber: 0.11,
+            eps_pe: 1e-10,
+            variant: Variant::Option7,
+            chunk_bits: 1 << 16,
+            min_chunk_bits: 1 << 10,
+            tag_bits: 64,
+            eps_sec: 1e-10,
+            modified_toeplitz: false,
+        }
+    }
+}
+
+impl Settings {
+    pub(crate) fn construction(&self) -> Construction {
+        if self.modified_toeplitz {
+            Construction::Modified
+        } else {
+            Construction::Standard
+        }
+    }
+}
+
+/// Counters of one stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageStats {
+    /// Blocks that entered the stage.
+    pub blocks_in: u64,
+    /// Blocks that left it for the next stage (or as final key).
+    pub blocks_out: u64,
+    /// Blocks dropped in this stage.
+    pub blocks_dropped: u64,
+    /// Bits that entered the stage.
+    pub bits_in: u64,
+    /// Bits that left it.
+    pub bits_out: u64,
+    /// Bits disclosed in this stage (sample, parities, tag; leftover of the
+    /// correction chunks counted with Cascade).
+    pub leaked_bits: u64,
+    /// Estimate only: errors found in the samples.
+    pub sample_errors: u64,
+    /// Estimate only: bits sampled.
+    pub sample_bits: u64,
+    /// Estimate only: the last block's QBER estimate.
+    pub last_qber: f64,
+    /// Seconds since the pipeline's first frame, at the last update.
+    pub elapsed_s: f64,
+}
+
+/// One stage: its kind, parameters and statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stage {
+    pub(crate) kind: StageKind,
+    pub(crate) settings: Settings,
+    pub(crate) stats: StageStats,
+    /// `Some(Bob)` makes the agreed parameters read-only (Alice owns them).
+    pub(crate) role: Option<Role>,
+}
+
+fn number(name: &str, value: &Value) -> Result<f64, ParameterError> {
+    value
+        .as_f64()
+        .ok_or_else(|| ParameterError::type_mismatch(name, "a number"))
+}
+
+fn count(name: &str, value: &Value) -> Result<u64, ParameterError> {
+    value
+        .as_u64()
+        .ok_or_else(|| ParameterError::type_mismatch(name, "a whole number"))
+}
+
+impl Stage {
+    pub(crate) fn new(kind: StageKind) -> Self {
+        Stage {
+            kind,
+            settings: Settings::default(),
+            stats: StageStats::default(),
+            role: None,
+        }
+    }
+
+    /// The stage's kind.
+    #[must_use]
+    pub fn kind(&self) -> StageKind {
+        self.kind
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> &StageStats {
+        &self.stats
+    }
+
+    /// Sets a parameter while building a definition (no role check).
+    pub(crate) fn configure(&mut self, name: &str, value: &Value) -> Result<(), ParameterError> {
+        let role = self.role.take();
+        let result = self.set_parameter(name, value);
+        self.role = role;
+        result
+    }
+
+    fn writable(&self) -> bool {
+        self.role != Some(Role::Bob)
+    }
+
+    fn info(&self, name: &str, value: Value, description: &str) -> ParameterInfo {
+        if self.writable() {
+            ParameterInfo::writable(name, value, description)
+        } else {
+            ParameterInfo::read_only(name, value, format!("{description} (set on Alice's side)"))
+        }
+    }
+}
+
+impl Module for Stage {
+    fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    fn statistics(&self) -> Vec<Statistic> {
+        let s = &self.stats;
+        let mut out = vec![
+            Statistic::new("blocks_in", Value::U64(s.blocks_in), "blocks"),
+            Statistic::new("blocks_out", Value::U64(s.blocks_out), "blocks"),
+            Statistic::new("blocks_dropped", Value::U64(s.blocks_dropped), "blocks"),
+            Statistic::new("bits_in", Value::U64(s.bits_in), "bits"),
+            Statistic::new("bits_out", Value::U64(s.bits_out), "bits"),
+            Statistic::new("leaked_bits", Value::U64(s.leaked_bits), "bits"),
+        ];
+        let rate = if s.elapsed_s > 0.0 {
+            s.bits_out as f64 / s.elapsed_s
+        } else {
+            0.0
+        };
+        out.push(Statistic::new("key_rate", Value::F64(rate), "bit/s"));
+        if self.kind == StageKind::Estimate {
+            let qber = if s.sample_bits > 0 {
+                s.sample_errors as f64 / s.sample_bits as f64
+            } else {
+                0.0
+            };
+            out.push(Statistic::new("qber", Value::F64(qber), "ratio"));
+            out.push(Statistic::new(
+                "last_qber",
+                Value::F64(s.last_qber),
+                "ratio",
+            ));
+            out.push(Statistic::new(
+                "sample_bits",
+                Value::U64(s.sample_bits),
+                "bits",
+            ));
+            out.push(Statistic::new(
+                "sample_errors",
+                Value::U64(s.sample_errors),
+                "bits",
+            ));
+        }
+        out
+    }
+
+    fn parameters(&self) -> Vec<ParameterInfo> {
+        let s = &self.settings;
+        match self.kind {
+            StageKind::Sift => Vec::new(),
+            StageKind::Estimate => vec![
+                self.info(
+                    "sample_fraction",
+                    Value::F64(s.sample_fraction),
+                    "share of the sifted bits disclosed as the sample, in (0, 1)",
+                ),
+                self.info(
+                    "min_sample_bits",
+                    Value::U64(u64::from(s.min_sample_bits)),
+                    "fewest bits sampled; smaller blocks are dropped",
+                ),
+                self.info(
+                    "abort_qber",
+                    Value::F64(s.abort_qber),
+                    "blocks whose sample QBER is above this are dropped, in [0, 0.5)",
+                ),
+                self.info(
+                    "eps_pe",
+                    Value::F64(s.eps_pe),
+                    "confidence of the reported QBER upper bound, in (0, 1)",
+                ),
+            ],
+            StageKind::Cascade => vec![
+                self.info(
+                    "variant",
+                    Value::Text(s.variant.name().into()),
+                    "Cascade variant: original, biconf, yanetal, option3, option4, option7, option8",
+                ),
+                self.info(
+                    "chunk_bits",
+                    Value::U64(u64::from(s.chunk_bits)),
+                    "key bits per Cascade run, a power of two in 2^10..=2^20",
+                ),
+                self.info(
+                    "min_chunk_bits",
+                    Value::U64(u64::from(s.min_chunk_bits)),
+                    "smallest run for the rest of a block, a power of two in 2^6..=chunk_bits; \
+                     fewer leftover bits are not corrected and count as disclosed",
+                ),
+            ],
+            StageKind::Confirm => vec![self.info(
+                "tag_bits",
+                Value::U64(u64::from(s.tag_bits)),
+                "confirmation tag length in bits, 32..=128",
+            )],
+            StageKind::Amplify => vec![
+                self.info(
+                    "eps_sec",
+                    Value::F64(s.eps_sec),
+                    "secrecy parameter of the finite-key bound, in (0, 1e-3]",
+                ),
+                self.info(
+                    "construction",
+                    Value::Text(if s.modified_toeplitz { "modified" } else { "standard" }.into()),
+                    "Toeplitz family: standard or modified",
+                ),
+            ],
+        }
+    }
+
+    fn set_parameter(&mut self, name: &str, value: &Value) -> Result<(), ParameterError> {
+        let known = self.parameters().iter().any(|p| p.name == name);
+        if !known {
+            return Err(ParameterError::Unknown {
+                name: name.to_owned(),
+            });
+        }
+        if !self.writable() {
+            return Err(ParameterError::ReadOnly {
+                name: name.to_owned(),
+            });
+        }
+        let mut next = self.settings.clone();
+        match name {
+            "sample_fraction" => {
+                let v = check_range(name, number(name, value)?, 0.0..1.0)?;
+                if v == 0.0 {
+                    return Err(ConfigError::new(name, "must be above 0").into());
+                }
+                next.sample_fraction = v;
+            }
+            "min_sample_bits" => {
+                let v = count(name, value)?;
+                if !(1..=u64::from(crate::estimate::MAX_SAMPLE_BITS)).contains(&v) {
+                    return Err(ConfigError::new(name, "must be between 1 and 2^28").into());
+                }
+                next.min_sample_bits = v as u32;
+            }
+            "abort_qber" => next.abort_qber = check_range(name, number(name, value)?, 0.0..0.5)?,
+            "eps_pe" => {
+                let v = check_range(name, number(name, value)?, 0.0..1.0)?;
+                if v == 0.0 {
+                    return Err(ConfigError::new(name, "must be above 0").into());
+                }
+                next.eps_pe = v;
+            }
+            "variant" => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| ParameterError::type_mismatch(name, "a variant name"))?;
+                next.variant = text.parse::<Variant>()?;
+            }
+            "chunk_bits" | "min_chunk_bits" => {
+                let v = count(name, value)?;
+                let (lo, hi) = if name == "chunk_bits" {
+                    (1 << 10, 1 << 20)
+                } else {
+                    (1 << 6, u64::from(next.chunk_bits))
+                };
+                if !v.is_power_of_two() || v < lo || v > hi {
+                    return Err(ConfigError::new(
+                        name,
+                        format!("must be a power of two in {lo}..={hi}, got {v}"),
+                    )
+                    .into());
+                }
+                if name == "chunk_bits" {
+                    next.chunk_bits = v as u32;
+                    next.min_chunk_bits = next.min_chunk_bits.min(next.chunk_bits);
+                } else {
+                    next.min_chunk_bits = v as u32;
+                }
+            }
+            "tag_bits" => {
+                let v = count(name, value)?;
+                if !(32..=128).contains(&v) {
+                    return Err(
+                        ConfigError::new(name, format!("must be in 32..=128, got {v}")).into(),
+                    );
+                }
+                next.tag_bits = v as u8;
+            }
+            "eps_sec" => {
+                let v = check_range(name, number(name, value)?, 0.0..=1e-3)?;
+                if v == 0.0 {
+                    return Err(ConfigError::new(name, "must be above 0").into());
+                }
+                next.eps_sec = v;
+            }
+            "construction" => {
+                next.modified_toeplitz = match value.as_str() {
+                    Some("standard") => false,
+                    Some("modified") => true,
+                    _ => {
+                        return Err(ParameterError::type_mismatch(
+                            name,
+                            "`standard` or `modified`",
+                        ));
+                    }
+                };
+            }
+            _ => {
+                return Err(ParameterError::Unknown {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        self.settings = next;
+        Ok(())
+    }
+}
+
+/// The authentication channel and the pipeline's own settings as modules.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthStats {
+    /// Bits of pad this side used to seal (tags sent).
+    pub sent_pad_bits: u64,
+    /// Bits of pad used to verify the peer's tags.
+    pub received_pad_bits: u64,
+    /// Bits deposited into the pool from final keys.
+    pub replenished_bits: u64,
+    /// Bits left in this side's send stream.
+    pub remaining_bits: u64,
+    /// Tags that failed to verify.
+    pub forgeries_rejected: u64,
+    /// Replays rejected.
+    pub replays_rejected: u64,
+    /// Upper bound on the probability that any forgery was accepted.
+    pub forgery_bound: f64,
+}
+
+/// The `auth` module: the authenticated channel's counters (read-only
+/// parameters: the mode, tag length and pool share are part of the
+/// definition).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthModule {
+    pub(crate) stats: AuthStats,
+    pub(crate) mode: super::AuthMode,
+    pub(crate) tag_bits: u32,
+    pub(crate) share_ppm: u32,
+}
+
+impl Module for AuthModule {
+    fn name(&self) -> &str {
+        "auth"
+    }
+
+    fn statistics(&self) -> Vec<Statistic> {
+        let s = &self.stats;
+        vec![
+            Statistic::new("sent_pad_bits", Value::U64(s.sent_pad_bits), "bits"),
+            Statistic::new("received_pad_bits", Value::U64(s.received_pad_bits), "bits"),
+            Statistic::new(
+                "auth_bits_spent",
+                Value::U64(s.sent_pad_bits + s.received_pad_bits),
+                "bits",
+            ),
+            Statistic::new("replenished_bits", Value::U64(s.replenished_bits), "bits"),
+            Statistic::new("remaining_bits", Value::U64(s.remaining_bits), "bits"),
+            Statistic::new(
+                "forgeries_rejected",
+                Value::U64(s.forgeries_rejected),
+                "messages",
+            ),
+            Statistic::new(
+                "replays_rejected",
+                Value::U64(s.replays_rejected),
+                "messages",
+            ),
+            Statistic::new("forgery_bound", Value::F64(s.forgery_bound), "probability"),
+        ]
+    }
+
+    fn parameters(&self) -> Vec<ParameterInfo> {
+        vec![
+            ParameterInfo::read_only(
+                "mode",
+                Value::Text(
+                    match self.mode {
+                        super::AuthMode::Transcript => "transcript",
+                        super::AuthMode::PerMessage => "per_message",
+                    }
+                    .into(),
+                ),
+                "transcript tags per block, or a tag per message (definition)",
+            ),
+            ParameterInfo::read_only(
+                "tag_bits",
+                Value::U64(u64::from(self.tag_bits)),
+                "Wegman-Carter tag length (definition)",
+            ),
+            ParameterInfo::read_only(
+                "share_ppm",
+                Value::U64(u64::from(self.share_ppm)),
+                "share of each final key fed to the pool, parts per million (definition)",
+            ),
+        ]
+    }
+
+    fn set_parameter(&mut self, name: &str, _value: &Value) -> Result<(), ParameterError> {
+        if self.parameters().iter().any(|p| p.name == name) {
+            Err(ParameterError::ReadOnly {
+                name: name.to_owned(),
+            })
+        } else {
+            Err(ParameterError::Unknown {
+                name: name.to_owned(),
+            })
+        }
+    }
+}
+
+/// The `pipeline` module: the local settings that may change at run time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineModule {
+    pub(crate) max_blocks_in_flight: u32,
+    pub(crate) blocks_in_flight: u64,
+    pub(crate) frames_waiting: u64,
+}
+
+impl Module for PipelineModule {
+    fn name(&self) -> &str {
+        "pipeline"
+    }
+
+    fn statistics(&self) -> Vec<Statistic> {
+        vec![
+            Statistic::new(
+                "blocks_in_flight",
+                Value::U64(self.blocks_in_flight),
+                "blocks",
+            ),
+            Statistic::new("frames_waiting", Value::U64(self.frames_waiting), "frames"),
+        ]
+    }
+
+    fn parameters(&self) -> Vec<ParameterInfo> {
+        vec![ParameterInfo::writable(
+            "max_blocks_in_flight",
+            Value::U64(u64::from(self.max_blocks_in_flight)),
+            "blocks processed at once on this side, 1..=1024",
+        )]
+    }
+
+    fn set_parameter(&mut self, name: &str, value: &Value) -> Result<(), ParameterError> {
+        match name {
+            "max_blocks_in_flight" => {
+                let v = count(name, value)?;
+                if !(1..=1024).contains(&v) {
+                    return Err(ConfigError::new(name, "must be between 1 and 1024").into());
+                }
+                self.max_blocks_in_flight = v as u32;
+                Ok(())
+            }
+            _ => Err(ParameterError::Unknown {
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_values_change_nothing() {
+        let mut s = Stage::new(StageKind::Cascade);
+        assert!(s.set_parameter("chunk_bits", &Value::U64(1000)).is_err());
+        assert!(
+            s.set_parameter("variant", &Value::Text("option9".into()))
+                .is_err()
+        );
+        assert_eq!(s.settings, Settings::default());
+        s.set_parameter("variant", &Value::Text("option8".into()))
+            .unwrap();
+        assert_eq!(
+            s.parameter("variant").unwrap(),
+            Value::Text("option8".into())
+        );
+        s.role = Some(Role::Bob);
+        assert_eq!(
+            s.set_parameter("variant", &Value::Text("original".into())),
+            Err(ParameterError::ReadOnly {
+                name: "variant".into()
+            })
+        );
+        assert!(matches!(
+            s.set_parameter("nope", &Value::U64(1)),
+            Err(ParameterError::Unknown { .. })
+        ));
+    }
+}

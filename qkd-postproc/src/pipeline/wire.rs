@@ -1,0 +1,765 @@
+//! The pipeline's own framing: the outer frames every datagram travels in,
+//! and the few stage messages the pipeline adds to the stages' own.
+//!
+//! # Outer frames (protocol [`Protocol::Pipeline`], `0x17`, version 1)
+//!
+//! Every datagram between two pipelines is one frame. Integers big-endian;
+//! every frame ends with a CRC-32 (IEEE) over all bytes before it, so a
+//! damaged datagram is dropped before anything else looks at it (it is
+//! then resent like a lost one). The CRC is not authentication: that is the
+//! [`auth`](crate::auth) layer's, inside.
+//!
+//! ```text
+//! Data    (type 1): 17 01 01 | block u64 | ack u32 | seq u32 | sealed u8 | body | crc u32
+//! Ack     (type 2): 17 01 02 | block u64 | ack u32 | crc u32
+//! Control (type 3): 17 01 03 | kind u8 | block u64 | count u32 | sealed message | crc u32
+//! ```
+//!
+//! - **Data** carries message `seq` (0, 1, 2 ...) of the sender's stream
+//!   for `block`, and acknowledges the first `ack` messages of the
+//!   receiver's stream. `sealed = 0`: `body` is the stage message itself
+//!   (transcript authentication: it is absorbed into the round's
+//!   transcript); `sealed = 1`: `body` is a sealed
+//!   [`auth`](crate::auth) message whose payload is
+//!   `block u64 | seq u32 | stage message` (per-message authentication).
+//! - **Ack** acknowledges without data.
+//! - **Control** carries one sealed message outside the streams:
+//!   [`ControlKind`]. `count` is the number of stream messages a
+//!   transcript tag covers (0 for the other kinds). For every kind but the
+//!   transcript tag and the feed notice (the channel's own bodies) the
+//!   sealed payload is `kind u8 | block u64 | body`
+//!   (see [`ControlBody`]).
+//!
+//! The `block`, `ack`, `seq` and `count` fields of the outer frame are not
+//! authenticated; they only route a datagram and drive retransmission. A
+//! forged value can at worst make a message wait, be resent, or make a
+//! round's transcript tag fail, which drops the block on both sides.
+//!
+//! An Ack for block 3 acknowledging 2 messages:
+//!
+//! ```text
+//! 17 01 02  00 00 00 00 00 00 00 03  00 00 00 02  <crc32 of the 15 bytes before it>
+//! ```
+//!
+//! # Stage messages the pipeline adds
+//!
+//! Inside the streams, next to the stages' own messages (sift `0x11`,
+//! estimate `0x12`, Cascade `0x13`, confirm `0x15`), the pipeline sends:
+//!
+//! ```text
+//! Chunk      17 01 10 | chunk u32 | Cascade message          (one Cascade run per chunk of the key)
+//! Parameters 17 01 11 | stage u8 | body                      (Alice announces a stage's parameters:
+//!            stage 2 estimate: abort_qber f64 | eps_pe f64; stage 3 cascade: variant u8 | shuffle_seed u64 |
+//!            chunks u32 | chunk bits u32 each; stage 5 amplify: eps_sec f64)
+//! Seed       16 01 01 | block u64 | construction u8 | output_bits u64 | input_bits u64 | seed bits
+//! ```
+//!
+//! [`StageParameters`] gives the bodies. Bits are packed LSB first.
+
+use bytes::BufMut;
+use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, put_bits, strip_crc32};
+use qkd_core::{BitVec, BlockId};
+
+use crate::amplify::Construction;
+use crate::cascade::Variant;
+
+/// Version of the pipeline framing.
+pub const VERSION: u8 = 1;
+const TYPE_DATA: u8 = 1;
+const TYPE_ACK: u8 = 2;
+const TYPE_CONTROL: u8 = 3;
+const TYPE_CHUNK: u8 = 0x10;
+const TYPE_PARAMETERS: u8 = 0x11;
+const AMPLIFY_VERSION: u8 = 1;
+const TYPE_SEED: u8 = 1;
+
+/// Largest Toeplitz seed accepted on the wire, in bits (2^33: 1 GiB).
+pub const MAX_SEED_BITS: u64 = 1 << 33;
+/// Most Cascade chunks of one block.
+pub const MAX_CHUNKS: usize = 1 << 16;
+
+/// What a control frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ControlKind {
+    /// Each side's first message: the digest of its pipeline definition.
+    Hello,
+    /// A round's transcript tag (transcript authentication).
+    TranscriptTag,
+    /// Bob's end of a round in per-message mode: his side is ready to keep.
+    RoundEnd,
+    /// Alice's decision on a block (keep or drop, and the key length).
+    Outcome,
+    /// Bob's answer to an outcome: whether he kept the block.
+    OutcomeAck,
+    /// The sender dropped the block (or never had it).
+    Abandon,
+    /// The authentication channel's feed notice (deposit count and digest,
+    /// receive floor), sent after each kept block and after a restore.
+    FeedNotice,
+}
+
+impl ControlKind {
+    /// The kind byte.
+    #[must_use]
+    pub const fn code(self) -> u8 {
+        match self {
+            ControlKind::Hello => 1,
+            ControlKind::TranscriptTag => 2,
+            ControlKind::RoundEnd => 3,
+            ControlKind::Outcome => 4,
+            ControlKind::OutcomeAck => 5,
+            ControlKind::Abandon => 6,
+            ControlKind::FeedNotice => 7,
+        }
+    }
+
+    /// The kind of a byte.
+    #[must_use]
+    pub const fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => ControlKind::Hello,
+            2 => ControlKind::TranscriptTag,
+            3 => ControlKind::RoundEnd,
+            4 => ControlKind::Outcome,
+            5 => ControlKind::OutcomeAck,
+            6 => ControlKind::Abandon,
+            7 => ControlKind::FeedNotice,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded outer frame, borrowing the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Frame<'a> {
+    /// A stream message.
+    Data {
+        /// The block.
+        block: BlockId,
+        /// Messages of the receiver's stream the sender has received in order.
+        ack: u32,
+        /// Position of this message in the sender's stream.
+        seq: u32,
+        /// Whether `body` is a sealed message.
+        sealed: bool,
+        /// The stage message, or the sealed message carrying it.
+        body: &'a [u8],
+    },
+    /// An acknowledgement without data.
+    Ack {
+        /// The block.
+        block: BlockId,
+        /// Messages of the receiver's stream received in order.
+        ack: u32,
+    },
+    /// A sealed message outside the streams.
+    Control {
+        /// What it carries.
+        kind: ControlKind,
+        /// The block (zero for a hello).
+        block: BlockId,
+        /// Stream messages a transcript tag covers.
+        count: u32,
+        /// The sealed message.
+        sealed: &'a [u8],
+    },
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes one frame, checking the CRC, the envelope and every length.
+    ///
+    /// # Errors
+    /// A [`WireError`] for anything malformed; never panics.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(strip_crc32(bytes)?);
+        let frame = match r.envelope(Protocol::Pipeline, VERSION)? {
+            TYPE_DATA => {
+                let block = r.block()?;
+                let ack = r.u32()?;
+                let seq = r.u32()?;
+                let sealed = r.bool("sealed")?;
+                let body = r.rest();
+                if body.is_empty() {
+                    return Err(WireError::invalid("body", "must not be empty"));
+                }
+                Frame::Data {
+                    block,
+                    ack,
+                    seq,
+                    sealed,
+                    body,
+                }
+            }
+            TYPE_ACK => {
+                let block = r.block()?;
+                let ack = r.u32()?;
+                Frame::Ack { block, ack }
+            }
+            TYPE_CONTROL => {
+                let kind = ControlKind::from_code(r.u8()?)
+                    .ok_or(WireError::invalid("kind", "unknown control kind"))?;
+                let block = r.block()?;
+                let count = r.u32()?;
+                let sealed = r.rest();
+                if sealed.is_empty() {
+                    return Err(WireError::invalid("sealed", "must not be empty"));
+                }
+                Frame::Control {
+                    kind,
+                    block,
+                    count,
+                    sealed,
+                }
+            }
+            other => return Err(Reader::unknown_type(Protocol::Pipeline, other)),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+
+    /// Encodes the frame.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out;
+        match *self {
+            Frame::Data {
+                block,
+                ack,
+                seq,
+                sealed,
+                body,
+            } => {
+                out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_DATA).start(21 + body.len());
+                out.put_u64(block.get());
+                out.put_u32(ack);
+                out.put_u32(seq);
+                out.put_u8(u8::from(sealed));
+                out.extend_from_slice(body);
+            }
+            Frame::Ack { block, ack } => {
+                out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_ACK).start(16);
+                out.put_u64(block.get());
+                out.put_u32(ack);
+            }
+            Frame::Control {
+                kind,
+                block,
+                count,
+                sealed,
+            } => {
+                out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_CONTROL)
+                    .start(17 + sealed.len());
+                out.put_u8(kind.code());
+                out.put_u64(block.get());
+                out.put_u32(count);
+                out.extend_from_slice(sealed);
+            }
+        }
+        append_crc32(&mut out);
+        out
+    }
+}
+
+/// The authenticated payload of a control message (all kinds but the
+/// transcript tag, whose sealed body is the channel's own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlBody {
+    /// `01 | 0 u64 | digest [32] | answer u8`.
+    Hello {
+        /// The blake3 digest of the sender's pipeline definition.
+        digest: [u8; 32],
+        /// Whether this hello answers the peer's (no answer is due then).
+        answer: bool,
+    },
+    /// `03 | block u64`.
+    RoundEnd {
+        /// The block.
+        block: BlockId,
+    },
+    /// `04 | block u64 | keep u8 | final_bits u64`.
+    Outcome {
+        /// The block.
+        block: BlockId,
+        /// Whether Alice keeps it.
+        keep: bool,
+        /// The hashed key length in bits (before the authentication pool's share).
+        final_bits: u64,
+    },
+    /// `05 | block u64 | kept u8`.
+    OutcomeAck {
+        /// The block.
+        block: BlockId,
+        /// Whether Bob kept it.
+        kept: bool,
+    },
+    /// `06 | block u64`.
+    Abandon {
+        /// The block.
+        block: BlockId,
+    },
+}
+
+impl ControlBody {
+    /// The kind of this body.
+    #[must_use]
+    pub fn kind(&self) -> ControlKind {
+        match self {
+            ControlBody::Hello { .. } => ControlKind::Hello,
+            ControlBody::RoundEnd { .. } => ControlKind::RoundEnd,
+            ControlBody::Outcome { .. } => ControlKind::Outcome,
+            ControlBody::OutcomeAck { .. } => ControlKind::OutcomeAck,
+            ControlBody::Abandon { .. } => ControlKind::Abandon,
+        }
+    }
+
+    /// The block it is about (zero for a hello).
+    #[must_use]
+    pub fn block(&self) -> BlockId {
+        match *self {
+            ControlBody::Hello { .. } => BlockId::new(0),
+            ControlBody::RoundEnd { block }
+            | ControlBody::Outcome { block, .. }
+            | ControlBody::OutcomeAck { block, .. }
+            | ControlBody::Abandon { block } => block,
+        }
+    }
+
+    /// The payload bytes.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        out.put_u8(self.kind().code());
+        out.put_u64(self.block().get());
+        match self {
+            ControlBody::Hello { digest, answer } => {
+                out.extend_from_slice(digest);
+                out.put_u8(u8::from(*answer));
+            }
+            ControlBody::Outcome {
+                keep, final_bits, ..
+            } => {
+                out.put_u8(u8::from(*keep));
+                out.put_u64(*final_bits);
+            }
+            ControlBody::OutcomeAck { kept, .. } => out.put_u8(u8::from(*kept)),
+            ControlBody::RoundEnd { .. } | ControlBody::Abandon { .. } => {}
+        }
+        out
+    }
+
+    /// Decodes a payload.
+    ///
+    /// # Errors
+    /// A [`WireError`] for anything malformed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        let kind = ControlKind::from_code(r.u8()?)
+            .ok_or(WireError::invalid("kind", "unknown control kind"))?;
+        let block = r.block()?;
+        let body = match kind {
+            ControlKind::Hello => ControlBody::Hello {
+                digest: r.array()?,
+                answer: r.bool("answer")?,
+            },
+            ControlKind::RoundEnd => ControlBody::RoundEnd { block },
+            ControlKind::Outcome => ControlBody::Outcome {
+                block,
+                keep: r.bool("keep")?,
+                final_bits: r.u64()?,
+            },
+            ControlKind::OutcomeAck => ControlBody::OutcomeAck {
+                block,
+                kept: r.bool("kept")?,
+            },
+            ControlKind::Abandon => ControlBody::Abandon { block },
+            ControlKind::TranscriptTag | ControlKind::FeedNotice => {
+                return Err(WireError::invalid("kind", "no pipeline body for this kind"));
+            }
+        };
+        r.finish()?;
+        Ok(body)
+    }
+}
+
+/// The parameters Alice announces at the start of a stage, so that a change
+/// on her side takes effect in the next block on both sides.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum StageParameters {
+    /// Stage 2: `abort_qber f64 | eps_pe f64` (IEEE 754 bits, big-endian).
+    Estimate {
+        /// The tolerated QBER.
+        abort_qber: f64,
+        /// Confidence of the QBER upper bound.
+        eps_pe: f64,
+    },
+    /// Stage 3: `variant u8 | shuffle_seed u64 | chunks u32 | chunk bits u32 ...`.
+    Correct {
+        /// The Cascade variant (by its index in [`Variant::ALL`]).
+        variant: Variant,
+        /// The seed of the shuffles of every chunk.
+        shuffle_seed: u64,
+        /// The length of each chunk, in key order.
+        chunks: Vec<u32>,
+    },
+    /// Stage 5: `eps_sec f64`.
+    Amplify {
+        /// The secrecy parameter of the length formula.
+        eps_sec: f64,
+    },
+}
+
+impl StageParameters {
+    fn stage_code(&self) -> u8 {
+        match self {
+            StageParameters::Estimate { .. } => 2,
+            StageParameters::Correct { .. } => 3,
+            StageParameters::Amplify { .. } => 5,
+        }
+    }
+
+    /// The message bytes.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_PARAMETERS).start(32);
+        out.put_u8(self.stage_code());
+        match self {
+            StageParameters::Estimate { abort_qber, eps_pe } => {
+                out.put_f64(*abort_qber);
+                out.put_f64(*eps_pe);
+            }
+            StageParameters::Correct {
+                variant,
+                shuffle_seed,
+                chunks,
+            } => {
+                let index = Variant::ALL.iter().position(|v| v == variant).unwrap_or(0);
+                out.put_u8(index as u8);
+                out.put_u64(*shuffle_seed);
+                out.put_u32(chunks.len() as u32);
+                for c in chunks {
+                    out.put_u32(*c);
+                }
+            }
+            StageParameters::Amplify { eps_sec } => out.put_f64(*eps_sec),
+        }
+        out
+    }
+
+    /// Decodes the message.
+    ///
+    /// # Errors
+    /// A [`WireError`] for anything malformed or out of range.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        if r.envelope(Protocol::Pipeline, VERSION)? != TYPE_PARAMETERS {
+            return Err(WireError::invalid("type", "not a parameters message"));
+        }
+        let parameters = match r.u8()? {
+            2 => {
+                let abort_qber = f64::from_bits(r.u64()?);
+                let eps_pe = f64::from_bits(r.u64()?);
+                if !(0.0..0.5).contains(&abort_qber) {
+                    return Err(WireError::invalid("abort_qber", "must be in [0, 0.5)"));
+                }
+                if !(eps_pe > 0.0 && eps_pe < 1.0) {
+                    return Err(WireError::invalid("eps_pe", "must be in (0, 1)"));
+                }
+                StageParameters::Estimate { abort_qber, eps_pe }
+            }
+            3 => {
+                let variant = *Variant::ALL
+                    .get(usize::from(r.u8()?))
+                    .ok_or(WireError::invalid("variant", "unknown Cascade variant"))?;
+                let shuffle_seed = r.u64()?;
+                let n = r.count_u32("chunks", MAX_CHUNKS, 4)?;
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let c = r.u32()?;
+                    if c == 0 {
+                        return Err(WireError::invalid("chunks", "a chunk must not be empty"));
+                    }
+                    chunks.push(c);
+                }
+                StageParameters::Correct {
+                    variant,
+                    shuffle_seed,
+                    chunks,
+                }
+            }
+            5 => {
+                let eps_sec = f64::from_bits(r.u64()?);
+                if !(eps_sec > 0.0 && eps_sec <= 1e-3) {
+                    return Err(WireError::invalid("eps_sec", "must be in (0, 1e-3]"));
+                }
+                StageParameters::Amplify { eps_sec }
+            }
+            _ => return Err(WireError::invalid("stage", "no parameters for this stage")),
+        };
+        r.finish()?;
+        Ok(parameters)
+    }
+}
+
+/// Wraps one Cascade message for chunk `chunk`.
+#[must_use]
+pub fn encode_chunk(chunk: u32, cascade: &[u8]) -> Vec<u8> {
+    let mut out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_CHUNK).start(4 + cascade.len());
+    out.put_u32(chunk);
+    out.extend_from_slice(cascade);
+    out
+}
+
+/// Unwraps a chunk message: the chunk and the Cascade message.
+///
+/// # Errors
+/// A [`WireError`] if it is not a chunk message.
+pub fn decode_chunk(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    let mut r = Reader::new(bytes);
+    if r.envelope(Protocol::Pipeline, VERSION)? != TYPE_CHUNK {
+        return Err(WireError::invalid("type", "not a chunk message"));
+    }
+    let chunk = r.u32()?;
+    let rest = r.rest();
+    if rest.is_empty() {
+        return Err(WireError::invalid("cascade", "empty chunk message"));
+    }
+    Ok((chunk, rest))
+}
+
+/// The type byte of a pipeline stage message (`Chunk` or `Parameters`), if
+/// `bytes` is one.
+#[must_use]
+pub fn pipeline_type(bytes: &[u8]) -> Option<u8> {
+    match bytes {
+        [p, v, t, ..] if *p == Protocol::Pipeline.id() && *v == VERSION => Some(*t),
+        _ => None,
+    }
+}
+
+/// Whether a pipeline stage message is a chunk.
+#[must_use]
+pub fn is_chunk(bytes: &[u8]) -> bool {
+    pipeline_type(bytes) == Some(TYPE_CHUNK)
+}
+
+/// The Toeplitz seed Alice sends with her confirmation challenge.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SeedMessage {
+    /// The block.
+    pub block: BlockId,
+    /// The Toeplitz construction.
+    pub construction: Construction,
+    /// Final key bits (the hash's output length).
+    pub output_bits: u64,
+    /// Corrected key bits (the hash's input length).
+    pub input_bits: u64,
+    /// The seed.
+    pub seed: BitVec,
+}
+
+impl core::fmt::Debug for SeedMessage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SeedMessage")
+            .field("block", &self.block)
+            .field("output_bits", &self.output_bits)
+            .field("input_bits", &self.input_bits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seed bits of a Toeplitz hash from `n` to `m` bits.
+#[must_use]
+pub fn seed_bits(construction: Construction, n: u64, m: u64) -> u64 {
+    match construction {
+        Construction::Standard => n + m - 1,
+        _ => n - 1,
+    }
+}
+
+impl SeedMessage {
+    /// The message bytes.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Envelope::new(Protocol::Amplify, AMPLIFY_VERSION, TYPE_SEED)
+            .start(25 + self.seed.len().div_ceil(8));
+        out.put_u64(self.block.get());
+        out.put_u8(match self.construction {
+            Construction::Standard => 1,
+            _ => 2,
+        });
+        out.put_u64(self.output_bits);
+        out.put_u64(self.input_bits);
+        put_bits(&mut out, &self.seed);
+        out
+    }
+
+    /// Decodes the message; the seed length must be the one the lengths and
+    /// construction give.
+    ///
+    /// # Errors
+    /// A [`WireError`] for anything malformed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(bytes);
+        let kind = r.envelope(Protocol::Amplify, AMPLIFY_VERSION)?;
+        if kind != TYPE_SEED {
+            return Err(Reader::unknown_type(Protocol::Amplify, kind));
+        }
+        let block = r.block()?;
+        let construction = match r.u8()? {
+            1 => Construction::Standard,
+            2 => Construction::Modified,
+            _ => return Err(WireError::invalid("construction", "must be 1 or 2")),
+        };
+        let output_bits = r.u64()?;
+        let input_bits = r.u64()?;
+        if output_bits == 0 || output_bits > input_bits || input_bits > MAX_SEED_BITS {
+            return Err(WireError::invalid(
+                "output_bits",
+                "must be between 1 and the input length",
+            ));
+        }
+        if construction == Construction::Modified && output_bits == input_bits {
+            return Err(WireError::invalid(
+                "output_bits",
+                "the modified construction needs output < input",
+            ));
+        }
+        let bits = seed_bits(construction, input_bits, output_bits);
+        if bits > MAX_SEED_BITS {
+            return Err(WireError::invalid("seed", "too long"));
+        }
+        let bits = usize::try_from(bits).map_err(|_| WireError::invalid("seed", "too long"))?;
+        r.ensure(bits.div_ceil(8))?;
+        let seed = r.bits("seed", bits)?;
+        r.finish()?;
+        Ok(SeedMessage {
+            block,
+            construction,
+            output_bits,
+            input_bits,
+            seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_example_bytes() {
+        let bytes = Frame::Ack {
+            block: BlockId::new(3),
+            ack: 2,
+        }
+        .encode();
+        assert_eq!(
+            &bytes[..15],
+            &[0x17, 1, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 2]
+        );
+        assert_eq!(
+            Frame::decode(&bytes).unwrap(),
+            Frame::Ack {
+                block: BlockId::new(3),
+                ack: 2
+            }
+        );
+        let mut damaged = bytes.clone();
+        damaged[5] ^= 1;
+        assert_eq!(Frame::decode(&damaged), Err(WireError::Checksum));
+    }
+
+    #[test]
+    fn frames_and_bodies_round_trip() {
+        let data = Frame::Data {
+            block: BlockId::new(9),
+            ack: 1,
+            seq: 4,
+            sealed: true,
+            body: b"xyz",
+        };
+        assert_eq!(Frame::decode(&data.encode()).unwrap(), data);
+        let control = Frame::Control {
+            kind: ControlKind::Outcome,
+            block: BlockId::new(2),
+            count: 0,
+            sealed: b"s",
+        };
+        assert_eq!(Frame::decode(&control.encode()).unwrap(), control);
+        for body in [
+            ControlBody::Hello {
+                digest: [7; 32],
+                answer: true,
+            },
+            ControlBody::RoundEnd {
+                block: BlockId::new(1),
+            },
+            ControlBody::Outcome {
+                block: BlockId::new(1),
+                keep: true,
+                final_bits: 12345,
+            },
+            ControlBody::OutcomeAck {
+                block: BlockId::new(1),
+                kept: false,
+            },
+            ControlBody::Abandon {
+                block: BlockId::new(5),
+            },
+        ] {
+            assert_eq!(ControlBody::decode(&body.encode()).unwrap(), body);
+        }
+        let p = StageParameters::Correct {
+            variant: Variant::Option7,
+            shuffle_seed: 99,
+            chunks: vec![65536, 1024],
+        };
+        assert_eq!(StageParameters::decode(&p.encode()).unwrap(), p);
+        let e = StageParameters::Estimate {
+            abort_qber: 0.11,
+            eps_pe: 1e-10,
+        };
+        assert_eq!(StageParameters::decode(&e.encode()).unwrap(), e);
+        let s = SeedMessage {
+            block: BlockId::new(3),
+            construction: Construction::Standard,
+            output_bits: 10,
+            input_bits: 20,
+            seed: BitVec::ones(29),
+        };
+        assert_eq!(SeedMessage::decode(&s.encode()).unwrap(), s);
+        let chunk = encode_chunk(7, b"abc");
+        let (c, m) = decode_chunk(&chunk).unwrap();
+        assert_eq!((c, m), (7, &b"abc"[..]));
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused() {
+        let mut s = SeedMessage {
+            block: BlockId::new(3),
+            construction: Construction::Standard,
+            output_bits: 10,
+            input_bits: 20,
+            seed: BitVec::ones(29),
+        }
+        .encode();
+        // Claim a huge input: the seed no longer fits the bytes.
+        s[20..28].copy_from_slice(&(1u64 << 32).to_be_bytes());
+        assert!(SeedMessage::decode(&s).is_err());
+        let mut p = StageParameters::Correct {
+            variant: Variant::Option7,
+            shuffle_seed: 1,
+            chunks: vec![8],
+        }
+        .encode();
+        let at = p.len() - 8;
+        p[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(StageParameters::decode(&p).is_err());
+        assert!(Frame::decode(&[]).is_err());
+        assert!(ControlBody::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+}

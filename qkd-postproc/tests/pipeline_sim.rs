@@ -1,0 +1,410 @@
+//! The pipeline end to end: two pipelines, the simulated BB84 device and the
+//! simulated network (`qkd_core::sim`), fixed seeds.
+
+use std::time::{Duration, Instant};
+
+use qkd_core::module::ModuleHost;
+use qkd_core::sim::{LinkConfig, Network};
+use qkd_core::{BlockId, QkdDevice, Role, SecretKey, SimulatedBb84, SimulatorConfig};
+use qkd_postproc::amplify::length::finite_key_length;
+use qkd_postproc::auth::{PresharedSecret, SecretId};
+use qkd_postproc::confirm::ConfirmConfig;
+use qkd_postproc::estimate::Estimate;
+use qkd_postproc::pipeline::{AuthMode, BlockReport, Pipeline, PipelineDefinition, PipelineEvent};
+
+fn definition(mode: AuthMode) -> PipelineDefinition {
+    let mut d = PipelineDefinition::from_toml(include_str!("../pipelines/default.toml")).unwrap();
+    d.authentication = mode;
+    d
+}
+
+fn pair(def: &PipelineDefinition) -> (Pipeline, Pipeline) {
+    // Per-message mode seals every Cascade message: it needs a large secret
+    // until the first blocks refill the pool.
+    let secret = SecretKey::from_slice(&vec![0x42; 1 << 18]);
+    let a = Pipeline::new(
+        def,
+        Role::Alice,
+        PresharedSecret::new(SecretId::new(1), secret.clone()),
+        [1; 32],
+    )
+    .unwrap();
+    let b = Pipeline::new(
+        def,
+        Role::Bob,
+        PresharedSecret::new(SecretId::new(1), secret),
+        [2; 32],
+    )
+    .unwrap();
+    (a, b)
+}
+
+fn devices(frames: u64, slots: usize) -> (impl QkdDevice, impl QkdDevice) {
+    let config = SimulatorConfig {
+        qber: 0.02,
+        frame_slots: slots,
+        detection_probability: 0.5,
+        seed: 11,
+        ..Default::default()
+    };
+    (
+        SimulatedBb84::device(config.clone(), Role::Alice)
+            .unwrap()
+            .with_frame_limit(frames),
+        SimulatedBb84::device(config, Role::Bob)
+            .unwrap()
+            .with_frame_limit(frames),
+    )
+}
+
+#[derive(Default)]
+struct Outcomes {
+    keys: Vec<(BlockId, Vec<u8>, BlockReport)>,
+    dropped: Vec<BlockId>,
+    reasons: Vec<String>,
+    ended: bool,
+}
+
+fn collect(events: Vec<PipelineEvent>, out: &mut Outcomes) {
+    for e in events {
+        match e {
+            PipelineEvent::FinalKey { block, key, stats } => {
+                out.keys.push((block, key.expose_secret().to_vec(), stats));
+            }
+            PipelineEvent::Dropped {
+                block,
+                stage,
+                reason,
+                ..
+            } => {
+                out.dropped.push(block);
+                out.reasons.push(format!("{block} {stage}: {reason:?}"));
+            }
+            PipelineEvent::DefinitionMismatch | PipelineEvent::FeedDiverged { .. } => {
+                out.ended = true
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs both pipelines until every frame is settled or `limit` passes.
+fn run(
+    net: &mut Network<Pipeline, Pipeline>,
+    dev_a: &mut impl QkdDevice,
+    dev_b: &mut impl QkdDevice,
+    a: &mut Outcomes,
+    b: &mut Outcomes,
+    limit: Duration,
+) {
+    let deadline = net.now() + limit;
+    let mut next_a = dev_a.next_frame().unwrap();
+    let mut next_b = dev_b.next_frame().unwrap();
+    loop {
+        let now = net.now();
+        while next_a.is_some() && net.a.wants_frame() {
+            net.a.push_frame(now, next_a.take().unwrap()).unwrap();
+            next_a = dev_a.next_frame().unwrap();
+        }
+        while next_b.is_some() && net.b.wants_frame() {
+            net.b.push_frame(now, next_b.take().unwrap()).unwrap();
+            next_b = dev_b.next_frame().unwrap();
+        }
+        if !net.step() && next_a.is_none() && next_b.is_none() {
+            break;
+        }
+        collect(net.take_events_a(), a);
+        collect(net.take_events_b(), b);
+        if net.now() > deadline {
+            break;
+        }
+    }
+    collect(net.take_events_a(), a);
+    collect(net.take_events_b(), b);
+}
+
+fn check_same_keys(a: &Outcomes, b: &Outcomes) {
+    assert_eq!(a.keys.len(), b.keys.len(), "kept on one side only");
+    for ((ba, ka, _), (bb, kb, _)) in a.keys.iter().zip(&b.keys) {
+        assert_eq!(ba, bb);
+        assert_eq!(ka, kb, "block {ba}: keys differ");
+    }
+    let mut da = a.dropped.clone();
+    let mut db = b.dropped.clone();
+    da.sort();
+    db.sort();
+    assert_eq!(da, db, "dropped on one side only");
+}
+
+#[test]
+fn keys_identical_lengths_from_the_formula_and_stats_add_up() {
+    let def = definition(AuthMode::Transcript);
+    let (alice, bob) = pair(&def);
+    let (mut dev_a, mut dev_b) = devices(4, 1 << 19);
+    let mut net = Network::new(
+        alice,
+        bob,
+        LinkConfig::perfect(Duration::from_millis(2)),
+        1,
+        Instant::now(),
+    );
+    let (mut a, mut b) = (Outcomes::default(), Outcomes::default());
+    run(
+        &mut net,
+        &mut dev_a,
+        &mut dev_b,
+        &mut a,
+        &mut b,
+        Duration::from_secs(600),
+    );
+    assert_eq!(
+        a.keys.len(),
+        4,
+        "dropped: {:?} / {:?}",
+        a.reasons,
+        b.reasons
+    );
+    check_same_keys(&a, &b);
+    let confirm = ConfirmConfig {
+        tag_bits: 64,
+        ..ConfirmConfig::default()
+    };
+    for (_, key, r) in &a.keys {
+        // The length is the formula's for exactly this block's numbers.
+        let estimate = Estimate {
+            block: BlockId::new(r.block),
+            sifted_bits: r.sifted_bits,
+            sample_bits: r.sample_bits,
+            sample_errors: r.sample_errors,
+            qber: r.qber,
+            qber_upper: r.qber_upper,
+        };
+        let input = estimate.finite_key_input(
+            r.parity_bits + r.leftover_bits,
+            64,
+            1e-10,
+            confirm.eps_cor(r.corrected_bits),
+        );
+        assert_eq!(r.final_bits, finite_key_length(&input).unwrap().bits);
+        assert_eq!(r.sifted_bits, r.sample_bits + r.key_bits);
+        assert_eq!(r.key_bits, r.corrected_bits + r.leftover_bits);
+        assert_eq!(r.hashed_bits, r.final_bits / 8 * 8);
+        assert_eq!(r.hashed_bits, r.pool_bits + r.key_out_bits);
+        assert_eq!(key.len() as u64 * 8, r.key_out_bits);
+        assert!(r.leftover_bits < 1024);
+        assert!(r.final_bits * 5 > r.key_bits * 2, "{r:?}");
+    }
+    let s = net.a.stats();
+    assert_eq!(s.blocks_kept, 4);
+    assert_eq!(
+        s.sifted_bits,
+        s.sample_bits + s.corrected_bits + s.leftover_bits
+    );
+    assert_eq!(s.hashed_bits, s.pool_bits + s.key_out_bits);
+    assert_eq!(net.a.stats().final_bits, net.b.stats().final_bits);
+    // The pools were fed the same blocks.
+    assert_eq!(
+        net.a.channel().pool().feed_digest(),
+        net.b.channel().pool().feed_digest()
+    );
+    // The modules see it too.
+    let est = net.a.module("estimate").unwrap();
+    assert!(est.statistics().iter().any(|s| s.name == "qber"));
+}
+
+fn run_link(
+    def: &PipelineDefinition,
+    link: LinkConfig,
+    frames: u64,
+    seed: u64,
+) -> (Outcomes, Outcomes, Network<Pipeline, Pipeline>) {
+    let (alice, bob) = pair(def);
+    let (mut dev_a, mut dev_b) = devices(frames, 1 << 16);
+    let mut net = Network::new(alice, bob, link, seed, Instant::now());
+    let (mut a, mut b) = (Outcomes::default(), Outcomes::default());
+    run(
+        &mut net,
+        &mut dev_a,
+        &mut dev_b,
+        &mut a,
+        &mut b,
+        Duration::from_secs(3600),
+    );
+    (a, b, net)
+}
+
+fn check_pools(net: &Network<Pipeline, Pipeline>) {
+    assert_eq!(
+        net.a.channel().pool().feed_digest(),
+        net.b.channel().pool().feed_digest(),
+        "the pools were fed differently"
+    );
+    assert!(!net.a.channel().is_diverged() && !net.b.channel().is_diverged());
+}
+
+#[test]
+fn per_message_mode_gives_the_same_keys_as_transcript_mode() {
+    let (a, b, net) = run_link(
+        &definition(AuthMode::PerMessage),
+        LinkConfig::perfect(Duration::from_millis(2)),
+        3,
+        1,
+    );
+    assert_eq!(a.keys.len(), 3, "{:?}", a.reasons);
+    check_same_keys(&a, &b);
+    check_pools(&net);
+    let (t, _, _) = run_link(
+        &definition(AuthMode::Transcript),
+        LinkConfig::perfect(Duration::from_millis(2)),
+        3,
+        1,
+    );
+    // Same seeds, same blocks: the same keys whatever the authentication.
+    for ((_, k1, r1), (_, k2, r2)) in a.keys.iter().zip(&t.keys) {
+        assert_eq!(k1, k2);
+        // Per-message mode pays a tag per message, transcript mode a few per block.
+        assert!(
+            r1.auth_bits_sent > 4 * r2.auth_bits_sent,
+            "{} vs {}",
+            r1.auth_bits_sent,
+            r2.auth_bits_sent
+        );
+    }
+}
+
+#[test]
+fn hostile_link_never_gives_a_wrong_key_and_drops_on_both_sides() {
+    for mode in [AuthMode::Transcript, AuthMode::PerMessage] {
+        for seed in 1..=3 {
+            let (a, b, net) = run_link(
+                &definition(mode),
+                LinkConfig::hostile(Duration::from_millis(3)),
+                4,
+                seed,
+            );
+            check_same_keys(&a, &b);
+            check_pools(&net);
+            assert!(!a.ended && !b.ended);
+            assert!(
+                !a.keys.is_empty(),
+                "{mode:?} seed {seed}: nothing kept: {:?} / {:?}",
+                a.reasons,
+                b.reasons
+            );
+        }
+    }
+}
+
+#[test]
+fn an_attacker_altering_messages_gets_no_key_through() {
+    use qkd_core::sim::Side;
+    for mode in [AuthMode::Transcript, AuthMode::PerMessage] {
+        let (alice, bob) = pair(&definition(mode));
+        let (mut dev_a, mut dev_b) = devices(3, 1 << 16);
+        let mut net = Network::new(
+            alice,
+            bob,
+            LinkConfig::perfect(Duration::from_millis(2)),
+            5,
+            Instant::now(),
+        );
+        // Flip a payload bit of every 7th data frame from Bob, fixing the CRC
+        // so that the frame reaches the authentication layer.
+        let mut n = 0u32;
+        net.set_interceptor(Box::new(move |side, datagram: &mut Vec<u8>| {
+            if side == Side::B && datagram.len() > 40 && datagram[2] == 1 {
+                n += 1;
+                if n.is_multiple_of(7) {
+                    let at = datagram.len() - 10;
+                    datagram[at] ^= 0x10;
+                    let body = datagram.len() - 4;
+                    let crc = crc32(&datagram[..body]);
+                    datagram[body..].copy_from_slice(&crc.to_be_bytes());
+                }
+            }
+            true
+        }));
+        let (mut a, mut b) = (Outcomes::default(), Outcomes::default());
+        run(
+            &mut net,
+            &mut dev_a,
+            &mut dev_b,
+            &mut a,
+            &mut b,
+            Duration::from_secs(3600),
+        );
+        check_same_keys(&a, &b);
+        check_pools(&net);
+        if mode == AuthMode::PerMessage {
+            // Every altered message was refused and resent: nothing lost.
+            assert!(net.a.channel().stats().forgeries_rejected > 0);
+        } else {
+            // The altered rounds were dropped on both sides by the transcript tags.
+            assert!(
+                a.reasons
+                    .iter()
+                    .chain(&b.reasons)
+                    .any(|r| r.contains("Transcript")
+                        || r.contains("Protocol")
+                        || r.contains("Correction")
+                        || r.contains("Confirm")),
+                "{:?}",
+                a.reasons
+            );
+        }
+    }
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    // CRC-32 (IEEE), bitwise: the tests only need it for a few frames.
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn peers_with_different_definitions_refuse_each_other() {
+    let secret = SecretKey::from_slice(&[0x42; 8192]);
+    let d1 = definition(AuthMode::Transcript);
+    let d2 = PipelineDefinition::from_toml(
+        &include_str!("../pipelines/default.toml").replace("option7", "option8"),
+    )
+    .unwrap();
+    let a = Pipeline::new(
+        &d1,
+        Role::Alice,
+        PresharedSecret::new(SecretId::new(1), secret.clone()),
+        [1; 32],
+    )
+    .unwrap();
+    let b = Pipeline::new(
+        &d2,
+        Role::Bob,
+        PresharedSecret::new(SecretId::new(1), secret),
+        [2; 32],
+    )
+    .unwrap();
+    assert_ne!(a.definition_digest(), b.definition_digest());
+    let mut net = Network::new(
+        a,
+        b,
+        LinkConfig::perfect(Duration::from_millis(2)),
+        1,
+        Instant::now(),
+    );
+    net.drive_for(Duration::from_secs(5));
+    let (mut a, mut b) = (Outcomes::default(), Outcomes::default());
+    collect(net.take_events_a(), &mut a);
+    collect(net.take_events_b(), &mut b);
+    assert!(a.ended && b.ended);
+    assert!(net.a.is_finished() && net.b.is_finished());
+}
