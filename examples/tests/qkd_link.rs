@@ -538,14 +538,11 @@ fn the_pipeline_is_served_over_coap_while_the_link_runs() {
     let listen = format!("127.0.0.1:{port}");
     let a = spawn(&with(
         SMALL,
-        &[
-            "alice", "--listen", &listen, "--blocks", "30", "--coap", &coap,
-        ],
+        &["alice", "--listen", &listen, "--coap", &coap],
     ));
-    let b = spawn(&with(
-        SMALL,
-        &["bob", "--connect", &listen, "--blocks", "30"],
-    ));
+    // No `--blocks`: the link runs until the checks below are done (with a
+    // block limit a quiet machine finished the link before the first query).
+    let b = spawn(&with(SMALL, &["bob", "--connect", &listen]));
     let mut answer = None;
     for _ in 0..100 {
         if let Some(a) = coap_get(&coap, "/modules") {
@@ -565,6 +562,8 @@ fn the_pipeline_is_served_over_coap_while_the_link_runs() {
     assert!(payload.contains("variant"), "{payload}");
     let (code, _) = coap_get(&coap, "/modules/nonsense/stats").expect("answer");
     assert_eq!(code >> 5, 4, "a 4.xx for an unknown module");
-    assert_ok(&finish(a));
-    assert_ok(&finish(b));
+    for mut child in [a, b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
