@@ -6,4 +6,5 @@
 
 pub mod coap_client;
 pub mod coap_service;
+pub mod flag;
 pub mod state_directory;

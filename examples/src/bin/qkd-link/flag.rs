@@ -5,7 +5,10 @@
 //! before any socket is opened.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use qkd_examples::flag::finite;
+pub(crate) use qkd_examples::flag::{input_file, output_file};
 
 /// Largest accepted `--frame-slots` (2^26): a frame's announcement is then
 /// at most 16 MiB, well inside [`crate::net::MAX_FRAME_BYTES`].
@@ -18,19 +21,6 @@ pub(crate) const MAX_WORKERS: u64 = 64;
 pub(crate) const MAX_TIMEOUT_S: f64 = 86_400.0;
 /// Shortest accepted `--timeout`, in seconds.
 pub(crate) const MIN_TIMEOUT_S: f64 = 0.1;
-
-/// A finite `f64` (Rust's parser also takes `nan`, `inf` and `1e999`).
-fn finite(s: &str) -> Result<f64, String> {
-    let x: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| String::from("must be a number"))?;
-    if x.is_finite() {
-        Ok(x)
-    } else {
-        Err("must be a finite number".into())
-    }
-}
 
 /// The simulated channel's error rate: `[0, 0.5)` (at 0.5 no key is left).
 pub(crate) fn qber(s: &str) -> Result<f64, String> {
@@ -83,38 +73,6 @@ pub(crate) fn address(s: &str) -> Result<SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| "resolves to no address".to_string())
-}
-
-/// A file to read: it must exist and not be a folder.
-pub(crate) fn input_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_dir() => Err("is a folder, not a file".into()),
-        Ok(_) => Ok(path),
-        Err(e) => Err(format!("cannot be read: {e}")),
-    }
-}
-
-/// A file to write: not a folder, in a folder that exists.
-pub(crate) fn output_file(s: &str) -> Result<PathBuf, String> {
-    if s.is_empty() {
-        return Err("must name a file".into());
-    }
-    let path = PathBuf::from(s);
-    if path.is_dir() {
-        return Err("is a folder, not a file".into());
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(format!(
-            "the folder {} does not exist (or is not a folder)",
-            parent.display()
-        ));
-    }
-    Ok(path)
 }
 
 /// A folder that exists.

@@ -9,25 +9,13 @@
 //! at each flag; the functions here cover what it cannot: floating-point
 //! domains and paths.
 
-use std::path::{Path, PathBuf};
+use qkd_examples::flag::finite;
+pub(crate) use qkd_examples::flag::{input_file, output_file};
 
 use crate::clock::MIN_TIMED;
 
 /// Longest accepted `--seconds` for a throughput measurement (one hour).
 pub(crate) const MAX_SECONDS: f64 = 3600.0;
-
-/// A finite `f64` (Rust's parser also takes `nan`, `inf` and `1e999`).
-fn finite(s: &str) -> Result<f64, String> {
-    let x: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| String::from("must be a number"))?;
-    if x.is_finite() {
-        Ok(x)
-    } else {
-        Err("must be a finite number".into())
-    }
-}
 
 /// A QBER that can leave key: `[0, 0.5)`.
 pub(crate) fn qber(s: &str) -> Result<f64, String> {
@@ -130,38 +118,6 @@ pub(crate) fn seconds(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("must be between {min} and {MAX_SECONDS} seconds"))
     }
-}
-
-/// A file to read: it must exist and not be a folder.
-pub(crate) fn input_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_dir() => Err("is a folder, not a file".into()),
-        Ok(_) => Ok(path),
-        Err(e) => Err(format!("cannot be read: {e}")),
-    }
-}
-
-/// A file to write: not a folder, in a folder that exists.
-pub(crate) fn output_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    if s.is_empty() {
-        return Err("must name a file".into());
-    }
-    if path.is_dir() {
-        return Err("is a folder, not a file".into());
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(format!(
-            "the folder {} does not exist (or is not a folder)",
-            parent.display()
-        ));
-    }
-    Ok(path)
 }
 
 #[cfg(test)]
