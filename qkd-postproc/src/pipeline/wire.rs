@@ -360,10 +360,15 @@ impl ControlBody {
             .ok_or(WireError::invalid("kind", "unknown control kind"))?;
         let block = r.block()?;
         let body = match kind {
-            ControlKind::Hello => ControlBody::Hello {
-                digest: r.array()?,
-                answer: r.bool("answer")?,
-            },
+            ControlKind::Hello => {
+                if block.get() != 0 {
+                    return Err(WireError::invalid("block", "a hello carries block 0"));
+                }
+                ControlBody::Hello {
+                    digest: r.array()?,
+                    answer: r.bool("answer")?,
+                }
+            }
             ControlKind::RoundEnd => ControlBody::RoundEnd { block },
             ControlKind::Outcome => ControlBody::Outcome {
                 block,
@@ -761,5 +766,48 @@ mod tests {
         assert!(StageParameters::decode(&p).is_err());
         assert!(Frame::decode(&[]).is_err());
         assert!(ControlBody::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    /// Fuzz finding (CI, postproc_pipeline): a hello with a non-zero block
+    /// decoded, and re-encoded with block 0, so two byte strings meant the
+    /// same hello. The block of a hello must be zero.
+    #[test]
+    fn a_hello_with_a_block_is_refused() {
+        let mut hello = ControlBody::Hello {
+            digest: [0; 32],
+            answer: false,
+        }
+        .encode();
+        assert_eq!(ControlBody::decode(&hello).unwrap().encode(), hello);
+        hello[4..9].fill(0xf0);
+        assert!(ControlBody::decode(&hello).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever decodes re-encodes to the same bytes (one encoding per
+        /// message), for every decoder of this module.
+        #[test]
+        fn decoders_are_canonical(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(f) = Frame::decode(&bytes) {
+                proptest::prop_assert_eq!(f.encode(), bytes.clone());
+            }
+            if let Ok(b) = ControlBody::decode(&bytes) {
+                proptest::prop_assert_eq!(b.encode(), bytes.clone());
+            }
+            if let Ok(s) = SeedMessage::decode(&bytes) {
+                proptest::prop_assert_eq!(s.encode(), bytes.clone());
+            }
+            if let Ok((chunk, inner)) = decode_chunk(&bytes) {
+                proptest::prop_assert_eq!(encode_chunk(chunk, inner), bytes.clone());
+            }
+        }
+
+        /// A hello with any non-zero block is refused.
+        #[test]
+        fn hellos_carry_block_zero(block in 1u64.., digest in proptest::prelude::any::<[u8; 32]>()) {
+            let mut bytes = ControlBody::Hello { digest, answer: true }.encode();
+            bytes[1..9].copy_from_slice(&block.to_be_bytes());
+            proptest::prop_assert!(ControlBody::decode(&bytes).is_err());
+        }
     }
 }
