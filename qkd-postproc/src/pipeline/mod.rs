@@ -548,14 +548,16 @@ struct Block {
 }
 
 impl Block {
-    fn new(id: BlockId, master: &[u8; 32], now: Instant, idle: Duration) -> Self {
+    /// Boxed: a block is a few kilobytes and moves in and out of the
+    /// pipeline's map on every message; a box makes each move a pointer.
+    fn new(id: BlockId, master: &[u8; 32], now: Instant, idle: Duration) -> Box<Self> {
         let mut seed = blake3::Hasher::new_keyed(master);
         seed.update(b"block rng");
         seed.update(&id.to_be_bytes());
         let mut bytes = *seed.finalize().as_bytes();
         let rng = ChaCha20Rng::from_seed(bytes);
         bytes.zeroize();
-        Block {
+        Box::new(Block {
             id,
             frame: None,
             phase: Phase::WaitFrame,
@@ -593,7 +595,7 @@ impl Block {
                 outcome: "dropped".into(),
                 ..BlockReport::default()
             },
-        }
+        })
     }
 }
 
@@ -728,7 +730,7 @@ pub struct Pipeline {
     master: Zeroizing<[u8; 32]>,
     shuffle_seed: u64,
     plans: HashMap<(usize, u64), Arc<ShufflePlan>>,
-    blocks: BTreeMap<BlockId, Block>,
+    blocks: BTreeMap<BlockId, Box<Block>>,
     frames: VecDeque<RawFrame>,
     history: BTreeMap<BlockId, (Settled, Option<Vec<u8>>)>,
     last_committed: Option<BlockId>,
@@ -1216,7 +1218,7 @@ impl Pipeline {
     }
 
     /// Puts a block back into the map unless it has been settled.
-    fn put_back(&mut self, _now: Instant, block: Block) {
+    fn put_back(&mut self, _now: Instant, block: Box<Block>) {
         self.blocks.insert(block.id, block);
         self.control_module.blocks_in_flight = self.blocks.len() as u64;
     }
@@ -1933,7 +1935,7 @@ impl Pipeline {
     }
 
     /// Drops a block on this side; `tell` sends the peer a sealed Abandon.
-    fn drop_block(&mut self, now: Instant, mut block: Block, reason: DropReason, tell: bool) {
+    fn drop_block(&mut self, now: Instant, mut block: Box<Block>, reason: DropReason, tell: bool) {
         let _ = now;
         let stage = block.phase.stage();
         self.stage_mut(stage).stats.blocks_dropped += 1;
@@ -1961,7 +1963,7 @@ impl Pipeline {
     }
 
     /// Keeps a block: feeds the pool, hands the key out.
-    fn keep_block(&mut self, now: Instant, mut block: Block) {
+    fn keep_block(&mut self, now: Instant, mut block: Box<Block>) {
         let (Some(proof), Some(key)) = (block.confirmed, block.final_key.take()) else {
             self.drop_block(
                 now,
