@@ -254,13 +254,6 @@ fn a_pool_that_cannot_pay_raises_auth_exhausted_once() {
             &mut b,
             Duration::from_secs(120),
         );
-        eprintln!(
-            "{secret_bytes} B: alice {:?} bob {:?} keys {} / {}",
-            a.exhausted,
-            b.exhausted,
-            a.keys.len(),
-            b.keys.len()
-        );
         check_same_keys(&a, &b);
         let told: Vec<u64> = a.exhausted.iter().chain(&b.exhausted).copied().collect();
         assert!(
