@@ -216,6 +216,13 @@ fn qpm_runs_qkd_link_hosts_tunes_hibernates_resumes_and_restarts_a_killed_one() 
 
     // Keys: the same on both sides, block for block the uninterrupted
     // run's; the only blocks missing are the ones in flight at a save.
+    // The states the last restart came from were consumed by it: resuming
+    // the finished link again is refused with the reason, nothing starts.
+    let r = qpm.post("/links/keys/resume");
+    assert_eq!(r.status(), Some(Status::NotFound), "{}", r.text());
+    assert!(r.text().contains("is gone"), "{}", r.text());
+    assert_eq!(qpm.json("/links/keys")["state"], "finished");
+
     let alice = assemble(&setup.host_dir("keys", "alice"));
     let bob = assemble(&setup.host_dir("keys", "bob"));
     compare(&alice, &bob, &reference);
@@ -287,4 +294,52 @@ fn compare(alice: &Keys, bob: &Keys, reference: &Keys) {
         alice.unwritten,
         bob.unwritten
     );
+}
+
+#[test]
+fn qkd_link_takes_the_device_flags_only_with_a_state_that_lacks_them() {
+    let dir = scratch("device-flags");
+    let setup = LinkSetup::write(&dir);
+    let qkd_link = env!("CARGO_BIN_EXE_qkd-link");
+    let state = dir.join("link.state");
+    let out = Command::new(qkd_link)
+        .args(["--both", "--blocks", "1", "--frame-slots", "60000"])
+        .arg("--psk-file")
+        .arg(&setup.psk)
+        .arg("--pipeline")
+        .arg(&setup.pipeline)
+        .arg("--save")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A state file of `--save` holds the device: the flags are refused,
+    // and the state is not consumed by the refusal.
+    let alice_state = dir.join("link.state.alice");
+    let out = Command::new(qkd_link)
+        .args(["alice", "--listen", "127.0.0.1:1", "--frame-slots", "60000"])
+        .arg("--pipeline")
+        .arg(&setup.pipeline)
+        .arg("--resume")
+        .arg(&alice_state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("leave out the device flags"), "{err}");
+    assert!(alice_state.is_file());
+    // `--name` takes the QPM's LINK/SIDE names (and still refuses junk).
+    for (name, ok) in [("ground-1/alice", true), ("a//b", false), ("a b", false)] {
+        let out = Command::new(qkd_link)
+            .args(["alice", "--listen", "127.0.0.1:1", "--psk-seed", "1"])
+            .args(["--name", name, "--timeout", "0.1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code() != Some(2), ok, "--name {name}: {err}");
+    }
 }
