@@ -11,14 +11,14 @@
 //! Blocks are small (60 000 slots, about 15 000 sifted bits) so that the
 //! whole test takes well under a minute in a debug build.
 
+#![allow(clippy::print_stderr)] // the key comparison's summary, for the test log
+
 mod fixture;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fixture::link::{
-    BLOCKS, Keys, LinkSetup, Qpm, assemble, block_lines, reference_run, s, scratch,
-};
+use fixture::link::{BLOCKS, Keys, LinkSetup, Qpm, assemble, block_lines, reference_run, scratch};
 use qkd_core::control::Status;
 use serde_json::Value as Json;
 
