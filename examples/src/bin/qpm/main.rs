@@ -103,6 +103,7 @@ fn run(layout: Layout, listen: SocketAddr, run_for: Option<Duration>) -> std::io
                     e.kind(),
                     std::io::ErrorKind::WouldBlock
                         | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                         | std::io::ErrorKind::ConnectionRefused
                         | std::io::ErrorKind::ConnectionReset
                 ) => {}

@@ -63,6 +63,10 @@ pub(crate) struct Link {
     state: LinkState,
     restarts: u32,
     next_checkpoint: Option<Instant>,
+    /// Both hosts registered since the link was last started fresh: its
+    /// hosts have used their fresh-start secrets (for `qkd-link`, pads of
+    /// the pre-shared secret), so it is not restarted fresh.
+    ran: bool,
 }
 
 /// One line to the log (standard error), with the time since the start.
@@ -448,6 +452,13 @@ impl Manager {
             return Err(Response::error(Status::NotFound, &why));
         }
         self.links[i].restarts = 0;
+        if !from_saved {
+            // A new run: states of an earlier one do not describe it.
+            self.links[i].ran = false;
+            for h in &mut self.links[i].hosts {
+                h.saved = None;
+            }
+        }
         self.launch(now, i, from_saved)
             .map_err(|e| Response::error(Status::InternalServerError, &e))
     }
@@ -791,6 +802,7 @@ impl Manager {
                     .all(|h| h.address.is_some() && h.load_pending.is_none())
             {
                 link.state = LinkState::Running;
+                link.ran = true;
                 self.log.line(&format!("link `{}` running", link.name));
                 if self.layout.qpm.checkpoint_every_s > 0 {
                     link.next_checkpoint =
@@ -830,8 +842,18 @@ impl Manager {
             self.links[i].state = LinkState::Failed;
             return;
         }
-        self.links[i].restarts += 1;
         let from_saved = self.links[i].hosts.iter().all(|h| h.saved.is_some());
+        if !from_saved && self.links[i].ran {
+            self.log.line(&format!(
+                "link `{link_name}`: {why}; not restarted: it ran and has no saved state, and a \
+                 fresh start would use its fresh-start secrets again (a qkd-link would reuse \
+                 authentication pads of its pre-shared secret); save running links \
+                 (`POST /links/{link_name}/save` or qpm.checkpoint_every_s) to make them restartable"
+            ));
+            self.links[i].state = LinkState::Failed;
+            return;
+        }
+        self.links[i].restarts += 1;
         self.log.line(&format!(
             "link `{link_name}`: {why}; restart {} of {max} {}",
             self.links[i].restarts,
@@ -887,6 +909,7 @@ impl Link {
             state: LinkState::Stopped,
             restarts: 0,
             next_checkpoint: None,
+            ran: false,
         }
     }
 
