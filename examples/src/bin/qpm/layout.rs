@@ -382,6 +382,14 @@ program = "qkd-link"
     #[test]
     fn a_good_layout_parses() {
         let l = Layout::parse(GOOD).unwrap();
+        let with = GOOD.replace(
+            "resume_args = [",
+            "fresh_args = [\"--psk-file\", \"{layout_dir}/psk-{link}.hex\"]\n\
+             stdout = \"{state_dir}/out-{launch}.jsonl\"\nresume_args = [",
+        );
+        let l2 = Layout::parse(&with).unwrap();
+        assert_eq!(l2.links[0].alice.fresh_args.len(), 2);
+        assert!(l2.links[0].alice.stdout.is_some());
         assert_eq!(l.links.len(), 1);
         assert_eq!(l.qpm.host_timeout(), Duration::from_secs(3));
         assert!(l.links[0].autostart);
@@ -433,6 +441,24 @@ program = "qkd-link"
                 "link[0].alice.resume_args[1]",
             ),
             (last_program(GOOD, "program = \" \""), "link[0].bob.program"),
+            (
+                GOOD.replace(
+                    "resume_args = [",
+                    "fresh_args = [\"--psk-file\", \"{secret}\"]\nresume_args = [",
+                ),
+                "link[0].alice.fresh_args[1]",
+            ),
+            (
+                GOOD.replace("resume_args = [", "stdout = \" \"\nresume_args = ["),
+                "link[0].alice.stdout",
+            ),
+            (
+                GOOD.replace(
+                    "resume_args = [",
+                    "stdout = \"{state_dir}/{state}.log\"\nresume_args = [",
+                ),
+                "link[0].alice.stdout",
+            ),
             (
                 format!(
                     "{GOOD}\n[[link]]\nname = \"ground-1\"\n[link.alice]\naddress = \"127.0.0.1\"\nprogram = \"x\"\n[link.bob]\naddress = \"127.0.0.1\"\nprogram = \"x\"\n"
