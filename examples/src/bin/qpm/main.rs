@@ -4,8 +4,8 @@
 //! registrations, supervises them (a host that exits or stops refreshing
 //! its registration gets its link restarted from the last saved states,
 //! a bounded number of times), and serves administrators one tree:
-//! `/links`, `/links/{link}` with `start`, `stop`, `hibernate` and
-//! `resume`, and every host's own resources under
+//! `/links`, `/links/{link}` with `start`, `stop`, `hibernate`, `resume`
+//! and `save` (a checkpoint), and every host's own resources under
 //! `/links/{link}/{alice|bob}/...`. See the examples README.
 //!
 //! ```text

@@ -467,6 +467,10 @@ impl Manager {
         let qpm = self.listen.to_string();
         let layout_dir = self.layout.base.display().to_string();
         let link = &mut self.links[i];
+        // Both sides or neither: check every state before starting anything.
+        if from_saved && let Some(why) = link.hosts.iter().find_map(Host::state_gone) {
+            return Err(why);
+        }
         let pipeline = link
             .pipeline
             .as_ref()
@@ -497,9 +501,6 @@ impl Manager {
             if from_saved && let Some(label) = host.saved.clone() {
                 match &host.spec.resume_args {
                     Some(extra) => {
-                        if let Some(why) = host.state_gone() {
-                            return Err(why);
-                        }
                         let file = host.state_dir.join(&label).display().to_string();
                         let mut v = values.to_vec();
                         v.push(("{state_file}", file.as_str()));
