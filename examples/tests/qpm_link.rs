@@ -261,10 +261,9 @@ fn qpm_runs_qkd_link_hosts_tunes_hibernates_resumes_and_restarts_a_killed_one() 
 /// - every key either side holds is the uninterrupted run's key of that
 ///   block (and a block settled twice, before a kill and again after the
 ///   restart from the earlier checkpoint, got the same key both times);
-/// - the two sides hold the same blocks, except the ones a process killed
-///   with SIGKILL settled but never wrote out (`qkd-link` buffers its key
-///   file and flushes it at the end of a run: a killed process loses the
-///   buffered tail, while its peer wrote those blocks);
+/// - the two sides hold the same blocks: `qkd-link` flushes its key file
+///   after every block, so a process killed with SIGKILL loses no key its
+///   peer wrote (before it did, the killed side lost its buffered tail);
 /// - a block neither side ever settled was in flight at a save the link was
 ///   restarted from (`Pipeline::from_state` drops the blocks in flight), at
 ///   most `max_blocks_in_flight` (2) per restart, two restarts here.
@@ -285,23 +284,22 @@ fn compare(alice: &Keys, bob: &Keys, reference: &Keys) {
             );
         }
     }
+    assert!(
+        alice.unwritten.is_empty() && bob.unwritten.is_empty(),
+        "settled but not in the key file after a SIGKILL: alice {:?}, bob {:?}",
+        alice.unwritten,
+        bob.unwritten
+    );
+    // Blocks neither side holds were in flight at a save the link was
+    // restarted from: the restored pipelines report them dropped
+    // (`Restored`), at most `max_blocks_in_flight` (2) per restart.
     let never: Vec<u64> = reference
-        .blocks
-        .keys()
-        .filter(|b| !alice.reported.contains(b) && !bob.reported.contains(b))
-        .copied()
-        .collect();
-    assert!(never.len() <= 4, "blocks never settled: {never:?}");
-    let unsettled_anywhere: Vec<u64> = reference
         .blocks
         .keys()
         .filter(|b| !alice.blocks.contains_key(b) && !bob.blocks.contains_key(b))
         .copied()
         .collect();
-    assert_eq!(
-        unsettled_anywhere, never,
-        "a block reported settled has its key on at least one side"
-    );
+    assert!(never.len() <= 4, "blocks never settled: {never:?}");
     eprintln!(
         "keys: {} of {} blocks on both sides equal to the uninterrupted run's; \
          in flight at a save and dropped at the restart: {never:?}; settled but lost to \

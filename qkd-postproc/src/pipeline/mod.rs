@@ -2887,16 +2887,11 @@ impl ModuleHost for Pipeline {
                 block: b.id.get(),
                 stage: b.phase.stage(),
             })
-            .chain(self.frames.iter().map(|f| SavedInFlight {
-                block: f.block.get(),
-                stage: StageKind::Sift,
-            }))
             .collect();
         let next_block = self
             .blocks
             .keys()
             .copied()
-            .chain(self.frames.iter().map(|f| f.block))
             .chain(self.last_frame)
             .max()
             .map(|b| b.get() + 1);

@@ -478,7 +478,10 @@ impl Loop {
             PipelineEvent::FinalKey { block, key, stats } => {
                 self.outstanding.remove(&block);
                 if let Some(w) = &mut self.keys {
+                    // Flushed per block: a process killed later (SIGKILL,
+                    // power) must not lose keys its peer has written.
                     w.write_all(key.expose_secret())
+                        .and_then(|()| w.flush())
                         .map_err(|e| format!("writing the key file failed: {e}"))?;
                 }
                 self.key_bytes += key.len() as u64;
@@ -523,22 +526,14 @@ impl Loop {
                     &format!("the authentication key runs low ({remaining_bits} bits left)"),
                 );
             }
-            PipelineEvent::AuthExhausted { remaining_bits } => {
-                if p.blocks_in_flight() == 0 {
-                    return Err(format!(
-                        "the authentication key is used up ({remaining_bits} bits left, less than \
-                         one tag) and no block in flight can refill it: start the link again from \
-                         a fresh pre-shared secret"
-                    ));
-                }
-                report::warn(
-                    role,
-                    &format!(
-                        "the authentication key is used up ({remaining_bits} bits left): waiting \
-                         for a block being settled to refill it"
-                    ),
-                );
-            }
+            PipelineEvent::AuthExhausted { remaining_bits } => report::warn(
+                role,
+                &format!(
+                    "the authentication key is used up ({remaining_bits} bits left, less than one \
+                     tag): waiting for a block being settled to refill it; if none is, start the \
+                     link again from a fresh pre-shared secret"
+                ),
+            ),
             PipelineEvent::Stalled { block } => report::warn(
                 role,
                 &format!("block {block} cannot be settled yet: the peer does not acknowledge it"),
