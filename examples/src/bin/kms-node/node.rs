@@ -37,7 +37,6 @@ use qkd_etsi014::{Kme, KmeConfig, Request, RequestId, Response};
 use qkd_handshake::capability::{Capabilities, Ownership, StoreParams};
 use qkd_handshake::channel::{ChannelConfig, ChannelEvent, SecuredChannel, Start};
 use qkd_handshake::handshake::HandshakeConfig;
-use qkd_handshake::psk::{PskError, PskSource};
 use qkd_keystore::{StoreConfig, StoreRole};
 use qkd_sync::{Event as SyncEvent, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
@@ -45,7 +44,7 @@ use rand_core::SeedableRng;
 use tokio::sync::oneshot;
 
 use crate::config::NodeConfig;
-use crate::link_keys::LinkKeys;
+use crate::link_keys::SharedLinkKeys;
 use crate::source::{BlockSource, Session};
 
 /// Largest link frame accepted: a sync message plus the record's overhead.
@@ -62,9 +61,6 @@ pub(crate) enum StartError {
     /// A configuration value the libraries refused.
     #[error("configuration: {0}")]
     Config(#[from] qkd_core::machine::ConfigError),
-    /// The link keys could not be opened.
-    #[error(transparent)]
-    LinkKeys(#[from] crate::link_keys::LinkKeyError),
     /// A socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -74,30 +70,6 @@ pub(crate) enum StartError {
     /// The system random generator failed.
     #[error("no randomness: {0}")]
     Random(getrandom::Error),
-}
-
-/// The link's keys, shared between the successive channels of the node.
-#[derive(Clone)]
-struct SharedLinkKeys(Arc<Mutex<LinkKeys>>);
-
-impl SharedLinkKeys {
-    fn lock(&self) -> MutexGuard<'_, LinkKeys> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl PskSource for SharedLinkKeys {
-    fn next(&mut self) -> Result<(qkd_core::KeyId, qkd_core::SecretKey), PskError> {
-        self.lock().next()
-    }
-    fn find(&mut self, id: &qkd_core::KeyId) -> Result<qkd_core::SecretKey, PskError> {
-        self.lock().find(id)
-    }
-    fn consume(&mut self, id: &qkd_core::KeyId) -> Result<(), PskError> {
-        self.lock().consume(id)
-    }
 }
 
 type Channel = SecuredChannel<SyncNode, SharedLinkKeys>;
@@ -161,6 +133,8 @@ pub(crate) struct Snapshot {
     pub(crate) source_bytes: u64,
     /// Link keys consumed below these indices (even, odd).
     pub(crate) link_key_floors: [u64; 2],
+    /// The distillation pipeline's numbers (pipeline source only).
+    pub(crate) pipeline: Option<crate::pipeline_source::PipelineReport>,
 }
 
 /// One KMS node (shared by the HTTP tasks and the link threads).
@@ -175,11 +149,13 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Builds the node of `config` with the block source `source`; the
-    /// link threads start with [`start_link`](Self::start_link).
+    /// Builds the node of `config` with the block source `source` and the
+    /// link keys `keys` (from [`SharedLinkKeys::open_for`], shared with the
+    /// source); the link threads start with [`start_link`](Self::start_link).
     pub(crate) fn new(
         config: &NodeConfig,
         source: Box<dyn BlockSource>,
+        keys: SharedLinkKeys,
     ) -> Result<Arc<Node>, StartError> {
         let accepts = config.accepts_link();
         let (role, ownership, start) = if accepts {
@@ -216,17 +192,11 @@ impl Node {
         kme_config.dec_keys_wait = Duration::from_millis(config.keys.dec_wait_ms);
         kme_config.max_waiting = config.keys.max_waiting;
         let kme = Kme::new(kme_config)?;
-        let keys = SharedLinkKeys(Arc::new(Mutex::new(LinkKeys::open(
-            &link_name,
-            &config.peer.initial_secret_file,
-            &config.peer.link_state_file,
-            ownership,
-        )?)));
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(StartError::Random)?;
         let mut rng = ChaCha20Rng::from_seed(seed);
         let node = SyncNode::new(sync_config.clone(), &mut rng)?;
-        let low_water = 4 * config.source.block_bytes as u64;
+        let low_water = source.low_water_bytes();
         let counters = Arc::new(Counters::default());
         Ok(Arc::new(Node {
             name: config.kme_id.clone(),
@@ -319,6 +289,7 @@ impl Node {
             source_blocks: st.source.blocks(),
             source_bytes: st.source.bytes(),
             link_key_floors: st.keys.lock().floors(),
+            pipeline: st.source.pipeline(),
         }
     }
 
@@ -359,6 +330,7 @@ impl Node {
         self.closing.store(true, Ordering::Relaxed);
         {
             let mut st = self.lock();
+            st.source.stop();
             let now = Instant::now();
             if let Link::Up { channel, .. } = &mut st.link {
                 channel.close(now);
