@@ -465,13 +465,18 @@ impl NodeConfig {
             ));
         }
         for used in [self.peer.link_listen, self.peer.link_address, self.listen] {
-            if listen == used || address == used {
-                return Err(ConfigError::new(
-                    "source.link_listen",
-                    format!(
-                        "{used} is taken by the peer link or HTTPS; the pipeline needs its own ports"
-                    ),
-                ));
+            for (field, value) in [
+                ("source.link_listen", listen),
+                ("source.link_address", address),
+            ] {
+                if value == used {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "{used} is taken by the peer link or HTTPS; the pipeline needs its own ports"
+                        ),
+                    ));
+                }
             }
         }
         in_range(

@@ -851,6 +851,7 @@ mod tests {
     use super::*;
     use qkd_handshake::capability::Ownership;
     use std::path::{Path, PathBuf};
+    use std::time::Duration;
 
     fn temp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
@@ -1005,6 +1006,71 @@ mod tests {
         let ea = welcome(st, &mut ak, Role::Alice, s, 200).unwrap();
         assert_eq!(ea.base, 500);
         assert_eq!(t.join().unwrap(), 500);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The two nodes' sources in one process (the example configurations
+    /// with free ports and small frames): both deliver the same blocks,
+    /// and a second session starts a new run from a new link key.
+    #[test]
+    fn two_sources_deliver_the_same_final_keys_session_after_session() {
+        let dir = temp("sources");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("kms-node");
+        let ports: Vec<u16> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let mut configs = Vec::new();
+        for (file, state, listen, address) in [
+            ("node-a.toml", "a.state", ports[0], ports[1]),
+            ("node-b.toml", "b.state", ports[1], ports[0]),
+        ] {
+            let mut c = NodeConfig::load(&root.join(file)).unwrap();
+            c.source.link_listen = Some(SocketAddr::from(([127, 0, 0, 1], listen)));
+            c.source.link_address = Some(SocketAddr::from(([127, 0, 0, 1], address)));
+            c.source.frame_slots = 1_000_000;
+            c.peer.initial_secret_file = dir.join("secret");
+            c.peer.link_state_file = dir.join(state);
+            configs.push(c);
+        }
+        let keys: Vec<SharedLinkKeys> = configs
+            .iter()
+            .map(|c| SharedLinkKeys::open_for(c).unwrap())
+            .collect();
+        let mut a = PipelineSource::new(&configs[0], keys[0].clone()).unwrap();
+        let mut b = PipelineSource::new(&configs[1], keys[1].clone()).unwrap();
+        let mut firsts = Vec::new();
+        for session in [Session::of(1, 2), Session::of(3, 4)] {
+            a.start_session(session);
+            b.start_session(session);
+            let t0 = Instant::now();
+            let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+            while got_a.len() < 2 || got_b.len() < 2 {
+                assert!(t0.elapsed() < Duration::from_secs(120), "no final key");
+                let now = Instant::now();
+                got_a.extend(a.poll_block(now));
+                got_b.extend(b.poll_block(now));
+                thread::sleep(Duration::from_millis(10));
+            }
+            got_a.truncate(2);
+            got_b.truncate(2);
+            assert_eq!(got_a, got_b, "both nodes get the same blocks");
+            assert!(got_a[0].0 >= session.first_block());
+            assert!(got_a[0].0 < got_a[1].0);
+            let report = a.pipeline().unwrap();
+            assert_eq!(report.role, Role::Alice);
+            assert!(report.stats.blocks_kept >= 2);
+            firsts.push(got_a.remove(0));
+        }
+        assert_eq!(a.pipeline().unwrap().runs, 2);
+        assert_ne!(firsts[0].0, firsts[1].0);
+        assert_ne!(firsts[0].1, firsts[1].1);
+        // Each run took its own link key: the acceptor drew indices 0 and 2.
+        assert_eq!(keys[0].lock().floors()[0], 4);
+        a.stop();
+        b.stop();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
