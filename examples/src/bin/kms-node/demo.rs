@@ -211,6 +211,8 @@ fn run_in(args: &DemoArgs, dir: &Path, t0: Instant) -> Result<bool, Box<dyn std:
             ready.elapsed().as_millis()
         );
         let ok = exchange(args, dir, &a, &b).await;
+        a.node.quiesce();
+        b.node.quiesce();
         a.stop().await;
         b.stop().await;
         ok

@@ -325,12 +325,20 @@ impl Node {
         Ok(threads)
     }
 
+    /// The first step of a shutdown: the link's end is no longer news
+    /// (nothing is logged about it) and the block source stops. The demo
+    /// calls it on both nodes before stopping either, so neither reports
+    /// the other's orderly stop as a failure.
+    pub(crate) fn quiesce(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.lock().source.stop();
+    }
+
     /// Stops the link: an orderly close of the channel, then the threads end.
     pub(crate) fn shutdown(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.quiesce();
         {
             let mut st = self.lock();
-            st.source.stop();
             let now = Instant::now();
             if let Link::Up { channel, .. } = &mut st.link {
                 channel.close(now);

@@ -505,7 +505,7 @@ impl SessionContext {
                 Ok(None) => return,
                 Err(e) => {
                     // Retried every RETRY: say it once in a while.
-                    if failures % 50 == 0 && !self.stopped() {
+                    if failures.is_multiple_of(50) && !self.stopped() {
                         eprintln!(
                             "{}: pipeline connection: {e} (retrying)",
                             self.settings.name
