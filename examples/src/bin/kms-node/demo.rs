@@ -319,6 +319,7 @@ async fn exchange(
     // A key leaves each KME once: asking again is refused.
     let mut again_refused = false;
     if let Some(Some(id)) = first_id {
+        let t = Instant::now();
         let (status, body) = slave
             .call(
                 "GET",
@@ -328,7 +329,8 @@ async fn exchange(
             .await?;
         again_refused = status == 400;
         println!(
-            "SAE_B  GET  dec_keys of key {id} again -> {status} {}",
+            "SAE_B  GET  dec_keys of key {id} again -> {status} in {} ms {}",
+            t.elapsed().as_millis(),
             String::from_utf8_lossy(&body)
         );
     }

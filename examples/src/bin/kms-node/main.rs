@@ -18,6 +18,7 @@ mod certs;
 mod client;
 mod config;
 mod demo;
+mod fetched;
 mod http;
 mod link_keys;
 mod node;

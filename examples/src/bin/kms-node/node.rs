@@ -44,6 +44,7 @@ use rand_core::SeedableRng;
 use tokio::sync::oneshot;
 
 use crate::config::NodeConfig;
+use crate::fetched::{FetchedKeys, MAX_FETCHED, NodeKeys};
 use crate::link_keys::SharedLinkKeys;
 use crate::source::{BlockSource, Session};
 
@@ -116,6 +117,8 @@ struct State {
     generation: u64,
     low_water: u64,
     counters: Arc<Counters>,
+    /// IDs of keys fetched in full here (a second `dec_keys`: 400 at once).
+    fetched: FetchedKeys,
 }
 
 /// A snapshot for status lines and the demo.
@@ -213,6 +216,7 @@ impl Node {
                 generation: 0,
                 low_water,
                 counters: counters.clone(),
+                fetched: FetchedKeys::new(MAX_FETCHED),
             }),
             next_request: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -247,7 +251,9 @@ impl Node {
         let now = Instant::now();
         let mut st = self.lock();
         st.waiters.insert(id, tx);
-        let State { link, kme, .. } = &mut *st;
+        let State {
+            link, kme, fetched, ..
+        } = &mut *st;
         kme.handle_request(
             now,
             Request {
@@ -258,7 +264,10 @@ impl Node {
                 body,
                 caller,
             },
-            link.node_mut(),
+            &mut NodeKeys {
+                node: link.node_mut(),
+                fetched,
+            },
         );
         st.after(now);
         (id, rx)
@@ -506,7 +515,9 @@ impl Node {
             thread::sleep(TICK);
             let mut st = self.lock();
             let now = Instant::now();
-            let State { link, kme, .. } = &mut *st;
+            let State {
+                link, kme, fetched, ..
+            } = &mut *st;
             match link {
                 Link::Down(node) => {
                     if node.poll_timeout().is_some_and(|t| t <= now) {
@@ -520,7 +531,13 @@ impl Node {
                 }
             }
             if kme.poll_timeout().is_some_and(|t| t <= now) {
-                kme.handle_timeout(now, link.node_mut());
+                kme.handle_timeout(
+                    now,
+                    &mut NodeKeys {
+                        node: link.node_mut(),
+                        fetched,
+                    },
+                );
             }
             st.feed(now);
             if let Some(reason) = st.after(now) {
@@ -616,6 +633,7 @@ impl State {
             source,
             counters,
             waiters,
+            fetched,
             ..
         } = self;
         match link {
@@ -623,7 +641,7 @@ impl State {
                 // Nothing to send to; the events only matter to the handler.
                 while node.poll_transmit(now).is_some() {}
                 while let Some(ev) = node.poll_event() {
-                    kme.handle_sync_event(now, &ev, node);
+                    sync_event(kme, now, &ev, node, fetched);
                 }
             }
             Link::Up { channel, out, .. } => {
@@ -656,7 +674,7 @@ impl State {
                             if let SyncEvent::PeerMisbehaved(e) = &ev {
                                 eprintln!("peer misbehaved: {e}");
                             }
-                            kme.handle_sync_event(now, &ev, node);
+                            sync_event(kme, now, &ev, node, fetched);
                         }
                         ChannelEvent::Failed(e) => {
                             failure = Some(format!("secured channel failed: {e}"))
@@ -690,6 +708,23 @@ impl State {
             }
         }
         failure
+    }
+}
+
+/// Hands a sync event to the handler: key arrivals and ended lookups
+/// answer waiting `dec_keys` requests.
+fn sync_event(
+    kme: &mut Kme,
+    now: Instant,
+    ev: &SyncEvent,
+    node: &mut SyncNode,
+    fetched: &mut FetchedKeys,
+) {
+    let mut keys = NodeKeys { node, fetched };
+    match ev {
+        SyncEvent::KeyArrived { id } => kme.handle_arrival(now, id, &mut keys),
+        SyncEvent::LookupTimedOut { id } => kme.handle_wait_ended(now, id, &mut keys),
+        _ => {}
     }
 }
 
