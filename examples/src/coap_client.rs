@@ -188,7 +188,16 @@ impl CoapClient {
                     {
                         break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                    // A signal (EINTR) or an ICMP error of an earlier datagram:
+                    // wait on.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionRefused | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 };
                 if from != to {

@@ -1,4 +1,5 @@
-//! The `qpm` flow driven by a CoAP client we did not write: `coap-client`
+//! The `qpm` flow, with real `qkd-link` hosts, driven by a CoAP client we
+//! did not write: `coap-client`
 //! from libcoap (Debian: `apt-get install libcoap3-bin`, installed as
 //! `coap-client-notls` and friends) or `aiocoap-client` (PyPI:
 //! `pip install aiocoap`). The test installs nothing: it looks for either
@@ -14,16 +15,11 @@
 
 mod fixture;
 
-use std::net::UdpSocket;
+use fixture::link::{LinkSetup, block_lines, scratch};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-#[test]
-#[ignore = "not a test: the pipeline host that qpm starts as a child process"]
-fn fixture_host() {
-    fixture::run_if_asked();
-}
 
 #[derive(Debug)]
 enum Client {
@@ -108,36 +104,23 @@ fn qpm_driven_by_an_outside_coap_client() {
         return;
     };
     eprintln!("using {client:?}");
-    let dir = std::env::temp_dir().join(format!("qpm-external-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (exe, args) = fixture::host_command(&[]);
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    let side = format!(
-        "address = \"127.0.0.1\"\nprogram = {exe:?}\nargs = [{}]\n",
-        args.join(", ")
-    );
-    let layout = format!(
-        "[qpm]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"states\"\nhost_timeout_ms = 2500\nadopt_wait_ms = 100\n\
-         [[link]]\nname = \"ground-1\"\n[link.alice]\n{side}[link.bob]\n{side}"
-    );
-    std::fs::write(dir.join("layout.toml"), layout).unwrap();
+    // Real `qkd-link` hosts (alice and bob of link `tuning`), as in
+    // tests/qpm_link.rs, from a layout and a secret written here.
+    let dir = scratch("external-client");
+    let setup = LinkSetup::write(&dir);
     let _qpm = Running(
         Command::new(env!("CARGO_BIN_EXE_qpm"))
             .arg("--layout")
-            .arg(dir.join("layout.toml"))
+            .arg(&setup.layout)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let base = format!("coap://127.0.0.1:{port}");
-    let link = format!("{base}/links/ground-1");
+    let base = format!("coap://{}", setup.qpm);
+    let link = format!("{base}/links/tuning");
     let wait_for = |what: &str, uri: &str, needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -155,24 +138,34 @@ fn qpm_driven_by_an_outside_coap_client() {
     };
     wait_for("the link runs", &link, "\"state\":\"running\"");
 
-    // Discovery, statistics, a parameter changed and read back.
+    // Discovery (the QPM's tree and, through it, a host's), statistics, a
+    // parameter changed and read back, in effect in the next blocks.
     let o = client.run("get", &format!("{base}/.well-known/core"), None);
-    assert!(o.text.contains("</links/ground-1/hibernate>"), "{}", o.text);
-    let stats = format!("{link}/alice/modules/source/stats");
+    assert!(o.text.contains("</links/tuning/hibernate>"), "{}", o.text);
+    let o = client.run("get", &format!("{link}/alice/.well-known/core"), None);
+    assert!(o.text.contains("</modules/cascade/params"), "{}", o.text);
+    let stats = format!("{link}/alice/modules/amplify/stats");
     let o = client.run("get", &stats, None);
-    assert!(o.text.contains("\"name\":\"blocks\""), "{}", o.text);
-    let param = format!("{link}/alice/modules/source/params/block_bits");
-    client.run("put", &param, Some("1000"));
+    assert!(o.text.contains("\"name\":\"blocks_out\""), "{}", o.text);
+    let param = format!("{link}/alice/modules/confirm/params/tag_bits");
+    client.run("put", &param, Some("96"));
     let o = client.run("get", &param, None);
-    assert!(o.text.trim_end().ends_with("1000"), "{}", o.text);
-    wait_for(
-        "the new block length takes effect",
-        &stats,
-        "{\"name\":\"last_block_bits\",\"value\":1000,",
-    );
+    assert!(o.text.trim_end().ends_with("96"), "{}", o.text);
+    // Bob's blocks take Alice's value (announced with each block).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !block_lines(&setup.host_dir("tuning", "bob"))
+        .iter()
+        .any(|l| l["confirm_tag_bits"] == 96)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no block of bob's used the new tag length"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Errors come back as CoAP codes the client shows.
-    let o = client.run("put", &param, Some("10"));
+    let o = client.run("put", &param, Some("7"));
     assert!(
         o.text.contains("4.00") || o.text.contains("Bad Request"),
         "{}",
@@ -185,7 +178,7 @@ fn qpm_driven_by_an_outside_coap_client() {
         o.text
     );
 
-    // Hibernate and resume.
+    // Hibernate and resume: the parameter comes back with the state.
     let o = client.run("post", &format!("{link}/hibernate"), None);
     assert!(o.text.contains("\"state\":\"hibernated\""), "{}", o.text);
     let o = client.run("post", &format!("{link}/resume"), None);
@@ -193,16 +186,12 @@ fn qpm_driven_by_an_outside_coap_client() {
     wait_for("the link resumes", &link, "\"state\":\"running\"");
     let o = client.run("get", &param, None);
     assert!(
-        o.text.trim_end().ends_with("1000"),
+        o.text.trim_end().ends_with("96"),
         "the parameter came back with the state: {}",
         o.text
     );
-    let o = client.run("get", &stats, None);
-    assert!(
-        !o.text.contains("{\"name\":\"resumed_blocks\",\"value\":0,"),
-        "{}",
-        o.text
-    );
+    let o = client.run("post", &format!("{link}/save"), None);
+    assert!(o.text.contains("\"saved_state\""), "{}", o.text);
 
     client.run("post", &format!("{link}/stop"), None);
 }

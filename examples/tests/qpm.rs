@@ -416,6 +416,32 @@ fn a_host_that_keeps_failing_is_restarted_a_bounded_number_of_times() {
 }
 
 #[test]
+fn a_link_that_ran_without_a_saved_state_is_not_restarted_fresh() {
+    let dir = temp_dir("nofresh");
+    let port = free_port();
+    let path = layout(&dir, port, &["once"], &[], "");
+    let mut qpm = start_qpm(&dir, &path, port);
+    let v = qpm.wait_link("once", "ran", running);
+    let pid = v["hosts"][0]["pid"].as_u64().unwrap();
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let v = qpm.wait_link("once", "failed", |v| v["state"] == "failed");
+    assert_eq!(v["restarts"], 0, "no fresh restart: {v}");
+    let log = qpm.log();
+    assert!(
+        log.contains("not restarted: it ran and has no saved state"),
+        "{log}"
+    );
+    // An operator's start is a new run.
+    let r = qpm.ask(Method::Post, "/links/once/start", b"");
+    assert_eq!(r.status(), Some(Status::Changed));
+    qpm.wait_link("once", "ran again", running);
+}
+
+#[test]
 fn a_restarted_qpm_adopts_the_hosts_that_register_again() {
     let dir = temp_dir("adopt");
     let port = free_port();

@@ -32,6 +32,47 @@ pub const fn words_for(bits: usize) -> usize {
     bits.div_ceil(WORD)
 }
 
+/// `EXTRACT[mask][value]`: the bits of `value` where `mask` has ones,
+/// packed towards bit 0 (a byte-wide parallel bit extract), for
+/// [`BitVec::select`].
+static EXTRACT: [[u8; 256]; 256] = extract_table();
+
+/// `ONES[byte]`: the number of one bits of `byte` (a table: the baseline
+/// x86-64 target has no population-count instruction).
+static ONES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = (byte as u8).count_ones() as u8;
+        byte += 1;
+    }
+    table
+};
+
+const fn extract_table() -> [[u8; 256]; 256] {
+    let mut table = [[0u8; 256]; 256];
+    let mut mask = 0;
+    while mask < 256 {
+        let mut value = 0;
+        while value < 256 {
+            let mut out = 0u8;
+            let mut n = 0;
+            let mut bit = 0;
+            while bit < 8 {
+                if mask >> bit & 1 == 1 {
+                    out |= ((value >> bit & 1) as u8) << n;
+                    n += 1;
+                }
+                bit += 1;
+            }
+            table[mask][value] = out;
+            value += 1;
+        }
+        mask += 1;
+    }
+    table
+}
+
 /// Mask with the low `n` bits set, `n` in `0..=64`.
 #[inline]
 const fn low_mask(n: usize) -> u64 {
@@ -547,8 +588,8 @@ impl BitVec {
     }
 
     /// The bits at the positions where `mask` is set, in order (a gather,
-    /// as used by sifting). Works a word at a time, with one step per
-    /// selected bit inside a word and none for skipped ones.
+    /// as used by sifting). Works a word at a time, a byte of the word per
+    /// table lookup.
     ///
     /// # Panics
     /// If the lengths differ.
@@ -564,14 +605,19 @@ impl BitVec {
                 out.push_bits(w, WORD);
                 continue;
             }
+            if m == 0 {
+                continue;
+            }
+            // A byte at a time through the extraction table: eight lookups
+            // per word instead of a step per selected bit.
             let mut v = 0u64;
             let mut n = 0;
-            let mut rest = m;
-            while rest != 0 {
-                let s = rest.trailing_zeros();
-                rest &= rest - 1;
-                v |= ((w >> s) & 1) << n;
-                n += 1;
+            for byte in 0..8 {
+                let mb = (m >> (8 * byte)) as u8;
+                let wb = (w >> (8 * byte)) as u8;
+                // n ≤ 56 here, so the shift stays inside the word.
+                v |= u64::from(EXTRACT[usize::from(mb)][usize::from(wb)]) << n;
+                n += usize::from(ONES[usize::from(mb)]);
             }
             out.push_bits(v, n);
         }

@@ -241,6 +241,21 @@ impl<M: Machine, S: PskSource> SecuredChannel<M, S> {
         self.handshake.source()
     }
 
+    /// Takes the channel apart into the inner machine and the PSK source,
+    /// e.g. after the connection under it dropped: a new channel built
+    /// from both ([`SecuredChannel::new`]) runs a fresh handshake with a
+    /// fresh PSK from the same source (which remembers what it consumed, so
+    /// no key is used twice) and carries the same inner state on, instead
+    /// of the inner machine starting over.
+    ///
+    /// The session keys are dropped (zeroized); records in flight are lost
+    /// and recovered by the inner machine's own retransmission, as after
+    /// any loss.
+    #[must_use]
+    pub fn into_inner(self) -> (M, S) {
+        (self.inner, self.handshake.into_source())
+    }
+
     /// Whether records flow.
     #[must_use]
     pub fn is_open(&self) -> bool {

@@ -489,12 +489,22 @@ pub fn sample_positions(seed: &[u8; 32], n: u64, k: u32) -> BitVec {
     hasher.update(&n.to_le_bytes());
     hasher.update(&k.to_le_bytes());
     let mut stream = hasher.finalize_xof();
+    // The stream is read in whole buffers: blake3 computes a 64-byte output
+    // block for every `fill`, so reading 8 bytes at a time would compute
+    // each block eight times. The bytes consumed, in order, are the same.
+    let mut buffer = [0u8; 1024];
+    let mut at = buffer.len();
     let mut draw = |bound: u64| -> u64 {
         // Uniform in 0..bound: reject the top sliver that would bias the modulo.
         let zone = u64::MAX - (u64::MAX % bound + 1) % bound;
         loop {
+            if at == buffer.len() {
+                stream.fill(&mut buffer);
+                at = 0;
+            }
             let mut b = [0u8; 8];
-            stream.fill(&mut b);
+            b.copy_from_slice(&buffer[at..at + 8]);
+            at += 8;
             let v = u64::from_le_bytes(b);
             if v <= zone {
                 return v % bound;
@@ -1199,6 +1209,54 @@ mod tests {
         }
         assert_eq!(sample_positions(&seed, 5, 5).count_ones(), 5);
         assert_eq!(sample_positions(&seed, 5, 0).count_ones(), 0);
+    }
+
+    /// The positions are a wire-level agreement between two builds: the
+    /// buffered reading of the stream must draw exactly what one 8-byte
+    /// read per draw gave (the definition before the buffer).
+    #[test]
+    fn sample_positions_match_the_unbuffered_definition() {
+        fn unbuffered(seed: &[u8; 32], n: u64, k: u32) -> BitVec {
+            let mut hasher = blake3::Hasher::new_derive_key(POSITIONS_CONTEXT);
+            hasher.update(seed);
+            hasher.update(&n.to_le_bytes());
+            hasher.update(&k.to_le_bytes());
+            let mut stream = hasher.finalize_xof();
+            let mut mask = BitVec::zeros(n as usize);
+            for j in (n - u64::from(k))..n {
+                let bound = j + 1;
+                let zone = u64::MAX - (u64::MAX % bound + 1) % bound;
+                let t = loop {
+                    let mut b = [0u8; 8];
+                    stream.fill(&mut b);
+                    let v = u64::from_le_bytes(b);
+                    if v <= zone {
+                        break v % bound;
+                    }
+                };
+                if mask.get(t as usize) {
+                    mask.set(j as usize, true);
+                } else {
+                    mask.set(t as usize, true);
+                }
+            }
+            mask
+        }
+        for (n, k) in [
+            (1, 1),
+            (5, 3),
+            (1000, 127),
+            (1000, 128),
+            (100_000, 10_000),
+            (7, 0),
+        ] {
+            let seed = [n as u8; 32];
+            assert_eq!(
+                sample_positions(&seed, n, k),
+                unbuffered(&seed, n, k),
+                "n {n} k {k}"
+            );
+        }
     }
 
     /// Each position is sampled with probability k/n: over many seeds, a

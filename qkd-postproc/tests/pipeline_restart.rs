@@ -244,6 +244,25 @@ fn hibernation_gives_the_same_keys_and_never_reuses_a_pad() {
     );
     // Totals survive the restore.
     assert_eq!(net.a.stats().blocks_kept, split.a.len() as u64);
+    // Every block pushed is accounted for on both sides: kept, or reported
+    // dropped (the blocks in flight at the save are reported by the
+    // restored pipelines, as `Restored`), never silently lost.
+    for (kept, dropped, side) in [
+        (&split.a, &split.dropped_a, "alice"),
+        (&split.b, &split.dropped_b, "bob"),
+    ] {
+        let mut settled: Vec<u64> = kept
+            .keys()
+            .map(|b| b.get())
+            .chain(dropped.iter().map(|(b, _, _)| b.get()))
+            .collect();
+        settled.sort_unstable();
+        assert_eq!(settled, (0..8).collect::<Vec<u64>>(), "{side}: {dropped:?}");
+        assert!(
+            dropped.iter().any(|(_, _, why)| why == "Restored"),
+            "{side}: the blocks in flight at the save were not reported: {dropped:?}"
+        );
+    }
 }
 
 #[test]

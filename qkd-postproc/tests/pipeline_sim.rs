@@ -63,6 +63,7 @@ struct Outcomes {
     dropped: Vec<BlockId>,
     reasons: Vec<String>,
     ended: bool,
+    exhausted: Vec<u64>,
 }
 
 fn collect(events: Vec<PipelineEvent>, out: &mut Outcomes) {
@@ -83,6 +84,7 @@ fn collect(events: Vec<PipelineEvent>, out: &mut Outcomes) {
             PipelineEvent::DefinitionMismatch | PipelineEvent::FeedDiverged { .. } => {
                 out.ended = true
             }
+            PipelineEvent::AuthExhausted { remaining_bits } => out.exhausted.push(remaining_bits),
             _ => {}
         }
     }
@@ -210,6 +212,61 @@ fn keys_identical_lengths_from_the_formula_and_stats_add_up() {
     // The modules see it too.
     let est = net.a.module("estimate").unwrap();
     assert!(est.statistics().iter().any(|s| s.name == "qber"));
+}
+
+/// A pre-shared secret too small for the first block's tags: the side
+/// that cannot pay says so (once, not on every retry), no key comes out on
+/// either side, and with nothing in flight to refill the pool the host can
+/// tell the link is over. (Before the event, the pipeline went silent.)
+#[test]
+fn a_pool_that_cannot_pay_raises_auth_exhausted_once() {
+    let def = definition(AuthMode::Transcript);
+    for secret_bytes in [64usize, 80, 96] {
+        let secret = SecretKey::from_slice(&vec![0x42; secret_bytes]);
+        let alice = Pipeline::new(
+            &def,
+            Role::Alice,
+            PresharedSecret::new(SecretId::new(1), secret.clone()),
+            [1; 32],
+        )
+        .unwrap();
+        let bob = Pipeline::new(
+            &def,
+            Role::Bob,
+            PresharedSecret::new(SecretId::new(1), secret),
+            [2; 32],
+        )
+        .unwrap();
+        let (mut dev_a, mut dev_b) = devices(2, 1 << 16);
+        let mut net = Network::new(
+            alice,
+            bob,
+            LinkConfig::perfect(Duration::from_millis(2)),
+            1,
+            Instant::now(),
+        );
+        let (mut a, mut b) = (Outcomes::default(), Outcomes::default());
+        run(
+            &mut net,
+            &mut dev_a,
+            &mut dev_b,
+            &mut a,
+            &mut b,
+            Duration::from_secs(120),
+        );
+        check_same_keys(&a, &b);
+        let told: Vec<u64> = a.exhausted.iter().chain(&b.exhausted).copied().collect();
+        assert!(
+            !told.is_empty(),
+            "{secret_bytes} B: nobody said the pool is empty"
+        );
+        assert!(
+            told.len() <= 2,
+            "{secret_bytes} B: told on every retry: {told:?}"
+        );
+        assert!(told.iter().all(|&bits| bits < 128), "{told:?}");
+        assert!(a.keys.len() < 2, "{secret_bytes} B: every block kept");
+    }
 }
 
 fn run_link(

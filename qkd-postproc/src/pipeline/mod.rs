@@ -105,7 +105,7 @@ mod stages;
 mod stream;
 pub mod wire;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -323,6 +323,17 @@ pub enum PipelineEvent {
     /// The authentication pool is running low.
     AuthLowWater {
         /// Bits left to seal with.
+        remaining_bits: u64,
+    },
+    /// The authentication pool could not pay for a tag: the message waits.
+    /// Raised once, then again only after a tag was paid for in between.
+    /// A block being committed may still refill the pool (its share
+    /// arrives with the outcome); when none is in flight
+    /// ([`blocks_in_flight`](Pipeline::blocks_in_flight) is 0) nothing
+    /// will, and the link cannot go on: start a new one from a fresh
+    /// pre-shared secret.
+    AuthExhausted {
+        /// Bits left to seal with (less than one tag).
         remaining_bits: u64,
     },
     /// A block cannot be settled: its Outcome (Alice) has not been
@@ -548,14 +559,16 @@ struct Block {
 }
 
 impl Block {
-    fn new(id: BlockId, master: &[u8; 32], now: Instant, idle: Duration) -> Self {
+    /// Boxed: a block is a few kilobytes and moves in and out of the
+    /// pipeline's map on every message; a box makes each move a pointer.
+    fn new(id: BlockId, master: &[u8; 32], now: Instant, idle: Duration) -> Box<Self> {
         let mut seed = blake3::Hasher::new_keyed(master);
         seed.update(b"block rng");
         seed.update(&id.to_be_bytes());
         let mut bytes = *seed.finalize().as_bytes();
         let rng = ChaCha20Rng::from_seed(bytes);
         bytes.zeroize();
-        Block {
+        Box::new(Block {
             id,
             frame: None,
             phase: Phase::WaitFrame,
@@ -593,7 +606,7 @@ impl Block {
                 outcome: "dropped".into(),
                 ..BlockReport::default()
             },
-        }
+        })
     }
 }
 
@@ -612,6 +625,16 @@ struct Restored {
     last_committed: Option<u64>,
     committing: Vec<SavedCommit>,
     max_blocks_in_flight: u32,
+    in_flight: Vec<SavedInFlight>,
+}
+
+/// A block that was in flight (not committing) when the state was saved:
+/// a restored pipeline reports it dropped.
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedInFlight {
+    block: u64,
+    stage: StageKind,
 }
 
 /// Alice's block waiting for Bob's acknowledgement, as saved.
@@ -642,6 +665,9 @@ struct SavedState {
     last_committed: Option<u64>,
     committing: Vec<SavedCommit>,
     max_blocks_in_flight: u32,
+    /// Absent in states saved before it was recorded.
+    #[serde(default)]
+    in_flight: Vec<SavedInFlight>,
 }
 
 /// One side's distillation pipeline: a [`Machine`].
@@ -728,7 +754,7 @@ pub struct Pipeline {
     master: Zeroizing<[u8; 32]>,
     shuffle_seed: u64,
     plans: HashMap<(usize, u64), Arc<ShufflePlan>>,
-    blocks: BTreeMap<BlockId, Block>,
+    blocks: BTreeMap<BlockId, Box<Block>>,
     frames: VecDeque<RawFrame>,
     history: BTreeMap<BlockId, (Settled, Option<Vec<u8>>)>,
     last_committed: Option<BlockId>,
@@ -740,6 +766,9 @@ pub struct Pipeline {
     hello_deadline: Option<Instant>,
     peer_ready: bool,
     ended: bool,
+    /// A seal failed for want of pad and none succeeded since (so
+    /// [`PipelineEvent::AuthExhausted`] is raised once per shortage).
+    auth_starved: bool,
     waiting_for_save: bool,
     external_work: bool,
     work: VecDeque<WorkItem>,
@@ -894,6 +923,7 @@ impl Pipeline {
             hello_deadline: None,
             peer_ready: false,
             ended: false,
+            auth_starved: false,
             waiting_for_save: false,
             external_work: false,
             work: VecDeque::new(),
@@ -928,6 +958,7 @@ impl Pipeline {
             last_committed,
             committing,
             max_blocks_in_flight,
+            in_flight,
         } = Self::parse_state(definition, role, state)?;
         let channel = AuthenticatedChannel::restore(role, &channel_config(definition), channel)
             .map_err(|e| StateError::Auth(e.to_string()))?;
@@ -939,6 +970,7 @@ impl Pipeline {
             last_committed,
             committing,
             max_blocks_in_flight,
+            in_flight,
         });
         Ok(pipeline)
     }
@@ -998,6 +1030,24 @@ impl Pipeline {
             // below the peer's restored window).
             block.control = None;
             self.blocks.insert(id, block);
+        }
+        // Blocks in flight at the save are gone on both sides (the peer's
+        // restored pipeline drops its own): say so, so the host does not
+        // wait for them.
+        for lost in &saved.in_flight {
+            let id = BlockId::new(lost.block);
+            if !self.blocks.contains_key(&id) {
+                self.events.push_back(PipelineEvent::Dropped {
+                    block: id,
+                    stage: lost.stage,
+                    reason: DropReason::Restored,
+                    stats: BlockReport {
+                        block: id.get(),
+                        outcome: "dropped".into(),
+                        ..BlockReport::default()
+                    },
+                });
+            }
         }
         // The first checkpoint of the restored channel.
         match self.definition.checkpoints {
@@ -1216,7 +1266,7 @@ impl Pipeline {
     }
 
     /// Puts a block back into the map unless it has been settled.
-    fn put_back(&mut self, _now: Instant, block: Block) {
+    fn put_back(&mut self, _now: Instant, block: Box<Block>) {
         self.blocks.insert(block.id, block);
         self.control_module.blocks_in_flight = self.blocks.len() as u64;
     }
@@ -1864,24 +1914,33 @@ impl Pipeline {
                 if !block.own_round_ok {
                     return;
                 }
-                let Some(transcript) = block.own_transcript.take() else {
+                let Some(transcript) = block.own_transcript.as_ref() else {
                     return;
                 };
                 let count = block.send.next_seq();
-                match self.channel.seal_transcript(transcript) {
-                    Ok(sealed) => Frame::Control {
-                        kind: ControlKind::TranscriptTag,
-                        block: block.id,
-                        count,
-                        sealed: &sealed,
+                // Sealed from a copy: a refused seal keeps the round's
+                // transcript for the next try.
+                let result = self.channel.seal_transcript(transcript.clone());
+                self.note_seal(&result);
+                match result {
+                    Ok(sealed) => {
+                        block.own_transcript = None;
+                        Frame::Control {
+                            kind: ControlKind::TranscriptTag,
+                            block: block.id,
+                            count,
+                            sealed: &sealed,
+                        }
+                        .encode()
                     }
-                    .encode(),
                     Err(_) => return,
                 }
             }
             AuthMode::PerMessage => {
                 let body = ControlBody::RoundEnd { block: block.id }.encode();
-                match self.channel.seal(&body) {
+                let result = self.channel.seal(&body);
+                self.note_seal(&result);
+                match result {
                     Ok(sealed) => Frame::Control {
                         kind: ControlKind::RoundEnd,
                         block: block.id,
@@ -1914,8 +1973,25 @@ fn cascade_config(
 }
 
 impl Pipeline {
+    /// Records the outcome of a seal: a pool that cannot pay raises
+    /// [`PipelineEvent::AuthExhausted`] once per shortage.
+    fn note_seal<T>(&mut self, result: &Result<T, SealError>) {
+        match result {
+            Ok(_) => self.auth_starved = false,
+            Err(SealError::Pool(_)) if !self.auth_starved => {
+                self.auth_starved = true;
+                self.events.push_back(PipelineEvent::AuthExhausted {
+                    remaining_bits: self.auth_key_left(),
+                });
+            }
+            Err(_) => {}
+        }
+    }
+
     fn seal_control(&mut self, body: &ControlBody) -> Result<Vec<u8>, SealError> {
-        let sealed = self.channel.seal(&body.encode())?;
+        let result = self.channel.seal(&body.encode());
+        self.note_seal(&result);
+        let sealed = result?;
         Ok(Frame::Control {
             kind: body.kind(),
             block: body.block(),
@@ -1933,7 +2009,7 @@ impl Pipeline {
     }
 
     /// Drops a block on this side; `tell` sends the peer a sealed Abandon.
-    fn drop_block(&mut self, now: Instant, mut block: Block, reason: DropReason, tell: bool) {
+    fn drop_block(&mut self, now: Instant, mut block: Box<Block>, reason: DropReason, tell: bool) {
         let _ = now;
         let stage = block.phase.stage();
         self.stage_mut(stage).stats.blocks_dropped += 1;
@@ -1961,7 +2037,7 @@ impl Pipeline {
     }
 
     /// Keeps a block: feeds the pool, hands the key out.
-    fn keep_block(&mut self, now: Instant, mut block: Block) {
+    fn keep_block(&mut self, now: Instant, mut block: Box<Block>) {
         let (Some(proof), Some(key)) = (block.confirmed, block.final_key.take()) else {
             self.drop_block(
                 now,
@@ -2525,7 +2601,9 @@ impl Pipeline {
             payload.extend_from_slice(&block.id.to_be_bytes());
             payload.extend_from_slice(&seq.to_be_bytes());
             payload.extend_from_slice(&out.plain);
-            match self.channel.seal(&payload) {
+            let result = self.channel.seal(&payload);
+            self.note_seal(&result);
+            match result {
                 Ok(sealed) => {
                     out.sealed = Some(sealed);
                     block.report.auth_bits_sent += u64::from(self.definition.tag_bits);
@@ -2801,10 +2879,24 @@ impl ModuleHost for Pipeline {
                 });
             }
         }
+        let in_flight = self
+            .blocks
+            .values()
+            .filter(|b| b.phase != Phase::Committing)
+            .map(|b| SavedInFlight {
+                block: b.id.get(),
+                stage: b.phase.stage(),
+            })
+            .chain(self.frames.iter().map(|f| SavedInFlight {
+                block: f.block.get(),
+                stage: StageKind::Sift,
+            }))
+            .collect();
         let next_block = self
             .blocks
             .keys()
             .copied()
+            .chain(self.frames.iter().map(|f| f.block))
             .chain(self.last_frame)
             .max()
             .map(|b| b.get() + 1);
@@ -2826,6 +2918,7 @@ impl ModuleHost for Pipeline {
                 last_committed: self.last_committed.map(BlockId::get),
                 committing,
                 max_blocks_in_flight: self.control_module.max_blocks_in_flight,
+                in_flight,
             };
             serde_json::to_vec(&saved).map_err(|e| StateError::Corrupt(e.to_string()))?
         };
@@ -2847,8 +2940,16 @@ impl ModuleHost for Pipeline {
         let in_flight: Vec<BlockId> = self.blocks.keys().copied().collect();
         *self = restored;
         self.external_work = external;
+        let reported: BTreeSet<BlockId> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PipelineEvent::Dropped { block, .. } => Some(*block),
+                _ => None,
+            })
+            .collect();
         for id in in_flight {
-            if !self.blocks.contains_key(&id) {
+            if !self.blocks.contains_key(&id) && !reported.contains(&id) {
                 self.events.push_back(PipelineEvent::Dropped {
                     block: id,
                     stage: StageKind::Sift,
@@ -2880,4 +2981,5 @@ struct SavedStateRef<'a> {
     last_committed: Option<u64>,
     committing: Vec<SavedCommit>,
     max_blocks_in_flight: u32,
+    in_flight: Vec<SavedInFlight>,
 }

@@ -85,18 +85,23 @@ pub(crate) fn output_dir(s: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// A CoAP-free name for logs and for the protocol manager: 1 to 64
-/// characters out of letters, digits, `-`, `_` and `.`.
-#[allow(dead_code)] // used once the CoAP service is wired
+/// A name for logs and for the protocol manager: 1 to 64 characters out
+/// of letters, digits, `-`, `_`, `.` and `/` between non-empty parts (the
+/// QPM names its hosts `LINK/SIDE`).
 pub(crate) fn name(s: &str) -> Result<String, String> {
     if !s.is_empty()
         && s.len() <= 64
+        && s.split('/').all(|part| !part.is_empty())
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
     {
         Ok(s.to_string())
     } else {
-        Err("must be 1 to 64 characters out of letters, digits, '-', '_' and '.'".into())
+        Err(
+            "must be 1 to 64 characters out of letters, digits, '-', '_', '.' and '/' \
+             between non-empty parts"
+                .into(),
+        )
     }
 }
 
@@ -134,6 +139,9 @@ mod tests {
         assert!(output_dir("/no/such/folder").is_err());
         assert!(name("alice-1").is_ok());
         assert!(name("").is_err());
-        assert!(name("a/b").is_err());
+        assert_eq!(name("ground-1/alice"), Ok("ground-1/alice".into()));
+        assert!(name("a//b").is_err());
+        assert!(name("/a").is_err());
+        assert!(name("a b").is_err());
     }
 }

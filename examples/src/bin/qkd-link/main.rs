@@ -86,22 +86,24 @@ struct Args {
     timeout: f64,
 
     /// Simulated device: the channel's QBER, in [0, 0.5) [default: 0.02].
-    #[arg(long, allow_negative_numbers = true, value_parser = flag::qber, conflicts_with = "resume")]
+    /// The device flags go with a fresh start, or with --resume of a state
+    /// saved over CoAP (a --save state file holds the device's settings).
+    #[arg(long, allow_negative_numbers = true, value_parser = flag::qber)]
     qber: Option<f64>,
     /// Simulated device: time slots per frame (one frame is one block),
     /// 1024 to 2^26 [default: 4000000, about 10^6 sifted bits].
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume",
+    #[arg(long, allow_negative_numbers = true,
           value_parser = RangedU64ValueParser::<u64>::new().range(flag::MIN_FRAME_SLOTS..=flag::MAX_FRAME_SLOTS))]
     frame_slots: Option<u64>,
     /// Simulated device: detection probability per slot [default: 0.5].
-    #[arg(long, allow_negative_numbers = true, value_parser = flag::detection_probability, conflicts_with = "resume")]
+    #[arg(long, allow_negative_numbers = true, value_parser = flag::detection_probability)]
     detection_probability: Option<f64>,
     /// Simulated device: probability of the Z basis, in (0, 1) [default: 0.5].
-    #[arg(long, allow_negative_numbers = true, value_parser = flag::basis_probability, conflicts_with = "resume")]
+    #[arg(long, allow_negative_numbers = true, value_parser = flag::basis_probability)]
     z_basis_probability: Option<f64>,
     /// Simulated device: seed (the same on both ends: it plays the quantum
     /// channel) [default: 1].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long)]
     device_seed: Option<u64>,
 
     /// Pipeline definition file, TOML (`.toml`) or XML (`.xml`); default:
@@ -364,6 +366,15 @@ fn check(args: &Args) {
     }
 }
 
+/// Whether any flag of the simulated device was given.
+fn device_flags_given(args: &Args) -> bool {
+    args.qber.is_some()
+        || args.frame_slots.is_some()
+        || args.detection_probability.is_some()
+        || args.z_basis_probability.is_some()
+        || args.device_seed.is_some()
+}
+
 fn device_config(args: &Args) -> SimulatorConfig {
     SimulatorConfig {
         qber: args.qber.unwrap_or(0.02),
@@ -433,6 +444,14 @@ fn prepare(
             let path = path_for(resume);
             let mut raw = false;
             let (host, bytes) = match state::read(&path, role) {
+                Ok(_) if device_flags_given(args) => {
+                    return Err(fail(format!(
+                        "the state file {} holds the simulated device's settings: leave out the \
+                         device flags (--qber, --frame-slots, --detection-probability, \
+                         --z-basis-probability, --device-seed); they are for a state saved over CoAP",
+                        path.display()
+                    )));
+                }
                 Ok(found) => found,
                 // A state saved over the control surface (qpm): the
                 // pipeline's own bytes; the device starts from the flags

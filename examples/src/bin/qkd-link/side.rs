@@ -523,6 +523,22 @@ impl Loop {
                     &format!("the authentication key runs low ({remaining_bits} bits left)"),
                 );
             }
+            PipelineEvent::AuthExhausted { remaining_bits } => {
+                if p.blocks_in_flight() == 0 {
+                    return Err(format!(
+                        "the authentication key is used up ({remaining_bits} bits left, less than \
+                         one tag) and no block in flight can refill it: start the link again from \
+                         a fresh pre-shared secret"
+                    ));
+                }
+                report::warn(
+                    role,
+                    &format!(
+                        "the authentication key is used up ({remaining_bits} bits left): waiting \
+                         for a block being settled to refill it"
+                    ),
+                );
+            }
             PipelineEvent::Stalled { block } => report::warn(
                 role,
                 &format!("block {block} cannot be settled yet: the peer does not acknowledge it"),

@@ -17,6 +17,9 @@ pub(crate) struct Layout {
     pub(crate) qpm: QpmSection,
     #[serde(default, rename = "link")]
     pub(crate) links: Vec<LinkSpec>,
+    /// The layout file's folder (`{layout_dir}`).
+    #[serde(skip)]
+    pub(crate) base: PathBuf,
 }
 
 /// `[qpm]`: the manager's own settings.
@@ -125,9 +128,19 @@ pub(crate) struct SideSpec {
     /// slash) or a name looked up on `PATH`.
     pub(crate) program: String,
     /// Its arguments, with `{qpm}`, `{name}`, `{link}`, `{side}`,
-    /// `{pipeline}` and `{state_dir}` filled in.
+    /// `{pipeline}`, `{state_dir}`, `{launch}` (how many times this host
+    /// was launched before) and `{layout_dir}` filled in.
     #[serde(default)]
     pub(crate) args: Vec<String>,
+    /// Arguments added only when the host starts fresh, not from a saved
+    /// state: what a resumed host must not be given again (for
+    /// `qkd-link`, the pre-shared secret and the pipeline's seed).
+    #[serde(default)]
+    pub(crate) fresh_args: Vec<String>,
+    /// A file the host's standard output is appended to (placeholders as
+    /// in `args`; relative to the layout file); default: the QPM's own.
+    #[serde(default)]
+    pub(crate) stdout: Option<String>,
     /// Arguments added when the host is started from a saved state, with
     /// `{state_file}` and `{state}` (the label) filled in as well. Without
     /// them, the QPM starts the host plain and sends it
@@ -154,13 +167,15 @@ pub(crate) enum LayoutError {
     },
 }
 
-const PLACEHOLDERS: [&str; 6] = [
+const PLACEHOLDERS: [&str; 8] = [
+    "{layout_dir}",
     "{qpm}",
     "{name}",
     "{link}",
     "{side}",
     "{pipeline}",
     "{state_dir}",
+    "{launch}",
 ];
 const RESUME_PLACEHOLDERS: [&str; 2] = ["{state_file}", "{state}"];
 
@@ -186,6 +201,11 @@ impl Layout {
             other => other,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        layout.base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base.to_owned()
+        };
         if layout.qpm.state_dir.is_relative() {
             layout.qpm.state_dir = base.join(&layout.qpm.state_dir);
         }
@@ -198,6 +218,12 @@ impl Layout {
             for side in [&mut link.alice, &mut link.bob] {
                 if side.program.contains('/') && Path::new(&side.program).is_relative() {
                     side.program = base.join(&side.program).display().to_string();
+                }
+                if let Some(out) = &mut side.stdout
+                    && Path::new(out.as_str()).is_relative()
+                    && !out.starts_with('{')
+                {
+                    *out = base.join(out.as_str()).display().to_string();
                 }
             }
         }
@@ -275,6 +301,20 @@ impl Layout {
                     check_placeholders(arg, &[])
                         .map_err(|r| invalid(at(&format!("{side_name}.args[{j}]")), &r))?;
                 }
+                for (j, arg) in side.fresh_args.iter().enumerate() {
+                    check_placeholders(arg, &[])
+                        .map_err(|r| invalid(at(&format!("{side_name}.fresh_args[{j}]")), &r))?;
+                }
+                if let Some(out) = &side.stdout {
+                    check_placeholders(out, &[])
+                        .map_err(|r| invalid(at(&format!("{side_name}.stdout")), &r))?;
+                    if out.trim().is_empty() {
+                        return Err(invalid(
+                            at(&format!("{side_name}.stdout")),
+                            "must not be empty",
+                        ));
+                    }
+                }
                 for (j, arg) in side.resume_args.iter().flatten().enumerate() {
                     check_placeholders(arg, &RESUME_PLACEHOLDERS)
                         .map_err(|r| invalid(at(&format!("{side_name}.resume_args[{j}]")), &r))?;
@@ -342,6 +382,14 @@ program = "qkd-link"
     #[test]
     fn a_good_layout_parses() {
         let l = Layout::parse(GOOD).unwrap();
+        let with = GOOD.replace(
+            "resume_args = [",
+            "fresh_args = [\"--psk-file\", \"{layout_dir}/psk-{link}.hex\"]\n\
+             stdout = \"{state_dir}/out-{launch}.jsonl\"\nresume_args = [",
+        );
+        let l2 = Layout::parse(&with).unwrap();
+        assert_eq!(l2.links[0].alice.fresh_args.len(), 2);
+        assert!(l2.links[0].alice.stdout.is_some());
         assert_eq!(l.links.len(), 1);
         assert_eq!(l.qpm.host_timeout(), Duration::from_secs(3));
         assert!(l.links[0].autostart);
@@ -359,6 +407,9 @@ program = "qkd-link"
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/qpm/layout.toml"));
         let l = Layout::load(path).unwrap();
         assert_eq!(l.links.len(), 2);
+        assert!(l.base.ends_with("qpm"));
+        assert_eq!(l.links[0].alice.fresh_args[0], "--psk-file");
+        assert!(l.links[0].alice.args.iter().all(|a| !a.contains("psk")));
         assert!(!l.links[1].autostart);
         assert!(l.qpm.state_dir.ends_with("qpm/qpm-state"));
         let pipeline = l.links[0].pipeline.as_ref().unwrap();
@@ -390,6 +441,24 @@ program = "qkd-link"
                 "link[0].alice.resume_args[1]",
             ),
             (last_program(GOOD, "program = \" \""), "link[0].bob.program"),
+            (
+                GOOD.replace(
+                    "resume_args = [",
+                    "fresh_args = [\"--psk-file\", \"{secret}\"]\nresume_args = [",
+                ),
+                "link[0].alice.fresh_args[1]",
+            ),
+            (
+                GOOD.replace("resume_args = [", "stdout = \" \"\nresume_args = ["),
+                "link[0].alice.stdout",
+            ),
+            (
+                GOOD.replace(
+                    "resume_args = [",
+                    "stdout = \"{state_dir}/{state}.log\"\nresume_args = [",
+                ),
+                "link[0].alice.stdout",
+            ),
             (
                 format!(
                     "{GOOD}\n[[link]]\nname = \"ground-1\"\n[link.alice]\naddress = \"127.0.0.1\"\nprogram = \"x\"\n[link.bob]\naddress = \"127.0.0.1\"\nprogram = \"x\"\n"

@@ -4,8 +4,8 @@
 //! registrations, supervises them (a host that exits or stops refreshing
 //! its registration gets its link restarted from the last saved states,
 //! a bounded number of times), and serves administrators one tree:
-//! `/links`, `/links/{link}` with `start`, `stop`, `hibernate` and
-//! `resume`, and every host's own resources under
+//! `/links`, `/links/{link}` with `start`, `stop`, `hibernate`, `resume`
+//! and `save` (a checkpoint), and every host's own resources under
 //! `/links/{link}/{alice|bob}/...`. See the examples README.
 //!
 //! ```text
@@ -103,6 +103,7 @@ fn run(layout: Layout, listen: SocketAddr, run_for: Option<Duration>) -> std::io
                     e.kind(),
                     std::io::ErrorKind::WouldBlock
                         | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                         | std::io::ErrorKind::ConnectionRefused
                         | std::io::ErrorKind::ConnectionReset
                 ) => {}

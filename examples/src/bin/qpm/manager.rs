@@ -27,6 +27,9 @@ pub(crate) enum LinkState {
     Hibernated,
     /// Stopped after too many restarts.
     Failed,
+    /// Both hosts exited on their own with success (e.g. `qkd-link
+    /// --blocks N` settled its blocks); not restarted.
+    Finished,
 }
 
 pub(crate) struct Host {
@@ -46,6 +49,10 @@ pub(crate) struct Host {
     saved: Option<String>,
     /// A state to load once the host has registered.
     load_pending: Option<String>,
+    /// Times this host was launched (`{launch}` of the next launch).
+    launches: u64,
+    /// The host exited on its own with success since its last launch.
+    finished: bool,
 }
 
 pub(crate) struct Link {
@@ -56,6 +63,10 @@ pub(crate) struct Link {
     state: LinkState,
     restarts: u32,
     next_checkpoint: Option<Instant>,
+    /// Both hosts registered since the link was last started fresh: its
+    /// hosts have used their fresh-start secrets (for `qkd-link`, pads of
+    /// the pre-shared secret), so it is not restarted fresh.
+    ran: bool,
 }
 
 /// One line to the log (standard error), with the time since the start.
@@ -198,7 +209,7 @@ impl Manager {
             [
                 "links",
                 link,
-                action @ ("start" | "stop" | "hibernate" | "resume"),
+                action @ ("start" | "stop" | "hibernate" | "resume" | "save"),
             ] => {
                 if let Some(r) = only(Method::Post, "POST") {
                     return r.into();
@@ -214,6 +225,7 @@ impl Manager {
                         Ok(())
                     }
                     "hibernate" => self.hibernate(now, i),
+                    "save" => self.checkpoint(i),
                     _ => self.start(now, i, true),
                 };
                 match result {
@@ -280,7 +292,7 @@ impl Manager {
         for l in &self.links {
             let n = control::percent_encode(&l.name);
             links.push(format!("</links/{n}>;ct={};rt=\"qpm.link\"", control::JSON));
-            for a in ["start", "stop", "hibernate", "resume"] {
+            for a in ["start", "stop", "hibernate", "resume", "save"] {
                 links.push(format!(
                     "</links/{n}/{a}>;ct={};rt=\"qpm.{a}\"",
                     control::JSON
@@ -436,14 +448,29 @@ impl Manager {
                 &format!("link `{}` has no saved state to resume from", link.name),
             ));
         }
+        if from_saved && let Some(why) = link.hosts.iter().find_map(Host::state_gone) {
+            return Err(Response::error(Status::NotFound, &why));
+        }
         self.links[i].restarts = 0;
+        if !from_saved {
+            // A new run: states of an earlier one do not describe it.
+            self.links[i].ran = false;
+            for h in &mut self.links[i].hosts {
+                h.saved = None;
+            }
+        }
         self.launch(now, i, from_saved)
             .map_err(|e| Response::error(Status::InternalServerError, &e))
     }
 
     fn launch(&mut self, now: Instant, i: usize, from_saved: bool) -> Result<(), String> {
         let qpm = self.listen.to_string();
+        let layout_dir = self.layout.base.display().to_string();
         let link = &mut self.links[i];
+        // Both sides or neither: check every state before starting anything.
+        if from_saved && let Some(why) = link.hosts.iter().find_map(Host::state_gone) {
+            return Err(why);
+        }
         let pipeline = link
             .pipeline
             .as_ref()
@@ -457,6 +484,7 @@ impl Manager {
                 continue;
             }
             let state_dir = host.state_dir.display().to_string();
+            let launch = host.launches.to_string();
             let values = [
                 ("{qpm}", qpm.as_str()),
                 ("{name}", host.name.as_str()),
@@ -464,9 +492,12 @@ impl Manager {
                 ("{side}", host.side),
                 ("{pipeline}", pipeline.as_str()),
                 ("{state_dir}", state_dir.as_str()),
+                ("{launch}", launch.as_str()),
+                ("{layout_dir}", layout_dir.as_str()),
             ];
             let mut args: Vec<String> = host.spec.args.iter().map(|a| fill(a, &values)).collect();
             host.load_pending = None;
+            let mut resumed = false;
             if from_saved && let Some(label) = host.saved.clone() {
                 match &host.spec.resume_args {
                     Some(extra) => {
@@ -475,15 +506,36 @@ impl Manager {
                         v.push(("{state_file}", file.as_str()));
                         v.push(("{state}", label.as_str()));
                         args.extend(extra.iter().map(|a| fill(a, &v)));
+                        resumed = true;
                     }
                     None => host.load_pending = Some(label),
                 }
             }
+            if !resumed {
+                args.extend(host.spec.fresh_args.iter().map(|a| fill(a, &values)));
+            }
             std::fs::create_dir_all(&host.state_dir)
                 .map_err(|e| format!("cannot create {}: {e}", host.state_dir.display()))?;
+            let stdout = match &host.spec.stdout {
+                Some(path) => {
+                    let path = PathBuf::from(fill(path, &values));
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                    }
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                    Stdio::from(file)
+                }
+                None => Stdio::inherit(),
+            };
             let child = Process::new(&host.spec.program)
                 .args(&args)
                 .stdin(Stdio::null())
+                .stdout(stdout)
                 .spawn()
                 .map_err(|e| {
                     format!("cannot start `{}` ({}): {e}", host.name, host.spec.program)
@@ -499,6 +551,8 @@ impl Manager {
                 }
             ));
             host.child = Some(child);
+            host.launches += 1;
+            host.finished = false;
             host.adopted = None;
             host.launched_at = Some(now);
             host.address = None;
@@ -556,6 +610,7 @@ impl Manager {
             host.last_seen = None;
             host.launched_at = None;
             host.load_pending = None;
+            host.finished = false;
         }
     }
 
@@ -606,6 +661,23 @@ impl Manager {
         Ok(labels)
     }
 
+    /// `POST /links/{link}/save`: both hosts save, the link keeps running;
+    /// a later failure restarts it from these states.
+    fn checkpoint(&mut self, i: usize) -> Result<(), Response> {
+        if self.links[i].state != LinkState::Running {
+            return Err(Response::error(
+                Status::Conflict,
+                &format!("link `{}` is not running", self.links[i].name),
+            ));
+        }
+        let labels = self.save(i)?;
+        self.log.line(&format!(
+            "link `{}` saved as {} / {}",
+            self.links[i].name, labels[0], labels[1]
+        ));
+        Ok(())
+    }
+
     fn hibernate(&mut self, _now: Instant, i: usize) -> Result<(), Response> {
         if self.links[i].state != LinkState::Running {
             return Err(Response::error(
@@ -650,11 +722,24 @@ impl Manager {
             }
             let mut failure = None;
             for host in &mut self.links[i].hosts {
+                if host.finished {
+                    continue;
+                }
                 if let Some(child) = &mut host.child
                     && let Ok(Some(status)) = child.try_wait()
                 {
-                    failure = Some(format!("`{}` exited ({status})", host.name));
                     host.child = None;
+                    if status.success() {
+                        // Done with what it was asked (`--blocks`): not a
+                        // failure, and not restarted.
+                        self.log
+                            .line(&format!("`{}` finished ({status})", host.name));
+                        host.finished = true;
+                        host.address = None;
+                        host.last_seen = None;
+                        continue;
+                    }
+                    failure = Some(format!("`{}` exited ({status})", host.name));
                     break;
                 }
                 let since = host.last_seen.or(host.launched_at);
@@ -669,6 +754,12 @@ impl Manager {
             }
             if let Some(why) = failure {
                 self.recover(now, i, &why);
+                continue;
+            }
+            if self.links[i].hosts.iter().all(|h| h.finished) {
+                self.links[i].state = LinkState::Finished;
+                self.log
+                    .line(&format!("link `{}` finished", self.links[i].name));
                 continue;
             }
             // Pending loads, then Starting -> Running.
@@ -712,6 +803,7 @@ impl Manager {
                     .all(|h| h.address.is_some() && h.load_pending.is_none())
             {
                 link.state = LinkState::Running;
+                link.ran = true;
                 self.log.line(&format!("link `{}` running", link.name));
                 if self.layout.qpm.checkpoint_every_s > 0 {
                     link.next_checkpoint =
@@ -751,8 +843,18 @@ impl Manager {
             self.links[i].state = LinkState::Failed;
             return;
         }
-        self.links[i].restarts += 1;
         let from_saved = self.links[i].hosts.iter().all(|h| h.saved.is_some());
+        if !from_saved && self.links[i].ran {
+            self.log.line(&format!(
+                "link `{link_name}`: {why}; not restarted: it ran and has no saved state, and a \
+                 fresh start would use its fresh-start secrets again (a qkd-link would reuse \
+                 authentication pads of its pre-shared secret); save running links \
+                 (`POST /links/{link_name}/save` or qpm.checkpoint_every_s) to make them restartable"
+            ));
+            self.links[i].state = LinkState::Failed;
+            return;
+        }
+        self.links[i].restarts += 1;
         self.log.line(&format!(
             "link `{link_name}`: {why}; restart {} of {max} {}",
             self.links[i].restarts,
@@ -797,6 +899,8 @@ impl Link {
             last_seen: None,
             saved: None,
             load_pending: None,
+            launches: 0,
+            finished: false,
         };
         Link {
             name: spec.name.clone(),
@@ -806,6 +910,7 @@ impl Link {
             state: LinkState::Stopped,
             restarts: 0,
             next_checkpoint: None,
+            ran: false,
         }
     }
 
@@ -820,11 +925,27 @@ impl Link {
 }
 
 impl Host {
+    /// Why this host cannot be started from its saved state: the file is
+    /// gone (a `qkd-link` consumes the state it resumed from).
+    fn state_gone(&self) -> Option<String> {
+        let label = self.saved.as_ref()?;
+        let file = self.state_dir.join(label);
+        (self.spec.resume_args.is_some() && !file.is_file()).then(|| {
+            format!(
+                "the saved state {label} of `{}` is gone ({} was resumed from already): save the \
+                 link again (`POST /links/LINK/save`) after a resume",
+                self.name,
+                file.display()
+            )
+        })
+    }
+
     fn view<'a>(&'a self, now: Instant, layout: &Layout) -> HostView<'a> {
         let fresh = self
             .last_seen
             .is_some_and(|t| now.duration_since(t) < layout.qpm.host_timeout());
         let state = match (self.address, self.child.is_some() || self.adopted.is_some()) {
+            _ if self.finished => "finished",
             (Some(_), _) if fresh => "registered",
             (Some(_), _) => "silent",
             (None, true) => "launched",
