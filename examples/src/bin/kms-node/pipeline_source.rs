@@ -754,6 +754,16 @@ impl SessionContext {
                                 s.name
                             );
                         }
+                        // With no block in flight nothing will refill the
+                        // pool: this run is over, and the next one starts
+                        // from a fresh link key (the remedy the pipeline asks for).
+                        PipelineEvent::AuthExhausted { remaining_bits }
+                            if p.blocks_in_flight() == 0 =>
+                        {
+                            return Err(format!(
+                                "the authentication key is used up ({remaining_bits} bits left) and no block in flight can refill it"
+                            ));
+                        }
                         PipelineEvent::DefinitionMismatch => {
                             return Err("the peer node runs another pipeline definition (give both nodes the same source.pipeline)".into());
                         }
