@@ -371,6 +371,12 @@ impl Node {
         while !self.stopped() {
             match listener.accept() {
                 Ok((stream, from)) => {
+                    // Shutting down: no new pairing (it would only draw
+                    // link keys and start a session to be torn down).
+                    if self.closing.load(Ordering::Relaxed) {
+                        let _ = stream.shutdown(Shutdown::Both);
+                        continue;
+                    }
                     // One link at a time: a second connection while one is
                     // up is refused (so a stranger cannot displace the peer).
                     if self.link_is_up() {
@@ -397,7 +403,7 @@ impl Node {
 
     fn connect_loop(self: Arc<Self>, addr: std::net::SocketAddr) {
         while !self.stopped() {
-            if self.link_is_up() {
+            if self.link_is_up() || self.closing.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }

@@ -182,6 +182,8 @@ pub(crate) struct PipelineSource {
     keys: SharedLinkKeys,
     listener: Option<Arc<TcpListener>>,
     run: Option<SessionRun>,
+    /// Set by [`BlockSource::stop`]: no session starts any more.
+    stopped: bool,
     blocks: u64,
     bytes: u64,
     report: Arc<Mutex<PipelineReport>>,
@@ -227,6 +229,7 @@ impl PipelineSource {
             keys,
             listener,
             run: None,
+            stopped: false,
             blocks: 0,
             bytes: 0,
             report: Arc::new(Mutex::new(PipelineReport {
@@ -243,6 +246,11 @@ impl BlockSource for PipelineSource {
     fn start_session(&mut self, session: Session) {
         // The previous session's thread stops; its keys go with it.
         self.run = None;
+        if self.stopped {
+            // The node is shutting down: no new run (nor link key) for a
+            // pairing that races with the shutdown.
+            return;
+        }
         self.blocks = 0;
         self.bytes = 0;
         let stop = Arc::new(AtomicBool::new(false));
@@ -292,6 +300,7 @@ impl BlockSource for PipelineSource {
     }
 
     fn stop(&mut self) {
+        self.stopped = true;
         self.run = None;
     }
 }
