@@ -34,9 +34,11 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin" certs --out "$dir/certs" --kme KME_A --kme KME_B --sae SAE_A --sae SAE_B >/dev/null
-sed -e 's/127.0.0.1:8443/127.0.0.1:18443/; s/127.0.0.1:9441/127.0.0.1:19441/; s/127.0.0.1:9442/127.0.0.1:19442/' \
+# The simulated block source: the benchmark measures the API, and the
+# simulated source keeps the stores full at any rate.
+sed -e 's/127.0.0.1:8443/127.0.0.1:18443/; s/127.0.0.1:9441/127.0.0.1:19441/; s/127.0.0.1:9442/127.0.0.1:19442/; s/^kind = "pipeline"/kind = "simulated"/' \
     "$root/examples/kms-node/node-a.toml" > "$dir/node-a.toml"
-sed -e 's/127.0.0.1:8444/127.0.0.1:18444/; s/127.0.0.1:9441/127.0.0.1:19441/; s/127.0.0.1:9442/127.0.0.1:19442/; s/^dec_wait_ms = .*/dec_wait_ms = 1/' \
+sed -e 's/127.0.0.1:8444/127.0.0.1:18444/; s/127.0.0.1:9441/127.0.0.1:19441/; s/127.0.0.1:9442/127.0.0.1:19442/; s/^dec_wait_ms = .*/dec_wait_ms = 1/; s/^kind = "pipeline"/kind = "simulated"/' \
     "$root/examples/kms-node/node-b.toml" > "$dir/node-b.toml"
 "$bin" run --config "$dir/node-a.toml" > "$dir/a.log" 2>&1 & pids+=($!)
 "$bin" run --config "$dir/node-b.toml" > "$dir/b.log" 2>&1 & pids+=($!)

@@ -332,7 +332,8 @@ fn a_restart_wipes_both_stores_and_clients_see_503_until_keys_flow_again() {
     if skip_without_curl() {
         return;
     }
-    let mut n = Nodes::start("restart");
+    // The real source: a restart must start the pipeline again too.
+    let mut n = Nodes::start_with("restart", fixture::Source::Pipeline);
     let (a, b) = (n.a_port, n.b_port);
     let e = n.curl(
         a,
@@ -378,6 +379,14 @@ fn a_restart_wipes_both_stores_and_clients_see_503_until_keys_flow_again() {
     // The link keys used before the restart are not used again.
     let state_after = std::fs::read_to_string(n.dir.join("KME_A.link-state")).unwrap();
     assert_ne!(state_before, state_after);
+    // KME_A draws the even link keys, and only its pipeline runs draw them
+    // (the handshakes are KME_B's, odd): the new session's pipeline
+    // started from a link key above every one used before the restart.
+    let even = |s: &str| -> u64 { s.split_whitespace().next().unwrap().parse().unwrap() };
+    assert!(
+        even(&state_after) > even(&state_before) && even(&state_before) >= 2,
+        "the pipeline did not take a fresh link key: {state_before:?} -> {state_after:?}"
+    );
     // Both stores were wiped: the key handed out before the restart is
     // gone at B, and new keys flow.
     let d = n.curl(
@@ -405,6 +414,64 @@ fn a_restart_wipes_both_stores_and_clients_see_503_until_keys_flow_again() {
     );
     assert_eq!(d.status, Some(200), "{d:?}");
     assert_eq!(keys(&d), k);
+}
+
+#[test]
+fn a_second_dec_keys_of_a_delivered_key_is_refused_at_once() {
+    if skip_without_curl() {
+        return;
+    }
+    let n = Nodes::start("again");
+    let (a, b) = (n.a_port, n.b_port);
+    let e = n.curl(
+        a,
+        Some("SAE_A"),
+        "GET",
+        "/api/v1/keys/SAE_B/enc_keys?number=2",
+        None,
+    );
+    assert_eq!(e.status, Some(200), "{e:?}");
+    let k = keys(&e);
+    let first = format!("/api/v1/keys/SAE_A/dec_keys?key_ID={}", k[0].0);
+    let d = n.curl(b, Some("SAE_B"), "GET", &first, None);
+    assert_eq!(d.status, Some(200), "{d:?}");
+    // The node's dec_keys wait is 2 s (example configuration): an answer
+    // well before it comes from knowing the key was delivered.
+    let t = Instant::now();
+    let again = n.curl(b, Some("SAE_B"), "GET", &first, None);
+    let took = t.elapsed();
+    assert_eq!(again.status, Some(400), "{again:?}");
+    assert_eq!(again.message(), NOT_FOUND);
+    assert!(
+        took < Duration::from_millis(1000),
+        "the second dec_keys waited {took:?}"
+    );
+    // With a key not fetched yet in the same request: refused at once,
+    // naming the delivered one, and the other key stays fetchable.
+    let t = Instant::now();
+    let mixed = n.curl(
+        b,
+        Some("SAE_B"),
+        "POST",
+        "/api/v1/keys/SAE_A/dec_keys",
+        Some(&key_ids_body(&[&k[1].0, &k[0].0])),
+    );
+    assert!(t.elapsed() < Duration::from_millis(1000));
+    assert_eq!(mixed.status, Some(400), "{mixed:?}");
+    let details = mixed.json()["details"].to_string();
+    assert!(
+        details.contains(&k[0].0) && !details.contains(&k[1].0),
+        "{mixed:?}"
+    );
+    let d = n.curl(
+        b,
+        Some("SAE_B"),
+        "GET",
+        &format!("/api/v1/keys/SAE_A/dec_keys?key_ID={}", k[1].0),
+        None,
+    );
+    assert_eq!(d.status, Some(200), "{d:?}");
+    assert_eq!(keys(&d), vec![k[1].clone()]);
 }
 
 #[test]
@@ -455,9 +522,17 @@ fn careless_command_lines_and_configurations_end_in_clear_errors() {
         ("kme_id = \"KME_B\"", "kme_id = \"KME_A\"", "peer.kme_id"),
         ("dec_wait_ms = 2000", "dec_wait_ms = 0", "keys.dec_wait_ms"),
         (
-            "block_bytes = 1048576",
-            "block_bytes = 0",
-            "source.block_bytes",
+            "frame_slots = 4000000",
+            "frame_slots = 10",
+            "source.frame_slots",
+        ),
+        ("qber = 0.02", "qber = 0.7", "source.qber"),
+        ("role = \"alice\"\n", "", "source.role"),
+        ("role = \"alice\"", "role = \"carol\"", "role"),
+        (
+            "link_address = \"127.0.0.1:9444\"",
+            "link_address = \"127.0.0.1:9442\"",
+            "source.link_address",
         ),
         (
             "sae_id_from = \"subject_cn\"",

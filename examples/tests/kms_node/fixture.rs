@@ -72,6 +72,15 @@ pub(crate) fn example(name: &str) -> String {
     std::fs::read_to_string(p).unwrap()
 }
 
+/// The block source the nodes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// `kind = "simulated"`: blocks from a shared seed, at once.
+    Simulated,
+    /// `kind = "pipeline"`: the distillation pipeline, as committed.
+    Pipeline,
+}
+
 /// Two nodes running as processes.
 pub(crate) struct Nodes {
     pub(crate) dir: PathBuf,
@@ -116,9 +125,15 @@ impl Answer {
 
 impl Nodes {
     /// Certificates, configurations (the examples with free ports and an
-    /// extra SAE_C attached to KME_B), both nodes started, paired and
-    /// holding key.
+    /// extra SAE_C attached to KME_B, the simulated block source: these
+    /// tests are about the API, and the debug build's pipeline would take
+    /// the machine's cores), both nodes started, paired and holding key.
     pub(crate) fn start(name: &str) -> Nodes {
+        Self::start_with(name, Source::Simulated)
+    }
+
+    /// As [`Nodes::start`], with the given block source.
+    pub(crate) fn start_with(name: &str, source: Source) -> Nodes {
         let dir = temp_dir(name);
         certs(
             &dir.join("certs"),
@@ -127,16 +142,25 @@ impl Nodes {
             true,
         );
         certs(&dir.join("other"), &[], &["SAE_A", "SAE_B"], false);
-        let p = free_ports(4);
-        let a = example("node-a.toml")
+        let p = free_ports(6);
+        let source = |text: String| match source {
+            Source::Simulated => text.replace(r#"kind = "pipeline""#, r#"kind = "simulated""#),
+            // Smaller frames: the first final key comes sooner in a debug build.
+            Source::Pipeline => text.replace("frame_slots = 4000000", "frame_slots = 1000000"),
+        };
+        let a = source(example("node-a.toml"))
             .replace("127.0.0.1:8443", &format!("127.0.0.1:{}", p[0]))
             .replace("127.0.0.1:9441", &format!("127.0.0.1:{}", p[2]))
             .replace("127.0.0.1:9442", &format!("127.0.0.1:{}", p[3]))
+            .replace("127.0.0.1:9443", &format!("127.0.0.1:{}", p[4]))
+            .replace("127.0.0.1:9444", &format!("127.0.0.1:{}", p[5]))
             .replace(r#"saes = ["SAE_B"]"#, r#"saes = ["SAE_B", "SAE_C"]"#);
-        let b = example("node-b.toml")
+        let b = source(example("node-b.toml"))
             .replace("127.0.0.1:8444", &format!("127.0.0.1:{}", p[1]))
             .replace("127.0.0.1:9441", &format!("127.0.0.1:{}", p[2]))
             .replace("127.0.0.1:9442", &format!("127.0.0.1:{}", p[3]))
+            .replace("127.0.0.1:9443", &format!("127.0.0.1:{}", p[4]))
+            .replace("127.0.0.1:9444", &format!("127.0.0.1:{}", p[5]))
             + "\n[[sae]]\nid = \"SAE_C\"\n";
         let (a_config, b_config) = (dir.join("node-a.toml"), dir.join("node-b.toml"));
         std::fs::write(&a_config, a).unwrap();
@@ -175,8 +199,8 @@ impl Nodes {
                     break;
                 }
                 assert!(
-                    t0.elapsed() < Duration::from_secs(30),
-                    "nodes not ready within 30 s: {r:?}"
+                    t0.elapsed() < Duration::from_secs(90),
+                    "nodes not ready within 90 s: {r:?}"
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }

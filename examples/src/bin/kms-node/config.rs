@@ -157,20 +157,49 @@ pub(crate) struct PeerConfig {
     pub(crate) link_state_file: PathBuf,
 }
 
-/// `[source]`: where final key blocks come from.
+/// `[source]`: where final key blocks come from. Fields a kind does not
+/// use are ignored by it (and take their defaults when left out).
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(crate) struct SourceConfig {
-    /// `simulated`: both nodes derive the same blocks from `seed` and the
-    /// session (a stand-in for the distillation pipeline).
+    /// `pipeline`: the distillation pipeline fed by the simulated device
+    /// ([`crate::pipeline_source::PipelineSource`]); `simulated`: both nodes
+    /// derive the same blocks from `seed` and the session (for tests).
     pub(crate) kind: SourceKind,
-    /// Seed of the simulated source (the same on both nodes).
+    /// Seed of the simulated source, or of the simulated device (the same
+    /// on both nodes: it plays the quantum channel).
     pub(crate) seed: u64,
-    /// Bytes per final key block.
+    /// Simulated source: bytes per final key block.
     pub(crate) block_bytes: usize,
-    /// Most key bytes per second the source delivers (0: as fast as the
-    /// store takes them, keeping a few blocks ahead of demand).
+    /// Simulated source: most key bytes per second the source delivers (0:
+    /// as fast as the store takes them, keeping a few blocks ahead of demand).
     pub(crate) bytes_per_second: u64,
+    /// Pipeline: this node's end of the QKD link (`alice` or `bob`; the
+    /// peer node runs the other).
+    pub(crate) role: Option<qkd_core::Role>,
+    /// Pipeline: a definition file (TOML, or XML when it ends in `.xml`);
+    /// default: the library's default definition. Both nodes must use the same.
+    pub(crate) pipeline: Option<PathBuf>,
+    /// Pipeline: where this node listens for the peer's pipeline
+    /// connection (used by the node that accepts the peer link).
+    pub(crate) link_listen: Option<SocketAddr>,
+    /// Pipeline: the peer's pipeline address (used by the node that
+    /// connects the peer link).
+    pub(crate) link_address: Option<SocketAddr>,
+    /// Simulated device: time slots per frame (one frame is one block).
+    pub(crate) frame_slots: u64,
+    /// Simulated device: the channel's QBER.
+    pub(crate) qber: f64,
+    /// Simulated device: detection probability per slot.
+    pub(crate) detection_probability: f64,
+    /// Simulated device: probability of the Z basis.
+    pub(crate) z_basis_probability: f64,
+    /// Pipeline: worker threads for privacy amplification (0: in the
+    /// pipeline's own thread).
+    pub(crate) workers: usize,
+    /// The definition read from `pipeline` (filled in by [`NodeConfig::load`]).
+    #[serde(skip)]
+    pub(crate) definition: Option<qkd_postproc::pipeline::PipelineDefinition>,
 }
 
 impl Default for SourceConfig {
@@ -180,6 +209,30 @@ impl Default for SourceConfig {
             seed: 1,
             block_bytes: 1 << 20,
             bytes_per_second: 0,
+            role: None,
+            pipeline: None,
+            link_listen: None,
+            link_address: None,
+            frame_slots: 4_000_000,
+            qber: 0.02,
+            detection_probability: 0.5,
+            z_basis_probability: 0.5,
+            workers: 1,
+            definition: None,
+        }
+    }
+}
+
+impl SourceConfig {
+    /// The simulated device's settings (the seed is the configured one;
+    /// the pipeline source binds it to each run).
+    pub(crate) fn device(&self) -> qkd_core::SimulatorConfig {
+        qkd_core::SimulatorConfig {
+            qber: self.qber,
+            detection_probability: self.detection_probability,
+            z_basis_probability: self.z_basis_probability,
+            frame_slots: self.frame_slots as usize,
+            seed: self.seed,
         }
     }
 }
@@ -188,9 +241,18 @@ impl Default for SourceConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum SourceKind {
+    /// [`crate::pipeline_source::PipelineSource`].
+    Pipeline,
     /// [`crate::source::SimulatedSource`].
     Simulated,
 }
+
+/// Fewest slots per simulated frame (a block of fewer detections cannot
+/// fill one Cascade chunk).
+pub(crate) const MIN_FRAME_SLOTS: u64 = 1024;
+/// Most slots per simulated frame (the pipeline link's frame limit holds
+/// the largest datagram of such a block).
+pub(crate) const MAX_FRAME_SLOTS: u64 = 1 << 26;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +295,13 @@ impl NodeConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve(base);
+        if let Some(file) = &config.source.pipeline {
+            config.source.definition =
+                Some(read_definition(file).map_err(|source| LoadError::Invalid {
+                    path: path.to_owned(),
+                    source,
+                })?);
+        }
         Ok(config)
     }
 
@@ -248,6 +317,11 @@ impl NodeConfig {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(p) = &mut self.source.pipeline
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
     }
 
@@ -359,6 +433,66 @@ impl NodeConfig {
                 "must differ from peer.link_listen",
             ));
         }
+        if src.kind == SourceKind::Pipeline {
+            self.validate_pipeline()?;
+        }
+        Ok(())
+    }
+
+    /// The `[source]` fields of the pipeline kind.
+    fn validate_pipeline(&self) -> Result<(), ConfigError> {
+        let src = &self.source;
+        if src.role.is_none() {
+            return Err(ConfigError::new(
+                "source.role",
+                "name this node's end of the QKD link: \"alice\" or \"bob\"",
+            ));
+        }
+        let (Some(listen), Some(address)) = (src.link_listen, src.link_address) else {
+            return Err(ConfigError::new(
+                if src.link_listen.is_none() {
+                    "source.link_listen"
+                } else {
+                    "source.link_address"
+                },
+                "the pipeline source needs source.link_listen and source.link_address",
+            ));
+        };
+        if listen == address {
+            return Err(ConfigError::new(
+                "source.link_address",
+                "must differ from source.link_listen",
+            ));
+        }
+        for used in [self.peer.link_listen, self.peer.link_address, self.listen] {
+            for (field, value) in [
+                ("source.link_listen", listen),
+                ("source.link_address", address),
+            ] {
+                if value == used {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "{used} is taken by the peer link or HTTPS; the pipeline needs its own ports"
+                        ),
+                    ));
+                }
+            }
+        }
+        in_range(
+            "source.frame_slots",
+            src.frame_slots,
+            MIN_FRAME_SLOTS,
+            MAX_FRAME_SLOTS,
+        )?;
+        in_range("source.workers", src.workers as u64, 0, 16)?;
+        src.device().validate().map_err(|e| {
+            let field = match &e {
+                qkd_core::Error::InvalidParameter { name, .. } => format!("source.{name}"),
+                _ => "source".to_owned(),
+            };
+            ConfigError::new(field, e.to_string())
+        })?;
         Ok(())
     }
 
@@ -383,6 +517,32 @@ impl NodeConfig {
             qkd_core::KeyId::derive(name.as_bytes()).to_string()
         }
     }
+}
+
+/// Reads and checks a pipeline definition file.
+fn read_definition(path: &Path) -> Result<qkd_postproc::pipeline::PipelineDefinition, ConfigError> {
+    use qkd_postproc::pipeline::PipelineDefinition;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            "source.pipeline",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let xml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("xml"))
+        || text.trim_start().starts_with('<');
+    let parsed = if xml {
+        PipelineDefinition::from_xml(&text)
+    } else {
+        PipelineDefinition::from_toml(&text)
+    };
+    parsed.map_err(|e| {
+        ConfigError::new(
+            "source.pipeline",
+            format!("{} is not a valid pipeline definition: {e}", path.display()),
+        )
+    })
 }
 
 /// An SAE or KME ID: 1 to 255 bytes, printable, no `/` (it travels in URL paths).

@@ -2,8 +2,10 @@
 //!
 //! Generates a throw-away CA and certificates, writes two node
 //! configurations (KME_A, KME_B), starts both nodes (HTTPS for SAEs, the
-//! qkd-handshake + qkd-sync link between them, the simulated block source
-//! feeding both), then the master SAE_A asks node A for keys (`enc_keys`)
+//! qkd-handshake + qkd-sync link between them, and the QKD link itself:
+//! Alice's end of the distillation pipeline on KME_A and Bob's on KME_B,
+//! each fed by its end of the simulated BB84 device, their final keys
+//! filling the two stores), then the master SAE_A asks node A for keys (`enc_keys`)
 //! and the slave SAE_B asks node B for the same IDs (`dec_keys`), over
 //! HTTPS with client certificates. It checks every key matches, that a key
 //! is delivered only once, prints
@@ -36,6 +38,12 @@ pub(crate) struct DemoArgs {
     pub(crate) dir: Option<PathBuf>,
 }
 
+/// How long the demo waits for the first final key in both stores.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How long an `enc_keys` answered 503 (the pipeline has not distilled
+/// enough key yet) is retried.
+const KEYS_WITHIN: Duration = Duration::from_secs(60);
+
 /// Free loopback ports (bound and released; the nodes bind them next).
 fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let listeners = (0..n)
@@ -53,9 +61,9 @@ pub(crate) fn node_toml(
     peer: &str,
     sae: &str,
     peer_sae: &str,
+    role: &str,
     https: u16,
-    link_listen: u16,
-    link_peer: u16,
+    [link_listen, link_peer, pipeline_listen, pipeline_peer]: [u16; 4],
 ) -> String {
     format!(
         r#"kme_id = "{kme}"
@@ -94,10 +102,16 @@ initial_secret_file = "link.secret"
 link_state_file = "{kme}.link-state"
 
 [source]
-kind = "simulated"
+kind = "pipeline"
+role = "{role}"
+link_listen = "127.0.0.1:{pipeline_listen}"
+link_address = "127.0.0.1:{pipeline_peer}"
 seed = 7
-block_bytes = 1048576
-bytes_per_second = 0
+frame_slots = 4000000
+qber = 0.02
+detection_probability = 0.5
+z_basis_probability = 0.5
+workers = 1
 "#
     )
 }
@@ -133,16 +147,32 @@ fn run_in(args: &DemoArgs, dir: &Path, t0: Instant) -> Result<bool, Box<dyn std:
         saes: vec!["SAE_A".into(), "SAE_B".into()],
         secret: true,
     })?;
-    let p = free_ports(4)?;
+    let p = free_ports(6)?;
     let a_path = dir.join("node-a.toml");
     let b_path = dir.join("node-b.toml");
     std::fs::write(
         &a_path,
-        node_toml("KME_A", "KME_B", "SAE_A", "SAE_B", p[0], p[2], p[3]),
+        node_toml(
+            "KME_A",
+            "KME_B",
+            "SAE_A",
+            "SAE_B",
+            "alice",
+            p[0],
+            [p[2], p[3], p[4], p[5]],
+        ),
     )?;
     std::fs::write(
         &b_path,
-        node_toml("KME_B", "KME_A", "SAE_B", "SAE_A", p[1], p[3], p[2]),
+        node_toml(
+            "KME_B",
+            "KME_A",
+            "SAE_B",
+            "SAE_A",
+            "bob",
+            p[1],
+            [p[3], p[2], p[5], p[4]],
+        ),
     )?;
     let a_cfg = NodeConfig::load(&a_path)?;
     let b_cfg = NodeConfig::load(&b_path)?;
@@ -165,18 +195,24 @@ fn run_in(args: &DemoArgs, dir: &Path, t0: Instant) -> Result<bool, Box<dyn std:
         );
         let ready = Instant::now();
         while !(a.node.is_ready() && b.node.is_ready()) {
-            if ready.elapsed() > Duration::from_secs(20) {
+            if ready.elapsed() > READY_WITHIN {
                 return Err::<bool, Box<dyn std::error::Error>>(
-                    "the nodes did not pair and fill their stores within 20 s".into(),
+                    format!(
+                        "the nodes did not pair and receive final key within {} s",
+                        READY_WITHIN.as_secs()
+                    )
+                    .into(),
                 );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         println!(
-            "link up: handshake done, stores paired and fed in {} ms",
+            "link up: handshake done, stores paired, first final key distilled and stored in {} ms",
             ready.elapsed().as_millis()
         );
         let ok = exchange(args, dir, &a, &b).await;
+        a.node.quiesce();
+        b.node.quiesce();
         a.stop().await;
         b.stop().await;
         ok
@@ -212,19 +248,30 @@ async fn exchange(
     let mut first_id = None;
     let mut seen = std::collections::HashSet::new();
     let mut repeated = 0usize;
+    let mut waits = 0u64;
     let mut remaining = args.keys;
     while remaining > 0 {
         let n = remaining.min(args.batch);
         remaining -= n;
-        let t = Instant::now();
-        let (status, body) = master
-            .call(
-                "POST",
-                "/api/v1/keys/SAE_B/enc_keys",
-                Some(format!(r#"{{"number": {n}, "size": {}}}"#, args.size)),
-            )
-            .await?;
-        enc_time += t.elapsed();
+        let asked = Instant::now();
+        let (status, body) = loop {
+            let t = Instant::now();
+            let (status, body) = master
+                .call(
+                    "POST",
+                    "/api/v1/keys/SAE_B/enc_keys",
+                    Some(format!(r#"{{"number": {n}, "size": {}}}"#, args.size)),
+                )
+                .await?;
+            enc_time += t.elapsed();
+            // 503: the pipeline has not distilled enough key yet; an SAE
+            // asks again a little later.
+            if status != 503 || asked.elapsed() > KEYS_WITHIN {
+                break (status, body);
+            }
+            waits += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         if status != 200 {
             println!(
                 "enc_keys answered {status}: {}",
@@ -272,6 +319,7 @@ async fn exchange(
     // A key leaves each KME once: asking again is refused.
     let mut again_refused = false;
     if let Some(Some(id)) = first_id {
+        let t = Instant::now();
         let (status, body) = slave
             .call(
                 "GET",
@@ -281,7 +329,8 @@ async fn exchange(
             .await?;
         again_refused = status == 400;
         println!(
-            "SAE_B  GET  dec_keys of key {id} again -> {status} {}",
+            "SAE_B  GET  dec_keys of key {id} again -> {status} in {} ms {}",
+            t.elapsed().as_millis(),
             String::from_utf8_lossy(&body)
         );
     }
@@ -291,12 +340,14 @@ async fn exchange(
         args.size, args.batch
     );
     println!(
-        "keys match: {matched} of {total}  mismatched: {mismatched}  repeated IDs: {repeated}  (enc {:.1} ms, dec {:.1} ms in all)",
+        "keys match: {matched} of {total}  mismatched: {mismatched}  repeated IDs: {repeated}  (enc {:.1} ms, dec {:.1} ms in all; {waits} enc_keys answered 503 while the pipeline caught up)",
         enc_time.as_secs_f64() * 1e3,
         dec_time.as_secs_f64() * 1e3
     );
     for (name, n) in [("KME_A", &a.node), ("KME_B", &b.node)] {
-        print_stats(name, &n.snapshot(), n);
+        let snapshot = n.snapshot();
+        print_pipeline(name, &snapshot);
+        print_stats(name, &snapshot, n);
     }
     let ok = matched == total && mismatched == 0 && repeated == 0 && again_refused;
     println!(
@@ -314,14 +365,47 @@ fn keys_equal(a: &SecretKey, b: &SecretKey) -> bool {
     a == b
 }
 
+/// The pipeline's numbers: blocks, QBER, secret fraction, final bits.
+fn print_pipeline(name: &str, s: &Snapshot) {
+    let Some(p) = &s.pipeline else {
+        return;
+    };
+    let t = &p.stats;
+    let fraction = if t.sifted_bits > 0 {
+        t.final_bits as f64 / t.sifted_bits as f64
+    } else {
+        0.0
+    };
+    println!(
+        "{name}: pipeline ({}) blocks kept {} dropped {} | sifted {:.2} Mbit, QBER {:.3} %, leaked {:.1} kbit | final {:.2} Mbit = secret fraction {:.1} % of sifted ({:.2} Mbit to the store, {:.1} kbit to authentication) | {:.2} s, {:.0} kbit/s secret key | auth key left {:.1} kbit | runs {}",
+        match p.role {
+            qkd_core::Role::Alice => "Alice",
+            qkd_core::Role::Bob => "Bob",
+        },
+        t.blocks_kept,
+        t.blocks_dropped,
+        t.sifted_bits as f64 / 1e6,
+        t.qber() * 100.0,
+        (t.parity_bits + t.leftover_bits) as f64 / 1e3,
+        t.final_bits as f64 / 1e6,
+        fraction * 100.0,
+        t.key_out_bits as f64 / 1e6,
+        t.pool_bits as f64 / 1e3,
+        t.elapsed_s,
+        t.secret_key_rate() / 1e3,
+        p.auth_key_left as f64 / 1e3,
+        p.runs,
+    );
+}
+
 fn print_stats(name: &str, s: &Snapshot, node: &Arc<Node>) {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &node.counters;
     println!(
-        "{name}: channel {} | blocks from source {} ({} MiB) | store: blocks stored {}, keys taken {}, fetched {}, fresh {} KiB, chunks lent {} borrowed {} | HTTP 2xx {} 4xx {} 5xx {} | handshakes {} sessions {} | link keys used below {:?}",
+        "{name}: channel {} | blocks from source {} ({} KiB) | store: blocks stored {}, keys taken {}, fetched {}, fresh {} KiB, chunks lent {} borrowed {} | HTTP 2xx {} 4xx {} 5xx {} | handshakes {} sessions {} | link keys used below {:?}",
         s.suite.as_deref().unwrap_or("-"),
         s.source_blocks,
-        s.source_bytes >> 20,
+        s.source_bytes >> 10,
         s.store.blocks_stored,
         s.store.keys_taken,
         s.store.keys_fetched,

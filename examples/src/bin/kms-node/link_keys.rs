@@ -53,6 +53,63 @@ pub(crate) enum LinkKeyError {
     BadState(PathBuf),
 }
 
+/// The link's keys, shared between the successive channels of the node
+/// and the pipeline source (each draw is persisted before it is used, so
+/// no two users ever get the same key).
+#[derive(Clone)]
+pub(crate) struct SharedLinkKeys(std::sync::Arc<std::sync::Mutex<LinkKeys>>);
+
+impl SharedLinkKeys {
+    /// Opens the keys of `link` (see [`LinkKeys::open`]).
+    pub(crate) fn open(
+        link: &str,
+        secret_file: &Path,
+        state_file: &Path,
+        ownership: Ownership,
+    ) -> Result<Self, LinkKeyError> {
+        Ok(SharedLinkKeys(std::sync::Arc::new(std::sync::Mutex::new(
+            LinkKeys::open(link, secret_file, state_file, ownership)?,
+        ))))
+    }
+
+    /// The link keys of the node configured by `config` (its ownership
+    /// follows the same rule as the store's: the node whose KME ID sorts
+    /// first owns the even indices).
+    pub(crate) fn open_for(config: &crate::config::NodeConfig) -> Result<Self, LinkKeyError> {
+        let ownership = if config.accepts_link() {
+            Ownership::First
+        } else {
+            Ownership::Second
+        };
+        Self::open(
+            &config.link_name(),
+            &config.peer.initial_secret_file,
+            &config.peer.link_state_file,
+            ownership,
+        )
+    }
+
+    /// The keys (a panicked holder leaves them usable: every call is one
+    /// whole draw or lookup).
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, LinkKeys> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl PskSource for SharedLinkKeys {
+    fn next(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        self.lock().next()
+    }
+    fn find(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        self.lock().find(id)
+    }
+    fn consume(&mut self, id: &KeyId) -> Result<(), PskError> {
+        self.lock().consume(id)
+    }
+}
+
 /// The link's keys, as a qkd-handshake PSK source.
 pub(crate) struct LinkKeys {
     root: Zeroizing<[u8; 32]>,

@@ -18,9 +18,11 @@ mod certs;
 mod client;
 mod config;
 mod demo;
+mod fetched;
 mod http;
 mod link_keys;
 mod node;
+mod pipeline_source;
 mod source;
 mod tls;
 
@@ -32,8 +34,10 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::{NodeConfig, SourceKind};
+use crate::link_keys::SharedLinkKeys;
 use crate::node::Node;
-use crate::source::SimulatedSource;
+use crate::pipeline_source::PipelineSource;
+use crate::source::{BlockSource, SimulatedSource};
 use crate::tls::SaeMap;
 
 /// A KMS node: ETSI GS QKD 014 over HTTPS with mutual TLS, key stores kept
@@ -197,14 +201,16 @@ pub(crate) async fn start_node(
 ) -> Result<RunningNode, Box<dyn std::error::Error>> {
     let tls = tls::server_config(config)?;
     let saes = Arc::new(SaeMap::new(config));
-    let source = match config.source.kind {
+    let keys = SharedLinkKeys::open_for(config)?;
+    let source: Box<dyn BlockSource> = match config.source.kind {
+        SourceKind::Pipeline => Box::new(PipelineSource::new(config, keys.clone())?),
         SourceKind::Simulated => Box::new(SimulatedSource::new(
             config.source.seed,
             config.source.block_bytes,
             config.source.bytes_per_second,
         )),
     };
-    let node = Node::new(config, source)?;
+    let node = Node::new(config, source, keys)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -37,7 +37,6 @@ use qkd_etsi014::{Kme, KmeConfig, Request, RequestId, Response};
 use qkd_handshake::capability::{Capabilities, Ownership, StoreParams};
 use qkd_handshake::channel::{ChannelConfig, ChannelEvent, SecuredChannel, Start};
 use qkd_handshake::handshake::HandshakeConfig;
-use qkd_handshake::psk::{PskError, PskSource};
 use qkd_keystore::{StoreConfig, StoreRole};
 use qkd_sync::{Event as SyncEvent, SyncConfig, SyncNode};
 use rand_chacha::ChaCha20Rng;
@@ -45,7 +44,8 @@ use rand_core::SeedableRng;
 use tokio::sync::oneshot;
 
 use crate::config::NodeConfig;
-use crate::link_keys::LinkKeys;
+use crate::fetched::{FetchedKeys, MAX_FETCHED, NodeKeys};
+use crate::link_keys::SharedLinkKeys;
 use crate::source::{BlockSource, Session};
 
 /// Largest link frame accepted: a sync message plus the record's overhead.
@@ -62,9 +62,6 @@ pub(crate) enum StartError {
     /// A configuration value the libraries refused.
     #[error("configuration: {0}")]
     Config(#[from] qkd_core::machine::ConfigError),
-    /// The link keys could not be opened.
-    #[error(transparent)]
-    LinkKeys(#[from] crate::link_keys::LinkKeyError),
     /// A socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -74,30 +71,6 @@ pub(crate) enum StartError {
     /// The system random generator failed.
     #[error("no randomness: {0}")]
     Random(getrandom::Error),
-}
-
-/// The link's keys, shared between the successive channels of the node.
-#[derive(Clone)]
-struct SharedLinkKeys(Arc<Mutex<LinkKeys>>);
-
-impl SharedLinkKeys {
-    fn lock(&self) -> MutexGuard<'_, LinkKeys> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl PskSource for SharedLinkKeys {
-    fn next(&mut self) -> Result<(qkd_core::KeyId, qkd_core::SecretKey), PskError> {
-        self.lock().next()
-    }
-    fn find(&mut self, id: &qkd_core::KeyId) -> Result<qkd_core::SecretKey, PskError> {
-        self.lock().find(id)
-    }
-    fn consume(&mut self, id: &qkd_core::KeyId) -> Result<(), PskError> {
-        self.lock().consume(id)
-    }
 }
 
 type Channel = SecuredChannel<SyncNode, SharedLinkKeys>;
@@ -144,6 +117,8 @@ struct State {
     generation: u64,
     low_water: u64,
     counters: Arc<Counters>,
+    /// IDs of keys fetched in full here (a second `dec_keys`: 400 at once).
+    fetched: FetchedKeys,
 }
 
 /// A snapshot for status lines and the demo.
@@ -161,6 +136,8 @@ pub(crate) struct Snapshot {
     pub(crate) source_bytes: u64,
     /// Link keys consumed below these indices (even, odd).
     pub(crate) link_key_floors: [u64; 2],
+    /// The distillation pipeline's numbers (pipeline source only).
+    pub(crate) pipeline: Option<crate::pipeline_source::PipelineReport>,
 }
 
 /// One KMS node (shared by the HTTP tasks and the link threads).
@@ -175,11 +152,13 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Builds the node of `config` with the block source `source`; the
-    /// link threads start with [`start_link`](Self::start_link).
+    /// Builds the node of `config` with the block source `source` and the
+    /// link keys `keys` (from [`SharedLinkKeys::open_for`], shared with the
+    /// source); the link threads start with [`start_link`](Self::start_link).
     pub(crate) fn new(
         config: &NodeConfig,
         source: Box<dyn BlockSource>,
+        keys: SharedLinkKeys,
     ) -> Result<Arc<Node>, StartError> {
         let accepts = config.accepts_link();
         let (role, ownership, start) = if accepts {
@@ -216,17 +195,11 @@ impl Node {
         kme_config.dec_keys_wait = Duration::from_millis(config.keys.dec_wait_ms);
         kme_config.max_waiting = config.keys.max_waiting;
         let kme = Kme::new(kme_config)?;
-        let keys = SharedLinkKeys(Arc::new(Mutex::new(LinkKeys::open(
-            &link_name,
-            &config.peer.initial_secret_file,
-            &config.peer.link_state_file,
-            ownership,
-        )?)));
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(StartError::Random)?;
         let mut rng = ChaCha20Rng::from_seed(seed);
         let node = SyncNode::new(sync_config.clone(), &mut rng)?;
-        let low_water = 4 * config.source.block_bytes as u64;
+        let low_water = source.low_water_bytes();
         let counters = Arc::new(Counters::default());
         Ok(Arc::new(Node {
             name: config.kme_id.clone(),
@@ -243,6 +216,7 @@ impl Node {
                 generation: 0,
                 low_water,
                 counters: counters.clone(),
+                fetched: FetchedKeys::new(MAX_FETCHED),
             }),
             next_request: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -277,7 +251,9 @@ impl Node {
         let now = Instant::now();
         let mut st = self.lock();
         st.waiters.insert(id, tx);
-        let State { link, kme, .. } = &mut *st;
+        let State {
+            link, kme, fetched, ..
+        } = &mut *st;
         kme.handle_request(
             now,
             Request {
@@ -288,7 +264,10 @@ impl Node {
                 body,
                 caller,
             },
-            link.node_mut(),
+            &mut NodeKeys {
+                node: link.node_mut(),
+                fetched,
+            },
         );
         st.after(now);
         (id, rx)
@@ -319,6 +298,7 @@ impl Node {
             source_blocks: st.source.blocks(),
             source_bytes: st.source.bytes(),
             link_key_floors: st.keys.lock().floors(),
+            pipeline: st.source.pipeline(),
         }
     }
 
@@ -354,9 +334,18 @@ impl Node {
         Ok(threads)
     }
 
+    /// The first step of a shutdown: the link's end is no longer news
+    /// (nothing is logged about it) and the block source stops. The demo
+    /// calls it on both nodes before stopping either, so neither reports
+    /// the other's orderly stop as a failure.
+    pub(crate) fn quiesce(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.lock().source.stop();
+    }
+
     /// Stops the link: an orderly close of the channel, then the threads end.
     pub(crate) fn shutdown(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.quiesce();
         {
             let mut st = self.lock();
             let now = Instant::now();
@@ -382,6 +371,12 @@ impl Node {
         while !self.stopped() {
             match listener.accept() {
                 Ok((stream, from)) => {
+                    // Shutting down: no new pairing (it would only draw
+                    // link keys and start a session to be torn down).
+                    if self.closing.load(Ordering::Relaxed) {
+                        let _ = stream.shutdown(Shutdown::Both);
+                        continue;
+                    }
                     // One link at a time: a second connection while one is
                     // up is refused (so a stranger cannot displace the peer).
                     if self.link_is_up() {
@@ -408,7 +403,7 @@ impl Node {
 
     fn connect_loop(self: Arc<Self>, addr: std::net::SocketAddr) {
         while !self.stopped() {
-            if self.link_is_up() {
+            if self.link_is_up() || self.closing.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_millis(20));
                 continue;
             }
@@ -526,7 +521,9 @@ impl Node {
             thread::sleep(TICK);
             let mut st = self.lock();
             let now = Instant::now();
-            let State { link, kme, .. } = &mut *st;
+            let State {
+                link, kme, fetched, ..
+            } = &mut *st;
             match link {
                 Link::Down(node) => {
                     if node.poll_timeout().is_some_and(|t| t <= now) {
@@ -540,7 +537,13 @@ impl Node {
                 }
             }
             if kme.poll_timeout().is_some_and(|t| t <= now) {
-                kme.handle_timeout(now, link.node_mut());
+                kme.handle_timeout(
+                    now,
+                    &mut NodeKeys {
+                        node: link.node_mut(),
+                        fetched,
+                    },
+                );
             }
             st.feed(now);
             if let Some(reason) = st.after(now) {
@@ -636,6 +639,7 @@ impl State {
             source,
             counters,
             waiters,
+            fetched,
             ..
         } = self;
         match link {
@@ -643,7 +647,7 @@ impl State {
                 // Nothing to send to; the events only matter to the handler.
                 while node.poll_transmit(now).is_some() {}
                 while let Some(ev) = node.poll_event() {
-                    kme.handle_sync_event(now, &ev, node);
+                    sync_event(kme, now, &ev, node, fetched);
                 }
             }
             Link::Up { channel, out, .. } => {
@@ -676,7 +680,7 @@ impl State {
                             if let SyncEvent::PeerMisbehaved(e) = &ev {
                                 eprintln!("peer misbehaved: {e}");
                             }
-                            kme.handle_sync_event(now, &ev, node);
+                            sync_event(kme, now, &ev, node, fetched);
                         }
                         ChannelEvent::Failed(e) => {
                             failure = Some(format!("secured channel failed: {e}"))
@@ -710,6 +714,23 @@ impl State {
             }
         }
         failure
+    }
+}
+
+/// Hands a sync event to the handler: key arrivals and ended lookups
+/// answer waiting `dec_keys` requests.
+fn sync_event(
+    kme: &mut Kme,
+    now: Instant,
+    ev: &SyncEvent,
+    node: &mut SyncNode,
+    fetched: &mut FetchedKeys,
+) {
+    let mut keys = NodeKeys { node, fetched };
+    match ev {
+        SyncEvent::KeyArrived { id } => kme.handle_arrival(now, id, &mut keys),
+        SyncEvent::LookupTimedOut { id } => kme.handle_wait_ended(now, id, &mut keys),
+        _ => {}
     }
 }
 

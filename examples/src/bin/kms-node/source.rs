@@ -1,9 +1,11 @@
 //! Where the node's final key blocks come from: the [`BlockSource`] seam.
 //!
-//! The distillation pipeline (qkd-postproc) will plug in here: it yields
-//! final key blocks numbered by [`BlockId`] in order, the same blocks with
-//! the same numbers on both nodes. Until it lands, [`SimulatedSource`]
-//! stands in: both nodes derive the same blocks from a shared seed.
+//! A source yields final key blocks numbered by [`BlockId`] in increasing
+//! order, the same blocks with the same numbers on both nodes (a block one
+//! node lacks is reconciled by the stores as lost). The real one is
+//! [`crate::pipeline_source::PipelineSource`], the distillation pipeline
+//! fed by the simulated device; [`SimulatedSource`] derives the blocks
+//! from a shared seed, for tests that need key fast and nothing else.
 
 use std::time::Instant;
 
@@ -50,6 +52,18 @@ pub(crate) trait BlockSource: Send {
 
     /// Bytes delivered in the current session.
     fn bytes(&self) -> u64;
+
+    /// The store is fed from this source while it holds less fresh and
+    /// pending key than this (or the peer stored blocks this node has not).
+    fn low_water_bytes(&self) -> u64;
+
+    /// The distillation pipeline's numbers, for a source that runs one.
+    fn pipeline(&self) -> Option<crate::pipeline_source::PipelineReport> {
+        None
+    }
+
+    /// The node is shutting down: stop any work of the source's own.
+    fn stop(&mut self) {}
 }
 
 /// Stand-in for the pipeline: block `b` of session `s` is a blake3 stream
@@ -120,6 +134,10 @@ impl BlockSource for SimulatedSource {
 
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn low_water_bytes(&self) -> u64 {
+        4 * self.block_bytes as u64
     }
 }
 
