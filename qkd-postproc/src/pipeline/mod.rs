@@ -32,13 +32,26 @@
 //!    shuffles are public; reusing a seed is safe, see
 //!    [`ShufflePlan`]) so that the shuffle plans of the few chunk lengths
 //!    are built once and shared by every block.
+//!
+//!    With the `ldpc` stage in place of `cascade` (one or the other, named
+//!    by the definition), Alice instead chooses from the estimate's QBER
+//!    the mother code and the punctured/shortened split of each frame
+//!    ([`crate::ldpc::choose_plan`]), cuts the key into frames of
+//!    `frame_bits` and one of each shorter power of two down to
+//!    `min_frame_bits` (the rest left over and counted as disclosed, as
+//!    above), and announces every frame's code and layout, the variant,
+//!    the blind step and rounds and the decoder iterations; each frame is
+//!    one [`LdpcAlice`]/[`LdpcBob`] pair in the block's stream, Bob decoding
+//!    inline. The disclosed bits are `m − p + revealed` per frame
+//!    ([`crate::ldpc::rate`]); a frame that does not decode drops the block
+//!    on both sides ([`DropReason::Correction`]).
 //! 4. **Confirm.** Alice sends a challenge ([`crate::confirm`]) and, with
 //!    it, the Toeplitz seed for the final length `ℓ`.
 //! 5. **Amplify.** `ℓ` is [`finite_key_length`] of exactly the estimate's
 //!    `n`, `k` and sample errors, `leak_EC` = the parities Alice disclosed
-//!    plus the leftover bits, the confirmation tag length, `ε_sec` and the
-//!    confirmation's `ε_cor`; both sides hash their corrected key with the
-//!    seed.
+//!    (LDPC: syndrome and revealed bits) plus the leftover bits, the
+//!    confirmation tag length, `ε_sec` and the confirmation's `ε_cor`;
+//!    both sides hash their corrected key with the seed.
 //! 6. **Commit** (symmetric). In transcript mode Alice then sends her
 //!    transcript tag over every message she sent for the block; Bob checks
 //!    it against what he received and answers with his own tag (per-message
