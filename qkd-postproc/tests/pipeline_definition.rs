@@ -116,9 +116,9 @@ fn ldpc_errors_name_the_line_and_the_field() {
             "max_iterations",
         ),
         ("efficiency = 1.1", "efficiency = 0.9", "efficiency"),
-        ("modulated = 0.1", "modulated = 0.45", "modulated"),
+        ("modulated = 0.25", "modulated = 0.45", "modulated"),
         ("variant = \"blind\"", "variant = \"option7\"", "variant"),
-        ("modulated = 0.1", "modulated = 0.1, bogus = 1", "bogus"),
+        ("modulated = 0.25", "modulated = 0.25, bogus = 1", "bogus"),
     ];
     let line = LDPC_TOML
         .lines()

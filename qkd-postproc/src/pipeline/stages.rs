@@ -131,7 +131,7 @@ impl Default for Settings {
             max_blind_rounds: 40,
             max_iterations: 60,
             efficiency: 1.1,
-            modulated: 0.1,
+            modulated: 0.25,
         }
     }
 }
