@@ -100,7 +100,7 @@ fn ldpc_errors_name_the_line_and_the_field() {
     let cases = [
         ("frame_bits = 65536", "frame_bits = 65537", "frame_bits"),
         (
-            "min_frame_bits = 1024",
+            "min_frame_bits = 4096",
             "min_frame_bits = 512",
             "min_frame_bits",
         ),

@@ -126,7 +126,7 @@ impl Default for Settings {
             modified_toeplitz: false,
             ldpc_variant: LdpcVariant::Blind,
             frame_bits: 1 << 16,
-            min_frame_bits: 1 << 10,
+            min_frame_bits: 1 << 12,
             blind_step: 0.004,
             max_blind_rounds: 40,
             max_iterations: 60,
@@ -376,7 +376,7 @@ impl Module for Stage {
                     Value::U64(u64::from(s.min_frame_bits)),
                     "shortest frame for the rest of a block, a power of two in \
                      2^10..=frame_bits; fewer leftover key bits are not corrected and count \
-                     as disclosed",
+                     as disclosed (frames under 2^12 bits decode poorly)",
                 ),
                 self.info(
                     "blind_step",
