@@ -1,6 +1,6 @@
 //! The pipeline's own framing (outer frames, control bodies, stage
 //! parameters, chunk wrappers, the Toeplitz seed message) and both
-//! pipelines fed arbitrary datagrams.
+//! pipelines, with Cascade and with LDPC correction, fed arbitrary datagrams.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -15,9 +15,15 @@ use qkd_postproc::pipeline::wire::{
 };
 use qkd_postproc::pipeline::{Pipeline, PipelineDefinition};
 
-fn definition() -> &'static PipelineDefinition {
-    static D: OnceLock<PipelineDefinition> = OnceLock::new();
-    D.get_or_init(PipelineDefinition::default)
+fn definitions() -> &'static [PipelineDefinition; 2] {
+    static D: OnceLock<[PipelineDefinition; 2]> = OnceLock::new();
+    D.get_or_init(|| {
+        [
+            PipelineDefinition::default(),
+            PipelineDefinition::from_toml(include_str!("../../qkd-postproc/pipelines/ldpc.toml"))
+                .expect("the committed ldpc.toml loads"),
+        ]
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -40,9 +46,12 @@ fuzz_target!(|data: &[u8]| {
     // Both sides take any datagram without panicking; a rejected one
     // changes nothing they report.
     let now = Instant::now();
-    for role in [Role::Alice, Role::Bob] {
+    for (definition, role) in definitions()
+        .iter()
+        .flat_map(|d| [(d, Role::Alice), (d, Role::Bob)])
+    {
         let secret = PresharedSecret::new(SecretId::new(1), SecretKey::from_slice(&[3; 4096]));
-        let mut p = Pipeline::new(definition(), role, secret, [1; 32]).unwrap();
+        let mut p = Pipeline::new(definition, role, secret, [1; 32]).unwrap();
         while p.poll_transmit(now).is_some() {}
         let before = p.stats().clone();
         if p.handle_input(now, data).is_err() {

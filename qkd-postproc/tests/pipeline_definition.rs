@@ -45,11 +45,14 @@ fn errors_name_the_line_and_the_field() {
         PipelineDefinition::from_toml(&bad),
         Err(DefinitionError::Invalid { line: Some(l), .. }) if l == line
     ));
+    // `ldpc` in place of `cascade` with Cascade's parameters: the first
+    // one LDPC does not know is named.
     let bad = TOML.replace("name = \"cascade\"", "name = \"ldpc\"");
-    assert!(matches!(
-        PipelineDefinition::from_toml(&bad),
-        Err(DefinitionError::NotImplemented { .. })
-    ));
+    let e = PipelineDefinition::from_toml(&bad).unwrap_err();
+    assert!(
+        matches!(&e, DefinitionError::Invalid { field, .. } if field == "stage[2].params.chunk_bits"),
+        "{e}"
+    );
     let bad = TOML.replace("name = \"confirm\"", "name = \"verify\"");
     assert!(matches!(
         PipelineDefinition::from_toml(&bad),
@@ -66,10 +69,139 @@ fn errors_name_the_line_and_the_field() {
     let bad = XML.replace("name=\"cascade\"", "name=\"ldpc\"");
     assert!(matches!(
         PipelineDefinition::from_xml(&bad),
-        Err(DefinitionError::NotImplemented { .. })
+        Err(DefinitionError::Invalid { .. })
     ));
     assert!(PipelineDefinition::from_xml("<pipeline><bogus/></pipeline>").is_err());
     assert!(PipelineDefinition::from_toml("").is_err());
+}
+
+const LDPC_TOML: &str = include_str!("../pipelines/ldpc.toml");
+const LDPC_XML: &str = include_str!("../pipelines/ldpc.xml");
+
+#[test]
+fn committed_ldpc_examples_load_and_agree() {
+    let t = PipelineDefinition::from_toml(LDPC_TOML).unwrap();
+    let x = PipelineDefinition::from_xml(LDPC_XML).unwrap();
+    assert_eq!(t, x);
+    assert_eq!(t.digest(), x.digest());
+    assert_eq!(
+        t.stage_names(),
+        ["sift", "estimate", "ldpc", "confirm", "amplify"]
+    );
+    // Both sides must run the same correction: the digests differ.
+    assert_ne!(t.digest(), PipelineDefinition::default().digest());
+    let other = PipelineDefinition::from_toml(&LDPC_TOML.replace("\"blind\"", "\"rate_adaptive\""))
+        .unwrap();
+    assert_ne!(t.digest(), other.digest());
+}
+
+#[test]
+fn ldpc_errors_name_the_line_and_the_field() {
+    let cases = [
+        ("frame_bits = 65536", "frame_bits = 65537", "frame_bits"),
+        (
+            "min_frame_bits = 4096",
+            "min_frame_bits = 512",
+            "min_frame_bits",
+        ),
+        ("blind_step = 0.004", "blind_step = 0.5", "blind_step"),
+        (
+            "max_blind_rounds = 40",
+            "max_blind_rounds = 0",
+            "max_blind_rounds",
+        ),
+        (
+            "max_iterations = 60",
+            "max_iterations = 5000",
+            "max_iterations",
+        ),
+        ("efficiency = 1.1", "efficiency = 0.9", "efficiency"),
+        ("modulated = 0.25", "modulated = 0.45", "modulated"),
+        ("variant = \"blind\"", "variant = \"option7\"", "variant"),
+        ("modulated = 0.25", "modulated = 0.25, bogus = 1", "bogus"),
+    ];
+    let line = LDPC_TOML
+        .lines()
+        .position(|l| l.contains("frame_bits = 65536"))
+        .unwrap()
+        + 1;
+    for (from, to, field) in cases {
+        let bad = LDPC_TOML.replace(from, to);
+        let e = PipelineDefinition::from_toml(&bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("line {line}: `stage[2].params.{field}`")),
+            "{to}: {e}"
+        );
+    }
+    let both = LDPC_TOML.replace(
+        "[[stage]]\nname = \"confirm\"",
+        "[[stage]]\nname = \"cascade\"\n\n[[stage]]\nname = \"confirm\"",
+    );
+    let e = PipelineDefinition::from_toml(&both).unwrap_err();
+    assert!(e.to_string().contains("only one correction stage"), "{e}");
+    let bad = LDPC_XML.replace("value=\"65536\"", "value=\"3\"");
+    let e = PipelineDefinition::from_xml(&bad).unwrap_err();
+    assert!(e.to_string().contains("stage[2].params.frame_bits"), "{e}");
+}
+
+#[test]
+fn ldpc_parameters_are_validated_and_owned_by_alice() {
+    let def = PipelineDefinition::from_toml(LDPC_TOML).unwrap();
+    let secret = || PresharedSecret::new(SecretId::new(1), SecretKey::from_slice(&[1; 4096]));
+    let mut alice = Pipeline::new(&def, Role::Alice, secret(), [3; 32]).unwrap();
+    assert_eq!(
+        alice.module_names(),
+        [
+            "sift", "estimate", "ldpc", "confirm", "amplify", "auth", "pipeline"
+        ]
+    );
+    let ldpc = alice.module_mut("ldpc").unwrap();
+    let before = ldpc.parameters();
+    assert!(
+        ldpc.set_parameter("variant", &Value::Text("option8".into()))
+            .is_err()
+    );
+    assert!(
+        ldpc.set_parameter("frame_bits", &Value::U64(3 << 10))
+            .is_err()
+    );
+    assert!(
+        ldpc.set_parameter("efficiency", &Value::F64(f64::NAN))
+            .is_err()
+    );
+    assert_eq!(
+        ldpc.parameters(),
+        before,
+        "a refused value changed something"
+    );
+    ldpc.set_parameter("variant", &Value::Text("rate_adaptive".into()))
+        .unwrap();
+    ldpc.set_parameter("frame_bits", &Value::U64(1 << 14))
+        .unwrap();
+    assert_eq!(ldpc.parameter("frame_bits").unwrap(), Value::U64(1 << 14));
+    for name in [
+        "frames",
+        "decode_failures",
+        "blind_rounds",
+        "revealed_bits",
+        "leaked_bits",
+    ] {
+        assert!(
+            ldpc.statistics().iter().any(|s| s.name == name),
+            "no statistic {name}"
+        );
+    }
+    assert!(alice.module("cascade").is_none());
+    let mut bob = Pipeline::new(&def, Role::Bob, secret(), [4; 32]).unwrap();
+    assert_eq!(
+        bob.module_mut("ldpc")
+            .unwrap()
+            .set_parameter("max_iterations", &Value::U64(20)),
+        Err(ParameterError::ReadOnly {
+            name: "max_iterations".into()
+        })
+    );
 }
 
 fn pipeline(role: Role) -> Pipeline {

@@ -280,6 +280,12 @@ impl LdpcAlice {
         self.plan.syndrome_leakage() + self.revealed
     }
 
+    /// Alice's key, consuming the machine.
+    #[must_use]
+    pub fn into_key(self) -> BitVec {
+        self.key
+    }
+
     /// The first message (for hosts that send it outside `poll_transmit`).
     #[must_use]
     pub fn syndrome_message(&self) -> &[u8] {
@@ -505,6 +511,11 @@ impl LdpcBob {
     #[must_use]
     pub fn corrected_key(&self) -> Option<&BitVec> {
         self.corrected.as_ref()
+    }
+
+    /// Takes Bob's corrected key out (once the block completed).
+    pub fn take_corrected_key(&mut self) -> Option<BitVec> {
+        self.corrected.take()
     }
 
     fn stats(&self) -> LdpcStats {

@@ -82,6 +82,24 @@ impl FramePlan {
         })
     }
 
+    /// The plan of a ladder code with `punctured` and `shortened`
+    /// positions, named by its rung (what the peer rebuilds from a
+    /// [`PlanId`](super::PlanId) it was told).
+    ///
+    /// # Errors
+    /// As [`CodeCache::get`] and [`FramePlan::new`].
+    pub fn for_rung(
+        cache: &mut CodeCache,
+        spec: CodeSpec,
+        punctured: usize,
+        shortened: usize,
+    ) -> Result<Self, LdpcError> {
+        let code = cache.get(spec)?;
+        let mut plan = FramePlan::new(code, punctured, shortened)?;
+        plan.rung = Some(spec.rate);
+        Ok(plan)
+    }
+
     /// The code.
     #[must_use]
     pub fn code(&self) -> &Arc<LdpcCode> {

@@ -34,11 +34,17 @@
 //! </pipeline>
 //! ```
 //!
-//! The stages are `sift`, `estimate`, `cascade`, `confirm`, `amplify`, in
-//! this order, each at most once; `sift`, `estimate`, the correction stage
-//! (`cascade`), `confirm` and `amplify` are required. `ldpc` is a known
-//! stage whose pipeline integration does not exist yet: a definition naming
-//! it is refused with [`DefinitionError::NotImplemented`]. A stage's
+//! The stages are `sift`, `estimate`, a correction stage, `confirm`,
+//! `amplify`, in this order, each once. The correction stage is exactly one
+//! of `cascade` and `ldpc`; `pipelines/ldpc.toml` shows the second:
+//!
+//! ```toml
+//! [[stage]]
+//! name = "ldpc"
+//! params = { variant = "blind", frame_bits = 65536, min_frame_bits = 4096, efficiency = 1.1 }
+//! ```
+//!
+//! A stage's
 //! parameters are the ones its [`Module`] lists
 //! ([`Pipeline::module`](super::Pipeline)), checked by the same validation
 //! as a change at run time. Errors name the line (TOML) and the field.
@@ -490,17 +496,9 @@ impl PipelineDefinition {
                 "sift" => StageKind::Sift,
                 "estimate" => StageKind::Estimate,
                 "cascade" => StageKind::Cascade,
+                "ldpc" => StageKind::Ldpc,
                 "confirm" => StageKind::Confirm,
                 "amplify" => StageKind::Amplify,
-                "ldpc" => {
-                    return Err(DefinitionError::NotImplemented {
-                        line: s.line,
-                        name: s.name,
-                        reason: "the LDPC machines exist (qkd_postproc::ldpc) but are not \
-                                 wired into the pipeline's correction seam; use `cascade`"
-                            .into(),
-                    });
-                }
                 _ => {
                     return Err(DefinitionError::UnknownStage {
                         line: s.line,
@@ -508,6 +506,19 @@ impl PipelineDefinition {
                     });
                 }
             };
+            if kind.is_correction()
+                && let Some(other) = def.stages.iter().find(|s| s.kind.is_correction())
+            {
+                return Err(invalid(
+                    s.line,
+                    &format!("stage[{i}].name"),
+                    format!(
+                        "only one correction stage: `{}` and `{}` both given",
+                        other.kind.name(),
+                        kind.name()
+                    ),
+                ));
+            }
             if let Some((_, prev)) = last
                 && prev >= kind
             {
@@ -515,7 +526,7 @@ impl PipelineDefinition {
                     s.line,
                     &format!("stage[{i}].name"),
                     format!(
-                        "stage `{}` must come after `{}` (order: sift, estimate, cascade, confirm, amplify; each once)",
+                        "stage `{}` must come after `{}` (order: sift, estimate, cascade or ldpc, confirm, amplify; each once)",
                         prev.name(),
                         kind.name()
                     ),
@@ -535,7 +546,19 @@ impl PipelineDefinition {
             def.stages.push(stage);
         }
         for required in StageKind::REQUIRED {
-            if !def.stages.iter().any(|s| s.kind == required) {
+            let present = if required.is_correction() {
+                def.stages.iter().any(|s| s.kind.is_correction())
+            } else {
+                def.stages.iter().any(|s| s.kind == required)
+            };
+            if !present {
+                if required.is_correction() {
+                    return Err(invalid(
+                        None,
+                        "stage",
+                        "a correction stage (`cascade` or `ldpc`) is required".into(),
+                    ));
+                }
                 return Err(invalid(
                     None,
                     "stage",
@@ -595,9 +618,24 @@ mod tests {
                 name: "sifter".into()
             }
         );
-        let e = PipelineDefinition::from_toml("[[stage]]\nname = \"ldpc\"\n").unwrap_err();
+        let both = "[[stage]]\nname = \"sift\"\n[[stage]]\nname = \"estimate\"\n\
+                    [[stage]]\nname = \"cascade\"\n[[stage]]\nname = \"ldpc\"\n";
+        let e = PipelineDefinition::from_toml(both).unwrap_err();
         assert!(
-            matches!(e, DefinitionError::NotImplemented { line: Some(2), .. }),
+            e.to_string()
+                .starts_with("line 8: `stage[3].name`: only one correction stage"),
+            "{e}"
+        );
+        let none = "[[stage]]\nname = \"sift\"\n[[stage]]\nname = \"estimate\"\n\
+                    [[stage]]\nname = \"confirm\"\n[[stage]]\nname = \"amplify\"\n";
+        let e = PipelineDefinition::from_toml(none).unwrap_err();
+        assert!(e.to_string().contains("correction stage"), "{e}");
+        let ldpc = "[[stage]]\nname = \"sift\"\n[[stage]]\nname = \"estimate\"\n\
+                    [[stage]]\nname = \"ldpc\"\nparams = { frame_bits = 3000 }\n";
+        let e = PipelineDefinition::from_toml(ldpc).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("line 7: `stage[2].params.frame_bits`"),
             "{e}"
         );
         let e = PipelineDefinition::from_toml("bogus = 1\nstage = []\n").unwrap_err();
@@ -626,5 +664,20 @@ mod tests {
             .configure("variant", &Value::Text("option8".into()))
             .unwrap();
         assert_ne!(a.digest(), c.digest());
+        // The same parameters under the other correction stage differ too,
+        // and so does every LDPC parameter.
+        let mut l = a.clone();
+        l.stages[2] = Stage::new(StageKind::Ldpc);
+        assert_ne!(a.digest(), l.digest());
+        let mut m = l.clone();
+        m.stages[2]
+            .configure("variant", &Value::Text("rate_adaptive".into()))
+            .unwrap();
+        assert_ne!(l.digest(), m.digest());
+        let mut m = l.clone();
+        m.stages[2]
+            .configure("max_iterations", &Value::U64(61))
+            .unwrap();
+        assert_ne!(l.digest(), m.digest());
     }
 }

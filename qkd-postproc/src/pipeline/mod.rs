@@ -32,13 +32,26 @@
 //!    shuffles are public; reusing a seed is safe, see
 //!    [`ShufflePlan`]) so that the shuffle plans of the few chunk lengths
 //!    are built once and shared by every block.
+//!
+//!    With the `ldpc` stage in place of `cascade` (one or the other, named
+//!    by the definition), Alice instead chooses from the estimate's QBER
+//!    the mother code and the punctured/shortened split of each frame
+//!    ([`crate::ldpc::choose_plan`]), cuts the key into frames of
+//!    `frame_bits` and one of each shorter power of two down to
+//!    `min_frame_bits` (the rest left over and counted as disclosed, as
+//!    above), and announces every frame's code and layout, the variant,
+//!    the blind step and rounds and the decoder iterations; each frame is
+//!    one [`LdpcAlice`]/[`LdpcBob`] pair in the block's stream, Bob decoding
+//!    inline. The disclosed bits are `m − p + revealed` per frame
+//!    ([`crate::ldpc::rate`]); a frame that does not decode drops the block
+//!    on both sides ([`DropReason::Correction`]).
 //! 4. **Confirm.** Alice sends a challenge ([`crate::confirm`]) and, with
 //!    it, the Toeplitz seed for the final length `ℓ`.
 //! 5. **Amplify.** `ℓ` is [`finite_key_length`] of exactly the estimate's
 //!    `n`, `k` and sample errors, `leak_EC` = the parities Alice disclosed
-//!    plus the leftover bits, the confirmation tag length, `ε_sec` and the
-//!    confirmation's `ε_cor`; both sides hash their corrected key with the
-//!    seed.
+//!    (LDPC: syndrome and revealed bits) plus the leftover bits, the
+//!    confirmation tag length, `ε_sec` and the confirmation's `ε_cor`;
+//!    both sides hash their corrected key with the seed.
 //! 6. **Commit** (symmetric). In transcript mode Alice then sends her
 //!    transcript tag over every message she sent for the block; Bob checks
 //!    it against what he received and answers with his own tag (per-message
@@ -101,6 +114,7 @@
 //! [`Pipeline::complete_work`]. The example on [`Pipeline`] shows it.
 
 pub mod definition;
+mod ldpc;
 mod stages;
 mod stream;
 pub mod wire;
@@ -133,6 +147,7 @@ use crate::confirm::{
 use crate::estimate::{
     self, Estimate, EstimateAlice, EstimateBob, EstimateConfig, EstimateEvent, EstimateMessage,
 };
+use crate::ldpc::{CodeCache, LdpcAlice, LdpcBob};
 use crate::sift::{self, SiftMessage};
 
 pub use definition::{AuthMode, CheckpointMode, DefinitionError, PipelineDefinition};
@@ -165,11 +180,14 @@ pub struct BlockReport {
     pub qber_upper: f64,
     /// Key bits after the sample (`n = corrected_bits + leftover_bits`).
     pub key_bits: u64,
-    /// Bits corrected by Cascade.
+    /// Bits corrected (by Cascade or LDPC).
     pub corrected_bits: u64,
-    /// Bits too few for a Cascade chunk: not corrected, counted as disclosed.
+    /// Bits too few for a Cascade chunk or an LDPC frame: not corrected,
+    /// counted as disclosed.
     pub leftover_bits: u64,
-    /// Parity bits Cascade disclosed (Alice's count).
+    /// Bits the correction disclosed: Cascade's parities (Alice's count),
+    /// or LDPC's `m − p + revealed` summed over the frames (see
+    /// [`crate::ldpc::rate`]).
     pub parity_bits: u64,
     /// `leak_EC` fed to the length formula: `parity_bits + leftover_bits`.
     pub leaked_bits: u64,
@@ -189,10 +207,17 @@ pub struct BlockReport {
     pub pool_bits: u64,
     /// Of the hashed bits, the ones handed out in [`PipelineEvent::FinalKey`].
     pub key_out_bits: u64,
-    /// Cascade chunks.
+    /// Cascade chunks, or LDPC frames.
     pub chunks: u32,
     /// Cascade rounds (channel uses), summed over chunks.
     pub cascade_rounds: u64,
+    /// LDPC: decoding rounds, summed over frames (one per frame without
+    /// blind reveals).
+    #[serde(default)]
+    pub ldpc_rounds: u64,
+    /// LDPC: bits revealed in blind rounds (part of `parity_bits`).
+    #[serde(default)]
+    pub revealed_bits: u64,
     /// Wegman–Carter pad bits this side spent sealing the block's messages.
     pub auth_bits_sent: u64,
     /// Pad bits this side spent verifying the peer's messages of the block.
@@ -267,9 +292,9 @@ pub enum DropReason {
     Sift(String),
     /// Estimation aborted the block (QBER above threshold, too small ...).
     Estimate(estimate::AbortReason),
-    /// Too few key bits for the smallest Cascade chunk.
+    /// Too few key bits for the smallest Cascade chunk or LDPC frame.
     TooSmall,
-    /// A Cascade run aborted.
+    /// A Cascade run aborted, or an LDPC frame did not decode.
     Correction(String),
     /// The confirmation tags differ: the keys differ.
     ConfirmMismatch,
@@ -505,11 +530,12 @@ enum Phase {
 }
 
 impl Phase {
-    fn stage(self) -> StageKind {
+    /// The stage of this phase; `correction` is the definition's correction stage.
+    fn stage(self, correction: StageKind) -> StageKind {
         match self {
             Phase::WaitFrame | Phase::Sift => StageKind::Sift,
             Phase::Estimate => StageKind::Estimate,
-            Phase::Correct => StageKind::Cascade,
+            Phase::Correct => correction,
             Phase::Confirm => StageKind::Confirm,
             Phase::RoundEnd | Phase::Committing => StageKind::Amplify,
         }
@@ -534,6 +560,8 @@ struct Block {
     chunks: Vec<u32>,
     cascade_alice: Vec<CascadeAlice>,
     cascade_bob: Vec<CascadeBob>,
+    ldpc_alice: Vec<LdpcAlice>,
+    ldpc_bob: Vec<LdpcBob>,
     chunks_done: usize,
     confirm_alice: Option<ConfirmAlice>,
     confirm_bob: Option<ConfirmBob>,
@@ -585,6 +613,8 @@ impl Block {
             chunks: Vec::new(),
             cascade_alice: Vec::new(),
             cascade_bob: Vec::new(),
+            ldpc_alice: Vec::new(),
+            ldpc_bob: Vec::new(),
             chunks_done: 0,
             confirm_alice: None,
             confirm_bob: None,
@@ -754,6 +784,10 @@ pub struct Pipeline {
     master: Zeroizing<[u8; 32]>,
     shuffle_seed: u64,
     plans: HashMap<(usize, u64), Arc<ShufflePlan>>,
+    /// LDPC codes built so far (a few per frame length).
+    codes: CodeCache,
+    /// The definition's correction stage (`cascade` or `ldpc`).
+    correction: StageKind,
     blocks: BTreeMap<BlockId, Box<Block>>,
     frames: VecDeque<RawFrame>,
     history: BTreeMap<BlockId, (Settled, Option<Vec<u8>>)>,
@@ -893,6 +927,11 @@ impl Pipeline {
             s.role = Some(role);
         }
         let master = Zeroizing::new(seed);
+        let correction = definition
+            .stages
+            .iter()
+            .find(|s| s.kind.is_correction())
+            .map_or(StageKind::Cascade, |s| s.kind);
         Pipeline {
             role,
             digest: definition.digest(),
@@ -912,6 +951,8 @@ impl Pipeline {
             channel,
             master,
             plans: HashMap::new(),
+            codes: CodeCache::new(),
+            correction,
             blocks: BTreeMap::new(),
             frames: VecDeque::new(),
             history: BTreeMap::new(),
@@ -1406,6 +1447,21 @@ impl Pipeline {
                     None => Ok(()),
                 }
             }
+            // Bob: the LDPC parameters.
+            (Role::Bob, Phase::Correct, Some(Protocol::Pipeline))
+                if !wire::is_chunk(message) && self.correction == StageKind::Ldpc =>
+            {
+                let StageParameters::Ldpc {
+                    blind,
+                    max_rounds,
+                    max_iterations,
+                    frames,
+                } = StageParameters::decode(message).map_err(|e| bad(&e.to_string()))?
+                else {
+                    return Err(bad("expected LDPC parameters"));
+                };
+                self.bob_ldpc(now, block, (blind, max_rounds, max_iterations), &frames)
+            }
             // Bob: the correction parameters.
             (Role::Bob, Phase::Correct, Some(Protocol::Pipeline)) if !wire::is_chunk(message) => {
                 let StageParameters::Correct {
@@ -1450,6 +1506,22 @@ impl Pipeline {
                 let (chunk, inner) =
                     wire::decode_chunk(message).map_err(|e| bad(&e.to_string()))?;
                 let i = chunk as usize;
+                if self.correction == StageKind::Ldpc {
+                    let result = match self.role {
+                        Role::Alice => block
+                            .ldpc_alice
+                            .get_mut(i)
+                            .ok_or_else(|| bad("no such frame"))?
+                            .handle_input(now, inner),
+                        Role::Bob => block
+                            .ldpc_bob
+                            .get_mut(i)
+                            .ok_or_else(|| bad("no such frame"))?
+                            .handle_input(now, inner),
+                    };
+                    result.map_err(|e| DropReason::Correction(e.to_string()))?;
+                    return self.pump_ldpc(now, block);
+                }
                 let result = match self.role {
                     Role::Alice => block
                         .cascade_alice
@@ -1651,9 +1723,9 @@ impl Pipeline {
                 stage.stats.sample_bits += estimate.sample_bits;
                 stage.stats.sample_errors += estimate.sample_errors;
                 stage.stats.last_qber = estimate.qber;
-                let cascade = self.stage_mut(StageKind::Cascade);
-                cascade.stats.blocks_in += 1;
-                cascade.stats.bits_in += key.len() as u64;
+                let correction = self.stage_mut(self.correction);
+                correction.stats.blocks_in += 1;
+                correction.stats.bits_in += key.len() as u64;
                 block.key = Some(key);
                 block.estimate = Some(estimate);
                 block.phase = Phase::Correct;
@@ -1677,6 +1749,9 @@ impl Pipeline {
     }
 
     fn start_correction(&mut self, block: &mut Block) -> Result<(), DropReason> {
+        if self.correction == StageKind::Ldpc {
+            return self.start_ldpc(block);
+        }
         let s = self.stage_mut(StageKind::Cascade).settings.clone();
         let key = block.key.take().ok_or(DropReason::TooSmall)?;
         let (chunks, leftover) = chunk_lengths(key.len() as u64, s.chunk_bits, s.min_chunk_bits);
@@ -1763,6 +1838,7 @@ impl Pipeline {
 
     fn corrected(&mut self, now: Instant, block: &mut Block) -> Result<(), DropReason> {
         let (key, parity) = match self.role {
+            _ if self.correction == StageKind::Ldpc => self.ldpc_key(block)?,
             Role::Alice => {
                 let parity = block
                     .cascade_alice
@@ -1795,7 +1871,7 @@ impl Pipeline {
         block.report.corrected_bits = key.len() as u64;
         block.report.parity_bits = parity;
         block.report.leaked_bits = parity + block.report.leftover_bits;
-        let stage = self.stage_mut(StageKind::Cascade);
+        let stage = self.stage_mut(self.correction);
         stage.stats.blocks_out += 1;
         stage.stats.bits_out += key.len() as u64;
         stage.stats.leaked_bits += parity + block.report.leftover_bits;
@@ -2011,7 +2087,7 @@ impl Pipeline {
     /// Drops a block on this side; `tell` sends the peer a sealed Abandon.
     fn drop_block(&mut self, now: Instant, mut block: Box<Block>, reason: DropReason, tell: bool) {
         let _ = now;
-        let stage = block.phase.stage();
+        let stage = block.phase.stage(self.correction);
         self.stage_mut(stage).stats.blocks_dropped += 1;
         self.totals.blocks_dropped += 1;
         self.totals.dropped_sifted_bits += block.report.sifted_bits;
@@ -2885,7 +2961,7 @@ impl ModuleHost for Pipeline {
             .filter(|b| b.phase != Phase::Committing)
             .map(|b| SavedInFlight {
                 block: b.id.get(),
-                stage: b.phase.stage(),
+                stage: b.phase.stage(self.correction),
             })
             .collect();
         let next_block = self

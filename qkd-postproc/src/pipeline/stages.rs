@@ -19,6 +19,8 @@ pub enum StageKind {
     Estimate,
     /// Error correction with Cascade.
     Cascade,
+    /// Error correction with LDPC syndrome coding (in place of Cascade).
+    Ldpc,
     /// Key confirmation.
     Confirm,
     /// Privacy amplification.
@@ -26,7 +28,9 @@ pub enum StageKind {
 }
 
 impl StageKind {
-    /// Every stage a definition must have, in order.
+    /// The stages of the default definition, in order. Every definition has
+    /// these, except that [`Ldpc`](Self::Ldpc) may stand in place of
+    /// [`Cascade`](Self::Cascade) (exactly one correction stage).
     pub const REQUIRED: [StageKind; 5] = [
         StageKind::Sift,
         StageKind::Estimate,
@@ -35,6 +39,12 @@ impl StageKind {
         StageKind::Amplify,
     ];
 
+    /// Whether this is a correction stage (`cascade` or `ldpc`).
+    #[must_use]
+    pub const fn is_correction(self) -> bool {
+        matches!(self, StageKind::Cascade | StageKind::Ldpc)
+    }
+
     /// The stage's name in definitions and on the control surface.
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -42,6 +52,7 @@ impl StageKind {
             StageKind::Sift => "sift",
             StageKind::Estimate => "estimate",
             StageKind::Cascade => "cascade",
+            StageKind::Ldpc => "ldpc",
             StageKind::Confirm => "confirm",
             StageKind::Amplify => "amplify",
         }
@@ -54,10 +65,31 @@ impl core::fmt::Display for StageKind {
     }
 }
 
+/// What the `ldpc` stage does when a frame does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LdpcVariant {
+    /// Blind: Alice reveals more bits, round by round.
+    Blind,
+    /// One syndrome; a frame that fails drops the block.
+    RateAdaptive,
+}
+
+impl LdpcVariant {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            LdpcVariant::Blind => "blind",
+            LdpcVariant::RateAdaptive => "rate_adaptive",
+        }
+    }
+}
+
 /// Parameters of the stages. Alice owns every stage: she announces what
 /// Bob must know in the stage's first message (see [`super::wire`]).
+/// Fields missing from a saved state take their defaults (states saved
+/// before the `ldpc` stage existed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(crate) struct Settings {
     pub(crate) sample_fraction: f64,
     pub(crate) min_sample_bits: u32,
@@ -69,6 +101,14 @@ pub(crate) struct Settings {
     pub(crate) tag_bits: u8,
     pub(crate) eps_sec: f64,
     pub(crate) modified_toeplitz: bool,
+    pub(crate) ldpc_variant: LdpcVariant,
+    pub(crate) frame_bits: u32,
+    pub(crate) min_frame_bits: u32,
+    pub(crate) blind_step: f64,
+    pub(crate) max_blind_rounds: u32,
+    pub(crate) max_iterations: u32,
+    pub(crate) efficiency: f64,
+    pub(crate) modulated: f64,
 }
 
 impl Default for Settings {
@@ -84,6 +124,14 @@ impl Default for Settings {
             tag_bits: 64,
             eps_sec: 1e-10,
             modified_toeplitz: false,
+            ldpc_variant: LdpcVariant::Blind,
+            frame_bits: 1 << 16,
+            min_frame_bits: 1 << 12,
+            blind_step: 0.004,
+            max_blind_rounds: 40,
+            max_iterations: 60,
+            efficiency: 1.1,
+            modulated: 0.25,
         }
     }
 }
@@ -123,6 +171,18 @@ pub struct StageStats {
     pub last_qber: f64,
     /// Seconds since the pipeline's first frame, at the last update.
     pub elapsed_s: f64,
+    /// LDPC only: frames reconciled or given up.
+    #[serde(default)]
+    pub frames: u64,
+    /// LDPC only: frames whose decoding failed (each dropped its block).
+    #[serde(default)]
+    pub decode_failures: u64,
+    /// LDPC only: decoding rounds after the first (blind reveals).
+    #[serde(default)]
+    pub blind_rounds: u64,
+    /// LDPC only: bits revealed in blind rounds (part of `leaked_bits`).
+    #[serde(default)]
+    pub revealed_bits: u64,
 }
 
 /// One stage: its kind, parameters and statistics.
@@ -234,6 +294,24 @@ impl Module for Stage {
                 "bits",
             ));
         }
+        if self.kind == StageKind::Ldpc {
+            out.push(Statistic::new("frames", Value::U64(s.frames), "frames"));
+            out.push(Statistic::new(
+                "decode_failures",
+                Value::U64(s.decode_failures),
+                "frames",
+            ));
+            out.push(Statistic::new(
+                "blind_rounds",
+                Value::U64(s.blind_rounds),
+                "rounds",
+            ));
+            out.push(Statistic::new(
+                "revealed_bits",
+                Value::U64(s.revealed_bits),
+                "bits",
+            ));
+        }
         out
     }
 
@@ -279,6 +357,54 @@ impl Module for Stage {
                     Value::U64(u64::from(s.min_chunk_bits)),
                     "smallest run for the rest of a block, a power of two in 2^6..=chunk_bits; \
                      fewer leftover bits are not corrected and count as disclosed",
+                ),
+            ],
+            StageKind::Ldpc => vec![
+                self.info(
+                    "variant",
+                    Value::Text(s.ldpc_variant.name().into()),
+                    "blind (reveal more bits after a failed decoding) or rate_adaptive \
+                     (a failed frame drops the block)",
+                ),
+                self.info(
+                    "frame_bits",
+                    Value::U64(u64::from(s.frame_bits)),
+                    "LDPC frame length n, a power of two in 2^10..=2^20",
+                ),
+                self.info(
+                    "min_frame_bits",
+                    Value::U64(u64::from(s.min_frame_bits)),
+                    "shortest frame for the rest of a block, a power of two in \
+                     2^10..=frame_bits; fewer leftover key bits are not corrected and count \
+                     as disclosed (frames under 2^12 bits decode poorly)",
+                ),
+                self.info(
+                    "blind_step",
+                    Value::F64(s.blind_step),
+                    "bits revealed per extra blind round, as a share of the frame length \
+                     (at least 32 bits), in (0, 0.1]",
+                ),
+                self.info(
+                    "max_blind_rounds",
+                    Value::U64(u64::from(s.max_blind_rounds)),
+                    "decoding rounds per frame at most (the first included), 1..=65535",
+                ),
+                self.info(
+                    "max_iterations",
+                    Value::U64(u64::from(s.max_iterations)),
+                    "decoder iterations per round, 1..=1000",
+                ),
+                self.info(
+                    "efficiency",
+                    Value::F64(s.efficiency),
+                    "efficiency f the first syndrome aims at (leak = f·h2(QBER) per key bit, \
+                     QBER the estimate's), in [1, 3)",
+                ),
+                self.info(
+                    "modulated",
+                    Value::F64(s.modulated),
+                    "share of each frame punctured or shortened for rate adaptation, \
+                     in [0, 0.4]",
                 ),
             ],
             StageKind::Confirm => vec![self.info(
@@ -337,6 +463,62 @@ impl Module for Stage {
                 }
                 next.eps_pe = v;
             }
+            "variant" if self.kind == StageKind::Ldpc => {
+                next.ldpc_variant = match value.as_str() {
+                    Some("blind") => LdpcVariant::Blind,
+                    Some("rate_adaptive") => LdpcVariant::RateAdaptive,
+                    _ => {
+                        return Err(ParameterError::type_mismatch(
+                            name,
+                            "`blind` or `rate_adaptive`",
+                        ));
+                    }
+                };
+            }
+            "frame_bits" | "min_frame_bits" => {
+                let v = count(name, value)?;
+                let (lo, hi) = if name == "frame_bits" {
+                    (1 << 10, 1 << 20)
+                } else {
+                    (1 << 10, u64::from(next.frame_bits))
+                };
+                if !v.is_power_of_two() || v < lo || v > hi {
+                    return Err(ConfigError::new(
+                        name,
+                        format!("must be a power of two in {lo}..={hi}, got {v}"),
+                    )
+                    .into());
+                }
+                if name == "frame_bits" {
+                    next.frame_bits = v as u32;
+                    next.min_frame_bits = next.min_frame_bits.min(next.frame_bits);
+                } else {
+                    next.min_frame_bits = v as u32;
+                }
+            }
+            "blind_step" => {
+                let v = check_range(name, number(name, value)?, 0.0..=0.1)?;
+                if v == 0.0 {
+                    return Err(ConfigError::new(name, "must be above 0").into());
+                }
+                next.blind_step = v;
+            }
+            "max_blind_rounds" => {
+                let v = count(name, value)?;
+                if !(1..=u64::from(u16::MAX)).contains(&v) {
+                    return Err(ConfigError::new(name, "must be in 1..=65535").into());
+                }
+                next.max_blind_rounds = v as u32;
+            }
+            "max_iterations" => {
+                let v = count(name, value)?;
+                if !(1..=1000).contains(&v) {
+                    return Err(ConfigError::new(name, "must be in 1..=1000").into());
+                }
+                next.max_iterations = v as u32;
+            }
+            "efficiency" => next.efficiency = check_range(name, number(name, value)?, 1.0..3.0)?,
+            "modulated" => next.modulated = check_range(name, number(name, value)?, 0.0..=0.4)?,
             "variant" => {
                 let text = value
                     .as_str()

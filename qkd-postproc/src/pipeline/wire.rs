@@ -47,10 +47,12 @@
 //! estimate `0x12`, Cascade `0x13`, confirm `0x15`), the pipeline sends:
 //!
 //! ```text
-//! Chunk      17 01 10 | chunk u32 | Cascade message          (one Cascade run per chunk of the key)
+//! Chunk      17 01 10 | chunk u32 | Cascade or LDPC message  (one Cascade run or LDPC frame per chunk of the key)
 //! Parameters 17 01 11 | stage u8 | body                      (Alice announces a stage's parameters:
 //!            stage 2 estimate: abort_qber f64 | eps_pe f64; stage 3 cascade: variant u8 | shuffle_seed u64 |
-//!            chunks u32 | chunk bits u32 each; stage 5 amplify: eps_sec f64)
+//!            chunks u32 | chunk bits u32 each; stage 5 amplify: eps_sec f64;
+//!            stage 6 ldpc: blind u8 | max_rounds u16 | max_iterations u16 | frames u32 |
+//!            per frame: rung u8 | n u32 | punctured u32 | shortened u32 | step u32)
 //! Seed       16 01 01 | block u64 | construction u8 | output_bits u64 | input_bits u64 | seed bits
 //! ```
 //!
@@ -410,6 +412,19 @@ pub enum StageParameters {
         /// The length of each chunk, in key order.
         chunks: Vec<u32>,
     },
+    /// Stage 6 (LDPC correction): `blind u8 | max_rounds u16 |
+    /// max_iterations u16 | frames u32 | frame ...`, each frame
+    /// `rung u8 | n u32 | punctured u32 | shortened u32 | step u32`.
+    Ldpc {
+        /// Blind (reveal rounds) or rate-adaptive (one round).
+        blind: bool,
+        /// Decoding rounds per frame at most (1 when not blind).
+        max_rounds: u16,
+        /// Decoder iterations per round.
+        max_iterations: u16,
+        /// The frames, in key order.
+        frames: Vec<LdpcFrame>,
+    },
     /// Stage 5: `eps_sec f64`.
     Amplify {
         /// The secrecy parameter of the length formula.
@@ -417,12 +432,42 @@ pub enum StageParameters {
     },
 }
 
+/// One LDPC frame as Alice announces it: a code of the built-in ladder
+/// (codes built from [`SHIPPED_SEED`](crate::ldpc::SHIPPED_SEED)) and its
+/// punctured and shortened positions. Its key bits are
+/// `n − punctured − shortened`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LdpcFrame {
+    /// Ladder index of the mother code.
+    pub rung: u8,
+    /// Frame length: a power of two in 2^10..=2^20.
+    pub n: u32,
+    /// Punctured positions.
+    pub punctured: u32,
+    /// Shortened positions.
+    pub shortened: u32,
+    /// Bits revealed per blind round.
+    pub step: u32,
+}
+
+impl LdpcFrame {
+    /// Key bits of the frame (0 for an impossible layout).
+    #[must_use]
+    pub fn key_bits(&self) -> u64 {
+        u64::from(self.n).saturating_sub(u64::from(self.punctured) + u64::from(self.shortened))
+    }
+}
+
+/// Shortest and longest LDPC frame on the wire.
+const LDPC_FRAME_BITS: core::ops::RangeInclusive<u32> = (1 << 10)..=(1 << 20);
+
 impl StageParameters {
     fn stage_code(&self) -> u8 {
         match self {
             StageParameters::Estimate { .. } => 2,
             StageParameters::Correct { .. } => 3,
             StageParameters::Amplify { .. } => 5,
+            StageParameters::Ldpc { .. } => 6,
         }
     }
 
@@ -450,6 +495,24 @@ impl StageParameters {
                 }
             }
             StageParameters::Amplify { eps_sec } => out.put_f64(*eps_sec),
+            StageParameters::Ldpc {
+                blind,
+                max_rounds,
+                max_iterations,
+                frames,
+            } => {
+                out.put_u8(u8::from(*blind));
+                out.put_u16(*max_rounds);
+                out.put_u16(*max_iterations);
+                out.put_u32(frames.len() as u32);
+                for f in frames {
+                    out.put_u8(f.rung);
+                    out.put_u32(f.n);
+                    out.put_u32(f.punctured);
+                    out.put_u32(f.shortened);
+                    out.put_u32(f.step);
+                }
+            }
         }
         out
     }
@@ -502,6 +565,59 @@ impl StageParameters {
                 }
                 StageParameters::Amplify { eps_sec }
             }
+            6 => {
+                let blind = r.bool("blind")?;
+                let max_rounds = r.u16()?;
+                let max_iterations = r.u16()?;
+                if max_rounds == 0 || (!blind && max_rounds != 1) {
+                    return Err(WireError::invalid(
+                        "max_rounds",
+                        "must be 1 without blind rounds, at least 1 with",
+                    ));
+                }
+                if !(1..=1000).contains(&max_iterations) {
+                    return Err(WireError::invalid("max_iterations", "must be 1 to 1000"));
+                }
+                let n = r.count_u32("frames", MAX_CHUNKS, 17)?;
+                let mut frames = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let f = LdpcFrame {
+                        rung: r.u8()?,
+                        n: r.u32()?,
+                        punctured: r.u32()?,
+                        shortened: r.u32()?,
+                        step: r.u32()?,
+                    };
+                    if crate::ldpc::MotherRate::from_index(f.rung).is_none() {
+                        return Err(WireError::invalid("rung", "no such mother code"));
+                    }
+                    if !f.n.is_power_of_two() || !LDPC_FRAME_BITS.contains(&f.n) {
+                        return Err(WireError::invalid(
+                            "n",
+                            "must be a power of two in 2^10..=2^20",
+                        ));
+                    }
+                    if u64::from(f.punctured) + u64::from(f.shortened) >= u64::from(f.n) / 2 {
+                        return Err(WireError::invalid(
+                            "shortened",
+                            "punctured + shortened must stay below n / 2",
+                        ));
+                    }
+                    if f.step > f.n {
+                        return Err(WireError::invalid("step", "must be at most n"));
+                    }
+                    if blind && f.step == 0 {
+                        return Err(WireError::invalid("step", "must be above 0"));
+                    }
+                    frames.push(f);
+                }
+                StageParameters::Ldpc {
+                    blind,
+                    max_rounds,
+                    max_iterations,
+                    frames,
+                }
+            }
             _ => return Err(WireError::invalid("stage", "no parameters for this stage")),
         };
         r.finish()?;
@@ -509,7 +625,7 @@ impl StageParameters {
     }
 }
 
-/// Wraps one Cascade message for chunk `chunk`.
+/// Wraps one Cascade or LDPC message for chunk (or frame) `chunk`.
 #[must_use]
 pub fn encode_chunk(chunk: u32, cascade: &[u8]) -> Vec<u8> {
     let mut out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_CHUNK).start(4 + cascade.len());
@@ -729,6 +845,32 @@ mod tests {
             eps_pe: 1e-10,
         };
         assert_eq!(StageParameters::decode(&e.encode()).unwrap(), e);
+        let l = StageParameters::Ldpc {
+            blind: true,
+            max_rounds: 40,
+            max_iterations: 60,
+            frames: vec![
+                LdpcFrame {
+                    rung: 7,
+                    n: 1 << 16,
+                    punctured: 100,
+                    shortened: 6454,
+                    step: 262,
+                },
+                LdpcFrame {
+                    rung: 7,
+                    n: 1 << 10,
+                    punctured: 2,
+                    shortened: 100,
+                    step: 4,
+                },
+            ],
+        };
+        assert_eq!(StageParameters::decode(&l.encode()).unwrap(), l);
+        let mut bad = l.encode();
+        // A frame length that is not a power of two.
+        bad[14..18].copy_from_slice(&1000u32.to_be_bytes());
+        assert!(StageParameters::decode(&bad).is_err());
         let s = SeedMessage {
             block: BlockId::new(3),
             construction: Construction::Standard,
@@ -796,6 +938,9 @@ mod tests {
             }
             if let Ok(s) = SeedMessage::decode(&bytes) {
                 proptest::prop_assert_eq!(s.encode(), bytes.clone());
+            }
+            if let Ok(p) = StageParameters::decode(&bytes) {
+                proptest::prop_assert_eq!(p.encode(), bytes.clone());
             }
             if let Ok((chunk, inner)) = decode_chunk(&bytes) {
                 proptest::prop_assert_eq!(encode_chunk(chunk, inner), bytes.clone());

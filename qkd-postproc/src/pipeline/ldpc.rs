@@ -1,0 +1,343 @@
+//! The `ldpc` correction stage: LDPC frames ([`crate::ldpc`]) in place of
+//! Cascade chunks, through the same per-block stream.
+//!
+//! Alice chooses, from the estimate's QBER (at least 0.1 %), the mother
+//! code and the punctured/shortened split of each frame
+//! ([`choose_plan`]): as many frames of `frame_bits` as the key fills,
+//! then one frame of each shorter power of two down to `min_frame_bits`
+//! that still fits; fewer key bits are left over, not corrected, and
+//! counted as disclosed, as for Cascade. Her first message of the stage
+//! ([`StageParameters::Ldpc`]) names every frame's code and layout, the
+//! variant, the rounds and the decoder iterations; Bob rebuilds the same
+//! plans from it (codes of the built-in ladder, [`SHIPPED_SEED`]). Each
+//! frame is one [`LdpcAlice`]/[`LdpcBob`] pair whose messages travel as
+//! chunk messages (`wire::encode_chunk`, the frame's index as the chunk).
+//!
+//! Leakage per frame is `m − p + revealed` (see [`crate::ldpc::rate`]);
+//! both sides check each other's count at the end of every frame. A frame
+//! that does not decode within its rounds (or whose counts differ) drops
+//! the block on both sides with [`DropReason::Correction`]. A decoded
+//! frame is not a proof of equal keys: the confirmation stage checks the
+//! whole block.
+//!
+//! Decoding runs inline, in Bob's `handle_input` (one decoding per frame
+//! and round); it is not handed to worker threads.
+
+use std::time::Instant;
+
+use qkd_core::machine::Machine;
+use qkd_core::{BitVec, Role};
+
+use super::wire::{self, LdpcFrame, StageParameters};
+use super::{Block, DropReason, Pipeline, StageKind};
+use crate::ldpc::{
+    CodeCache, CodeSpec, FramePlan, LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent,
+    MotherRate, RateChoice, SHIPPED_SEED, Variant, choose_plan,
+};
+
+/// Codes kept at most; the cache starts over beyond (a peer naming many
+/// different codes cannot make it grow without bound).
+const MAX_CODES: usize = 32;
+
+/// The QBER the rate is chosen for: the estimate's, at least 0.1 % (a
+/// sample without errors), at most 0.45.
+fn rate_qber(qber: f64) -> f64 {
+    if qber.is_finite() {
+        qber.clamp(1e-3, 0.45)
+    } else {
+        0.45
+    }
+}
+
+/// Fewest bits revealed per blind round: short frames need many more
+/// reveals relative to their length than long ones (their codes are
+/// further from capacity), and a step of a few bits would use up the
+/// rounds before decoding.
+const MIN_STEP_BITS: usize = 32;
+
+/// Bits revealed per blind round for a frame of `n` bits.
+fn step_bits(share: f64, n: usize) -> usize {
+    ((share * n as f64).round() as usize).clamp(MIN_STEP_BITS.min(n), n)
+}
+
+impl Pipeline {
+    fn code_cache(&mut self) -> &mut CodeCache {
+        if self.codes.len() >= MAX_CODES {
+            self.codes = CodeCache::new();
+        }
+        &mut self.codes
+    }
+
+    fn ldpc_config(
+        &self,
+        blind: bool,
+        step: usize,
+        max_rounds: u16,
+        iterations: u16,
+    ) -> LdpcConfig {
+        LdpcConfig {
+            variant: if blind {
+                Variant::Blind {
+                    step,
+                    max_rounds: u32::from(max_rounds),
+                }
+            } else {
+                Variant::RateAdaptive
+            },
+            max_iterations: u32::from(iterations),
+            retransmit_after: self.definition.retransmit_after,
+            max_retransmissions: self.definition.max_retransmissions,
+        }
+    }
+
+    /// Alice: plans the frames, announces them and sends every syndrome.
+    pub(super) fn start_ldpc(&mut self, block: &mut Block) -> Result<(), DropReason> {
+        let s = self.stage_mut(StageKind::Ldpc).settings.clone();
+        let key = block.key.take().ok_or(DropReason::TooSmall)?;
+        let qber = rate_qber(block.estimate.as_ref().map_or(0.0, |e| e.qber));
+        let choice = RateChoice {
+            modulated: s.modulated,
+            target_efficiency: s.efficiency,
+        };
+        let mut plans: Vec<FramePlan> = Vec::new();
+        let mut rest = key.len();
+        let mut n = s.frame_bits as usize;
+        let mut whole = true;
+        while n >= s.min_frame_bits as usize && n >= 1 << 10 {
+            let plan = choose_plan(self.code_cache(), n, SHIPPED_SEED, qber, choice)
+                .map_err(|e| DropReason::Correction(e.to_string()))?;
+            let k = plan.key_len();
+            if whole {
+                while rest >= k {
+                    plans.push(plan.clone());
+                    rest -= k;
+                }
+                whole = false;
+            } else if rest >= k {
+                plans.push(plan);
+                rest -= k;
+            }
+            n /= 2;
+        }
+        if plans.is_empty() {
+            return Err(DropReason::TooSmall);
+        }
+        let blind = s.ldpc_variant == super::stages::LdpcVariant::Blind;
+        let max_rounds = if blind {
+            s.max_blind_rounds.min(u32::from(u16::MAX)) as u16
+        } else {
+            1
+        };
+        let iterations = s.max_iterations.min(1000) as u16;
+        let frames: Vec<LdpcFrame> = plans
+            .iter()
+            .map(|p| LdpcFrame {
+                rung: p.rung().map_or(u8::MAX, MotherRate::index),
+                n: p.code().n() as u32,
+                punctured: p.punctured() as u32,
+                shortened: p.shortened() as u32,
+                step: if blind {
+                    step_bits(s.blind_step, p.code().n()) as u32
+                } else {
+                    0
+                },
+            })
+            .collect();
+        self.push_message(
+            block,
+            StageParameters::Ldpc {
+                blind,
+                max_rounds,
+                max_iterations: iterations,
+                frames: frames.clone(),
+            }
+            .encode(),
+        );
+        let mut at = 0usize;
+        let mut lengths = Vec::with_capacity(plans.len());
+        for (plan, frame) in plans.into_iter().zip(&frames) {
+            let k = plan.key_len();
+            let part = key.slice(at..at + k).to_bitvec();
+            at += k;
+            let config = self.ldpc_config(blind, frame.step as usize, max_rounds, iterations);
+            let alice = LdpcAlice::new(block.id, plan, part, config, &mut block.rng)
+                .map_err(|e| DropReason::Protocol(e.to_string()))?;
+            block.ldpc_alice.push(alice);
+            lengths.push(k as u32);
+        }
+        drop(key);
+        block.report.leftover_bits = rest as u64;
+        block.report.chunks = lengths.len() as u32;
+        block.chunks = lengths;
+        let now = self.now.unwrap_or_else(Instant::now);
+        self.pump_ldpc(now, block)
+    }
+
+    /// Bob: Alice's LDPC parameters; builds a machine per frame.
+    pub(super) fn bob_ldpc(
+        &mut self,
+        now: Instant,
+        block: &mut Block,
+        parameters: (bool, u16, u16),
+        frames: &[LdpcFrame],
+    ) -> Result<(), DropReason> {
+        let (blind, max_rounds, iterations) = parameters;
+        let bad = |what: &str| DropReason::Protocol(what.to_owned());
+        if !block.ldpc_bob.is_empty() {
+            return Err(bad("correction parameters twice"));
+        }
+        if frames.is_empty() {
+            return Err(bad("no LDPC frame"));
+        }
+        let key = block.key.take().ok_or_else(|| bad("no key"))?;
+        let total: u64 = frames.iter().map(LdpcFrame::key_bits).sum();
+        if total > key.len() as u64 {
+            return Err(bad("frames longer than the key"));
+        }
+        {
+            let settings = &mut self.stage_mut(StageKind::Ldpc).settings;
+            settings.ldpc_variant = if blind {
+                super::stages::LdpcVariant::Blind
+            } else {
+                super::stages::LdpcVariant::RateAdaptive
+            };
+            if blind {
+                settings.max_blind_rounds = u32::from(max_rounds);
+            }
+            settings.max_iterations = u32::from(iterations);
+        }
+        let qber = block.estimate.as_ref().map_or(0.0, |e| e.qber);
+        let mut at = 0usize;
+        let mut lengths = Vec::with_capacity(frames.len());
+        for f in frames {
+            let rate = MotherRate::from_index(f.rung).ok_or_else(|| bad("no such code"))?;
+            let spec = CodeSpec {
+                rate,
+                n: f.n as usize,
+                seed: SHIPPED_SEED,
+            };
+            let plan = FramePlan::for_rung(
+                self.code_cache(),
+                spec,
+                f.punctured as usize,
+                f.shortened as usize,
+            )
+            .map_err(|e| bad(&e.to_string()))?;
+            let k = plan.key_len();
+            let part = key.slice(at..at + k).to_bitvec();
+            at += k;
+            let config = self.ldpc_config(blind, f.step as usize, max_rounds, iterations);
+            let bob = LdpcBob::new(block.id, plan, &part, qber, config)
+                .map_err(|e| bad(&e.to_string()))?;
+            block.ldpc_bob.push(bob);
+            lengths.push(k as u32);
+        }
+        block.report.leftover_bits = key.len() as u64 - total;
+        drop(key);
+        block.report.chunks = lengths.len() as u32;
+        block.chunks = lengths;
+        self.pump_ldpc(now, block)
+    }
+
+    /// Moves LDPC messages into the stream and collects the outcomes.
+    pub(super) fn pump_ldpc(&mut self, now: Instant, block: &mut Block) -> Result<(), DropReason> {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        match self.role {
+            Role::Alice => {
+                for (i, m) in block.ldpc_alice.iter_mut().enumerate() {
+                    while let Some(msg) = m.poll_transmit(now) {
+                        out.push(wire::encode_chunk(i as u32, &msg));
+                    }
+                    while let Some(e) = m.poll_event() {
+                        events.push((i, e));
+                    }
+                }
+            }
+            Role::Bob => {
+                for (i, m) in block.ldpc_bob.iter_mut().enumerate() {
+                    while let Some(msg) = m.poll_transmit(now) {
+                        out.push(wire::encode_chunk(i as u32, &msg));
+                    }
+                    while let Some(e) = m.poll_event() {
+                        events.push((i, e));
+                    }
+                }
+            }
+        }
+        for m in out {
+            self.push_message(block, m);
+        }
+        for (i, e) in events {
+            let (stats, failure) = match e {
+                LdpcEvent::Completed(stats) => (stats, None),
+                LdpcEvent::Aborted(reason, stats) => (stats, Some(reason)),
+            };
+            let stage = &mut self.stage_mut(StageKind::Ldpc).stats;
+            stage.frames += 1;
+            stage.blind_rounds += u64::from(stats.rounds.saturating_sub(1));
+            stage.revealed_bits += stats.revealed as u64;
+            if failure == Some(LdpcAbort::DecodingFailed) {
+                stage.decode_failures += 1;
+            }
+            if let Some(reason) = failure {
+                return Err(DropReason::Correction(format!(
+                    "LDPC frame {i}: {reason:?} after {} rounds",
+                    stats.rounds
+                )));
+            }
+            block.chunks_done += 1;
+            block.report.ldpc_rounds += u64::from(stats.rounds);
+            block.report.revealed_bits += stats.revealed as u64;
+        }
+        if block.chunks_done == block.chunks.len() && !block.chunks.is_empty() {
+            self.corrected(now, block)?;
+        }
+        Ok(())
+    }
+
+    /// The corrected key of every frame, in order, and the bits disclosed.
+    pub(super) fn ldpc_key(&mut self, block: &mut Block) -> Result<(BitVec, u64), DropReason> {
+        let (parts, leaked): (Vec<BitVec>, u64) = match self.role {
+            Role::Alice => {
+                let leaked = block
+                    .ldpc_alice
+                    .iter()
+                    .map(|m| m.leaked_bits() as u64)
+                    .sum();
+                let parts = block
+                    .ldpc_alice
+                    .drain(..)
+                    .map(LdpcAlice::into_key)
+                    .collect();
+                (parts, leaked)
+            }
+            Role::Bob => {
+                let leaked = block.ldpc_bob.iter().map(|m| m.leaked_bits() as u64).sum();
+                let parts = block
+                    .ldpc_bob
+                    .drain(..)
+                    .map(|mut m| m.take_corrected_key())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| DropReason::Correction("a frame without a key".into()))?;
+                (parts, leaked)
+            }
+        };
+        let slices: Vec<_> = parts.iter().map(BitVec::as_bitslice).collect();
+        Ok((BitVec::concat(&slices), leaked))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_qber_and_step_stay_in_range() {
+        assert_eq!(rate_qber(0.0), 1e-3);
+        assert_eq!(rate_qber(f64::NAN), 0.45);
+        assert_eq!(rate_qber(0.03), 0.03);
+        assert_eq!(step_bits(0.004, 1 << 16), 262);
+        assert_eq!(step_bits(1e-9, 1 << 10), MIN_STEP_BITS);
+    }
+}
