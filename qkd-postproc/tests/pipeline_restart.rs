@@ -332,4 +332,13 @@ fn a_parameter_change_on_alice_takes_effect_in_the_next_block_on_both_sides() {
     da.sort();
     db.sort();
     assert_eq!(da, db, "{:?} / {:?}", keys.dropped_a, keys.dropped_b);
+    // Bob's read-only copy of the parameter follows Alice's announcement.
+    assert_eq!(
+        net.b
+            .module("estimate")
+            .unwrap()
+            .parameter("abort_qber")
+            .unwrap(),
+        Value::F64(0.005)
+    );
 }

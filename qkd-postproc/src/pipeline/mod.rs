@@ -1384,6 +1384,10 @@ impl Pipeline {
                 match StageParameters::decode(message).map_err(|e| bad(&e.to_string()))? {
                     StageParameters::Estimate { abort_qber, eps_pe } => {
                         block.est_params = Some((abort_qber, eps_pe));
+                        // Bob's read-only copy follows what Alice announced.
+                        let settings = &mut self.stage_mut(StageKind::Estimate).settings;
+                        settings.abort_qber = abort_qber;
+                        settings.eps_pe = eps_pe;
                         Ok(())
                     }
                     _ => Err(bad("parameters out of place")),
@@ -1562,6 +1566,7 @@ impl Pipeline {
                     self.push_message(block, verdict);
                 }
                 block.report.confirm_tag_bits = u32::from(tag_bits);
+                self.stage_mut(StageKind::Confirm).settings.tag_bits = tag_bits;
                 match bob.poll_event() {
                     Some(ConfirmEvent::Confirmed(proof)) => {
                         block.confirmed = Some(proof);
@@ -1592,6 +1597,7 @@ impl Pipeline {
                 let input =
                     estimate.finite_key_input(block.report.leaked_bits, tag_bits, eps_sec, eps_cor);
                 let length = finite_key_length(&input).map_err(|e| bad(&e.to_string()))?;
+                self.stage_mut(StageKind::Amplify).settings.eps_sec = eps_sec;
                 block.report.eps_sec = input.eps_sec;
                 block.report.eps_cor = input.eps_cor;
                 block.report.eps_pe = input.eps_pe;
