@@ -351,6 +351,15 @@ fn role_code(role: Role) -> u8 {
     }
 }
 
+/// One side of the greeting over TCP: [`welcome`] or [`greet`].
+type GreetingSide = fn(
+    TcpStream,
+    &mut SharedLinkKeys,
+    Role,
+    Session,
+    u64,
+) -> Result<Established<TcpStream>, String>;
+
 /// A run's connection with its agreed secret and block base.
 pub(crate) struct Established<S> {
     pub(crate) stream: S,
@@ -553,26 +562,37 @@ impl SessionContext {
             }
             match listener.accept() {
                 Ok((stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .and_then(|()| stream.set_read_timeout(Some(GREETING_TIMEOUT)))
-                        .map_err(|e| e.to_string())?;
-                    let est = welcome(
-                        stream,
-                        &mut self.keys,
-                        self.settings.role,
-                        self.session,
-                        next,
-                    )?;
-                    est.stream
-                        .set_read_timeout(None)
-                        .map_err(|e| e.to_string())?;
-                    return Ok(Some(est));
+                    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+                    return self.greeted(stream, next, welcome).map(Some);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL / 2),
                 Err(e) => return Err(format!("accept failed: {e}")),
             }
         }
+    }
+
+    /// Runs one side of the greeting (`welcome` or `greet`) on a fresh
+    /// connection, bounded by [`GREETING_TIMEOUT`].
+    fn greeted(
+        &mut self,
+        stream: TcpStream,
+        next: u64,
+        side: GreetingSide,
+    ) -> Result<Established<TcpStream>, String> {
+        stream
+            .set_read_timeout(Some(GREETING_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let est = side(
+            stream,
+            &mut self.keys,
+            self.settings.role,
+            self.session,
+            next,
+        )?;
+        est.stream
+            .set_read_timeout(None)
+            .map_err(|e| e.to_string())?;
+        Ok(est)
     }
 
     /// Connects to the peer's pipeline; `None` once stopped.
@@ -582,22 +602,7 @@ impl SessionContext {
                 return Ok(None);
             }
             match TcpStream::connect_timeout(&self.settings.address, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    stream
-                        .set_read_timeout(Some(GREETING_TIMEOUT))
-                        .map_err(|e| e.to_string())?;
-                    let est = greet(
-                        stream,
-                        &mut self.keys,
-                        self.settings.role,
-                        self.session,
-                        next,
-                    )?;
-                    est.stream
-                        .set_read_timeout(None)
-                        .map_err(|e| e.to_string())?;
-                    return Ok(Some(est));
-                }
+                Ok(stream) => return self.greeted(stream, next, greet).map(Some),
                 Err(_) => thread::sleep(RETRY),
             }
         }
