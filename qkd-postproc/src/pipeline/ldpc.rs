@@ -91,7 +91,7 @@ impl Pipeline {
     }
 
     /// Alice: plans the frames, announces them and sends every syndrome.
-    pub(super) fn start_ldpc(&mut self, block: &mut Block) -> Result<(), DropReason> {
+    pub(super) fn start_ldpc(&mut self, now: Instant, block: &mut Block) -> Result<(), DropReason> {
         let s = self.stage_mut(StageKind::Ldpc).settings.clone();
         let key = block.key.take().ok_or(DropReason::TooSmall)?;
         let qber = rate_qber(block.estimate.as_ref().map_or(0.0, |e| e.qber));
@@ -169,7 +169,6 @@ impl Pipeline {
         block.report.leftover_bits = rest as u64;
         block.report.chunks = lengths.len() as u32;
         block.chunks = lengths;
-        let now = self.now.unwrap_or_else(Instant::now);
         self.pump_ldpc(now, block)
     }
 

@@ -1363,7 +1363,7 @@ impl Pipeline {
                     sift::sift_alice(frame, &ann).map_err(|e| DropReason::Sift(e.to_string()))?;
                 self.push_message(block, SiftMessage::Decision(decision).encode());
                 self.sifted(block, key)?;
-                self.start_estimate(block)
+                self.start_estimate(now, block)
             }
             // Bob: Alice's decision.
             (Role::Bob, Phase::Sift, Some(Protocol::Sift)) => {
@@ -1446,7 +1446,7 @@ impl Pipeline {
                 match alice.poll_event() {
                     Some(event) => {
                         self.estimated(block, event)?;
-                        self.start_correction(block)
+                        self.start_correction(now, block)
                     }
                     None => Ok(()),
                 }
@@ -1682,7 +1682,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn start_estimate(&mut self, block: &mut Block) -> Result<(), DropReason> {
+    fn start_estimate(&mut self, now: Instant, block: &mut Block) -> Result<(), DropReason> {
         let s = self.stage_mut(StageKind::Estimate).settings.clone();
         let config = EstimateConfig {
             sample_fraction: s.sample_fraction,
@@ -1705,7 +1705,6 @@ impl Pipeline {
             }
             .encode(),
         );
-        let now = self.now.unwrap_or_else(Instant::now);
         while let Some(sample) = alice.poll_transmit(now) {
             self.push_message(block, sample);
         }
@@ -1754,9 +1753,9 @@ impl Pipeline {
         Ok(plan)
     }
 
-    fn start_correction(&mut self, block: &mut Block) -> Result<(), DropReason> {
+    fn start_correction(&mut self, now: Instant, block: &mut Block) -> Result<(), DropReason> {
         if self.correction == StageKind::Ldpc {
-            return self.start_ldpc(block);
+            return self.start_ldpc(now, block);
         }
         let s = self.stage_mut(StageKind::Cascade).settings.clone();
         let key = block.key.take().ok_or(DropReason::TooSmall)?;
@@ -3013,7 +3012,6 @@ impl ModuleHost for Pipeline {
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
         let restored = Pipeline::from_state(&self.definition, self.role, state)?;
         let external = self.external_work;
-        let now = self.now.unwrap_or_else(Instant::now);
         let in_flight: Vec<BlockId> = self.blocks.keys().copied().collect();
         *self = restored;
         self.external_work = external;
@@ -3039,7 +3037,6 @@ impl ModuleHost for Pipeline {
                 });
             }
         }
-        let _ = now;
         Ok(())
     }
 }
