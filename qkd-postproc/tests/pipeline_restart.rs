@@ -342,3 +342,214 @@ fn a_parameter_change_on_alice_takes_effect_in_the_next_block_on_both_sides() {
         Value::F64(0.005)
     );
 }
+
+/// The `pipeline` module's statistic `name` on one side.
+fn pipeline_stat(p: &Pipeline, name: &str) -> u64 {
+    p.module("pipeline")
+        .unwrap()
+        .statistics()
+        .into_iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.value.as_u64())
+        .unwrap()
+}
+
+fn hold(p: &mut Pipeline, from: u64) {
+    p.module_mut("pipeline")
+        .unwrap()
+        .set_parameter("hold_from_block", &Value::U64(from))
+        .unwrap();
+}
+
+/// Runs the network with frames offered for `span` of simulated time,
+/// collecting events. Frames the pipelines queue but do not start (held)
+/// are not in a saved state: the device offers them again after a
+/// restore, as `qkd-link` does, so they go back to the iterators.
+fn run_for(
+    net: &mut Network<Pipeline, Pipeline>,
+    fa: &mut std::vec::IntoIter<RawFrame>,
+    fb: &mut std::vec::IntoIter<RawFrame>,
+    keys: &mut Keys,
+    span: Duration,
+) {
+    let end = net.now() + span;
+    let (mut pending_a, mut pending_b) = (fa.next(), fb.next());
+    let (mut queued_a, mut queued_b) = (Vec::new(), Vec::new());
+    while net.now() < end {
+        let now = net.now();
+        if let Some(f) = pending_a.take_if(|_| net.a.wants_frame()) {
+            queued_a.push(f.clone());
+            net.a.push_frame(now, f).unwrap();
+            pending_a = fa.next();
+        }
+        if let Some(f) = pending_b.take_if(|_| net.b.wants_frame()) {
+            queued_b.push(f.clone());
+            net.b.push_frame(now, f).unwrap();
+            pending_b = fb.next();
+        }
+        if !net.step() {
+            net.drive_for(Duration::from_millis(10));
+        }
+        take(net.take_events_a(), &mut keys.a, &mut keys.dropped_a);
+        take(net.take_events_b(), &mut keys.b, &mut keys.dropped_b);
+    }
+    let started_a = pipeline_stat(&net.a, "next_block");
+    let started_b = pipeline_stat(&net.b, "next_block");
+    let rest_a: Vec<RawFrame> = queued_a
+        .into_iter()
+        .filter(|f| f.block.get() >= started_a)
+        .chain(pending_a)
+        .chain(fa.by_ref())
+        .collect();
+    let rest_b: Vec<RawFrame> = queued_b
+        .into_iter()
+        .filter(|f| f.block.get() >= started_b)
+        .chain(pending_b)
+        .chain(fb.by_ref())
+        .collect();
+    *fa = rest_a.into_iter();
+    *fb = rest_b.into_iter();
+}
+
+/// Two processes cannot save at the same instant (the QPM saves one host,
+/// then the other). With a hold on both sides (`hold_from_block`, the same
+/// value) and both drained to no block in flight, the link is quiet: the
+/// two states hold the same committed blocks whatever happens between the
+/// two saves, the restored link runs on with the uninterrupted run's keys,
+/// in step, and no pad is used twice.
+#[test]
+fn a_hold_makes_saves_at_different_moments_agree() {
+    let def = PipelineDefinition::default();
+    let link = LinkConfig::perfect(Duration::from_millis(3));
+    let (fa, fb) = frames(8);
+    let (a, b) = fresh(&def);
+    let mut net = Network::new(a, b, link.clone(), 3, Instant::now());
+    let mut whole = Keys::default();
+    drive(
+        &mut net,
+        &mut fa.into_iter(),
+        &mut fb.into_iter(),
+        &mut whole,
+        |_| false,
+    );
+    assert_eq!(whole.a, whole.b);
+
+    let (fa, fb) = frames(8);
+    let (mut fa, mut fb) = (fa.into_iter(), fb.into_iter());
+    let pads: Pads = Rc::default();
+    let (a, b) = fresh(&def);
+    let mut net = Network::new(a, b, link.clone(), 3, Instant::now());
+    record_pads(&mut net, pads.clone());
+    let mut split = Keys::default();
+    drive(&mut net, &mut fa, &mut fb, &mut split, |k| {
+        k.a.len() >= 2 && k.b.len() >= 2
+    });
+    assert!(net.a.blocks_in_flight() + net.b.blocks_in_flight() > 0);
+    // The hold: the larger of the two sides' next blocks, raised until
+    // neither side started past it.
+    let mut from = 0;
+    loop {
+        let next = pipeline_stat(&net.a, "next_block").max(pipeline_stat(&net.b, "next_block"));
+        if next <= from {
+            break;
+        }
+        from = next;
+        hold(&mut net.a, from);
+        hold(&mut net.b, from);
+    }
+    run_for(
+        &mut net,
+        &mut fa,
+        &mut fb,
+        &mut split,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        (net.a.blocks_in_flight(), net.b.blocks_in_flight()),
+        (0, 0),
+        "drained"
+    );
+    let state_a = net.a.save_state().unwrap();
+    // Time passes and frames are offered between the two saves: nothing
+    // starts.
+    let kept_before = (split.a.len(), split.b.len());
+    run_for(
+        &mut net,
+        &mut fa,
+        &mut fb,
+        &mut split,
+        Duration::from_secs(5),
+    );
+    assert_eq!((split.a.len(), split.b.len()), kept_before);
+    assert_eq!(pipeline_stat(&net.a, "next_block"), from);
+    let state_b = net.b.save_state().unwrap();
+    drop(net);
+
+    let a = Pipeline::from_state(&def, Role::Alice, &state_a).unwrap();
+    let b = Pipeline::from_state(&def, Role::Bob, &state_b).unwrap();
+    // A restored pipeline holds nothing.
+    assert_eq!(
+        a.module("pipeline")
+            .unwrap()
+            .parameter("hold_from_block")
+            .unwrap(),
+        Value::U64(u64::MAX)
+    );
+    let mut net = Network::new(a, b, link, 4, Instant::now() + Duration::from_secs(3600));
+    record_pads(&mut net, pads);
+    drive(&mut net, &mut fa, &mut fb, &mut split, |_| false);
+    assert_eq!(split.a, split.b);
+    assert!(
+        split.a.keys().any(|b| b.get() >= from),
+        "ran on after the restore"
+    );
+    for (block, key) in &split.a {
+        assert_eq!(Some(key), whole.a.get(block), "block {block}");
+    }
+    assert_eq!(
+        net.a.channel().pool().feed_digest(),
+        net.b.channel().pool().feed_digest()
+    );
+    // Nothing was in flight at the saves: every block is kept.
+    assert_eq!(split.a.len(), 8, "dropped {:?}", split.dropped_a);
+}
+
+/// The race the hold prevents: Alice saved mid-stream, Bob saved after a
+/// block settled in between. The restored pools differ and the link ends
+/// with `FeedDiverged` (or, at best, keeps no block the two agree on).
+#[test]
+fn saves_at_different_moments_without_a_hold_diverge() {
+    let def = PipelineDefinition::default();
+    let link = LinkConfig::perfect(Duration::from_millis(3));
+    let (fa, fb) = frames(8);
+    let (mut fa, mut fb) = (fa.into_iter(), fb.into_iter());
+    let (a, b) = fresh(&def);
+    let mut net = Network::new(a, b, link.clone(), 3, Instant::now());
+    let mut split = Keys::default();
+    drive(&mut net, &mut fa, &mut fb, &mut split, |k| {
+        k.a.len() >= 2 && k.b.len() >= 2
+    });
+    let state_a = net.a.save_state().unwrap();
+    let kept_b = split.b.len();
+    drive(&mut net, &mut fa, &mut fb, &mut split, |k| {
+        k.b.len() > kept_b
+    });
+    let state_b = net.b.save_state().unwrap();
+    drop(net);
+    let a = Pipeline::from_state(&def, Role::Alice, &state_a).unwrap();
+    let b = Pipeline::from_state(&def, Role::Bob, &state_b).unwrap();
+    let mut net = Network::new(a, b, link, 4, Instant::now() + Duration::from_secs(3600));
+    let mut diverged = false;
+    for _ in 0..100_000 {
+        if !net.step() {
+            break;
+        }
+        for e in net.take_events_a().into_iter().chain(net.take_events_b()) {
+            diverged |= matches!(e, PipelineEvent::FeedDiverged { .. });
+        }
+    }
+    assert!(
+        diverged || net.a.channel().pool().feed_digest() != net.b.channel().pool().feed_digest(),
+        "the two states should disagree"
+    );
+}

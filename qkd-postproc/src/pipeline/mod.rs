@@ -103,6 +103,17 @@
 //! channel's feed digests then report [`PipelineEvent::FeedDiverged`], and
 //! the link must start over from a fresh pre-shared secret.
 //!
+//! **Two processes are saved one after the other**, never at the same
+//! instant: a block settled between the two saves is in one state and not
+//! in the other, and the restored pools disagree (`FeedDiverged`). Quiet the
+//! link first: set the `pipeline` module's `hold_from_block` parameter to
+//! the same value on both sides (the larger of their `next_block`
+//! statistics, raised again if either side started past it meanwhile),
+//! wait until both report `blocks_in_flight` 0, then save both. Frames
+//! pushed but held are not in the state (the device offers them again after
+//! the restore); the hold itself is not saved. The QPM example does this
+//! for every save.
+//!
 //! # Threads
 //!
 //! The pipeline owns no thread. A host that wants several cores can
@@ -944,8 +955,10 @@ impl Pipeline {
             },
             control_module: PipelineModule {
                 max_blocks_in_flight: definition.max_blocks_in_flight,
+                hold_from_block: stages::NO_HOLD,
                 blocks_in_flight: 0,
                 frames_waiting: 0,
+                next_block: 0,
             },
             definition,
             channel,
@@ -1054,6 +1067,7 @@ impl Pipeline {
             .next_block
             .and_then(|n| n.checked_sub(1))
             .map(BlockId::new);
+        self.control_module.next_block = saved.next_block.unwrap_or(0);
         self.forgotten_below = saved.next_block.map(BlockId::new);
         self.last_committed = saved.last_committed.map(BlockId::new);
         if let Some(b) = self.last_committed {
@@ -1185,6 +1199,14 @@ impl Pipeline {
         }
     }
 
+    /// Whether the first waiting frame may start now.
+    fn can_start_frame(&self) -> bool {
+        self.frames.front().is_some_and(|f| {
+            f.block.get() < self.control_module.hold_from_block
+                && self.started_blocks() < self.control_module.max_blocks_in_flight as usize
+        })
+    }
+
     fn started_blocks(&self) -> usize {
         self.blocks.values().filter(|b| b.frame.is_some()).count()
     }
@@ -1253,12 +1275,13 @@ impl Pipeline {
         if !self.peer_ready || self.ended {
             return;
         }
-        while self.started_blocks() < self.control_module.max_blocks_in_flight as usize {
+        while self.can_start_frame() {
             let Some(frame) = self.frames.pop_front() else {
                 break;
             };
             let id = frame.block;
             self.last_frame = Some(id);
+            self.control_module.next_block = id.get().saturating_add(1);
             let mut block = self
                 .blocks
                 .remove(&id)
@@ -2883,6 +2906,11 @@ impl Machine for Pipeline {
             if b.phase != Phase::Committing && !ready && b.control.is_none() && !b.amplifying {
                 earliest(Some(b.idle_deadline));
             }
+        }
+        // A frame that may start now (a hold was lifted, a parameter
+        // raised the blocks in flight): at once.
+        if self.peer_ready && self.can_start_frame() {
+            earliest(self.now);
         }
         t
     }

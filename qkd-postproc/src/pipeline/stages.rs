@@ -690,9 +690,17 @@ impl Module for AuthModule {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineModule {
     pub(crate) max_blocks_in_flight: u32,
+    /// Blocks numbered this or higher are not started (a hold for a
+    /// consistent save of both sides); `u64::MAX`: no hold. Not saved.
+    pub(crate) hold_from_block: u64,
     pub(crate) blocks_in_flight: u64,
     pub(crate) frames_waiting: u64,
+    /// One past the last block started on this side (0 before the first).
+    pub(crate) next_block: u64,
 }
+
+/// The value of `hold_from_block` that holds nothing.
+pub(crate) const NO_HOLD: u64 = u64::MAX;
 
 impl Module for PipelineModule {
     fn name(&self) -> &str {
@@ -707,15 +715,25 @@ impl Module for PipelineModule {
                 "blocks",
             ),
             Statistic::new("frames_waiting", Value::U64(self.frames_waiting), "frames"),
+            Statistic::new("next_block", Value::U64(self.next_block), "block"),
         ]
     }
 
     fn parameters(&self) -> Vec<ParameterInfo> {
-        vec![ParameterInfo::writable(
-            "max_blocks_in_flight",
-            Value::U64(u64::from(self.max_blocks_in_flight)),
-            "blocks processed at once on this side, 1..=1024",
-        )]
+        vec![
+            ParameterInfo::writable(
+                "max_blocks_in_flight",
+                Value::U64(u64::from(self.max_blocks_in_flight)),
+                "blocks processed at once on this side, 1..=1024",
+            ),
+            ParameterInfo::writable(
+                "hold_from_block",
+                Value::U64(self.hold_from_block),
+                "blocks numbered this or higher are not started (18446744073709551615: no \
+                 hold); set the same value on both sides, wait for blocks_in_flight 0 on both, \
+                 then save both: the two states hold the same committed blocks. Not saved",
+            ),
+        ]
     }
 
     fn set_parameter(&mut self, name: &str, value: &Value) -> Result<(), ParameterError> {
@@ -726,6 +744,10 @@ impl Module for PipelineModule {
                     return Err(ConfigError::new(name, "must be between 1 and 1024").into());
                 }
                 self.max_blocks_in_flight = v as u32;
+                Ok(())
+            }
+            "hold_from_block" => {
+                self.hold_from_block = count(name, value)?;
                 Ok(())
             }
             _ => Err(ParameterError::Unknown {

@@ -13,6 +13,11 @@ use serde::Serialize;
 
 use crate::layout::{Layout, LinkSpec, SideSpec, fill};
 
+/// Rounds of raising the hold until neither host started past it.
+const MAX_HOLD_ROUNDS: usize = 8;
+/// How long a held link may take to settle its blocks in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where a link stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -614,9 +619,145 @@ impl Manager {
         }
     }
 
-    /// Saves both hosts' states; on success the labels become the link's
-    /// saved states.
-    fn save(&mut self, i: usize) -> Result<[String; 2], Response> {
+    /// One number from a host's `pipeline` module statistics.
+    fn pipeline_stat(&mut self, addr: SocketAddr, host: &str, name: &str) -> Result<u64, Response> {
+        let answer = self
+            .client
+            .request(addr, Method::Get, "/modules/pipeline/stats", None, &[])
+            .map_err(|e| Response::error(Status::GatewayTimeout, &format!("`{host}`: {e}")))?;
+        let stats: Vec<serde_json::Value> = serde_json::from_slice(&answer.payload)
+            .ok()
+            .filter(|_| Status::from_code(answer.code).is_some_and(Status::is_success))
+            .ok_or_else(|| {
+                Response::error(
+                    Status::BadGateway,
+                    &format!(
+                        "`{host}` answered its pipeline statistics with {}",
+                        answer.code_text()
+                    ),
+                )
+            })?;
+        stats
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["value"].as_u64())
+            .ok_or_else(|| {
+                Response::error(
+                    Status::BadGateway,
+                    &format!("`{host}` reports no pipeline statistic `{name}`"),
+                )
+            })
+    }
+
+    /// Sets the `hold_from_block` parameter of a host's pipeline.
+    fn set_hold(&mut self, addr: SocketAddr, host: &str, from: u64) -> Result<(), Response> {
+        let answer = self
+            .client
+            .request(
+                addr,
+                Method::Put,
+                "/modules/pipeline/params/hold_from_block",
+                Some(control::JSON),
+                from.to_string().as_bytes(),
+            )
+            .map_err(|e| Response::error(Status::GatewayTimeout, &format!("`{host}`: {e}")))?;
+        if Status::from_code(answer.code).is_some_and(Status::is_success) {
+            Ok(())
+        } else {
+            Err(Response::error(
+                Status::BadGateway,
+                &format!(
+                    "`{host}` refused the hold: {} {}",
+                    answer.code_text(),
+                    answer.text()
+                ),
+            ))
+        }
+    }
+
+    /// The registered addresses of a link's two hosts.
+    fn host_addresses(&self, i: usize) -> Result<[(SocketAddr, String); 2], Response> {
+        let one = |h: &Host| {
+            h.address.map(|a| (a, h.name.clone())).ok_or_else(|| {
+                Response::error(
+                    Status::ServiceUnavailable,
+                    &format!("`{}` is not registered", h.name),
+                )
+            })
+        };
+        let hosts = &self.links[i].hosts;
+        Ok([one(&hosts[0])?, one(&hosts[1])?])
+    }
+
+    /// Quiets a running link so that its two hosts can be saved one after
+    /// the other and still agree: both pipelines hold every block from the
+    /// same number on (`hold_from_block`, raised until neither side has
+    /// started past it), then the QPM waits until neither has a block in
+    /// flight. Without it a block settled between the two saves leaves the
+    /// restored authentication pools out of step (`FeedDiverged`).
+    fn quiesce(&mut self, i: usize) -> Result<(), Response> {
+        let hosts = self.host_addresses(i)?;
+        let mut from: Option<u64> = None;
+        for _ in 0..MAX_HOLD_ROUNDS {
+            let mut next = 0;
+            for (addr, name) in &hosts {
+                next = next.max(self.pipeline_stat(*addr, name, "next_block")?);
+            }
+            if from.is_some_and(|f| next <= f) {
+                break;
+            }
+            from = Some(next);
+            for (addr, name) in &hosts {
+                self.set_hold(*addr, name, next)?;
+            }
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let mut in_flight = 0;
+            for (addr, name) in &hosts {
+                in_flight += self.pipeline_stat(*addr, name, "blocks_in_flight")?;
+            }
+            if in_flight == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Response::error(
+                    Status::GatewayTimeout,
+                    &format!(
+                        "link `{}` still has {in_flight} blocks in flight after {} s on hold",
+                        self.links[i].name,
+                        DRAIN_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lifts the hold of [`quiesce`](Self::quiesce) on both hosts.
+    fn release(&mut self, i: usize) -> Result<(), Response> {
+        for (addr, name) in self.host_addresses(i)? {
+            self.set_hold(addr, &name, u64::MAX)?;
+        }
+        Ok(())
+    }
+
+    /// Quiets the link, saves both hosts' states and lifts the hold when
+    /// `resume_after`; on success the labels become the link's saved
+    /// states. On a failure the hold is lifted.
+    fn save(&mut self, i: usize, resume_after: bool) -> Result<[String; 2], Response> {
+        let saved = self.quiesce(i).and_then(|()| self.save_both(i));
+        if resume_after || saved.is_err() {
+            let released = self.release(i);
+            if saved.is_ok() {
+                released?;
+            }
+        }
+        saved
+    }
+
+    /// Saves both hosts' states (after [`quiesce`](Self::quiesce)).
+    fn save_both(&mut self, i: usize) -> Result<[String; 2], Response> {
         let mut labels = Vec::new();
         for host in &self.links[i].hosts {
             let Some(addr) = host.address else {
@@ -670,7 +811,7 @@ impl Manager {
                 &format!("link `{}` is not running", self.links[i].name),
             ));
         }
-        let labels = self.save(i)?;
+        let labels = self.save(i, true)?;
         self.log.line(&format!(
             "link `{}` saved as {} / {}",
             self.links[i].name, labels[0], labels[1]
@@ -685,7 +826,7 @@ impl Manager {
                 &format!("link `{}` is not running", self.links[i].name),
             ));
         }
-        let labels = self.save(i)?;
+        let labels = self.save(i, false)?;
         self.log.line(&format!(
             "link `{}` saved as {} / {}; stopping",
             self.links[i].name, labels[0], labels[1]
@@ -815,7 +956,7 @@ impl Manager {
             {
                 self.links[i].next_checkpoint =
                     Some(now + Duration::from_secs(self.layout.qpm.checkpoint_every_s));
-                match self.save(i) {
+                match self.save(i, true) {
                     Ok(l) => self.log.line(&format!(
                         "link `{}` checkpoint {} / {}",
                         self.links[i].name, l[0], l[1]
