@@ -1,9 +1,15 @@
 //! A [`StateStore`] in a folder: each saved state one file,
 //! `state-00000001.bin`, `state-00000002.bin`, ..., written whole (a
-//! temporary file renamed into place) and readable by its owner only. The
-//! label of a state is its file name, so a host restarted on the same folder
-//! finds the states it saved before, and the QPM can hand one to a restarted
-//! host by name.
+//! temporary file renamed into place, then the folder synced) and readable
+//! by its owner only. The label of a state is its file name, so a host
+//! restarted on the same folder finds the state it saved before, and the
+//! QPM can hand it to a restarted host by name.
+//!
+//! **Only the newest state is kept.** A pipeline's state holds the
+//! positions of its authentication pads: restoring any state older than the
+//! newest one written would use pads again (the channel's restart rule 4,
+//! `qkd_postproc::auth`). Once a new state is durable, the older ones are
+//! overwritten with zeros and removed.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -67,6 +73,22 @@ impl StateDirectory {
     }
 }
 
+/// Overwrites a state file with zeros, then removes it.
+fn wipe(path: &Path) -> io::Result<()> {
+    let len = fs::metadata(path)?.len();
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    let zeros = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    drop(f);
+    fs::remove_file(path)
+}
+
 fn sequence_of(label: &str) -> Option<u64> {
     let digits = label.strip_prefix("state-")?.strip_suffix(".bin")?;
     if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -103,6 +125,12 @@ impl StateStore for StateDirectory {
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, self.dir.join(&label))?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        for older in self.labels()? {
+            if sequence_of(&older).is_some_and(|n| n < next) {
+                wipe(&self.dir.join(older))?;
+            }
+        }
         Ok(label)
     }
 
@@ -148,6 +176,16 @@ mod tests {
         let mut s = StateDirectory::open(&dir).unwrap();
         assert_eq!(s.load(None).unwrap(), None);
         assert_eq!(s.store(b"one").unwrap(), "state-00000001.bin");
+        let first = dir.join("state-00000001.bin");
+        let mut hard_link = None;
+        #[cfg(unix)]
+        {
+            // A second name for the first state's bytes shows they are
+            // overwritten, not just unlinked, when a newer state lands.
+            let other = dir.join("seen-first");
+            fs::hard_link(&first, &other).unwrap();
+            hard_link = Some(other);
+        }
         assert_eq!(s.store(b"two").unwrap(), "state-00000002.bin");
         let s2 = StateDirectory::open(&dir).unwrap();
         let (l, b) = s2.load(None).unwrap().unwrap();
@@ -155,8 +193,12 @@ mod tests {
             (l.as_str(), b.as_slice()),
             ("state-00000002.bin", &b"two"[..])
         );
-        let (_, b) = s2.load(Some("state-00000001.bin")).unwrap().unwrap();
-        assert_eq!(b.as_slice(), b"one");
+        // Only the newest is kept; the older one was zeroed and removed.
+        assert_eq!(s2.labels().unwrap(), ["state-00000002.bin"]);
+        assert_eq!(s2.load(Some("state-00000001.bin")).unwrap(), None);
+        if let Some(other) = hard_link {
+            assert_eq!(fs::read(&other).unwrap(), [0u8; 3]);
+        }
         for bad in [
             "../state-00000001.bin",
             "/etc/passwd",
@@ -169,7 +211,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.join("state-00000001.bin"))
+            let mode = fs::metadata(dir.join("state-00000002.bin"))
                 .unwrap()
                 .permissions()
                 .mode();

@@ -286,10 +286,12 @@ fn qpm_hibernates_resumes_and_restarts_a_killed_qkd_link() {
 /// - the two sides hold the same blocks: `qkd-link` flushes its key file
 ///   after every block, so a process killed with SIGKILL loses no key its
 ///   peer wrote (before it did, the killed side lost its buffered tail);
-/// - every block is settled: the QPM holds both pipelines from the same
-///   block and lets them settle what is in flight before it saves them, so
-///   no block is in flight at a save (`Pipeline::from_state` would drop
-///   it).
+/// - a block neither side ever settled was in flight when a host was
+///   killed (the restart comes from the newest checkpoints, and
+///   `Pipeline::from_state` drops the blocks in flight): at most
+///   `max_blocks_in_flight` (2). None is lost to a hibernation: the QPM
+///   holds both pipelines from the same block and lets them settle what is
+///   in flight before it saves them.
 fn compare(alice: &Keys, bob: &Keys, reference: &Keys) {
     for (name, keys) in [("alice", alice), ("bob", bob)] {
         for (block, key) in &keys.blocks {
@@ -315,14 +317,16 @@ fn compare(alice: &Keys, bob: &Keys, reference: &Keys) {
     );
     // The QPM quiets a link before saving it (both pipelines hold from the
     // same block and settle what is in flight): nothing is in flight at a
-    // save, so every block of the uninterrupted run is settled.
+    // hibernation. A crash restart comes from each host's newest checkpoint,
+    // and the blocks in flight at the crash are dropped by the restored
+    // pipelines: at most `max_blocks_in_flight` (2).
     let never: Vec<u64> = reference
         .blocks
         .keys()
         .filter(|b| !alice.blocks.contains_key(b) && !bob.blocks.contains_key(b))
         .copied()
         .collect();
-    assert!(never.is_empty(), "blocks never settled: {never:?}");
+    assert!(never.len() <= 2, "blocks never settled: {never:?}");
     eprintln!(
         "keys: {} of {} blocks on both sides equal to the uninterrupted run's; \
          in flight at a save and dropped at the restart: {never:?}; settled but lost to \

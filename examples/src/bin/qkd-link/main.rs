@@ -161,8 +161,9 @@ struct Args {
     /// 127.0.0.1 on a free port.
     #[arg(long, value_parser = flag::address, conflicts_with = "both")]
     coap: Option<SocketAddr>,
-    /// Where states saved over CoAP go (`state-00000001.bin`, ...); default:
-    /// kept in memory only.
+    /// Where states saved over CoAP go (`state-00000001.bin`, ...; only the
+    /// newest is kept); with manual checkpoints and no --save, also every
+    /// checkpoint's state. Default: kept in memory only.
     #[arg(long, conflicts_with = "both")]
     state_dir: Option<PathBuf>,
     /// Output: `text` (progress line, totals) or `json` (one object per
@@ -336,13 +337,16 @@ fn check(args: &Args) {
         );
     }
     if args.save.is_none()
+        && args.state_dir.is_none()
+        && args.resume.is_none()
         && args
             .pipeline
             .as_ref()
             .is_some_and(|d| d.checkpoints == CheckpointMode::Manual)
     {
         usage(
-            "the pipeline definition asks for manual checkpoints (crash-safe): give --save STATE",
+            "the pipeline definition asks for manual checkpoints (crash-safe): give --save STATE \
+             (or --state-dir DIR; a --resume writes them to its state file)",
         );
     }
     if let Some(save) = &args.save
@@ -514,7 +518,16 @@ fn prepare(
         workers: args.workers,
         out,
         store: args.store,
-        save: args.save.as_deref().map(path_for),
+        // Manual checkpoints with neither --save nor --state-dir: a resumed
+        // side writes its checkpoints where it resumed from.
+        save: args
+            .save
+            .as_deref()
+            .or(args.resume.as_deref().filter(|_| {
+                args.state_dir.is_none() && definition.checkpoints == CheckpointMode::Manual
+            }))
+            .map(path_for),
+        state_dir: args.state_dir.clone(),
         checkpoints: definition.checkpoints,
         resumed_from,
         format: args.format,

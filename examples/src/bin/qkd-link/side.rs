@@ -17,16 +17,18 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use qkd_core::control::StateStore;
 use qkd_core::machine::Machine;
 use qkd_core::module::ModuleHost;
 use qkd_core::{BlockId, QkdDevice, RawFrame, Role, SimulatedBb84, SimulatorConfig};
+use qkd_examples::state_directory::StateDirectory;
 use qkd_keystore::{KeyStore, StoreConfig, StoreRole};
 use qkd_postproc::pipeline::{
     CheckpointMode, DropReason, Pipeline, PipelineEvent, PipelineStats, PushError, WorkDone,
@@ -76,6 +78,9 @@ pub(crate) struct Side {
     pub(crate) out: Option<PathBuf>,
     pub(crate) store: bool,
     pub(crate) save: Option<PathBuf>,
+    /// `--state-dir`: with manual checkpoints and no `--save`, every
+    /// `SaveDue` state goes there (the newest replaces the others).
+    pub(crate) state_dir: Option<PathBuf>,
     /// The definition's checkpoint mode (manual: save at every `SaveDue`).
     pub(crate) checkpoints: CheckpointMode,
     /// The state file this run resumed from: removed once the link is up.
@@ -512,12 +517,15 @@ impl Loop {
             }
             PipelineEvent::PeerReady => self.peer_ready = true,
             PipelineEvent::SaveDue if self.side.checkpoints == CheckpointMode::Manual => {
-                let Some(path) = self.side.save.clone() else {
-                    return Err(
-                        "the pipeline definition asks for manual checkpoints: give --save".into(),
-                    );
-                };
-                self.write_state(p, &path)?;
+                match (self.side.save.clone(), self.side.state_dir.clone()) {
+                    (Some(path), _) => self.write_state(p, &path)?,
+                    (None, Some(dir)) => store_state(p, &dir)?,
+                    (None, None) => {
+                        return Err("the pipeline definition asks for manual checkpoints: give \
+                                    --save or --state-dir"
+                            .into());
+                    }
+                }
             }
             PipelineEvent::AuthLowWater { remaining_bits } if !self.low_water_told => {
                 self.low_water_told = true;
@@ -555,7 +563,7 @@ impl Loop {
         Ok(())
     }
 
-    fn write_state(&self, p: &mut Pipeline, path: &std::path::Path) -> Result<(), String> {
+    fn write_state(&self, p: &mut Pipeline, path: &Path) -> Result<(), String> {
         let bytes = zeroize::Zeroizing::new(
             p.save_state()
                 .map_err(|e| format!("saving the pipeline failed: {e}"))?,
@@ -642,4 +650,17 @@ fn drop_reason(reason: &DropReason) -> String {
         DropReason::Restored => "in flight when the state was restored".into(),
         other => format!("{other:?}"),
     }
+}
+
+/// Writes the pipeline's state into the state folder (the form the control
+/// surface saves and `--resume` reads; the folder keeps only the newest).
+fn store_state(p: &mut Pipeline, dir: &Path) -> Result<(), String> {
+    let bytes = zeroize::Zeroizing::new(
+        p.save_state()
+            .map_err(|e| format!("saving the pipeline failed: {e}"))?,
+    );
+    StateDirectory::open(dir)
+        .and_then(|mut states| states.store(&bytes))
+        .map(|_| ())
+        .map_err(|e| format!("cannot write a state into {}: {e}", dir.display()))
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use qkd_core::control::{self, Method, Response, Status};
 use qkd_examples::coap_client::CoapClient;
 use qkd_examples::coap_service::{Incoming, Registration, Reply, encode_request};
+use qkd_examples::state_directory::StateDirectory;
+use qkd_postproc::pipeline::{CheckpointMode, PipelineDefinition};
 use serde::Serialize;
 
 use crate::layout::{Layout, LinkSpec, SideSpec, fill};
@@ -472,6 +474,14 @@ impl Manager {
         let qpm = self.listen.to_string();
         let layout_dir = self.layout.base.display().to_string();
         let link = &mut self.links[i];
+        // Each host from its newest state (see `recover`).
+        if from_saved {
+            for h in &mut link.hosts {
+                if let Some(newest) = h.newest_state() {
+                    h.saved = Some(newest);
+                }
+            }
+        }
         // Both sides or neither: check every state before starting anything.
         if from_saved && let Some(why) = link.hosts.iter().find_map(Host::state_gone) {
             return Err(why);
@@ -984,7 +994,26 @@ impl Manager {
             self.links[i].state = LinkState::Failed;
             return;
         }
+        // A crash restart starts from each host's newest state (a host with
+        // manual checkpoints writes one at every checkpoint; restoring an
+        // older one would use authentication pads again).
+        for h in &mut self.links[i].hosts {
+            if let Some(newest) = h.newest_state() {
+                h.saved = Some(newest);
+            }
+        }
         let from_saved = self.links[i].hosts.iter().all(|h| h.saved.is_some());
+        if from_saved && self.links[i].ran && !self.links[i].manual_checkpoints() {
+            self.log.line(&format!(
+                "link `{link_name}`: {why}; not restarted: its pipeline commits its checkpoints \
+                 itself (`checkpoints = \"auto\"`), so a state saved while it ran is older than \
+                 the authentication pads it used afterwards, and a restart from it would use them \
+                 again; give the link a pipeline with `checkpoints = \"manual\"` (each host then \
+                 writes its state at every checkpoint) to make it restartable after a crash"
+            ));
+            self.links[i].state = LinkState::Failed;
+            return;
+        }
         if !from_saved && self.links[i].ran {
             self.log.line(&format!(
                 "link `{link_name}`: {why}; not restarted: it ran and has no saved state, and a \
@@ -1026,6 +1055,23 @@ impl Manager {
 }
 
 impl Link {
+    /// Whether the link's pipeline definition asks for manual checkpoints
+    /// (its hosts write a state at every one: restartable after a crash).
+    fn manual_checkpoints(&self) -> bool {
+        let Some(path) = &self.pipeline else {
+            return false;
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let parsed = if text.trim_start().starts_with('<') {
+            PipelineDefinition::from_xml(&text)
+        } else {
+            PipelineDefinition::from_toml(&text)
+        };
+        parsed.is_ok_and(|d| d.checkpoints == CheckpointMode::Manual)
+    }
+
     fn new(spec: &LinkSpec, layout: &Layout) -> Self {
         let host = |side: &'static str, s: &SideSpec| Host {
             side,
@@ -1066,6 +1112,18 @@ impl Link {
 }
 
 impl Host {
+    /// The newest state in this host's state folder, if any (the folder
+    /// keeps only the newest; see `qkd_examples::state_directory`).
+    fn newest_state(&self) -> Option<String> {
+        if !self.state_dir.is_dir() {
+            return None;
+        }
+        StateDirectory::open(&self.state_dir)
+            .and_then(|d| d.labels())
+            .ok()?
+            .pop()
+    }
+
     /// Why this host cannot be started from its saved state: the file is
     /// gone (a `qkd-link` consumes the state it resumed from).
     fn state_gone(&self) -> Option<String> {
