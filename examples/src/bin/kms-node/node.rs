@@ -306,14 +306,19 @@ impl Node {
                 channel.inner().store().stats(),
             ),
         };
+        // One guard: two in the literal would live to its end together.
+        let (link_key_floors, reserve) = {
+            let keys = st.keys.lock();
+            (keys.floors(), keys.reserve_stats())
+        };
         Snapshot {
             paired,
             suite,
             store,
             source_blocks: st.source.blocks(),
             source_bytes: st.source.bytes(),
-            link_key_floors: st.keys.lock().floors(),
-            reserve: st.keys.lock().reserve_stats(),
+            link_key_floors,
+            reserve,
             pipeline: st.source.pipeline(),
         }
     }
