@@ -518,7 +518,7 @@ mod tests {
         // Carved blocks lose exactly their first link key, the others nothing.
         for (k, s) in sa.iter().enumerate() {
             let full = block(k as u64, 4096);
-            if k as u64 % RESERVE_EVERY == 0 {
+            if (k as u64).is_multiple_of(RESERVE_EVERY) {
                 assert_eq!(s.expose_secret(), &full.expose_secret()[LINK_KEY_BYTES..]);
                 let entry = a
                     .find(&a.id(BlockId::new(FIRST + k as u64)))
