@@ -402,7 +402,7 @@ fn print_stats(name: &str, s: &Snapshot, node: &Arc<Node>) {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &node.counters;
     println!(
-        "{name}: channel {} | blocks from source {} ({} KiB) | store: blocks stored {}, keys taken {}, fetched {}, fresh {} KiB, chunks lent {} borrowed {} | HTTP 2xx {} 4xx {} 5xx {} | handshakes {} sessions {} | link keys used below {:?}",
+        "{name}: channel {} | blocks from source {} ({} KiB) | store: blocks stored {}, keys taken {}, fetched {}, fresh {} KiB, chunks lent {} borrowed {} | HTTP 2xx {} 4xx {} 5xx {} | handshakes {} sessions {} | link reserve: {} carved, {} live, {} used here; initial-secret expansion keys used below {:?}",
         s.suite.as_deref().unwrap_or("-"),
         s.source_blocks,
         s.source_bytes >> 10,
@@ -417,6 +417,9 @@ fn print_stats(name: &str, s: &Snapshot, node: &Arc<Node>) {
         c.server_errors.load(Relaxed),
         c.handshakes.load(Relaxed),
         c.sessions.load(Relaxed),
+        s.reserve.carved,
+        s.reserve.live[0] + s.reserve.live[1],
+        s.reserve.used,
         s.link_key_floors,
     );
 }

@@ -72,10 +72,16 @@ impl FetchedKeys {
 pub(crate) struct NodeKeys<'a> {
     pub(crate) node: &'a mut SyncNode,
     pub(crate) fetched: &'a mut FetchedKeys,
+    /// The peer link is down (the node is kept for the reconnection, but
+    /// nothing is delivered meanwhile).
+    pub(crate) link_down: bool,
 }
 
 impl KeySource for NodeKeys<'_> {
     fn unavailable(&self) -> Option<String> {
+        if self.link_down {
+            return Some(qkd_etsi014::sync::NOT_PAIRED.to_owned());
+        }
         self.node.unavailable()
     }
 

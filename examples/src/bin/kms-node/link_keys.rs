@@ -1,24 +1,39 @@
-//! The keys of the KMS-to-KMS link's secured channel: a
-//! [`PskSource`] derived from the
-//! operator-installed initial secret, with consumption recorded on disk.
+//! The keys of the KMS-to-KMS link: a [`PskSource`] that draws from the
+//! link's reserve of QKD key ([`crate::reserve`]) and falls back to an
+//! expansion of the operator-installed initial secret only while the
+//! reserve has nothing to give.
 //!
-//! Link key `i` is a blake3 stream keyed by the initial secret and `i`;
-//! its ID is derived from the link name, a fingerprint of the secret and
-//! `i`. The node whose KME ID sorts first owns the even indices, the other
-//! the odd ones (qkd-handshake's ownership rule), so the two never draw the
-//! same key. Every handshake and every AES-256-GCM rekey draws one.
+//! Every handshake, every AES-256-GCM rekey, every one-time pad of the
+//! secured channel and every run of the pipeline takes one link key of
+//! [`LINK_KEY_BYTES`]. The node whose KME ID sorts first owns the even
+//! keys, the other the odd ones (qkd-handshake's ownership rule), so the
+//! two never draw the same key; the other side takes a key by its ID.
 //!
-//! **No reuse across restarts.** The state file holds, per parity, the
-//! lowest index not yet consumed; it is rewritten (write, fsync, rename)
-//! before a key leaves this source, and everything below it is refused
-//! afterwards, so a restarted node neither reuses its own keys nor accepts
-//! one of the peer's twice. Deleting the state file on both nodes would
-//! allow reuse; deleting it on one makes that node's first handshakes fail
-//! until it has drawn past what the peer remembers.
+//! # Where a link key comes from
 //!
-//! Limitation (documented in the README): until the store reserves part
-//! of the QKD key for the channel, the link keys are a computational
-//! expansion of the initial secret, not fresh QKD key.
+//! 1. **The reserve** (fresh QKD key): [`next`](PskSource::next) draws the
+//!    oldest drawable reserve entry this node owns. Its key ID names the
+//!    reserve position (the block it was carved from).
+//! 2. **The expansion of the initial secret** (computational): only when
+//!    the reserve holds no drawable entry of this node's, that is on a new
+//!    link until the first session has carved [`crate::reserve::SETTLE`]
+//!    ` + 1` entries (the first handshake, the first pipeline run and any
+//!    rekey before then), and again if the reserve ever runs dry (a link
+//!    drawing faster than one key per [`crate::reserve::RESERVE_EVERY`]
+//!    blocks). Link key `i` of the expansion is a blake3 stream keyed by
+//!    the initial secret and `i`; its security rests on blake3 and on the
+//!    secrecy of the initial secret, not on QKD. Its ID is derived from the
+//!    link name, a fingerprint of the secret and `i`, in a namespace apart
+//!    from the reserve's.
+//!
+//! **No reuse across restarts.** A reserve entry is zeroized in the
+//! reserve file (fsynced) before it leaves this source. For the expansion,
+//! the state file holds, per parity, the lowest index not yet consumed; it
+//! is rewritten (write, fsync, rename) before a key leaves this source, and
+//! everything below it is refused afterwards. Deleting the state and
+//! reserve files on both nodes would allow reuse of expansion keys;
+//! deleting them on one makes that node's first handshakes fail until it
+//! has drawn past what the peer remembers.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -28,6 +43,8 @@ use qkd_core::{BlockId, KeyId, SecretKey};
 use qkd_handshake::capability::Ownership;
 use qkd_handshake::psk::{PskError, PskSource};
 use zeroize::Zeroizing;
+
+use crate::reserve::{Reserve, ReserveError, ReserveStats};
 
 /// Bytes of each link key (handshake PSK, rekey material).
 pub(crate) const LINK_KEY_BYTES: usize = 1024;
@@ -51,6 +68,9 @@ pub(crate) enum LinkKeyError {
     /// The state file is not two numbers.
     #[error("{0}: not a link state file (two numbers expected)")]
     BadState(PathBuf),
+    /// The reserve file cannot be used.
+    #[error(transparent)]
+    Reserve(#[from] ReserveError),
 }
 
 /// The link's keys, shared between the successive channels of the node
@@ -121,6 +141,9 @@ pub(crate) struct LinkKeys {
     ids: HashMap<KeyId, u64>,
     computed_to: [u64; 2],
     state: PathBuf,
+    reserve: Reserve,
+    /// Keys this process drew from the expansion (not the reserve).
+    expansion_draws: u64,
 }
 
 impl core::fmt::Debug for LinkKeys {
@@ -128,6 +151,7 @@ impl core::fmt::Debug for LinkKeys {
         f.debug_struct("LinkKeys")
             .field("ownership", &self.ownership)
             .field("floor", &self.floor)
+            .field("reserve", &self.reserve)
             .finish_non_exhaustive()
     }
 }
@@ -159,7 +183,8 @@ fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, LinkKeyError> {
 
 impl LinkKeys {
     /// The keys of link `link` from the secret in `secret_file`, with the
-    /// consumption state in `state_file` (created if missing).
+    /// consumption state in `state_file` and the reserve in
+    /// [`reserve_path`]`(state_file)` (both created if missing).
     pub(crate) fn open(
         link: &str,
         secret_file: &Path,
@@ -196,6 +221,7 @@ impl LinkKeys {
         let fingerprint = blake3::derive_key("qkd kms-node 2026 link key id", &secret);
         let mut name = link.as_bytes().to_vec();
         name.extend_from_slice(&fingerprint[..8]);
+        let reserve = Reserve::open(&reserve_path(state_file), &name)?;
         let keys = LinkKeys {
             root,
             link: name,
@@ -205,6 +231,8 @@ impl LinkKeys {
             ids: HashMap::new(),
             computed_to: floor,
             state: state_file.to_owned(),
+            reserve,
+            expansion_draws: 0,
         };
         keys.persist().map_err(|source| LinkKeyError::Io {
             path: state_file.to_owned(),
@@ -213,9 +241,47 @@ impl LinkKeys {
         Ok(keys)
     }
 
-    /// Lowest unconsumed index per parity (even, odd).
+    /// Lowest unconsumed index of the expansion per parity (even, odd).
     pub(crate) fn floors(&self) -> [u64; 2] {
         self.floor
+    }
+
+    /// The reserve's counters.
+    pub(crate) fn reserve_stats(&self) -> ReserveStats {
+        self.reserve.stats()
+    }
+
+    /// Keys this process drew from the expansion of the initial secret.
+    #[cfg(test)]
+    pub(crate) fn expansion_draws(&self) -> u64 {
+        self.expansion_draws
+    }
+
+    /// Whether `id` names a reserve entry (held now or before).
+    #[cfg(test)]
+    pub(crate) fn is_reserve_key(&self, id: &KeyId) -> bool {
+        self.reserve.knows(id)
+    }
+
+    /// The key ID of the reserve entry carved from `block`.
+    #[cfg(test)]
+    pub(crate) fn reserve_key_id(&self, block: BlockId) -> KeyId {
+        self.reserve.id(block)
+    }
+
+    /// Takes the reserve's share of a final key block before it enters the
+    /// store (see [`Reserve::carve`]): the part for the store, or `None`
+    /// when the whole block goes there.
+    ///
+    /// # Errors
+    /// The reserve file could not be written: the block must go nowhere.
+    pub(crate) fn carve(
+        &mut self,
+        first: BlockId,
+        block: BlockId,
+        key: &SecretKey,
+    ) -> std::io::Result<Option<SecretKey>> {
+        self.reserve.carve(first, block, key)
     }
 
     fn own_parity(&self) -> usize {
@@ -291,24 +357,45 @@ impl LinkKeys {
 
 impl PskSource for LinkKeys {
     fn next(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        match self.reserve.draw(self.own_parity() as u8) {
+            Ok(Some(drawn)) => return Ok(drawn),
+            Ok(None) => {}
+            // Without a durable record the key must not be used.
+            Err(_) => return Err(PskError::Exhausted),
+        }
         let index = self.floor[self.own_parity()];
         self.mark(index)?;
+        self.expansion_draws += 1;
         Ok((self.id(index), self.key(index)))
     }
 
     fn find(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        if let Some(found) = self.reserve.find(id) {
+            return found;
+        }
         let i = self.index_of(id)?;
         Ok(self.key(i))
     }
 
     fn consume(&mut self, id: &KeyId) -> Result<(), PskError> {
+        if let Some(done) = self.reserve.consume(id) {
+            return done;
+        }
         let i = self.index_of(id)?;
         self.mark(i)
     }
 }
 
+/// Where the reserve of the link whose state file is `state_file` lives:
+/// beside it, with `.reserve` appended to its name.
+pub(crate) fn reserve_path(state_file: &Path) -> PathBuf {
+    let mut p = state_file.as_os_str().to_owned();
+    p.push(".reserve");
+    PathBuf::from(p)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn setup(dir: &Path) -> PathBuf {
@@ -345,6 +432,91 @@ mod tests {
         assert!(b.find(&id2).is_ok());
         // The peer's key that this side never took is still there for it.
         assert!(a.find(&id_b).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A final key block of `len` bytes, the same on both nodes.
+    pub(crate) fn final_block(k: u64, len: usize) -> SecretKey {
+        let mut b = vec![0u8; len];
+        let mut h = blake3::Hasher::new();
+        h.update(b"final block");
+        h.update(&k.to_be_bytes());
+        h.finalize_xof().fill(&mut b);
+        SecretKey::from_vec(b)
+    }
+
+    #[test]
+    fn keys_come_from_the_reserve_once_it_holds_some_and_never_twice() {
+        let dir =
+            std::env::temp_dir().join(format!("kms-node-linkkeys-reserve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = setup(&dir);
+        let (sa, sb) = (dir.join("a.state"), dir.join("b.state"));
+        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        // A new link: the reserve is empty, the expansion keys the first use.
+        let (first_id, _) = a.next().unwrap();
+        assert!(!a.is_reserve_key(&first_id));
+        assert_eq!(a.expansion_draws(), 1);
+        b.take(&first_id).unwrap();
+        // The first session's blocks: both nodes carve the same entries.
+        let first = BlockId::new((5 << 24) | 1);
+        let mut stored = Vec::new();
+        for k in 0..40 {
+            let block = BlockId::new(first.get() + k);
+            let key = final_block(k, 8192);
+            let ra = a.carve(first, block, &key).unwrap();
+            let rb = b.carve(first, block, &key).unwrap();
+            assert_eq!(ra, rb);
+            stored.push(ra.unwrap_or(key));
+        }
+        assert_eq!(a.reserve_stats(), b.reserve_stats());
+        assert_eq!(a.reserve_stats().live, [5, 5]);
+        let mut drawn = Vec::new();
+        for _ in 0..3 {
+            for flip in [false, true] {
+                let (mine, peer) = if flip {
+                    (&mut b, &mut a)
+                } else {
+                    (&mut a, &mut b)
+                };
+                let (id, key) = mine.next().unwrap();
+                assert!(mine.is_reserve_key(&id), "drawn from the expansion");
+                assert_eq!(peer.take(&id).unwrap(), key);
+                // A reserve key is never also in the store.
+                assert!(stored.iter().all(|s| {
+                    !s.expose_secret()
+                        .windows(key.len())
+                        .any(|w| w == key.expose_secret())
+                }));
+                drawn.push(id);
+            }
+        }
+        assert_eq!(a.expansion_draws(), 1);
+        assert_eq!(b.expansion_draws(), 0);
+        drop((a, b));
+        // Both processes restart: nothing drawn before comes back, neither
+        // from next() nor by ID.
+        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        for id in &drawn {
+            assert_eq!(a.find(id).unwrap_err(), PskError::AlreadyUsed(*id));
+            assert_eq!(b.find(id).unwrap_err(), PskError::AlreadyUsed(*id));
+        }
+        for _ in 0..6 {
+            for flip in [false, true] {
+                let (mine, peer) = if flip {
+                    (&mut b, &mut a)
+                } else {
+                    (&mut a, &mut b)
+                };
+                let (id, key) = mine.next().unwrap();
+                assert!(!drawn.contains(&id), "a key was drawn twice");
+                assert_eq!(peer.take(&id).unwrap(), key);
+                drawn.push(id);
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

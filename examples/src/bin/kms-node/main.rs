@@ -23,6 +23,7 @@ mod http;
 mod link_keys;
 mod node;
 mod pipeline_source;
+mod reserve;
 mod source;
 mod tls;
 

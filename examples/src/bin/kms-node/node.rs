@@ -17,11 +17,18 @@
 //! length-prefixed records; writes go through a queue to a writer thread,
 //! so nothing blocks on a socket while holding the lock.
 //!
-//! A link that goes down (the peer stopped or restarted, the connection
-//! broke, the handshake failed) takes its [`SyncNode`] with it: a new
-//! incarnation (new epoch) waits for the next connection, and pairing with
-//! it wipes the peer's store too. Until the nodes are paired again and new
-//! blocks have arrived, `enc_keys` and `dec_keys` answer 503.
+//! A link that goes down (the connection broke, the handshake failed, the
+//! peer stopped) keeps its [`SyncNode`]: [`SecuredChannel::into_inner`]
+//! recovers it, and the next connection runs a fresh handshake keyed by a
+//! fresh link key and carries the same sync session on (records lost in
+//! the cut are retransmitted by the sync node). While the link is down,
+//! `enc_keys` and `dec_keys` answer 503. A real restart of the peer shows
+//! as a new peer epoch in the sync hello: pairing with it wipes this
+//! node's store, as the restarted node's is empty, and a new session (and
+//! pipeline run) begins.
+//!
+//! Before a final key block enters the store, the link's reserve takes its
+//! share ([`crate::reserve`], durable before the rest is inserted).
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
@@ -117,6 +124,8 @@ struct State {
     generation: u64,
     low_water: u64,
     counters: Arc<Counters>,
+    /// The current session (both stores paired), for the reserve's rule.
+    session: Option<Session>,
     /// IDs of keys fetched in full here (a second `dec_keys`: 400 at once).
     fetched: FetchedKeys,
 }
@@ -134,8 +143,10 @@ pub(crate) struct Snapshot {
     pub(crate) source_blocks: u64,
     /// Bytes the source delivered in this session.
     pub(crate) source_bytes: u64,
-    /// Link keys consumed below these indices (even, odd).
+    /// Expansion link keys consumed below these indices (even, odd).
     pub(crate) link_key_floors: [u64; 2],
+    /// The link's reserve of QKD key.
+    pub(crate) reserve: crate::reserve::ReserveStats,
     /// The distillation pipeline's numbers (pipeline source only).
     pub(crate) pipeline: Option<crate::pipeline_source::PipelineReport>,
 }
@@ -216,6 +227,7 @@ impl Node {
                 generation: 0,
                 low_water,
                 counters: counters.clone(),
+                session: None,
                 fetched: FetchedKeys::new(MAX_FETCHED),
             }),
             next_request: AtomicU64::new(1),
@@ -254,6 +266,7 @@ impl Node {
         let State {
             link, kme, fetched, ..
         } = &mut *st;
+        let link_down = link.is_down();
         kme.handle_request(
             now,
             Request {
@@ -267,6 +280,7 @@ impl Node {
             &mut NodeKeys {
                 node: link.node_mut(),
                 fetched,
+                link_down,
             },
         );
         st.after(now);
@@ -284,12 +298,18 @@ impl Node {
     pub(crate) fn snapshot(&self) -> Snapshot {
         let st = self.lock();
         let (paired, suite, store) = match &st.link {
-            Link::Down(n) => (n.is_paired(), None, n.store().stats()),
+            // A node kept across a cut may be paired, but nothing flows.
+            Link::Down(n) => (false, None, n.store().stats()),
             Link::Up { channel, .. } => (
                 channel.is_open() && channel.inner().is_paired(),
                 channel.suite().map(|s| s.to_string()),
                 channel.inner().store().stats(),
             ),
+        };
+        // One guard: two in the literal would live to its end together.
+        let (link_key_floors, reserve) = {
+            let keys = st.keys.lock();
+            (keys.floors(), keys.reserve_stats())
         };
         Snapshot {
             paired,
@@ -297,7 +317,8 @@ impl Node {
             store,
             source_blocks: st.source.blocks(),
             source_bytes: st.source.bytes(),
-            link_key_floors: st.keys.lock().floors(),
+            link_key_floors,
+            reserve,
             pipeline: st.source.pipeline(),
         }
     }
@@ -524,6 +545,7 @@ impl Node {
             let State {
                 link, kme, fetched, ..
             } = &mut *st;
+            let link_down = link.is_down();
             match link {
                 Link::Down(node) => {
                     if node.poll_timeout().is_some_and(|t| t <= now) {
@@ -542,6 +564,7 @@ impl Node {
                     &mut NodeKeys {
                         node: link.node_mut(),
                         fetched,
+                        link_down,
                     },
                 );
             }
@@ -557,6 +580,10 @@ impl Node {
 }
 
 impl Link {
+    fn is_down(&self) -> bool {
+        matches!(self, Link::Down(_))
+    }
+
     fn node_mut(&mut self) -> &mut SyncNode {
         match self {
             Link::Down(n) => n,
@@ -575,20 +602,28 @@ impl State {
         )
     }
 
-    /// The node for a new connection: always a new incarnation, so that
-    /// pairing wipes whatever the peer still holds of an older session.
+    /// The node for a new connection: the one the link kept when it went
+    /// down (its session goes on if the peer's did; a restarted peer's new
+    /// epoch wipes it when they pair).
     fn take_node(&mut self) -> Box<SyncNode> {
-        self.fresh_node()
+        let placeholder = self.fresh_node();
+        match std::mem::replace(&mut self.link, Link::Down(placeholder)) {
+            Link::Down(node) => node,
+            // A connection replaces the one before it: keep its node too.
+            Link::Up {
+                channel, socket, ..
+            } => {
+                let _ = socket.shutdown(Shutdown::Both);
+                Box::new(channel.into_inner().0)
+            }
+        }
     }
 
-    /// Drops the connection and its node; a new unpaired node answers 503
-    /// until the next connection pairs.
+    /// Drops the connection and keeps its sync node for the next one
+    /// (503 meanwhile).
     fn link_down(&mut self, now: Instant) {
-        let node = self.fresh_node();
-        if let Link::Up { socket, .. } = std::mem::replace(&mut self.link, Link::Down(node)) {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        // Requests waiting on the old node: their keys are gone with it.
+        let node = self.take_node();
+        self.link = Link::Down(node);
         self.after(now);
     }
 
@@ -600,6 +635,8 @@ impl State {
             link,
             source,
             low_water,
+            keys,
+            session,
             ..
         } = self;
         let Link::Up { channel, .. } = link else {
@@ -621,6 +658,18 @@ impl State {
             let Some((block, key)) = source.poll_block(now) else {
                 return;
             };
+            // The reserve's share first, durably; the store gets the rest.
+            let key = match session.map(|s| keys.lock().carve(s.first_block(), block, &key)) {
+                Some(Ok(Some(rest))) => rest,
+                Some(Ok(None)) | None => key,
+                Some(Err(e)) => {
+                    eprintln!(
+                        "block {block} discarded: the link reserve could not be written: {e}"
+                    );
+                    let _ = node.discard_block(block);
+                    continue;
+                }
+            };
             if let Err(e) = node.insert_block(now, block, key) {
                 eprintln!("block {block} refused by the store: {e}");
                 return;
@@ -640,6 +689,7 @@ impl State {
             counters,
             waiters,
             fetched,
+            session,
             ..
         } = self;
         match link {
@@ -647,7 +697,7 @@ impl State {
                 // Nothing to send to; the events only matter to the handler.
                 while node.poll_transmit(now).is_some() {}
                 while let Some(ev) = node.poll_event() {
-                    sync_event(kme, now, &ev, node, fetched);
+                    sync_event(kme, now, &ev, node, fetched, true);
                 }
             }
             Link::Up { channel, out, .. } => {
@@ -675,12 +725,14 @@ impl State {
                             let node = channel.inner_mut();
                             if let SyncEvent::Paired { peer_epoch, .. } = ev {
                                 counters.sessions.fetch_add(1, Ordering::Relaxed);
-                                source.start_session(Session::of(node.epoch(), peer_epoch));
+                                let s = Session::of(node.epoch(), peer_epoch);
+                                *session = Some(s);
+                                source.start_session(s);
                             }
                             if let SyncEvent::PeerMisbehaved(e) = &ev {
                                 eprintln!("peer misbehaved: {e}");
                             }
-                            sync_event(kme, now, &ev, node, fetched);
+                            sync_event(kme, now, &ev, node, fetched, false);
                         }
                         ChannelEvent::Failed(e) => {
                             failure = Some(format!("secured channel failed: {e}"))
@@ -725,8 +777,13 @@ fn sync_event(
     ev: &SyncEvent,
     node: &mut SyncNode,
     fetched: &mut FetchedKeys,
+    link_down: bool,
 ) {
-    let mut keys = NodeKeys { node, fetched };
+    let mut keys = NodeKeys {
+        node,
+        fetched,
+        link_down,
+    };
     match ev {
         SyncEvent::KeyArrived { id } => kme.handle_arrival(now, id, &mut keys),
         SyncEvent::LookupTimedOut { id } => kme.handle_wait_ended(now, id, &mut keys),

@@ -53,10 +53,16 @@
 //! secret, as a naive source would, would reuse the first pads of the
 //! secret at every restart.
 //!
-//! Limitation: the link keys are a computational expansion of the
-//! operator-installed initial secret (see [`crate::link_keys`]), and so
-//! is the 64 KiB pipeline secret of a run expanded from a 1 KiB link key;
-//! within a run the pipeline then replenishes its pool from final key.
+//! Where the link key comes from ([`crate::link_keys`]): from the link's
+//! reserve of QKD key ([`crate::reserve`]), carved out of earlier final
+//! key, as soon as the reserve holds a drawable entry of the accepting
+//! node's (every session after the first, and later runs of the first);
+//! from the computational expansion of the operator-installed initial
+//! secret only for the first run(s) of a new link, before the reserve has
+//! any. Limitation: the 64 KiB pipeline secret of a run is still a blake3
+//! expansion of that one 1 KiB link key (computational, keyed by fresh QKD
+//! key); within a run the pipeline then replenishes its pool from final
+//! key.
 //!
 //! # Blocks
 //!
@@ -1010,6 +1016,47 @@ mod tests {
         let e = welcome(st, &mut ak, Role::Alice, s, 1).err().unwrap();
         assert!(e.contains("same role"), "{e}");
         let _ = t.join();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_second_sessions_pipeline_secret_comes_from_the_reserve() {
+        let dir = temp("reserve");
+        let (a, b) = open(&dir);
+        // The first session of a new link: the reserve is empty, so the
+        // run's link key is the initial secret's expansion.
+        let s1 = Session(11);
+        let first = s1.first_block();
+        let (ea, eb) = agree(&a, &b, s1, first.get());
+        assert_eq!(*ea.secret, *eb.secret);
+        assert_eq!(a.lock().expansion_draws(), 1);
+        // The session's final keys reach both stores through the reserve.
+        for k in 0..16 {
+            let key = crate::link_keys::tests::final_block(k, 4096);
+            let block = BlockId::new(first.get() + k);
+            let ra = a.lock().carve(first, block, &key).unwrap();
+            let rb = b.lock().carve(first, block, &key).unwrap();
+            assert_eq!(ra, rb);
+        }
+        let floors = (a.lock().floors(), b.lock().floors());
+        // The next session's run: keyed by the reserve's first entry (the
+        // first block of session 1, owned by the accepting node).
+        let s2 = Session(12);
+        let base = s2.first_block().get();
+        let (ea, eb) = agree(&a, &b, s2, base);
+        assert_eq!(*ea.secret, *eb.secret);
+        let id = a.lock().reserve_key_id(first);
+        let entry = SecretKey::from_slice(
+            &crate::link_keys::tests::final_block(0, 4096).expose_secret()[..LINK_KEY_BYTES],
+        );
+        assert_eq!(
+            *ea.secret,
+            *run_secret(&entry, &id, s2, base),
+            "the second session's pipeline secret is not the reserve's"
+        );
+        assert_eq!(ea.secret_id, secret_id(&id));
+        assert_eq!((a.lock().floors(), b.lock().floors()), floors);
+        assert_eq!(a.lock().expansion_draws(), 1, "the expansion was drawn");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
