@@ -177,15 +177,10 @@ mod tests {
         assert_eq!(s.load(None).unwrap(), None);
         assert_eq!(s.store(b"one").unwrap(), "state-00000001.bin");
         let first = dir.join("state-00000001.bin");
-        let mut hard_link = None;
-        #[cfg(unix)]
-        {
-            // A second name for the first state's bytes shows they are
-            // overwritten, not just unlinked, when a newer state lands.
-            let other = dir.join("seen-first");
-            fs::hard_link(&first, &other).unwrap();
-            hard_link = Some(other);
-        }
+        // A second name for the first state's bytes shows they are
+        // overwritten, not just unlinked, when a newer state lands.
+        let hard_link = dir.join("seen-first");
+        fs::hard_link(&first, &hard_link).unwrap();
         assert_eq!(s.store(b"two").unwrap(), "state-00000002.bin");
         let s2 = StateDirectory::open(&dir).unwrap();
         let (l, b) = s2.load(None).unwrap().unwrap();
@@ -196,9 +191,7 @@ mod tests {
         // Only the newest is kept; the older one was zeroed and removed.
         assert_eq!(s2.labels().unwrap(), ["state-00000002.bin"]);
         assert_eq!(s2.load(Some("state-00000001.bin")).unwrap(), None);
-        if let Some(other) = hard_link {
-            assert_eq!(fs::read(&other).unwrap(), [0u8; 3]);
-        }
+        assert_eq!(fs::read(&hard_link).unwrap(), [0u8; 3]);
         for bad in [
             "../state-00000001.bin",
             "/etc/passwd",

@@ -162,20 +162,33 @@ fn qpm_runs_qkd_link_hosts_reads_their_statistics_and_tunes_a_parameter() {
     assert_eq!(r.status(), Some(Status::Changed), "{}", r.text());
 }
 
-/// Hibernation, a checkpoint and a SIGKILLed host restarted from it, keys
-/// compared with an uninterrupted run.
-///
-/// Ignored in the default run: **a known race**. The QPM saves Alice's and
-/// Bob's pipelines one after the other while the link runs, so a block can
-/// be committed between the two saves (Alice's Outcome sent after her save,
-/// Bob's deposit before his); the restored pools then differ and the link
-/// ends with `FeedDiverged`. It happened in about 1 run in 10 under load
-/// (never on a quiet machine). The fix (issue 15, open) is to drain or pause
-/// both hosts before saving. Run it with
-/// `cargo test -p qkd-examples --test qpm_link -- --ignored`.
+/// Hibernation: the QPM quiets the link (both pipelines hold from the same
+/// block and settle what is in flight), saves both hosts and stops them;
+/// resumed, the link runs to its end with the keys of an uninterrupted run
+/// and no block lost.
 #[test]
-#[ignore = "known race: a hibernation saves the two sides at different moments (issue 15)"]
+fn qpm_hibernates_and_resumes_a_qkd_link_with_the_keys_of_an_uninterrupted_run() {
+    hibernation(false);
+}
+
+/// Hibernation as above, then a checkpoint and a SIGKILLed host, which the
+/// QPM restarts from each host's newest checkpoint.
+///
+/// Ignored in the default run: **a known race** remains in the crash
+/// restart. In about 1 run in 8 (loaded machine) the link restarted after
+/// the SIGKILL ends with `FeedDiverged` a few blocks later: one window in
+/// which a deposit reaches one side's newest checkpoint and not the other's
+/// is still open in the two-process form (the in-process test
+/// `manual_checkpoints_survive_a_crash_of_both_sides_at_any_moment` in
+/// qkd-postproc, which found and now guards one such window, passes).
+/// Run it with `cargo test -p qkd-examples --test qpm_link -- --ignored`.
+#[test]
+#[ignore = "known race in the crash restart: FeedDiverged in about 1 run in 8 (issue 15)"]
 fn qpm_hibernates_resumes_and_restarts_a_killed_qkd_link() {
+    hibernation(true);
+}
+
+fn hibernation(kill: bool) {
     let dir = scratch("hibernate");
     let setup = LinkSetup::write(&dir);
     // The uninterrupted run everything is compared with.
@@ -222,53 +235,48 @@ fn qpm_hibernates_resumes_and_restarts_a_killed_qkd_link() {
         qpm.log()
     );
     qpm.wait_link("keys", "resumed", |v| v["state"] == "running");
-    // A resumed qkd-link consumed its state: resuming it again is refused.
     let after_resume = block_lines(&setup.host_dir("keys", "alice")).len();
 
-    // 4. A checkpoint, then SIGKILL: the QPM restarts the link from it.
-    wait_blocks(&mut qpm, &setup, "keys", "alice", after_resume + 4);
-    let r = qpm.post("/links/keys/save");
-    assert_eq!(
-        r.status(),
-        Some(Status::Changed),
-        "{}\n{}",
-        r.text(),
-        qpm.log()
-    );
-    let after_save = block_lines(&setup.host_dir("keys", "bob")).len();
-    wait_blocks(&mut qpm, &setup, "keys", "bob", after_save + 3);
-    let v = qpm.json("/links/keys");
-    let pid = v["hosts"][1]["pid"].as_u64().unwrap();
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let v = qpm.wait_link("keys", "restarted", |v| {
-        v["restarts"] == 1 && v["hosts"][1]["pid"].as_u64() != Some(pid)
-    });
-    assert_ne!(v["state"], "failed", "{v}\n{}", qpm.log());
-    let log = qpm.log();
-    assert!(
-        log.contains("restart 1 of 2 from the last saved states"),
-        "{log}"
-    );
+    // 4. A checkpoint, then SIGKILL: the QPM restarts the link from the
+    // newest checkpoints.
+    if kill {
+        wait_blocks(&mut qpm, &setup, "keys", "alice", after_resume + 4);
+        let r = qpm.post("/links/keys/save");
+        assert_eq!(
+            r.status(),
+            Some(Status::Changed),
+            "{}\n{}",
+            r.text(),
+            qpm.log()
+        );
+        let after_save = block_lines(&setup.host_dir("keys", "bob")).len();
+        wait_blocks(&mut qpm, &setup, "keys", "bob", after_save + 3);
+        let v = qpm.json("/links/keys");
+        let pid = v["hosts"][1]["pid"].as_u64().unwrap();
+        let status = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let v = qpm.wait_link("keys", "restarted", |v| {
+            v["restarts"] == 1 && v["hosts"][1]["pid"].as_u64() != Some(pid)
+        });
+        assert_ne!(v["state"], "failed", "{v}\n{}", qpm.log());
+        let log = qpm.log();
+        assert!(
+            log.contains("restart 1 of 2 from the last saved states"),
+            "{log}"
+        );
+    }
     // The link runs to its last block; both processes exit by themselves.
     let v = qpm.wait_link("keys", "finished", |v| v["state"] == "finished");
-    assert_eq!(v["restarts"], 1, "{v}");
+    assert_eq!(v["restarts"], u64::from(kill), "{v}");
 
     // Keys: the same on both sides, block for block the uninterrupted
-    // run's; the only blocks missing are the ones in flight at a save.
-    // The states the last restart came from were consumed by it: resuming
-    // the finished link again is refused with the reason, nothing starts.
-    let r = qpm.post("/links/keys/resume");
-    assert_eq!(r.status(), Some(Status::NotFound), "{}", r.text());
-    assert!(r.text().contains("is gone"), "{}", r.text());
-    assert_eq!(qpm.json("/links/keys")["state"], "finished");
-
+    // run's; the only blocks missing are the ones in flight at a kill.
     let alice = assemble(&setup.host_dir("keys", "alice"));
     let bob = assemble(&setup.host_dir("keys", "bob"));
-    compare(&alice, &bob, &reference);
+    compare(&alice, &bob, &reference, if kill { 2 } else { 0 });
     for keys in [&alice, &bob] {
         assert_eq!(
             keys.last_block(),
@@ -292,7 +300,7 @@ fn qpm_hibernates_resumes_and_restarts_a_killed_qkd_link() {
 ///   `max_blocks_in_flight` (2). None is lost to a hibernation: the QPM
 ///   holds both pipelines from the same block and lets them settle what is
 ///   in flight before it saves them.
-fn compare(alice: &Keys, bob: &Keys, reference: &Keys) {
+fn compare(alice: &Keys, bob: &Keys, reference: &Keys, max_lost: usize) {
     for (name, keys) in [("alice", alice), ("bob", bob)] {
         for (block, key) in &keys.blocks {
             assert!(
@@ -326,7 +334,7 @@ fn compare(alice: &Keys, bob: &Keys, reference: &Keys) {
         .filter(|b| !alice.blocks.contains_key(b) && !bob.blocks.contains_key(b))
         .copied()
         .collect();
-    assert!(never.len() <= 2, "blocks never settled: {never:?}");
+    assert!(never.len() <= max_lost, "blocks never settled: {never:?}");
     eprintln!(
         "keys: {} of {} blocks on both sides equal to the uninterrupted run's; \
          in flight at a save and dropped at the restart: {never:?}; settled but lost to \

@@ -1,6 +1,6 @@
 //! Hibernation and run-time parameter changes, through `qkd_core::sim`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -64,7 +64,16 @@ fn fresh(def: &PipelineDefinition) -> (Pipeline, Pipeline) {
 /// Records the pad position of every sealed message; panics if one
 /// position of one sender carries two different messages.
 fn record_pads(net: &mut Network<Pipeline, Pipeline>, pads: Pads) {
-    net.set_interceptor(Box::new(move |_, datagram: &mut Vec<u8>| {
+    record_pads_until(net, pads, Rc::default());
+}
+
+/// [`record_pads`], and once `b_dead` is set nothing more leaves Bob (his
+/// process is gone).
+fn record_pads_until(net: &mut Network<Pipeline, Pipeline>, pads: Pads, b_dead: Rc<Cell<bool>>) {
+    net.set_interceptor(Box::new(move |from, datagram: &mut Vec<u8>| {
+        if from == qkd_core::sim::Side::B && b_dead.get() {
+            return false;
+        }
         let sealed = match Frame::decode(datagram) {
             Ok(Frame::Data {
                 sealed: true, body, ..
@@ -578,28 +587,53 @@ fn manual_checkpoints_survive_a_crash_of_both_sides_at_any_moment() {
     let mut net = Network::new(a, b, link.clone(), 3, Instant::now());
     let mut whole = Keys::default();
     let mut newest: [Option<Vec<u8>>; 2] = [None, None];
-    let total = run_manual(
+    let mut bob_checkpoints = 0;
+    let total = run_manual_with(
         &mut net,
         &mut fa.into_iter(),
         &mut fb.into_iter(),
         &mut whole,
         &mut newest,
         usize::MAX,
+        None,
+        &mut bob_checkpoints,
     );
     assert_eq!(whole.a, whole.b);
     assert_eq!(whole.a.len(), 6);
 
     let mut crashes = 0;
-    for crash_at in (1..total).step_by(stride.max(1)) {
+    // Both sides at every `stride`-th event; Bob alone at each of his
+    // checkpoints.
+    let both = (1..total).step_by(stride.max(1)).map(|p| (p, false));
+    let bob_alone = (1..=bob_checkpoints).map(|k| (k, true));
+    for (crash_at, bob_alone) in both.chain(bob_alone) {
         let (fa, fb) = frames(6);
         let (mut fa, mut fb) = (fa.into_iter(), fb.into_iter());
         let pads: Pads = Rc::default();
         let (a, b) = fresh(&def);
         let mut net = Network::new(a, b, link.clone(), 3, Instant::now());
-        record_pads(&mut net, pads.clone());
+        let b_dead: Rc<Cell<bool>> = Rc::default();
+        record_pads_until(&mut net, pads.clone(), b_dead.clone());
         let mut keys = Keys::default();
         let mut newest: [Option<Vec<u8>>; 2] = [None, None];
-        run_manual(&mut net, &mut fa, &mut fb, &mut keys, &mut newest, crash_at);
+        if bob_alone {
+            // Bob dies at a checkpoint before writing it, after sending
+            // what his pipeline let him send; Alice runs on (and saves)
+            // for another second, then stops.
+            run_manual_with(
+                &mut net,
+                &mut fa,
+                &mut fb,
+                &mut keys,
+                &mut newest,
+                crash_at,
+                Some(b_dead),
+                &mut 0,
+            );
+        } else {
+            // Both die at once: what is in flight is lost.
+            run_manual(&mut net, &mut fa, &mut fb, &mut keys, &mut newest, crash_at);
+        }
         drop(net);
         let [Some(state_a), Some(state_b)] = newest else {
             continue;
@@ -638,7 +672,7 @@ fn manual_checkpoints_survive_a_crash_of_both_sides_at_any_moment() {
         assert_eq!(
             net.a.channel().pool().feed_digest(),
             net.b.channel().pool().feed_digest(),
-            "crash at {crash_at}"
+            "crash at {crash_at} (bob alone: {bob_alone})"
         );
         // Every block is kept on both sides, before or after the crash,
         // or reported dropped on both.
@@ -654,8 +688,8 @@ fn manual_checkpoints_survive_a_crash_of_both_sides_at_any_moment() {
             );
         }
     }
-    eprintln!("{total} events, {crashes} crash points");
-    assert!(crashes >= 10, "{crashes} crash points");
+    assert!(total > 1000, "{total} events");
+    assert!(crashes >= 20, "{crashes} crash points");
 }
 
 /// Drives a manual-checkpoint pair for at most `limit` events, writing
@@ -669,10 +703,34 @@ fn run_manual(
     newest: &mut [Option<Vec<u8>>; 2],
     limit: usize,
 ) -> usize {
+    run_manual_with(net, fa, fb, keys, newest, limit, None, &mut 0)
+}
+
+/// [`run_manual`]; with `b_dies`, Bob dies at his `limit`-th checkpoint,
+/// before he writes it (nothing more leaves him, his events and saves
+/// stop), and Alice runs on alone for one more second of simulated time.
+/// Bob's checkpoints are counted in `bob_saves`.
+#[allow(clippy::too_many_arguments)]
+fn run_manual_with(
+    net: &mut Network<Pipeline, Pipeline>,
+    fa: &mut std::vec::IntoIter<RawFrame>,
+    fb: &mut std::vec::IntoIter<RawFrame>,
+    keys: &mut Keys,
+    newest: &mut [Option<Vec<u8>>; 2],
+    limit: usize,
+    b_dies: Option<Rc<Cell<bool>>>,
+    bob_saves: &mut usize,
+) -> usize {
     let (mut pending_a, mut pending_b) = (fa.next(), fb.next());
     let mut steps = 0;
     let deadline = net.now() + Duration::from_secs(600);
-    while steps < limit {
+    let mut alone_until: Option<Instant> = None;
+    loop {
+        match alone_until {
+            Some(t) if net.now() >= t => break,
+            None if b_dies.is_none() && steps >= limit => break,
+            _ => {}
+        }
         let now = net.now();
         for (p, pending, it) in [
             (&mut net.a, &mut pending_a, &mut *fa),
@@ -688,8 +746,27 @@ fn run_manual(
         }
         let moved = net.step();
         steps += 1;
+        // A host sends what the pipeline has to send before it looks at
+        // the events (as `qkd-link` does): nothing that depends on a
+        // checkpoint may leave before the host has saved it.
+        let _ = net.next_wakeup();
         for (side, events) in [(0, net.take_events_a()), (1, net.take_events_b())] {
+            if side == 1 && alone_until.is_some() {
+                continue;
+            }
             let saves = events.iter().any(|e| matches!(e, PipelineEvent::SaveDue));
+            if side == 1 && saves {
+                *bob_saves += 1;
+                if let Some(dead) = &b_dies
+                    && *bob_saves == limit
+                {
+                    // Bob dies with this checkpoint unwritten, after
+                    // sending what his pipeline let him send.
+                    dead.set(true);
+                    alone_until = Some(net.now() + Duration::from_secs(1));
+                    continue;
+                }
+            }
             if side == 0 {
                 take(events, &mut keys.a, &mut keys.dropped_a);
             } else {
@@ -701,6 +778,10 @@ fn run_manual(
             }
         }
         if !moved && pending_a.is_none() && pending_b.is_none() {
+            if alone_until.is_some() {
+                net.drive_for(Duration::from_millis(10));
+                continue;
+            }
             break;
         }
         assert!(net.now() < deadline, "no end in sight");

@@ -2848,10 +2848,18 @@ impl Machine for Pipeline {
 
     fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         self.touch(now);
+        // Nothing leaves before the host has written a checkpoint it was
+        // asked for: an acknowledgement sealed with a deposit would
+        // otherwise reach the peer while the state that holds the deposit
+        // is not yet durable, and a crash then would leave the two pools
+        // fed differently.
+        if self.waiting_for_save {
+            return None;
+        }
         if let Some(d) = self.outbox.pop_front() {
             return Some(d);
         }
-        if self.ended || self.waiting_for_save {
+        if self.ended {
             return None;
         }
         self.ensure_hello(now);
