@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use qkd_core::{BlockId, KeyId, SecretKey};
 use qkd_keystore::{
-    Binding, GrantedChunk, InsertOutcome, KeyRange, KeyStore, LookupError, Notice, NoticeError,
-    StoreConfig, StoreRole, TakeError,
+    Binding, GrantedChunk, InsertOutcome, KeyPieces, KeyRange, KeyStore, LookupError, Notice,
+    NoticeError, StoreConfig, StoreRole, TakeError,
 };
 
 fn bid(n: u64) -> BlockId {
@@ -156,8 +156,11 @@ fn keys_of_any_byte_size_and_fragments_are_dropped_symmetrically() {
         Err(TakeError::InvalidSize { .. })
     ));
     assert!(matches!(
-        a.take(1, 520, &binding()),
-        Err(TakeError::InvalidSize { .. })
+        a.take(1, 8 * 8192 + 8, &binding()),
+        Err(TakeError::InvalidSize {
+            max_bits: 65_536,
+            ..
+        })
     ));
     assert!(matches!(
         a.take(0, 8, &binding()),
@@ -389,8 +392,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1usize..400, prop::option::weighted(0.1, any::<bool>()))
             .prop_map(|(len, skip_on)| Op::Insert { len, skip_on }),
-        (1usize..4, 1usize..70).prop_map(|(count, bytes)| Op::TakeA { count, bytes }),
-        (1usize..4, 1usize..70).prop_map(|(count, bytes)| Op::TakeB { count, bytes }),
+        (1usize..4, 1usize..160).prop_map(|(count, bytes)| Op::TakeA { count, bytes }),
+        (1usize..4, 1usize..160).prop_map(|(count, bytes)| Op::TakeB { count, bytes }),
         Just(Op::SyncAB),
         Just(Op::SyncBA),
         (0u64..30).prop_map(Op::Expire),
@@ -399,7 +402,9 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     /// With notices carried in order (at any pace), fresh ranges never
-    /// overlap across or within nodes, and every delivered key matches.
+    /// overlap across or within nodes, and every delivered key matches;
+    /// keys up to 2.5 chunks, so some are made of pieces (checked when
+    /// their notice passes, which names the pieces).
     #[test]
     fn fresh_material_is_never_handed_out_twice(ops in prop::collection::vec(op(), 1..60)) {
         let start = Instant::now();
@@ -414,6 +419,7 @@ proptest! {
         let mut keys_a = Vec::new();
         let mut arrived = Vec::new();
         let mut names = std::collections::HashMap::new();
+        let mut large = std::collections::HashMap::new();
         for op in ops {
             match op {
                 Op::Insert { len, skip_on } => {
@@ -433,6 +439,11 @@ proptest! {
                     let store = if on_a { &mut a } else { &mut b };
                     if let Ok(keys) = store.take(count, bytes * 8, &binding()) {
                         for (id, key) in keys {
+                            if bytes > 64 {
+                                large.insert(id, key.clone());
+                                if on_a { keys_a.push((id, key)); }
+                                continue;
+                            }
                             // Recover the range from the ID by search over held blocks.
                             let (blk, off) = *names.get(&id).expect("ID of a known block");
                             let whole = block_bytes(blk, 400);
@@ -445,8 +456,14 @@ proptest! {
                         }
                     }
                 }
-                Op::SyncAB => while let Some(n) = a.poll_notice() { prop_assert!(b.apply(now, n, &mut arrived).is_ok()); },
-                Op::SyncBA => while let Some(n) = b.poll_notice() { prop_assert!(a.apply(now, n, &mut arrived).is_ok()); },
+                Op::SyncAB => while let Some(n) = a.poll_notice() {
+                    check_pieces(&n, &mut large, &mut handed)?;
+                    prop_assert!(b.apply(now, n, &mut arrived).is_ok());
+                },
+                Op::SyncBA => while let Some(n) = b.poll_notice() {
+                    check_pieces(&n, &mut large, &mut handed)?;
+                    prop_assert!(a.apply(now, n, &mut arrived).is_ok());
+                },
                 Op::Expire(s) => { now += Duration::from_secs(s); a.expire(now); b.expire(now); }
             }
             prop_assert!(a.held_bytes() <= 1200 + 64 * 4 && b.held_bytes() <= 1200 + 64 * 4);
@@ -457,13 +474,50 @@ proptest! {
                 prop_assert_eq!(s.fresh_keys(8) as u64, st.fresh_bytes);
             }
         }
-        sync(now, &mut a, &mut b);
+        for n in sync(now, &mut a, &mut b) {
+            check_pieces(&n, &mut large, &mut handed)?;
+        }
+        prop_assert!(large.is_empty(), "every key of pieces was announced");
         for (id, key) in keys_a {
             if let Some(copy) = b.lookup(&id, "slave").unwrap() {
                 prop_assert_eq!(copy, key);
             }
         }
     }
+}
+
+/// For each key of several pieces in a Delivered notice: its bytes (taken
+/// earlier, in `large`) are the pieces' bytes in order, and no piece
+/// overlaps anything handed out before (recorded in `handed`).
+fn check_pieces(
+    n: &Notice,
+    large: &mut std::collections::HashMap<KeyId, SecretKey>,
+    handed: &mut Vec<(u64, u32, u32)>,
+) -> Result<(), TestCaseError> {
+    let Notice::Delivered { keys, .. } = n else {
+        return Ok(());
+    };
+    for k in keys.iter().filter(|k| k.piece_count() > 1) {
+        let first = k.first();
+        let id = KeyId::for_block(b"link-t", first.block, u64::from(first.offset));
+        let key = large.remove(&id).expect("a key of pieces taken here");
+        let mut want = Vec::new();
+        for r in k.pieces() {
+            let (blk, off, len) = (r.block.get(), r.offset, r.len);
+            prop_assert!(
+                len <= 64 && off / 64 == (off + len - 1) / 64,
+                "a piece in one chunk"
+            );
+            let whole = block_bytes(blk, 400);
+            want.extend_from_slice(&whole.expose_secret()[off as usize..(off + len) as usize]);
+            for &(hb, ho, hl) in handed.iter() {
+                prop_assert!(hb != blk || ho + hl <= off || off + len <= ho, "overlap");
+            }
+            handed.push((blk, off, len));
+        }
+        prop_assert_eq!(key.expose_secret(), want.as_slice());
+    }
+    Ok(())
 }
 
 /// Notices a broken or hostile peer could send about the blocks a store
@@ -476,9 +530,11 @@ fn hostile_notice() -> impl Strategy<Value = Notice> {
     });
     prop_oneof![
         range.clone().prop_map(|range| Notice::Drop { range }),
-        prop::collection::vec(range, 1..4).prop_map(|keys| Notice::Delivered {
-            binding: binding(),
-            keys
+        prop::collection::vec(prop::collection::vec(range, 1..4), 1..4).prop_map(|keys| {
+            Notice::Delivered {
+                binding: binding(),
+                keys: keys.into_iter().filter_map(KeyPieces::new).collect(),
+            }
         }),
         (0u64..512, 0u64..512).prop_map(|(bytes, fresh)| Notice::Borrow { bytes, fresh }),
         (1u64..=3, 0u32..4, 0u32..256).prop_map(|(block, chunk, from)| Notice::Grant {
@@ -508,7 +564,22 @@ proptest! {
         }
         sync(now, &mut a, &mut b);
         let mut arrived = Vec::new();
+        // What each delivered key would be if it was accepted, by ID.
+        let mut candidates: std::collections::HashMap<KeyId, Vec<Vec<u8>>> = Default::default();
         for n in notices {
+            if let Notice::Delivered { keys, .. } = &n {
+                for k in keys {
+                    let first = k.first();
+                    let mut bytes = Vec::new();
+                    for r in k.pieces() {
+                        let block = block_bytes(r.block.get(), 256);
+                        let end = (r.end() as usize).min(256);
+                        bytes.extend_from_slice(&block.expose_secret()[(r.offset as usize).min(end)..end]);
+                    }
+                    let id = KeyId::for_block(b"link-t", first.block, u64::from(first.offset));
+                    candidates.entry(id).or_default().push(bytes);
+                }
+            }
             let _ = a.apply(now, n, &mut arrived);
             prop_assert_eq!(a.fresh_keys(8) as u64, a.stats().fresh_bytes);
         }
@@ -531,7 +602,9 @@ proptest! {
         }
         for id in arrived {
             if let Ok(Some(key)) = a.lookup(&id, "slave") {
-                check(id, &key)?;
+                let known = candidates.get(&id).expect("a delivered ID");
+                prop_assert!(known.iter().any(|c| c.as_slice() == key.expose_secret()), "not the pieces' bytes");
+                prop_assert!(seen.insert(id), "key handed out twice");
             }
         }
     }
@@ -664,11 +737,11 @@ fn finding_5_a_delivered_notice_without_a_valid_key_creates_no_pairing() {
     for i in 0..100 {
         let n = Notice::Delivered {
             binding: Arc::new(Binding::pair(format!("m{i}"), "s").unwrap()),
-            keys: vec![KeyRange {
+            keys: vec![KeyPieces::single(KeyRange {
                 block: bid(99),
                 offset: 0,
                 len: 8,
-            }],
+            })],
         };
         assert_eq!(
             a.apply(now, n, &mut arrived),
