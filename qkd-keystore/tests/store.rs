@@ -1141,11 +1141,10 @@ mod large_keys {
     fn keys_of_pieces_and_of_one_chunk_mix_in_a_session() {
         let now = Instant::now();
         let (mut a, mut b) = pair(config);
-        let mut blk = 1;
         let mut taken = Vec::new();
         for round in 0..20usize {
+            let blk = round as u64 + 1;
             insert_both(now, &mut a, &mut b, blk, 40 + (round * 37) % 200);
-            blk += 1;
             sync(now, &mut a, &mut b);
             let bytes = [8usize, 64, 65, 130, 200][round % 5];
             for s in [&mut a, &mut b] {
