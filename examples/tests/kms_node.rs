@@ -500,6 +500,62 @@ fn a_second_dec_keys_of_a_delivered_key_is_refused_at_once() {
     assert_eq!(keys(&d), vec![k[1].clone()]);
 }
 
+/// Issue 16: keys larger than one store chunk (16 384 bits with the
+/// example's 1024-byte chunks: pieces of several chunks) taken at A are
+/// the same bytes at B; the status reports the key store's maximum, and
+/// one byte more is refused with the standard's 400.
+#[test]
+fn keys_larger_than_a_store_chunk_round_trip_and_the_maximum_is_honest() {
+    if skip_without_curl() {
+        return;
+    }
+    let n = Nodes::start("large");
+    let (a, b) = (n.a_port, n.b_port);
+    let s = n.curl(a, Some("SAE_A"), "GET", "/api/v1/keys/SAE_B/status", None);
+    assert_eq!(s.status, Some(200), "{s:?}");
+    assert_eq!(s.json()["max_key_size"], 65_536, "the store's largest key");
+    let e = n.curl(
+        a,
+        Some("SAE_A"),
+        "POST",
+        "/api/v1/keys/SAE_B/enc_keys",
+        Some(r#"{"number": 2, "size": 16384}"#),
+    );
+    assert_eq!(e.status, Some(200), "{e:?}");
+    let k = keys(&e);
+    assert_eq!(k.len(), 2);
+    assert!(k.iter().all(|k| k.1.len() == b64_len(16_384)));
+    let ids: Vec<&str> = k.iter().map(|k| k.0.as_str()).collect();
+    let d = n.curl(
+        b,
+        Some("SAE_B"),
+        "POST",
+        "/api/v1/keys/SAE_A/dec_keys",
+        Some(&key_ids_body(&ids)),
+    );
+    assert_eq!(d.status, Some(200), "{d:?}");
+    assert_eq!(keys(&d), k, "the same bytes at both KMEs");
+    // The largest key is served too, and one byte more is refused.
+    let max = n.curl(
+        a,
+        Some("SAE_A"),
+        "GET",
+        "/api/v1/keys/SAE_B/enc_keys?size=65536",
+        None,
+    );
+    assert_eq!(max.status, Some(200), "{max:?}");
+    let over = n.curl(
+        a,
+        Some("SAE_A"),
+        "GET",
+        "/api/v1/keys/SAE_B/enc_keys?size=65544",
+        None,
+    );
+    assert_eq!(over.status, Some(400), "{over:?}");
+    assert_eq!(over.content_type, "application/json");
+    assert_eq!(over.message(), "size shall be between 64 and 65536 bits");
+}
+
 #[test]
 fn the_demo_matches_every_key() {
     let o = Command::new(bin())
@@ -538,7 +594,7 @@ fn careless_command_lines_and_configurations_end_in_clear_errors() {
             "default_size = 100",
             "keys.default_size",
         ),
-        ("max_size = 8192", "max_size = 16384", "keys.max_size"),
+        ("max_size = 65536", "max_size = 65544", "keys.max_size"),
         (
             "max_per_request = 1000",
             "max_per_request = 0",
@@ -566,7 +622,7 @@ fn careless_command_lines_and_configurations_end_in_clear_errors() {
             "sae_id_from",
         ),
         ("seed = 7", "seed = 7\ncolour = 1", "colour"),
-        ("max_size = 8192", "max_size = \"big\"", "max_size"),
+        ("max_size = 65536", "max_size = \"big\"", "max_size"),
     ] {
         assert!(base.contains(from), "{from}");
         let path = dir.join("bad.toml");

@@ -43,7 +43,9 @@ pub struct KmeConfig {
     #[serde(default = "defaults::min_key_size")]
     pub min_key_size: u32,
     /// Largest key size in bits (a multiple of 8; default 65 536). The
-    /// source may lower it (qkd-sync: one store chunk).
+    /// source may lower it (qkd-sync: the store's
+    /// `StoreConfig::max_key_bytes` × 8, 65 536 by default); the status
+    /// answer reports the lower of the two.
     #[serde(default = "defaults::max_key_size")]
     pub max_key_size: u32,
     /// Most keys (or key IDs) per request (at least 1; default 1024).

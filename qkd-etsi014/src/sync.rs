@@ -9,10 +9,16 @@
 //! [`Event::KeyArrived`](qkd_sync::Event::KeyArrived) and [`Event::LookupTimedOut`](qkd_sync::Event::LookupTimedOut) to answer parked
 //! `dec_keys` requests.
 //!
-//! Limits: one key is at most one store chunk
+//! Limits: a key is at most the store's maximum
 //! ([`KeyStore::max_key_bits`](qkd_keystore::KeyStore::max_key_bits),
-//! `8 * chunk_bytes`, up to 524 288 bits with the largest chunk); a binding
-//! names at most 64 slaves, so `max_SAE_ID_count` is at most 63.
+//! `8 * StoreConfig::max_key_bytes`: 65 536 bits by default, up to
+//! 524 288), and `max_key_size` in the status answer is the lower of that
+//! and [`KmeConfig::max_key_size`](crate::KmeConfig::max_key_size). A key
+//! larger than one store chunk is cut from several chunks the taking node
+//! owns ([`KeyPieces`](qkd_keystore::KeyPieces)) and travels to the peer as
+//! one notice record naming every piece; a larger `size` is answered 400
+//! with `size shall be between … bits`. A binding names at most 64 slaves,
+//! so `max_SAE_ID_count` is at most 63.
 
 use std::sync::Arc;
 use std::time::Instant;

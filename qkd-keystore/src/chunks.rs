@@ -15,7 +15,7 @@ use crate::NoticeError;
 use crate::config::StoreRole;
 use crate::id_hash::IdMap;
 use crate::lending;
-use crate::notice::{GrantedChunk, KeyRange};
+use crate::notice::{GrantedChunk, KeyPieces, KeyRange, MAX_KEY_PIECES};
 
 /// Who may cut a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,12 +143,49 @@ impl Blocks {
             .map_or(0, Chunk::uncut)
     }
 
-    /// Keys of `len` bytes that can be cut now (counted per chunk).
+    /// Keys of `len` bytes that can be cut now: counted per chunk for a
+    /// key of at most one chunk, by [`plan_pieces`](Self::plan_pieces)
+    /// for a larger one.
     pub(crate) fn fresh_keys(&self, len: u32) -> usize {
+        if len > self.chunk_size {
+            return self.plan_pieces(usize::MAX, len);
+        }
         self.usable
             .iter()
             .map(|&(b, c)| (self.remaining(b, c) / len) as usize)
             .sum()
+    }
+
+    /// How many keys of `len` bytes (up to `count`) can be made of pieces
+    /// of the usable chunks, oldest first, each key of at most
+    /// [`MAX_KEY_PIECES`] pieces: the walk [`cut`](Self::cut) makes, without
+    /// changing anything. It stops at the first key that would need more
+    /// pieces (material left in many small rests serves smaller keys).
+    fn plan_pieces(&self, count: usize, len: u32) -> usize {
+        let mut found = 0usize;
+        let mut need = len;
+        let mut pieces = 0usize;
+        for &(b, c) in &self.usable {
+            let mut rem = self.remaining(b, c);
+            while rem > 0 {
+                if pieces == MAX_KEY_PIECES {
+                    return found;
+                }
+                let t = rem.min(need);
+                pieces += 1;
+                need -= t;
+                rem -= t;
+                if need == 0 {
+                    found += 1;
+                    if found >= count {
+                        return found;
+                    }
+                    need = len;
+                    pieces = 0;
+                }
+            }
+        }
+        found
     }
 
     /// Stores `bytes` as `block` (not held yet, 1 to `u32::MAX` bytes), cut
@@ -229,15 +266,53 @@ impl Blocks {
         start: u32,
         len: u32,
     ) -> Option<SecretKey> {
-        let b = self.blocks.get_mut(&block)?;
-        let ch = b.chunks.get_mut(chunk as usize)?;
-        let buf = ch.bytes.as_mut()?;
+        let mut key = None;
+        self.zero_range_with(block, chunk, start, len, |bytes| {
+            key = Some(SecretKey::from_slice(bytes));
+        });
+        key
+    }
+
+    /// Whether the `len` bytes at `start` of chunk `chunk` of `block` are all
+    /// still here (none cut, delivered or dropped).
+    pub(crate) fn is_whole(&self, block: BlockId, chunk: u32, start: u32, len: u32) -> bool {
+        let Some(ch) = self
+            .blocks
+            .get(&block)
+            .and_then(|b| b.chunks.get(chunk as usize))
+        else {
+            return false;
+        };
+        let (s, e) = (start as usize, start as usize + len as usize);
+        e <= ch.len() as usize && ch.gone.slice(s..e).count_ones() == 0
+    }
+
+    /// As [`zero_range`](Self::zero_range), but hands the bytes to `copy`
+    /// before they are zeroized instead of returning a key; returns whether
+    /// it did (false: nothing changed).
+    pub(crate) fn zero_range_with(
+        &mut self,
+        block: BlockId,
+        chunk: u32,
+        start: u32,
+        len: u32,
+        copy: impl FnOnce(&[u8]),
+    ) -> bool {
+        let Some(b) = self.blocks.get_mut(&block) else {
+            return false;
+        };
+        let Some(ch) = b.chunks.get_mut(chunk as usize) else {
+            return false;
+        };
+        let Some(buf) = ch.bytes.as_mut() else {
+            return false;
+        };
         let s = start as usize;
         let e = s + len as usize;
         if e > buf.len() || ch.gone.slice(s..e).count_ones() != 0 {
-            return None;
+            return false;
         }
-        let key = SecretKey::from_slice(&buf[s..e]);
+        copy(&buf[s..e]);
         buf[s..e].zeroize();
         let size = buf.len() as u64;
         for i in s..e {
@@ -252,7 +327,7 @@ impl Blocks {
                 self.unready.remove(&block);
             }
         }
-        Some(key)
+        true
     }
 
     /// Drops `block` whole (zeroizing every buffer); `on_range` sees every
@@ -366,9 +441,12 @@ impl Blocks {
     }
 
     /// Cuts `count` keys of `len` bytes from the oldest usable chunks, all or
-    /// nothing, each made into an output element by `make`. Chunks passed
-    /// over with less than `len` bytes left have their rest dropped (the
-    /// ranges go to `dropped`).
+    /// nothing, each made into an output element by `make`.
+    ///
+    /// A key of at most one chunk is one piece: chunks passed over with less
+    /// than `len` bytes left have their rest dropped (the ranges go to
+    /// `dropped`). A larger key is made of pieces of consecutive usable
+    /// chunks (see [`plan_pieces`](Self::plan_pieces)); nothing is dropped.
     ///
     /// # Errors
     /// The keys available if fewer than `count` (nothing changed then).
@@ -377,7 +455,21 @@ impl Blocks {
         count: usize,
         len: u32,
         dropped: &mut Vec<KeyRange>,
-        mut make: impl FnMut(KeyRange, SecretKey) -> T,
+        make: impl FnMut(KeyPieces, SecretKey) -> T,
+    ) -> Result<Vec<T>, usize> {
+        if len > self.chunk_size {
+            return self.cut_pieces(count, len, make);
+        }
+        self.cut_single(count, len, dropped, make)
+    }
+
+    /// [`cut`](Self::cut) of keys of at most one chunk.
+    fn cut_single<T>(
+        &mut self,
+        count: usize,
+        len: u32,
+        dropped: &mut Vec<KeyRange>,
+        mut make: impl FnMut(KeyPieces, SecretKey) -> T,
     ) -> Result<Vec<T>, usize> {
         // Plan without changing anything.
         let mut found = 0usize;
@@ -423,7 +515,67 @@ impl Blocks {
             };
             // The bytes after the cursor of an owned chunk are all live.
             if let Some(key) = self.zero_range(b, c, cursor, len) {
-                out.push(make(range, key));
+                out.push(make(KeyPieces::single(range), key));
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`cut`](Self::cut) of keys larger than a chunk: each key takes the
+    /// uncut bytes of the oldest usable chunks in order until it is whole,
+    /// and its bytes are gathered in one buffer of its final size (no
+    /// reallocation leaves a copy behind).
+    fn cut_pieces<T>(
+        &mut self,
+        count: usize,
+        len: u32,
+        mut make: impl FnMut(KeyPieces, SecretKey) -> T,
+    ) -> Result<Vec<T>, usize> {
+        let found = self.plan_pieces(count, len);
+        if found < count {
+            return Err(found);
+        }
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let mut key = Zeroizing::new(Vec::with_capacity(len as usize));
+            let mut pieces = Vec::new();
+            let mut need = len;
+            while need > 0 {
+                let Some(&(b, c)) = self.usable.first() else {
+                    // Not reachable: the plan found the bytes.
+                    return Ok(out);
+                };
+                let Some(ch) = self
+                    .blocks
+                    .get_mut(&b)
+                    .and_then(|blk| blk.chunks.get_mut(c as usize))
+                else {
+                    self.usable.remove(&(b, c));
+                    continue;
+                };
+                let rem = ch.uncut();
+                let t = rem.min(need);
+                let cursor = ch.cursor;
+                ch.cursor += t;
+                self.fresh -= u64::from(t);
+                if t == rem {
+                    self.usable.remove(&(b, c));
+                }
+                if t == 0 {
+                    continue;
+                }
+                need -= t;
+                pieces.push(KeyRange {
+                    block: b,
+                    offset: c * self.chunk_size + cursor,
+                    len: t,
+                });
+                // The bytes after the cursor of an owned chunk are all live.
+                self.zero_range_with(b, c, cursor, t, |bytes| key.extend_from_slice(bytes));
+            }
+            if let Some(pieces) = KeyPieces::new(pieces) {
+                let key = SecretKey::from_vec(std::mem::take(&mut *key));
+                out.push(make(pieces, key));
             }
         }
         Ok(out)
@@ -619,11 +771,11 @@ mod tests {
         assert_eq!(s.cut(5, 32, &mut dropped, |r, k| (r, k)).unwrap_err(), 4);
         s.check_invariants();
         let keys = s.cut(1, 40, &mut dropped, |r, k| (r, k)).unwrap();
-        assert_eq!(keys[0].0.offset, 0);
+        assert_eq!(keys[0].0.first().offset, 0);
         assert_eq!(keys[0].1.expose_secret(), &material(256)[..40]);
         // The next 40-byte key does not fit in chunk 0's 24 bytes.
         let keys = s.cut(1, 40, &mut dropped, |r, k| (r, k)).unwrap();
-        assert_eq!(keys[0].0.offset, 128);
+        assert_eq!(keys[0].0.first().offset, 128);
         assert_eq!(
             dropped,
             [KeyRange {
@@ -635,6 +787,76 @@ mod tests {
         s.check_invariants();
         assert_eq!(s.chunk_buffer(b(2), 0), None, "chunk 0 finished and freed");
         assert_eq!(s.held_bytes(), 192);
+    }
+
+    #[test]
+    fn keys_larger_than_a_chunk_are_pieces_of_owned_chunks_across_blocks() {
+        // Owned by the even-chunks node: chunks 0 and 2 of block 2, chunk 1
+        // of block 3 (all of 64 bytes, block 3 is 96 bytes: chunk 1 is 32).
+        let mut s = store_with_block();
+        s.insert(b(3), &material(96));
+        s.mark_ready(b(2));
+        s.mark_ready(b(3));
+        s.check_invariants();
+        assert_eq!(s.fresh_bytes(), 160);
+        // 40 bytes cut first: the 24 left of chunk 0 start the next key.
+        s.cut(1, 40, &mut Vec::new(), |_, _| ()).unwrap();
+        assert_eq!(s.fresh_keys(100), 1, "120 bytes left");
+        assert_eq!(s.plan_pieces(2, 100), 1);
+        let mut dropped = Vec::new();
+        assert_eq!(
+            s.cut(2, 100, &mut dropped, |p, k| (p, k)).unwrap_err(),
+            1,
+            "all or nothing"
+        );
+        s.check_invariants();
+        assert_eq!(s.fresh_bytes(), 120, "nothing changed");
+        let keys = s.cut(1, 100, &mut dropped, |p, k| (p, k)).unwrap();
+        assert!(dropped.is_empty(), "a key of pieces drops no fragment");
+        let (pieces, key) = &keys[0];
+        let r = |block, offset, len| KeyRange {
+            block: b(block),
+            offset,
+            len,
+        };
+        let got: Vec<KeyRange> = pieces.pieces().copied().collect();
+        assert_eq!(got, [r(2, 40, 24), r(2, 128, 64), r(3, 64, 12)]);
+        let m2 = material(256);
+        let m3 = material(96);
+        let mut want = m2[40..64].to_vec();
+        want.extend_from_slice(&m2[128..192]);
+        want.extend_from_slice(&m3[64..76]);
+        assert_eq!(key.expose_secret(), want.as_slice());
+        s.check_invariants();
+        assert_eq!(s.fresh_bytes(), 20);
+        assert_eq!(s.chunk_buffer(b(2), 0), None, "chunk 0 finished");
+        let c3 = s.chunk_buffer(b(3), 1).unwrap();
+        assert_eq!(&c3[..12], &[0; 12], "zeroized where cut");
+    }
+
+    #[test]
+    fn a_key_of_more_pieces_than_allowed_is_not_planned() {
+        // One-byte blocks: every other one is owned here, one piece each.
+        let mut s = Blocks::new(64, StoreRole::EvenChunks);
+        for n in 1..=(2 * MAX_KEY_PIECES as u64 + 4) {
+            s.insert(b(n), &material(1));
+            s.mark_ready(b(n));
+        }
+        let owned = s.fresh_bytes();
+        assert!(owned > MAX_KEY_PIECES as u64);
+        assert_eq!(s.plan_pieces(1, 65), 1, "65 pieces");
+        assert_eq!(s.plan_pieces(1, MAX_KEY_PIECES as u32), 1);
+        assert_eq!(s.plan_pieces(1, MAX_KEY_PIECES as u32 + 1), 0);
+        assert_eq!(
+            s.cut(1, MAX_KEY_PIECES as u32 + 1, &mut Vec::new(), |p, _| p)
+                .unwrap_err(),
+            0
+        );
+        let keys = s
+            .cut(1, MAX_KEY_PIECES as u32, &mut Vec::new(), |p, _| p)
+            .unwrap();
+        assert_eq!(keys[0].piece_count(), MAX_KEY_PIECES);
+        s.check_invariants();
     }
 
     #[test]

@@ -88,9 +88,15 @@ impl From<qkd_core::Role> for StoreRole {
     }
 }
 
-/// Largest chunk (and so largest key) a store cuts, in bytes: 64 KiB, a
-/// 524 288-bit key.
+/// Largest chunk a store cuts, in bytes: 64 KiB.
 pub const MAX_CHUNK_BYTES: u32 = 1 << 16;
+
+/// Largest value of [`StoreConfig::max_key_bytes`]: 64 KiB, a 524 288-bit key.
+pub const MAX_KEY_BYTES: u32 = 1 << 16;
+
+/// Default of [`StoreConfig::max_key_bytes`]: 8 KiB, a 65 536-bit key
+/// (eight chunks of the default size).
+pub const DEFAULT_MAX_KEY_BYTES: u32 = 8 << 10;
 
 /// Settings of a [`KeyStore`](crate::KeyStore).
 ///
@@ -113,6 +119,18 @@ pub const MAX_CHUNK_BYTES: u32 = 1 << 16;
 /// borrower then has: material flows from the richer node to the poorer
 /// one and never back and forth. A lent chunk is given up before the grant
 /// leaves, so it has at most one owner at every moment.
+///
+/// # Keys larger than a chunk
+///
+/// A key of at most `chunk_bytes` is cut from one chunk, as one piece; a
+/// larger one, up to `max_key_bytes`, is made of pieces of several chunks
+/// owned here, oldest first, possibly of several blocks (see
+/// [`KeyPieces`](crate::KeyPieces)). The maximum is bounded because one
+/// key travels to the peer in one notice record (at most
+/// [`MAX_KEY_PIECES`](crate::notice::MAX_KEY_PIECES) pieces, which must
+/// fit one qkd-sync message), and because each node builds the whole key
+/// in one zeroizing buffer (and an ETSI 014 answer holds `number` of them),
+/// so the largest key bounds the memory one request takes.
 ///
 /// # Bounds on what the peer can make this node hold
 ///
@@ -141,10 +159,16 @@ pub struct StoreConfig {
     pub link: String,
     /// This node's role.
     pub role: StoreRole,
-    /// Size of an ownership unit in bytes, also the largest key cut
-    /// (1 to [`MAX_CHUNK_BYTES`]; default 1024, an 8192-bit key).
+    /// Size of an ownership unit in bytes, also the largest key cut in one
+    /// piece (1 to [`MAX_CHUNK_BYTES`]; default 1024, an 8192-bit key).
     #[serde(default = "defaults::chunk_bytes")]
     pub chunk_bytes: u32,
+    /// Largest key [`take`](crate::KeyStore::take) hands out, in bytes;
+    /// larger than `chunk_bytes` means keys of several pieces (1 to
+    /// [`MAX_KEY_BYTES`]; default [`DEFAULT_MAX_KEY_BYTES`], 8 KiB). See
+    /// "Keys larger than a chunk".
+    #[serde(default = "defaults::max_key_bytes")]
+    pub max_key_bytes: u32,
     /// Most bytes held: chunk copies, reserved and delivered keys
     /// (at least `chunk_bytes`; default 256 MiB).
     #[serde(default = "defaults::capacity_bytes")]
@@ -191,6 +215,9 @@ mod defaults {
     pub(super) const fn chunk_bytes() -> u32 {
         1024
     }
+    pub(super) const fn max_key_bytes() -> u32 {
+        super::DEFAULT_MAX_KEY_BYTES
+    }
     pub(super) const fn capacity_bytes() -> u64 {
         256 << 20
     }
@@ -228,6 +255,7 @@ impl StoreConfig {
             link: link.into(),
             role,
             chunk_bytes: defaults::chunk_bytes(),
+            max_key_bytes: defaults::max_key_bytes(),
             capacity_bytes: defaults::capacity_bytes(),
             key_ttl: defaults::key_ttl(),
             delivered_ttl: defaults::delivered_ttl(),
@@ -255,6 +283,12 @@ impl StoreConfig {
             return Err(ConfigError::new(
                 "chunk_bytes",
                 format!("must be 1 to {MAX_CHUNK_BYTES}, got {}", self.chunk_bytes),
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
+            return Err(ConfigError::new(
+                "max_key_bytes",
+                format!("must be 1 to {MAX_KEY_BYTES}, got {}", self.max_key_bytes),
             ));
         }
         if self.capacity_bytes < u64::from(self.chunk_bytes) {
@@ -301,6 +335,13 @@ impl StoreConfig {
     #[must_use]
     pub fn with_chunk_bytes(mut self, chunk_bytes: u32) -> Self {
         self.chunk_bytes = chunk_bytes;
+        self
+    }
+
+    /// Sets the largest key in bytes.
+    #[must_use]
+    pub fn with_max_key_bytes(mut self, max_key_bytes: u32) -> Self {
+        self.max_key_bytes = max_key_bytes;
         self
     }
 
@@ -371,7 +412,7 @@ mod tests {
     fn defaults_are_valid_and_every_bound_names_its_field() {
         let ok = StoreConfig::new("l", StoreRole::EvenChunks);
         ok.validate().unwrap();
-        let cases: [(&str, StoreConfig); 11] = [
+        let cases: [(&str, StoreConfig); 13] = [
             (
                 "link",
                 StoreConfig {
@@ -390,6 +431,11 @@ mod tests {
             (
                 "chunk_bytes",
                 ok.clone().with_chunk_bytes(MAX_CHUNK_BYTES + 1),
+            ),
+            ("max_key_bytes", ok.clone().with_max_key_bytes(0)),
+            (
+                "max_key_bytes",
+                ok.clone().with_max_key_bytes(MAX_KEY_BYTES + 1),
             ),
             ("capacity_bytes", ok.clone().with_capacity_bytes(1023)),
             ("key_ttl", ok.clone().with_key_ttl(Duration::ZERO)),

@@ -51,7 +51,8 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TakeError {
-    /// The key size is zero, not a multiple of 8 bits, or larger than a chunk.
+    /// The key size is zero, not a multiple of 8 bits, or larger than the
+    /// store's maximum ([`StoreConfig::max_key_bytes`](crate::StoreConfig::max_key_bytes)).
     #[error("key size of {bits} bits not allowed (multiple of 8, 8 to {max_bits})")]
     InvalidSize {
         /// The size asked for.
@@ -101,11 +102,24 @@ pub enum NoticeError {
         /// The block.
         block: BlockId,
     },
-    /// A range lies outside its block, spans chunks, or is empty.
-    #[error("range outside block {block} or across a chunk boundary")]
+    /// A range lies outside its block, spans chunks, is empty, or names a
+    /// byte that left already (or that another piece of the same key names).
+    #[error("range outside block {block}, across a chunk boundary, or of bytes already gone")]
     BadRange {
         /// The block.
         block: BlockId,
+    },
+    /// A delivered key has more than
+    /// [`MAX_KEY_PIECES`](crate::notice::MAX_KEY_PIECES) pieces or more
+    /// than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) bytes.
+    #[error("key at block {block} of {pieces} pieces and {bytes} bytes (at most 255 and 65536)")]
+    OversizedKey {
+        /// The block of its first piece.
+        block: BlockId,
+        /// Its pieces.
+        pieces: usize,
+        /// Its bytes.
+        bytes: u64,
     },
     /// The peer claimed or granted a chunk it does not own.
     #[error("block {block} chunk {chunk} is not owned by the peer")]

@@ -14,9 +14,9 @@ mod reservations;
 mod stats;
 mod store;
 
-pub use config::{MAX_CHUNK_BYTES, StoreConfig, StoreRole};
+pub use config::{DEFAULT_MAX_KEY_BYTES, MAX_CHUNK_BYTES, MAX_KEY_BYTES, StoreConfig, StoreRole};
 pub use error::{BindingError, LookupError, NoticeError, StoreError, TakeError};
-pub use notice::{Binding, GrantedChunk, KeyRange, Notice};
+pub use notice::{Binding, GrantedChunk, KeyPieces, KeyRange, Notice};
 pub use reservations::ReservationId;
 pub use stats::{PairingStats, StoreStats};
 pub use store::{InsertOutcome, KeyStore};

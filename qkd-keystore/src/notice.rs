@@ -17,6 +17,8 @@ use crate::BindingError;
 pub const MAX_SAE_ID_LEN: usize = 255;
 /// Most slave SAEs one binding may name.
 pub const MAX_SLAVES: usize = 64;
+/// Most pieces one key is made of (see [`KeyPieces`]).
+pub const MAX_KEY_PIECES: usize = 255;
 
 /// A range of bytes of one final key block: the identity of a key's material.
 ///
@@ -37,6 +39,94 @@ impl KeyRange {
     #[must_use]
     pub fn end(&self) -> u64 {
         u64::from(self.offset) + u64::from(self.len)
+    }
+}
+
+/// The material of one key: an ordered list of pieces, each a range within
+/// one chunk (at most [`MAX_KEY_PIECES`]).
+///
+/// A key of at most one chunk is one piece; a larger key is cut from
+/// several chunks owned by the node that took it, possibly of several
+/// blocks, and its bytes are the pieces' bytes concatenated in order. The
+/// key's ID is derived from its first piece
+/// (`KeyId::for_block(link, first.block, first.offset)`): that byte leaves
+/// the store once, so no two keys share an ID.
+///
+/// ```
+/// use qkd_core::BlockId;
+/// use qkd_keystore::{KeyPieces, KeyRange};
+///
+/// let r = |block, offset, len| KeyRange { block: BlockId::new(block), offset, len };
+/// let key = KeyPieces::new(vec![r(2, 960, 64), r(2, 2048, 1024), r(3, 1024, 960)]).unwrap();
+/// assert_eq!((key.first(), key.len(), key.piece_count()), (r(2, 960, 64), 2048, 3));
+/// assert_eq!(KeyPieces::single(r(1, 0, 32)).len(), 32);
+/// assert!(KeyPieces::new(Vec::new()).is_none());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeyPieces {
+    first: KeyRange,
+    /// The pieces after the first (empty, and not allocated, for a key of
+    /// one piece).
+    rest: Vec<KeyRange>,
+}
+
+impl KeyPieces {
+    /// A key of one piece.
+    #[must_use]
+    pub fn single(range: KeyRange) -> Self {
+        KeyPieces {
+            first: range,
+            rest: Vec::new(),
+        }
+    }
+
+    /// A key of `pieces` in order; `None` if there is none.
+    #[must_use]
+    pub fn new(mut pieces: Vec<KeyRange>) -> Option<Self> {
+        if pieces.is_empty() {
+            return None;
+        }
+        let first = pieces.remove(0);
+        Some(KeyPieces {
+            first,
+            rest: pieces,
+        })
+    }
+
+    /// The first piece, which names the key.
+    #[must_use]
+    pub fn first(&self) -> KeyRange {
+        self.first
+    }
+
+    /// The pieces in order.
+    pub fn pieces(&self) -> impl Iterator<Item = &KeyRange> + '_ {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
+
+    /// How many pieces.
+    #[must_use]
+    pub fn piece_count(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// The key's length in bytes (the sum of the pieces').
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.pieces().map(|r| u64::from(r.len)).sum()
+    }
+
+    /// Whether the key has no bytes (only if every piece is empty, which
+    /// the store never builds and refuses from the peer).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<KeyRange> for KeyPieces {
+    fn from(range: KeyRange) -> Self {
+        KeyPieces::single(range)
     }
 }
 
@@ -154,8 +244,8 @@ pub enum Notice {
     Delivered {
         /// Who may fetch the keys.
         binding: Arc<Binding>,
-        /// The keys, as ranges of blocks.
-        keys: Vec<KeyRange>,
+        /// The keys, each as its pieces of block material.
+        keys: Vec<KeyPieces>,
     },
     /// A slave fetched `count` keys of the pairing (`master`, `slave`) on the
     /// sender (statistics only). The receiver took those keys: `count` is at

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use qkd_core::{KeyId, SecretKey};
 
-use crate::notice::{Binding, KeyRange};
+use crate::notice::{Binding, KeyPieces};
 
 /// A handle to reserved keys; see [`KeyStore::reserve`](crate::KeyStore::reserve).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,7 +15,7 @@ pub struct ReservationId(u64);
 
 /// Keys held for one caller.
 pub(crate) struct Reservation {
-    pub(crate) keys: Vec<(KeyId, KeyRange, SecretKey)>,
+    pub(crate) keys: Vec<(KeyId, KeyPieces, SecretKey)>,
     pub(crate) binding: Arc<Binding>,
     deadline: Instant,
 }
@@ -33,14 +33,14 @@ impl Reservations {
     /// Holds `keys` for `binding` until `deadline`.
     pub(crate) fn add(
         &mut self,
-        keys: Vec<(KeyId, KeyRange, SecretKey)>,
+        keys: Vec<(KeyId, KeyPieces, SecretKey)>,
         binding: Arc<Binding>,
         deadline: Instant,
     ) -> ReservationId {
         let id = self.next;
         self.next += 1;
         self.keys += keys.len() as u64;
-        self.bytes += keys.iter().map(|k| u64::from(k.1.len)).sum::<u64>();
+        self.bytes += keys.iter().map(|k| k.1.len()).sum::<u64>();
         self.open.insert(
             id,
             Reservation {
@@ -58,7 +58,7 @@ impl Reservations {
         let r = self.open.remove(&id.0)?;
         self.by_deadline.remove(&(r.deadline, id.0));
         self.keys -= r.keys.len() as u64;
-        self.bytes -= r.keys.iter().map(|k| u64::from(k.1.len)).sum::<u64>();
+        self.bytes -= r.keys.iter().map(|k| k.1.len()).sum::<u64>();
         Some(r)
     }
 
@@ -101,8 +101,9 @@ mod tests {
     use qkd_core::BlockId;
 
     use super::*;
+    use crate::notice::KeyRange;
 
-    fn keys(n: u32, len: u32) -> Vec<(KeyId, KeyRange, SecretKey)> {
+    fn keys(n: u32, len: u32) -> Vec<(KeyId, KeyPieces, SecretKey)> {
         (0..n)
             .map(|i| {
                 let range = KeyRange {
@@ -111,7 +112,11 @@ mod tests {
                     len,
                 };
                 let id = KeyId::for_block(b"l", range.block, u64::from(range.offset));
-                (id, range, SecretKey::from_vec(vec![i as u8; len as usize]))
+                (
+                    id,
+                    KeyPieces::single(range),
+                    SecretKey::from_vec(vec![i as u8; len as usize]),
+                )
             })
             .collect()
     }

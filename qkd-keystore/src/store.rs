@@ -19,7 +19,7 @@ use crate::chunks::Blocks;
 use crate::config::StoreConfig;
 use crate::delivered::DeliveredKeys;
 use crate::lending::Lending;
-use crate::notice::{Binding, GrantedChunk, KeyRange, Notice};
+use crate::notice::{Binding, GrantedChunk, KeyPieces, KeyRange, MAX_KEY_PIECES, Notice};
 use crate::peer::{Decision, PeerView, Placement};
 use crate::reservations::{ReservationId, Reservations};
 use crate::stats::{PairingStats, Pairings, StoreStats};
@@ -47,9 +47,11 @@ pub enum InsertOutcome {
 /// The key material of one link on one node.
 ///
 /// Final key blocks go in with [`insert_block`](Self::insert_block) in the
-/// same order on both nodes; keys of any whole number of bytes (up to a
-/// chunk) come out of [`take`](Self::take) on the node that owns the
-/// material and of [`lookup`](Self::lookup) on the other. Every change the
+/// same order on both nodes; keys of any whole number of bytes up to
+/// [`StoreConfig::max_key_bytes`] (one piece of a chunk, or pieces of
+/// several chunks for a key larger than a chunk: see [`KeyPieces`]) come
+/// out of [`take`](Self::take) on the node that owns the material and of
+/// [`lookup`](Self::lookup) on the other. Every change the
 /// peer must mirror is queued as a [`Notice`] ([`poll_notice`](Self::poll_notice));
 /// the peer's notices go into [`apply`](Self::apply).
 ///
@@ -138,10 +140,10 @@ impl KeyStore {
         KeyId::for_block(self.config.link.as_bytes(), block, u64::from(offset))
     }
 
-    /// Largest key size in bits.
+    /// Largest key size in bits ([`StoreConfig::max_key_bytes`] × 8).
     #[must_use]
     pub fn max_key_bits(&self) -> usize {
-        self.config.chunk_bytes as usize * 8
+        self.config.max_key_bytes as usize * 8
     }
 
     /// Counts of what the store holds and has done.
@@ -183,7 +185,8 @@ impl KeyStore {
     }
 
     /// Keys of `bits` bits this node could hand out fresh now (counted per
-    /// chunk; O(number of usable chunks)).
+    /// chunk for keys of one chunk or less, by the pieces a take would cut
+    /// for larger ones; O(number of usable chunks)).
     #[must_use]
     pub fn fresh_keys(&self, bits: usize) -> usize {
         if bits == 0 || !bits.is_multiple_of(8) || bits > self.max_key_bits() {
@@ -329,17 +332,19 @@ impl KeyStore {
         Ok((bits / 8) as u32)
     }
 
-    /// Cuts `count` keys of `len` bytes, all or nothing, with their IDs.
+    /// Cuts `count` keys of `len` bytes, all or nothing, with their IDs
+    /// (derived from each key's first piece).
     fn cut(
         &mut self,
         count: usize,
         len: u32,
-    ) -> Result<Vec<(KeyId, KeyRange, SecretKey)>, TakeError> {
+    ) -> Result<Vec<(KeyId, KeyPieces, SecretKey)>, TakeError> {
         let mut dropped = std::mem::take(&mut self.scratch);
         let link = self.config.link.as_bytes();
-        let result = self.blocks.cut(count, len, &mut dropped, |range, key| {
-            let id = KeyId::for_block(link, range.block, u64::from(range.offset));
-            (id, range, key)
+        let result = self.blocks.cut(count, len, &mut dropped, |pieces, key| {
+            let first = pieces.first();
+            let id = KeyId::for_block(link, first.block, u64::from(first.offset));
+            (id, pieces, key)
         });
         for range in dropped.drain(..) {
             self.dropped_here(range);
@@ -355,6 +360,12 @@ impl KeyStore {
     /// Hands out `count` fresh keys of `bits` bits for `binding` (ETSI 014
     /// `enc_keys`): all or nothing, removed from the store at once; queues
     /// [`Notice::Delivered`] so the peer keeps its copies for the slaves.
+    ///
+    /// `bits` is a multiple of 8 up to [`max_key_bits`](Self::max_key_bits).
+    /// A key of at most one chunk is cut from one chunk (a chunk rest too
+    /// short for the next key is dropped); a larger key is made of the
+    /// pieces of several owned chunks, oldest first, possibly of several
+    /// blocks, at most [`MAX_KEY_PIECES`] of them.
     ///
     /// # Errors
     /// [`TakeError`] for a bad size or count, or too little fresh material
@@ -375,14 +386,14 @@ impl KeyStore {
     fn deliver(
         &mut self,
         binding: Arc<Binding>,
-        cut: Vec<(KeyId, KeyRange, SecretKey)>,
+        cut: Vec<(KeyId, KeyPieces, SecretKey)>,
     ) -> Vec<(KeyId, SecretKey)> {
         self.stats.keys_taken += cut.len() as u64;
         self.pairings.taken(&binding, cut.len() as u64);
         let mut ranges = Vec::with_capacity(cut.len());
         let mut keys = Vec::with_capacity(cut.len());
-        for (id, range, key) in cut {
-            ranges.push(range);
+        for (id, pieces, key) in cut {
+            ranges.push(pieces);
             keys.push((id, key));
         }
         self.notices.push_back(Notice::Delivered {
@@ -433,9 +444,11 @@ impl KeyStore {
             .reservations
             .remove(id)
             .ok_or(TakeError::UnknownReservation)?;
-        for (_, range, key) in r.keys {
+        for (_, pieces, key) in r.keys {
             drop(key);
-            self.dropped_here(range);
+            for range in pieces.pieces() {
+                self.dropped_here(*range);
+            }
         }
         Ok(())
     }
@@ -535,11 +548,13 @@ impl KeyStore {
     }
 
     /// The peer handed out keys: keep them for the slaves of `binding`.
+    /// Each key is checked and applied whole: a key with a bad piece is
+    /// refused and none of its bytes leave.
     fn on_delivered(
         &mut self,
         now: Instant,
         binding: &Arc<Binding>,
-        keys: Vec<KeyRange>,
+        keys: Vec<KeyPieces>,
         arrived: &mut Vec<KeyId>,
     ) -> Result<(), NoticeError> {
         let deadline = now + self.config.delivered_ttl;
@@ -548,12 +563,17 @@ impl KeyStore {
         // Keys that make room for these are taken off their pairings after
         // these are counted (they may be of the same one).
         let mut evicted = Vec::new();
-        for range in keys {
-            let key = self.blocks.locate(&range).and_then(|(chunk, start)| {
-                self.blocks
-                    .zero_range(range.block, chunk, start, range.len)
-                    .ok_or(NoticeError::BadRange { block: range.block })
-            });
+        for pieces in keys {
+            let key = if pieces.piece_count() == 1 {
+                let range = pieces.first();
+                self.blocks.locate(&range).and_then(|(chunk, start)| {
+                    self.blocks
+                        .zero_range(range.block, chunk, start, range.len)
+                        .ok_or(NoticeError::BadRange { block: range.block })
+                })
+            } else {
+                self.take_pieces(&pieces)
+            };
             let key = match key {
                 Ok(key) => key,
                 Err(e) => {
@@ -561,7 +581,8 @@ impl KeyStore {
                     continue;
                 }
             };
-            let id = self.key_id(range.block, range.offset);
+            let first = pieces.first();
+            let id = self.key_id(first.block, first.offset);
             self.delivered
                 .insert(id, key, binding.clone(), deadline, |b, remaining| {
                     evicted.push((Arc::clone(b), remaining));
@@ -581,6 +602,47 @@ impl KeyStore {
             self.stats.keys_expired += 1;
         }
         result
+    }
+
+    /// The bytes of a key of several pieces the peer delivered, gathered in
+    /// order into one buffer of the key's size; every piece is checked
+    /// first (within one chunk of bytes the peer may have taken, every byte
+    /// still here, no byte named twice), so a refused key changes nothing.
+    fn take_pieces(&mut self, pieces: &KeyPieces) -> Result<SecretKey, NoticeError> {
+        let first = pieces.first();
+        let len = pieces.len();
+        if pieces.piece_count() > MAX_KEY_PIECES || len > u64::from(crate::MAX_KEY_BYTES) {
+            return Err(NoticeError::OversizedKey {
+                block: first.block,
+                pieces: pieces.piece_count(),
+                bytes: len,
+            });
+        }
+        let mut located = Vec::with_capacity(pieces.piece_count());
+        for range in pieces.pieces() {
+            let (chunk, start) = self.blocks.locate(range)?;
+            if !self.blocks.is_whole(range.block, chunk, start, range.len) {
+                return Err(NoticeError::BadRange { block: range.block });
+            }
+            located.push((*range, chunk, start));
+        }
+        // No byte twice: sorted, each piece ends before the next begins.
+        let mut sorted: Vec<KeyRange> = pieces.pieces().copied().collect();
+        sorted.sort_unstable();
+        for w in sorted.windows(2) {
+            if w[0].block == w[1].block && w[0].end() > u64::from(w[1].offset) {
+                return Err(NoticeError::BadRange { block: w[1].block });
+            }
+        }
+        let mut key = zeroize::Zeroizing::new(Vec::with_capacity(len as usize));
+        for (range, chunk, start) in located {
+            // Checked above: whole, and no other piece touches these bytes.
+            self.blocks
+                .zero_range_with(range.block, chunk, start, range.len, |bytes| {
+                    key.extend_from_slice(bytes);
+                });
+        }
+        Ok(SecretKey::from_vec(std::mem::take(&mut *key)))
     }
 
     /// The peer's slave fetched keys this node took.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use qkd_core::{BlockId, KeyId, SecretKey};
 use qkd_keystore::{
-    Binding, GrantedChunk, InsertOutcome, KeyRange, KeyStore, LookupError, Notice, NoticeError,
-    StoreConfig, StoreRole, TakeError,
+    Binding, GrantedChunk, InsertOutcome, KeyPieces, KeyRange, KeyStore, LookupError, Notice,
+    NoticeError, StoreConfig, StoreRole, TakeError,
 };
 
 fn bid(n: u64) -> BlockId {
@@ -156,8 +156,11 @@ fn keys_of_any_byte_size_and_fragments_are_dropped_symmetrically() {
         Err(TakeError::InvalidSize { .. })
     ));
     assert!(matches!(
-        a.take(1, 520, &binding()),
-        Err(TakeError::InvalidSize { .. })
+        a.take(1, 8 * 8192 + 8, &binding()),
+        Err(TakeError::InvalidSize {
+            max_bits: 65_536,
+            ..
+        })
     ));
     assert!(matches!(
         a.take(0, 8, &binding()),
@@ -389,8 +392,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1usize..400, prop::option::weighted(0.1, any::<bool>()))
             .prop_map(|(len, skip_on)| Op::Insert { len, skip_on }),
-        (1usize..4, 1usize..70).prop_map(|(count, bytes)| Op::TakeA { count, bytes }),
-        (1usize..4, 1usize..70).prop_map(|(count, bytes)| Op::TakeB { count, bytes }),
+        (1usize..4, 1usize..160).prop_map(|(count, bytes)| Op::TakeA { count, bytes }),
+        (1usize..4, 1usize..160).prop_map(|(count, bytes)| Op::TakeB { count, bytes }),
         Just(Op::SyncAB),
         Just(Op::SyncBA),
         (0u64..30).prop_map(Op::Expire),
@@ -399,7 +402,9 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     /// With notices carried in order (at any pace), fresh ranges never
-    /// overlap across or within nodes, and every delivered key matches.
+    /// overlap across or within nodes, and every delivered key matches;
+    /// keys up to 2.5 chunks, so some are made of pieces (checked when
+    /// their notice passes, which names the pieces).
     #[test]
     fn fresh_material_is_never_handed_out_twice(ops in prop::collection::vec(op(), 1..60)) {
         let start = Instant::now();
@@ -414,6 +419,7 @@ proptest! {
         let mut keys_a = Vec::new();
         let mut arrived = Vec::new();
         let mut names = std::collections::HashMap::new();
+        let mut large = std::collections::HashMap::new();
         for op in ops {
             match op {
                 Op::Insert { len, skip_on } => {
@@ -433,6 +439,11 @@ proptest! {
                     let store = if on_a { &mut a } else { &mut b };
                     if let Ok(keys) = store.take(count, bytes * 8, &binding()) {
                         for (id, key) in keys {
+                            if bytes > 64 {
+                                large.insert(id, key.clone());
+                                if on_a { keys_a.push((id, key)); }
+                                continue;
+                            }
                             // Recover the range from the ID by search over held blocks.
                             let (blk, off) = *names.get(&id).expect("ID of a known block");
                             let whole = block_bytes(blk, 400);
@@ -445,8 +456,14 @@ proptest! {
                         }
                     }
                 }
-                Op::SyncAB => while let Some(n) = a.poll_notice() { prop_assert!(b.apply(now, n, &mut arrived).is_ok()); },
-                Op::SyncBA => while let Some(n) = b.poll_notice() { prop_assert!(a.apply(now, n, &mut arrived).is_ok()); },
+                Op::SyncAB => while let Some(n) = a.poll_notice() {
+                    check_pieces(&n, &mut large, &mut handed)?;
+                    prop_assert!(b.apply(now, n, &mut arrived).is_ok());
+                },
+                Op::SyncBA => while let Some(n) = b.poll_notice() {
+                    check_pieces(&n, &mut large, &mut handed)?;
+                    prop_assert!(a.apply(now, n, &mut arrived).is_ok());
+                },
                 Op::Expire(s) => { now += Duration::from_secs(s); a.expire(now); b.expire(now); }
             }
             prop_assert!(a.held_bytes() <= 1200 + 64 * 4 && b.held_bytes() <= 1200 + 64 * 4);
@@ -457,13 +474,50 @@ proptest! {
                 prop_assert_eq!(s.fresh_keys(8) as u64, st.fresh_bytes);
             }
         }
-        sync(now, &mut a, &mut b);
+        for n in sync(now, &mut a, &mut b) {
+            check_pieces(&n, &mut large, &mut handed)?;
+        }
+        prop_assert!(large.is_empty(), "every key of pieces was announced");
         for (id, key) in keys_a {
             if let Some(copy) = b.lookup(&id, "slave").unwrap() {
                 prop_assert_eq!(copy, key);
             }
         }
     }
+}
+
+/// For each key of several pieces in a Delivered notice: its bytes (taken
+/// earlier, in `large`) are the pieces' bytes in order, and no piece
+/// overlaps anything handed out before (recorded in `handed`).
+fn check_pieces(
+    n: &Notice,
+    large: &mut std::collections::HashMap<KeyId, SecretKey>,
+    handed: &mut Vec<(u64, u32, u32)>,
+) -> Result<(), TestCaseError> {
+    let Notice::Delivered { keys, .. } = n else {
+        return Ok(());
+    };
+    for k in keys.iter().filter(|k| k.piece_count() > 1) {
+        let first = k.first();
+        let id = KeyId::for_block(b"link-t", first.block, u64::from(first.offset));
+        let key = large.remove(&id).expect("a key of pieces taken here");
+        let mut want = Vec::new();
+        for r in k.pieces() {
+            let (blk, off, len) = (r.block.get(), r.offset, r.len);
+            prop_assert!(
+                len <= 64 && off / 64 == (off + len - 1) / 64,
+                "a piece in one chunk"
+            );
+            let whole = block_bytes(blk, 400);
+            want.extend_from_slice(&whole.expose_secret()[off as usize..(off + len) as usize]);
+            for &(hb, ho, hl) in handed.iter() {
+                prop_assert!(hb != blk || ho + hl <= off || off + len <= ho, "overlap");
+            }
+            handed.push((blk, off, len));
+        }
+        prop_assert_eq!(key.expose_secret(), want.as_slice());
+    }
+    Ok(())
 }
 
 /// Notices a broken or hostile peer could send about the blocks a store
@@ -476,9 +530,11 @@ fn hostile_notice() -> impl Strategy<Value = Notice> {
     });
     prop_oneof![
         range.clone().prop_map(|range| Notice::Drop { range }),
-        prop::collection::vec(range, 1..4).prop_map(|keys| Notice::Delivered {
-            binding: binding(),
-            keys
+        prop::collection::vec(prop::collection::vec(range, 1..4), 1..4).prop_map(|keys| {
+            Notice::Delivered {
+                binding: binding(),
+                keys: keys.into_iter().filter_map(KeyPieces::new).collect(),
+            }
         }),
         (0u64..512, 0u64..512).prop_map(|(bytes, fresh)| Notice::Borrow { bytes, fresh }),
         (1u64..=3, 0u32..4, 0u32..256).prop_map(|(block, chunk, from)| Notice::Grant {
@@ -508,7 +564,22 @@ proptest! {
         }
         sync(now, &mut a, &mut b);
         let mut arrived = Vec::new();
+        // What each delivered key would be if it was accepted, by ID.
+        let mut candidates: std::collections::HashMap<KeyId, Vec<Vec<u8>>> = Default::default();
         for n in notices {
+            if let Notice::Delivered { keys, .. } = &n {
+                for k in keys {
+                    let first = k.first();
+                    let mut bytes = Vec::new();
+                    for r in k.pieces() {
+                        let block = block_bytes(r.block.get(), 256);
+                        let end = (r.end() as usize).min(256);
+                        bytes.extend_from_slice(&block.expose_secret()[(r.offset as usize).min(end)..end]);
+                    }
+                    let id = KeyId::for_block(b"link-t", first.block, u64::from(first.offset));
+                    candidates.entry(id).or_default().push(bytes);
+                }
+            }
             let _ = a.apply(now, n, &mut arrived);
             prop_assert_eq!(a.fresh_keys(8) as u64, a.stats().fresh_bytes);
         }
@@ -531,7 +602,9 @@ proptest! {
         }
         for id in arrived {
             if let Ok(Some(key)) = a.lookup(&id, "slave") {
-                check(id, &key)?;
+                let known = candidates.get(&id).expect("a delivered ID");
+                prop_assert!(known.iter().any(|c| c.as_slice() == key.expose_secret()), "not the pieces' bytes");
+                prop_assert!(seen.insert(id), "key handed out twice");
             }
         }
     }
@@ -664,11 +737,11 @@ fn finding_5_a_delivered_notice_without_a_valid_key_creates_no_pairing() {
     for i in 0..100 {
         let n = Notice::Delivered {
             binding: Arc::new(Binding::pair(format!("m{i}"), "s").unwrap()),
-            keys: vec![KeyRange {
+            keys: vec![KeyPieces::single(KeyRange {
                 block: bid(99),
                 offset: 0,
                 len: 8,
-            }],
+            })],
         };
         assert_eq!(
             a.apply(now, n, &mut arrived),
@@ -822,5 +895,278 @@ fn finding_7_the_store_has_no_cargo_feature() {
             !in_features || line.is_empty() || line.starts_with('#') || line == "default = []",
             "qkd-keystore declares a feature: {line}"
         );
+    }
+}
+
+/// Keys larger than one chunk (issue 16): chunks of 64 bytes, so a key of
+/// 100 bytes is at least two pieces.
+mod large_keys {
+    use super::*;
+
+    fn r(block: u64, offset: u32, len: u32) -> KeyRange {
+        KeyRange {
+            block: bid(block),
+            offset,
+            len,
+        }
+    }
+
+    /// The bytes of `pieces` of blocks of `len` bytes made by `block_bytes`.
+    fn bytes_of(pieces: &[KeyRange], len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in pieces {
+            let b = block_bytes(p.block.get(), len);
+            out.extend_from_slice(&b.expose_secret()[p.offset as usize..p.end() as usize]);
+        }
+        out
+    }
+
+    fn delivered(seen: &[Notice]) -> Vec<KeyPieces> {
+        seen.iter()
+            .filter_map(|n| match n {
+                Notice::Delivered { keys, .. } => Some(keys.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn a_key_across_two_chunks_of_one_block() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(config);
+        // Block 1, 256 bytes: the even-chunks node owns chunks 1 and 3.
+        insert_both(now, &mut a, &mut b, 1, 256);
+        sync(now, &mut a, &mut b);
+        assert_eq!(a.fresh_keys(8 * 100), 1);
+        let keys = a.take(1, 8 * 100, &binding()).unwrap();
+        let (id, key) = &keys[0];
+        assert_eq!(
+            *id,
+            KeyId::for_block(b"link-t", 1, 64),
+            "named by its first piece"
+        );
+        let pieces = [r(1, 64, 64), r(1, 192, 36)];
+        assert_eq!(key.expose_secret(), bytes_of(&pieces, 256).as_slice());
+        let seen = sync(now, &mut a, &mut b);
+        let got = delivered(&seen);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].pieces().copied().collect::<Vec<_>>(), pieces);
+        assert_eq!(b.lookup(id, "slave").unwrap().as_ref(), Some(key));
+        assert_eq!(b.stats().keys_fetched, 1);
+        assert_eq!(a.stats().fresh_bytes, 28);
+        assert_eq!(a.stats().peer_violations + b.stats().peer_violations, 0);
+    }
+
+    #[test]
+    fn a_key_across_two_blocks() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(config);
+        // Blocks 2 and 3 of 96 bytes: the even-chunks node owns chunk 0 of
+        // block 2 (64 bytes) and chunk 1 of block 3 (32 bytes).
+        insert_both(now, &mut a, &mut b, 2, 96);
+        insert_both(now, &mut a, &mut b, 3, 96);
+        sync(now, &mut a, &mut b);
+        let keys = a.take(1, 8 * 96, &binding()).unwrap();
+        let pieces = [r(2, 0, 64), r(3, 64, 32)];
+        assert_eq!(keys[0].1.expose_secret(), bytes_of(&pieces, 96).as_slice());
+        assert_eq!(keys[0].0, KeyId::for_block(b"link-t", 2, 0));
+        sync(now, &mut a, &mut b);
+        assert_eq!(
+            b.lookup(&keys[0].0, "slave").unwrap(),
+            Some(keys[0].1.clone())
+        );
+        // Both blocks are spent on a; on b only its own chunks are left.
+        assert_eq!(a.stats().fresh_bytes, 0);
+        assert_eq!(b.stats().fresh_bytes, 32 + 64);
+    }
+
+    #[test]
+    fn exactly_the_maximum_and_one_byte_over() {
+        let now = Instant::now();
+        let cfg = |r| config(r).with_max_key_bytes(256);
+        let (mut a, mut b) = pair(cfg);
+        for blk in 1..=4 {
+            insert_both(now, &mut a, &mut b, blk, 256);
+        }
+        sync(now, &mut a, &mut b);
+        assert_eq!(a.max_key_bits(), 2048);
+        assert_eq!(
+            a.take(1, 2048 + 8, &binding()),
+            Err(TakeError::InvalidSize {
+                bits: 2056,
+                max_bits: 2048
+            })
+        );
+        assert_eq!(a.fresh_keys(2048 + 8), 0);
+        assert_eq!(a.fresh_keys(2048), 2);
+        let keys = a.take(2, 2048, &binding()).unwrap();
+        assert!(keys.iter().all(|(_, k)| k.len() == 256));
+        let seen = sync(now, &mut a, &mut b);
+        for k in delivered(&seen) {
+            assert_eq!(k.len(), 256);
+            assert_eq!(k.piece_count(), 4, "four whole chunks");
+        }
+        for (id, key) in &keys {
+            assert_eq!(b.lookup(id, "slave").unwrap().as_ref(), Some(key));
+        }
+        // The configured maximum is validated.
+        assert_eq!(
+            KeyStore::new(config(StoreRole::OddChunks).with_max_key_bytes(0))
+                .unwrap_err()
+                .field(),
+            "max_key_bytes"
+        );
+    }
+
+    #[test]
+    fn a_take_that_runs_short_changes_nothing() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(config);
+        insert_both(now, &mut a, &mut b, 1, 256);
+        insert_both(now, &mut a, &mut b, 2, 256);
+        sync(now, &mut a, &mut b);
+        // 256 bytes owned: two keys of 100 bytes fit, three do not.
+        let before = a.stats();
+        assert_eq!(
+            a.take(3, 800, &binding()),
+            Err(TakeError::Insufficient {
+                requested: 3,
+                available: 2
+            })
+        );
+        assert_eq!(a.stats(), before);
+        assert!(!a.has_notices());
+        // Reservations are all or nothing too, and a released key of
+        // pieces is dropped on both nodes.
+        let id = a.reserve(now, 2, 800, &binding()).unwrap();
+        assert_eq!(a.stats().reserved_bytes, 200);
+        a.release(id).unwrap();
+        sync(now, &mut a, &mut b);
+        assert_eq!(b.stats().bytes_dropped, 200);
+        assert_eq!(
+            a.take(1, 800, &binding()).unwrap_err(),
+            TakeError::Insufficient {
+                requested: 1,
+                available: 0
+            }
+        );
+    }
+
+    /// b holds blocks 1 and 2 of 256 bytes; a (the even-chunks node) owns
+    /// chunks 1 and 3 of block 1 and chunks 0 and 2 of block 2.
+    fn held() -> (KeyStore, KeyStore) {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(config);
+        insert_both(now, &mut a, &mut b, 1, 256);
+        insert_both(now, &mut a, &mut b, 2, 256);
+        sync(now, &mut a, &mut b);
+        (a, b)
+    }
+
+    fn forged(pieces: Vec<KeyRange>) -> Notice {
+        Notice::Delivered {
+            binding: binding(),
+            keys: vec![KeyPieces::new(pieces).unwrap()],
+        }
+    }
+
+    #[test]
+    fn the_peer_refuses_forged_pieces_and_changes_nothing() {
+        let now = Instant::now();
+        let (_, mut b) = held();
+        let mut arrived = Vec::new();
+        let cases = [
+            // A piece of a block b does not hold.
+            (
+                vec![r(1, 64, 64), r(9, 0, 8)],
+                NoticeError::UnknownBlock { block: bid(9) },
+            ),
+            // A piece of a chunk the sender does not own (b owns chunk 0 of block 1).
+            (
+                vec![r(1, 64, 64), r(1, 0, 8)],
+                NoticeError::NotPeerOwned {
+                    block: bid(1),
+                    chunk: 0,
+                },
+            ),
+            // The same bytes twice in one key.
+            (
+                vec![r(1, 64, 64), r(1, 100, 8)],
+                NoticeError::BadRange { block: bid(1) },
+            ),
+            // A piece across a chunk boundary.
+            (
+                vec![r(1, 64, 64), r(2, 60, 8)],
+                NoticeError::BadRange { block: bid(2) },
+            ),
+        ];
+        for (pieces, err) in cases {
+            let before = b.stats();
+            assert_eq!(b.apply(now, forged(pieces), &mut arrived), Err(err));
+            assert!(arrived.is_empty());
+            let after = b.stats();
+            assert_eq!(after.peer_violations, before.peer_violations + 1);
+            assert_eq!(
+                (after.chunk_bytes, after.delivered_keys),
+                (before.chunk_bytes, before.delivered_keys),
+                "no byte left"
+            );
+        }
+        // Too many pieces.
+        let many: Vec<KeyRange> = (0..256).map(|i| r(1, 64 + (i % 64), 1)).collect();
+        assert!(matches!(
+            b.apply(now, forged(many), &mut arrived),
+            Err(NoticeError::OversizedKey { pieces: 256, .. })
+        ));
+        // The good pieces were left whole: a correct notice still applies.
+        b.apply(now, forged(vec![r(1, 64, 64), r(2, 0, 36)]), &mut arrived)
+            .unwrap();
+        assert_eq!(arrived.len(), 1);
+        let key = b.lookup(&arrived[0], "slave").unwrap().unwrap();
+        let mut want = bytes_of(&[r(1, 64, 64)], 256);
+        want.extend_from_slice(&bytes_of(&[r(2, 0, 36)], 256));
+        assert_eq!(key.expose_secret(), want.as_slice());
+        // A byte that left already (in an earlier key) is refused, whole.
+        let before = b.stats().chunk_bytes;
+        assert_eq!(
+            b.apply(now, forged(vec![r(1, 192, 64), r(2, 30, 10)]), &mut arrived),
+            Err(NoticeError::BadRange { block: bid(2) })
+        );
+        assert_eq!(b.stats().chunk_bytes, before);
+        assert_eq!(arrived.len(), 1);
+    }
+
+    #[test]
+    fn keys_of_pieces_and_of_one_chunk_mix_in_a_session() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(config);
+        let mut taken = Vec::new();
+        for round in 0..20usize {
+            let blk = round as u64 + 1;
+            insert_both(now, &mut a, &mut b, blk, 40 + (round * 37) % 200);
+            sync(now, &mut a, &mut b);
+            let bytes = [8usize, 64, 65, 130, 200][round % 5];
+            for s in [&mut a, &mut b] {
+                if let Ok(keys) = s.take(1, bytes * 8, &binding()) {
+                    taken.push((s.config().role, keys));
+                }
+            }
+        }
+        sync(now, &mut a, &mut b);
+        assert!(taken.len() > 10, "{}", taken.len());
+        let mut ids = HashSet::new();
+        for (role, keys) in taken {
+            let peer = if role == StoreRole::EvenChunks {
+                &mut b
+            } else {
+                &mut a
+            };
+            for (id, key) in keys {
+                assert!(ids.insert(id), "IDs are unique");
+                assert_eq!(peer.lookup(&id, "slave").unwrap(), Some(key));
+            }
+        }
+        assert_eq!(a.stats().peer_violations + b.stats().peer_violations, 0);
     }
 }

@@ -561,9 +561,13 @@ fn finding_4_key_store_leaves_no_key_in_freed_memory() {
                     break;
                 }
             }
-            // Take keys on both nodes, look the peer's copies up, drop all.
-            let taken_a = a.take(8, 256, &binding).unwrap();
-            let taken_b = b.take(8, 256, &binding).unwrap();
+            // Take keys on both nodes, look the peer's copies up, drop all;
+            // one key per node larger than a chunk, gathered from pieces
+            // of several chunks into one buffer on each node.
+            let mut taken_a = a.take(8, 256, &binding).unwrap();
+            let mut taken_b = b.take(8, 256, &binding).unwrap();
+            taken_a.extend(a.take(1, 16_384, &binding).unwrap());
+            taken_b.extend(b.take(1, 16_384, &binding).unwrap());
             while let Some(n) = a.poll_notice() {
                 b.apply(now, n, &mut arrived).unwrap();
             }

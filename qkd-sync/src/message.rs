@@ -24,7 +24,47 @@
 //!   5 Consumed  master str8 | slave str8 | count u32
 //!   6 Borrow    bytes u64 | fresh u64
 //!   7 Grant     n u16 | n x (block u64 | chunk u32 | from u32)
+//!   8 Delivered master str8 | n_slaves u8 (1..=64) | n_slaves x str8
+//!     (pieces)  | n u16 | n x (pieces u8 (1..=255) | pieces x (block u64 | offset u32 | len u32))
 //! str8: len u8 (1..=255) | UTF-8 bytes
+//! ```
+//!
+//! A Delivered notice whose keys are each one range (every key of at most
+//! one store chunk) is written as record 4, the form it always had; one
+//! with a key of several pieces (a key larger than a chunk, see
+//! [`KeyPieces`]) as record 8, which gives each key its piece count. Both
+//! decode to the same [`Notice::Delivered`]. Record 8 came with keys
+//! larger than a chunk: a node that does not know it refuses the message,
+//! so both ends of a link are upgraded together before such keys are taken.
+//!
+//! Example: a Delivered record (type 8) for master `m`, slave `s` and one
+//! key of two pieces, 64 bytes at byte 960 of block 2 and 36 bytes at byte
+//! 2048 of block 2:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use qkd_core::BlockId;
+//! use qkd_keystore::{Binding, KeyPieces, KeyRange, Notice};
+//! use qkd_sync::message::{decode_notice, encode_notice, notice_len};
+//!
+//! let r = |offset, len| KeyRange { block: BlockId::new(2), offset, len };
+//! let n = Notice::Delivered {
+//!     binding: Arc::new(Binding::pair("m", "s").unwrap()),
+//!     keys: vec![KeyPieces::new(vec![r(960, 64), r(2048, 36)]).unwrap()],
+//! };
+//! let mut bytes = Vec::new();
+//! encode_notice(&n, &mut bytes);
+//! assert_eq!(bytes, [
+//!     8,                                     // record: Delivered (pieces)
+//!     1, b'm', 1, 1, b's',                   // master, one slave
+//!     0, 1,                                  // one key
+//!     2,                                     // of two pieces
+//!     0, 0, 0, 0, 0, 0, 0, 2,  0, 0, 3, 0xc0,  0, 0, 0, 64,
+//!     0, 0, 0, 0, 0, 0, 0, 2,  0, 0, 8, 0,     0, 0, 0, 36,
+//! ]);
+//! assert_eq!(notice_len(&n), bytes.len());
+//! let mut r = qkd_core::wire::Reader::new(&bytes);
+//! assert_eq!(decode_notice(&mut r).unwrap(), n);
 //! ```
 //!
 //! Example: an `Ack` from epoch 0x0102030405060708 to epoch 9 acknowledging
@@ -48,8 +88,8 @@ use std::sync::Arc;
 
 use bytes::BufMut;
 use qkd_core::wire::{Envelope, Protocol, Reader, WireError};
-use qkd_keystore::notice::MAX_SLAVES;
-use qkd_keystore::{Binding, GrantedChunk, KeyRange, Notice, StoreRole};
+use qkd_keystore::notice::{MAX_KEY_PIECES, MAX_SLAVES};
+use qkd_keystore::{Binding, GrantedChunk, KeyPieces, KeyRange, Notice, StoreRole};
 
 /// Protocol version written and accepted.
 pub const VERSION: u8 = 1;
@@ -67,11 +107,15 @@ const R_DELIVERED: u8 = 4;
 const R_CONSUMED: u8 = 5;
 const R_BORROW: u8 = 6;
 const R_GRANT: u8 = 7;
+const R_DELIVERED_PIECES: u8 = 8;
 
 /// Size of the fixed part of a [`Data`] message (envelope included).
 pub const DATA_HEADER_LEN: usize = Envelope::LEN + 8 * 4 + 2;
 /// Encoded size of one key range in a Delivered record.
 pub const KEY_RANGE_LEN: usize = 16;
+/// Encoded size of the longest key (of [`MAX_KEY_PIECES`] pieces) in a
+/// Delivered record.
+pub const MAX_KEY_LEN: usize = 1 + MAX_KEY_PIECES * KEY_RANGE_LEN;
 /// Encoded size of one granted chunk in a Grant record.
 pub const GRANTED_CHUNK_LEN: usize = 16;
 /// The shortest record (an empty Grant: tag and count).
@@ -255,7 +299,12 @@ pub fn notice_len(n: &Notice) -> usize {
         Notice::Borrow { .. } => 16,
         Notice::Drop { .. } => KEY_RANGE_LEN,
         Notice::Delivered { binding, keys } => {
-            delivered_header_len(binding) + keys.len() * KEY_RANGE_LEN
+            let pieces = in_pieces(keys);
+            delivered_header_len(binding)
+                + keys
+                    .iter()
+                    .map(|k| delivered_key_len(pieces, k))
+                    .sum::<usize>()
         }
         Notice::Consumed { master, slave, .. } => 2 + master.len() + slave.len() + 4,
         Notice::Grant { chunks } => 2 + chunks.len() * GRANTED_CHUNK_LEN,
@@ -266,6 +315,40 @@ pub fn notice_len(n: &Notice) -> usize {
 #[must_use]
 pub fn delivered_header_len(binding: &Binding) -> usize {
     1 + binding.master().len() + 1 + binding.slaves().iter().map(|s| 1 + s.len()).sum::<usize>() + 2
+}
+
+/// Whether a Delivered notice of `keys` is written in the form with piece
+/// counts (record 8): some key has more than one piece.
+fn in_pieces(keys: &[KeyPieces]) -> bool {
+    keys.iter().any(|k| k.piece_count() > 1)
+}
+
+fn delivered_key_len(pieces: bool, k: &KeyPieces) -> usize {
+    if pieces {
+        1 + k.piece_count() * KEY_RANGE_LEN
+    } else {
+        KEY_RANGE_LEN
+    }
+}
+
+/// How many of the first `keys` fit, with their binding, in a Delivered
+/// record of at most `room` bytes (tag included): where a sender splits a
+/// long notice. Any leading part of `keys` is written in at most that many
+/// bytes.
+#[must_use]
+pub fn delivered_keys_that_fit(binding: &Binding, keys: &[KeyPieces], room: usize) -> usize {
+    let pieces = in_pieces(keys);
+    let mut left = room.saturating_sub(1 + delivered_header_len(binding));
+    let mut n = 0;
+    for k in keys {
+        let len = delivered_key_len(pieces, k);
+        if len > left {
+            break;
+        }
+        left -= len;
+        n += 1;
+    }
+    n
 }
 
 /// Appends `n` as one record.
@@ -284,7 +367,12 @@ pub fn encode_notice(n: &Notice, out: &mut Vec<u8>) {
             put_range(out, range);
         }
         Notice::Delivered { binding, keys } => {
-            out.put_u8(R_DELIVERED);
+            let pieces = in_pieces(keys);
+            out.put_u8(if pieces {
+                R_DELIVERED_PIECES
+            } else {
+                R_DELIVERED
+            });
             put_str8(out, binding.master());
             out.put_u8(binding.slaves().len() as u8);
             for s in binding.slaves() {
@@ -292,7 +380,15 @@ pub fn encode_notice(n: &Notice, out: &mut Vec<u8>) {
             }
             out.put_u16(keys.len() as u16);
             for k in keys {
-                put_range(out, k);
+                if pieces {
+                    // The store builds keys of at most MAX_KEY_PIECES pieces.
+                    out.put_u8(k.piece_count() as u8);
+                    for r in k.pieces() {
+                        put_range(out, r);
+                    }
+                } else {
+                    put_range(out, &k.first());
+                }
             }
         }
         Notice::Consumed {
@@ -351,6 +447,18 @@ fn get_range(r: &mut Reader<'_>) -> Result<KeyRange, WireError> {
     Ok(KeyRange { block, offset, len })
 }
 
+fn get_binding(r: &mut Reader<'_>) -> Result<Binding, WireError> {
+    let master = get_str8(r, "master")?;
+    // Each slave is at least two bytes (length and one byte).
+    let n_slaves = r.count_u8("slaves", MAX_SLAVES, 2)?;
+    let mut slaves = Vec::with_capacity(n_slaves);
+    for _ in 0..n_slaves {
+        slaves.push(get_str8(r, "slave")?);
+    }
+    Binding::new(master, slaves)
+        .map_err(|_| WireError::invalid("slaves", "a binding names 1 to 64 distinct slaves"))
+}
+
 /// Decodes one record.
 ///
 /// # Errors
@@ -363,20 +471,32 @@ pub fn decode_notice(r: &mut Reader<'_>) -> Result<Notice, WireError> {
             range: get_range(r)?,
         },
         R_DELIVERED => {
-            let master = get_str8(r, "master")?;
-            // Each slave is at least two bytes (length and one byte).
-            let n_slaves = r.count_u8("slaves", MAX_SLAVES, 2)?;
-            let mut slaves = Vec::with_capacity(n_slaves);
-            for _ in 0..n_slaves {
-                slaves.push(get_str8(r, "slave")?);
-            }
-            let binding = Binding::new(master, slaves).map_err(|_| {
-                WireError::invalid("slaves", "a binding names 1 to 64 distinct slaves")
-            })?;
+            let binding = get_binding(r)?;
             let n = r.count_u16("keys", usize::MAX, KEY_RANGE_LEN)?;
             let mut keys = Vec::with_capacity(n);
             for _ in 0..n {
-                keys.push(get_range(r)?);
+                keys.push(KeyPieces::single(get_range(r)?));
+            }
+            Notice::Delivered {
+                binding: Arc::new(binding),
+                keys,
+            }
+        }
+        R_DELIVERED_PIECES => {
+            let binding = get_binding(r)?;
+            // Each key is at least its count and one range.
+            let n = r.count_u16("keys", usize::MAX, 1 + KEY_RANGE_LEN)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                let p = r.count_u8("pieces", MAX_KEY_PIECES, KEY_RANGE_LEN)?;
+                let mut pieces = Vec::with_capacity(p);
+                for _ in 0..p {
+                    pieces.push(get_range(r)?);
+                }
+                keys.push(
+                    KeyPieces::new(pieces)
+                        .ok_or(WireError::invalid("pieces", "a key is at least one piece"))?,
+                );
             }
             Notice::Delivered {
                 binding: Arc::new(binding),

@@ -16,19 +16,19 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{
-    self, Ack, DATA_HEADER_LEN, GRANTED_CHUNK_LEN, Hello, KEY_RANGE_LEN, MAX_MESSAGE_LEN, Message,
+    self, Ack, DATA_HEADER_LEN, GRANTED_CHUNK_LEN, Hello, MAX_KEY_LEN, MAX_MESSAGE_LEN, Message,
 };
 
 /// Smallest message size a node may be configured with: room for a
 /// Delivered record of the largest binding (master and 64 slaves of 255
-/// bytes) and one key.
+/// bytes) and one key of the most pieces.
 pub const MIN_MESSAGE_LEN: usize = DATA_HEADER_LEN
     + 1
     + (1 + MAX_SAE_ID_LEN)
     + 1
     + MAX_SLAVES * (1 + MAX_SAE_ID_LEN)
     + 2
-    + KEY_RANGE_LEN;
+    + MAX_KEY_LEN;
 
 /// Largest window accepted: the messages a node keeps unacknowledged and
 /// buffers out of order are bounded by `window * max_message_len`.
@@ -569,8 +569,7 @@ impl SyncNode {
             let room = space - records.len();
             match n {
                 Notice::Delivered { binding, mut keys } => {
-                    let head = 1 + message::delivered_header_len(&binding);
-                    let fit = room.saturating_sub(head) / KEY_RANGE_LEN;
+                    let fit = message::delivered_keys_that_fit(&binding, &keys, room);
                     if fit > 0 {
                         let rest = keys.split_off(fit);
                         message::encode_notice(

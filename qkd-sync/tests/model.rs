@@ -44,7 +44,7 @@ use qkd_core::machine::Machine;
 use qkd_core::sim::{LinkConfig, Network, Side};
 use qkd_core::{BlockId, KeyId, SecretKey};
 use qkd_keystore::{
-    Binding, GrantedChunk, KeyRange, Notice, ReservationId, StoreConfig, StoreRole,
+    Binding, GrantedChunk, KeyPieces, KeyRange, Notice, ReservationId, StoreConfig, StoreRole,
 };
 use qkd_sync::message::Message;
 use qkd_sync::{Event, Lookup, MIN_MESSAGE_LEN, SyncConfig, SyncError, SyncNode};
@@ -202,11 +202,11 @@ fn hostile_notices(rng: &mut ChaCha20Rng) -> Vec<Notice> {
         },
         Notice::Delivered {
             binding: Arc::new(Binding::pair(format!("h{}", rng.next_u64() % 100), "hs").unwrap()),
-            keys: vec![KeyRange {
+            keys: vec![KeyPieces::single(KeyRange {
                 block: nowhere,
                 offset: 0,
                 len: 8,
-            }],
+            })],
         },
         Notice::Grant {
             chunks: vec![GrantedChunk {

@@ -9,10 +9,11 @@ use qkd_core::sim::{LinkConfig, Network, Side};
 use qkd_core::wire::{Protocol, WireError};
 use qkd_core::{BlockId, SecretKey};
 use qkd_keystore::{
-    Binding, GrantedChunk, InsertOutcome, KeyRange, Notice, NoticeError, StoreConfig, StoreRole,
+    Binding, GrantedChunk, InsertOutcome, KeyPieces, KeyRange, Notice, NoticeError, StoreConfig,
+    StoreRole,
 };
 use qkd_sync::message::{Ack, Data, Hello, MAX_MESSAGE_LEN, Message};
-use qkd_sync::{Event, InputError, Lookup, SyncConfig, SyncError, SyncNode};
+use qkd_sync::{Event, InputError, Lookup, MIN_MESSAGE_LEN, SyncConfig, SyncError, SyncNode};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -89,6 +90,64 @@ fn bulk_keys_cross_a_hostile_link_and_match() {
             .fetched_by_peer,
         taken.len() as u64
     );
+}
+
+/// Keys larger than a chunk (issue 16): 8 KiB keys of 64-byte chunks, 128
+/// pieces each, taken 16 at a time, so one Delivered notice (about 32 KiB)
+/// is split over messages of the smallest size allowed; every key crosses
+/// a link that loses, duplicates and reorders and matches on the peer.
+#[test]
+fn keys_larger_than_a_chunk_cross_a_hostile_link_and_match() {
+    let link = LinkConfig::hostile(Duration::from_millis(5)).with_corrupt(0.0);
+    let mut rng = ChaCha20Rng::seed_from_u64(16);
+    let cfg = |role| {
+        let mut c = config(role);
+        c.store = c.store.with_chunk_bytes(64);
+        c.max_message_len = MIN_MESSAGE_LEN;
+        c
+    };
+    let a = SyncNode::new(cfg(StoreRole::EvenChunks), &mut rng).unwrap();
+    let b = SyncNode::new(cfg(StoreRole::OddChunks), &mut rng).unwrap();
+    let mut net = Network::new(a, b, link, 16, Instant::now());
+    net.drive_for(Duration::from_secs(1));
+    assert!(net.a.is_paired() && net.b.is_paired());
+    assert_eq!(net.a.store().max_key_bits(), 65_536);
+    let binding = Arc::new(Binding::pair("alice-app", "bob-app").unwrap());
+    let mut taken = Vec::new();
+    let mut taken_b = Vec::new();
+    for block in 1..=66u64 {
+        insert_both(&mut net, block, 4096);
+        net.drive_for(Duration::from_millis(10));
+    }
+    net.drive_for(Duration::from_millis(500));
+    taken.extend(net.a.take(16, 65_536, &binding).unwrap());
+    taken.extend(net.a.take(3, 8 * 1000, &binding).unwrap());
+    taken_b.extend(net.b.take(5, 8 * 3000, &binding).unwrap());
+    assert!(
+        net.a.take(1, 65_536 + 8, &binding).is_err(),
+        "above the maximum"
+    );
+    net.drive_for(Duration::from_secs(3));
+    for (id, key) in &taken {
+        let now = net.now();
+        assert_eq!(
+            net.b.lookup(now, id, "bob-app").unwrap(),
+            Lookup::Ready(key.clone())
+        );
+    }
+    for (id, key) in &taken_b {
+        let now = net.now();
+        assert_eq!(
+            net.a.lookup(now, id, "bob-app").unwrap(),
+            Lookup::Ready(key.clone())
+        );
+    }
+    assert!(taken.iter().all(|(_, k)| k.len() >= 1000));
+    let stats = net.stats(Side::A);
+    assert!(stats.dropped > 0 && stats.duplicated > 0 && stats.reordered > 0);
+    assert!(net.errors_a().is_empty() && net.errors_b().is_empty());
+    assert_eq!(net.a.store().stats().peer_violations, 0);
+    assert_eq!(net.b.store().stats().peer_violations, 0);
 }
 
 #[test]
@@ -248,7 +307,14 @@ fn notice() -> impl Strategy<Value = Notice> {
         (
             sae(),
             prop::collection::hash_set(sae(), 1..4),
-            prop::collection::vec(range(), 0..5)
+            prop::collection::vec(
+                prop_oneof![
+                    3 => range().prop_map(KeyPieces::single),
+                    1 => prop::collection::vec(range(), 1..6)
+                        .prop_map(|p| KeyPieces::new(p).unwrap()),
+                ],
+                0..5
+            )
         )
             .prop_map(|(m, s, keys)| Notice::Delivered {
                 binding: Arc::new(Binding::new(m, s).unwrap()),
@@ -468,9 +534,35 @@ fn huge_counts_without_records_are_refused_by_field() {
         Message::decode(&bytes),
         Err(WireError::Invalid { field: "len", .. })
     ));
+    // A Delivered record with pieces claiming 65535 keys, then one key
+    // claiming 255 pieces, then one of no piece.
+    let delivered_pieces = |rest: &[u8]| {
+        let mut bytes = data_header();
+        bytes.extend_from_slice(&[0, 1, 8, 1, b'm', 1, 1, b's']);
+        bytes.extend_from_slice(rest);
+        Message::decode(&bytes)
+    };
+    assert!(matches!(
+        delivered_pieces(&[0xff, 0xff]),
+        Err(WireError::TooMany { field: "keys", .. })
+    ));
+    assert!(matches!(
+        delivered_pieces(&[0, 1, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]),
+        Err(WireError::TooMany {
+            field: "pieces",
+            ..
+        })
+    ));
+    assert!(matches!(
+        delivered_pieces(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Err(WireError::Invalid {
+            field: "pieces",
+            ..
+        })
+    ));
     // An unknown record tag.
     let mut bytes = data_header();
-    bytes.extend_from_slice(&[0, 1, 8, 0, 0]);
+    bytes.extend_from_slice(&[0, 1, 9, 0, 0]);
     assert!(matches!(
         Message::decode(&bytes),
         Err(WireError::Invalid {

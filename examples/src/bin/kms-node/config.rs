@@ -120,7 +120,8 @@ pub(crate) struct StoreLimits {
     /// Most bytes of key material held.
     pub(crate) capacity_bytes: u64,
     /// Bytes per ownership chunk (both nodes must agree; also the largest
-    /// key the store cuts in one piece).
+    /// key the store cuts in one piece: larger keys are made of pieces of
+    /// several chunks).
     pub(crate) chunk_bytes: u32,
     /// How long fresh key waits before it is dropped, in seconds.
     pub(crate) key_ttl_s: u64,
@@ -376,7 +377,9 @@ impl NodeConfig {
             qkd_keystore::MAX_CHUNK_BYTES.into(),
         )?;
         let k = &self.keys;
-        let chunk_bits = u64::from(self.store.chunk_bytes) * 8;
+        // The store is built with the default `max_key_bytes` (node.rs):
+        // keys larger than a chunk are made of pieces, up to that maximum.
+        let store_max_bits = u64::from(qkd_keystore::DEFAULT_MAX_KEY_BYTES) * 8;
         for (field, v) in [
             ("keys.default_size", k.default_size),
             ("keys.min_size", k.min_size),
@@ -392,10 +395,10 @@ impl NodeConfig {
                 "must lie between keys.min_size and keys.max_size",
             ));
         }
-        if u64::from(k.max_size) > chunk_bits {
+        if u64::from(k.max_size) > store_max_bits {
             return Err(ConfigError::new(
                 "keys.max_size",
-                format!("must be at most store.chunk_bytes * 8 = {chunk_bits}"),
+                format!("must be at most the key store's largest key, {store_max_bits} bits"),
             ));
         }
         in_range("keys.max_per_request", k.max_per_request.into(), 1, 10_000)?;
@@ -619,7 +622,7 @@ mod tests {
             ),
             ("keys.min_size", Box::new(|c| c.keys.min_size = 12)),
             ("keys.default_size", Box::new(|c| c.keys.default_size = 16)),
-            ("keys.max_size", Box::new(|c| c.keys.max_size = 16384)),
+            ("keys.max_size", Box::new(|c| c.keys.max_size = 65_544)),
             (
                 "keys.max_per_request",
                 Box::new(|c| c.keys.max_per_request = 0),
