@@ -635,6 +635,12 @@ impl Manager {
             .client
             .request(addr, Method::Get, "/modules/pipeline/stats", None, &[])
             .map_err(|e| Response::error(Status::GatewayTimeout, &format!("`{host}`: {e}")))?;
+        if Status::from_code(answer.code) == Some(Status::NotFound) {
+            return Err(Response::error(
+                Status::NotFound,
+                &format!("`{host}` has no `pipeline` module"),
+            ));
+        }
         let stats: Vec<serde_json::Value> = serde_json::from_slice(&answer.payload)
             .ok()
             .filter(|_| Status::from_code(answer.code).is_some_and(Status::is_success))
@@ -705,8 +711,18 @@ impl Manager {
     /// started past it), then the QPM waits until neither has a block in
     /// flight. Without it a block settled between the two saves leaves the
     /// restored authentication pools out of step (`FeedDiverged`).
+    ///
+    /// A host without a `pipeline` module (another kind of module host) is
+    /// saved as it is.
     fn quiesce(&mut self, i: usize) -> Result<(), Response> {
         let hosts = self.host_addresses(i)?;
+        for (addr, name) in &hosts {
+            match self.pipeline_stat(*addr, name, "next_block") {
+                Err(r) if r.status == Status::NotFound => return Ok(()),
+                Err(r) => return Err(r),
+                Ok(_) => {}
+            }
+        }
         let mut from: Option<u64> = None;
         for _ in 0..MAX_HOLD_ROUNDS {
             let mut next = 0;
@@ -747,6 +763,12 @@ impl Manager {
     /// Lifts the hold of [`quiesce`](Self::quiesce) on both hosts.
     fn release(&mut self, i: usize) -> Result<(), Response> {
         for (addr, name) in self.host_addresses(i)? {
+            if let Err(r) = self.pipeline_stat(addr, &name, "next_block") {
+                if r.status == Status::NotFound {
+                    continue;
+                }
+                return Err(r);
+            }
             self.set_hold(addr, &name, u64::MAX)?;
         }
         Ok(())
@@ -1003,7 +1025,7 @@ impl Manager {
             }
         }
         let from_saved = self.links[i].hosts.iter().all(|h| h.saved.is_some());
-        if from_saved && self.links[i].ran && !self.links[i].manual_checkpoints() {
+        if from_saved && self.links[i].ran && self.links[i].auto_checkpoints() {
             self.log.line(&format!(
                 "link `{link_name}`: {why}; not restarted: its pipeline commits its checkpoints \
                  itself (`checkpoints = \"auto\"`), so a state saved while it ran is older than \
@@ -1055,9 +1077,12 @@ impl Manager {
 }
 
 impl Link {
-    /// Whether the link's pipeline definition asks for manual checkpoints
-    /// (its hosts write a state at every one: restartable after a crash).
-    fn manual_checkpoints(&self) -> bool {
+    /// Whether the link's pipeline definition commits its checkpoints
+    /// itself (`checkpoints = "auto"`): its hosts then write no state at
+    /// each checkpoint, and none they saved is safe to restart from after a
+    /// crash. A link without a definition file runs hosts the QPM cannot
+    /// look into: the layout's author answers for them.
+    fn auto_checkpoints(&self) -> bool {
         let Some(path) = &self.pipeline else {
             return false;
         };
@@ -1069,7 +1094,7 @@ impl Link {
         } else {
             PipelineDefinition::from_toml(&text)
         };
-        parsed.is_ok_and(|d| d.checkpoints == CheckpointMode::Manual)
+        parsed.is_ok_and(|d| d.checkpoints == CheckpointMode::Auto)
     }
 
     fn new(spec: &LinkSpec, layout: &Layout) -> Self {
