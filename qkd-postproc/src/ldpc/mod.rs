@@ -61,7 +61,7 @@ pub mod wire;
 
 pub use alist::{read_alist, write_alist};
 pub use code::{CodeCache, CodeSpec, LdpcCode, MotherRate, SHIPPED_SEED};
-pub use decode::{Backend, DecodeOutcome, Decoder, channel_magnitude};
+pub use decode::{Backend, CheckRule, DecodeOutcome, Decoder, channel_magnitude};
 pub use machine::{
     LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent, LdpcInputError, LdpcStats,
 };
