@@ -34,8 +34,8 @@
 //!   normalisation; the shifts and offset can be set with
 //!   [`Decoder::set_scaling`]); faster, for codes designed for it.
 //!
-//! Messages of the sum-product rule are capped at 31 (7.75 nats), a
-//! quarter of the posterior range, so that a posterior clipped at 127
+//! Messages of the sum-product rule are capped at 27 (6.75 nats), a
+//! fifth of the posterior range, so that a posterior clipped at 127
 //! cannot be undone by one message. After each iteration the hard decisions
 //! (`x̂_v = 1` iff `L(v) < 0`) are checked against the syndrome and decoding
 //! stops on a match. Every operation is on integers and defined lane by
