@@ -27,17 +27,17 @@
 //!
 //! Decoder throughput (sum-product, the default), reconciled key bits per
 //! second on one core, frames at a syndrome efficiency of 1.45 (criterion
-//! medians, load average 6–8,
+//! medians, load average 4–5,
 //! `cargo bench -p qkd-postproc --bench ldpc -- --warm-up-time 1 --measurement-time 3`):
 //!
 //! | n | QBER | AVX2 | portable | ratio |
 //! | --- | --- | --- | --- | --- |
-//! | 2^14 | 2 % | 13.8 Mbit/s | 0.32 Mbit/s | 43× |
-//! | 2^14 | 3 % | 10.5 Mbit/s | 0.39 Mbit/s | 27× |
-//! | 2^14 | 5 % | 12.2 Mbit/s | 0.40 Mbit/s | 31× |
-//! | 2^16 | 2 % | 14.5 Mbit/s | 0.38 Mbit/s | 38× |
-//! | 2^16 | 3 % | 18.1 Mbit/s | 0.33 Mbit/s | 54× |
-//! | 2^16 | 5 % | 26.3 Mbit/s | 0.33 Mbit/s | 80× |
+//! | 2^14 | 2 % | 13.5 Mbit/s | 0.33 Mbit/s | 41× |
+//! | 2^14 | 3 % | 13.9 Mbit/s | 0.40 Mbit/s | 35× |
+//! | 2^14 | 5 % | 16.4 Mbit/s | 0.59 Mbit/s | 28× |
+//! | 2^16 | 2 % | 26.6 Mbit/s | 0.50 Mbit/s | 53× |
+//! | 2^16 | 3 % | 26.4 Mbit/s | 0.51 Mbit/s | 51× |
+//! | 2^16 | 5 % | 36.4 Mbit/s | 0.66 Mbit/s | 55× |
 //!
 //! The target of 100 Mbit/s is not reached. At f = 1.45, 2–3 % of the
 //! frames still fail (the 8-bit decoder diverges on some; see
@@ -48,11 +48,11 @@
 //! (`LDPC_N=131072 LDPC_TRIALS=10 LDPC_F=1.0 LDPC_ROUNDS=100 cargo test
 //! --release -p qkd-postproc --test ldpc_efficiency -- --ignored
 //! --nocapture blind_table`): every frame reconciled (fer 0 of 10); mean f
-//! 1.22, 1.12, 1.11, 1.12, 1.09, 1.24, 1.22, 1.12, 1.20, 1.10 at QBER
+//! 1.20, 1.17, 1.13, 1.11, 1.09, 1.10, 1.10, 1.12, 1.09, 1.10 at QBER
 //! 1, 2, …, 10 % (the hand-shaped profiles with min-sum: 1.17–1.66). The
 //! target f ≤ 1.08 is not reached: the rate-0.9 profile's own threshold is
-//! at f = 1.15, almost only shortened frames (6 %, 9 %) do worst, and the
-//! 8-bit decoder is short of float belief propagation on the same codes.
+//! at f = 1.15, and the 8-bit decoder is short of float belief propagation
+//! on the same codes.
 
 pub mod alist;
 pub mod code;
