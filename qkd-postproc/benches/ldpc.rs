@@ -1,11 +1,12 @@
 //! LDPC decoding throughput: Bob's side of one frame (syndrome decoding,
-//! layered min-sum on 8-bit messages) at QBER 2 %, 3 % and 5 %, n = 2^14
-//! and 2^16, AVX2 kernel against the portable kernel in the same run.
+//! layered sum-product on 8-bit messages, the default rule) at QBER 2 %,
+//! 3 % and 5 %, n = 2^14 and 2^16, AVX2 kernel against the portable kernel
+//! in the same run.
 //! Throughput is counted in reconciled key bits (`n − p − s`) per second.
 //!
 //! The rate of each frame is chosen for a syndrome efficiency of 1.45 so
-//! that (almost) every frame decodes in one round (the high-rate rungs
-//! used at QBER 2–3 % decode reliably only above f ≈ 1.35); the number of
+//! that (almost) every frame decodes in one round (2–3 % of the frames
+//! still fail there, see `decode`'s docs); the number of
 //! iterations, and so the time, grows as the rate approaches the code's
 //! threshold.
 //!

@@ -1,11 +1,12 @@
-//! Layered normalised min-sum syndrome decoding on 8-bit messages.
+//! Layered syndrome decoding on 8-bit messages: sum-product (the default)
+//! or offset min-sum.
 //!
 //! Bob holds a noisy copy `y` of Alice's frame `x` and her syndrome
 //! `s = H·x`; the decoder looks for the `x̂` with `H·x̂ = s` nearest to `y`.
-//! Log-likelihood ratios `L(v) = log P(x_v = 0) / P(x_v = 1)` are signed
-//! bytes saturated to `±127`: a key bit starts at `±c` (the channel
-//! magnitude, see [`channel_magnitude`]), a punctured bit at 0, a shortened
-//! bit at `±127`.
+//! Log-likelihood ratios `L(v) = ln P(x_v = 0) / P(x_v = 1)` are signed
+//! bytes in steps of 1/4 nat saturated to `±127`: a key bit starts at `±c`
+//! (the channel magnitude `4·ln((1 − q)/q)`, see [`channel_magnitude`]), a
+//! punctured bit at 0, a shortened bit at `±127`.
 //!
 //! One iteration visits the base rows in order (a layer is the `Z` checks
 //! of one base row; in a quasi-cyclic code they share no variable, so they
@@ -14,23 +15,36 @@
 //!
 //! ```text
 //! q_k   = sat(L(v_k) − R_k)                      (remove the old message)
-//! R'_k  = (−1)^(s_i) · Π_{l≠k} sign(q_l) · α · min_{l≠k} |q_l|
+//! R'_k  = (−1)^(s_i) · Π_{l≠k} sign(q_l) · M_k
 //! L(v_k) = sat(q_k + R'_k),   R_k = R'_k
 //! ```
 //!
-//! where `α·m` is computed as `max(0, m − (m >> 5) − 1)` (offset min-sum
-//! with a slight normalisation; the shifts and offset can be set with
-//! [`Decoder::set_scaling`]), `sign(0) = +`, and `sat` clamps to
-//! `[−127, 127]`. After each iteration the hard decisions
+//! where `sign(0) = +` and `sat` clamps to `[−127, 127]`. The magnitude
+//! `M_k` depends on the [`CheckRule`]:
+//!
+//! - [`CheckRule::SumProduct`] (default): `M_k = ⊞_{l≠k} |q_l|`, the
+//!   box-plus `a ⊞ b = min(a, b) + c(a + b) − c(|a − b|)` on magnitudes with
+//!   the correction `c(x) = 4·ln(1 + e^(−x/4))` from a 16-entry table
+//!   (floored at 0, capped at 127; the exact belief-propagation rule to a
+//!   rounding step), computed by a forward and a backward chain per check.
+//!   The codes of the ladder are optimised for belief propagation and need
+//!   it: min-sum decodes none of them near their thresholds.
+//! - [`CheckRule::MinSum`]: `M_k = α · min_{l≠k} |q_l|`, computed as
+//!   `max(0, m − (m >> 5) − 1)` (offset min-sum with a slight
+//!   normalisation; the shifts and offset can be set with
+//!   [`Decoder::set_scaling`]); faster, for codes designed for it.
+//!
+//! Messages of the sum-product rule are capped at 27 (6.75 nats), a
+//! fifth of the posterior range, so that a posterior clipped at 127
+//! cannot be undone by one message. After each iteration the hard decisions
 //! (`x̂_v = 1` iff `L(v) < 0`) are checked against the syndrome and decoding
 //! stops on a match. Every operation is on integers and defined lane by
 //! lane, so the portable and the AVX2 kernels ([`Backend`]) give the same
 //! bits; a property test compares them.
 //!
-//! On the binary symmetric channel every key bit has the same |LLR|, and
-//! min-sum is invariant to scaling, so the estimated QBER enters through
-//! the choice of rate, not through the messages; the channel magnitude
-//! only sets the quantisation step (see [`channel_magnitude`]).
+//! On the binary symmetric channel every key bit has the same |LLR|; the
+//! sum-product rule needs it on the scale of 1/4 nat, min-sum is invariant
+//! to scaling up to its offset.
 
 use std::sync::Arc;
 
@@ -80,23 +94,36 @@ impl Backend {
     }
 }
 
-/// The channel LLR magnitude (quantisation step) of a key bit.
-///
-/// On the binary symmetric channel every key bit has the same |LLR|
-/// `ln((1 − q)/q)`, and min-sum is invariant to scaling all inputs, so the
-/// estimated QBER selects the rate, not the messages: every QBER maps to
-/// the step [`CHANNEL_MAGNITUDE`], for which the offset [`DEFAULT_OFFSET`]
-/// was tuned (measured at n = 2^18: magnitude 6 with offset 1 decoded
-/// frames at f = 1.15 that magnitude 4–9 with α = 3/4 and no offset left
-/// with a few residual errors, an error floor).
+/// The channel LLR magnitude of a key bit at `qber`: `4·ln((1 − q)/q)`
+/// rounded (LLRs in steps of 1/4 nat), from 1 to 127; 9 at 10 %, 18 at
+/// 1 %. A QBER outside (0, 0.5) gives the nearest end.
 #[must_use]
 pub fn channel_magnitude(qber: f64) -> i8 {
-    let _ = qber;
-    CHANNEL_MAGNITUDE
+    if qber.is_nan() || qber >= 0.5 {
+        return 1;
+    }
+    if qber <= 0.0 {
+        return LLR_MAX;
+    }
+    (LLR_STEPS_PER_NAT * ((1.0 - qber) / qber).ln())
+        .round()
+        .clamp(1.0, f64::from(LLR_MAX)) as i8
 }
 
-/// The LLR of a key bit: `±6`.
-pub const CHANNEL_MAGNITUDE: i8 = 6;
+/// LLR steps per nat: messages are `round(4·LLR)`.
+pub const LLR_STEPS_PER_NAT: f64 = 4.0;
+
+/// How a check combines its inputs (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum CheckRule {
+    /// Box-plus from a correction table: belief propagation to a rounding
+    /// step.
+    #[default]
+    SumProduct,
+    /// Offset min-sum ([`Decoder::set_scaling`]).
+    MinSum,
+}
 
 /// Result of one decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +151,7 @@ pub struct Decoder {
     /// Per-layer scratch of the kernels (`Z` bytes each).
     scratch: simd::Scratch,
     scaling: simd::Scaling,
+    rule: CheckRule,
 }
 
 impl Drop for Decoder {
@@ -168,6 +196,7 @@ impl Decoder {
                 shift2: DEFAULT_SHIFT2,
                 offset: DEFAULT_OFFSET,
             },
+            rule: CheckRule::default(),
             code,
             backend,
         }
@@ -201,6 +230,17 @@ impl Decoder {
             offset,
         };
         Ok(())
+    }
+
+    /// Sets the check rule (default [`CheckRule::SumProduct`]).
+    pub fn set_rule(&mut self, rule: CheckRule) {
+        self.rule = rule;
+    }
+
+    /// The check rule in use.
+    #[must_use]
+    pub fn rule(&self) -> CheckRule {
+        self.rule
     }
 
     /// The code.
@@ -265,8 +305,26 @@ impl Decoder {
                 }
                 let messages = &mut self.messages[edge[r] * z..edge[r + 1] * z];
                 let signs = &self.syndrome_signs[r * z..(r + 1) * z];
-                match self.backend {
-                    Backend::Avx2 => simd::layer_avx2(
+                match (self.rule, self.backend) {
+                    (CheckRule::SumProduct, Backend::Avx2) => simd::layer_sum_product_avx2(
+                        layer,
+                        messages,
+                        signs,
+                        d,
+                        z,
+                        &mut self.scratch,
+                    ),
+                    (CheckRule::SumProduct, Backend::Portable) => {
+                        simd::layer_sum_product_portable(
+                            layer,
+                            messages,
+                            signs,
+                            d,
+                            z,
+                            &mut self.scratch,
+                        );
+                    }
+                    (CheckRule::MinSum, Backend::Avx2) => simd::layer_avx2(
                         layer,
                         messages,
                         signs,
@@ -275,7 +333,7 @@ impl Decoder {
                         self.scaling,
                         &mut self.scratch,
                     ),
-                    Backend::Portable => simd::layer_portable(
+                    (CheckRule::MinSum, Backend::Portable) => simd::layer_portable(
                         layer,
                         messages,
                         signs,

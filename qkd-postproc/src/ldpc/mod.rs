@@ -11,11 +11,12 @@
 //! ```
 //!
 //! - [`code`]: quasi-cyclic codes built from a seed ([`LdpcCode::build`],
-//!   a ladder of mother rates 0.5 to 0.9), untainted puncturing orders, the
+//!   a ladder of mother rates 0.5 to 0.9 with the BSC-optimised profiles
+//!   of Elkouss et al. 2009), untainted puncturing orders, the
 //!   [`CodeCache`] the caller owns.
 //! - [`alist`]: read and write the `alist` format.
-//! - [`decode`]: layered normalised min-sum on 8-bit messages, portable and
-//!   AVX2 kernels with the same output.
+//! - [`decode`]: layered sum-product (default) or offset min-sum on 8-bit
+//!   messages, portable and AVX2 kernels with the same output.
 //! - [`rate`]: frames with punctured and shortened positions, choosing the
 //!   code for a QBER, the leakage accounting.
 //! - [`machine`]: [`LdpcAlice`] and [`LdpcBob`] on the `Machine` contract,
@@ -24,32 +25,34 @@
 
 //! # Measured (AMD EPYC VM, 2 shared vCPUs, AVX2; partial results)
 //!
-//! Decoder throughput, reconciled key bits per second on one core, frames
-//! at a syndrome efficiency of 1.45 (criterion medians,
+//! Decoder throughput (sum-product, the default), reconciled key bits per
+//! second on one core, frames at a syndrome efficiency of 1.45 (criterion
+//! medians, load average 4–5,
 //! `cargo bench -p qkd-postproc --bench ldpc -- --warm-up-time 1 --measurement-time 3`):
 //!
 //! | n | QBER | AVX2 | portable | ratio |
 //! | --- | --- | --- | --- | --- |
-//! | 2^14 | 2 % | 8.6 Mbit/s | 0.43 Mbit/s | 20× |
-//! | 2^14 | 3 % | 11.5 Mbit/s | 0.45 Mbit/s | 26× |
-//! | 2^14 | 5 % | 18.2 Mbit/s | 0.68 Mbit/s | 27× |
-//! | 2^16 | 2 % | 14.2 Mbit/s | 0.51 Mbit/s | 28× |
-//! | 2^16 | 3 % | 13.0 Mbit/s | 0.50 Mbit/s | 26× |
-//! | 2^16 | 5 % | 16.3 Mbit/s | 0.60 Mbit/s | 27× |
+//! | 2^14 | 2 % | 13.5 Mbit/s | 0.33 Mbit/s | 41× |
+//! | 2^14 | 3 % | 13.9 Mbit/s | 0.40 Mbit/s | 35× |
+//! | 2^14 | 5 % | 16.4 Mbit/s | 0.59 Mbit/s | 28× |
+//! | 2^16 | 2 % | 26.6 Mbit/s | 0.50 Mbit/s | 53× |
+//! | 2^16 | 3 % | 26.4 Mbit/s | 0.51 Mbit/s | 51× |
+//! | 2^16 | 5 % | 36.4 Mbit/s | 0.66 Mbit/s | 55× |
 //!
-//! The target of 100 Mbit/s is not reached.
+//! The target of 100 Mbit/s is not reached. At f = 1.45, 2–3 % of the
+//! frames still fail (the 8-bit decoder diverges on some; see
+//! BENCHMARKS.md).
 //!
 //! Blind reconciliation, n = 2^17 (117 965 key bits), syndrome aimed at
 //! f = 1.0, reveals of 1 % of n·h2(Q) per round, 10 frames per QBER
 //! (`LDPC_N=131072 LDPC_TRIALS=10 LDPC_F=1.0 LDPC_ROUNDS=100 cargo test
 //! --release -p qkd-postproc --test ldpc_efficiency -- --ignored
 //! --nocapture blind_table`): every frame reconciled (fer 0 of 10); mean f
-//! 1.36, 1.66, 1.38, 1.36, 1.22, 1.41, 1.25, 1.17, 1.24, 1.18 at QBER
-//! 1, 2, …, 10 %. The target
-//! f ≤ 1.08 is not reached: the low-rate codes are good (float BP decodes
-//! the rate-0.5 code at f = 1.08 at n = 2^16), but the 8-bit min-sum
-//! decoder needs f ≈ 1.15 on it, and the high-rate rungs (0.75–0.9) need
-//! f ≈ 1.3 even with BP: their degree profiles are not optimised.
+//! 1.20, 1.17, 1.13, 1.11, 1.09, 1.10, 1.10, 1.12, 1.09, 1.10 at QBER
+//! 1, 2, …, 10 % (the hand-shaped profiles with min-sum: 1.17–1.66). The
+//! target f ≤ 1.08 is not reached: the rate-0.9 profile's own threshold is
+//! at f = 1.15, and the 8-bit decoder is short of float belief propagation
+//! on the same codes.
 
 pub mod alist;
 pub mod code;
@@ -61,7 +64,7 @@ pub mod wire;
 
 pub use alist::{read_alist, write_alist};
 pub use code::{CodeCache, CodeSpec, LdpcCode, MotherRate, SHIPPED_SEED};
-pub use decode::{Backend, DecodeOutcome, Decoder, channel_magnitude};
+pub use decode::{Backend, CheckRule, DecodeOutcome, Decoder, channel_magnitude};
 pub use machine::{
     LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent, LdpcInputError, LdpcStats,
 };

