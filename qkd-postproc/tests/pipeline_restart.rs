@@ -725,7 +725,22 @@ fn run_manual_with(
     let mut steps = 0;
     let deadline = net.now() + Duration::from_secs(600);
     let mut alone_until: Option<Instant> = None;
+    // Privacy amplification on "worker threads", as `qkd-link` runs it:
+    // each item done one event after it was handed out.
+    net.a.set_external_work(true);
+    net.b.set_external_work(true);
+    let mut work: [Vec<qkd_postproc::pipeline::WorkItem>; 2] = [Vec::new(), Vec::new()];
     loop {
+        let now = net.now();
+        for (side, items) in work.iter_mut().enumerate() {
+            let p = if side == 0 { &mut net.a } else { &mut net.b };
+            for item in items.drain(..) {
+                p.complete_work(now, item.run());
+            }
+            while let Some(item) = p.poll_work() {
+                items.push(item);
+            }
+        }
         match alone_until {
             Some(t) if net.now() >= t => break,
             None if b_dies.is_none() && steps >= limit => break,
