@@ -87,10 +87,12 @@ fn one_thread(
     while settled < total {
         let now = Instant::now();
         while fa.peek().is_some() && a.wants_frame() {
-            a.push_frame(now, fa.next().expect("peeked")).expect("frame");
+            a.push_frame(now, fa.next().expect("peeked"))
+                .expect("frame");
         }
         while fb.peek().is_some() && b.wants_frame() {
-            b.push_frame(now, fb.next().expect("peeked")).expect("frame");
+            b.push_frame(now, fb.next().expect("peeked"))
+                .expect("frame");
         }
         let mut moved = false;
         while let Some(d) = a.poll_transmit(now) {
