@@ -397,3 +397,40 @@ fn qkd_link_takes_the_device_flags_only_with_a_state_that_lacks_them() {
         assert_eq!(out.status.code() != Some(2), ok, "--name {name}: {err}");
     }
 }
+
+/// A link whose pipeline commits its own checkpoints (`checkpoints =
+/// "auto"`) is not restarted after a crash, even from a state the QPM
+/// saved: the killed host went on using authentication pads after that
+/// save, and a restart from it would use them again.
+#[test]
+fn a_crashed_link_with_automatic_checkpoints_is_not_restarted() {
+    let dir = scratch("auto-crash");
+    let setup = LinkSetup::write(&dir);
+    let text = std::fs::read_to_string(&setup.pipeline).unwrap();
+    assert!(text.contains("checkpoints = \"manual\""));
+    std::fs::write(
+        &setup.pipeline,
+        text.replace("checkpoints = \"manual\"", "checkpoints = \"auto\""),
+    )
+    .unwrap();
+    let mut qpm = Qpm::start(&setup);
+    qpm.wait_link("tuning", "ran", |v| v["state"] == "running");
+    wait_blocks(&mut qpm, &setup, "tuning", "alice", 2);
+    let r = qpm.post("/links/tuning/save");
+    assert_eq!(r.status(), Some(Status::Changed), "{}", r.text());
+    let pid = qpm.json("/links/tuning")["hosts"][1]["pid"]
+        .as_u64()
+        .unwrap();
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let v = qpm.wait_link("tuning", "failed", |v| v["state"] == "failed");
+    assert_eq!(v["restarts"], 0, "{v}");
+    let log = qpm.log();
+    assert!(
+        log.contains("not restarted: its pipeline commits its checkpoints itself"),
+        "{log}"
+    );
+}
