@@ -175,7 +175,7 @@ fn qpm_hibernates_and_resumes_a_qkd_link_with_the_keys_of_an_uninterrupted_run()
 /// QPM restarts from each host's newest checkpoint.
 ///
 /// Ignored in the default run: **a known race** remains in the crash
-/// restart. In about 1 run in 8 (loaded machine) the link restarted after
+/// restart. In about 1 run in 18 (loaded machine) the link restarted after
 /// the SIGKILL ends with `FeedDiverged` a few blocks later: one window in
 /// which a deposit reaches one side's newest checkpoint and not the other's
 /// is still open in the two-process form (the in-process test
@@ -183,7 +183,7 @@ fn qpm_hibernates_and_resumes_a_qkd_link_with_the_keys_of_an_uninterrupted_run()
 /// qkd-postproc, which found and now guards one such window, passes).
 /// Run it with `cargo test -p qkd-examples --test qpm_link -- --ignored`.
 #[test]
-#[ignore = "known race in the crash restart: FeedDiverged in about 1 run in 8 (issue 15)"]
+#[ignore = "known race in the crash restart: FeedDiverged in about 1 run in 18 (issue 15)"]
 fn qpm_hibernates_resumes_and_restarts_a_killed_qkd_link() {
     hibernation(true);
 }
