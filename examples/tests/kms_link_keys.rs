@@ -94,6 +94,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 /// The two example nodes (simulated block source), node B's peer link
 /// going through a proxy to node A's.
 fn start_behind_proxy(name: &str) -> (Nodes, Proxy) {
+    start_link(name, None)
+}
+
+/// Two nodes, B connecting through a proxy; with `bootstrap_pads`, the link
+/// secret carries that many pads and the channel allows only the one-time
+/// pad suite.
+fn start_link(name: &str, bootstrap_pads: Option<u32>) -> (Nodes, Proxy) {
     let dir = temp_dir(name);
     certs(
         &dir.join("certs"),
@@ -101,17 +108,37 @@ fn start_behind_proxy(name: &str) -> (Nodes, Proxy) {
         &["SAE_A", "SAE_B"],
         true,
     );
+    if let Some(pads) = bootstrap_pads {
+        let o = std::process::Command::new(fixture::bin())
+            .args(["certs", "--bootstrap-pads", &pads.to_string(), "--out"])
+            .arg(dir.join("pads"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::copy(
+            dir.join("pads").join("link.secret"),
+            dir.join("certs").join("link.secret"),
+        )
+        .unwrap();
+    }
+    let otp_only = |t: String| match bootstrap_pads {
+        Some(_) => t.replace(
+            "initial_secret_file =",
+            "suites = [\"QKD_OTP_WC_POLYVAL\"]\ninitial_secret_file =",
+        ),
+        None => t,
+    };
     let p = free_ports(6);
     let proxy = Proxy::start(p[2]);
     let simulated = |t: String| t.replace(r#"kind = "pipeline""#, r#"kind = "simulated""#);
-    let a = simulated(example("node-a.toml"))
+    let a = otp_only(simulated(example("node-a.toml")))
         .replace("127.0.0.1:8443", &format!("127.0.0.1:{}", p[0]))
         .replace("127.0.0.1:9441", &format!("127.0.0.1:{}", p[2]))
         .replace("127.0.0.1:9442", &format!("127.0.0.1:{}", p[3]))
         .replace("127.0.0.1:9443", &format!("127.0.0.1:{}", p[4]))
         .replace("127.0.0.1:9444", &format!("127.0.0.1:{}", p[5]));
     // B connects to the proxy, which forwards to A's link_listen.
-    let b = simulated(example("node-b.toml"))
+    let b = otp_only(simulated(example("node-b.toml")))
         .replace("127.0.0.1:8444", &format!("127.0.0.1:{}", p[1]))
         .replace("127.0.0.1:9441", &format!("127.0.0.1:{}", proxy.port))
         .replace("127.0.0.1:9442", &format!("127.0.0.1:{}", p[3]))
@@ -295,4 +322,66 @@ fn a_cut_link_reconnects_without_wiping_and_no_key_is_delivered_twice() {
     }
     // One connection per reconnection, no pairing storm.
     assert!(proxy.accepted() <= 4, "{} connections", proxy.accepted());
+}
+
+/// A link that allows only the one-time-pad suite (information-theoretic):
+/// its first records are padded with the bootstrap pads of the initial
+/// secret, later ones with reserve entries carved from QKD key, never with
+/// the computational expansion; keys flow and match.
+#[test]
+fn a_one_time_pad_link_pads_from_bootstrap_and_reserve_only() {
+    if !have_curl() {
+        eprintln!(
+            "SKIPPED: curl is not installed (apt-get install curl); the kms-node HTTPS tests need it"
+        );
+        return;
+    }
+    let (n, _proxy) = start_link("otp-only", Some(2));
+    let mut taken = Vec::new();
+    for _ in 0..8 {
+        let e = enc(&n, 3);
+        assert_eq!(e.status, Some(200), "{e:?}");
+        taken.extend(keys(&e));
+    }
+    for k in &taken {
+        let d = dec(&n, &k.0);
+        assert_eq!(d.status, Some(200), "{d:?}");
+        assert_eq!(&keys(&d)[0], k);
+    }
+    // Pads were drawn: bootstrap floors moved on both nodes (the state
+    // file: expansion even, odd, then bootstrap even, odd).
+    let state = |node: &str| -> Vec<u64> {
+        std::fs::read_to_string(n.dir.join(format!("{node}.link-state")))
+            .unwrap()
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect()
+    };
+    let (sa, sb) = (state("KME_A"), state("KME_B"));
+    assert_eq!(sa.len(), 4, "{sa:?}");
+    assert!(
+        sa[2] > 0 && sb[3] > 1,
+        "no bootstrap pad used: {sa:?} {sb:?}"
+    );
+    // The expansion keyed the first handshake only (B initiates: one odd
+    // key); no pad ever came from it, however long the link ran.
+    assert!(
+        sa[0] <= 2 && sb[1] <= 3,
+        "expansion used for more: {sa:?} {sb:?}"
+    );
+    // One bootstrap pad each (2 in all): the rest came from the reserve.
+    let (ra, rb) = (
+        reserve(&n.dir.join("KME_A.link-state.reserve")),
+        reserve(&n.dir.join("KME_B.link-state.reserve")),
+    );
+    let used = |r: &HashMap<u64, (u8, u8, Vec<u8>)>| r.values().filter(|e| e.1 == 0).count();
+    eprintln!(
+        "state A {sa:?} B {sb:?}; reserve used A {} B {}",
+        used(&ra),
+        used(&rb)
+    );
+    assert!(
+        used(&ra) + used(&rb) > 0,
+        "no reserve entry padded a record"
+    );
 }

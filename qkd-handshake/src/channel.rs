@@ -44,6 +44,14 @@ pub struct ChannelConfig {
     pub rekey_after: Duration,
     /// How long an orderly close waits for the peer's close.
     pub close_timeout: Duration,
+    /// One-time pad: while the source has no QKD key for a pad, try again
+    /// this often (see [`ChannelEvent::PadsExhausted`]).
+    #[serde(default = "default_pad_retry")]
+    pub pad_retry: Duration,
+}
+
+fn default_pad_retry() -> Duration {
+    Duration::from_millis(100)
 }
 
 impl ChannelConfig {
@@ -55,6 +63,7 @@ impl ChannelConfig {
             rekey_after_bytes: 1 << 30,
             rekey_after: Duration::from_secs(600),
             close_timeout: Duration::from_secs(2),
+            pad_retry: default_pad_retry(),
         }
     }
 
@@ -72,6 +81,12 @@ impl ChannelConfig {
         }
         if self.rekey_after.is_zero() {
             return Err(ConfigError::new("channel.rekey_after", "must be positive"));
+        }
+        if self.pad_retry.is_zero() || self.pad_retry > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "channel.pad_retry",
+                "must be positive and at most 60 s",
+            ));
         }
         Ok(())
     }
@@ -149,6 +164,16 @@ pub enum ChannelEvent<E> {
         /// The new send epoch.
         epoch: u32,
     },
+    /// One-time pad: the source has no QKD key for the next record's pad.
+    /// The channel does not fall back to anything weaker: it holds that
+    /// one record, sends nothing else (the inner machine is not polled, so
+    /// its own flow control and retransmission take over) and tries again
+    /// every [`ChannelConfig::pad_retry`] and on every
+    /// [`poll_transmit`](Machine::poll_transmit), until
+    /// [`ChannelEvent::PadsResumed`]. Reported once per shortage.
+    PadsExhausted,
+    /// One-time pad: key for pads arrived and the held record left.
+    PadsResumed,
     /// Both sides closed in order (terminal).
     Closed,
     /// The channel failed (terminal).
@@ -181,6 +206,9 @@ pub struct SecuredChannel<M: Machine, S> {
     control: VecDeque<(ContentType, zeroize::Zeroizing<Vec<u8>>)>,
     events: VecDeque<ChannelEvent<M::Event>>,
     rekey_at: Option<Instant>,
+    /// The record waiting for pad (one-time pad suite), and when to retry.
+    held: Option<(ContentType, zeroize::Zeroizing<Vec<u8>>)>,
+    pad_retry_at: Option<Instant>,
 }
 
 impl<M: Machine, S> core::fmt::Debug for SecuredChannel<M, S> {
@@ -220,6 +248,8 @@ impl<M: Machine, S: PskSource> SecuredChannel<M, S> {
             control: VecDeque::new(),
             events: VecDeque::new(),
             rekey_at: None,
+            held: None,
+            pad_retry_at: None,
         };
         ch.drain_handshake(now);
         Ok(ch)
@@ -349,6 +379,8 @@ impl<M: Machine, S: PskSource> SecuredChannel<M, S> {
     fn fail(&mut self, error: ChannelError) {
         self.phase = Phase::Failed;
         self.control.clear();
+        self.held = None;
+        self.pad_retry_at = None;
         self.events.push_back(ChannelEvent::Failed(error));
     }
 
@@ -378,6 +410,47 @@ impl<M: Machine, S: PskSource> SecuredChannel<M, S> {
                 None
             }
         }
+    }
+
+    /// Seals `payload`, or, when the one-time pad suite finds no QKD key
+    /// for its pad, holds it to try again later (see
+    /// [`ChannelEvent::PadsExhausted`]).
+    fn seal_or_hold(
+        &mut self,
+        now: Instant,
+        content: ContentType,
+        payload: zeroize::Zeroizing<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        let records = self.records.as_mut()?;
+        if records.suite() == CipherSuite::OtpWegmanCarter {
+            return match records.seal(self.handshake.source(), content, &payload) {
+                Ok(r) => {
+                    if self.pad_retry_at.take().is_some() {
+                        self.events.push_back(ChannelEvent::PadsResumed);
+                    }
+                    Some(r)
+                }
+                Err(SealError::Key(crate::psk::PskError::Exhausted)) => {
+                    if self.pad_retry_at.is_none() {
+                        self.events.push_back(ChannelEvent::PadsExhausted);
+                    }
+                    self.pad_retry_at = Some(now + self.config.pad_retry);
+                    self.held = Some((content, payload));
+                    None
+                }
+                Err(e) => {
+                    self.fail(e.into());
+                    None
+                }
+            };
+        }
+        self.seal(now, content, &payload)
+    }
+
+    /// Whether a record waits for one-time pad.
+    #[must_use]
+    pub fn is_waiting_for_pad(&self) -> bool {
+        self.held.is_some()
     }
 }
 
@@ -437,14 +510,18 @@ impl<M: Machine, S: PskSource> Machine for SecuredChannel<M, S> {
         if let Some(m) = self.handshake.poll_transmit(now) {
             return Some(m);
         }
+        // A record waiting for pad goes first; nothing passes it.
+        if let Some((content, payload)) = self.held.take() {
+            return self.seal_or_hold(now, content, payload);
+        }
         if let Some((content, payload)) = self.control.pop_front() {
-            return self.seal(now, content, &payload);
+            return self.seal_or_hold(now, content, payload);
         }
         if self.phase != Phase::Open {
             return None;
         }
-        let datagram = self.inner.poll_transmit(now)?;
-        self.seal(now, ContentType::Data, &datagram)
+        let datagram = zeroize::Zeroizing::new(self.inner.poll_transmit(now)?);
+        self.seal_or_hold(now, ContentType::Data, datagram)
     }
 
     fn poll_event(&mut self) -> Option<Self::Event> {
@@ -461,7 +538,17 @@ impl<M: Machine, S: PskSource> Machine for SecuredChannel<M, S> {
             Phase::Open => self.rekey_at,
             Phase::Closed | Phase::Failed => return None,
         };
-        if let Some(i) = self.inner.poll_timeout() {
+        if let Some(r) = self.pad_retry_at {
+            t = Some(t.map_or(r, |t| t.min(r)));
+        }
+        // While waiting for pad the inner machine is not polled for
+        // datagrams, so a timer of its that wants to send would stay due:
+        // its timers are served at the pad retries then.
+        let inner = match (self.inner.poll_timeout(), self.pad_retry_at) {
+            (Some(i), Some(r)) => Some(i.max(r)),
+            (i, _) => i,
+        };
+        if let Some(i) = inner {
             t = Some(t.map_or(i, |t| t.min(i)));
         }
         t
@@ -484,6 +571,11 @@ impl<M: Machine, S: PskSource> Machine for SecuredChannel<M, S> {
                 }
             }
             _ => {}
+        }
+        if self.pad_retry_at.is_some_and(|t| t <= now) {
+            // The host drains poll_transmit after this call: the held
+            // record is sealed then if pad arrived; until then retry later.
+            self.pad_retry_at = Some(now + self.config.pad_retry);
         }
         if !self.is_finished() && self.inner.poll_timeout().is_some_and(|t| t <= now) {
             self.inner.handle_timeout(now);

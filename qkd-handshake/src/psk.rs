@@ -50,6 +50,10 @@ pub enum PskError {
     /// The source has no fresh key left to hand out.
     #[error("no fresh key left")]
     Exhausted,
+    /// The key exists but is not QKD key (e.g. an expansion of an initial
+    /// secret), so it may not serve as a one-time pad.
+    #[error("key {0} is not QKD key and may not be used as a one-time pad")]
+    NotQkdKey(KeyId),
 }
 
 /// A supply of pre-shared keys and fresh QKD key, named by key ID.
@@ -85,6 +89,35 @@ pub trait PskSource {
         self.consume(id)?;
         Ok(key)
     }
+
+    /// Like [`next`](Self::next), for one-time pads: only uniformly random
+    /// QKD key may come out of this. The one-time-pad suite's records draw
+    /// their pads (and the tag keys cut from them) here, so its security is
+    /// information-theoretic only if this method never returns anything
+    /// else. The default calls [`next`](Self::next), right for a source
+    /// that holds nothing but QKD key; a source that may also serve keys
+    /// computed from a seed (an expansion of an initial secret) must
+    /// override it and answer [`PskError::Exhausted`] instead of such a
+    /// key. The secured channel then waits for pad supply rather than
+    /// sending anything under a weaker key.
+    ///
+    /// # Errors
+    /// [`PskError::Exhausted`] when no QKD key is left.
+    fn next_pad(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        self.next()
+    }
+
+    /// Like [`find`](Self::find), for a one-time pad the peer cut from the
+    /// key `id`: a source that may serve computed keys must answer
+    /// [`PskError::NotQkdKey`] for one of them (see
+    /// [`next_pad`](Self::next_pad)). The default calls
+    /// [`find`](Self::find).
+    ///
+    /// # Errors
+    /// As [`find`](Self::find), and [`PskError::NotQkdKey`].
+    fn find_pad(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        self.find(id)
+    }
 }
 
 impl<S: PskSource + ?Sized> PskSource for Box<S> {
@@ -93,6 +126,12 @@ impl<S: PskSource + ?Sized> PskSource for Box<S> {
     }
     fn find(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
         (**self).find(id)
+    }
+    fn next_pad(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        (**self).next_pad()
+    }
+    fn find_pad(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        (**self).find_pad(id)
     }
     fn consume(&mut self, id: &KeyId) -> Result<(), PskError> {
         (**self).consume(id)

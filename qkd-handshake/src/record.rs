@@ -602,7 +602,7 @@ fn cut_pad(
     let mut pad = Zeroizing::new(Vec::with_capacity(need));
     while pad.len() < need {
         if send.as_ref().is_none_or(|(_, k)| k.cursor >= k.key.len()) {
-            let (id, key) = source.next()?;
+            let (id, key) = source.next_pad()?;
             *send = Some((id, OtpKey { key, cursor: 0 }));
         }
         let Some((id, k)) = send.as_mut() else {
@@ -654,7 +654,7 @@ fn open_otp(
             }
             k.key.expose_secret().get(start..end)
         } else {
-            let key = source.find(&s.key_id)?;
+            let key = source.find_pad(&s.key_id)?;
             fresh.push((s.key_id, key));
             fresh
                 .last()

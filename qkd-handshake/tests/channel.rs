@@ -89,7 +89,9 @@ fn network(
     Network::new(a, b, link, seed, now)
 }
 
-fn both_synced(net: &Network<Chan, Chan>) -> bool {
+fn both_synced<S: qkd_handshake::psk::PskSource>(
+    net: &Network<SecuredChannel<SyncNode, S>, SecuredChannel<SyncNode, S>>,
+) -> bool {
     net.a.is_open() && net.b.is_open() && net.a.inner().is_paired() && net.b.inner().is_paired()
 }
 
@@ -543,4 +545,104 @@ fn key_forwarding_and_orderly_close() {
             .any(|e| matches!(e, ChannelEvent::Closed))
     );
     assert!(net.a.is_finished() && net.b.is_finished());
+}
+
+/// A link whose one-time pads are rationed: `next_pad` gives out as many
+/// keys as the shared counter allows and then reports `Exhausted`, as a
+/// node does whose reserve of QKD key is empty (its handshake key comes
+/// from elsewhere and is not rationed).
+struct Rationed {
+    link: SimulatedLink,
+    pads: Rc<Cell<usize>>,
+}
+
+impl qkd_handshake::psk::PskSource for Rationed {
+    fn next(&mut self) -> Result<(qkd_core::KeyId, SecretKey), qkd_handshake::psk::PskError> {
+        self.link.next()
+    }
+    fn find(&mut self, id: &qkd_core::KeyId) -> Result<SecretKey, qkd_handshake::psk::PskError> {
+        self.link.find(id)
+    }
+    fn consume(&mut self, id: &qkd_core::KeyId) -> Result<(), qkd_handshake::psk::PskError> {
+        self.link.consume(id)
+    }
+    fn next_pad(&mut self) -> Result<(qkd_core::KeyId, SecretKey), qkd_handshake::psk::PskError> {
+        match self.pads.get() {
+            0 => Err(qkd_handshake::psk::PskError::Exhausted),
+            n => {
+                self.pads.set(n - 1);
+                self.link.next()
+            }
+        }
+    }
+}
+
+#[test]
+fn a_one_time_pad_channel_waits_for_key_instead_of_failing_or_weakening() {
+    type Rat = SecuredChannel<SyncNode, Rationed>;
+    let now = Instant::now();
+    let pads = Rc::new(Cell::new(0usize));
+    let make = |start, ownership, seed: u64| -> Rat {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let role = match ownership {
+            Ownership::First => StoreRole::EvenChunks,
+            Ownership::Second => StoreRole::OddChunks,
+        };
+        let node = SyncNode::new(
+            SyncConfig::new(StoreConfig::new("sim-link", role).with_borrow_low_water(0)),
+            &mut rng,
+        )
+        .unwrap();
+        let source = Rationed {
+            link: SimulatedLink::new(b"sim-link", 7, PAD_KEY, 1 << 20, ownership),
+            pads: pads.clone(),
+        };
+        SecuredChannel::new(
+            config(ownership, &[Otp]),
+            start,
+            source,
+            node,
+            &mut rng,
+            now,
+        )
+        .unwrap()
+    };
+    let a = make(Start::Initiate, Ownership::First, 70);
+    let b = make(Start::Respond, Ownership::Second, 71);
+    let mut net: Network<Rat, Rat> = Network::new(
+        a,
+        b,
+        LinkConfig::lossy(Duration::from_millis(5), 0.0),
+        70,
+        now,
+    );
+    // The handshake needs no pad; the first records do, and there is none.
+    net.drive_for(Duration::from_secs(2));
+    let waiting = |e: &ChannelEvent<qkd_sync::Event>| matches!(e, ChannelEvent::PadsExhausted);
+    assert!(net.a.is_open() && net.b.is_open());
+    assert!(!net.a.is_finished() && !net.b.is_finished(), "no failure");
+    assert!(net.events_a().iter().chain(net.events_b()).any(waiting));
+    assert_eq!(
+        net.events_a().iter().filter(|e| waiting(e)).count(),
+        1,
+        "reported once per shortage"
+    );
+    assert!(net.a.is_waiting_for_pad() || net.b.is_waiting_for_pad());
+    assert!(!net.a.inner().is_paired() || !net.b.inner().is_paired());
+    let records_while_starved = net.stats(Side::A).sent + net.stats(Side::B).sent;
+    net.drive_for(Duration::from_secs(2));
+    assert_eq!(
+        net.stats(Side::A).sent + net.stats(Side::B).sent,
+        records_while_starved,
+        "nothing leaves while no pad is there"
+    );
+    assert_eq!(net.a.records().unwrap().pad_bytes_used(), 0);
+    // QKD key arrives: the held records leave and the sync pairs.
+    pads.set(64);
+    net.drive_for(Duration::from_secs(3));
+    let resumed = |e: &ChannelEvent<qkd_sync::Event>| matches!(e, ChannelEvent::PadsResumed);
+    assert!(net.events_a().iter().chain(net.events_b()).any(resumed));
+    assert!(both_synced(&net), "{:?} {:?}", net.a, net.b);
+    assert!(net.a.records().unwrap().pad_bytes_used() > 0);
+    assert!(!net.a.is_waiting_for_pad() && !net.b.is_waiting_for_pad());
 }

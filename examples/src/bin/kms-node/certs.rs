@@ -10,7 +10,9 @@
 //!   subject CN = the SAE ID, a SAN URI `urn:qkd:sae:SAE`, and the SAE ID as
 //!   a SAN DNS name where it is a valid one;
 //! - `link.secret`: 32 random bytes in hex, the initial secret of the link
-//!   (`--no-secret` leaves it out).
+//!   (`--no-secret` leaves it out), followed by `--bootstrap-pads N` keys of
+//!   1 KiB of random bytes (one-time pads for a link that allows only the
+//!   one-time-pad suite).
 
 use std::fs;
 use std::io::Write;
@@ -36,6 +38,8 @@ pub(crate) struct CertRequest {
     pub(crate) saes: Vec<String>,
     /// Whether to write `link.secret`.
     pub(crate) secret: bool,
+    /// Bootstrap pads of 1 KiB appended to `link.secret`.
+    pub(crate) bootstrap_pads: u32,
 }
 
 /// Why certificates could not be made.
@@ -148,9 +152,10 @@ pub(crate) fn generate(req: &CertRequest) -> Result<Vec<PathBuf>, CertError> {
         )?);
     }
     if req.secret {
-        let mut secret = Zeroizing::new([0u8; 32]);
+        let len = 32 + req.bootstrap_pads as usize * crate::link_keys::LINK_KEY_BYTES;
+        let mut secret = Zeroizing::new(vec![0u8; len]);
         getrandom::fill(&mut secret[..]).map_err(CertError::Random)?;
-        let mut hex = Zeroizing::new(String::with_capacity(65));
+        let mut hex = Zeroizing::new(String::with_capacity(2 * len + 1));
         for b in secret.iter() {
             hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
             hex.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use qkd_core::machine::ConfigError;
+use qkd_handshake::capability::CipherSuite;
 use serde::Deserialize;
 
 /// The whole file (see `examples/kms-node/node-a.toml` for every field with
@@ -156,6 +157,17 @@ pub(crate) struct PeerConfig {
     /// File where the node records which link keys it consumed, so that no
     /// link key (handshake PSK, rekey) is used twice across restarts.
     pub(crate) link_state_file: PathBuf,
+    /// The secured channel's cipher suites, most preferred first (registry
+    /// names). Default: `["QKD_AES_256_GCM_BLAKE3", "QKD_OTP_WC_POLYVAL"]`.
+    /// `["QKD_OTP_WC_POLYVAL"]` alone makes the link information-theoretic:
+    /// its pads come from the link reserve only, and the channel waits when
+    /// the reserve is empty.
+    #[serde(default = "default_suites")]
+    pub(crate) suites: Vec<CipherSuite>,
+}
+
+fn default_suites() -> Vec<CipherSuite> {
+    CipherSuite::ALL.to_vec()
 }
 
 /// `[source]`: where final key blocks come from. Fields a kind does not
@@ -430,6 +442,17 @@ impl NodeConfig {
             s.chunk_bytes.into(),
             64 << 20,
         )?;
+        if self.peer.suites.is_empty() {
+            return Err(ConfigError::new("peer.suites", "name at least one suite"));
+        }
+        for (i, suite) in self.peer.suites.iter().enumerate() {
+            if self.peer.suites[..i].contains(suite) {
+                return Err(ConfigError::new(
+                    "peer.suites",
+                    format!("{suite} is listed twice"),
+                ));
+            }
+        }
         if self.peer.link_listen == self.peer.link_address {
             return Err(ConfigError::new(
                 "peer.link_address",
@@ -647,6 +670,11 @@ mod tests {
             (
                 "peer.link_address",
                 Box::new(|c| c.peer.link_address = c.peer.link_listen),
+            ),
+            ("peer.suites", Box::new(|c| c.peer.suites.clear())),
+            (
+                "peer.suites",
+                Box::new(|c| c.peer.suites.push(c.peer.suites[0])),
             ),
         ];
         for (field, change) in cases {

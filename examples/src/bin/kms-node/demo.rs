@@ -146,6 +146,7 @@ fn run_in(args: &DemoArgs, dir: &Path, t0: Instant) -> Result<bool, Box<dyn std:
         kmes: vec!["KME_A".into(), "KME_B".into()],
         saes: vec!["SAE_A".into(), "SAE_B".into()],
         secret: true,
+        bootstrap_pads: 0,
     })?;
     let p = free_ports(6)?;
     let a_path = dir.join("node-a.toml");

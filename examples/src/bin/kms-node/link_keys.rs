@@ -14,7 +14,10 @@
 //! 1. **The reserve** (fresh QKD key): [`next`](PskSource::next) draws the
 //!    oldest drawable reserve entry this node owns. Its key ID names the
 //!    reserve position (the block it was carved from).
-//! 2. **The expansion of the initial secret** (computational): only when
+//! 2. **The expansion of the initial secret** (computational), never for a
+//!    one-time pad ([`PskSource::next_pad`] and [`PskSource::find_pad`]
+//!    serve reserve keys only; without one the secured channel of the
+//!    one-time-pad suite waits, [`ChannelEvent::PadsExhausted`]): only when
 //!    the reserve holds no drawable entry of this node's, that is on a new
 //!    link until the first session has carved [`crate::reserve::SETTLE`]
 //!    ` + 1` entries (the first handshake, the first pipeline run and any
@@ -26,9 +29,19 @@
 //!    link name, a fingerprint of the secret and `i`, in a namespace apart
 //!    from the reserve's.
 //!
+//! 3. **Bootstrap pads** (information-theoretic): an initial secret may
+//!    carry, after its 32 bytes, whole keys of [`LINK_KEY_BYTES`] random
+//!    bytes (`kms-node certs --bootstrap-pads N`). They are used raw, only
+//!    as one-time pads, only when the reserve has none, each once (even
+//!    ones owned by the node that owns even keys). A link whose channel
+//!    allows only the one-time-pad suite needs them: its first sync
+//!    messages, which start the session whose blocks fill the reserve,
+//!    must be padded before any QKD key exists.
+//!
 //! **No reuse across restarts.** A reserve entry is zeroized in the
 //! reserve file (fsynced) before it leaves this source. For the expansion,
-//! the state file holds, per parity, the lowest index not yet consumed; it
+//! the state file holds, per parity, the lowest index not yet consumed (and
+//! the same for the bootstrap pads); it
 //! is rewritten (write, fsync, rename) before a key leaves this source, and
 //! everything below it is refused afterwards. Deleting the state and
 //! reserve files on both nodes would allow reuse of expansion keys;
@@ -41,6 +54,8 @@ use std::path::{Path, PathBuf};
 
 use qkd_core::{BlockId, KeyId, SecretKey};
 use qkd_handshake::capability::Ownership;
+#[cfg(doc)]
+use qkd_handshake::channel::ChannelEvent;
 use qkd_handshake::psk::{PskError, PskSource};
 use zeroize::Zeroizing;
 
@@ -62,11 +77,13 @@ pub(crate) enum LinkKeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The secret file is not hex of at least 32 bytes.
-    #[error("{0}: the initial secret must be at least 64 hex digits (32 bytes)")]
+    /// The secret file is not hex of 32 bytes plus whole bootstrap pads.
+    #[error(
+        "{0}: the initial secret must be hex of 32 bytes, optionally followed by bootstrap pads of {LINK_KEY_BYTES} bytes each"
+    )]
     BadSecret(PathBuf),
-    /// The state file is not two numbers.
-    #[error("{0}: not a link state file (two numbers expected)")]
+    /// The state file is not two or four numbers.
+    #[error("{0}: not a link state file (two or four numbers expected)")]
     BadState(PathBuf),
     /// The reserve file cannot be used.
     #[error(transparent)]
@@ -128,6 +145,12 @@ impl PskSource for SharedLinkKeys {
     fn consume(&mut self, id: &KeyId) -> Result<(), PskError> {
         self.lock().consume(id)
     }
+    fn next_pad(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        self.lock().next_pad()
+    }
+    fn find_pad(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        self.lock().find_pad(id)
+    }
 }
 
 /// The link's keys, as a qkd-handshake PSK source.
@@ -144,6 +167,16 @@ pub(crate) struct LinkKeys {
     reserve: Reserve,
     /// Keys this process drew from the expansion (not the reserve).
     expansion_draws: u64,
+    /// The bootstrap pads: the initial secret's bytes after its first 32,
+    /// in keys of [`LINK_KEY_BYTES`], used raw (never expanded).
+    bootstrap: Zeroizing<Vec<u8>>,
+    /// Lowest unconsumed bootstrap pad per parity (persisted).
+    boot_floor: [u64; 2],
+    /// The bootstrap pads' key IDs, in order, and the index of each.
+    boot_ids: Vec<KeyId>,
+    boot_index: HashMap<KeyId, u64>,
+    /// Reserve keys this process drew as one-time pads.
+    pad_draws: u64,
 }
 
 impl core::fmt::Debug for LinkKeys {
@@ -166,7 +199,7 @@ fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, LinkKeyError> {
             })?,
         );
     let hex = text.trim();
-    if hex.len() < 64 || hex.len() % 2 != 0 {
+    if hex.len() < 64 || hex.len() % 2 != 0 || (hex.len() / 2 - 32) % LINK_KEY_BYTES != 0 {
         return Err(LinkKeyError::BadSecret(path.to_owned()));
     }
     let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));
@@ -191,24 +224,33 @@ impl LinkKeys {
         state_file: &Path,
         ownership: Ownership,
     ) -> Result<Self, LinkKeyError> {
-        let secret = read_secret(secret_file)?;
+        let file = read_secret(secret_file)?;
+        // The first 32 bytes key the expansion and name the link keys; the
+        // rest are bootstrap pads, used raw and independent of both.
+        let (secret, bootstrap) = file.split_at(32);
+        let bootstrap = Zeroizing::new(bootstrap.to_vec());
         let root = Zeroizing::new(blake3::derive_key(
             "qkd kms-node 2026 link key root",
-            &secret,
+            secret,
         ));
-        let floor = match std::fs::read_to_string(state_file) {
+        let (floor, boot_floor) = match std::fs::read_to_string(state_file) {
             Ok(text) => {
                 let nums: Vec<u64> = text
                     .split_whitespace()
                     .map(str::parse)
                     .collect::<Result<_, _>>()
                     .map_err(|_| LinkKeyError::BadState(state_file.to_owned()))?;
+                let parities = |p: &[u64]| p[0].is_multiple_of(2) && p[1] % 2 == 1;
                 match nums[..] {
-                    [even, odd] if even % 2 == 0 && odd % 2 == 1 => [even, odd],
+                    // The form before bootstrap pads existed.
+                    [even, odd] if parities(&nums) => ([even, odd], [0, 1]),
+                    [even, odd, be, bo] if parities(&nums) && parities(&nums[2..]) => {
+                        ([even, odd], [be, bo])
+                    }
                     _ => return Err(LinkKeyError::BadState(state_file.to_owned())),
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => [0, 1],
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ([0, 1], [0, 1]),
             Err(source) => {
                 return Err(LinkKeyError::Io {
                     path: state_file.to_owned(),
@@ -218,9 +260,11 @@ impl LinkKeys {
         };
         // The key IDs name the secret too (by a fingerprint that reveals
         // nothing of it), so two secrets never share IDs.
-        let fingerprint = blake3::derive_key("qkd kms-node 2026 link key id", &secret);
+        let fingerprint = blake3::derive_key("qkd kms-node 2026 link key id", secret);
         let mut name = link.as_bytes().to_vec();
         name.extend_from_slice(&fingerprint[..8]);
+        let mut boot_name = name.clone();
+        boot_name.extend_from_slice(b" bootstrap pads");
         let reserve = Reserve::open(&reserve_path(state_file), &name)?;
         let keys = LinkKeys {
             root,
@@ -233,7 +277,20 @@ impl LinkKeys {
             state: state_file.to_owned(),
             reserve,
             expansion_draws: 0,
+            pad_draws: 0,
+            bootstrap,
+            boot_floor,
+            boot_ids: Vec::new(),
+            boot_index: HashMap::new(),
         };
+        let mut keys = keys;
+        keys.boot_ids = (0..keys.bootstrap_pads())
+            .map(|j| KeyId::for_block(&boot_name, BlockId::new(0), j))
+            .collect();
+        keys.boot_index = (0u64..)
+            .zip(&keys.boot_ids)
+            .map(|(j, id)| (*id, j))
+            .collect();
         keys.persist().map_err(|source| LinkKeyError::Io {
             path: state_file.to_owned(),
             source,
@@ -255,6 +312,12 @@ impl LinkKeys {
     #[cfg(test)]
     pub(crate) fn expansion_draws(&self) -> u64 {
         self.expansion_draws
+    }
+
+    /// Reserve keys this process drew as one-time pads.
+    #[cfg(test)]
+    pub(crate) fn pad_draws(&self) -> u64 {
+        self.pad_draws
     }
 
     /// Whether `id` names a reserve entry (held now or before).
@@ -308,7 +371,11 @@ impl LinkKeys {
         let tmp = self.state.with_extension("tmp");
         {
             let mut f = std::fs::File::create(&tmp)?;
-            writeln!(f, "{} {}", self.floor[0], self.floor[1])?;
+            writeln!(
+                f,
+                "{} {} {} {}",
+                self.floor[0], self.floor[1], self.boot_floor[0], self.boot_floor[1]
+            )?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.state)?;
@@ -318,6 +385,52 @@ impl LinkKeys {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+
+    /// Bootstrap pads in the initial secret.
+    fn bootstrap_pads(&self) -> u64 {
+        (self.bootstrap.len() / LINK_KEY_BYTES) as u64
+    }
+
+    /// The bootstrap pad named `id`, if it is one.
+    fn boot_index(&self, id: &KeyId) -> Option<u64> {
+        self.boot_index.get(id).copied()
+    }
+
+    fn boot_key(&self, j: u64) -> SecretKey {
+        let start = j as usize * LINK_KEY_BYTES;
+        SecretKey::from_vec(self.bootstrap[start..start + LINK_KEY_BYTES].to_vec())
+    }
+
+    /// Consumes bootstrap pad `j` (one-time: its floor passes it, durably,
+    /// before the key is used). Pads of a parity are consumed in order, so
+    /// skipping ahead gives up the ones below.
+    fn mark_bootstrap(&mut self, j: u64, id: &KeyId) -> Result<(), PskError> {
+        let p = (j % 2) as usize;
+        if j < self.boot_floor[p] {
+            return Err(PskError::AlreadyUsed(*id));
+        }
+        let old = self.boot_floor[p];
+        self.boot_floor[p] = j + 2;
+        if self.persist().is_err() {
+            self.boot_floor[p] = old;
+            return Err(PskError::Exhausted);
+        }
+        Ok(())
+    }
+
+    /// The next bootstrap pad this node owns, if any is left.
+    fn next_bootstrap_pad(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        let j = self.boot_floor[self.own_parity()];
+        if j >= self.bootstrap_pads() {
+            return Err(PskError::Exhausted);
+        }
+        let Some(&id) = self.boot_ids.get(j as usize) else {
+            return Err(PskError::Exhausted);
+        };
+        self.mark_bootstrap(j, &id)?;
+        self.pad_draws += 1;
+        Ok((id, self.boot_key(j)))
     }
 
     /// Marks `index` consumed and persists the new floor of its parity.
@@ -381,8 +494,46 @@ impl PskSource for LinkKeys {
         if let Some(done) = self.reserve.consume(id) {
             return done;
         }
+        if let Some(j) = self.boot_index(id) {
+            return self.mark_bootstrap(j, id);
+        }
         let i = self.index_of(id)?;
         self.mark(i)
+    }
+
+    /// One-time pads come from the reserve only: the expansion of the
+    /// initial secret is computational and never becomes a pad. With no
+    /// drawable reserve entry the answer is `Exhausted`, and the secured
+    /// channel waits for the pipeline to carve more.
+    fn next_pad(&mut self) -> Result<(KeyId, SecretKey), PskError> {
+        match self.reserve.draw(self.own_parity() as u8) {
+            Ok(Some(drawn)) => {
+                self.pad_draws += 1;
+                Ok(drawn)
+            }
+            Ok(None) => self.next_bootstrap_pad(),
+            // Without a durable record the key must not be used.
+            Err(_) => Err(PskError::Exhausted),
+        }
+    }
+
+    /// The peer's pad key by its ID, from the reserve only; an ID of the
+    /// expansion is refused as not QKD key.
+    fn find_pad(&mut self, id: &KeyId) -> Result<SecretKey, PskError> {
+        if let Some(found) = self.reserve.find(id) {
+            return found;
+        }
+        if let Some(j) = self.boot_index(id) {
+            return if self.boot_floor[(j % 2) as usize] <= j {
+                Ok(self.boot_key(j))
+            } else {
+                Err(PskError::AlreadyUsed(*id))
+            };
+        }
+        match self.index_of(id) {
+            Ok(_) | Err(PskError::AlreadyUsed(_)) => Err(PskError::NotQkdKey(*id)),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -517,6 +668,118 @@ pub(crate) mod tests {
                 drawn.push(id);
             }
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_time_pads_come_from_the_reserve_only() {
+        let dir =
+            std::env::temp_dir().join(format!("kms-node-linkkeys-pads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = setup(&dir);
+        let (sa, sb) = (dir.join("a.state"), dir.join("b.state"));
+        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        // A new link: the reserve is empty. A handshake key comes from the
+        // expansion; a pad does not come at all.
+        assert_eq!(a.next_pad().unwrap_err(), PskError::Exhausted);
+        assert_eq!(b.next_pad().unwrap_err(), PskError::Exhausted);
+        assert_eq!(a.expansion_draws(), 0, "a pad request drew nothing");
+        let (expanded, _) = a.next().unwrap();
+        assert_eq!(a.expansion_draws(), 1);
+        // The peer refuses that key as a pad (a forged or confused record
+        // naming an expansion key is not opened with it) and still knows
+        // it as a handshake key.
+        assert_eq!(
+            b.find_pad(&expanded).unwrap_err(),
+            PskError::NotQkdKey(expanded)
+        );
+        assert!(b.find(&expanded).is_ok());
+        // Blocks arrive: pads are reserve entries, taken by ID on the other
+        // side, never twice.
+        let first = BlockId::new((6 << 24) | 1);
+        for k in 0..40 {
+            let block = BlockId::new(first.get() + k);
+            let key = final_block(k, 8192);
+            assert_eq!(
+                a.carve(first, block, &key).unwrap(),
+                b.carve(first, block, &key).unwrap()
+            );
+        }
+        let mut seen = Vec::new();
+        while let Ok((id, pad)) = a.next_pad() {
+            assert!(a.is_reserve_key(&id));
+            assert_eq!(b.find_pad(&id).unwrap(), pad);
+            b.consume(&id).unwrap();
+            assert_eq!(b.find_pad(&id).unwrap_err(), PskError::AlreadyUsed(id));
+            assert!(!seen.contains(&id));
+            seen.push(id);
+        }
+        assert!(!seen.is_empty());
+        assert_eq!(a.pad_draws(), seen.len() as u64);
+        // Out of reserve again: no fallback to the expansion.
+        assert_eq!(a.next_pad().unwrap_err(), PskError::Exhausted);
+        assert_eq!(a.expansion_draws(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bootstrap_pads_are_used_raw_once_each_and_only_as_pads() {
+        let dir =
+            std::env::temp_dir().join(format!("kms-node-linkkeys-boot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("s");
+        // 32 bytes of secret, then four pads of distinct bytes.
+        let mut raw = vec![0xab_u8; 32];
+        for j in 0..4u8 {
+            raw.extend(std::iter::repeat_n(0x10 + j, LINK_KEY_BYTES));
+        }
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&secret, hex).unwrap();
+        let (sa, sb) = (dir.join("a.state"), dir.join("b.state"));
+        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        // The 32-byte part keys the expansion exactly as a bare secret does.
+        std::fs::create_dir_all(dir.join("bare")).unwrap();
+        let bare = setup(&dir.join("bare"));
+        let mut c = LinkKeys::open("l", &bare, &dir.join("c.state"), Ownership::First).unwrap();
+        assert_eq!(a.next().unwrap(), c.next().unwrap());
+        // Pads: A owns pads 0 and 2, B 1 and 3, each the raw bytes.
+        let (p0, k0) = a.next_pad().unwrap();
+        assert_eq!(k0.expose_secret(), &[0x10; LINK_KEY_BYTES][..]);
+        let (p1, k1) = b.next_pad().unwrap();
+        assert_eq!(k1.expose_secret(), &[0x11; LINK_KEY_BYTES][..]);
+        assert_eq!(b.find_pad(&p0).unwrap(), k0);
+        b.consume(&p0).unwrap();
+        assert_eq!(b.find_pad(&p0).unwrap_err(), PskError::AlreadyUsed(p0));
+        assert_eq!(a.find_pad(&p1).unwrap(), k1);
+        a.consume(&p1).unwrap();
+        // Never a handshake key.
+        assert!(a.find(&p1).is_err());
+        drop((a, b));
+        // After a restart nothing used comes back.
+        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        assert_eq!(a.find_pad(&p1).unwrap_err(), PskError::AlreadyUsed(p1));
+        let (p2, k2) = a.next_pad().unwrap();
+        assert_eq!(k2.expose_secret(), &[0x12; LINK_KEY_BYTES][..]);
+        assert_eq!(b.find_pad(&p2).unwrap(), k2);
+        assert_eq!(
+            a.next_pad().unwrap_err(),
+            PskError::Exhausted,
+            "A's two are spent"
+        );
+        let (_, k3) = b.next_pad().unwrap();
+        assert_eq!(k3.expose_secret(), &[0x13; LINK_KEY_BYTES][..]);
+        assert_eq!(b.next_pad().unwrap_err(), PskError::Exhausted);
+        // A secret whose tail is not whole pads is refused.
+        std::fs::write(&secret, "ab".repeat(33)).unwrap();
+        assert!(matches!(
+            LinkKeys::open("l", &secret, &sa, Ownership::First),
+            Err(LinkKeyError::BadSecret(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -76,6 +76,12 @@ enum Command {
         /// Do not write link.secret.
         #[arg(long)]
         no_secret: bool,
+        /// Append this many bootstrap pads of 1 KiB of random bytes to
+        /// link.secret (0 to 4096): one-time pads for a link that allows
+        /// only the one-time-pad suite, used before the link reserve holds
+        /// QKD key.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4096))]
+        bootstrap_pads: u32,
     },
     /// Run two nodes on loopback and match keys end to end over HTTPS.
     Demo {
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
             saes,
             ca_name,
             no_secret,
+            bootstrap_pads,
         } => {
             let req = certs::CertRequest {
                 out,
@@ -134,6 +141,7 @@ fn main() -> ExitCode {
                 kmes,
                 saes,
                 secret: !no_secret,
+                bootstrap_pads,
             };
             match certs::generate(&req) {
                 Ok(files) => {

@@ -193,7 +193,8 @@ impl Node {
             min_key_bits: config.keys.min_size,
             max_key_bits: config.keys.max_size,
             ownership,
-        });
+        })
+        .with_suites(&config.peer.suites);
         let channel_config = ChannelConfig::new(HandshakeConfig::new(caps));
         channel_config.validate()?;
         let mut kme_config = KmeConfig::new(config.kme_id.clone(), config.peer.kme_id.clone());

@@ -205,6 +205,7 @@ mod tests {
             kmes: vec![],
             saes: vec!["sae-1".into(), "SAE_2".into()],
             secret: false,
+            bootstrap_pads: 0,
         })
         .unwrap();
         let chain = |name: &str| load_certs(&dir.join(format!("{name}.pem"))).unwrap();
