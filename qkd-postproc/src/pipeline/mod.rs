@@ -101,7 +101,10 @@
 //! between her Outcome and its acknowledgement, restored from a state
 //! saved before the Outcome, would feed the pools differently: the
 //! channel's feed digests then report [`PipelineEvent::FeedDiverged`], and
-//! the link must start over from a fresh pre-shared secret.
+//! the link must start over from a fresh pre-shared secret. With manual
+//! checkpoints this cannot happen: Alice asks for a save
+//! ([`PipelineEvent::SaveDue`]) when she decides to keep a block, and the
+//! Outcome leaves only once it is written.
 //!
 //! **Two processes are saved one after the other**, never at the same
 //! instant: a block settled between the two saves is in one state and not
@@ -1080,6 +1083,9 @@ impl Pipeline {
             block.phase = Phase::Committing;
             block.report = commit.report.clone();
             block.final_key = Some(SecretKey::from_slice(&commit.final_key));
+            // Saved only when confirmed (see `save_state`): the proof the
+            // pool asks for when the acknowledgement comes.
+            block.confirmed = Some(crate::confirm::ConfirmedBlock::new(id));
             block.peer_round_end = true;
             // Re-sealed with a fresh pad when first sent (the old one lies
             // below the peer's restored window).
@@ -2082,6 +2088,8 @@ impl Pipeline {
     fn note_seal<T>(&mut self, result: &Result<T, SealError>) {
         match result {
             Ok(_) => self.auth_starved = false,
+            // A checkpoint not yet written is a wait, not a shortage.
+            Err(SealError::Pool(crate::auth::PoolError::CheckpointRequired)) => {}
             Err(SealError::Pool(_)) if !self.auth_starved => {
                 self.auth_starved = true;
                 self.events.push_back(PipelineEvent::AuthExhausted {
@@ -2282,6 +2290,17 @@ impl Pipeline {
                 b.control = Some(frame);
                 b.control_deadline = None;
                 b.control_retries = 0;
+                // Manual checkpoints: the decision to keep is written
+                // before the Outcome leaves. Bob may deposit the block as
+                // soon as it arrives; an Alice restored from a state saved
+                // before it would drop the block, and the pools would be
+                // fed differently (the two-process crash of the QPM test).
+                // Restored with it, she seals the Outcome again and Bob
+                // answers from what he kept.
+                if self.definition.checkpoints == CheckpointMode::Manual && !self.waiting_for_save {
+                    self.waiting_for_save = true;
+                    self.events.push_back(PipelineEvent::SaveDue);
+                }
             }
             break;
         }
@@ -2856,6 +2875,17 @@ impl Machine for Pipeline {
         if self.waiting_for_save {
             return None;
         }
+        // A restored Alice re-seals the Outcome of a block she committed
+        // before the save; sealing waits for the restored channel's first
+        // checkpoint, which the host has just written if it got here.
+        if self.role == Role::Alice
+            && self
+                .blocks
+                .values()
+                .any(|b| b.phase == Phase::Committing && b.control.is_none())
+        {
+            self.progress(now);
+        }
         if let Some(d) = self.outbox.pop_front() {
             return Some(d);
         }
@@ -2986,7 +3016,10 @@ impl ModuleHost for Pipeline {
         let checkpoint = self.channel.checkpoint();
         let mut committing = Vec::new();
         for b in self.blocks.values() {
+            // Only a confirmed block is ever committed (its proof feeds the
+            // pool when the acknowledgement comes).
             if b.phase == Phase::Committing
+                && b.confirmed.is_some()
                 && let Some(key) = &b.final_key
             {
                 committing.push(SavedCommit {
