@@ -1316,6 +1316,13 @@ impl Pipeline {
                     None => {}
                 }
             }
+            // Alice speaks second (Bob announces): an empty acknowledgement
+            // tells Bob she has the block, so a Bob that dropped it at a
+            // restore answers with an Abandon at once instead of leaving
+            // her to wait for every retransmission to time out.
+            if self.role == Role::Alice && block.recv.next == 0 {
+                block.recv.ack_due = true;
+            }
             // Messages the peer sent before the frame arrived.
             match self.deliver(now, &mut block) {
                 Some(reason) => self.drop_block(now, block, reason, true),
@@ -2851,6 +2858,12 @@ impl Machine for Pipeline {
             Frame::Ack { block, ack } => {
                 if let Some(b) = self.blocks.get_mut(&block) {
                     b.send.acknowledge(ack);
+                } else if !matches!(self.history.get(&block), Some((Settled::Kept, _)))
+                    && (self.history.contains_key(&block) || self.is_forgotten(block))
+                {
+                    // The peer holds a block this side dropped or forgot
+                    // (e.g. in flight at a restore): tell it.
+                    self.abandon_unknown(block);
                 }
                 Ok(())
             }
