@@ -6,8 +6,7 @@
 //! both sides; a link is hibernated and resumed, then checkpointed and one
 //! host killed with SIGKILL, which the QPM restarts from the saved states;
 //! the link runs to its last block, and the keys of both sides are compared
-//! block by block with an uninterrupted run with the same seeds. The
-//! hibernation half is `#[ignore]`d for a known race (see its test).
+//! block by block with an uninterrupted run with the same seeds.
 //!
 //! Blocks are small (60 000 slots, about 15 000 sifted bits) so that the
 //! whole test takes well under a minute in a debug build.
@@ -174,22 +173,22 @@ fn qpm_hibernates_and_resumes_a_qkd_link_with_the_keys_of_an_uninterrupted_run()
 /// Hibernation as above, then a checkpoint and a SIGKILLed host, which the
 /// QPM restarts from each host's newest checkpoint.
 ///
-/// Ignored in the default run: **a known race** remains in the crash
-/// restart. In about 1 run in 18 (loaded machine) the link restarted after
-/// the SIGKILL ends with `FeedDiverged` a few blocks later: one window in
-/// which a deposit reaches one side's newest checkpoint and not the other's
-/// is still open in the two-process form (the in-process test
-/// `manual_checkpoints_survive_a_crash_of_both_sides_at_any_moment` in
-/// qkd-postproc, which found and now guards one such window, passes).
-/// Run it with `cargo test -p qkd-examples --test qpm_link -- --ignored`.
+/// This test found two faults of the crash restart, both fixed in the
+/// pipeline and guarded in-process by
+/// `manual_checkpoints_survive_a_crash_of_both_sides_at_any_moment`
+/// (qkd-postproc, its `BobAfterWrite` crash points): Bob killed right after
+/// writing the checkpoint of a deposit, with Alice's newest state older than
+/// her Outcome for that block (`FeedDiverged`: Alice now writes her decision
+/// before the Outcome leaves), and, after the restart, every other block
+/// waiting for all its retransmissions to time out (Alice now acknowledges
+/// a block she starts, and a side that dropped it answers with an Abandon).
 #[test]
-#[ignore = "known race in the crash restart: FeedDiverged in about 1 run in 18 (issue 15)"]
 fn qpm_hibernates_resumes_and_restarts_a_killed_qkd_link() {
     hibernation(true);
 }
 
 fn hibernation(kill: bool) {
-    let dir = scratch("hibernate");
+    let dir = scratch(if kill { "hibernate-kill" } else { "hibernate" });
     let setup = LinkSetup::write(&dir);
     // The uninterrupted run everything is compared with.
     let reference = reference_run(&setup, &dir.join("reference"));

@@ -707,7 +707,11 @@ fn manual_checkpoints_survive_a_crash_of_both_sides_at_any_moment() {
             assert_eq!(
                 kept(&keys.a, &after.a),
                 kept(&keys.b, &after.b),
-                "crash at {crash_at}: block {block} kept on one side only"
+                "crash at {crash_at} ({crash:?}): block {block} kept on one side only: a {:?} {:?}, b {:?} {:?}",
+                keys.a.keys().collect::<Vec<_>>(),
+                after.a.keys().collect::<Vec<_>>(),
+                keys.b.keys().collect::<Vec<_>>(),
+                after.b.keys().collect::<Vec<_>>()
             );
         }
     }
@@ -806,30 +810,34 @@ fn run_manual_with(
             if side == 1 && alone_until.is_some() {
                 continue;
             }
-            let saves = events.iter().any(|e| matches!(e, PipelineEvent::SaveDue));
-            if side == 1 && saves {
-                *bob_saves += 1;
-                if let Some((dead, after_write)) = &b_dies
-                    && *bob_saves == limit
-                {
-                    if *after_write {
-                        dead.set(true);
-                        alone_until = Some(net.now() + Duration::from_secs(1));
+            // In order, as a host does: a key is handed out (recorded)
+            // only after the checkpoint requested before it was written.
+            for event in events {
+                if !matches!(event, PipelineEvent::SaveDue) {
+                    if side == 0 {
+                        take(vec![event], &mut keys.a, &mut keys.dropped_a);
                     } else {
-                        // Bob dies with this checkpoint unwritten, after
-                        // sending what his pipeline let him send.
+                        take(vec![event], &mut keys.b, &mut keys.dropped_b);
+                    }
+                    continue;
+                }
+                let mut dies_after = false;
+                if side == 1 {
+                    *bob_saves += 1;
+                    if let Some((dead, after_write)) = &b_dies
+                        && *bob_saves == limit
+                    {
+                        // Bob dies at this checkpoint, before or right
+                        // after writing it, having sent what his pipeline
+                        // let him send; nothing after it happens.
                         dead.set(true);
                         alone_until = Some(net.now() + Duration::from_secs(1));
-                        continue;
+                        if !*after_write {
+                            break;
+                        }
+                        dies_after = true;
                     }
                 }
-            }
-            if side == 0 {
-                take(events, &mut keys.a, &mut keys.dropped_a);
-            } else {
-                take(events, &mut keys.b, &mut keys.dropped_b);
-            }
-            if saves {
                 let p = if side == 0 { &mut net.a } else { &mut net.b };
                 saved_now = true;
                 match p.save_state() {
@@ -838,6 +846,9 @@ fn run_manual_with(
                     // tell why): nothing more to save.
                     Err(qkd_postproc::pipeline::StateError::Ended) => {}
                     Err(e) => panic!("save: {e}"),
+                }
+                if dies_after {
+                    break;
                 }
             }
         }

@@ -355,7 +355,10 @@ pub enum PipelineEvent {
     },
     /// Call [`save_state`](qkd_core::module::ModuleHost::save_state) and
     /// write the state durably: with [`CheckpointMode::Manual`] the pipeline
-    /// waits for it; with `Auto` it is a hint.
+    /// waits for it; with `Auto` it is a hint. Handle the events in order:
+    /// the `SaveDue` of a block's deposit comes before its
+    /// [`PipelineEvent::FinalKey`], so the key is handed out only once the
+    /// state that keeps the block is durable.
     SaveDue,
     /// The peer's hello arrived with the same definition: blocks start.
     PeerReady,
@@ -670,6 +673,7 @@ struct Restored {
     committing: Vec<SavedCommit>,
     max_blocks_in_flight: u32,
     in_flight: Vec<SavedInFlight>,
+    undelivered: Vec<SavedCommit>,
 }
 
 /// A block that was in flight (not committing) when the state was saved:
@@ -681,7 +685,8 @@ struct SavedInFlight {
     stage: StageKind,
 }
 
-/// Alice's block waiting for Bob's acknowledgement, as saved.
+/// Alice's block waiting for Bob's acknowledgement, or a kept block whose
+/// [`PipelineEvent::FinalKey`] the host had not taken yet, as saved.
 #[derive(Serialize, Deserialize)]
 struct SavedCommit {
     block: u64,
@@ -712,6 +717,11 @@ struct SavedState {
     /// Absent in states saved before it was recorded.
     #[serde(default)]
     in_flight: Vec<SavedInFlight>,
+    /// Blocks kept since the save before this one, whose keys the host
+    /// hands out after this save (absent in states saved before it was
+    /// recorded).
+    #[serde(default)]
+    undelivered: Vec<SavedCommit>,
 }
 
 /// One side's distillation pipeline: a [`Machine`].
@@ -818,6 +828,9 @@ pub struct Pipeline {
     /// [`PipelineEvent::AuthExhausted`] is raised once per shortage).
     auth_starved: bool,
     waiting_for_save: bool,
+    /// Manual checkpoints: the keys of blocks kept since the last save, so
+    /// that the next state can hand them out again after a crash.
+    kept_since_save: Vec<SavedCommit>,
     external_work: bool,
     work: VecDeque<WorkItem>,
     totals: PipelineStats,
@@ -982,6 +995,7 @@ impl Pipeline {
             ended: false,
             auth_starved: false,
             waiting_for_save: false,
+            kept_since_save: Vec::new(),
             external_work: false,
             work: VecDeque::new(),
             totals: PipelineStats::default(),
@@ -1016,6 +1030,7 @@ impl Pipeline {
             committing,
             max_blocks_in_flight,
             in_flight,
+            undelivered,
         } = Self::parse_state(definition, role, state)?;
         let channel = AuthenticatedChannel::restore(role, &channel_config(definition), channel)
             .map_err(|e| StateError::Auth(e.to_string()))?;
@@ -1028,6 +1043,7 @@ impl Pipeline {
             committing,
             max_blocks_in_flight,
             in_flight,
+            undelivered,
         });
         Ok(pipeline)
     }
@@ -1091,6 +1107,16 @@ impl Pipeline {
             // below the peer's restored window).
             block.control = None;
             self.blocks.insert(id, block);
+        }
+        // Keys of the blocks kept just before the save, which the host
+        // hands out after it: again (a host that did gets one twice, the
+        // same key for the same block).
+        for kept in &saved.undelivered {
+            self.events.push_back(PipelineEvent::FinalKey {
+                block: BlockId::new(kept.block),
+                key: SecretKey::from_slice(&kept.final_key),
+                stats: kept.report.clone(),
+            });
         }
         // Blocks in flight at the save are gone on both sides (the peer's
         // restored pipeline drops its own): say so, so the host does not
@@ -2193,12 +2219,24 @@ impl Pipeline {
                 self.last_committed = Some(block.id);
                 let reply = block.reply.take();
                 self.remember(block.id, Settled::Kept, reply);
+                // The deposit's checkpoint request first: a host that
+                // handles the events in order writes the state holding
+                // the deposit before it hands the key out, so a crash
+                // never leaves a key delivered here for a block that the
+                // restored pipeline (and so the peer) does not keep.
+                self.drain_channel_events();
+                if self.definition.checkpoints == CheckpointMode::Manual {
+                    self.kept_since_save.push(SavedCommit {
+                        block: block.id.get(),
+                        final_key: rest.expose_secret().to_vec(),
+                        report: block.report.clone(),
+                    });
+                }
                 self.events.push_back(PipelineEvent::FinalKey {
                     block: block.id,
                     key: rest,
                     stats: block.report.clone(),
                 });
-                self.drain_channel_events();
             }
             Err((e, key)) => {
                 drop(key);
@@ -3042,6 +3080,18 @@ impl ModuleHost for Pipeline {
                 });
             }
         }
+        // Blocks kept since the last save: the host hands their keys out
+        // after this save (their FinalKey follows the SaveDue), and after a
+        // crash only this state can hand them out again.
+        let undelivered: Vec<SavedCommit> = self
+            .kept_since_save
+            .iter()
+            .map(|k| SavedCommit {
+                block: k.block,
+                final_key: k.final_key.clone(),
+                report: k.report.clone(),
+            })
+            .collect();
         let in_flight = self
             .blocks
             .values()
@@ -3077,6 +3127,7 @@ impl ModuleHost for Pipeline {
                 committing,
                 max_blocks_in_flight: self.control_module.max_blocks_in_flight,
                 in_flight,
+                undelivered,
             };
             serde_json::to_vec(&saved).map_err(|e| StateError::Corrupt(e.to_string()))?
         };
@@ -3084,6 +3135,7 @@ impl ModuleHost for Pipeline {
             .commit(checkpoint)
             .map_err(|e| StateError::Auth(e.to_string()))?;
         self.waiting_for_save = false;
+        self.kept_since_save.clear();
         self.drain_channel_events();
         Ok(bytes)
     }
@@ -3138,4 +3190,5 @@ struct SavedStateRef<'a> {
     committing: Vec<SavedCommit>,
     max_blocks_in_flight: u32,
     in_flight: Vec<SavedInFlight>,
+    undelivered: Vec<SavedCommit>,
 }
