@@ -1,6 +1,7 @@
 //! The pipeline's own framing (outer frames, control bodies, stage
-//! parameters, chunk wrappers, the Toeplitz seed message) and both
-//! pipelines, with Cascade and with LDPC correction, fed arbitrary datagrams.
+//! parameters, chunk wrappers and Cascade batches, the Toeplitz seed
+//! message) and both pipelines, with Cascade and with LDPC correction, fed
+//! arbitrary datagrams.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -11,7 +12,8 @@ use qkd_core::machine::Machine;
 use qkd_core::{Role, SecretKey};
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::pipeline::wire::{
-    ControlBody, Frame, SeedMessage, StageParameters, decode_chunk, encode_chunk,
+    ControlBody, Frame, MAX_CHUNKS, SeedMessage, StageParameters, decode_chunk, decode_chunk_batch,
+    encode_chunk, encode_chunk_batch,
 };
 use qkd_postproc::pipeline::{Pipeline, PipelineDefinition};
 
@@ -42,6 +44,16 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok((chunk, inner)) = decode_chunk(data) {
         assert_eq!(encode_chunk(chunk, inner), data);
+    }
+    // The bound on a batch is the block's chunk count: the largest, and a
+    // small one taken from the input's last byte.
+    let chunks = data.last().map_or(0, |b| usize::from(*b));
+    for bound in [MAX_CHUNKS, chunks] {
+        if let Ok(entries) = decode_chunk_batch(data, bound) {
+            assert!(!entries.is_empty() && entries.len() <= bound);
+            assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+            assert_eq!(encode_chunk_batch(&entries), data);
+        }
     }
     // Both sides take any datagram without panicking; a rejected one
     // changes nothing they report.

@@ -7,6 +7,10 @@
 //! - `pipeline/one_thread`: Alice and Bob driven by one thread.
 //! - `pipeline/two_threads`: Alice and Bob each on its own thread, datagrams
 //!   through `std::sync::mpsc` (the shape of a two-process link).
+//! - `pipeline/one_thread_worker`: both on one thread, their privacy
+//!   amplification on one worker thread ([`Pipeline::set_external_work`]):
+//!   the worker shape of a host that hands heavy steps of different blocks
+//!   to other cores.
 //!
 //! Before timing it prints, for the same blocks, the secret fraction
 //! against the finite-key bound evaluated with f = 1 and the
@@ -24,7 +28,9 @@ use qkd_postproc::amplify::length::finite_key_length;
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::confirm::ConfirmConfig;
 use qkd_postproc::estimate::Estimate;
-use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition, PipelineEvent};
+use qkd_postproc::pipeline::{
+    BlockReport, Pipeline, PipelineDefinition, PipelineEvent, WorkDone, WorkItem,
+};
 
 const BLOCKS: u64 = 6;
 
@@ -175,6 +181,83 @@ fn one_thread(
     kept
 }
 
+/// [`one_thread`] with both sides' privacy amplification on a worker thread.
+fn one_thread_worker(
+    mut a: Pipeline,
+    mut b: Pipeline,
+    fa: Vec<RawFrame>,
+    fb: Vec<RawFrame>,
+) -> Vec<BlockReport> {
+    a.set_external_work(true);
+    b.set_external_work(true);
+    let (to_worker, jobs) = mpsc::channel::<(Role, WorkItem)>();
+    let (to_host, done) = mpsc::channel::<(Role, WorkDone)>();
+    let worker = thread::spawn(move || {
+        for (role, item) in jobs {
+            let _ = to_host.send((role, item.run()));
+        }
+    });
+    let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
+    let mut kept = Vec::new();
+    let (mut settled, mut outstanding) = (0, 0usize);
+    let total = fa.len() as u64;
+    while settled < total {
+        let now = Instant::now();
+        while fa.peek().is_some() && a.wants_frame() {
+            a.push_frame(now, fa.next().unwrap()).unwrap();
+        }
+        while fb.peek().is_some() && b.wants_frame() {
+            b.push_frame(now, fb.next().unwrap()).unwrap();
+        }
+        let mut moved = false;
+        while let Some(d) = a.poll_transmit(now) {
+            let _ = b.handle_input(now, &d);
+            moved = true;
+        }
+        while let Some(d) = b.poll_transmit(now) {
+            let _ = a.handle_input(now, &d);
+            moved = true;
+        }
+        for (role, p) in [(Role::Alice, &mut a), (Role::Bob, &mut b)] {
+            while let Some(item) = p.poll_work() {
+                to_worker.send((role, item)).unwrap();
+                outstanding += 1;
+                moved = true;
+            }
+        }
+        let mut finished: Vec<(Role, WorkDone)> = done.try_iter().collect();
+        if finished.is_empty() && !moved && outstanding > 0 {
+            finished.extend(done.recv_timeout(Duration::from_millis(50)));
+        }
+        for (role, work) in finished {
+            match role {
+                Role::Alice => a.complete_work(now, work),
+                _ => b.complete_work(now, work),
+            }
+            outstanding -= 1;
+            moved = true;
+        }
+        while let Some(e) = a.poll_event() {
+            match e {
+                PipelineEvent::FinalKey { stats, .. } => {
+                    kept.push(stats);
+                    settled += 1;
+                }
+                PipelineEvent::Dropped { .. } => settled += 1,
+                _ => {}
+            }
+        }
+        while b.poll_event().is_some() {}
+        if !moved {
+            a.handle_timeout(Instant::now());
+            b.handle_timeout(Instant::now());
+        }
+    }
+    drop(to_worker);
+    worker.join().unwrap();
+    kept
+}
+
 fn report(kept: &[BlockReport]) {
     let confirm = ConfirmConfig::default();
     for r in kept {
@@ -220,6 +303,15 @@ fn bench(c: &mut Criterion) {
     let kept = one_thread(a, b, fa.clone(), fb.clone());
     assert_eq!(kept.len() as u64, BLOCKS);
     report(&kept);
+    // The worker shape keeps the same blocks with the same lengths.
+    let (a, b) = pipelines();
+    let with_worker = one_thread_worker(a, b, fa.clone(), fb.clone());
+    let lengths = |k: &[BlockReport]| {
+        k.iter()
+            .map(|r| (r.block, r.final_bits))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(lengths(&with_worker), lengths(&kept));
     let sifted: u64 = kept.iter().map(|r| r.sifted_bits).sum();
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(sifted));
@@ -235,6 +327,13 @@ fn bench(c: &mut Criterion) {
         bench.iter_batched(
             || (pipelines(), fa.clone(), fb.clone()),
             |((a, b), fa, fb)| two_threads(a, b, fa, fb),
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("one_thread_worker", |bench| {
+        bench.iter_batched(
+            || (pipelines(), fa.clone(), fb.clone()),
+            |((a, b), fa, fb)| one_thread_worker(a, b, fa, fb),
             BatchSize::PerIteration,
         );
     });

@@ -28,7 +28,10 @@
 //!    `min_chunk_bits` bits are left over, never corrected, and counted as
 //!    disclosed. She announces the variant, the chunk lengths and the
 //!    shuffle seed; every chunk is one Cascade run ([`crate::cascade`]),
-//!    all in parallel. The shuffle seed is drawn once per pipeline (the
+//!    all in parallel, and the messages the runs have to send at one turn
+//!    travel as one stream message (a [batch](wire#cascade-rounds-in-one-message)),
+//!    so a block costs about one frame per Cascade round in each direction,
+//!    not one per round of every chunk. The shuffle seed is drawn once per pipeline (the
 //!    shuffles are public; reusing a seed is safe, see
 //!    [`ShufflePlan`]) so that the shuffle plans of the few chunk lengths
 //!    are built once and shared by every block.
@@ -1529,7 +1532,9 @@ impl Pipeline {
                 self.bob_ldpc(now, block, (blind, max_rounds, max_iterations), &frames)
             }
             // Bob: the correction parameters.
-            (Role::Bob, Phase::Correct, Some(Protocol::Pipeline)) if !wire::is_chunk(message) => {
+            (Role::Bob, Phase::Correct, Some(Protocol::Pipeline))
+                if !wire::is_chunk(message) && !wire::is_chunk_batch(message) =>
+            {
                 let StageParameters::Correct {
                     variant,
                     shuffle_seed,
@@ -1568,42 +1573,51 @@ impl Pipeline {
                 block.report.chunks = block.chunks.len() as u32;
                 self.pump_cascade(now, block)
             }
+            // One round of several chunks' Cascade messages.
+            (_, Phase::Correct, Some(Protocol::Pipeline))
+                if self.correction == StageKind::Cascade =>
+            {
+                let entries = wire::decode_chunk_batch(message, block.chunks.len())
+                    .map_err(|e| bad(&e.to_string()))?;
+                for (chunk, inner) in entries {
+                    let i = chunk as usize;
+                    let result = match self.role {
+                        Role::Alice => block
+                            .cascade_alice
+                            .get_mut(i)
+                            .ok_or_else(|| bad("no such chunk"))?
+                            .handle_input(now, inner),
+                        Role::Bob => block
+                            .cascade_bob
+                            .get_mut(i)
+                            .ok_or_else(|| bad("no such chunk"))?
+                            .handle_input(now, inner),
+                    };
+                    // A rejected Cascade message changes nothing: a late
+                    // duplicate cannot happen in an ordered stream, so it is
+                    // a protocol fault.
+                    result.map_err(|e| DropReason::Correction(e.to_string()))?;
+                }
+                self.pump_cascade(now, block)
+            }
             (_, Phase::Correct, Some(Protocol::Pipeline)) => {
                 let (chunk, inner) =
                     wire::decode_chunk(message).map_err(|e| bad(&e.to_string()))?;
                 let i = chunk as usize;
-                if self.correction == StageKind::Ldpc {
-                    let result = match self.role {
-                        Role::Alice => block
-                            .ldpc_alice
-                            .get_mut(i)
-                            .ok_or_else(|| bad("no such frame"))?
-                            .handle_input(now, inner),
-                        Role::Bob => block
-                            .ldpc_bob
-                            .get_mut(i)
-                            .ok_or_else(|| bad("no such frame"))?
-                            .handle_input(now, inner),
-                    };
-                    result.map_err(|e| DropReason::Correction(e.to_string()))?;
-                    return self.pump_ldpc(now, block);
-                }
                 let result = match self.role {
                     Role::Alice => block
-                        .cascade_alice
+                        .ldpc_alice
                         .get_mut(i)
-                        .ok_or_else(|| bad("no such chunk"))?
+                        .ok_or_else(|| bad("no such frame"))?
                         .handle_input(now, inner),
                     Role::Bob => block
-                        .cascade_bob
+                        .ldpc_bob
                         .get_mut(i)
-                        .ok_or_else(|| bad("no such chunk"))?
+                        .ok_or_else(|| bad("no such frame"))?
                         .handle_input(now, inner),
                 };
-                // A rejected Cascade message changes nothing: a late duplicate
-                // cannot happen in an ordered stream, so it is a protocol fault.
                 result.map_err(|e| DropReason::Correction(e.to_string()))?;
-                self.pump_cascade(now, block)
+                self.pump_ldpc(now, block)
             }
             // Bob: Alice's challenge, then the Toeplitz seed.
             (Role::Bob, Phase::Confirm, Some(Protocol::Confirm)) => {
@@ -1857,15 +1871,32 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Moves Cascade messages into the stream and collects the outcomes.
+    /// Moves Cascade messages into the stream, every chunk's in one batch
+    /// (see [`wire`](wire#cascade-rounds-in-one-message)), and collects the
+    /// outcomes.
     fn pump_cascade(&mut self, now: Instant, block: &mut Block) -> Result<(), DropReason> {
-        let mut out = Vec::new();
+        // One message per chunk and turn is the rule; `later` holds any
+        // further ones (none with today's machines) for following batches.
+        let mut batch: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut later: Vec<Vec<(u32, Vec<u8>)>> = Vec::new();
         let mut events = Vec::new();
+        let mut take = |i: usize, msg: Vec<u8>, turn: usize| {
+            if turn == 0 {
+                batch.push((i as u32, msg));
+            } else {
+                if later.len() < turn {
+                    later.resize_with(turn, Vec::new);
+                }
+                later[turn - 1].push((i as u32, msg));
+            }
+        };
         match self.role {
             Role::Alice => {
                 for (i, m) in block.cascade_alice.iter_mut().enumerate() {
+                    let mut turn = 0;
                     while let Some(msg) = m.poll_transmit(now) {
-                        out.push(wire::encode_chunk(i as u32, &msg));
+                        take(i, msg, turn);
+                        turn += 1;
                     }
                     while let Some(e) = m.poll_event() {
                         events.push(e);
@@ -1874,8 +1905,10 @@ impl Pipeline {
             }
             Role::Bob => {
                 for (i, m) in block.cascade_bob.iter_mut().enumerate() {
+                    let mut turn = 0;
                     while let Some(msg) = m.poll_transmit(now) {
-                        out.push(wire::encode_chunk(i as u32, &msg));
+                        take(i, msg, turn);
+                        turn += 1;
                     }
                     while let Some(e) = m.poll_event() {
                         events.push(e);
@@ -1883,8 +1916,17 @@ impl Pipeline {
                 }
             }
         }
-        for m in out {
-            self.push_message(block, m);
+        for mut entries in core::iter::once(batch).chain(later) {
+            if !entries.is_empty() {
+                let borrowed: Vec<(u32, &[u8])> =
+                    entries.iter().map(|(i, m)| (*i, m.as_slice())).collect();
+                let message = wire::encode_chunk_batch(&borrowed);
+                drop(borrowed);
+                for (_, m) in &mut entries {
+                    m.zeroize();
+                }
+                self.push_message(block, message);
+            }
         }
         for e in events {
             match e {

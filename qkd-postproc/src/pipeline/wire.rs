@@ -47,7 +47,9 @@
 //! estimate `0x12`, Cascade `0x13`, confirm `0x15`), the pipeline sends:
 //!
 //! ```text
-//! Chunk      17 01 10 | chunk u32 | Cascade or LDPC message  (one Cascade run or LDPC frame per chunk of the key)
+//! Chunk      17 01 10 | chunk u32 | LDPC message             (one LDPC frame per chunk of the key)
+//! Batch      17 01 12 | count u32 | count × (chunk u32 | length u32 | Cascade message [length])
+//!                                                             (one message of each of several chunks)
 //! Parameters 17 01 11 | stage u8 | body                      (Alice announces a stage's parameters:
 //!            stage 2 estimate: abort_qber f64 | eps_pe f64; stage 3 cascade: variant u8 | shuffle_seed u64 |
 //!            chunks u32 | chunk bits u32 each; stage 5 amplify: eps_sec f64;
@@ -57,6 +59,44 @@
 //! ```
 //!
 //! [`StageParameters`] gives the bodies. Bits are packed LSB first.
+//!
+//! # Cascade rounds in one message
+//!
+//! Every chunk of a block's key is one Cascade run, and the runs go on side
+//! by side. A **Batch** carries the messages of every chunk that has one
+//! to send at the same moment, in one stream message (so in one Data
+//! frame): after a side has handled a whole batch of the peer, it polls
+//! every chunk's Cascade machine and puts what they produced into the next
+//! batch. Chunks need not be in the same round: a chunk that has finished
+//! simply has nothing in the batch, and one that lags is answered in the
+//! batch after. The rule, checked by [`decode_chunk_batch`]:
+//! `1 ≤ count ≤` the block's chunk count, chunk indices strictly increasing
+//! (at most one message per chunk, one encoding per batch) and below the
+//! chunk count, every `length ≥ 1`, no trailing bytes. A Cascade machine
+//! emits at most one message per input, so one batch is enough per turn;
+//! should a chunk ever have two, the second goes into a following batch,
+//! which keeps every chunk's messages in order.
+//!
+//! The batch is a stream message like any other: it is absorbed into the
+//! block's transcript as `block u64 | seq u32 | batch bytes` (the
+//! encoding is injective: a length before every message), so the
+//! transcript tags cover every chunk's message and its index, as they did
+//! when each chunk message was a stream message of its own.
+//!
+//! The batch is new in version 1 of the framing (builds before it sent each
+//! Cascade message in its own Chunk). The two forms do not mix: a side of
+//! either build drops a Cascade block whose correction messages come in the
+//! other form ([`DropReason::Protocol`](super::DropReason::Protocol), on
+//! both sides, no key), so two such builds keep the link up but agree on
+//! no block; LDPC frames still travel as Chunks.
+//!
+//! Example: the messages of chunks 0 and 2 (3 and 2 bytes):
+//!
+//! ```text
+//! 17 01 12  00 00 00 02                                count 2
+//! 00 00 00 00  00 00 00 03  aa bb cc                    chunk 0, 3 bytes
+//! 00 00 00 02  00 00 00 02  dd ee                       chunk 2, 2 bytes
+//! ```
 
 use bytes::BufMut;
 use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, put_bits, strip_crc32};
@@ -72,6 +112,7 @@ const TYPE_ACK: u8 = 2;
 const TYPE_CONTROL: u8 = 3;
 const TYPE_CHUNK: u8 = 0x10;
 const TYPE_PARAMETERS: u8 = 0x11;
+const TYPE_CHUNK_BATCH: u8 = 0x12;
 const AMPLIFY_VERSION: u8 = 1;
 const TYPE_SEED: u8 = 1;
 
@@ -625,7 +666,8 @@ impl StageParameters {
     }
 }
 
-/// Wraps one Cascade or LDPC message for chunk (or frame) `chunk`.
+/// Wraps one LDPC message for frame `chunk` (Cascade's go in batches:
+/// [`encode_chunk_batch`]).
 #[must_use]
 pub fn encode_chunk(chunk: u32, cascade: &[u8]) -> Vec<u8> {
     let mut out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_CHUNK).start(4 + cascade.len());
@@ -634,7 +676,7 @@ pub fn encode_chunk(chunk: u32, cascade: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Unwraps a chunk message: the chunk and the Cascade message.
+/// Unwraps a chunk message: the chunk and the LDPC message.
 ///
 /// # Errors
 /// A [`WireError`] if it is not a chunk message.
@@ -651,6 +693,63 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
     Ok((chunk, rest))
 }
 
+/// Wraps one message of each of several chunks (a [Batch](self#cascade-rounds-in-one-message)):
+/// `entries` in strictly increasing chunk order, every message non-empty.
+#[must_use]
+pub fn encode_chunk_batch(entries: &[(u32, &[u8])]) -> Vec<u8> {
+    let body: usize = entries.iter().map(|(_, m)| 8 + m.len()).sum();
+    let mut out = Envelope::new(Protocol::Pipeline, VERSION, TYPE_CHUNK_BATCH).start(4 + body);
+    out.put_u32(entries.len() as u32);
+    for (chunk, message) in entries {
+        out.put_u32(*chunk);
+        out.put_u32(message.len() as u32);
+        out.extend_from_slice(message);
+    }
+    out
+}
+
+/// Unwraps a batch for a block of `chunks` chunks: the chunk and message of
+/// each entry, borrowing `bytes`.
+///
+/// # Errors
+/// A [`WireError`] if it is not a batch, has no entry or more than `chunks`
+/// (checked before anything is allocated), a chunk index that is not above
+/// the previous one or not below `chunks`, an empty or overlong message, or
+/// trailing bytes.
+pub fn decode_chunk_batch(bytes: &[u8], chunks: usize) -> Result<Vec<(u32, &[u8])>, WireError> {
+    let mut r = Reader::new(bytes);
+    if r.envelope(Protocol::Pipeline, VERSION)? != TYPE_CHUNK_BATCH {
+        return Err(WireError::invalid("type", "not a chunk batch"));
+    }
+    // An entry takes 9 bytes at least: chunk, length, one byte of message.
+    let count = r.count_u32("count", chunks.min(MAX_CHUNKS), 9)?;
+    if count == 0 {
+        return Err(WireError::invalid("count", "a batch must not be empty"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut next = 0u32;
+    for _ in 0..count {
+        let chunk = r.u32()?;
+        if chunk < next || chunk as usize >= chunks {
+            return Err(WireError::invalid(
+                "chunk",
+                "must be above the previous one and below the chunk count",
+            ));
+        }
+        next = chunk + 1;
+        let length = r.u32()? as usize;
+        if length == 0 {
+            return Err(WireError::invalid(
+                "length",
+                "a chunk message must not be empty",
+            ));
+        }
+        entries.push((chunk, r.bytes(length)?));
+    }
+    r.finish()?;
+    Ok(entries)
+}
+
 /// The type byte of a pipeline stage message (`Chunk` or `Parameters`), if
 /// `bytes` is one.
 #[must_use]
@@ -665,6 +764,12 @@ pub fn pipeline_type(bytes: &[u8]) -> Option<u8> {
 #[must_use]
 pub fn is_chunk(bytes: &[u8]) -> bool {
     pipeline_type(bytes) == Some(TYPE_CHUNK)
+}
+
+/// Whether a pipeline stage message is a batch of chunk messages.
+#[must_use]
+pub fn is_chunk_batch(bytes: &[u8]) -> bool {
+    pipeline_type(bytes) == Some(TYPE_CHUNK_BATCH)
 }
 
 /// The Toeplitz seed Alice sends with her confirmation challenge.
@@ -925,7 +1030,75 @@ mod tests {
         assert!(ControlBody::decode(&hello).is_err());
     }
 
+    #[test]
+    fn batch_example_bytes() {
+        let bytes = encode_chunk_batch(&[(0, &[0xaa, 0xbb, 0xcc][..]), (2, &[0xdd, 0xee][..])]);
+        assert_eq!(
+            bytes,
+            [
+                0x17, 1, 0x12, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0xaa, 0xbb, 0xcc, 0, 0, 0, 2, 0,
+                0, 0, 2, 0xdd, 0xee
+            ]
+        );
+        assert!(is_chunk_batch(&bytes) && !is_chunk(&bytes));
+        assert_eq!(
+            decode_chunk_batch(&bytes, 3).unwrap(),
+            vec![(0, &[0xaa, 0xbb, 0xcc][..]), (2, &[0xdd, 0xee][..])]
+        );
+        // Chunk 2 of a block of two chunks.
+        assert!(decode_chunk_batch(&bytes, 2).is_err());
+        // A chunk count above the block's, checked before allocating.
+        let mut many = bytes.clone();
+        many[3..7].copy_from_slice(&3u32.to_be_bytes());
+        assert!(matches!(
+            decode_chunk_batch(&many, 2),
+            Err(WireError::TooMany { .. })
+        ));
+        // A count the bytes cannot hold.
+        many[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_chunk_batch(&many, MAX_CHUNKS).is_err());
+    }
+
+    #[test]
+    fn malformed_batches_are_refused() {
+        let good = |entries: &[(u32, &[u8])]| encode_chunk_batch(entries);
+        // Empty.
+        assert!(decode_chunk_batch(&good(&[]), 4).is_err());
+        // The same chunk twice, or out of order: two encodings of one turn.
+        assert!(decode_chunk_batch(&good(&[(1, b"a"), (1, b"b")]), 4).is_err());
+        assert!(decode_chunk_batch(&good(&[(2, b"a"), (1, b"b")]), 4).is_err());
+        // An empty message.
+        assert!(decode_chunk_batch(&good(&[(1, b"")]), 4).is_err());
+        // A length past the end, and trailing bytes.
+        let mut long = good(&[(1, b"ab")]);
+        long[14] = 3;
+        assert!(decode_chunk_batch(&long, 4).is_err());
+        let mut trailing = good(&[(1, b"ab")]);
+        trailing.push(0);
+        assert!(decode_chunk_batch(&trailing, 4).is_err());
+        // A chunk message is not a batch.
+        assert!(decode_chunk_batch(&encode_chunk(0, b"ab"), 4).is_err());
+        assert!(decode_chunk_batch(&good(&[(1, b"ab")]), 0).is_err());
+    }
+
     proptest::proptest! {
+        /// A batch decodes to the entries it was made of.
+        #[test]
+        fn batches_round_trip(
+            messages in proptest::collection::btree_map(
+                0u32..64,
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40),
+                1..16,
+            ),
+        ) {
+            let entries: Vec<(u32, &[u8])> =
+                messages.iter().map(|(c, m)| (*c, m.as_slice())).collect();
+            let bytes = encode_chunk_batch(&entries);
+            proptest::prop_assert_eq!(decode_chunk_batch(&bytes, 64).unwrap(), entries.clone());
+            let last = entries.last().map_or(0, |e| e.0) as usize;
+            proptest::prop_assert!(decode_chunk_batch(&bytes, last).is_err());
+        }
+
         /// Whatever decodes re-encodes to the same bytes (one encoding per
         /// message), for every decoder of this module.
         #[test]
@@ -944,6 +1117,9 @@ mod tests {
             }
             if let Ok((chunk, inner)) = decode_chunk(&bytes) {
                 proptest::prop_assert_eq!(encode_chunk(chunk, inner), bytes.clone());
+            }
+            if let Ok(entries) = decode_chunk_batch(&bytes, MAX_CHUNKS) {
+                proptest::prop_assert_eq!(encode_chunk_batch(&entries), bytes.clone());
             }
         }
 
