@@ -1,5 +1,5 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // allowed in `pext` only (BMI2 bit gather)
 #![warn(missing_docs)]
 
 pub mod bits;
@@ -11,6 +11,7 @@ mod error;
 pub mod key;
 pub mod machine;
 pub mod module;
+mod pext;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod wire;
