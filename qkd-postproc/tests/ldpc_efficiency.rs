@@ -21,8 +21,13 @@ fn env(name: &str, default: f64) -> f64 {
 }
 
 /// `LDPC_SHIFT`, `LDPC_SHIFT2`, `LDPC_OFFSET` override the decoder's
-/// default scaling (for tuning).
+/// default scaling, `LDPC_CAP` its sum-product message cap (for tuning).
 fn scaling_from_env(decoder: &mut Decoder) {
+    if std::env::var("LDPC_CAP").is_ok() {
+        decoder
+            .set_message_max(env("LDPC_CAP", 27.0) as u8)
+            .unwrap();
+    }
     if std::env::var("LDPC_RULE").is_ok_and(|r| r == "minsum") {
         decoder.set_rule(qkd_postproc::ldpc::CheckRule::MinSum);
     }
@@ -421,8 +426,10 @@ fn plan_probe() {
     )
     .unwrap();
     let mut decoder = Decoder::new(plan.code().clone());
+    scaling_from_env(&mut decoder);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let mut fails = 0;
+    let mut residual = Vec::new();
     for _ in 0..trials {
         let a = BitVec::random(plan.key_len(), &mut rng);
         let b = noisy(&a, q, &mut rng);
@@ -436,10 +443,11 @@ fn plan_probe() {
             .keys_equal
         {
             fails += 1;
+            residual.push(plan.key_of(&decoder.decisions()).hamming_distance(&a));
         }
     }
     println!(
-        "rate {:.3} p {} s {} key {} untainted {} fer {:.2}",
+        "rate {:.3} p {} s {} key {} untainted {} fer {:.4} ({fails} of {trials}, wrong bits {residual:?})",
         plan.code().rate(),
         plan.punctured(),
         plan.shortened(),
