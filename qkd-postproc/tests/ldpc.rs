@@ -410,3 +410,15 @@ fn message_max_is_checked() {
     assert!(decoder.set_message_max(1).is_ok());
     assert!(decoder.set_message_max(127).is_ok());
 }
+
+/// Channel LLRs are in steps of 1/8 nat; 127 is kept for known bits.
+#[test]
+fn channel_magnitudes() {
+    use qkd_postproc::ldpc::channel_magnitude;
+    assert_eq!(channel_magnitude(0.10), 18);
+    assert_eq!(channel_magnitude(0.01), 37);
+    assert_eq!(channel_magnitude(0.0), 126);
+    assert_eq!(channel_magnitude(1e-12), 126);
+    assert_eq!(channel_magnitude(0.5), 1);
+    assert_eq!(channel_magnitude(f64::NAN), 1);
+}

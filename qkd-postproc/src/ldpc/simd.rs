@@ -174,14 +174,16 @@ fn lanes_portable(
     }
 }
 
-/// `4·ln(1 + e^(−x/4))` for `x = i`, rounded: the correction term of the
-/// box-plus operation on LLRs in steps of 1/4 nat, indexed by `min(x, 15)`
-/// (0 from `x = 9`; `tests::correction_table` checks it).
-pub(crate) const CORRECTION: [u8; 16] = [3, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+/// `8·ln(1 + e^(−x/8))` for `x = i`, rounded: the correction term of the
+/// box-plus operation on LLRs in steps of 1/8 nat, indexed by `min(x, 31)`
+/// (0 from `x = 22`; `tests::correction_table` checks it).
+pub(crate) const CORRECTION: [u8; 32] = [
+    6, 5, 5, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 #[inline]
 fn correction(x: u8) -> u8 {
-    CORRECTION[usize::from(x.min(15))]
+    CORRECTION[usize::from(x.min(31))]
 }
 
 /// The magnitude of `a ⊞ b` for magnitudes `a, b ≤ 127`:
@@ -377,7 +379,7 @@ mod x86 {
         let lo = _mm256_set1_epi8(-127);
         let top = _mm256_set1_epi8(127);
         let zero = _mm256_setzero_si256();
-        let fifteen = _mm256_set1_epi8(15);
+        let thirty_one = _mm256_set1_epi8(31);
         let cap = _mm256_set1_epi8(cap as i8);
         let lo16 = _mm256_set1_epi16(-super::POSTERIOR_MAX);
         let load16 = |s: &[i16], at: usize| {
@@ -418,17 +420,28 @@ mod x86 {
                 _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
             )
         };
-        let table = {
-            let t = super::CORRECTION;
+        // The two halves of the table, each repeated in both 128-bit lanes
+        // (the shuffle looks up within a lane).
+        let half = |h: usize| {
+            let t = &super::CORRECTION[16 * h..16 * h + 16];
             let mut b = [0u8; 32];
-            b[..16].copy_from_slice(&t);
-            b[16..].copy_from_slice(&t);
+            b[..16].copy_from_slice(t);
+            b[16..].copy_from_slice(t);
             // SAFETY: `b` is 32 readable bytes; loadu has no alignment
             // requirement.
             unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
         };
-        // c(x) = CORRECTION[min(x, 15)] for unsigned bytes x.
-        let correction = |x: __m256i| _mm256_shuffle_epi8(table, _mm256_min_epu8(x, fifteen));
+        let (table_lo, table_hi) = (half(0), half(1));
+        // c(x) = CORRECTION[min(x, 31)] for unsigned bytes x: both halves
+        // looked up by the low 4 bits, bit 4 (moved to bit 7) picks one.
+        let correction = |x: __m256i| {
+            let i = _mm256_min_epu8(x, thirty_one);
+            _mm256_blendv_epi8(
+                _mm256_shuffle_epi8(table_lo, i),
+                _mm256_shuffle_epi8(table_hi, i),
+                _mm256_slli_epi16::<3>(i),
+            )
+        };
         let boxplus = |a: __m256i, b: __m256i| {
             let sum = _mm256_adds_epu8(a, b);
             let diff = _mm256_or_si256(_mm256_subs_epu8(a, b), _mm256_subs_epu8(b, a));
@@ -744,24 +757,24 @@ mod tests {
         }
     }
 
-    /// The table is `4·ln(1 + e^(−x/4))`.
+    /// The table is `8·ln(1 + e^(−x/8))`.
     #[test]
     fn correction_table() {
         for (i, &c) in CORRECTION.iter().enumerate() {
             let x = i as f64;
-            let want = (4.0 * (1.0 + (-x / 4.0).exp()).ln()).round();
+            let want = (8.0 * (1.0 + (-x / 8.0).exp()).ln()).round();
             assert_eq!(f64::from(c), want, "entry {i}");
         }
     }
 
     /// Box-plus of two magnitudes against `2·atanh(tanh(a/2)·tanh(b/2))`
-    /// in steps of 1/4 nat: within one step everywhere.
+    /// in steps of 1/8 nat: within one step everywhere.
     #[test]
     fn boxplus_is_near_exact() {
         for a in 0..=127u8 {
             for b in 0..=127u8 {
-                let (x, y) = (f64::from(a) / 4.0, f64::from(b) / 4.0);
-                let exact = 2.0 * ((x / 2.0).tanh() * (y / 2.0).tanh()).atanh() * 4.0;
+                let (x, y) = (f64::from(a) / 8.0, f64::from(b) / 8.0);
+                let exact = 2.0 * ((x / 2.0).tanh() * (y / 2.0).tanh()).atanh() * 8.0;
                 let got = f64::from(boxplus(a, b));
                 assert!(
                     (got - exact.min(127.0)).abs() <= 1.0,
