@@ -295,6 +295,84 @@ fn ec_good_run_with_a_plot() {
     assert!(svg.contains("<svg"));
 }
 
+/// `--method cascade,ldpc` runs both into one table (and one plot); a
+/// variant of a method not asked for is refused.
+#[test]
+fn ec_cascade_and_ldpc_in_one_run() {
+    let dir = scratch("ec_both");
+    let plot = dir.join("f.svg");
+    let out = qkd(&[
+        "ec",
+        "--method",
+        "cascade,ldpc",
+        "--n",
+        "4096",
+        "--trials",
+        "3",
+        "--qber",
+        "0.05",
+        "--plot",
+        s(&plot),
+    ])
+    .assert()
+    .success()
+    .get_output()
+    .clone();
+    let rows = ec_rows(&out.stdout);
+    let methods: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(methods, ["cascade", "ldpc"], "{rows:?}");
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.contains("cascade option8") && svg.contains("ldpc blind"));
+    refused(
+        qkd(&["ec", "--method", "cascade", "--variant", "blind"]),
+        FAILURE,
+        &["--variant blind", "--method cascade"],
+    );
+}
+
+#[test]
+fn ldpc_fer_writes_csv_and_plot_and_refuses_bad_flags() {
+    let dir = scratch("ldpc_fer");
+    let csv = dir.join("fer.csv");
+    let plot = dir.join("fer.svg");
+    qkd(&[
+        "ldpc",
+        "fer",
+        "--n",
+        "1024",
+        "--trials",
+        "2",
+        "--efficiency",
+        "1.3",
+        "--out",
+        s(&csv),
+        "--plot",
+        s(&plot),
+    ])
+    .assert()
+    .success();
+    let text = std::fs::read_to_string(&csv).expect("csv written");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("rate,n,qber,f,trials,failures,fer,iterations_mean")
+    );
+    assert_eq!(lines.count(), 9, "one row per rung");
+    assert!(
+        std::fs::read_to_string(&plot)
+            .expect("plot")
+            .contains("R = 0.500")
+    );
+    for (flag, value) in [
+        ("--n", "100"),
+        ("--trials", "0"),
+        ("--efficiency", "0.9"),
+        ("--efficiency", "nan"),
+    ] {
+        refused(qkd(&["ldpc", "fer", flag, value]), USAGE, &[flag]);
+    }
+}
+
 // ------------------------------------------------------------ qkd simulate
 
 #[test]

@@ -1,12 +1,13 @@
 //! LDPC decoding throughput: Bob's side of one frame (syndrome decoding,
-//! layered sum-product on 8-bit messages, the default rule) at QBER 2 %,
+//! layered sum-product on 8-bit messages and 16-bit posteriors, the
+//! default rule) at QBER 2 %,
 //! 3 % and 5 %, n = 2^14 and 2^16, AVX2 kernel against the portable kernel
 //! in the same run.
 //! Throughput is counted in reconciled key bits (`n − p − s`) per second.
 //!
 //! The rate of each frame is chosen for a syndrome efficiency of 1.45 so
-//! that (almost) every frame decodes in one round (2–3 % of the frames
-//! still fail there, see `decode`'s docs); the number of
+//! that every frame decodes in one round (with 8-bit posteriors 2–5 % of
+//! them diverged there; see `decode`'s docs); the number of
 //! iterations, and so the time, grows as the rate approaches the code's
 //! threshold.
 //!

@@ -21,8 +21,13 @@ fn env(name: &str, default: f64) -> f64 {
 }
 
 /// `LDPC_SHIFT`, `LDPC_SHIFT2`, `LDPC_OFFSET` override the decoder's
-/// default scaling (for tuning).
+/// default scaling, `LDPC_CAP` its sum-product message cap (for tuning).
 fn scaling_from_env(decoder: &mut Decoder) {
+    if std::env::var("LDPC_CAP").is_ok() {
+        decoder
+            .set_message_max(env("LDPC_CAP", 27.0) as u8)
+            .unwrap();
+    }
     if std::env::var("LDPC_RULE").is_ok_and(|r| r == "minsum") {
         decoder.set_rule(qkd_postproc::ldpc::CheckRule::MinSum);
     }
@@ -421,8 +426,10 @@ fn plan_probe() {
     )
     .unwrap();
     let mut decoder = Decoder::new(plan.code().clone());
+    scaling_from_env(&mut decoder);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let mut fails = 0;
+    let mut residual = Vec::new();
     for _ in 0..trials {
         let a = BitVec::random(plan.key_len(), &mut rng);
         let b = noisy(&a, q, &mut rng);
@@ -436,10 +443,11 @@ fn plan_probe() {
             .keys_equal
         {
             fails += 1;
+            residual.push(plan.key_of(&decoder.decisions()).hamming_distance(&a));
         }
     }
     println!(
-        "rate {:.3} p {} s {} key {} untainted {} fer {:.2}",
+        "rate {:.3} p {} s {} key {} untainted {} fer {:.4} ({fails} of {trials}, wrong bits {residual:?})",
         plan.code().rate(),
         plan.punctured(),
         plan.shortened(),
@@ -447,4 +455,75 @@ fn plan_probe() {
         plan.code().untainted(),
         fails as f64 / trials as f64
     );
+}
+
+/// CPU seconds of this thread so far (user + system, from
+/// `/proc/thread-self/stat`, in clock ticks of 10 ms); `None` off Linux.
+fn thread_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name (which is in parentheses).
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Decoder throughput in key bits per CPU-second of the decoding thread
+/// (robust on a shared machine where wall-clock medians swing): the
+/// frames of the criterion bench (f = 1.45, n = `LDPC_N`, QBER 2, 3, 5 %),
+/// `LDPC_TRIALS` frames decoded `LDPC_ROUNDS` times.
+#[test]
+#[ignore = "slow: decoder CPU time"]
+fn decoder_cpu_time() {
+    let n = env("LDPC_N", 65536.0) as usize;
+    let trials = env("LDPC_TRIALS", 40.0) as usize;
+    let rounds = env("LDPC_ROUNDS", 5.0) as usize;
+    let mut cache = CodeCache::new();
+    println!("n,qber,key_len,frames,cpu_s,mbit_per_cpu_s,iterations_mean,failed");
+    for qber in [0.02, 0.03, 0.05] {
+        let plan = choose_plan(
+            &mut cache,
+            n,
+            SHIPPED_SEED,
+            qber,
+            RateChoice {
+                modulated: 0.1,
+                target_efficiency: 1.45,
+            },
+        )
+        .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let frames: Vec<(Vec<i8>, BitVec)> = (0..trials)
+            .map(|_| {
+                let alice = BitVec::random(plan.key_len(), &mut rng);
+                let bob = noisy(&alice, qber, &mut rng);
+                let frame = plan.alice_frame(&alice, &mut rng).unwrap();
+                let llrs = plan
+                    .bob_llrs(&bob, qkd_postproc::ldpc::channel_magnitude(qber))
+                    .unwrap();
+                (llrs, plan.code().syndrome(&frame))
+            })
+            .collect();
+        let mut decoder = Decoder::new(plan.code().clone());
+        let (mut iterations, mut failed) = (0u64, 0u64);
+        let start = thread_cpu_seconds().unwrap_or(0.0);
+        for _ in 0..rounds {
+            for (llrs, syndrome) in &frames {
+                let out = decoder.decode(llrs, syndrome, 100).unwrap();
+                iterations += u64::from(out.iterations);
+                failed += u64::from(!out.converged);
+            }
+        }
+        let cpu = thread_cpu_seconds().unwrap_or(0.0) - start;
+        let decoded = (trials * rounds) as f64;
+        println!(
+            "{n},{qber},{},{},{cpu:.2},{:.2},{:.2},{}",
+            plan.key_len(),
+            trials * rounds,
+            plan.key_len() as f64 * decoded / cpu / 1e6,
+            iterations as f64 / decoded,
+            failed
+        );
+    }
 }

@@ -1,12 +1,15 @@
-//! Layered syndrome decoding on 8-bit messages: sum-product (the default)
-//! or offset min-sum.
+//! Layered syndrome decoding with 16-bit posteriors and 8-bit messages:
+//! sum-product (the default) or offset min-sum.
 //!
 //! Bob holds a noisy copy `y` of Alice's frame `x` and her syndrome
 //! `s = H·x`; the decoder looks for the `x̂` with `H·x̂ = s` nearest to `y`.
-//! Log-likelihood ratios `L(v) = ln P(x_v = 0) / P(x_v = 1)` are signed
-//! bytes in steps of 1/4 nat saturated to `±127`: a key bit starts at `±c`
-//! (the channel magnitude `4·ln((1 − q)/q)`, see [`channel_magnitude`]), a
-//! punctured bit at 0, a shortened bit at `±127`.
+//! Log-likelihood ratios `L(v) = ln P(x_v = 0) / P(x_v = 1)` are integers
+//! in steps of 1/8 nat. The channel gives signed bytes: a key bit starts
+//! at `±c` (the channel magnitude `8·ln((1 − q)/q)`, see
+//! [`channel_magnitude`]), a punctured bit at 0, a shortened or revealed
+//! bit at `±127` ([`LLR_MAX`]), which the decoder reads as known
+//! (posterior `±`[`KNOWN`]). Posteriors are 16-bit, saturated to
+//! `±32767`; check-to-variable messages are bytes.
 //!
 //! One iteration visits the base rows in order (a layer is the `Z` checks
 //! of one base row; in a quasi-cyclic code they share no variable, so they
@@ -14,37 +17,49 @@
 //! `s_i` and variables `v_1..v_d`:
 //!
 //! ```text
-//! q_k   = sat(L(v_k) − R_k)                      (remove the old message)
-//! R'_k  = (−1)^(s_i) · Π_{l≠k} sign(q_l) · M_k
-//! L(v_k) = sat(q_k + R'_k),   R_k = R'_k
+//! q_k   = sat16(L(v_k) − R_k)                    (remove the old message)
+//! b_k   = sat8(q_k)                              (the check's 8-bit view)
+//! R'_k  = (−1)^(s_i) · Π_{l≠k} sign(b_l) · M_k
+//! L(v_k) = sat16(q_k + R'_k),   R_k = R'_k
 //! ```
 //!
-//! where `sign(0) = +` and `sat` clamps to `[−127, 127]`. The magnitude
-//! `M_k` depends on the [`CheckRule`]:
+//! where `sign(0) = +`, `sat16` clamps to `[−32767, 32767]` and `sat8` to
+//! `[−127, 127]`. The magnitude `M_k` depends on the [`CheckRule`]:
 //!
-//! - [`CheckRule::SumProduct`] (default): `M_k = ⊞_{l≠k} |q_l|`, the
+//! - [`CheckRule::SumProduct`] (default): `M_k = ⊞_{l≠k} |b_l|`, the
 //!   box-plus `a ⊞ b = min(a, b) + c(a + b) − c(|a − b|)` on magnitudes with
-//!   the correction `c(x) = 4·ln(1 + e^(−x/4))` from a 16-entry table
+//!   the correction `c(x) = 8·ln(1 + e^(−x/8))` from a 32-entry table
 //!   (floored at 0, capped at 127; the exact belief-propagation rule to a
-//!   rounding step), computed by a forward and a backward chain per check.
+//!   rounding step), computed by a forward and a backward chain per check,
+//!   then capped at the message limit ([`Decoder::set_message_max`],
+//!   default [`DEFAULT_MESSAGE_MAX`]).
 //!   The codes of the ladder are optimised for belief propagation and need
 //!   it: min-sum decodes none of them near their thresholds.
-//! - [`CheckRule::MinSum`]: `M_k = α · min_{l≠k} |q_l|`, computed as
+//! - [`CheckRule::MinSum`]: `M_k = α · min_{l≠k} |b_l|`, computed as
 //!   `max(0, m − (m >> 5) − 1)` (offset min-sum with a slight
 //!   normalisation; the shifts and offset can be set with
 //!   [`Decoder::set_scaling`]); faster, for codes designed for it.
 //!
-//! Messages of the sum-product rule are capped at 27 (6.75 nats), a
-//! fifth of the posterior range, so that a posterior clipped at 127
-//! cannot be undone by one message. After each iteration the hard decisions
+//! Why 16-bit posteriors: with 8-bit posteriors a high-degree variable's
+//! evidence is clipped at 127, one strong message undoes it, and 2–4 % of
+//! the frames diverged even at a generous f = 1.45 (thousands of wrong
+//! bits); capping messages at 27 to protect clipped posteriors left a few
+//! wrong bits in others. With 16-bit posteriors neither happens (the
+//! `plan_probe` measurements are in BENCHMARKS.md), and the cap is no
+//! longer needed.
+//!
+//! After each iteration the hard decisions
 //! (`x̂_v = 1` iff `L(v) < 0`) are checked against the syndrome and decoding
 //! stops on a match. Every operation is on integers and defined lane by
 //! lane, so the portable and the AVX2 kernels ([`Backend`]) give the same
 //! bits; a property test compares them.
 //!
 //! On the binary symmetric channel every key bit has the same |LLR|; the
-//! sum-product rule needs it on the scale of 1/4 nat, min-sum is invariant
-//! to scaling up to its offset.
+//! sum-product rule needs it on the scale of 1/8 nat, min-sum is invariant
+//! to scaling up to its offset (which is in steps of 1/8 nat). Steps of
+//! 1/8 nat rather than 1/4 (messages then reach 15.9 nats, ample for
+//! the check rule) lowered the blind f by 0.01–0.03 from 4 % to 10 %
+//! QBER and the frame error rate of every rung at f = 1.08 (BENCHMARKS.md).
 
 use std::sync::Arc;
 
@@ -60,8 +75,19 @@ pub const DEFAULT_SHIFT2: u8 = 0;
 /// Default offset subtracted after normalising.
 pub const DEFAULT_OFFSET: u8 = 1;
 
-/// Saturation bound of every message and posterior.
+/// Saturation bound of channel LLRs and messages; a channel LLR of
+/// `±LLR_MAX` marks a bit the decoder knows (shortened or revealed).
 pub const LLR_MAX: i8 = 127;
+
+/// The posterior of a known bit (channel LLR `±LLR_MAX`): far above what
+/// the messages of any column can sum to against it.
+pub const KNOWN: i16 = 16_384;
+
+/// Default cap of sum-product messages (see [`Decoder::set_message_max`]):
+/// the byte range, no cap. Measured with `plan_probe` (BENCHMARKS.md):
+/// with 16-bit posteriors caps of 40, 63 and 127 fail alike (0–2 frames
+/// of 400), 27 leaves a few wrong bits in up to 2 % of the frames.
+pub const DEFAULT_MESSAGE_MAX: u8 = 127;
 
 /// Which layer kernel the decoder runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,24 +120,25 @@ impl Backend {
     }
 }
 
-/// The channel LLR magnitude of a key bit at `qber`: `4·ln((1 − q)/q)`
-/// rounded (LLRs in steps of 1/4 nat), from 1 to 127; 9 at 10 %, 18 at
-/// 1 %. A QBER outside (0, 0.5) gives the nearest end.
+/// The channel LLR magnitude of a key bit at `qber`: `8·ln((1 − q)/q)`
+/// rounded (LLRs in steps of 1/8 nat), from 1 to 126 (127,
+/// [`LLR_MAX`], marks a known bit); 18 at 10 %, 37 at 1 %. A QBER outside
+/// (0, 0.5) gives the nearest end.
 #[must_use]
 pub fn channel_magnitude(qber: f64) -> i8 {
     if qber.is_nan() || qber >= 0.5 {
         return 1;
     }
     if qber <= 0.0 {
-        return LLR_MAX;
+        return LLR_MAX - 1;
     }
     (LLR_STEPS_PER_NAT * ((1.0 - qber) / qber).ln())
         .round()
-        .clamp(1.0, f64::from(LLR_MAX)) as i8
+        .clamp(1.0, f64::from(LLR_MAX - 1)) as i8
 }
 
-/// LLR steps per nat: messages are `round(4·LLR)`.
-pub const LLR_STEPS_PER_NAT: f64 = 4.0;
+/// LLR steps per nat: messages are `round(8·LLR)`.
+pub const LLR_STEPS_PER_NAT: f64 = 8.0;
 
 /// How a check combines its inputs (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -140,18 +167,20 @@ pub struct DecodeOutcome {
 pub struct Decoder {
     code: Arc<LdpcCode>,
     backend: Backend,
-    /// Posteriors, block column by block column.
-    posterior: Vec<i8>,
+    /// Posteriors (16-bit), block column by block column.
+    posterior: Vec<i16>,
     /// Check-to-variable messages, base entry by base entry, lane by lane.
     messages: Vec<i8>,
     /// One layer's rotated posteriors.
-    layer: Vec<i8>,
+    layer: Vec<i16>,
     /// Syndrome sign masks (0 or −128), check by check.
     syndrome_signs: Vec<i8>,
     /// Per-layer scratch of the kernels (`Z` bytes each).
     scratch: simd::Scratch,
     scaling: simd::Scaling,
     rule: CheckRule,
+    /// The largest magnitude of a sum-product message.
+    message_max: u8,
 }
 
 impl Drop for Decoder {
@@ -197,6 +226,7 @@ impl Decoder {
                 offset: DEFAULT_OFFSET,
             },
             rule: CheckRule::default(),
+            message_max: DEFAULT_MESSAGE_MAX,
             code,
             backend,
         }
@@ -237,6 +267,22 @@ impl Decoder {
         self.rule = rule;
     }
 
+    /// Sets the largest magnitude of a sum-product check message, 1 to
+    /// 127 (default [`DEFAULT_MESSAGE_MAX`]).
+    ///
+    /// # Errors
+    /// [`super::LdpcError::Config`] outside 1 to 127.
+    pub fn set_message_max(&mut self, max: u8) -> Result<(), super::LdpcError> {
+        if !(1..=127).contains(&max) {
+            return Err(super::LdpcError::Config {
+                field: "ldpc.message_max",
+                reason: "1 to 127",
+            });
+        }
+        self.message_max = max;
+        Ok(())
+    }
+
     /// The check rule in use.
     #[must_use]
     pub fn rule(&self) -> CheckRule {
@@ -274,7 +320,11 @@ impl Decoder {
             return Err(super::LdpcError::Length);
         }
         for (p, &c) in self.posterior.iter_mut().zip(channel) {
-            *p = c.max(-LLR_MAX);
+            *p = match c {
+                LLR_MAX => KNOWN,
+                i8::MIN | -127 => -KNOWN,
+                c => i16::from(c),
+            };
         }
         self.messages.fill(0);
         for (i, sign) in self.syndrome_signs.iter_mut().enumerate() {
@@ -312,6 +362,7 @@ impl Decoder {
                         signs,
                         d,
                         z,
+                        self.message_max,
                         &mut self.scratch,
                     ),
                     (CheckRule::SumProduct, Backend::Portable) => {
@@ -321,6 +372,7 @@ impl Decoder {
                             signs,
                             d,
                             z,
+                            self.message_max,
                             &mut self.scratch,
                         );
                     }
@@ -371,7 +423,9 @@ impl Decoder {
         let z = code.lifting();
         let acc = &mut self.scratch.parity;
         for r in 0..code.base_rows() {
-            acc.copy_from_slice(&self.syndrome_signs[r * z..(r + 1) * z]);
+            for (a, &s) in acc.iter_mut().zip(&self.syndrome_signs[r * z..(r + 1) * z]) {
+                *a = i16::from(s);
+            }
             for &(c, s) in code.row(r) {
                 let col = &self.posterior[c as usize * z..(c as usize + 1) * z];
                 let s = s as usize;
@@ -382,7 +436,7 @@ impl Decoder {
                     *a ^= p;
                 }
             }
-            if acc.iter().fold(0i8, |o, &a| o | a) < 0 {
+            if acc.iter().fold(0i16, |o, &a| o | a) < 0 {
                 return false;
             }
         }
@@ -404,7 +458,7 @@ impl Decoder {
 
     /// The posteriors of the last decoding (for tests and diagnostics).
     #[must_use]
-    pub fn posteriors(&self) -> &[i8] {
+    pub fn posteriors(&self) -> &[i16] {
         &self.posterior
     }
 }

@@ -4,7 +4,7 @@
 //! ```text
 //!  Alice (reference key)                               Bob (noisy key)
 //!  frame = key ∪ punctured (random) ∪ shortened (0)
-//!  syndrome H·frame ───────────────────────────────▶  decode (min-sum)
+//!  syndrome H·frame ───────────────────────────────▶  decode (sum-product)
 //!                     ◀─────── failed, reveal more ─── (blind only)
 //!  next bits of the reveal order ──────────────────▶  decode again
 //!                     ◀─────────── decoded ────────── key = decisions
@@ -16,7 +16,8 @@
 //!   [`CodeCache`] the caller owns.
 //! - [`alist`]: read and write the `alist` format.
 //! - [`decode`]: layered sum-product (default) or offset min-sum on 8-bit
-//!   messages, portable and AVX2 kernels with the same output.
+//!   messages and 16-bit posteriors, portable and AVX2 kernels with the
+//!   same output.
 //! - [`rate`]: frames with punctured and shortened positions, choosing the
 //!   code for a QBER, the leakage accounting.
 //! - [`machine`]: [`LdpcAlice`] and [`LdpcBob`] on the `Machine` contract,
@@ -25,34 +26,27 @@
 
 //! # Measured (AMD EPYC VM, 2 shared vCPUs, AVX2; partial results)
 //!
-//! Decoder throughput (sum-product, the default), reconciled key bits per
-//! second on one core, frames at a syndrome efficiency of 1.45 (criterion
-//! medians, load average 4–5,
-//! `cargo bench -p qkd-postproc --bench ldpc -- --warm-up-time 1 --measurement-time 3`):
-//!
-//! | n | QBER | AVX2 | portable | ratio |
-//! | --- | --- | --- | --- | --- |
-//! | 2^14 | 2 % | 13.5 Mbit/s | 0.33 Mbit/s | 41× |
-//! | 2^14 | 3 % | 13.9 Mbit/s | 0.40 Mbit/s | 35× |
-//! | 2^14 | 5 % | 16.4 Mbit/s | 0.59 Mbit/s | 28× |
-//! | 2^16 | 2 % | 26.6 Mbit/s | 0.50 Mbit/s | 53× |
-//! | 2^16 | 3 % | 26.4 Mbit/s | 0.51 Mbit/s | 51× |
-//! | 2^16 | 5 % | 36.4 Mbit/s | 0.66 Mbit/s | 55× |
-//!
-//! The target of 100 Mbit/s is not reached. At f = 1.45, 2–3 % of the
-//! frames still fail (the 8-bit decoder diverges on some; see
-//! BENCHMARKS.md).
+//! Decoder throughput (sum-product on 16-bit posteriors, LLRs in steps
+//! of 1/8 nat, the default), reconciled key bits per CPU-second of the
+//! decoding thread, n = 2^16, frames at a syndrome efficiency of 1.45
+//! (`cargo test --release -p qkd-postproc --test ldpc_efficiency --
+//! --ignored --nocapture decoder_cpu_time`, load average 4–5, three runs):
+//! 23–26 Mbit/s at QBER 2 %, 24–34 at 3 %, 34–40 at 5 % (the 8-bit
+//! decoder before: 33–44, 38–50, 28–33 with 5 % of the 5 % frames
+//! failing). The target of 100 Mbit/s is not reached. Against
+//! `ldpc-toolbox` 0.12's fastest decoder on the same code and frames
+//! (`bench-peers/ldpc-toolbox`): 23–41× its throughput at the same or a
+//! lower frame error rate.
 //!
 //! Blind reconciliation, n = 2^17 (117 965 key bits), syndrome aimed at
-//! f = 1.0, reveals of 1 % of n·h2(Q) per round, 10 frames per QBER
-//! (`LDPC_N=131072 LDPC_TRIALS=10 LDPC_F=1.0 LDPC_ROUNDS=100 cargo test
+//! f = 1.05, reveals of 1 % of n·h2(Q) per round, 20 frames per QBER
+//! (`LDPC_N=131072 LDPC_TRIALS=20 LDPC_F=1.05 LDPC_ROUNDS=100 cargo test
 //! --release -p qkd-postproc --test ldpc_efficiency -- --ignored
-//! --nocapture blind_table`): every frame reconciled (fer 0 of 10); mean f
-//! 1.20, 1.17, 1.13, 1.11, 1.09, 1.10, 1.10, 1.12, 1.09, 1.10 at QBER
-//! 1, 2, …, 10 % (the hand-shaped profiles with min-sum: 1.17–1.66). The
-//! target f ≤ 1.08 is not reached: the rate-0.9 profile's own threshold is
-//! at f = 1.15, and the 8-bit decoder is short of float belief propagation
-//! on the same codes.
+//! --nocapture blind_table`): every frame reconciled (fer 0 of 20); mean f
+//! 1.19, 1.14, 1.12, 1.10, 1.07, 1.07, 1.08, 1.07, 1.07, 1.06 at QBER
+//! 1, 2, …, 10 %. f ≤ 1.08 holds from 5 % to 10 %; below 5 % the high-rate
+//! rungs' own thresholds (f ≈ 1.10–1.20 unpunctured, `qkd ldpc fer`) are
+//! the limit.
 
 pub mod alist;
 pub mod code;

@@ -3,9 +3,10 @@
 //!
 //! This is the only module of `ldpc` with `unsafe` code: AVX2 intrinsics
 //! behind run-time detection. Both kernels of a rule compute, lane by lane,
-//! exactly the update written in [`super::decode`] (saturating byte
-//! arithmetic, the same table, the same scaling of the minima, ties keep
-//! the first minimum), so their results are bit-identical;
+//! exactly the update written in [`super::decode`] (16-bit saturating
+//! posteriors, their 8-bit saturated view for the check, saturating byte
+//! arithmetic on messages, the same table, the same scaling of the minima,
+//! ties keep the first minimum), so their results are bit-identical;
 //! `tests::kernels_agree` and the property test in `tests/ldpc.rs` check
 //! it.
 #![allow(unsafe_code)]
@@ -21,7 +22,7 @@ pub(crate) struct Scratch {
     sign: Vec<i8>,
     /// Forward partial results of the sum-product kernel (`d` rows).
     forward: Vec<u8>,
-    pub(crate) parity: Vec<i8>,
+    pub(crate) parity: Vec<i16>,
 }
 
 impl Scratch {
@@ -49,9 +50,20 @@ pub(crate) fn avx2_available() -> bool {
     }
 }
 
+/// The bound of a posterior: 16-bit, symmetric.
+pub(crate) const POSTERIOR_MAX: i16 = i16::MAX;
+
+/// A posterior sum, saturated to `±POSTERIOR_MAX`.
 #[inline]
-fn sat(x: i16) -> i8 {
-    x.clamp(-127, 127) as i8
+fn sat16(x: i32) -> i16 {
+    x.clamp(-i32::from(POSTERIOR_MAX), i32::from(POSTERIOR_MAX)) as i16
+}
+
+/// The 8-bit view of a variable-to-check value: saturated to `±127`, same
+/// sign (0 stays 0).
+#[inline]
+fn narrow(q: i16) -> i8 {
+    q.clamp(-127, 127) as i8
 }
 
 /// The scaling of the minimum magnitudes: `max(0, m − (m >> shift) − offset)`
@@ -77,10 +89,10 @@ fn normalise(m: i8, scaling: Scaling) -> i8 {
 }
 
 /// One layer, lanes `lanes` of `z`: `layer` holds the `d` rotated
-/// posterior rows (`d·z` bytes, updated in place), `messages` the `d` rows
+/// posterior rows (`d·z` 16-bit values, updated in place), `messages` the `d` rows
 /// of check-to-variable messages, `signs` the syndrome sign of each lane.
 pub(crate) fn layer_portable(
-    layer: &mut [i8],
+    layer: &mut [i16],
     messages: &mut [i8],
     signs: &[i8],
     d: usize,
@@ -93,7 +105,7 @@ pub(crate) fn layer_portable(
 
 #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 fn lanes_portable(
-    layer: &mut [i8],
+    layer: &mut [i16],
     messages: &mut [i8],
     signs: &[i8],
     d: usize,
@@ -129,8 +141,9 @@ fn lanes_portable(
         let q_row = &mut layer[k * z + j0..k * z + j1];
         let r_row = &messages[k * z + j0..k * z + j1];
         for t in 0..w {
-            let q = sat(i16::from(q_row[t]) - i16::from(r_row[t]));
+            let q = sat16(i32::from(q_row[t]) - i32::from(r_row[t]));
             q_row[t] = q;
+            let q = narrow(q);
             let a = q.abs();
             min2[t] = min2[t].min(min1[t].max(a));
             if a < min1[t] {
@@ -154,21 +167,23 @@ fn lanes_portable(
             } else {
                 min1[t]
             };
-            let r = if (sign[t] ^ q) < 0 { -mag } else { mag };
-            q_row[t] = sat(i16::from(q) + i16::from(r));
+            let r = if (sign[t] ^ narrow(q)) < 0 { -mag } else { mag };
+            q_row[t] = sat16(i32::from(q) + i32::from(r));
             r_row[t] = r;
         }
     }
 }
 
-/// `4·ln(1 + e^(−x/4))` for `x = i`, rounded: the correction term of the
-/// box-plus operation on LLRs in steps of 1/4 nat, indexed by `min(x, 15)`
-/// (0 from `x = 9`; `tests::correction_table` checks it).
-pub(crate) const CORRECTION: [u8; 16] = [3, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+/// `8·ln(1 + e^(−x/8))` for `x = i`, rounded: the correction term of the
+/// box-plus operation on LLRs in steps of 1/8 nat, indexed by `min(x, 31)`
+/// (0 from `x = 22`; `tests::correction_table` checks it).
+pub(crate) const CORRECTION: [u8; 32] = [
+    6, 5, 5, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 #[inline]
 fn correction(x: u8) -> u8 {
-    CORRECTION[usize::from(x.min(15))]
+    CORRECTION[usize::from(x.min(31))]
 }
 
 /// The magnitude of `a ⊞ b` for magnitudes `a, b ≤ 127`:
@@ -184,43 +199,34 @@ fn boxplus(a: u8, b: u8) -> u8 {
         .min(127)
 }
 
-/// The largest magnitude of a sum-product check message (6.75 nats), a
-/// fifth of the posterior range: a saturated posterior minus a message
-/// keeps at least 100 steps of its sign, and one message cannot flip it.
-/// Without the gap a posterior at 127 (all the evidence of a high-degree
-/// variable, clipped) is undone by one strong message, and the decoder
-/// diverges from frames it had almost corrected (measured with the cap at
-/// 127: every frame failed, most bits wrong). Measured on the rate-0.8
-/// code at n = 2^14, 40 frames: a cap of 20–24 leaves a few residual
-/// errors in a quarter of the frames at f = 1.45, 31–40 lets some frames
-/// diverge, 27 failed none.
-pub(crate) const MESSAGE_MAX: u8 = 27;
-
 /// One layer with the sum-product rule, all `z` lanes (see
 /// [`layer_portable`] for the arguments).
 pub(crate) fn layer_sum_product_portable(
-    layer: &mut [i8],
+    layer: &mut [i16],
     messages: &mut [i8],
     signs: &[i8],
     d: usize,
     z: usize,
+    cap: u8,
     scratch: &mut Scratch,
 ) {
-    lanes_sum_product(layer, messages, signs, d, z, 0..z, scratch);
+    lanes_sum_product(layer, messages, signs, d, z, 0..z, cap, scratch);
 }
 
 /// Lanes `lanes` of one sum-product layer: `q_k = sat(L_k − R_k)`, then
 /// every check's extrinsic magnitudes by forward and backward box-plus
 /// chains (`out_k = (a_0 ⊞ … ⊞ a_{k−1}) ⊞ (a_{k+1} ⊞ … ⊞ a_{d−1})`, for a
-/// check of degree 1 the largest), capped at [`MESSAGE_MAX`], the sign from
+/// check of degree 1 the largest), capped at `cap`, the sign from
 /// the syndrome and the other inputs.
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 fn lanes_sum_product(
-    layer: &mut [i8],
+    layer: &mut [i16],
     messages: &mut [i8],
     signs: &[i8],
     d: usize,
     z: usize,
     lanes: core::ops::Range<usize>,
+    cap: u8,
     scratch: &mut Scratch,
 ) {
     let w = lanes.len();
@@ -242,8 +248,9 @@ fn lanes_sum_product(
         let (done, rest) = forward.split_at_mut(k * w);
         let f_row = &mut rest[..w];
         for t in 0..w {
-            let q = sat(i16::from(q_row[t]) - i16::from(r_row[t]));
+            let q = sat16(i32::from(q_row[t]) - i32::from(r_row[t]));
             q_row[t] = q;
+            let q = narrow(q);
             sign[t] ^= q;
             let a = q.unsigned_abs();
             f_row[t] = if k == 0 {
@@ -258,21 +265,22 @@ fn lanes_sum_product(
         let r_row = &mut messages[k * z + j0..k * z + j1];
         for t in 0..w {
             let q = q_row[t];
-            let a = q.unsigned_abs();
+            let q8 = narrow(q);
+            let a = q8.unsigned_abs();
             let mag = match (k == 0, k + 1 == d) {
                 (true, true) => 127,
                 (true, false) => back[t] as u8,
                 (false, true) => forward[(k - 1) * w + t],
                 (false, false) => boxplus(forward[(k - 1) * w + t], back[t] as u8),
             }
-            .min(MESSAGE_MAX) as i8;
+            .min(cap) as i8;
             back[t] = if k + 1 == d {
                 a as i8
             } else {
                 boxplus(back[t] as u8, a) as i8
             };
-            let r = if (sign[t] ^ q) < 0 { -mag } else { mag };
-            q_row[t] = sat(i16::from(q) + i16::from(r));
+            let r = if (sign[t] ^ q8) < 0 { -mag } else { mag };
+            q_row[t] = sat16(i32::from(q) + i32::from(r));
             r_row[t] = r;
         }
     }
@@ -282,11 +290,12 @@ fn lanes_sum_product(
 /// last multiple of 32 through the portable code. Falls back to the
 /// portable kernel when AVX2 is missing.
 pub(crate) fn layer_sum_product_avx2(
-    layer: &mut [i8],
+    layer: &mut [i16],
     messages: &mut [i8],
     signs: &[i8],
     d: usize,
     z: usize,
+    cap: u8,
     scratch: &mut Scratch,
 ) {
     assert!(layer.len() >= d * z && messages.len() >= d * z && signs.len() >= z);
@@ -295,24 +304,33 @@ pub(crate) fn layer_sum_product_avx2(
     if full > 0 && avx2_available() {
         scratch.forward.resize(d.max(1) * 32, 0);
         // SAFETY: AVX2 was detected on this CPU just above, the lengths the
-        // kernel indexes (d·z bytes of `layer` and `messages`, z of `signs`)
+        // kernel indexes (d·z values of `layer` and `messages`, z of `signs`)
         // were asserted above, and `forward` holds d·32 bytes.
         unsafe {
-            x86::layer_sum_product(layer, messages, signs, d, z, full, &mut scratch.forward);
+            x86::layer_sum_product(
+                layer,
+                messages,
+                signs,
+                d,
+                z,
+                full,
+                cap,
+                &mut scratch.forward,
+            );
         }
         if full < z {
-            lanes_sum_product(layer, messages, signs, d, z, full..z, scratch);
+            lanes_sum_product(layer, messages, signs, d, z, full..z, cap, scratch);
         }
         return;
     }
-    lanes_sum_product(layer, messages, signs, d, z, 0..z, scratch);
+    lanes_sum_product(layer, messages, signs, d, z, 0..z, cap, scratch);
 }
 
 /// The AVX2 kernel: 32 lanes per vector, the lanes past the last multiple
 /// of 32 through the portable code. Falls back to the portable kernel when
 /// AVX2 is missing.
 pub(crate) fn layer_avx2(
-    layer: &mut [i8],
+    layer: &mut [i16],
     messages: &mut [i8],
     signs: &[i8],
     d: usize,
@@ -325,7 +343,7 @@ pub(crate) fn layer_avx2(
     #[cfg(target_arch = "x86_64")]
     if full > 0 && avx2_available() {
         // SAFETY: AVX2 was detected on this CPU just above, and the lengths
-        // the kernel indexes (d·z bytes of `layer` and `messages`, z of
+        // the kernel indexes (d·z values of `layer` and `messages`, z of
         // `signs`) were asserted above.
         unsafe { x86::layer(layer, messages, signs, d, z, full, scaling) };
         if full < z {
@@ -345,33 +363,85 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU must support AVX2; `layer` and `messages` must hold `d·z`
-    /// bytes, `signs` `z`, `forward` `d·32`, and `full ≤ z`.
+    /// values, `signs` `z`, `forward` `d·32`, and `full ≤ z`.
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
     pub(super) unsafe fn layer_sum_product(
-        layer: &mut [i8],
+        layer: &mut [i16],
         messages: &mut [i8],
         signs: &[i8],
         d: usize,
         z: usize,
         full: usize,
+        cap: u8,
         forward: &mut [u8],
     ) {
         let lo = _mm256_set1_epi8(-127);
         let top = _mm256_set1_epi8(127);
         let zero = _mm256_setzero_si256();
-        let fifteen = _mm256_set1_epi8(15);
-        let cap = _mm256_set1_epi8(super::MESSAGE_MAX as i8);
-        let table = {
-            let t = super::CORRECTION;
+        let thirty_one = _mm256_set1_epi8(31);
+        let cap = _mm256_set1_epi8(cap as i8);
+        let lo16 = _mm256_set1_epi16(-super::POSTERIOR_MAX);
+        let load16 = |s: &[i16], at: usize| {
+            let chunk = &s[at..at + 32];
+            let (a, b) = chunk.split_at(16);
+            // SAFETY: `a` and `b` are 16 readable i16 each (32 bytes); loadu
+            // has no alignment requirement.
+            unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().cast()),
+                    _mm256_loadu_si256(b.as_ptr().cast()),
+                )
+            }
+        };
+        let store16 = |s: &mut [i16], at: usize, v0: __m256i, v1: __m256i| {
+            let chunk = &mut s[at..at + 32];
+            let (a, b) = chunk.split_at_mut(16);
+            // SAFETY: `a` and `b` are 16 writable i16 each (32 bytes);
+            // storeu has no alignment requirement.
+            unsafe {
+                _mm256_storeu_si256(a.as_mut_ptr().cast(), v0);
+                _mm256_storeu_si256(b.as_mut_ptr().cast(), v1);
+            }
+        };
+        // 32 posteriors (two vectors of 16) to bytes saturated to ±127, in
+        // lane order (packs interleaves 64-bit quarters; the permute undoes
+        // it).
+        let narrow = |v0: __m256i, v1: __m256i| {
+            _mm256_max_epi8(
+                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi16(v0, v1)),
+                lo,
+            )
+        };
+        // 32 signed bytes to two vectors of 16 i16.
+        let widen = |r: __m256i| {
+            (
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(r)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
+            )
+        };
+        // The two halves of the table, each repeated in both 128-bit lanes
+        // (the shuffle looks up within a lane).
+        let half = |h: usize| {
+            let t = &super::CORRECTION[16 * h..16 * h + 16];
             let mut b = [0u8; 32];
-            b[..16].copy_from_slice(&t);
-            b[16..].copy_from_slice(&t);
+            b[..16].copy_from_slice(t);
+            b[16..].copy_from_slice(t);
             // SAFETY: `b` is 32 readable bytes; loadu has no alignment
             // requirement.
             unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
         };
-        // c(x) = CORRECTION[min(x, 15)] for unsigned bytes x.
-        let correction = |x: __m256i| _mm256_shuffle_epi8(table, _mm256_min_epu8(x, fifteen));
+        let (table_lo, table_hi) = (half(0), half(1));
+        // c(x) = CORRECTION[min(x, 31)] for unsigned bytes x: both halves
+        // looked up by the low 4 bits, bit 4 (moved to bit 7) picks one.
+        let correction = |x: __m256i| {
+            let i = _mm256_min_epu8(x, thirty_one);
+            _mm256_blendv_epi8(
+                _mm256_shuffle_epi8(table_lo, i),
+                _mm256_shuffle_epi8(table_hi, i),
+                _mm256_slli_epi16::<3>(i),
+            )
+        };
         let boxplus = |a: __m256i, b: __m256i| {
             let sum = _mm256_adds_epu8(a, b);
             let diff = _mm256_or_si256(_mm256_subs_epu8(a, b), _mm256_subs_epu8(b, a));
@@ -408,8 +478,12 @@ mod x86 {
             let mut f = zero;
             for k in 0..d {
                 let at = k * z + j;
-                let q = _mm256_max_epi8(_mm256_subs_epi8(load(layer, at), load(messages, at)), lo);
-                store(layer, at, q);
+                let (l0, l1) = load16(layer, at);
+                let (r0, r1) = widen(load(messages, at));
+                let q0 = _mm256_max_epi16(_mm256_subs_epi16(l0, r0), lo16);
+                let q1 = _mm256_max_epi16(_mm256_subs_epi16(l1, r1), lo16);
+                store16(layer, at, q0, q1);
+                let q = narrow(q0, q1);
                 sign = _mm256_xor_si256(sign, q);
                 let a = _mm256_abs_epi8(q);
                 f = if k == 0 { a } else { boxplus(f, a) };
@@ -418,7 +492,8 @@ mod x86 {
             let mut back = zero;
             for k in (0..d).rev() {
                 let at = k * z + j;
-                let q = load(layer, at);
+                let (q0, q1) = load16(layer, at);
+                let q = narrow(q0, q1);
                 let a = _mm256_abs_epi8(q);
                 let mag = match (k == 0, k + 1 == d) {
                     (true, true) => top,
@@ -430,7 +505,13 @@ mod x86 {
                 back = if k + 1 == d { a } else { boxplus(back, a) };
                 let r =
                     _mm256_blendv_epi8(mag, _mm256_sub_epi8(zero, mag), _mm256_xor_si256(sign, q));
-                store(layer, at, _mm256_max_epi8(_mm256_adds_epi8(q, r), lo));
+                let (r0, r1) = widen(r);
+                store16(
+                    layer,
+                    at,
+                    _mm256_max_epi16(_mm256_adds_epi16(q0, r0), lo16),
+                    _mm256_max_epi16(_mm256_adds_epi16(q1, r1), lo16),
+                );
                 store(messages, at, r);
             }
             j += 32;
@@ -441,10 +522,10 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU must support AVX2; `layer` and `messages` must hold `d·z`
-    /// bytes, `signs` `z`, and `full ≤ z`.
+    /// values, `signs` `z`, and `full ≤ z`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn layer(
-        layer: &mut [i8],
+        layer: &mut [i16],
         messages: &mut [i8],
         signs: &[i8],
         d: usize,
@@ -484,6 +565,45 @@ mod x86 {
             // requirement.
             unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v) }
         };
+        let lo16 = _mm256_set1_epi16(-super::POSTERIOR_MAX);
+        let load16 = |s: &[i16], at: usize| {
+            let chunk = &s[at..at + 32];
+            let (a, b) = chunk.split_at(16);
+            // SAFETY: `a` and `b` are 16 readable i16 each (32 bytes); loadu
+            // has no alignment requirement.
+            unsafe {
+                (
+                    _mm256_loadu_si256(a.as_ptr().cast()),
+                    _mm256_loadu_si256(b.as_ptr().cast()),
+                )
+            }
+        };
+        let store16 = |s: &mut [i16], at: usize, v0: __m256i, v1: __m256i| {
+            let chunk = &mut s[at..at + 32];
+            let (a, b) = chunk.split_at_mut(16);
+            // SAFETY: `a` and `b` are 16 writable i16 each (32 bytes);
+            // storeu has no alignment requirement.
+            unsafe {
+                _mm256_storeu_si256(a.as_mut_ptr().cast(), v0);
+                _mm256_storeu_si256(b.as_mut_ptr().cast(), v1);
+            }
+        };
+        // 32 posteriors (two vectors of 16) to bytes saturated to ±127, in
+        // lane order (packs interleaves 64-bit quarters; the permute undoes
+        // it).
+        let narrow = |v0: __m256i, v1: __m256i| {
+            _mm256_max_epi8(
+                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi16(v0, v1)),
+                lo,
+            )
+        };
+        // 32 signed bytes to two vectors of 16 i16.
+        let widen = |r: __m256i| {
+            (
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(r)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
+            )
+        };
         let mut j = 0;
         while j < full {
             let mut min1 = top;
@@ -492,8 +612,12 @@ mod x86 {
             let mut sign = load(signs, j);
             for k in 0..d {
                 let at = k * z + j;
-                let q = _mm256_max_epi8(_mm256_subs_epi8(load(layer, at), load(messages, at)), lo);
-                store(layer, at, q);
+                let (l0, l1) = load16(layer, at);
+                let (r0, r1) = widen(load(messages, at));
+                let q0 = _mm256_max_epi16(_mm256_subs_epi16(l0, r0), lo16);
+                let q1 = _mm256_max_epi16(_mm256_subs_epi16(l1, r1), lo16);
+                store16(layer, at, q0, q1);
+                let q = narrow(q0, q1);
                 let a = _mm256_abs_epi8(q);
                 min2 = _mm256_min_epi8(min2, _mm256_max_epi8(min1, a));
                 let below = _mm256_cmpgt_epi8(min1, a);
@@ -505,12 +629,19 @@ mod x86 {
             let m2 = scale(min2);
             for k in 0..d {
                 let at = k * z + j;
-                let q = load(layer, at);
+                let (q0, q1) = load16(layer, at);
+                let q = narrow(q0, q1);
                 let second = _mm256_cmpeq_epi8(pos, _mm256_set1_epi8(k as u8 as i8));
                 let mag = _mm256_blendv_epi8(m1, m2, second);
                 let r =
                     _mm256_blendv_epi8(mag, _mm256_sub_epi8(zero, mag), _mm256_xor_si256(sign, q));
-                store(layer, at, _mm256_max_epi8(_mm256_adds_epi8(q, r), lo));
+                let (r0, r1) = widen(r);
+                store16(
+                    layer,
+                    at,
+                    _mm256_max_epi16(_mm256_adds_epi16(q0, r0), lo16),
+                    _mm256_max_epi16(_mm256_adds_epi16(q1, r1), lo16),
+                );
                 store(messages, at, r);
             }
             j += 32;
@@ -521,6 +652,24 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A posterior from random bits: small values (near the 8-bit range,
+    /// where narrowing matters), large ones and the saturation bounds.
+    fn posterior(x: u64) -> i16 {
+        match x % 4 {
+            0 => ((x >> 8) % 301) as i16 - 150,
+            1 => (x >> 8) as i16,
+            2 => {
+                if x & 256 == 0 {
+                    POSTERIOR_MAX
+                } else {
+                    -POSTERIOR_MAX
+                }
+            }
+            _ => ((x >> 8) % 61) as i16 - 30,
+        }
+        .max(-POSTERIOR_MAX)
+    }
 
     #[test]
     fn kernels_agree() {
@@ -544,10 +693,7 @@ mod tests {
                 shift2: shift + 1,
                 offset,
             };
-            let layer: Vec<i8> = (0..d * z)
-                .map(|_| (next() % 255) as i8)
-                .map(|x| x.max(-127))
-                .collect();
+            let layer: Vec<i16> = (0..d * z).map(|_| posterior(next())).collect();
             let messages: Vec<i8> = (0..d * z).map(|_| ((next() % 61) as i8) - 30).collect();
             let signs: Vec<i8> = (0..z)
                 .map(|_| if next() & 1 == 1 { i8::MIN } else { 0 })
@@ -595,40 +741,40 @@ mod tests {
             (2, 1),
             (50, 64),
         ] {
-            let layer: Vec<i8> = (0..d * z)
-                .map(|_| (next() % 255) as i8)
-                .map(|x| x.max(-127))
+            let layer: Vec<i16> = (0..d * z).map(|_| posterior(next())).collect();
+            let messages: Vec<i8> = (0..d * z)
+                .map(|_| ((next() % 255) as i16 - 127) as i8)
                 .collect();
-            let messages: Vec<i8> = (0..d * z).map(|_| ((next() % 121) as i8) - 60).collect();
             let signs: Vec<i8> = (0..z)
                 .map(|_| if next() & 1 == 1 { i8::MIN } else { 0 })
                 .collect();
             let (mut l1, mut m1) = (layer.clone(), messages.clone());
             let (mut l2, mut m2) = (layer, messages);
-            layer_sum_product_portable(&mut l1, &mut m1, &signs, d, z, &mut Scratch::new(z));
-            layer_sum_product_avx2(&mut l2, &mut m2, &signs, d, z, &mut Scratch::new(z));
+            let cap = [27, 127, 5][d % 3];
+            layer_sum_product_portable(&mut l1, &mut m1, &signs, d, z, cap, &mut Scratch::new(z));
+            layer_sum_product_avx2(&mut l2, &mut m2, &signs, d, z, cap, &mut Scratch::new(z));
             assert_eq!((l1, m1), (l2, m2), "d={d} z={z}");
         }
     }
 
-    /// The table is `4·ln(1 + e^(−x/4))`.
+    /// The table is `8·ln(1 + e^(−x/8))`.
     #[test]
     fn correction_table() {
         for (i, &c) in CORRECTION.iter().enumerate() {
             let x = i as f64;
-            let want = (4.0 * (1.0 + (-x / 4.0).exp()).ln()).round();
+            let want = (8.0 * (1.0 + (-x / 8.0).exp()).ln()).round();
             assert_eq!(f64::from(c), want, "entry {i}");
         }
     }
 
     /// Box-plus of two magnitudes against `2·atanh(tanh(a/2)·tanh(b/2))`
-    /// in steps of 1/4 nat: within one step everywhere.
+    /// in steps of 1/8 nat: within one step everywhere.
     #[test]
     fn boxplus_is_near_exact() {
         for a in 0..=127u8 {
             for b in 0..=127u8 {
-                let (x, y) = (f64::from(a) / 4.0, f64::from(b) / 4.0);
-                let exact = 2.0 * ((x / 2.0).tanh() * (y / 2.0).tanh()).atanh() * 4.0;
+                let (x, y) = (f64::from(a) / 8.0, f64::from(b) / 8.0);
+                let exact = 2.0 * ((x / 2.0).tanh() * (y / 2.0).tanh()).atanh() * 8.0;
                 let got = f64::from(boxplus(a, b));
                 assert!(
                     (got - exact.min(127.0)).abs() <= 1.0,

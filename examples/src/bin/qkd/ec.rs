@@ -110,11 +110,12 @@ pub(crate) enum EcFormat {
 /// Options of `qkd ec`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Error-correction method.
-    #[arg(long, value_enum, default_value_t = Method::Cascade)]
-    method: Method,
-    /// Variants to run (comma-separated). Default: option8 for Cascade,
-    /// blind for LDPC.
+    /// Error-correction methods (comma-separated: `cascade,ldpc` runs both
+    /// into one table and one plot).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "cascade")]
+    method: Vec<Method>,
+    /// Variants to run (comma-separated), each of one of the methods.
+    /// Default: option8 for Cascade, blind for LDPC.
     #[arg(long, value_enum, value_delimiter = ',')]
     variant: Vec<VariantArg>,
     /// Channel QBER in (0, 0.5) (comma-separated to sweep), also given to
@@ -149,7 +150,7 @@ pub(crate) struct Args {
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     search_waves: Option<u32>,
     /// LDPC: the syndrome efficiency the rate is chosen for (rate-adaptive
-    /// default 1.25, blind default 1.0), in [1, 10].
+    /// default 1.25, blind default 1.05), in [1, 10].
     #[arg(long, allow_negative_numbers = true, value_parser = flag::efficiency)]
     ldpc_efficiency: Option<f64>,
     /// LDPC: run with this alist code instead of the built ladder (the
@@ -183,18 +184,37 @@ pub(crate) struct Row {
 pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     let mut plans: Vec<Arc<ShufflePlan>> = Vec::new();
-    let ldpc = args.method == Method::Ldpc;
-    let variants = match (args.variant.is_empty(), ldpc) {
-        (false, _) => args.variant.clone(),
-        (true, true) => vec![VariantArg::Blind],
-        (true, false) => vec![VariantArg::Option8],
+    let method_of = |v: &VariantArg| {
+        if v.ldpc().is_some() {
+            Method::Ldpc
+        } else {
+            Method::Cascade
+        }
     };
-    if let Some(bad) = variants.iter().find(|v| v.ldpc().is_some() != ldpc) {
+    let variants: Vec<VariantArg> = if args.variant.is_empty() {
+        args.method
+            .iter()
+            .map(|m| match m {
+                Method::Ldpc => VariantArg::Blind,
+                Method::Cascade => VariantArg::Option8,
+            })
+            .collect()
+    } else {
+        args.variant.clone()
+    };
+    if let Some(bad) = variants
+        .iter()
+        .find(|v| !args.method.contains(&method_of(v)))
+    {
         return Err(format!(
             "--variant {} does not go with --method {}: LDPC takes rate-adaptive or \
              blind, Cascade the others",
             format!("{bad:?}").to_lowercase(),
-            format!("{:?}", args.method).to_lowercase()
+            args.method
+                .iter()
+                .map(|m| format!("{m:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(",")
         )
         .into());
     }
@@ -379,7 +399,7 @@ const PAPER_QBERS: [f64; 4] = [0.01, 0.02, 0.05, 0.10];
 fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
 
-    let mut variants: Vec<&str> = rows.iter().map(|r| r.variant).collect();
+    let mut variants: Vec<(&str, &str)> = rows.iter().map(|r| (r.method, r.variant)).collect();
     variants.dedup();
     let q_max = rows.iter().map(|r| r.qber).fold(0.1f64, f64::max) * 1.05;
     let f_max = rows.iter().filter_map(|r| r.f_mean).fold(1.25f64, f64::max) + 0.2; // room above the curves for the legend
@@ -387,7 +407,7 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "Cascade efficiency f = leaked / (n h2(Q)): measured (solid), paper (dashed)",
+            "Efficiency f = leaked / (n h2(Q)): measured (solid), Cascade paper values (dashed)",
             ("sans-serif", 20),
         )
         .margin(15)
@@ -407,20 +427,20 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
         ))?
         .label("Shannon limit f = 1")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.stroke_width(2)));
-    for (i, variant) in variants.iter().enumerate() {
+    for (i, &(method, variant)) in variants.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let mut points: Vec<(f64, f64)> = rows
             .iter()
-            .filter(|r| r.variant == *variant)
+            .filter(|r| r.variant == variant)
             .filter_map(|r| Some((r.qber, r.f_mean?)))
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(format!("{variant} (measured)"))
+            .label(format!("{method} {variant} (measured)"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
-        if let Some((_, paper)) = PAPER.iter().find(|(name, _)| name == variant) {
+        if let Some((_, paper)) = PAPER.iter().find(|(name, _)| *name == variant) {
             let pts: Vec<(f64, f64)> = PAPER_QBERS
                 .iter()
                 .copied()
@@ -431,7 +451,7 @@ fn plot(path: &std::path::Path, rows: &[Row]) -> Result<(), Box<dyn std::error::
                     pts.iter()
                         .map(|&p| TriangleMarker::new(p, 6, color.stroke_width(1))),
                 )?
-                .label(format!("{variant} (paper)"))
+                .label(format!("{method} {variant} (paper)"))
                 .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, color.stroke_width(1)));
             chart.draw_series(DashedLineSeries::new(pts, 4, 4, color.stroke_width(1)))?;
         }
