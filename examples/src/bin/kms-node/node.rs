@@ -643,6 +643,10 @@ impl State {
         let Link::Up { channel, .. } = link else {
             return;
         };
+        // A one-time-pad channel waiting for pad: take blocks even with the
+        // store above its low water, since only carving them refills the
+        // link reserve (every RESERVE_EVERY-th block gives a pad key).
+        let starved = channel.is_waiting_for_pad();
         let node = channel.inner_mut();
         for _ in 0..4 {
             if !node.is_paired() {
@@ -653,6 +657,7 @@ impl State {
             let s = node.store().stats();
             if node.store().peer_blocks_ahead() == 0
                 && s.fresh_bytes + s.pending_bytes >= *low_water
+                && !starved
             {
                 return;
             }
