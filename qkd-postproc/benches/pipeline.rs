@@ -17,20 +17,17 @@
 //! authentication cost per block.
 #![allow(missing_docs, clippy::print_stderr)]
 
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
-
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use qkd_core::machine::Machine;
 use qkd_core::{QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84, SimulatorConfig, h2};
 use qkd_postproc::amplify::length::finite_key_length;
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::confirm::ConfirmConfig;
 use qkd_postproc::estimate::Estimate;
-use qkd_postproc::pipeline::{
-    BlockReport, Pipeline, PipelineDefinition, PipelineEvent, WorkDone, WorkItem,
-};
+use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition};
+use shapes::one_thread;
+
+#[path = "support/shapes.rs"]
+mod shapes;
 
 const BLOCKS: u64 = 6;
 
@@ -82,182 +79,6 @@ fn pipelines() -> (Pipeline, Pipeline) {
 
 /// Drives one side: frames in, datagrams out through `send`, in through
 /// `receive`; returns the reports of the kept blocks.
-fn side(
-    mut p: Pipeline,
-    frames: Vec<RawFrame>,
-    send: mpsc::Sender<Vec<u8>>,
-    receive: mpsc::Receiver<Vec<u8>>,
-) -> Vec<BlockReport> {
-    let mut frames = frames.into_iter().peekable();
-    let mut kept = Vec::new();
-    let mut settled = 0;
-    let total = frames.len();
-    while settled < total {
-        let now = Instant::now();
-        while frames.peek().is_some() && p.wants_frame() {
-            p.push_frame(now, frames.next().unwrap()).unwrap();
-        }
-        while let Some(d) = p.poll_transmit(now) {
-            let _ = send.send(d);
-        }
-        while let Some(e) = p.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        if settled == total {
-            break;
-        }
-        match receive.recv_timeout(Duration::from_millis(50)) {
-            Ok(d) => {
-                let _ = p.handle_input(Instant::now(), &d);
-                while let Ok(d) = receive.try_recv() {
-                    let _ = p.handle_input(Instant::now(), &d);
-                }
-            }
-            Err(_) => p.handle_timeout(Instant::now()),
-        }
-    }
-    kept
-}
-
-fn two_threads(a: Pipeline, b: Pipeline, fa: Vec<RawFrame>, fb: Vec<RawFrame>) -> Vec<BlockReport> {
-    let (to_b, from_a) = mpsc::channel();
-    let (to_a, from_b) = mpsc::channel();
-    let bob = thread::spawn(move || side(b, fb, to_a, from_a));
-    let kept = side(a, fa, to_b, from_b);
-    bob.join().unwrap();
-    kept
-}
-
-fn one_thread(
-    mut a: Pipeline,
-    mut b: Pipeline,
-    fa: Vec<RawFrame>,
-    fb: Vec<RawFrame>,
-) -> Vec<BlockReport> {
-    let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
-    let mut kept = Vec::new();
-    let mut settled = 0;
-    let total = fa.len() as u64;
-    while settled < total {
-        let now = Instant::now();
-        while fa.peek().is_some() && a.wants_frame() {
-            a.push_frame(now, fa.next().unwrap()).unwrap();
-        }
-        while fb.peek().is_some() && b.wants_frame() {
-            b.push_frame(now, fb.next().unwrap()).unwrap();
-        }
-        let mut moved = false;
-        while let Some(d) = a.poll_transmit(now) {
-            let _ = b.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            let _ = a.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(e) = a.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        while b.poll_event().is_some() {}
-        if !moved {
-            a.handle_timeout(Instant::now());
-            b.handle_timeout(Instant::now());
-        }
-    }
-    kept
-}
-
-/// [`one_thread`] with both sides' privacy amplification on a worker thread.
-fn one_thread_worker(
-    mut a: Pipeline,
-    mut b: Pipeline,
-    fa: Vec<RawFrame>,
-    fb: Vec<RawFrame>,
-) -> Vec<BlockReport> {
-    a.set_external_work(true);
-    b.set_external_work(true);
-    let (to_worker, jobs) = mpsc::channel::<(Role, WorkItem)>();
-    let (to_host, done) = mpsc::channel::<(Role, WorkDone)>();
-    let worker = thread::spawn(move || {
-        for (role, item) in jobs {
-            let _ = to_host.send((role, item.run()));
-        }
-    });
-    let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
-    let mut kept = Vec::new();
-    let (mut settled, mut outstanding) = (0, 0usize);
-    let total = fa.len() as u64;
-    while settled < total {
-        let now = Instant::now();
-        while fa.peek().is_some() && a.wants_frame() {
-            a.push_frame(now, fa.next().unwrap()).unwrap();
-        }
-        while fb.peek().is_some() && b.wants_frame() {
-            b.push_frame(now, fb.next().unwrap()).unwrap();
-        }
-        let mut moved = false;
-        while let Some(d) = a.poll_transmit(now) {
-            let _ = b.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            let _ = a.handle_input(now, &d);
-            moved = true;
-        }
-        for (role, p) in [(Role::Alice, &mut a), (Role::Bob, &mut b)] {
-            while let Some(item) = p.poll_work() {
-                to_worker.send((role, item)).unwrap();
-                outstanding += 1;
-                moved = true;
-            }
-        }
-        let mut finished: Vec<(Role, WorkDone)> = done.try_iter().collect();
-        if finished.is_empty() && !moved && outstanding > 0 {
-            finished.extend(done.recv_timeout(Duration::from_millis(50)));
-        }
-        for (role, work) in finished {
-            match role {
-                Role::Alice => a.complete_work(now, work),
-                _ => b.complete_work(now, work),
-            }
-            outstanding -= 1;
-            moved = true;
-        }
-        while let Some(e) = a.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        while b.poll_event().is_some() {}
-        if !moved {
-            a.handle_timeout(Instant::now());
-            b.handle_timeout(Instant::now());
-        }
-    }
-    drop(to_worker);
-    worker.join().unwrap();
-    kept
-}
-
 fn report(kept: &[BlockReport]) {
     let confirm = ConfirmConfig::default();
     for r in kept {
@@ -305,7 +126,7 @@ fn bench(c: &mut Criterion) {
     report(&kept);
     // The worker shape keeps the same blocks with the same lengths.
     let (a, b) = pipelines();
-    let with_worker = one_thread_worker(a, b, fa.clone(), fb.clone());
+    let (with_worker, _) = shapes::one_thread_worker(a, b, fa.clone(), fb.clone());
     let lengths = |k: &[BlockReport]| {
         k.iter()
             .map(|r| (r.block, r.final_bits))
@@ -326,14 +147,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("two_threads", |bench| {
         bench.iter_batched(
             || (pipelines(), fa.clone(), fb.clone()),
-            |((a, b), fa, fb)| two_threads(a, b, fa, fb),
+            |((a, b), fa, fb)| shapes::two_threads(a, b, fa, fb),
             BatchSize::PerIteration,
         );
     });
     g.bench_function("one_thread_worker", |bench| {
         bench.iter_batched(
             || (pipelines(), fa.clone(), fb.clone()),
-            |((a, b), fa, fb)| one_thread_worker(a, b, fa, fb),
+            |((a, b), fa, fb)| shapes::one_thread_worker(a, b, fa, fb),
             BatchSize::PerIteration,
         );
     });

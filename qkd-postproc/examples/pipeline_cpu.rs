@@ -27,17 +27,16 @@
 //! of a fresh pipeline cancels).
 #![allow(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use qkd_core::machine::Machine;
 use qkd_core::module::{ModuleHost, Value};
 use qkd_core::{QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84, SimulatorConfig, h2};
 use qkd_postproc::auth::{PresharedSecret, SecretId};
-use qkd_postproc::pipeline::{
-    BlockReport, Pipeline, PipelineDefinition, PipelineEvent, WorkDone, WorkItem,
-};
+use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition};
+use shapes::{one_thread_worker, thread_cpu, two_threads};
+
+#[path = "../benches/support/shapes.rs"]
+mod shapes;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -92,205 +91,10 @@ fn pipelines(def: &PipelineDefinition) -> (Pipeline, Pipeline) {
 }
 
 /// The thread's CPU time (Linux; the scheduler's own account).
-fn thread_cpu() -> Duration {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_nanos)
-}
-
+/// The `one_thread` shape under its own name (`--toggle-collect` below).
 #[inline(never)]
-fn one_thread(
-    mut a: Pipeline,
-    mut b: Pipeline,
-    fa: Vec<RawFrame>,
-    fb: Vec<RawFrame>,
-) -> Vec<BlockReport> {
-    let total = fa.len();
-    let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
-    let (mut kept, mut settled) = (Vec::new(), 0);
-    while settled < total {
-        let now = Instant::now();
-        while fa.peek().is_some() && a.wants_frame() {
-            a.push_frame(now, fa.next().expect("peeked"))
-                .expect("frame");
-        }
-        while fb.peek().is_some() && b.wants_frame() {
-            b.push_frame(now, fb.next().expect("peeked"))
-                .expect("frame");
-        }
-        let mut moved = false;
-        while let Some(d) = a.poll_transmit(now) {
-            let _ = b.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            let _ = a.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(e) = a.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        while b.poll_event().is_some() {}
-        if !moved {
-            a.handle_timeout(Instant::now());
-            b.handle_timeout(Instant::now());
-        }
-    }
-    kept
-}
-
-/// [`one_thread`] with both sides' privacy amplification on a worker
-/// thread; the kept blocks and the worker's CPU time.
-#[inline(never)]
-fn one_thread_worker(
-    mut a: Pipeline,
-    mut b: Pipeline,
-    fa: Vec<RawFrame>,
-    fb: Vec<RawFrame>,
-) -> (Vec<BlockReport>, Duration) {
-    a.set_external_work(true);
-    b.set_external_work(true);
-    let (to_worker, jobs) = mpsc::channel::<(Role, WorkItem)>();
-    let (to_host, done) = mpsc::channel::<(Role, WorkDone)>();
-    let worker = thread::spawn(move || {
-        let start = thread_cpu();
-        for (role, item) in jobs {
-            let _ = to_host.send((role, item.run()));
-        }
-        thread_cpu() - start
-    });
-    let total = fa.len();
-    let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
-    let (mut kept, mut settled, mut outstanding) = (Vec::new(), 0, 0usize);
-    while settled < total {
-        let now = Instant::now();
-        while fa.peek().is_some() && a.wants_frame() {
-            a.push_frame(now, fa.next().expect("peeked"))
-                .expect("frame");
-        }
-        while fb.peek().is_some() && b.wants_frame() {
-            b.push_frame(now, fb.next().expect("peeked"))
-                .expect("frame");
-        }
-        let mut moved = false;
-        while let Some(d) = a.poll_transmit(now) {
-            let _ = b.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            let _ = a.handle_input(now, &d);
-            moved = true;
-        }
-        for (role, p) in [(Role::Alice, &mut a), (Role::Bob, &mut b)] {
-            while let Some(item) = p.poll_work() {
-                to_worker.send((role, item)).expect("worker");
-                outstanding += 1;
-                moved = true;
-            }
-        }
-        let mut finished: Vec<(Role, WorkDone)> = done.try_iter().collect();
-        if finished.is_empty() && !moved && outstanding > 0 {
-            finished.extend(done.recv_timeout(Duration::from_millis(50)));
-        }
-        for (role, work) in finished {
-            match role {
-                Role::Alice => a.complete_work(now, work),
-                _ => b.complete_work(now, work),
-            }
-            outstanding -= 1;
-            moved = true;
-        }
-        while let Some(e) = a.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        while b.poll_event().is_some() {}
-        if !moved {
-            a.handle_timeout(Instant::now());
-            b.handle_timeout(Instant::now());
-        }
-    }
-    drop(to_worker);
-    (kept, worker.join().expect("worker"))
-}
-
-/// One side on its own thread (the loop of the `pipeline/two_threads`
-/// bench): frames in, datagrams through `send` and `receive`; returns the
-/// kept blocks' reports and the thread's CPU time.
-fn side(
-    mut p: Pipeline,
-    frames: Vec<RawFrame>,
-    send: mpsc::Sender<Vec<u8>>,
-    receive: mpsc::Receiver<Vec<u8>>,
-) -> (Vec<BlockReport>, Duration) {
-    let start = thread_cpu();
-    let total = frames.len();
-    let mut frames = frames.into_iter().peekable();
-    let (mut kept, mut settled) = (Vec::new(), 0);
-    while settled < total {
-        let now = Instant::now();
-        while frames.peek().is_some() && p.wants_frame() {
-            p.push_frame(now, frames.next().expect("peeked"))
-                .expect("frame");
-        }
-        while let Some(d) = p.poll_transmit(now) {
-            let _ = send.send(d);
-        }
-        while let Some(e) = p.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        if settled == total {
-            break;
-        }
-        match receive.recv_timeout(Duration::from_millis(50)) {
-            Ok(d) => {
-                let _ = p.handle_input(Instant::now(), &d);
-                while let Ok(d) = receive.try_recv() {
-                    let _ = p.handle_input(Instant::now(), &d);
-                }
-            }
-            Err(_) => p.handle_timeout(Instant::now()),
-        }
-    }
-    (kept, thread_cpu() - start)
-}
-
-/// Alice and Bob on a thread each; the kept blocks, both threads' CPU time
-/// and the wall-clock time.
-fn two_threads(
-    a: Pipeline,
-    b: Pipeline,
-    fa: Vec<RawFrame>,
-    fb: Vec<RawFrame>,
-) -> (Vec<BlockReport>, Duration, Duration) {
-    let start = Instant::now();
-    let (to_b, from_a) = mpsc::channel();
-    let (to_a, from_b) = mpsc::channel();
-    let bob = thread::spawn(move || side(b, fb, to_a, from_a));
-    let (kept, cpu_a) = side(a, fa, to_b, from_b);
-    let (_, cpu_b) = bob.join().expect("Bob's thread");
-    (kept, cpu_a + cpu_b, start.elapsed())
+fn one_thread(a: Pipeline, b: Pipeline, fa: Vec<RawFrame>, fb: Vec<RawFrame>) -> Vec<BlockReport> {
+    shapes::one_thread(a, b, fa, fb)
 }
 
 fn main() {
