@@ -2677,6 +2677,19 @@ impl Pipeline {
     }
 
     /// A message about a block this side no longer has: a (cached) Abandon.
+    /// A message about block `id`, which is not held here: if this side
+    /// settled or forgot it, tells the peer (an Abandon, unless it was
+    /// kept) and returns `true`.
+    fn answer_unheld(&mut self, id: BlockId) -> bool {
+        if !(self.history.contains_key(&id) || self.is_forgotten(id)) {
+            return false;
+        }
+        if !matches!(self.history.get(&id), Some((Settled::Kept, _))) {
+            self.abandon_unknown(id);
+        }
+        true
+    }
+
     fn abandon_unknown(&mut self, id: BlockId) {
         if let Some((Settled::Dropped, Some(reply))) = self.history.get(&id) {
             self.outbox.push_back(reply.clone());
@@ -2706,11 +2719,7 @@ impl Pipeline {
         let mut block = match self.blocks.remove(&id) {
             Some(b) => b,
             None => {
-                if self.history.contains_key(&id) || self.is_forgotten(id) {
-                    // Settled or forgotten here: tell the peer.
-                    if !matches!(self.history.get(&id), Some((Settled::Kept, _))) {
-                        self.abandon_unknown(id);
-                    }
+                if self.answer_unheld(id) {
                     return Ok(());
                 }
                 // The peer is ahead of our device: hold its messages a while.
@@ -2938,12 +2947,10 @@ impl Machine for Pipeline {
             Frame::Ack { block, ack } => {
                 if let Some(b) = self.blocks.get_mut(&block) {
                     b.send.acknowledge(ack);
-                } else if !matches!(self.history.get(&block), Some((Settled::Kept, _)))
-                    && (self.history.contains_key(&block) || self.is_forgotten(block))
-                {
-                    // The peer holds a block this side dropped or forgot
-                    // (e.g. in flight at a restore): tell it.
-                    self.abandon_unknown(block);
+                } else {
+                    // The peer may hold a block this side dropped or forgot
+                    // (e.g. in flight at a restore).
+                    self.answer_unheld(block);
                 }
                 Ok(())
             }
@@ -3125,15 +3132,7 @@ impl ModuleHost for Pipeline {
         // Blocks kept since the last save: the host hands their keys out
         // after this save (their FinalKey follows the SaveDue), and after a
         // crash only this state can hand them out again.
-        let undelivered: Vec<SavedCommit> = self
-            .kept_since_save
-            .iter()
-            .map(|k| SavedCommit {
-                block: k.block,
-                final_key: k.final_key.clone(),
-                report: k.report.clone(),
-            })
-            .collect();
+        let undelivered = &self.kept_since_save;
         let in_flight = self
             .blocks
             .values()
@@ -3232,5 +3231,5 @@ struct SavedStateRef<'a> {
     committing: Vec<SavedCommit>,
     max_blocks_in_flight: u32,
     in_flight: Vec<SavedInFlight>,
-    undelivered: Vec<SavedCommit>,
+    undelivered: &'a [SavedCommit],
 }
