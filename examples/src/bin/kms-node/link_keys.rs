@@ -586,6 +586,37 @@ pub(crate) mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Both nodes' keys of a new link in a fresh folder.
+    struct Pair {
+        dir: PathBuf,
+        secret: PathBuf,
+        sa: PathBuf,
+        sb: PathBuf,
+        a: LinkKeys,
+        b: LinkKeys,
+    }
+
+    impl Pair {
+        fn fresh(name: &str) -> Pair {
+            let dir = std::env::temp_dir()
+                .join(format!("kms-node-linkkeys-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let secret = setup(&dir);
+            let (sa, sb) = (dir.join("a.state"), dir.join("b.state"));
+            let a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
+            let b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+            Pair {
+                dir,
+                secret,
+                sa,
+                sb,
+                a,
+                b,
+            }
+        }
+    }
+
     /// A final key block of `len` bytes, the same on both nodes.
     pub(crate) fn final_block(k: u64, len: usize) -> SecretKey {
         let mut b = vec![0u8; len];
@@ -598,14 +629,14 @@ pub(crate) mod tests {
 
     #[test]
     fn keys_come_from_the_reserve_once_it_holds_some_and_never_twice() {
-        let dir =
-            std::env::temp_dir().join(format!("kms-node-linkkeys-reserve-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let secret = setup(&dir);
-        let (sa, sb) = (dir.join("a.state"), dir.join("b.state"));
-        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
-        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        let Pair {
+            dir,
+            secret,
+            sa,
+            sb,
+            mut a,
+            mut b,
+        } = Pair::fresh("reserve");
         // A new link: the reserve is empty, the expansion keys the first use.
         let (first_id, _) = a.next().unwrap();
         assert!(!a.is_reserve_key(&first_id));
@@ -673,14 +704,9 @@ pub(crate) mod tests {
 
     #[test]
     fn one_time_pads_come_from_the_reserve_only() {
-        let dir =
-            std::env::temp_dir().join(format!("kms-node-linkkeys-pads-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let secret = setup(&dir);
-        let (sa, sb) = (dir.join("a.state"), dir.join("b.state"));
-        let mut a = LinkKeys::open("l", &secret, &sa, Ownership::First).unwrap();
-        let mut b = LinkKeys::open("l", &secret, &sb, Ownership::Second).unwrap();
+        let Pair {
+            dir, mut a, mut b, ..
+        } = Pair::fresh("pads");
         // A new link: the reserve is empty. A handshake key comes from the
         // expansion; a pad does not come at all.
         assert_eq!(a.next_pad().unwrap_err(), PskError::Exhausted);
