@@ -358,6 +358,57 @@ pub(crate) fn layer_avx2(
 mod x86 {
     use core::arch::x86_64::*;
 
+    /// 32 posteriors at `s[at..at + 32]`, as two vectors of 16.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn load16(s: &[i16], at: usize) -> (__m256i, __m256i) {
+        let chunk = &s[at..at + 32];
+        let (a, b) = chunk.split_at(16);
+        // SAFETY: `a` and `b` are 16 readable i16 each (32 bytes); loadu
+        // has no alignment requirement.
+        unsafe {
+            (
+                _mm256_loadu_si256(a.as_ptr().cast()),
+                _mm256_loadu_si256(b.as_ptr().cast()),
+            )
+        }
+    }
+
+    /// Stores two vectors of 16 posteriors at `s[at..at + 32]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store16(s: &mut [i16], at: usize, v0: __m256i, v1: __m256i) {
+        let chunk = &mut s[at..at + 32];
+        let (a, b) = chunk.split_at_mut(16);
+        // SAFETY: `a` and `b` are 16 writable i16 each (32 bytes); storeu
+        // has no alignment requirement.
+        unsafe {
+            _mm256_storeu_si256(a.as_mut_ptr().cast(), v0);
+            _mm256_storeu_si256(b.as_mut_ptr().cast(), v1);
+        }
+    }
+
+    /// 32 posteriors (two vectors of 16) to bytes saturated to ±127, in
+    /// lane order (packs interleaves 64-bit quarters; the permute undoes it).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn narrow(v0: __m256i, v1: __m256i) -> __m256i {
+        _mm256_max_epi8(
+            _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi16(v0, v1)),
+            _mm256_set1_epi8(-127),
+        )
+    }
+
+    /// 32 signed bytes to two vectors of 16 i16.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn widen(r: __m256i) -> (__m256i, __m256i) {
+        (
+            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(r)),
+            _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
+        )
+    }
+
     /// Lanes `0..full` (a multiple of 32) of one sum-product layer, the
     /// same operations as `lanes_sum_product` on 32 lanes at once.
     ///
@@ -376,50 +427,11 @@ mod x86 {
         cap: u8,
         forward: &mut [u8],
     ) {
-        let lo = _mm256_set1_epi8(-127);
         let top = _mm256_set1_epi8(127);
         let zero = _mm256_setzero_si256();
         let thirty_one = _mm256_set1_epi8(31);
         let cap = _mm256_set1_epi8(cap as i8);
         let lo16 = _mm256_set1_epi16(-super::POSTERIOR_MAX);
-        let load16 = |s: &[i16], at: usize| {
-            let chunk = &s[at..at + 32];
-            let (a, b) = chunk.split_at(16);
-            // SAFETY: `a` and `b` are 16 readable i16 each (32 bytes); loadu
-            // has no alignment requirement.
-            unsafe {
-                (
-                    _mm256_loadu_si256(a.as_ptr().cast()),
-                    _mm256_loadu_si256(b.as_ptr().cast()),
-                )
-            }
-        };
-        let store16 = |s: &mut [i16], at: usize, v0: __m256i, v1: __m256i| {
-            let chunk = &mut s[at..at + 32];
-            let (a, b) = chunk.split_at_mut(16);
-            // SAFETY: `a` and `b` are 16 writable i16 each (32 bytes);
-            // storeu has no alignment requirement.
-            unsafe {
-                _mm256_storeu_si256(a.as_mut_ptr().cast(), v0);
-                _mm256_storeu_si256(b.as_mut_ptr().cast(), v1);
-            }
-        };
-        // 32 posteriors (two vectors of 16) to bytes saturated to ±127, in
-        // lane order (packs interleaves 64-bit quarters; the permute undoes
-        // it).
-        let narrow = |v0: __m256i, v1: __m256i| {
-            _mm256_max_epi8(
-                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi16(v0, v1)),
-                lo,
-            )
-        };
-        // 32 signed bytes to two vectors of 16 i16.
-        let widen = |r: __m256i| {
-            (
-                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(r)),
-                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
-            )
-        };
         // The two halves of the table, each repeated in both 128-bit lanes
         // (the shuffle looks up within a lane).
         let half = |h: usize| {
@@ -533,7 +545,6 @@ mod x86 {
         full: usize,
         scaling: super::Scaling,
     ) {
-        let lo = _mm256_set1_epi8(-127);
         let top = _mm256_set1_epi8(127);
         let zero = _mm256_setzero_si256();
         let low = _mm256_set1_epi8((0xffu8 >> scaling.shift) as i8);
@@ -566,44 +577,6 @@ mod x86 {
             unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v) }
         };
         let lo16 = _mm256_set1_epi16(-super::POSTERIOR_MAX);
-        let load16 = |s: &[i16], at: usize| {
-            let chunk = &s[at..at + 32];
-            let (a, b) = chunk.split_at(16);
-            // SAFETY: `a` and `b` are 16 readable i16 each (32 bytes); loadu
-            // has no alignment requirement.
-            unsafe {
-                (
-                    _mm256_loadu_si256(a.as_ptr().cast()),
-                    _mm256_loadu_si256(b.as_ptr().cast()),
-                )
-            }
-        };
-        let store16 = |s: &mut [i16], at: usize, v0: __m256i, v1: __m256i| {
-            let chunk = &mut s[at..at + 32];
-            let (a, b) = chunk.split_at_mut(16);
-            // SAFETY: `a` and `b` are 16 writable i16 each (32 bytes);
-            // storeu has no alignment requirement.
-            unsafe {
-                _mm256_storeu_si256(a.as_mut_ptr().cast(), v0);
-                _mm256_storeu_si256(b.as_mut_ptr().cast(), v1);
-            }
-        };
-        // 32 posteriors (two vectors of 16) to bytes saturated to ±127, in
-        // lane order (packs interleaves 64-bit quarters; the permute undoes
-        // it).
-        let narrow = |v0: __m256i, v1: __m256i| {
-            _mm256_max_epi8(
-                _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi16(v0, v1)),
-                lo,
-            )
-        };
-        // 32 signed bytes to two vectors of 16 i16.
-        let widen = |r: __m256i| {
-            (
-                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(r)),
-                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
-            )
-        };
         let mut j = 0;
         while j < full {
             let mut min1 = top;
