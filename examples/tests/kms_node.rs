@@ -623,6 +623,16 @@ fn careless_command_lines_and_configurations_end_in_clear_errors() {
         ),
         ("seed = 7", "seed = 7\ncolour = 1", "colour"),
         ("max_size = 65536", "max_size = \"big\"", "max_size"),
+        (
+            "initial_secret_file =",
+            "suites = [\"QKD_ROT13\"]\ninitial_secret_file =",
+            "suites",
+        ),
+        (
+            "initial_secret_file =",
+            "suites = []\ninitial_secret_file =",
+            "peer.suites",
+        ),
     ] {
         assert!(base.contains(from), "{from}");
         let path = dir.join("bad.toml");
@@ -652,6 +662,9 @@ fn careless_command_lines_and_configurations_end_in_clear_errors() {
         vec!["demo", "--size", "100"],
         vec!["demo", "--batch", "-1"],
         vec!["certs", "--out", "/tmp/x", "--sae", "../evil"],
+        vec!["certs", "--out", "/tmp/x", "--bootstrap-pads", "4097"],
+        vec!["certs", "--out", "/tmp/x", "--bootstrap-pads", "-1"],
+        vec!["certs", "--out", "/tmp/x", "--bootstrap-pads", "many"],
     ] {
         let o = Command::new(bin()).args(&args).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}");
