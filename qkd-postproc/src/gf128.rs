@@ -105,7 +105,7 @@ mod tests {
 
         #[test]
         fn backends_agree(a: u128, b: u128) {
-            for backend in [Backend::Portable, Backend::Pclmul, Backend::Avx512, Backend::detect()] {
+            for backend in [Backend::Portable, Backend::Pclmul, Backend::Avx512, Backend::Avx2, Backend::detect()] {
                 prop_assert_eq!(mul_with(backend, a, b), mul_portable(a, b));
             }
         }

@@ -402,7 +402,12 @@ fn finding_4_amplification_leaves_no_key_in_freed_memory() {
         (10_000, 5_000),
         (100_000, 50_000),
     ];
-    let backends = [Backend::Portable, Backend::Pclmul, Backend::Avx512];
+    let backends = [
+        Backend::Portable,
+        Backend::Pclmul,
+        Backend::Avx512,
+        Backend::Avx2,
+    ];
     let keys: Vec<BitVec> = sizes
         .iter()
         .map(|&(n, _)| marked_key(n, &[8, n / 2 + 3, n - MARKER_BITS - 1], &mut rng))

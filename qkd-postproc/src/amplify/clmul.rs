@@ -3,8 +3,8 @@
 //!
 //! This is the only module of the crate with `unsafe` code: the calls into
 //! `#[target_feature]` functions after the CPU was checked for the feature.
-//! Every kernel exists once per backend (portable, PCLMULQDQ, AVX-512
-//! VPCLMULQDQ), mostly generated from one macro body, so the paths run the
+//! Every kernel exists once per backend (portable, PCLMULQDQ, VPCLMULQDQ on
+//! 256-bit AVX2 vectors, AVX-512 VPCLMULQDQ), mostly generated from one macro body, so the paths run the
 //! same algorithm and give identical output (the tests compare them bit for
 //! bit).
 //!
@@ -24,6 +24,11 @@ pub enum Backend {
     /// x86-64 `VPCLMULQDQ` on 512-bit vectors (AVX-512F/BW): four field
     /// multiplications per instruction in the FFT butterflies.
     Avx512,
+    /// x86-64 `VPCLMULQDQ` on 256-bit vectors (AVX2): two field
+    /// multiplications per instruction in the FFT butterflies, for CPUs
+    /// with `VPCLMULQDQ` but without AVX-512 (e.g. AMD Zen 3, Intel Alder
+    /// Lake).
+    Avx2,
 }
 
 impl Backend {
@@ -37,6 +42,9 @@ impl Backend {
                 if has!("avx512f") && has!("avx512bw") && has!("vpclmulqdq") {
                     return Backend::Avx512;
                 }
+                if has!("avx2") && has!("vpclmulqdq") {
+                    return Backend::Avx2;
+                }
                 return Backend::Pclmul;
             }
         }
@@ -48,8 +56,17 @@ impl Backend {
     pub fn is_available(self) -> bool {
         match self {
             Backend::Portable => true,
-            Backend::Pclmul => matches!(Backend::detect(), Backend::Pclmul | Backend::Avx512),
+            Backend::Pclmul => Backend::detect() != Backend::Portable,
             Backend::Avx512 => Backend::detect() == Backend::Avx512,
+            Backend::Avx2 => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::is_x86_feature_detected as has;
+                    has!("pclmulqdq") && has!("sse4.1") && has!("avx2") && has!("vpclmulqdq")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                false
+            }
         }
     }
 }
@@ -578,6 +595,163 @@ pub(crate) mod avx512 {
     }
 }
 
+/// The AVX2 VPCLMULQDQ kernels: butterflies on two field elements per
+/// 256-bit vector; the rest is the PCLMULQDQ code (these features include
+/// its).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use core::arch::x86_64::{
+        __m256i, _mm256_broadcastsi128_si256, _mm256_bslli_epi128, _mm256_bsrli_epi128,
+        _mm256_clmulepi64_epi128, _mm256_loadu_si256, _mm256_set1_epi64x, _mm256_storeu_si256,
+        _mm256_xor_si256,
+    };
+
+    use super::{pclmul, x86};
+    use crate::amplify::fft::CantorBasis;
+
+    /// Two GF(2^128) products, lane by lane (the 128-bit `gf128_mul_m`
+    /// on each half).
+    #[inline]
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn mul2(a: __m256i, b: __m256i, b_fold: __m256i) -> __m256i {
+        let lo = _mm256_clmulepi64_epi128::<0x00>(a, b);
+        let hi = _mm256_clmulepi64_epi128::<0x11>(a, b);
+        let a_fold = _mm256_xor_si256(a, _mm256_bsrli_epi128::<8>(a));
+        let mid = _mm256_xor_si256(
+            _mm256_clmulepi64_epi128::<0x00>(a_fold, b_fold),
+            _mm256_xor_si256(lo, hi),
+        );
+        let x01 = _mm256_xor_si256(lo, _mm256_bslli_epi128::<8>(mid));
+        let x23 = _mm256_xor_si256(hi, _mm256_bsrli_epi128::<8>(mid));
+        let poly = _mm256_set1_epi64x(0x87);
+        let t = _mm256_clmulepi64_epi128::<0x01>(x23, poly);
+        let x01 = _mm256_xor_si256(x01, _mm256_bslli_epi128::<8>(t));
+        let x23 = _mm256_xor_si256(x23, _mm256_bsrli_epi128::<8>(t));
+        let u = _mm256_clmulepi64_epi128::<0x00>(x23, poly);
+        _mm256_xor_si256(x01, u)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn load(x: &[u128]) -> __m256i {
+        assert!(x.len() >= 2);
+        // SAFETY: `x` holds at least 32 readable bytes (asserted); unaligned
+        // loads are allowed.
+        unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn store(x: &mut [u128], v: __m256i) {
+        assert!(x.len() >= 2);
+        // SAFETY: `x` holds at least 32 writable bytes (asserted), borrowed
+        // mutably; unaligned stores are allowed.
+        unsafe { _mm256_storeu_si256(x.as_mut_ptr().cast(), v) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    fn broadcast(w: u128) -> (__m256i, __m256i) {
+        let wv = _mm256_broadcastsi128_si256(x86::to_m128(w));
+        (wv, _mm256_xor_si256(wv, _mm256_bsrli_epi128::<8>(wv)))
+    }
+
+    /// `out ^= a·b`, schoolbook.
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn mul_schoolbook_xor(a: &[u64], b: &[u64], out: &mut [u64]) {
+        pclmul::mul_schoolbook_xor(a, b, out);
+    }
+
+    /// Forward butterflies of one level.
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn butterfly_forward(lo: &mut [u128], hi: &mut [u128], w: u128) {
+        if w == 0 || !lo.len().is_multiple_of(2) {
+            return pclmul::butterfly_forward(lo, hi, w);
+        }
+        let (wv, wf) = broadcast(w);
+        for (l, h) in lo.chunks_exact_mut(2).zip(hi.chunks_exact_mut(2)) {
+            let hv = load(h);
+            let lv = _mm256_xor_si256(load(l), mul2(hv, wv, wf));
+            store(l, lv);
+            store(h, _mm256_xor_si256(hv, lv));
+        }
+    }
+
+    /// Inverse butterflies of one level.
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn butterfly_inverse(lo: &mut [u128], hi: &mut [u128], w: u128) {
+        if w == 0 || !lo.len().is_multiple_of(2) {
+            return pclmul::butterfly_inverse(lo, hi, w);
+        }
+        let (wv, wf) = broadcast(w);
+        for (l, h) in lo.chunks_exact_mut(2).zip(hi.chunks_exact_mut(2)) {
+            let lv = load(l);
+            let hv = _mm256_xor_si256(load(h), lv);
+            store(h, hv);
+            store(l, _mm256_xor_si256(lv, mul2(hv, wv, wf)));
+        }
+    }
+
+    /// All levels of a cached block, forward.
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn fft_forward_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
+        let n = data.len();
+        let mut half = n / 2;
+        while half >= 2 {
+            let k = half.trailing_zeros() as usize;
+            let mut w = basis.omega(u0 >> k);
+            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                if b > 0 {
+                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                }
+                let (lo, hi) = block.split_at_mut(half);
+                butterfly_forward(lo, hi, w);
+            }
+            half /= 2;
+        }
+        pclmul::fft_forward_low(data, u0, basis, 1);
+    }
+
+    /// All levels of a cached block, inverse.
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn fft_inverse_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
+        let n = data.len();
+        pclmul::fft_inverse_low(data, u0, basis, 1);
+        let mut half = 2;
+        while half < n {
+            let k = half.trailing_zeros() as usize;
+            let mut w = basis.omega(u0 >> k);
+            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                if b > 0 {
+                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                }
+                let (lo, hi) = block.split_at_mut(half);
+                butterfly_inverse(lo, hi, w);
+            }
+            half *= 2;
+        }
+    }
+
+    /// Pointwise products.
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn pointwise_mul(a: &mut [u128], b: &[u128]) {
+        let split = a.len().min(b.len()) / 2 * 2;
+        let (a2, a_rest) = a.split_at_mut(split);
+        for (x, y) in a2.chunks_exact_mut(2).zip(b.chunks_exact(2)) {
+            let yv = load(y);
+            let yf = _mm256_xor_si256(yv, _mm256_bsrli_epi128::<8>(yv));
+            store(x, mul2(load(x), yv, yf));
+        }
+        pclmul::pointwise_mul(a_rest, &b[split..]);
+    }
+
+    /// Horner steps of the polynomial hash (sequential: the 128-bit code).
+    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
+    pub(crate) fn horner(acc: u128, key: u128, blocks: &[u128]) -> u128 {
+        pclmul::horner(acc, key, blocks)
+    }
+}
+
 /// Safe entry points: each calls the kernel of the chosen backend, after
 /// checking that the CPU can run it.
 macro_rules! entry_points {
@@ -600,6 +774,13 @@ macro_rules! entry_points {
                         // the target features the avx512 kernels are compiled with.
                         unsafe { avx512::$f($($arg),*) }
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    Backend::Avx2 => {
+                        assert!(backend.is_available(), "AVX2 VPCLMULQDQ backend requested on a CPU without it");
+                        // SAFETY: the assertion above checked that the CPU has
+                        // the target features the avx2 kernels are compiled with.
+                        unsafe { avx2::$f($($arg),*) }
+                    }
                     _ => portable::$f($($arg),*),
                 }
             }
@@ -611,7 +792,7 @@ macro_rules! entry_points {
 pub(crate) mod run {
     use super::{Backend, portable};
     #[cfg(target_arch = "x86_64")]
-    use super::{avx512, pclmul};
+    use super::{avx2, avx512, pclmul};
     use crate::amplify::fft::CantorBasis;
 
     entry_points! {
@@ -638,7 +819,7 @@ pub(crate) mod run {
 pub(crate) fn clmul64(backend: Backend, a: u64, b: u64) -> u128 {
     match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Pclmul | Backend::Avx512 => {
+        Backend::Pclmul | Backend::Avx512 | Backend::Avx2 => {
             assert!(backend.is_available(), "PCLMULQDQ not available");
             // SAFETY: the CPU has the features (checked just above).
             unsafe { x86::clmul64(a, b) }
@@ -655,7 +836,7 @@ pub(crate) fn clmul64(backend: Backend, a: u64, b: u64) -> u128 {
 pub(crate) fn gf128_mul(backend: Backend, a: u128, b: u128) -> u128 {
     match backend {
         #[cfg(target_arch = "x86_64")]
-        Backend::Pclmul | Backend::Avx512 => {
+        Backend::Pclmul | Backend::Avx512 | Backend::Avx2 => {
             assert!(backend.is_available(), "PCLMULQDQ not available");
             // SAFETY: the CPU has the features (checked just above).
             unsafe { x86::gf128_mul(a, b) }

@@ -776,7 +776,12 @@ mod tests {
             let lo = (n - 1) / 64;
             let hi = (lo + m.div_ceil(64) + 1).min(la + lb);
             let want = mul(Backend::detect(), &a, &b);
-            for backend in [Backend::Portable, Backend::Pclmul, Backend::Avx512] {
+            for backend in [
+                Backend::Portable,
+                Backend::Pclmul,
+                Backend::Avx512,
+                Backend::Avx2,
+            ] {
                 if !backend.is_available() || (backend == Backend::Portable && la > 5000) {
                     continue;
                 }
@@ -864,7 +869,7 @@ mod tests {
                     assert_eq!(e, acc, "log {log} point {u}");
                 }
             }
-            for backend in [Backend::Pclmul, Backend::Avx512] {
+            for backend in [Backend::Pclmul, Backend::Avx512, Backend::Avx2] {
                 if !backend.is_available() {
                     continue;
                 }

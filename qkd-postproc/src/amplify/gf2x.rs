@@ -170,7 +170,7 @@ mod tests {
         #[test]
         fn all_methods_and_backends_agree(a in words(300), b in words(300)) {
             let want = mul_with(Backend::detect(), Method::Schoolbook, &a, &b);
-            for backend in [Backend::Portable, Backend::Pclmul, Backend::Avx512] {
+            for backend in [Backend::Portable, Backend::Pclmul, Backend::Avx512, Backend::Avx2] {
                 if !backend.is_available() {
                     continue;
                 }
