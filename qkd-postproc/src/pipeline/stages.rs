@@ -123,7 +123,7 @@ impl Default for Settings {
             min_chunk_bits: 1 << 10,
             tag_bits: 64,
             eps_sec: 1e-10,
-            modified_toeplitz: false,
+            modified_toeplitz: true,
             ldpc_variant: LdpcVariant::Blind,
             frame_bits: 1 << 16,
             min_frame_bits: 1 << 12,
@@ -421,7 +421,7 @@ impl Module for Stage {
                 self.info(
                     "construction",
                     Value::Text(if s.modified_toeplitz { "modified" } else { "standard" }.into()),
-                    "Toeplitz family: standard or modified",
+                    "Toeplitz family: modified (default: (I | T'), seed n − 1 bits) or standard",
                 ),
             ],
         }
