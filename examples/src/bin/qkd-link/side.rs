@@ -309,8 +309,14 @@ pub(crate) fn run(
     }
 }
 
+/// Most inputs handled between two steps of the pipeline.
+const DRAIN_PER_STEP: usize = 64;
+
 impl Loop {
     fn drive(&mut self, input: &Receiver<Input>) -> Result<Ending, String> {
+        // An input taken while draining that must see the pipeline stepped
+        // first (the peer's end, the device's end, a signal).
+        let mut held: Option<Input> = None;
         loop {
             let now = Instant::now();
             let deadline = self.step(now)?;
@@ -325,6 +331,12 @@ impl Loop {
             if self.closed && self.peer_closed {
                 return Ok(Ending::Completed);
             }
+            if let Some(i) = held.take() {
+                if let Some(ending) = self.on_input(i)? {
+                    return Ok(ending);
+                }
+                continue;
+            }
             let wait = deadline
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(1))
@@ -333,6 +345,24 @@ impl Loop {
                 Ok(i) => {
                     if let Some(ending) = self.on_input(i)? {
                         return Ok(ending);
+                    }
+                    // The peer's datagrams and finished work that have
+                    // arrived meanwhile are handled before the next step, so
+                    // that one step (and one flush to the peer) answers them
+                    // all; anything else waits for that step.
+                    for _ in 0..DRAIN_PER_STEP {
+                        match input.try_recv() {
+                            Ok(i @ (Input::Peer(_) | Input::Work(_))) => {
+                                if let Some(ending) = self.on_input(i)? {
+                                    return Ok(ending);
+                                }
+                            }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
