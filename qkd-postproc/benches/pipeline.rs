@@ -11,6 +11,9 @@
 //!   amplification on one worker thread ([`Pipeline::set_external_work`]):
 //!   the worker shape of a host that hands heavy steps of different blocks
 //!   to other cores.
+//! - `pipeline/two_workers_correction`: both sides' protocol on one thread,
+//!   their privacy amplification and every Cascade turn
+//!   ([`Pipeline::set_external_correction`]) on a pool of two workers.
 //!
 //! Before timing it prints, for the same blocks, the secret fraction
 //! against the finite-key bound evaluated with f = 1 and the
@@ -24,7 +27,7 @@ use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::confirm::ConfirmConfig;
 use qkd_postproc::estimate::Estimate;
 use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition};
-use shapes::one_thread;
+use shapes::{Workers, one_thread, workers};
 
 #[path = "support/shapes.rs"]
 mod shapes;
@@ -118,6 +121,15 @@ fn report(kept: &[BlockReport]) {
     }
 }
 
+const ONE_WORKER: Workers = Workers {
+    threads: 1,
+    correction: false,
+};
+const TWO_WORKERS: Workers = Workers {
+    threads: 2,
+    correction: true,
+};
+
 fn bench(c: &mut Criterion) {
     let (fa, fb) = frames();
     let (a, b) = pipelines();
@@ -126,13 +138,16 @@ fn bench(c: &mut Criterion) {
     report(&kept);
     // The worker shape keeps the same blocks with the same lengths.
     let (a, b) = pipelines();
-    let (with_worker, _) = shapes::one_thread_worker(a, b, fa.clone(), fb.clone());
+    let (with_worker, _) = workers(a, b, fa.clone(), fb.clone(), ONE_WORKER);
     let lengths = |k: &[BlockReport]| {
         k.iter()
             .map(|r| (r.block, r.final_bits))
             .collect::<Vec<_>>()
     };
     assert_eq!(lengths(&with_worker), lengths(&kept));
+    let (a, b) = pipelines();
+    let (with_workers, _) = workers(a, b, fa.clone(), fb.clone(), TWO_WORKERS);
+    assert_eq!(lengths(&with_workers), lengths(&kept));
     let sifted: u64 = kept.iter().map(|r| r.sifted_bits).sum();
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(sifted));
@@ -154,7 +169,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("one_thread_worker", |bench| {
         bench.iter_batched(
             || (pipelines(), fa.clone(), fb.clone()),
-            |((a, b), fa, fb)| shapes::one_thread_worker(a, b, fa, fb),
+            |((a, b), fa, fb)| workers(a, b, fa, fb, ONE_WORKER),
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("two_workers_correction", |bench| {
+        bench.iter_batched(
+            || (pipelines(), fa.clone(), fb.clone()),
+            |((a, b), fa, fb)| workers(a, b, fa, fb, TWO_WORKERS),
             BatchSize::PerIteration,
         );
     });

@@ -14,9 +14,12 @@
 //! `max_blocks_in_flight`, set on both sides; default: the definition's).
 //! The frames are made before the timed part.
 //!
-//! `WORKERS=1` hands both sides' privacy amplification to one worker thread
-//! (the `pipeline/one_thread_worker` shape; the CPU figure then counts the
-//! worker's time too). `THREADS=2` runs the `pipeline/two_threads` shape instead (Alice and Bob
+//! `WORKERS=N` hands both sides' privacy amplification to a pool of N worker
+//! threads (with `WORKERS=1` the `pipeline/one_thread_worker` shape), and with
+//! `CORRECTION=1` every Cascade turn as well
+//! ([`Pipeline::set_external_correction`]): one thread drives both sides'
+//! protocol, the workers run different blocks' heavy steps at once. The CPU
+//! figure then counts the workers' time too. `THREADS=2` runs the `pipeline/two_threads` shape instead (Alice and Bob
 //! on a thread each, datagrams through `std::sync::mpsc`); the rate per
 //! CPU-second is then of both threads together (what the thread crossing
 //! costs). Either way the last line is the median wall-clock rate (sifted
@@ -33,7 +36,7 @@ use qkd_core::module::{ModuleHost, Value};
 use qkd_core::{QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84, SimulatorConfig, h2};
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition};
-use shapes::{one_thread_worker, thread_cpu, two_threads};
+use shapes::{Workers, thread_cpu, two_threads, workers};
 
 #[path = "../benches/support/shapes.rs"]
 mod shapes;
@@ -113,7 +116,10 @@ fn main() {
     let (fa, fb) = frames(blocks, qber, slots);
     let mut rates = Vec::new();
     let threads: usize = env("THREADS", 1);
-    let workers: usize = env("WORKERS", 0);
+    let pool = Workers {
+        threads: env("WORKERS", 0),
+        correction: env("CORRECTION", 0) == 1,
+    };
     let mut walls = Vec::new();
     for round in 0..rounds {
         let (a, b) = pipelines(&def);
@@ -129,8 +135,8 @@ fn main() {
             (kept, cpu)
         } else {
             let (start, wall) = (thread_cpu(), Instant::now());
-            let (kept, worker) = if workers > 0 {
-                one_thread_worker(a, b, fa.clone(), fb.clone())
+            let (kept, worker) = if pool.threads > 0 {
+                workers(a, b, fa.clone(), fb.clone(), pool)
             } else {
                 (one_thread(a, b, fa.clone(), fb.clone()), Duration::ZERO)
             };
@@ -158,10 +164,11 @@ fn main() {
     rates.sort_by(f64::total_cmp);
     println!("median {:.2} Mbit/s per CPU-second", rates[rates.len() / 2]);
     walls.sort_by(f64::total_cmp);
-    let shape = match (threads, workers) {
-        (2, _) => "two threads",
-        (_, 0) => "one thread",
-        _ => "one thread and a worker",
+    let shape = match (threads, pool.threads, pool.correction) {
+        (2, _, _) => "two threads".to_owned(),
+        (_, 0, _) => "one thread".to_owned(),
+        (_, n, false) => format!("one thread and {n} worker(s) for amplification"),
+        (_, n, true) => format!("one thread and {n} worker(s) for correction and amplification"),
     };
     println!(
         "median {:.2} Mbit/s by the wall clock ({shape})",

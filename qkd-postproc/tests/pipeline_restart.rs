@@ -766,10 +766,13 @@ fn run_manual_with(
     let mut steps = 0;
     let deadline = net.now() + Duration::from_secs(600);
     let mut alone_until: Option<Instant> = None;
-    // Privacy amplification on "worker threads", as `qkd-link` runs it:
-    // each item done one event after it was handed out.
-    net.a.set_external_work(true);
-    net.b.set_external_work(true);
+    // Privacy amplification and Cascade turns on "worker threads", as
+    // `qkd-link --workers` runs them: each item done one event after it was
+    // handed out (a crash loses the items out).
+    for p in [&mut net.a, &mut net.b] {
+        p.set_external_work(true);
+        p.set_external_correction(true);
+    }
     let mut work: [Vec<qkd_postproc::pipeline::WorkItem>; 2] = [Vec::new(), Vec::new()];
     loop {
         let now = net.now();

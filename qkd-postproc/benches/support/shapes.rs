@@ -70,26 +70,51 @@ pub(crate) fn one_thread(
     kept
 }
 
-/// [`one_thread`] with both sides' privacy amplification on a worker
-/// thread; the kept blocks and the worker's CPU time.
+/// How [`workers`] splits the work.
+#[derive(Clone, Copy)]
+pub(crate) struct Workers {
+    /// Worker threads.
+    pub(crate) threads: usize,
+    /// Cascade turns on the workers too (not only privacy amplification).
+    pub(crate) correction: bool,
+}
+
+/// [`one_thread`] with both sides' heavy steps on a pool of worker
+/// threads: privacy amplification, and with `correction` every Cascade
+/// turn, so that different blocks' steps run at once while this thread
+/// keeps the protocol going. The kept blocks and the workers' CPU time.
 #[inline(never)]
-pub(crate) fn one_thread_worker(
+pub(crate) fn workers(
     mut a: Pipeline,
     mut b: Pipeline,
     fa: Vec<RawFrame>,
     fb: Vec<RawFrame>,
+    pool: Workers,
 ) -> (Vec<BlockReport>, Duration) {
-    a.set_external_work(true);
-    b.set_external_work(true);
+    for p in [&mut a, &mut b] {
+        p.set_external_work(true);
+        p.set_external_correction(pool.correction);
+    }
     let (to_worker, jobs) = mpsc::channel::<(Role, WorkItem)>();
+    let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
     let (to_host, done) = mpsc::channel::<(Role, WorkDone)>();
-    let worker = thread::spawn(move || {
-        let start = thread_cpu();
-        for (role, item) in jobs {
-            let _ = to_host.send((role, item.run()));
-        }
-        thread_cpu() - start
-    });
+    let threads: Vec<_> = (0..pool.threads.max(1))
+        .map(|_| {
+            let (jobs, to_host) = (jobs.clone(), to_host.clone());
+            thread::spawn(move || {
+                let start = thread_cpu();
+                loop {
+                    let job = jobs.lock().expect("job queue").recv();
+                    let Ok((role, item)) = job else { break };
+                    if to_host.send((role, item.run())).is_err() {
+                        break;
+                    }
+                }
+                thread_cpu() - start
+            })
+        })
+        .collect();
+    drop(to_host);
     let total = fa.len();
     let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
     let (mut kept, mut settled, mut outstanding) = (Vec::new(), 0, 0usize);
@@ -148,7 +173,8 @@ pub(crate) fn one_thread_worker(
         }
     }
     drop(to_worker);
-    (kept, worker.join().expect("worker"))
+    let cpu = threads.into_iter().map(|t| t.join().expect("worker")).sum();
+    (kept, cpu)
 }
 
 /// One side on its own thread (the loop of the `pipeline/two_threads`

@@ -124,11 +124,19 @@
 //!
 //! The pipeline owns no thread. A host that wants several cores can
 //! (a) run Alice's and Bob's pipelines on different threads when both are
-//! in one process, and (b) hand the privacy amplification of blocks to
-//! worker threads: with [`Pipeline::set_external_work`] the pipeline queues
-//! each block's Toeplitz hash as a [`WorkItem`] (`Send`), the host runs
-//! [`WorkItem::run`] anywhere and gives the [`WorkDone`] back with
-//! [`Pipeline::complete_work`]. The example on [`Pipeline`] shows it.
+//! in one process, and (b) hand the heavy steps of blocks to worker
+//! threads: with [`Pipeline::set_external_work`] the pipeline queues each
+//! block's Toeplitz hash, and with [`Pipeline::set_external_correction`]
+//! each Cascade turn (the peer's messages for all the block's chunks and
+//! the answers or questions they lead to) or LDPC decoding step, as a
+//! [`WorkItem`] (`Send`); the host runs [`WorkItem::run`] anywhere and gives
+//! the [`WorkDone`] back with [`Pipeline::complete_work`]. A block has at
+//! most one step out; the peer's further messages for it wait in order.
+//! Different blocks' steps run at once, so the gain needs several blocks in
+//! flight, and each step costs two thread hand-overs: for Cascade's many
+//! short turns that is worth it only where a turn is long (large chunks) or
+//! the peer's answer is far away anyway. The example on [`Pipeline`] shows
+//! the loop.
 
 pub mod definition;
 mod ldpc;
@@ -474,13 +482,122 @@ pub enum StateError {
     Ended,
 }
 
-/// A heavy step handed to a worker thread (privacy amplification of one
-/// block). `Send`; holds key material, zeroized on drop.
+/// A heavy step of one block handed to a worker thread: its privacy
+/// amplification ([`Pipeline::set_external_work`]) or one Cascade turn of
+/// all its chunks ([`Pipeline::set_external_correction`]). `Send`; holds
+/// key material, zeroized on drop.
 pub struct WorkItem {
+    /// The pipeline (and restore) that handed it out.
+    epoch: u64,
     block: BlockId,
-    hasher: ToeplitzHasher,
-    seed: BitVec,
-    input: BitVec,
+    job: Job,
+}
+
+/// Numbers each pipeline object and each restore, so that a result handed
+/// out before a restore (or by another pipeline object) is never applied
+/// to a block of the same number after it.
+static NEXT_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_epoch() -> u64 {
+    NEXT_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What a [`WorkItem`] does.
+enum Job {
+    /// The Toeplitz hash of the corrected key.
+    Amplify {
+        hasher: ToeplitzHasher,
+        seed: BitVec,
+        input: BitVec,
+    },
+    /// The peer's correction messages of one turn, chunk (or LDPC frame)
+    /// by chunk, into this side's machines (which compute the answers, the
+    /// next questions or a decoding).
+    Correct {
+        now: Instant,
+        machines: Correctors,
+        entries: Vec<(u32, Vec<u8>)>,
+    },
+}
+
+/// One block's correction machines, one per Cascade chunk or LDPC frame.
+enum Correctors {
+    CascadeAlice(Vec<CascadeAlice>),
+    CascadeBob(Vec<CascadeBob>),
+    LdpcAlice(Vec<LdpcAlice>),
+    LdpcBob(Vec<LdpcBob>),
+}
+
+impl Correctors {
+    /// This side's machines of the block's correction stage, taken out of
+    /// the block (put back with [`restore`](Self::restore)).
+    fn take(block: &mut Block, role: Role, correction: StageKind) -> Self {
+        use core::mem::take;
+        match (correction, role) {
+            (StageKind::Ldpc, Role::Alice) => Correctors::LdpcAlice(take(&mut block.ldpc_alice)),
+            (StageKind::Ldpc, _) => Correctors::LdpcBob(take(&mut block.ldpc_bob)),
+            (_, Role::Alice) => Correctors::CascadeAlice(take(&mut block.cascade_alice)),
+            _ => Correctors::CascadeBob(take(&mut block.cascade_bob)),
+        }
+    }
+
+    fn restore(self, block: &mut Block) {
+        match self {
+            Correctors::CascadeAlice(m) => block.cascade_alice = m,
+            Correctors::CascadeBob(m) => block.cascade_bob = m,
+            Correctors::LdpcAlice(m) => block.ldpc_alice = m,
+            Correctors::LdpcBob(m) => block.ldpc_bob = m,
+        }
+    }
+
+    /// Hands each message to its chunk's (frame's) machine, in order; the
+    /// first refusal ends the turn.
+    fn absorb<M: AsRef<[u8]>>(
+        &mut self,
+        now: Instant,
+        entries: &[(u32, M)],
+    ) -> Result<(), DropReason> {
+        for (chunk, inner) in entries {
+            let (i, inner) = (*chunk as usize, inner.as_ref());
+            let no_chunk = || DropReason::Protocol("no such chunk".into());
+            let refused = |e: &dyn core::fmt::Display| DropReason::Correction(e.to_string());
+            // A rejected message changes nothing: a late duplicate cannot
+            // happen in an ordered stream, so it is a protocol fault.
+            match self {
+                Correctors::CascadeAlice(m) => m
+                    .get_mut(i)
+                    .ok_or_else(no_chunk)?
+                    .handle_input(now, inner)
+                    .map_err(|e| refused(&e))?,
+                Correctors::CascadeBob(m) => m
+                    .get_mut(i)
+                    .ok_or_else(no_chunk)?
+                    .handle_input(now, inner)
+                    .map_err(|e| refused(&e))?,
+                Correctors::LdpcAlice(m) => m
+                    .get_mut(i)
+                    .ok_or_else(no_chunk)?
+                    .handle_input(now, inner)
+                    .map_err(|e| refused(&e))?,
+                Correctors::LdpcBob(m) => m
+                    .get_mut(i)
+                    .ok_or_else(no_chunk)?
+                    .handle_input(now, inner)
+                    .map_err(|e| refused(&e))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Job::Correct { entries, .. } = self {
+            for (_, m) in entries {
+                m.zeroize();
+            }
+        }
+    }
 }
 
 impl core::fmt::Debug for WorkItem {
@@ -500,23 +617,49 @@ impl WorkItem {
 
     /// Runs the step (on any thread).
     #[must_use]
-    pub fn run(self) -> WorkDone {
-        let key = self
-            .hasher
-            .hash(self.seed.as_bitslice(), self.input.as_bitslice())
-            .ok()
-            .and_then(|bits| SecretKey::from_bits(&bits).ok());
+    pub fn run(mut self) -> WorkDone {
+        let result = match &mut self.job {
+            Job::Amplify {
+                hasher,
+                seed,
+                input,
+            } => Done::Amplified(
+                hasher
+                    .hash(seed.as_bitslice(), input.as_bitslice())
+                    .ok()
+                    .and_then(|bits| SecretKey::from_bits(&bits).ok()),
+            ),
+            Job::Correct {
+                now,
+                machines,
+                entries,
+            } => {
+                let outcome = machines.absorb(*now, entries);
+                let machines = core::mem::replace(machines, Correctors::CascadeAlice(Vec::new()));
+                Done::Corrected { machines, outcome }
+            }
+        };
         WorkDone {
+            epoch: self.epoch,
             block: self.block,
-            key,
+            result,
         }
     }
 }
 
 /// The result of a [`WorkItem`], for [`Pipeline::complete_work`].
 pub struct WorkDone {
+    epoch: u64,
     block: BlockId,
-    key: Option<SecretKey>,
+    result: Done,
+}
+
+enum Done {
+    Amplified(Option<SecretKey>),
+    Corrected {
+        machines: Correctors,
+        outcome: Result<(), DropReason>,
+    },
 }
 
 impl core::fmt::Debug for WorkDone {
@@ -589,7 +732,10 @@ struct Block {
     seed: Option<SeedMessage>,
     length: Option<FinalKeyLength>,
     final_key: Option<SecretKey>,
-    amplifying: bool,
+    /// A heavy step of this block is on a worker ([`WorkItem`]): the
+    /// peer's further messages wait in the receive stream, and the idle
+    /// timeout does not run.
+    working: bool,
     /// Alice: Bob's round end arrived (his tag verified, or his RoundEnd).
     peer_round_end: bool,
     /// Bob: Alice's tag verified (transcript mode).
@@ -642,7 +788,7 @@ impl Block {
             seed: None,
             length: None,
             final_key: None,
-            amplifying: false,
+            working: false,
             peer_round_end: false,
             own_round_ok: false,
             control: None,
@@ -835,6 +981,10 @@ pub struct Pipeline {
     /// that the next state can hand them out again after a crash.
     kept_since_save: Vec<SavedCommit>,
     external_work: bool,
+    external_correction: bool,
+    /// This object's number since its creation or last restore (see
+    /// [`WorkItem`]).
+    epoch: u64,
     work: VecDeque<WorkItem>,
     totals: PipelineStats,
     auth: AuthModule,
@@ -1000,6 +1150,8 @@ impl Pipeline {
             waiting_for_save: false,
             kept_since_save: Vec::new(),
             external_work: false,
+            external_correction: false,
+            epoch: next_epoch(),
             work: VecDeque::new(),
             totals: PipelineStats::default(),
             start: None,
@@ -1211,27 +1363,63 @@ impl Pipeline {
         self.external_work = external;
     }
 
+    /// With `true`, each Cascade turn of a block (the peer's messages for
+    /// all its chunks, and the answers or next questions they lead to) is
+    /// handed out as a [`WorkItem`] instead of being computed inside
+    /// [`handle_input`](Machine::handle_input). Different blocks' turns can
+    /// then run on different worker threads while this thread keeps the
+    /// protocol going; one block has at most one step out at a time, and
+    /// the peer's further messages for it wait, in order, until the step
+    /// comes back. The messages sent are the same bits either way.
+    pub fn set_external_correction(&mut self, external: bool) {
+        self.external_correction = external;
+    }
+
     /// The next heavy step to run on a worker thread (external work only).
     pub fn poll_work(&mut self) -> Option<WorkItem> {
         self.work.pop_front()
     }
 
     /// Gives back a finished [`WorkItem`]. A result for a block that was
-    /// dropped meanwhile is ignored.
+    /// dropped meanwhile, or handed out before a restore or by another
+    /// pipeline object, is ignored.
     pub fn complete_work(&mut self, now: Instant, done: WorkDone) {
         self.touch(now);
-        if let Some(mut block) = self.blocks.remove(&done.block) {
-            block.amplifying = false;
-            match done.key {
-                Some(key) => {
-                    block.final_key = Some(key);
-                    self.after_amplify(now, &mut block);
-                    self.put_back(now, block);
-                }
-                None => self.drop_block(now, block, DropReason::NoSecretKey, true),
-            }
-            self.progress(now);
+        if done.epoch != self.epoch {
+            return;
         }
+        let Some(mut block) = self.blocks.remove(&done.block) else {
+            return;
+        };
+        if !block.working {
+            self.put_back(now, block);
+            return;
+        }
+        block.working = false;
+        let result = match done.result {
+            Done::Amplified(Some(key)) => {
+                block.final_key = Some(key);
+                self.after_amplify(now, &mut block);
+                Ok(())
+            }
+            Done::Amplified(None) => Err(DropReason::NoSecretKey),
+            Done::Corrected { machines, outcome } => {
+                machines.restore(&mut block);
+                outcome
+                    .and_then(|()| match self.correction {
+                        StageKind::Ldpc => self.pump_ldpc(now, &mut block),
+                        _ => self.pump_cascade(now, &mut block),
+                    })
+                    // The peer's messages that waited for this step.
+                    .and_then(|()| self.deliver(now, &mut block).map_or(Ok(()), Err))
+            }
+        };
+        match result {
+            Ok(()) => self.put_back(now, block),
+            Err(reason) => self.drop_block(now, block, reason, true),
+        }
+        self.drain_channel_events();
+        self.progress(now);
     }
 
     /// Whether the first waiting frame may start now.
@@ -1383,7 +1571,9 @@ impl Pipeline {
     /// block must be dropped.
     fn deliver(&mut self, now: Instant, block: &mut Block) -> Option<DropReason> {
         block.frame.as_ref()?;
-        while let Some(message) = block.recv.pop() {
+        while !block.working
+            && let Some(message) = block.recv.pop()
+        {
             let seq = block.recv.next - 1;
             if let Some(t) = &mut block.peer_transcript {
                 t.absorb(self.role.peer(), &transcript_entry(block.id, seq, &message));
@@ -1579,45 +1769,17 @@ impl Pipeline {
             {
                 let entries = wire::decode_chunk_batch(message, block.chunks.len())
                     .map_err(|e| bad(&e.to_string()))?;
-                for (chunk, inner) in entries {
-                    let i = chunk as usize;
-                    let result = match self.role {
-                        Role::Alice => block
-                            .cascade_alice
-                            .get_mut(i)
-                            .ok_or_else(|| bad("no such chunk"))?
-                            .handle_input(now, inner),
-                        Role::Bob => block
-                            .cascade_bob
-                            .get_mut(i)
-                            .ok_or_else(|| bad("no such chunk"))?
-                            .handle_input(now, inner),
-                    };
-                    // A rejected Cascade message changes nothing: a late
-                    // duplicate cannot happen in an ordered stream, so it is
-                    // a protocol fault.
-                    result.map_err(|e| DropReason::Correction(e.to_string()))?;
+                if self.correct(now, block, &entries)? {
+                    self.pump_cascade(now, block)?;
                 }
-                self.pump_cascade(now, block)
+                Ok(())
             }
             (_, Phase::Correct, Some(Protocol::Pipeline)) => {
-                let (chunk, inner) =
-                    wire::decode_chunk(message).map_err(|e| bad(&e.to_string()))?;
-                let i = chunk as usize;
-                let result = match self.role {
-                    Role::Alice => block
-                        .ldpc_alice
-                        .get_mut(i)
-                        .ok_or_else(|| bad("no such frame"))?
-                        .handle_input(now, inner),
-                    Role::Bob => block
-                        .ldpc_bob
-                        .get_mut(i)
-                        .ok_or_else(|| bad("no such frame"))?
-                        .handle_input(now, inner),
-                };
-                result.map_err(|e| DropReason::Correction(e.to_string()))?;
-                self.pump_ldpc(now, block)
+                let entry = wire::decode_chunk(message).map_err(|e| bad(&e.to_string()))?;
+                if self.correct(now, block, &[entry])? {
+                    self.pump_ldpc(now, block)?;
+                }
+                Ok(())
             }
             // Bob: Alice's challenge, then the Toeplitz seed.
             (Role::Bob, Phase::Confirm, Some(Protocol::Confirm)) => {
@@ -1874,6 +2036,39 @@ impl Pipeline {
     /// Moves Cascade messages into the stream, every chunk's in one batch
     /// (see [`wire`](wire#cascade-rounds-in-one-message)), and collects the
     /// outcomes.
+    /// The peer's correction messages of one turn into this side's
+    /// machines: here (then the caller pumps the machines' output), or,
+    /// with external correction, as a [`WorkItem`] (`Ok(false)`: the block
+    /// waits for [`complete_work`](Self::complete_work), which pumps).
+    fn correct(
+        &mut self,
+        now: Instant,
+        block: &mut Block,
+        entries: &[(u32, &[u8])],
+    ) -> Result<bool, DropReason> {
+        let mut machines = Correctors::take(block, self.role, self.correction);
+        if self.external_correction {
+            block.working = true;
+            let entries = entries
+                .iter()
+                .map(|(chunk, inner)| (*chunk, inner.to_vec()))
+                .collect();
+            self.work.push_back(WorkItem {
+                epoch: self.epoch,
+                block: block.id,
+                job: Job::Correct {
+                    now,
+                    machines,
+                    entries,
+                },
+            });
+            return Ok(false);
+        }
+        let outcome = machines.absorb(now, entries);
+        machines.restore(block);
+        outcome.map(|()| true)
+    }
+
     fn pump_cascade(&mut self, now: Instant, block: &mut Block) -> Result<(), DropReason> {
         // One message per chunk and turn is the rule; `later` holds any
         // further ones (none with today's machines) for following batches.
@@ -2065,18 +2260,23 @@ impl Pipeline {
         stage.stats.blocks_in += 1;
         stage.stats.bits_in += key.len() as u64;
         let item = WorkItem {
+            epoch: self.epoch,
             block: block.id,
-            hasher,
-            seed: seed.seed.clone(),
-            input: key,
+            job: Job::Amplify {
+                hasher,
+                seed: seed.seed.clone(),
+                input: key,
+            },
         };
         if self.external_work {
-            block.amplifying = true;
+            block.working = true;
             self.work.push_back(item);
             return Ok(());
         }
-        let done = item.run();
-        block.final_key = Some(done.key.ok_or(DropReason::NoSecretKey)?);
+        let Done::Amplified(key) = item.run().result else {
+            unreachable!("an amplification gives a key");
+        };
+        block.final_key = Some(key.ok_or(DropReason::NoSecretKey)?);
         self.after_amplify(now, block);
         Ok(())
     }
@@ -2889,7 +3089,7 @@ impl Pipeline {
             if !committing
                 && !ready
                 && block.control.is_none()
-                && !block.amplifying
+                && !block.working
                 && block.idle_deadline <= now
                 && (block.frame.is_some() || block.send.is_idle())
             {
@@ -3041,7 +3241,7 @@ impl Machine for Pipeline {
             earliest(b.send.deadline);
             earliest(b.control_deadline);
             let ready = b.peer_round_end && b.final_key.is_some();
-            if b.phase != Phase::Committing && !ready && b.control.is_none() && !b.amplifying {
+            if b.phase != Phase::Committing && !ready && b.control.is_none() && !b.working {
                 earliest(Some(b.idle_deadline));
             }
         }
@@ -3186,10 +3386,11 @@ impl ModuleHost for Pipeline {
     /// peer's messages about them are answered with an Abandon).
     fn restore_state(&mut self, state: &[u8]) -> Result<(), StateError> {
         let restored = Pipeline::from_state(&self.definition, self.role, state)?;
-        let external = self.external_work;
+        let (external, external_correction) = (self.external_work, self.external_correction);
         let in_flight: Vec<BlockId> = self.blocks.keys().copied().collect();
         *self = restored;
         self.external_work = external;
+        self.external_correction = external_correction;
         let reported: BTreeSet<BlockId> = self
             .events
             .iter()
