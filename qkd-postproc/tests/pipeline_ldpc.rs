@@ -13,6 +13,7 @@ use qkd_postproc::confirm::ConfirmConfig;
 use qkd_postproc::estimate::Estimate;
 use qkd_postproc::pipeline::{
     AuthMode, BlockReport, DropReason, Pipeline, PipelineDefinition, PipelineEvent, StageKind,
+    WorkItem,
 };
 
 const LDPC_TOML: &str = include_str!("../pipelines/ldpc.toml");
@@ -65,6 +66,8 @@ fn devices(qber: f64, frames: u64, slots: usize) -> (impl QkdDevice, impl QkdDev
 struct Outcomes {
     keys: Vec<(BlockId, Vec<u8>, BlockReport)>,
     dropped: Vec<(BlockId, StageKind, DropReason)>,
+    /// Work items this side handed out.
+    work_items: usize,
 }
 
 fn collect(events: Vec<PipelineEvent>, out: &mut Outcomes) {
@@ -90,12 +93,44 @@ fn run(
     dev_b: &mut impl QkdDevice,
     limit: Duration,
 ) -> (Outcomes, Outcomes) {
+    run_with(net, dev_a, dev_b, limit, false)
+}
+
+/// [`run`]; with `workers`, both sides hand their decoding steps and
+/// privacy amplification out, and the host completes them one network step
+/// later, the newest first.
+fn run_with(
+    net: &mut Network<Pipeline, Pipeline>,
+    dev_a: &mut impl QkdDevice,
+    dev_b: &mut impl QkdDevice,
+    limit: Duration,
+    workers: bool,
+) -> (Outcomes, Outcomes) {
     let (mut a, mut b) = (Outcomes::default(), Outcomes::default());
     let deadline = net.now() + limit;
     let mut next_a = dev_a.next_frame().unwrap();
     let mut next_b = dev_b.next_frame().unwrap();
+    for p in [&mut net.a, &mut net.b] {
+        p.set_external_work(workers);
+        p.set_external_correction(workers);
+    }
+    let mut out: [Vec<WorkItem>; 2] = [Vec::new(), Vec::new()];
     loop {
         let now = net.now();
+        for (side, items) in out.iter_mut().enumerate() {
+            let p = if side == 0 { &mut net.a } else { &mut net.b };
+            for item in items.drain(..).rev() {
+                p.complete_work(now, item.run());
+            }
+            while let Some(item) = p.poll_work() {
+                items.push(item);
+                if side == 0 {
+                    a.work_items += 1;
+                } else {
+                    b.work_items += 1;
+                }
+            }
+        }
         while next_a.is_some() && net.a.wants_frame() {
             net.a.push_frame(now, next_a.take().unwrap()).unwrap();
             next_a = dev_a.next_frame().unwrap();
@@ -104,7 +139,8 @@ fn run(
             net.b.push_frame(now, next_b.take().unwrap()).unwrap();
             next_b = dev_b.next_frame().unwrap();
         }
-        if !net.step() && next_a.is_none() && next_b.is_none() {
+        let busy = out.iter().any(|items| !items.is_empty());
+        if !net.step() && !busy && next_a.is_none() && next_b.is_none() {
             break;
         }
         collect(net.take_events_a(), &mut a);
@@ -241,6 +277,36 @@ fn ldpc_keys_identical_lengths_from_the_formula_and_stats_add_up() {
 
 /// Loss, duplication, reordering and corruption: the same keys on both
 /// sides or none, blocks dropped on both sides, pools in step.
+/// Decoding on "workers" (steps handed out and completed a network step
+/// later): the same keys as decoding inline.
+#[test]
+fn ldpc_decoding_on_workers_gives_the_same_keys() {
+    let def = definition(1 << 13);
+    let mut keys = Vec::new();
+    for workers in [false, true] {
+        let (alice, bob) = pair(&def);
+        let (mut dev_a, mut dev_b) = devices(0.03, 3, 1 << 17);
+        let link = LinkConfig::perfect(Duration::from_millis(2));
+        let mut net = Network::new(alice, bob, link, 1, Instant::now());
+        let limit = Duration::from_secs(600);
+        let (a, b) = run_with(&mut net, &mut dev_a, &mut dev_b, limit, workers);
+        assert_eq!(
+            a.keys.len(),
+            3,
+            "workers {workers}: dropped {:?}",
+            a.dropped
+        );
+        check_same_keys(&a, &b);
+        check_pools(&net);
+        if workers {
+            // Bob's decoding steps went out, not only the amplifications.
+            assert!(b.work_items > 3 + 3, "{} items", b.work_items);
+        }
+        keys.push(a.keys);
+    }
+    assert_eq!(keys[0], keys[1]);
+}
+
 #[test]
 fn ldpc_on_a_hostile_link_never_gives_a_wrong_key() {
     for (mode, seed) in [(AuthMode::Transcript, 1), (AuthMode::PerMessage, 2)] {
