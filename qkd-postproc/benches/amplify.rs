@@ -145,6 +145,18 @@ fn toeplitz(c: &mut Criterion) {
                     .unwrap()
             });
         });
+        // The 128-bit PCLMULQDQ kernels, when the fast path is a wider one
+        // (AVX2 or AVX-512 VPCLMULQDQ): the same algorithm, one field
+        // product per instruction.
+        if n <= 10_000_000 && h.backend() != Backend::Pclmul && Backend::Pclmul.is_available() {
+            let hc = h.with_backend(Backend::Pclmul).unwrap();
+            g.bench_with_input(BenchmarkId::new("pclmul", n), &n, |b, _| {
+                b.iter(|| {
+                    hc.hash(black_box(s.as_bitslice()), black_box(x.as_bitslice()))
+                        .unwrap()
+                });
+            });
+        }
         if n <= 1_000_000 {
             let hp = h.with_backend(Backend::Portable).unwrap();
             g.bench_with_input(BenchmarkId::new("portable", n), &n, |b, _| {
