@@ -375,6 +375,13 @@ impl Shuffle {
         Some(acc.count_ones() & 1 == 1)
     }
 
+    /// Whether key bit `i` lies in the first half (`⌈n/2⌉` positions) of
+    /// this pass's order.
+    #[inline]
+    pub(crate) fn in_first_half(&self, i: usize) -> bool {
+        (self.half_mask[i / 64] >> (i % 64)) & 1 == 1
+    }
+
     /// Parity of the first half of the shuffled key, on words.
     pub(crate) fn half_parity(&self, key: &BitVec) -> bool {
         let acc = key
