@@ -5,7 +5,6 @@ use std::sync::OnceLock;
 use qkd_core::BitVec;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use zeroize::Zeroizing;
 
 use qkd_core::machine::ConfigError;
 
@@ -208,43 +207,6 @@ impl ShufflePlan {
     }
 }
 
-/// Bit `i` of `key` as byte `i` (0 or 1) of the result, zero-padded to a
-/// power-of-two length (up to twice the key's bits in bytes; the buffer
-/// lives for one gather and, holding the whole key, is zeroized when freed).
-///
-/// The buffer is kept as `u64` words and read as bytes through `bytemuck`:
-/// zeroizing it is then one volatile write per eight key bits instead of one
-/// per bit, which at n = 10^5 took Cascade's instruction count per block from
-/// 7.5 % above the pre-zeroization build to within 1 % (BENCHMARKS.md).
-fn spread_bytes(key: &BitVec) -> Zeroizing<Vec<u64>> {
-    const fn table() -> [u64; 256] {
-        let mut t = [0u64; 256];
-        let mut b = 0;
-        while b < 256 {
-            let mut v = 0u64;
-            let mut j = 0;
-            while j < 8 {
-                v |= (((b >> j) & 1) as u64) << (8 * j);
-                j += 1;
-            }
-            t[b] = v;
-            b += 1;
-        }
-        t
-    }
-    const SPREAD: [u64; 256] = table();
-    let len = (key.words().len() * 64).next_power_of_two() / 8;
-    let mut out = Zeroizing::new(vec![0u64; len]);
-    for (eights, &w) in out.chunks_exact_mut(8).zip(key.words()) {
-        for (eight, byte) in eights.iter_mut().zip(w.to_le_bytes()) {
-            // Byte `k` of the word is bit `k` of `byte`: little-endian
-            // bytes, read back below through a byte view of the words.
-            *eight = u64::from_le(SPREAD[usize::from(byte)]);
-        }
-    }
-    out
-}
-
 impl Shuffle {
     fn generate(n: usize, seed: u64, pass: usize) -> Shuffle {
         let mut key = [0u8; 32];
@@ -299,41 +261,21 @@ impl Shuffle {
 
     /// The key in this pass's order, packed.
     ///
-    /// The key is first spread to one byte per bit (a table lookup per key
-    /// byte), so that the gather is a byte load, a shift and an or per bit.
+    /// Each one bit of the key is written to its position in the copy
+    /// (`pos`, read in key order, so the reads stream; the writes land in
+    /// the copy, `n/8` bytes, which stays in the L1 cache). No key-sized
+    /// temporary is built, so nothing besides the copy needs zeroizing.
     pub(crate) fn gather(&self, key: &BitVec) -> BitVec {
-        let n = self.order.len();
-        let spread_words = spread_bytes(key);
-        let spread: &[u8] = bytemuck::cast_slice(&spread_words);
-        // The spread key's length is a power of two above every index, so
-        // `i & wrap` is `i` and the compiler drops the bounds check.
-        let wrap = spread.len() - 1;
-        let bit = |i: u32| u64::from(spread[i as usize & wrap]);
-        let mut words = Vec::with_capacity(n.div_ceil(64));
-        let mut chunks = self.order.chunks_exact(64);
-        for chunk in &mut chunks {
-            // Eight bits at a time with constant shifts.
-            let mut w = 0u64;
-            for (k, eight) in chunk.chunks_exact(8).enumerate() {
-                let byte = bit(eight[0])
-                    | bit(eight[1]) << 1
-                    | bit(eight[2]) << 2
-                    | bit(eight[3]) << 3
-                    | bit(eight[4]) << 4
-                    | bit(eight[5]) << 5
-                    | bit(eight[6]) << 6
-                    | bit(eight[7]) << 7;
-                w |= byte << (8 * k);
+        let n = self.pos.len();
+        let mut words = vec![0u64; n.div_ceil(64)];
+        for (&w, pos) in key.words().iter().zip(self.pos.chunks(64)) {
+            let mut rest = w;
+            while rest != 0 {
+                let t = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                let j = pos[t] as usize;
+                words[j / 64] |= 1 << (j % 64);
             }
-            words.push(w);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            words.push(
-                rest.iter()
-                    .enumerate()
-                    .fold(0u64, |w, (t, &i)| w | bit(i) << t),
-            );
         }
         BitVec::from_words(words, n).expect("one word per 64 positions")
     }

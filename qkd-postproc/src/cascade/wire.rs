@@ -210,16 +210,41 @@ pub(crate) fn encode_questions(
     out.put_u64(shuffle_seed);
     out.put_u32(key_len);
     out.put_u32(u32::try_from(count).expect("at most 2^32 - 1 questions"));
+    let at = out.len();
+    out.resize(at + QUESTION * count, 0);
     let mut written = 0;
-    for q in questions {
-        let mut record = [0u8; QUESTION];
+    for (record, q) in out[at..].chunks_exact_mut(QUESTION).zip(questions) {
         record[0] = q.pass;
         record[1..5].copy_from_slice(&q.start.to_be_bytes());
         record[5..].copy_from_slice(&q.len.to_be_bytes());
-        out.extend_from_slice(&record);
         written += 1;
     }
     assert_eq!(written, count, "the question count announced");
+    append_crc32(&mut out);
+    out
+}
+
+/// The bytes of a [`CascadeMessage::Answers`] with these fields, without
+/// building the message first (Alice's rounds and resends;
+/// [`CascadeMessage::encode`] goes through here too).
+///
+/// # Panics
+/// If `parities` holds more than [`MAX_QUESTIONS`] bits.
+pub(crate) fn encode_answers(block: BlockId, round: u32, parities: &BitVec) -> Vec<u8> {
+    let count = parities.len();
+    let bytes = count.div_ceil(8);
+    let mut out = Envelope::new(Protocol::Cascade, VERSION, ANSWERS).start(8 + 8 + bytes + TRAILER);
+    out.put_u64(block.get());
+    out.put_u32(round);
+    out.put_u32(u32::try_from(count).expect("at most 2^32 - 1 answers"));
+    // LSB first: the little-endian bytes of the packed words (bits past
+    // `count` are zero in a `BitVec`).
+    let mut left = bytes;
+    for w in parities.words() {
+        let take = left.min(8);
+        out.extend_from_slice(&w.to_le_bytes()[..take]);
+        left -= take;
+    }
     append_crc32(&mut out);
     out
 }
@@ -261,6 +286,14 @@ impl CascadeMessage {
                 questions.iter().copied(),
             );
         }
+        if let CascadeMessage::Answers {
+            block,
+            round,
+            parities,
+        } = self
+        {
+            return encode_answers(*block, *round, parities);
+        }
         let (kind, body) = match self {
             CascadeMessage::Questions { questions, .. } => {
                 (QUESTIONS, 20 + QUESTION * questions.len())
@@ -273,14 +306,8 @@ impl CascadeMessage {
         let mut out = Envelope::new(Protocol::Cascade, VERSION, kind).start(8 + body + TRAILER);
         out.put_u64(self.block().get());
         match self {
-            CascadeMessage::Questions { .. } => unreachable!("encoded above"),
-            CascadeMessage::Answers {
-                round, parities, ..
-            } => {
-                let count = u32::try_from(parities.len()).expect("at most 2^32 - 1 answers");
-                out.put_u32(*round);
-                out.put_u32(count);
-                out.extend_from_slice(&parities.to_bytes_lsb());
+            CascadeMessage::Questions { .. } | CascadeMessage::Answers { .. } => {
+                unreachable!("encoded above")
             }
             CascadeMessage::Done {
                 rounds,
