@@ -13,10 +13,13 @@ use super::shuffle::{LazyCopy, ShufflePlan};
 use super::wire::{AbortReason, CascadeMessage, Question, encode_questions};
 use super::{CascadeError, CascadeEvent, CascadeStats};
 
-/// Blocks whose trees have more nodes than this keep known parities in a
-/// hash map rather than a bitmap (two bits per node: at most 16 KiB per
-/// block).
-const SPARSE_ABOVE: usize = 1 << 17;
+/// Blocks whose trees have more nodes than this (blocks of more than 2048
+/// bits) keep known parities in a hash map rather than a bitmap (two bits
+/// per node: at most 512 bytes per block). Large blocks are few and each
+/// search remembers one node per level, so a bitmap would be mostly zeros
+/// that cost a fresh zeroed allocation per pass (16 KiB for the two
+/// half-key blocks of a 2^16-bit key) and room in the caches.
+const SPARSE_ABOVE: usize = 1 << 12;
 
 /// A multiplicative hasher for node indices (not exposed to the peer's
 /// choice in a way that matters: Bob picks every node himself).

@@ -122,7 +122,7 @@
 //! - Bob asks only what his own schedule plans, so his state is bounded by
 //!   it: his key, per pass a packed copy (`n/8` bytes), five bits per block
 //!   and, with parity reuse, two bits per inner node of the block trees (a
-//!   hash map of the asked nodes instead for blocks of more than 2^16 bits):
+//!   hash map of the asked nodes instead for blocks of more than 2048 bits):
 //!   at most `1/8 + 10 P / 8` bytes per key bit (block size 1; a few
 //!   hundredths per pass for usual block sizes), plus the searches under
 //!   way (a few dozen bytes per odd block).

@@ -267,16 +267,32 @@ impl Shuffle {
     /// temporary is built, so nothing besides the copy needs zeroizing.
     pub(crate) fn gather(&self, key: &BitVec) -> BitVec {
         let n = self.pos.len();
-        let mut words = vec![0u64; n.div_ceil(64)];
-        for (&w, pos) in key.words().iter().zip(self.pos.chunks(64)) {
+        let len = n.div_ceil(64);
+        // A power-of-two number of words, so that `& wrap` keeps every
+        // index in bounds without a check (positions are below `n`, so the
+        // words past `len` stay zero and are cut off below).
+        let wrap = len.next_power_of_two() - 1;
+        let mut words = vec![0u64; wrap + 1];
+        let (full, last) = self.pos.as_chunks::<64>();
+        let key_words = key.words();
+        for (&w, pos) in key_words.iter().zip(full) {
             let mut rest = w;
             while rest != 0 {
-                let t = rest.trailing_zeros() as usize;
+                let j = pos[rest.trailing_zeros() as usize & 63] as usize;
                 rest &= rest - 1;
-                let j = pos[t] as usize;
-                words[j / 64] |= 1 << (j % 64);
+                words[(j >> 6) & wrap] |= 1 << (j & 63);
             }
         }
+        if let Some(&w) = key_words.get(full.len()) {
+            // The last, partial word: its bits past `n` are zero.
+            let mut rest = w;
+            while rest != 0 {
+                let j = last[rest.trailing_zeros() as usize] as usize;
+                rest &= rest - 1;
+                words[(j >> 6) & wrap] |= 1 << (j & 63);
+            }
+        }
+        words.truncate(len);
         BitVec::from_words(words, n).expect("one word per 64 positions")
     }
 
