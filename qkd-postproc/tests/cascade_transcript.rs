@@ -192,6 +192,42 @@ fn chunks_in_lockstep_on_one_plan_match_the_pinned_digests() {
     assert_eq!(joined, PINNED_LOCKSTEP);
 }
 
+/// A resend (after Bob's timer) carries exactly the bytes of the first
+/// sending, for every round of a run: Bob keeps no copy of his questions
+/// and encodes them again, so this checks that nothing they are built from
+/// changed while the answers were awaited.
+#[test]
+fn resent_questions_are_the_bytes_first_sent() {
+    for (variant, n, seed) in [
+        (Variant::Option7, 1 << 14, 31),
+        (Variant::Original, 10_000, 32),
+    ] {
+        let mut run = Run::new(variant, 0.03, n, seed, &plan(n, seed), |_| {});
+        let mut now = Instant::now();
+        let mut rounds = 0;
+        while let Some(first) = run.bob.poll_transmit(now) {
+            now = run.bob.poll_timeout().expect("a resend timer");
+            run.bob.handle_timeout(now);
+            let again = run.bob.poll_transmit(now).expect("a resend");
+            assert_eq!(again, first, "round {rounds}");
+            run.alice.handle_input(now, &first).unwrap();
+            // Alice answers a repeated round from her cache, without
+            // disclosing anything new.
+            let leaked = run.alice.leaked_bits();
+            run.alice.handle_input(now, &again).unwrap();
+            assert_eq!(run.alice.leaked_bits(), leaked);
+            let answer = run.alice.poll_transmit(now).expect("an answer");
+            let cached = run.alice.poll_transmit(now).expect("the cached answer");
+            assert_eq!(cached, answer);
+            run.bob.handle_input(now, &answer).unwrap();
+            rounds += 1;
+        }
+        assert!(rounds > 50, "{rounds} rounds");
+        assert!(run.bob.is_finished());
+        assert_eq!(run.bob.stats().retransmissions, rounds);
+    }
+}
+
 const PINNED: &str = "
 original 0.02 10000 1: 21332fd55799a229
 original 0.1 4097 2: faef2bd5521243f9

@@ -159,6 +159,18 @@ enum Pending {
     Searches(usize),
 }
 
+/// The message Bob waits on an answer to.
+#[derive(Debug)]
+enum Outstanding {
+    Nothing,
+    /// This round's questions: the bytes until their first sending, then
+    /// `None` (a resend encodes them again from `pending` and the searches,
+    /// which do not change before the answers come: no copy is kept).
+    Questions(Option<Vec<u8>>),
+    /// `Done` or `Abort`.
+    Message(Vec<u8>),
+}
+
 impl Pending {
     fn len(self) -> usize {
         match self {
@@ -234,7 +246,7 @@ pub struct CascadeBob {
     pending: Pending,
     round: u32,
     biconf_clean_run: u32,
-    outstanding: Option<Vec<u8>>,
+    outstanding: Outstanding,
     send_now: bool,
     /// The resend timer of the outstanding message (a fresh one per message).
     timer: Retransmit,
@@ -306,7 +318,7 @@ impl CascadeBob {
             pending: Pending::Nothing,
             round: 0,
             biconf_clean_run: 0,
-            outstanding: None,
+            outstanding: Outstanding::Nothing,
             send_now: false,
             timer: Retransmit::new(config.retransmit_after, config.max_retransmissions),
             events: VecDeque::new(),
@@ -352,10 +364,10 @@ impl CascadeBob {
         }
         self.state = State::Aborted;
         self.timer.disarm();
-        self.outstanding = None;
+        self.outstanding = Outstanding::Nothing;
         self.send_now = false;
         if tell_peer {
-            self.outstanding = Some(
+            self.outstanding = Outstanding::Message(
                 CascadeMessage::Abort {
                     block: self.block,
                     reason,
@@ -543,20 +555,8 @@ impl CascadeBob {
             self.converge();
             if !self.searches.is_empty() {
                 let count = self.searches.len();
-                let questions = self.searches.iter().map(|s| Question {
-                    pass: s.pass as u8,
-                    start: s.start as u32,
-                    len: (s.end - s.start).div_ceil(2) as u32,
-                });
-                let msg = encode_questions(
-                    self.block,
-                    self.round,
-                    self.plan.seed(),
-                    self.key.len() as u32,
-                    count,
-                    questions,
-                );
                 self.pending = Pending::Searches(count);
+                let msg = self.encode_pending(self.round);
                 self.send_questions(msg, count);
                 return;
             }
@@ -608,24 +608,8 @@ impl CascadeBob {
                 self.start_pass(pass);
                 continue;
             }
-            let p = &self.passes[pass];
-            let questions = (0..asked).map(|b| {
-                let (s, e) = p.block_range(b, n);
-                Question {
-                    pass: pass as u8,
-                    start: s as u32,
-                    len: (e - s) as u32,
-                }
-            });
-            let msg = encode_questions(
-                self.block,
-                self.round,
-                self.plan.seed(),
-                n as u32,
-                asked,
-                questions,
-            );
             self.pending = Pending::Top { pass, asked };
+            let msg = self.encode_pending(self.round);
             self.send_questions(msg, asked);
             return;
         }
@@ -644,18 +628,49 @@ impl CascadeBob {
         Some((self.plan.half(), true))
     }
 
+    /// The questions that `pending` stands for, as the message of `round`:
+    /// the next sub-block of each search, or the blocks of a new pass.
+    fn encode_pending(&self, round: u32) -> Vec<u8> {
+        let n = self.key.len();
+        let (block, seed) = (self.block, self.plan.seed());
+        match self.pending {
+            Pending::Searches(count) => {
+                let questions = self.searches[..count].iter().map(|s| Question {
+                    pass: s.pass as u8,
+                    start: s.start as u32,
+                    len: (s.end - s.start).div_ceil(2) as u32,
+                });
+                encode_questions(block, round, seed, n as u32, count, questions)
+            }
+            Pending::Top { pass, asked } => {
+                let p = &self.passes[pass];
+                let questions = (0..asked).map(|b| {
+                    let (s, e) = p.block_range(b, n);
+                    Question {
+                        pass: pass as u8,
+                        start: s as u32,
+                        len: (e - s) as u32,
+                    }
+                });
+                encode_questions(block, round, seed, n as u32, asked, questions)
+            }
+            // Questions are outstanding only while answers are pending.
+            Pending::Nothing => encode_questions(block, round, seed, n as u32, 0, [].into_iter()),
+        }
+    }
+
     /// Sends `msg`, the encoded questions of this round (`count` of them).
     fn send_questions(&mut self, msg: Vec<u8>, count: usize) {
         self.stats.leaked_bits += count as u64;
         self.stats.channel_uses += 1;
         self.round += 1;
-        self.outstanding = Some(msg);
+        self.outstanding = Outstanding::Questions(Some(msg));
         self.send_now = true;
     }
 
     fn finish(&mut self) {
         self.state = State::Finishing;
-        self.outstanding = Some(
+        self.outstanding = Outstanding::Message(
             CascadeMessage::Done {
                 block: self.block,
                 rounds: self.round,
@@ -936,7 +951,7 @@ impl Machine for CascadeBob {
                 if self.state != State::Asking || round.checked_add(1) != Some(self.round) {
                     return Ok(()); // a duplicate of an answer already used
                 }
-                if self.outstanding.is_none() {
+                if matches!(self.outstanding, Outstanding::Nothing) {
                     return Ok(());
                 }
                 if parities.len() != self.pending.len() {
@@ -944,7 +959,7 @@ impl Machine for CascadeBob {
                         reason: "answer count differs from question count",
                     });
                 }
-                self.outstanding = None;
+                self.outstanding = Outstanding::Nothing;
                 self.timer = self.fresh_timer();
                 self.apply_answers(&parities);
                 self.plan_round();
@@ -954,7 +969,7 @@ impl Machine for CascadeBob {
                 if self.state != State::Finishing {
                     return Ok(());
                 }
-                self.outstanding = None;
+                self.outstanding = Outstanding::Nothing;
                 self.timer.disarm();
                 if leaked_bits != self.stats.leaked_bits {
                     self.abort(AbortReason::Protocol, true);
@@ -983,7 +998,14 @@ impl Machine for CascadeBob {
             return None;
         }
         self.send_now = false;
-        let msg = self.outstanding.clone()?;
+        let msg = match &mut self.outstanding {
+            Outstanding::Nothing => return None,
+            Outstanding::Questions(first) => match first.take() {
+                Some(msg) => msg,
+                None => self.encode_pending(self.round.wrapping_sub(1)),
+            },
+            Outstanding::Message(msg) => msg.clone(),
+        };
         self.timer.arm(now);
         Some(msg)
     }
@@ -999,7 +1021,7 @@ impl Machine for CascadeBob {
 
     /// Resends the outstanding message, or aborts after too many resends.
     fn handle_timeout(&mut self, now: Instant) {
-        if self.outstanding.is_none() {
+        if matches!(self.outstanding, Outstanding::Nothing) {
             return;
         }
         match self.timer.poll(now) {
