@@ -869,7 +869,7 @@ impl CascadeBob {
                 let i = if s.pass == 0 {
                     s.start
                 } else {
-                    plan.shuffle(s.pass).order[s.start] as usize
+                    plan.shuffle(s.pass).order.get(s.start)
                 };
                 s.done = true;
                 break Some((i, s.pass, s.start));
