@@ -27,7 +27,7 @@ use super::params::MAX_PASSES;
 /// block ID) when you want different shuffles per block.
 ///
 /// Memory: each pass computed holds its permutation and its inverse (8
-/// bytes per key bit), the half-key mask (1/8 byte per key bit) and the
+/// bytes per key bit; 4 for keys of at most 2^16 bits), the half-key mask (1/8 byte per key bit) and the
 /// masks of the first tree levels of the two halves (at most 60 masks of
 /// 1/8 byte per key bit, only for keys of 2^13 bits and more): at most
 /// [`SHUFFLE_BYTES_PER_KEY_BIT`] per pass. The machines only ever ask for
