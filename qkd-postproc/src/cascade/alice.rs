@@ -9,7 +9,7 @@ use qkd_core::{BitVec, BlockId};
 
 use super::params::CascadeConfig;
 use super::shuffle::{LazyCopy, ShufflePlan};
-use super::wire::{AbortReason, CascadeMessage, Question};
+use super::wire::{AbortReason, CascadeMessage, Question, encode_answers};
 use super::{CascadeError, CascadeEvent, CascadeStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,14 +188,8 @@ impl CascadeAlice {
                 });
             }
             if let Some(parities) = &self.last_answer {
-                self.outbox.push_back(
-                    CascadeMessage::Answers {
-                        block: self.block,
-                        round,
-                        parities: parities.clone(),
-                    }
-                    .encode(),
-                );
+                self.outbox
+                    .push_back(encode_answers(self.block, round, parities));
             }
             return Ok(());
         }
@@ -231,15 +225,9 @@ impl CascadeAlice {
         self.reserve(&questions);
         let parities: BitVec = questions.iter().map(|q| self.parity(q)).collect();
         self.leaked += count;
-        let msg = CascadeMessage::Answers {
-            block: self.block,
-            round,
-            parities,
-        };
-        self.outbox.push_back(msg.encode());
-        if let CascadeMessage::Answers { parities, .. } = msg {
-            self.last_answer = Some(parities);
-        }
+        self.outbox
+            .push_back(encode_answers(self.block, round, &parities));
+        self.last_answer = Some(parities);
         self.last_questions = questions;
         self.next_round += 1;
         Ok(())

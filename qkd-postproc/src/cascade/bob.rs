@@ -1,6 +1,7 @@
 //! Bob's side: holds the noisy key, asks batched parity questions, corrects.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,13 +10,16 @@ use qkd_core::{BitVec, BlockId};
 
 use super::params::CascadeConfig;
 use super::shuffle::{LazyCopy, ShufflePlan};
-use super::wire::{AbortReason, CascadeMessage, Question};
+use super::wire::{AbortReason, CascadeMessage, Question, encode_questions};
 use super::{CascadeError, CascadeEvent, CascadeStats};
 
-/// Blocks whose trees have more nodes than this keep known parities in a
-/// hash map rather than a bitmap (two bits per node: at most 16 KiB per
-/// block).
-const SPARSE_ABOVE: usize = 1 << 17;
+/// Blocks whose trees have more nodes than this (blocks of more than 2048
+/// bits) keep known parities in a hash map rather than a bitmap (two bits
+/// per node: at most 512 bytes per block). Large blocks are few and each
+/// search remembers one node per level, so a bitmap would be mostly zeros
+/// that cost a fresh zeroed allocation per pass (16 KiB for the two
+/// half-key blocks of a 2^16-bit key) and room in the caches.
+const SPARSE_ABOVE: usize = 1 << 12;
 
 /// A multiplicative hasher for node indices (not exposed to the peer's
 /// choice in a way that matters: Bob picks every node himself).
@@ -52,6 +56,10 @@ struct Pass {
     mine: BitVec,
     /// Blocks with a binary search under way.
     active: BitVec,
+    /// Blocks that held a flipped bit since their search last computed its
+    /// own parity (a block has at most one search): only those searches
+    /// need their parity again.
+    touched: BitVec,
     /// Bob's key in this pass's order, once a sub-range parity needed it.
     copy: LazyCopy,
     /// Known parities of sub-blocks (reuse only). Only left children are
@@ -124,22 +132,53 @@ struct Search {
     alice: bool,
     /// The answer to the question about the current node's left child.
     answer: Option<bool>,
-    /// Bob's parity of the current node, valid while the number of flipped
-    /// bits is `mine_at`.
+    /// Bob's parity of the current node, valid while `mine_valid` and no
+    /// bit of the block has been flipped since (`Pass::touched`).
     mine: bool,
-    mine_at: u64,
-    /// The round and flip count at which the search last stopped to ask:
-    /// stepping it again before either changes would do nothing.
-    waiting: (u32, u64),
+    mine_valid: bool,
+    /// The round in which the search last stopped to ask: stepping it
+    /// again in that round before a bit of its block is flipped would do
+    /// nothing (the known parities change only with answers).
+    waiting: u32,
     done: bool,
     /// Number of the search, for the blocks set aside until it ends.
     id: u64,
 }
 
+/// What the outstanding questions ask: every round is either the block
+/// parities of one new pass or one question per search under way.
 #[derive(Clone, Copy, Debug)]
-enum Origin {
-    Top { pass: usize, block: usize },
-    Search(usize),
+enum Pending {
+    Nothing,
+    /// The parities of blocks `0 .. asked` of `pass`.
+    Top {
+        pass: usize,
+        asked: usize,
+    },
+    /// The left child of the current node of searches `0 .. count`.
+    Searches(usize),
+}
+
+/// The message Bob waits on an answer to.
+#[derive(Debug)]
+enum Outstanding {
+    Nothing,
+    /// This round's questions: the bytes until their first sending, then
+    /// `None` (a resend encodes them again from `pending` and the searches,
+    /// which do not change before the answers come: no copy is kept).
+    Questions(Option<Vec<u8>>),
+    /// `Done` or `Abort`.
+    Message(Vec<u8>),
+}
+
+impl Pending {
+    fn len(self) -> usize {
+        match self {
+            Pending::Nothing => 0,
+            Pending::Top { asked, .. } => asked,
+            Pending::Searches(count) => count,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,26 +223,30 @@ pub struct CascadeBob {
     total_alice: Option<bool>,
     searches: Vec<Search>,
     checks: Vec<(usize, usize)>,
-    /// For each bit flipped and not yet handled: the blocks holding it, one
-    /// per started pass.
-    groups: Vec<Vec<(usize, usize)>>,
+    /// Groups of blocks set aside (see `later`) to look at again, each a
+    /// range of `group_blocks`.
+    groups: Vec<Range<usize>>,
+    group_blocks: Vec<(usize, usize)>,
     /// The blocks (one per started pass) holding each bit flipped and not
     /// yet looked at, one bit after the other; `flip_ends` ends each bit's.
     flip_blocks: Vec<(usize, usize)>,
     flip_ends: Vec<usize>,
-    /// Reused buffer for the blocks holding one flipped bit.
+    /// Reused buffer for the odd blocks of one group.
     scratch: Vec<(usize, usize)>,
     /// Odd blocks set aside while a smaller block that held the same flipped
-    /// bit is searched; checked again once no search is running.
-    later: Vec<(u64, Vec<(usize, usize)>)>,
+    /// bit is searched; checked again once no search is running. Each entry
+    /// is the search's number and a range of `later_blocks` (kept in one
+    /// buffer: no allocation per flipped bit).
+    later: Vec<(u64, Range<usize>)>,
+    later_blocks: Vec<(usize, usize)>,
     next_search_id: u64,
     /// Odd blocks of the current pass waiting for their wave.
     deferred: VecDeque<(usize, usize)>,
     wave: usize,
-    pending: Vec<Origin>,
+    pending: Pending,
     round: u32,
     biconf_clean_run: u32,
-    outstanding: Option<Vec<u8>>,
+    outstanding: Outstanding,
     send_now: bool,
     /// The resend timer of the outstanding message (a fresh one per message).
     timer: Retransmit,
@@ -263,17 +306,19 @@ impl CascadeBob {
             searches: Vec::new(),
             checks: Vec::new(),
             groups: Vec::new(),
+            group_blocks: Vec::new(),
             flip_blocks: Vec::new(),
             flip_ends: Vec::new(),
             scratch: Vec::new(),
             later: Vec::new(),
+            later_blocks: Vec::new(),
             next_search_id: 0,
             deferred: VecDeque::new(),
             wave: 0,
-            pending: Vec::new(),
+            pending: Pending::Nothing,
             round: 0,
             biconf_clean_run: 0,
-            outstanding: None,
+            outstanding: Outstanding::Nothing,
             send_now: false,
             timer: Retransmit::new(config.retransmit_after, config.max_retransmissions),
             events: VecDeque::new(),
@@ -319,10 +364,10 @@ impl CascadeBob {
         }
         self.state = State::Aborted;
         self.timer.disarm();
-        self.outstanding = None;
+        self.outstanding = Outstanding::Nothing;
         self.send_now = false;
         if tell_peer {
-            self.outstanding = Some(
+            self.outstanding = Outstanding::Message(
                 CascadeMessage::Abort {
                     block: self.block,
                     reason,
@@ -340,10 +385,12 @@ impl CascadeBob {
         self.searches.clear();
         self.checks.clear();
         self.groups.clear();
+        self.group_blocks.clear();
         self.flip_blocks.clear();
         self.flip_ends.clear();
         self.later.clear();
-        self.pending.clear();
+        self.later_blocks.clear();
+        self.pending = Pending::Nothing;
     }
 
     /// A timer for a new outstanding message: its resends are counted
@@ -362,33 +409,32 @@ impl CascadeBob {
     // ----- answers -----
 
     fn apply_answers(&mut self, parities: &BitVec) {
-        let pending = std::mem::take(&mut self.pending);
-        let mut started: Vec<usize> = Vec::new();
-        for (i, origin) in pending.iter().enumerate() {
-            let bit = parities.get(i);
-            match *origin {
-                Origin::Top { pass, block } => {
-                    self.passes[pass].top.set(block, bit);
-                    if started.last() != Some(&pass) {
-                        started.push(pass);
-                    }
-                }
-                Origin::Search(si) => {
-                    let s = &mut self.searches[si];
+        match std::mem::replace(&mut self.pending, Pending::Nothing) {
+            Pending::Nothing => {}
+            Pending::Top { pass, asked } => {
+                // The answers are blocks `0 .. asked` in order: the top
+                // parities are their words (bits past `asked` are zero).
+                let p = &mut self.passes[pass];
+                debug_assert_eq!(parities.len(), asked);
+                let mut words = parities.words().to_vec();
+                words.resize(p.blocks.div_ceil(64), 0);
+                p.top = BitVec::from_words(words, p.blocks).expect("one word per 64 blocks");
+                self.start_pass(pass);
+            }
+            Pending::Searches(count) => {
+                let reuse = self.config.params.reuse_known_parities;
+                let words = parities.words();
+                for (i, s) in self.searches[..count].iter_mut().enumerate() {
+                    let bit = (words[i / 64] >> (i % 64)) & 1 == 1;
                     s.answer = Some(bit);
-                    let (pass, block, node) = (s.pass, s.block, s.node);
-                    if self.config.params.reuse_known_parities {
+                    if reuse {
                         // Only left children are asked (a right child's
                         // parity is its parent's ^ the left one's), so only
                         // left children are ever remembered or recalled.
-                        self.passes[pass].remember(block, node, bit);
+                        self.passes[s.pass].remember(s.block, s.node, bit);
                     }
                 }
             }
-        }
-        drop(pending);
-        for pass in started {
-            self.start_pass(pass);
         }
     }
 
@@ -466,20 +512,37 @@ impl CascadeBob {
     /// and queues the block holding it in every started pass.
     /// `at` is the bit's position in pass `found_in`, where a search just
     /// found it (one lookup in a large table saved).
+    ///
+    /// Passes of half-key blocks without a shuffled copy need only the
+    /// block, which the half mask gives (an 8-bit-per-byte table instead of
+    /// a likely cache miss in the permutation).
     fn flip(&mut self, i: usize, found_in: usize, at: usize) {
         self.key.flip(i);
         self.stats.corrected_bits += 1;
+        let n = self.key.len();
+        let half = self.plan.half();
         for (pass, p) in self.passes.iter_mut().enumerate() {
-            let j = if pass == found_in {
-                at
+            let block = if pass == found_in {
+                if let Some(copy) = &mut p.copy.copy {
+                    copy.flip(at);
+                }
+                at / p.k
+            } else if pass > 0 && p.copy.copy.is_none() && (p.k >= n || p.k == half) {
+                if p.k >= n {
+                    0
+                } else {
+                    usize::from(!self.plan.shuffle(pass).in_first_half(i))
+                }
             } else {
-                self.plan.position(pass, i)
+                let j = self.plan.position(pass, i);
+                if let Some(copy) = &mut p.copy.copy {
+                    copy.flip(j);
+                }
+                j / p.k
             };
-            if let Some(copy) = &mut p.copy.copy {
-                copy.flip(j);
-            }
-            p.mine.flip(j / p.k);
-            self.flip_blocks.push((pass, j / p.k));
+            p.mine.flip(block);
+            p.touched.set(block, true);
+            self.flip_blocks.push((pass, block));
         }
         self.flip_ends.push(self.flip_blocks.len());
     }
@@ -491,22 +554,20 @@ impl CascadeBob {
         loop {
             self.converge();
             if !self.searches.is_empty() {
-                let questions: Vec<Question> = self
-                    .searches
-                    .iter()
-                    .map(|s| Question {
-                        pass: s.pass as u8,
-                        start: s.start as u32,
-                        len: (s.end - s.start).div_ceil(2) as u32,
-                    })
-                    .collect();
-                self.pending = (0..self.searches.len()).map(Origin::Search).collect();
-                self.send_questions(questions);
+                let count = self.searches.len();
+                self.pending = Pending::Searches(count);
+                let msg = self.encode_pending(self.round);
+                self.send_questions(msg, count);
                 return;
             }
             if !self.later.is_empty() {
-                let later = std::mem::take(&mut self.later);
-                self.groups.extend(later.into_iter().map(|(_, g)| g));
+                for (_, range) in self.later.drain(..) {
+                    let start = self.group_blocks.len();
+                    self.group_blocks
+                        .extend_from_slice(&self.later_blocks[range]);
+                    self.groups.push(start..self.group_blocks.len());
+                }
+                self.later_blocks.clear();
                 continue;
             }
             if !self.deferred.is_empty() {
@@ -529,6 +590,7 @@ impl CascadeBob {
                 top: BitVec::zeros(blocks),
                 mine: BitVec::new(),
                 active: BitVec::zeros(blocks),
+                touched: BitVec::zeros(blocks),
                 copy: LazyCopy::default(),
                 tree,
                 known: Vec::new(),
@@ -546,20 +608,9 @@ impl CascadeBob {
                 self.start_pass(pass);
                 continue;
             }
-            let questions: Vec<Question> = (0..asked)
-                .map(|b| {
-                    let (s, e) = self.passes[pass].block_range(b, n);
-                    Question {
-                        pass: pass as u8,
-                        start: s as u32,
-                        len: (e - s) as u32,
-                    }
-                })
-                .collect();
-            self.pending = (0..asked)
-                .map(|block| Origin::Top { pass, block })
-                .collect();
-            self.send_questions(questions);
+            self.pending = Pending::Top { pass, asked };
+            let msg = self.encode_pending(self.round);
+            self.send_questions(msg, asked);
             return;
         }
     }
@@ -577,24 +628,49 @@ impl CascadeBob {
         Some((self.plan.half(), true))
     }
 
-    fn send_questions(&mut self, questions: Vec<Question>) {
-        self.stats.leaked_bits += questions.len() as u64;
+    /// The questions that `pending` stands for, as the message of `round`:
+    /// the next sub-block of each search, or the blocks of a new pass.
+    fn encode_pending(&self, round: u32) -> Vec<u8> {
+        let n = self.key.len();
+        let (block, seed) = (self.block, self.plan.seed());
+        match self.pending {
+            Pending::Searches(count) => {
+                let questions = self.searches[..count].iter().map(|s| Question {
+                    pass: s.pass as u8,
+                    start: s.start as u32,
+                    len: (s.end - s.start).div_ceil(2) as u32,
+                });
+                encode_questions(block, round, seed, n as u32, count, questions)
+            }
+            Pending::Top { pass, asked } => {
+                let p = &self.passes[pass];
+                let questions = (0..asked).map(|b| {
+                    let (s, e) = p.block_range(b, n);
+                    Question {
+                        pass: pass as u8,
+                        start: s as u32,
+                        len: (e - s) as u32,
+                    }
+                });
+                encode_questions(block, round, seed, n as u32, asked, questions)
+            }
+            // Questions are outstanding only while answers are pending.
+            Pending::Nothing => encode_questions(block, round, seed, n as u32, 0, [].into_iter()),
+        }
+    }
+
+    /// Sends `msg`, the encoded questions of this round (`count` of them).
+    fn send_questions(&mut self, msg: Vec<u8>, count: usize) {
+        self.stats.leaked_bits += count as u64;
         self.stats.channel_uses += 1;
-        let msg = CascadeMessage::Questions {
-            block: self.block,
-            round: self.round,
-            shuffle_seed: self.plan.seed(),
-            key_len: self.key.len() as u32,
-            questions,
-        };
         self.round += 1;
-        self.outstanding = Some(msg.encode());
+        self.outstanding = Outstanding::Questions(Some(msg));
         self.send_now = true;
     }
 
     fn finish(&mut self) {
         self.state = State::Finishing;
-        self.outstanding = Some(
+        self.outstanding = Outstanding::Message(
             CascadeMessage::Done {
                 block: self.block,
                 rounds: self.round,
@@ -618,21 +694,25 @@ impl CascadeBob {
                 std::mem::take(&mut self.flip_blocks),
                 std::mem::take(&mut self.flip_ends),
             );
-            let mut group = std::mem::take(&mut self.scratch);
             let mut from = 0;
             for &end in &ends {
-                group.clear();
-                group.extend_from_slice(&blocks[from..end]);
+                self.start_smallest(&blocks[from..end]);
                 from = end;
-                self.start_smallest(&mut group);
             }
-            self.scratch = group;
             blocks.clear();
             ends.clear();
             (self.flip_blocks, self.flip_ends) = (blocks, ends);
-            let groups = std::mem::take(&mut self.groups);
-            for mut group in groups {
-                self.start_smallest(&mut group);
+            if !self.groups.is_empty() {
+                let (mut groups, mut group_blocks) = (
+                    std::mem::take(&mut self.groups),
+                    std::mem::take(&mut self.group_blocks),
+                );
+                for range in &groups {
+                    self.start_smallest(&group_blocks[range.clone()]);
+                }
+                groups.clear();
+                group_blocks.clear();
+                (self.groups, self.group_blocks) = (groups, group_blocks);
             }
             let mut any_done = false;
             for si in 0..self.searches.len() {
@@ -657,12 +737,16 @@ impl CascadeBob {
                 let mut i = 0;
                 while i < self.later.len() {
                     if ended.contains(&self.later[i].0) {
-                        let (_, group) = self.later.swap_remove(i);
-                        self.groups.push(group);
+                        let (_, range) = self.later.swap_remove(i);
+                        let start = self.group_blocks.len();
+                        self.group_blocks
+                            .extend_from_slice(&self.later_blocks[range]);
+                        self.groups.push(start..self.group_blocks.len());
                     } else {
                         i += 1;
                     }
                 }
+                self.compact_later();
             }
             if self.checks.is_empty() && self.groups.is_empty() && self.flip_ends.is_empty() {
                 return;
@@ -673,22 +757,48 @@ impl CascadeBob {
     /// Of the blocks that held one flipped bit, searches the smallest odd
     /// one now and sets the other odd ones aside: the error the small search
     /// finds often makes them even again, and the small search is cheaper.
-    fn start_smallest(&mut self, odd: &mut Vec<(usize, usize)>) {
+    fn start_smallest(&mut self, group: &[(usize, usize)]) {
         let n = self.key.len();
-        odd.retain(|&(pass, block)| {
+        let mut odd = std::mem::take(&mut self.scratch);
+        odd.clear();
+        odd.extend(group.iter().copied().filter(|&(pass, block)| {
             !self.passes[pass].active.get(block) && self.block_diff(pass, block)
-        });
-        let Some(best) = (0..odd.len()).min_by_key(|&i| {
+        }));
+        if let Some(best) = (0..odd.len()).min_by_key(|&i| {
             let (s, e) = self.passes[odd[i].0].block_range(odd[i].1, n);
             (e - s, odd[i].0)
-        }) else {
-            return;
-        };
-        let (pass, block) = odd.swap_remove(best);
-        let id = self.start_search(pass, block);
-        if !odd.is_empty() {
-            self.later.push((id, std::mem::take(odd)));
+        }) {
+            let (pass, block) = odd.swap_remove(best);
+            let id = self.start_search(pass, block);
+            if !odd.is_empty() {
+                let start = self.later_blocks.len();
+                self.later_blocks.extend_from_slice(&odd);
+                self.later.push((id, start..self.later_blocks.len()));
+            }
         }
+        self.scratch = odd;
+    }
+
+    /// Drops the blocks of groups no longer set aside from `later_blocks`
+    /// once they are most of it (only groups taken out one by one, when
+    /// set-aside blocks are checked as soon as their search ends, leave
+    /// such gaps).
+    fn compact_later(&mut self) {
+        if self.later.is_empty() {
+            self.later_blocks.clear();
+            return;
+        }
+        let live: usize = self.later.iter().map(|(_, r)| r.len()).sum();
+        if self.later_blocks.len() <= 2 * live + 64 {
+            return;
+        }
+        let mut kept = Vec::with_capacity(live);
+        for (_, range) in &mut self.later {
+            let start = kept.len();
+            kept.extend_from_slice(&self.later_blocks[range.clone()]);
+            *range = start..kept.len();
+        }
+        self.later_blocks = kept;
     }
 
     fn start_search(&mut self, pass: usize, block: usize) -> u64 {
@@ -704,8 +814,8 @@ impl CascadeBob {
             alice,
             answer: None,
             mine: false,
-            mine_at: u64::MAX,
-            waiting: (u32::MAX, u64::MAX),
+            mine_valid: false,
+            waiting: u32::MAX,
             done: false,
             id: self.next_search_id,
         });
@@ -715,7 +825,6 @@ impl CascadeBob {
 
     /// Advances one search until it needs an answer or ends.
     fn step(&mut self, si: usize) {
-        let flips = self.stats.corrected_bits;
         let round = self.round;
         let reuse = self.reuse();
         let n = self.key.len();
@@ -727,19 +836,21 @@ impl CascadeBob {
             ..
         } = self;
         let s = &mut searches[si];
-        if s.answer.is_none() && s.waiting == (round, flips) {
+        if s.answer.is_none() && s.waiting == round && !passes[s.pass].touched.get(s.block) {
             return;
         }
         let found = loop {
             // Bob's parity of the current node: kept from the step that
-            // narrowed to it unless a bit has been flipped since.
-            if s.mine_at != flips {
+            // narrowed to it unless a bit of the block has been flipped
+            // since.
+            if !s.mine_valid || passes[s.pass].touched.get(s.block) {
                 s.mine = if s.node == 1 {
                     passes[s.pass].mine.get(s.block)
                 } else {
                     range_parity(passes, key, plan, s.pass, s.start, s.end)
                 };
-                s.mine_at = flips;
+                s.mine_valid = true;
+                passes[s.pass].touched.set(s.block, false);
             }
             if s.alice == s.mine {
                 s.answer = None;
@@ -751,14 +862,14 @@ impl CascadeBob {
                 (s.start, s.end) = p.block_range(s.block, n);
                 s.node = 1;
                 s.alice = p.top.get(s.block);
-                s.mine_at = u64::MAX;
+                s.mine_valid = false;
                 continue;
             }
             if s.end - s.start == 1 {
                 let i = if s.pass == 0 {
                     s.start
                 } else {
-                    plan.shuffle(s.pass).order[s.start] as usize
+                    plan.shuffle(s.pass).order.get(s.start)
                 };
                 s.done = true;
                 break Some((i, s.pass, s.start));
@@ -771,7 +882,7 @@ impl CascadeBob {
             };
             let Some(left) = left else {
                 // Ask for the left child's parity.
-                s.waiting = (round, flips);
+                s.waiting = round;
                 break None;
             };
             let mine_left = range_parity(passes, key, plan, s.pass, s.start, mid);
@@ -840,7 +951,7 @@ impl Machine for CascadeBob {
                 if self.state != State::Asking || round.checked_add(1) != Some(self.round) {
                     return Ok(()); // a duplicate of an answer already used
                 }
-                if self.outstanding.is_none() {
+                if matches!(self.outstanding, Outstanding::Nothing) {
                     return Ok(());
                 }
                 if parities.len() != self.pending.len() {
@@ -848,7 +959,7 @@ impl Machine for CascadeBob {
                         reason: "answer count differs from question count",
                     });
                 }
-                self.outstanding = None;
+                self.outstanding = Outstanding::Nothing;
                 self.timer = self.fresh_timer();
                 self.apply_answers(&parities);
                 self.plan_round();
@@ -858,7 +969,7 @@ impl Machine for CascadeBob {
                 if self.state != State::Finishing {
                     return Ok(());
                 }
-                self.outstanding = None;
+                self.outstanding = Outstanding::Nothing;
                 self.timer.disarm();
                 if leaked_bits != self.stats.leaked_bits {
                     self.abort(AbortReason::Protocol, true);
@@ -887,7 +998,14 @@ impl Machine for CascadeBob {
             return None;
         }
         self.send_now = false;
-        let msg = self.outstanding.clone()?;
+        let msg = match &mut self.outstanding {
+            Outstanding::Nothing => return None,
+            Outstanding::Questions(first) => match first.take() {
+                Some(msg) => msg,
+                None => self.encode_pending(self.round.wrapping_sub(1)),
+            },
+            Outstanding::Message(msg) => msg.clone(),
+        };
         self.timer.arm(now);
         Some(msg)
     }
@@ -903,7 +1021,7 @@ impl Machine for CascadeBob {
 
     /// Resends the outstanding message, or aborts after too many resends.
     fn handle_timeout(&mut self, now: Instant) {
-        if self.outstanding.is_none() {
+        if matches!(self.outstanding, Outstanding::Nothing) {
             return;
         }
         match self.timer.poll(now) {

@@ -119,13 +119,11 @@
 //!   pass (`n/8` bytes each, built once a pass's questions read much of the
 //!   key), and the questions and answers of the last round (for resends):
 //!   at most `(1 + P) / 8` bytes per key bit plus the last message's size.
-//!   While a copy is built, a spread buffer of one to two bytes per key bit
-//!   lives for the duration of the build.
 //! - Bob asks only what his own schedule plans, so his state is bounded by
-//!   it: his key, per pass a packed copy (`n/8` bytes), four bits per block
+//!   it: his key, per pass a packed copy (`n/8` bytes), five bits per block
 //!   and, with parity reuse, two bits per inner node of the block trees (a
-//!   hash map of the asked nodes instead for blocks of more than 2^16 bits):
-//!   at most `1/8 + 9 P / 8` bytes per key bit (block size 1; a few
+//!   hash map of the asked nodes instead for blocks of more than 2048 bits):
+//!   at most `1/8 + 10 P / 8` bytes per key bit (block size 1; a few
 //!   hundredths per pass for usual block sizes), plus the searches under
 //!   way (a few dozen bytes per odd block).
 //! - The [`ShufflePlan`] both share holds at most

@@ -5,7 +5,6 @@ use std::sync::OnceLock;
 use qkd_core::BitVec;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
-use zeroize::Zeroizing;
 
 use qkd_core::machine::ConfigError;
 
@@ -28,7 +27,7 @@ use super::params::MAX_PASSES;
 /// block ID) when you want different shuffles per block.
 ///
 /// Memory: each pass computed holds its permutation and its inverse (8
-/// bytes per key bit), the half-key mask (1/8 byte per key bit) and the
+/// bytes per key bit; 4 for keys of at most 2^16 bits), the half-key mask (1/8 byte per key bit) and the
 /// masks of the first tree levels of the two halves (at most 60 masks of
 /// 1/8 byte per key bit, only for keys of 2^13 bits and more): at most
 /// [`SHUFFLE_BYTES_PER_KEY_BIT`] per pass. The machines only ever ask for
@@ -113,11 +112,68 @@ impl LazyCopy {
     }
 }
 
+/// A table of key positions: 16 bits an entry for keys of at most 2^16
+/// bits (the pipeline's chunks), else 32. Half the bytes means half the
+/// cache misses when a flipped bit is mapped into another pass.
+pub(crate) enum Positions {
+    Short(Vec<u16>),
+    Long(Vec<u32>),
+}
+
+/// An entry of a position table.
+trait Entry: Copy + Default {
+    fn at(self) -> usize;
+    /// `i`, which the caller keeps below the table's key length.
+    fn of(i: usize) -> Self;
+}
+
+impl Entry for u16 {
+    #[inline]
+    fn at(self) -> usize {
+        usize::from(self)
+    }
+    #[inline]
+    fn of(i: usize) -> Self {
+        i as u16
+    }
+}
+
+impl Entry for u32 {
+    #[inline]
+    fn at(self) -> usize {
+        self as usize
+    }
+    #[inline]
+    fn of(i: usize) -> Self {
+        i as u32
+    }
+}
+
+impl Positions {
+    /// Entry `i`.
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> usize {
+        match self {
+            Positions::Short(v) => usize::from(v[i]),
+            Positions::Long(v) => v[i] as usize,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Positions::Short(v) => v.iter().map(|&x| u32::from(x)).collect(),
+            Positions::Long(v) => v.clone(),
+        }
+    }
+}
+
 /// One pass's permutation: position `j` of the shuffled key holds bit
 /// `order[j]` of the key, and bit `i` of the key sits at `pos[i]`.
 pub(crate) struct Shuffle {
-    pub(crate) order: Vec<u32>,
-    pub(crate) pos: Vec<u32>,
+    pub(crate) order: Positions,
+    pub(crate) pos: Positions,
+    n: usize,
     /// Bit `i` set where `pos[i] < ⌈n/2⌉`: the first half of the shuffled key
     /// as a mask in key order, so the parity of a half is a word operation.
     pub(crate) half_mask: Vec<u64>,
@@ -203,46 +259,9 @@ impl ShufflePlan {
         if pass == 0 {
             i
         } else {
-            self.shuffle(pass).pos[i] as usize
+            self.shuffle(pass).pos.get(i)
         }
     }
-}
-
-/// Bit `i` of `key` as byte `i` (0 or 1) of the result, zero-padded to a
-/// power-of-two length (up to twice the key's bits in bytes; the buffer
-/// lives for one gather and, holding the whole key, is zeroized when freed).
-///
-/// The buffer is kept as `u64` words and read as bytes through `bytemuck`:
-/// zeroizing it is then one volatile write per eight key bits instead of one
-/// per bit, which at n = 10^5 took Cascade's instruction count per block from
-/// 7.5 % above the pre-zeroization build to within 1 % (BENCHMARKS.md).
-fn spread_bytes(key: &BitVec) -> Zeroizing<Vec<u64>> {
-    const fn table() -> [u64; 256] {
-        let mut t = [0u64; 256];
-        let mut b = 0;
-        while b < 256 {
-            let mut v = 0u64;
-            let mut j = 0;
-            while j < 8 {
-                v |= (((b >> j) & 1) as u64) << (8 * j);
-                j += 1;
-            }
-            t[b] = v;
-            b += 1;
-        }
-        t
-    }
-    const SPREAD: [u64; 256] = table();
-    let len = (key.words().len() * 64).next_power_of_two() / 8;
-    let mut out = Zeroizing::new(vec![0u64; len]);
-    for (eights, &w) in out.chunks_exact_mut(8).zip(key.words()) {
-        for (eight, byte) in eights.iter_mut().zip(w.to_le_bytes()) {
-            // Byte `k` of the word is bit `k` of `byte`: little-endian
-            // bytes, read back below through a byte view of the words.
-            *eight = u64::from_le(SPREAD[usize::from(byte)]);
-        }
-    }
-    out
 }
 
 impl Shuffle {
@@ -251,18 +270,50 @@ impl Shuffle {
         key[..8].copy_from_slice(&seed.to_le_bytes());
         key[8..12].copy_from_slice(&(pass as u32).to_le_bytes());
         let mut rng = ChaCha8Rng::from_seed(key);
-        let mut order: Vec<u32> = (0..n as u32).collect();
+        let ((half_mask, node_masks), order, pos) = if n <= 1 << 16 {
+            let (order, pos) = Self::permutation::<u16>(n, &mut rng);
+            (
+                Self::masks(n, &order),
+                Positions::Short(order),
+                Positions::Short(pos),
+            )
+        } else {
+            let (order, pos) = Self::permutation::<u32>(n, &mut rng);
+            (
+                Self::masks(n, &order),
+                Positions::Long(order),
+                Positions::Long(pos),
+            )
+        };
+        Shuffle {
+            order,
+            pos,
+            n,
+            half_mask,
+            node_masks,
+        }
+    }
+
+    /// The Fisher–Yates permutation of the type docs and its inverse.
+    fn permutation<T: Entry>(n: usize, rng: &mut ChaCha8Rng) -> (Vec<T>, Vec<T>) {
+        let mut order: Vec<T> = (0..n).map(T::of).collect();
         for i in (1..n).rev() {
             let j = ((u64::from(rng.next_u32()) * (i as u64 + 1)) >> 32) as usize;
             order.swap(i, j);
         }
-        let mut pos = vec![0u32; n];
+        let mut pos = vec![T::default(); n];
         for (j, &i) in order.iter().enumerate() {
-            pos[i as usize] = j as u32;
+            pos[i.at()] = T::of(j);
         }
+        (order, pos)
+    }
+
+    /// The half mask and the node masks of a permutation `order`.
+    #[allow(clippy::type_complexity)]
+    fn masks<T: Entry>(n: usize, order: &[T]) -> (Vec<u64>, Vec<(u32, u32, Vec<u64>)>) {
         let mut half_mask = vec![0u64; n.div_ceil(64)];
         for &i in &order[..n.div_ceil(2)] {
-            half_mask[i as usize / 64] |= 1 << (i % 64);
+            half_mask[i.at() / 64] |= 1 << (i.at() % 64);
         }
         let mut node_masks = Vec::new();
         let mut level = vec![(0, n.div_ceil(2)), (n.div_ceil(2), n)];
@@ -282,76 +333,78 @@ impl Shuffle {
                 if e - s >= 4096 {
                     let mut mask = vec![0u64; n.div_ceil(64)];
                     for &i in &order[s..e] {
-                        mask[i as usize / 64] |= 1 << (i % 64);
+                        mask[i.at() / 64] |= 1 << (i.at() % 64);
                     }
                     node_masks.push((s as u32, e as u32, mask));
                 }
             }
             level = next;
         }
-        Shuffle {
-            order,
-            pos,
-            half_mask,
-            node_masks,
-        }
+        (half_mask, node_masks)
     }
 
     /// The key in this pass's order, packed.
     ///
-    /// The key is first spread to one byte per bit (a table lookup per key
-    /// byte), so that the gather is a byte load, a shift and an or per bit.
+    /// Each one bit of the key is written to its position in the copy
+    /// (`pos`, read in key order, so the reads stream; the writes land in
+    /// the copy, `n/8` bytes, which stays in the L1 cache). No key-sized
+    /// temporary is built, so nothing besides the copy needs zeroizing.
     pub(crate) fn gather(&self, key: &BitVec) -> BitVec {
-        let n = self.order.len();
-        let spread_words = spread_bytes(key);
-        let spread: &[u8] = bytemuck::cast_slice(&spread_words);
-        // The spread key's length is a power of two above every index, so
-        // `i & wrap` is `i` and the compiler drops the bounds check.
-        let wrap = spread.len() - 1;
-        let bit = |i: u32| u64::from(spread[i as usize & wrap]);
-        let mut words = Vec::with_capacity(n.div_ceil(64));
-        let mut chunks = self.order.chunks_exact(64);
-        for chunk in &mut chunks {
-            // Eight bits at a time with constant shifts.
-            let mut w = 0u64;
-            for (k, eight) in chunk.chunks_exact(8).enumerate() {
-                let byte = bit(eight[0])
-                    | bit(eight[1]) << 1
-                    | bit(eight[2]) << 2
-                    | bit(eight[3]) << 3
-                    | bit(eight[4]) << 4
-                    | bit(eight[5]) << 5
-                    | bit(eight[6]) << 6
-                    | bit(eight[7]) << 7;
-                w |= byte << (8 * k);
+        match &self.pos {
+            Positions::Short(pos) => Self::scatter(pos, key, self.n),
+            Positions::Long(pos) => Self::scatter(pos, key, self.n),
+        }
+    }
+
+    fn scatter<T: Entry>(pos: &[T], key: &BitVec, n: usize) -> BitVec {
+        let len = n.div_ceil(64);
+        // A power-of-two number of words, so that `& wrap` keeps every
+        // index in bounds without a check (positions are below `n`, so the
+        // words past `len` stay zero and are cut off below).
+        let wrap = len.next_power_of_two() - 1;
+        let mut words = vec![0u64; wrap + 1];
+        let (full, last) = pos.as_chunks::<64>();
+        let key_words = key.words();
+        for (&w, pos) in key_words.iter().zip(full) {
+            let mut rest = w;
+            while rest != 0 {
+                let j = pos[rest.trailing_zeros() as usize & 63].at();
+                rest &= rest - 1;
+                words[(j >> 6) & wrap] |= 1 << (j & 63);
             }
-            words.push(w);
         }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            words.push(
-                rest.iter()
-                    .enumerate()
-                    .fold(0u64, |w, (t, &i)| w | bit(i) << t),
-            );
+        if let Some(&w) = key_words.get(full.len()) {
+            // The last, partial word: its bits past `n` are zero.
+            let mut rest = w;
+            while rest != 0 {
+                let j = last[rest.trailing_zeros() as usize].at();
+                rest &= rest - 1;
+                words[(j >> 6) & wrap] |= 1 << (j & 63);
+            }
         }
+        words.truncate(len);
         BitVec::from_words(words, n).expect("one word per 64 positions")
     }
 
     /// Parity of `start..end` of the shuffled key, bit by bit through the
     /// permutation (for a pass whose shuffled copy is not worth building).
     pub(crate) fn range_parity(&self, key: &BitVec, start: usize, end: usize) -> bool {
-        let src = key.words();
-        let acc = self.order[start..end]
-            .iter()
-            .fold(0u64, |acc, &i| acc ^ (src[(i >> 6) as usize] >> (i & 63)));
-        acc & 1 == 1
+        fn fold<T: Entry>(order: &[T], src: &[u64]) -> bool {
+            let acc = order
+                .iter()
+                .fold(0u64, |acc, &i| acc ^ (src[i.at() >> 6] >> (i.at() & 63)));
+            acc & 1 == 1
+        }
+        match &self.order {
+            Positions::Short(order) => fold(&order[start..end], key.words()),
+            Positions::Long(order) => fold(&order[start..end], key.words()),
+        }
     }
 
     /// Whether the parity of `start..end` is a word operation without the
     /// shuffled copy: the whole key, a half, or a node with a mask.
     pub(crate) fn has_mask(&self, start: usize, end: usize) -> bool {
-        let (n, half) = (self.order.len(), self.order.len().div_ceil(2));
+        let (n, half) = (self.n, self.n.div_ceil(2));
         matches!((start, end), (0, e) if e == n || e == half)
             || (start == half && end == n)
             || self
@@ -373,6 +426,13 @@ impl Shuffle {
             .zip(mask)
             .fold(0u64, |acc, (k, m)| acc ^ (k & m));
         Some(acc.count_ones() & 1 == 1)
+    }
+
+    /// Whether key bit `i` lies in the first half (`⌈n/2⌉` positions) of
+    /// this pass's order.
+    #[inline]
+    pub(crate) fn in_first_half(&self, i: usize) -> bool {
+        (self.half_mask[i / 64] >> (i % 64)) & 1 == 1
     }
 
     /// Parity of the first half of the shuffled key, on words.
@@ -397,19 +457,23 @@ mod tests {
         let other = ShufflePlan::new(1000, 43).unwrap();
         for pass in 1..4 {
             let s = plan.shuffle(pass);
-            let mut seen = s.order.clone();
+            let order = s.order.to_vec();
+            let mut seen = order.clone();
             seen.sort_unstable();
             assert!(seen.iter().enumerate().all(|(j, &i)| i as usize == j));
             assert!(
-                s.order
+                order
                     .iter()
                     .enumerate()
-                    .all(|(j, &i)| s.pos[i as usize] as usize == j)
+                    .all(|(j, &i)| s.pos.get(i as usize) == j)
             );
-            assert_eq!(s.order, again.shuffle(pass).order);
-            assert_ne!(s.order, other.shuffle(pass).order);
+            assert_eq!(order, again.shuffle(pass).order.to_vec());
+            assert_ne!(order, other.shuffle(pass).order.to_vec());
         }
-        assert_ne!(plan.shuffle(1).order, plan.shuffle(2).order);
+        assert_ne!(
+            plan.shuffle(1).order.to_vec(),
+            plan.shuffle(2).order.to_vec()
+        );
         assert_eq!(plan.position(0, 17), 17);
     }
 
@@ -423,7 +487,7 @@ mod tests {
             let s = plan.shuffle(1);
             let g = s.gather(&key);
             for j in 0..n {
-                assert_eq!(g.get(j), key.get(s.order[j] as usize));
+                assert_eq!(g.get(j), key.get(s.order.get(j)));
             }
             assert_eq!(s.half_parity(&key), g.parity(0..n.div_ceil(2)));
             for (a, b, _) in &s.node_masks {

@@ -187,6 +187,68 @@ pub enum CascadeMessage {
     },
 }
 
+/// The bytes of a [`CascadeMessage::Questions`] with these fields and the
+/// `count` questions of `questions`, without building the message first
+/// (Bob's rounds; [`CascadeMessage::encode`] goes through here too, so
+/// both give the same bytes).
+///
+/// # Panics
+/// If `count` exceeds [`MAX_QUESTIONS`] or `questions` yields another
+/// number of questions than `count`.
+pub(crate) fn encode_questions(
+    block: BlockId,
+    round: u32,
+    shuffle_seed: u64,
+    key_len: u32,
+    count: usize,
+    questions: impl Iterator<Item = Question>,
+) -> Vec<u8> {
+    let body = 20 + QUESTION * count;
+    let mut out = Envelope::new(Protocol::Cascade, VERSION, QUESTIONS).start(8 + body + TRAILER);
+    out.put_u64(block.get());
+    out.put_u32(round);
+    out.put_u64(shuffle_seed);
+    out.put_u32(key_len);
+    out.put_u32(u32::try_from(count).expect("at most 2^32 - 1 questions"));
+    let at = out.len();
+    out.resize(at + QUESTION * count, 0);
+    let mut written = 0;
+    for (record, q) in out[at..].chunks_exact_mut(QUESTION).zip(questions) {
+        record[0] = q.pass;
+        record[1..5].copy_from_slice(&q.start.to_be_bytes());
+        record[5..].copy_from_slice(&q.len.to_be_bytes());
+        written += 1;
+    }
+    assert_eq!(written, count, "the question count announced");
+    append_crc32(&mut out);
+    out
+}
+
+/// The bytes of a [`CascadeMessage::Answers`] with these fields, without
+/// building the message first (Alice's rounds and resends;
+/// [`CascadeMessage::encode`] goes through here too).
+///
+/// # Panics
+/// If `parities` holds more than [`MAX_QUESTIONS`] bits.
+pub(crate) fn encode_answers(block: BlockId, round: u32, parities: &BitVec) -> Vec<u8> {
+    let count = parities.len();
+    let bytes = count.div_ceil(8);
+    let mut out = Envelope::new(Protocol::Cascade, VERSION, ANSWERS).start(8 + 8 + bytes + TRAILER);
+    out.put_u64(block.get());
+    out.put_u32(round);
+    out.put_u32(u32::try_from(count).expect("at most 2^32 - 1 answers"));
+    // LSB first: the little-endian bytes of the packed words (bits past
+    // `count` are zero in a `BitVec`).
+    let mut left = bytes;
+    for w in parities.words() {
+        let take = left.min(8);
+        out.extend_from_slice(&w.to_le_bytes()[..take]);
+        left -= take;
+    }
+    append_crc32(&mut out);
+    out
+}
+
 impl CascadeMessage {
     /// The block the message is about.
     #[must_use]
@@ -207,6 +269,31 @@ impl CascadeMessage {
     /// (the machines never build one: a key has fewer than 2^32 bits).
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
+        if let CascadeMessage::Questions {
+            block,
+            round,
+            shuffle_seed,
+            key_len,
+            questions,
+        } = self
+        {
+            return encode_questions(
+                *block,
+                *round,
+                *shuffle_seed,
+                *key_len,
+                questions.len(),
+                questions.iter().copied(),
+            );
+        }
+        if let CascadeMessage::Answers {
+            block,
+            round,
+            parities,
+        } = self
+        {
+            return encode_answers(*block, *round, parities);
+        }
         let (kind, body) = match self {
             CascadeMessage::Questions { questions, .. } => {
                 (QUESTIONS, 20 + QUESTION * questions.len())
@@ -219,33 +306,8 @@ impl CascadeMessage {
         let mut out = Envelope::new(Protocol::Cascade, VERSION, kind).start(8 + body + TRAILER);
         out.put_u64(self.block().get());
         match self {
-            CascadeMessage::Questions {
-                round,
-                shuffle_seed,
-                key_len,
-                questions,
-                ..
-            } => {
-                let count = u32::try_from(questions.len()).expect("at most 2^32 - 1 questions");
-                out.put_u32(*round);
-                out.put_u64(*shuffle_seed);
-                out.put_u32(*key_len);
-                out.put_u32(count);
-                for q in questions {
-                    let mut record = [0u8; QUESTION];
-                    record[0] = q.pass;
-                    record[1..5].copy_from_slice(&q.start.to_be_bytes());
-                    record[5..].copy_from_slice(&q.len.to_be_bytes());
-                    out.extend_from_slice(&record);
-                }
-            }
-            CascadeMessage::Answers {
-                round, parities, ..
-            } => {
-                let count = u32::try_from(parities.len()).expect("at most 2^32 - 1 answers");
-                out.put_u32(*round);
-                out.put_u32(count);
-                out.extend_from_slice(&parities.to_bytes_lsb());
+            CascadeMessage::Questions { .. } | CascadeMessage::Answers { .. } => {
+                unreachable!("encoded above")
             }
             CascadeMessage::Done {
                 rounds,
