@@ -140,7 +140,9 @@ fn ladder_thresholds() {
     }
 }
 
-/// Blind reconciliation: mean f and fer per QBER.
+/// Blind reconciliation: mean f and fer per QBER (`LDPC_QBERS=0.01,0.02`
+/// for a few; `LDPC_RUNG=i` forces ladder rung `i` instead of
+/// `choose_plan`'s choice).
 #[test]
 #[ignore = "slow: the efficiency table"]
 fn blind_table() {
@@ -159,18 +161,41 @@ fn blind_table() {
     let mut cache = CodeCache::new();
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     println!("qber,n,key_len,rate,f_mean,fer,rounds_mean");
-    for q in [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10] {
-        let plan = choose_plan(
-            &mut cache,
-            n,
-            SHIPPED_SEED,
-            q,
-            RateChoice {
-                modulated: 0.1,
-                target_efficiency: f_start,
-            },
-        )
-        .unwrap();
+    let qbers: Vec<f64> = std::env::var("LDPC_QBERS")
+        .unwrap_or_else(|_| "0.01,0.02,0.03,0.04,0.05,0.06,0.07,0.08,0.09,0.10".into())
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for q in qbers {
+        let plan = match std::env::var("LDPC_RUNG").ok().and_then(|r| r.parse().ok()) {
+            // A forced rung (for comparing rungs): the syndrome aimed at
+            // `f_start` as `choose_plan` aims it, punctured or shortened.
+            Some(rung) => {
+                let rate = MotherRate::from_index(rung).unwrap();
+                let d = n / 10;
+                let need = f_start * h2(q) * (n - d) as f64;
+                let m = ((1.0 - rate.rate()) * n as f64).round();
+                let p = (m - need).round().clamp(0.0, d as f64) as usize;
+                let spec = CodeSpec {
+                    rate,
+                    n,
+                    seed: SHIPPED_SEED,
+                };
+                let p = p.min(cache.get(spec).unwrap().untainted());
+                FramePlan::for_rung(&mut cache, spec, p, d - p).unwrap()
+            }
+            None => choose_plan(
+                &mut cache,
+                n,
+                SHIPPED_SEED,
+                q,
+                RateChoice {
+                    modulated: 0.1,
+                    target_efficiency: f_start,
+                },
+            )
+            .unwrap(),
+        };
         let mut decoder = Decoder::new(plan.code().clone());
         scaling_from_env(&mut decoder);
         let step = (plan.key_len() as f64 * h2(q) * 0.01).ceil() as usize;
