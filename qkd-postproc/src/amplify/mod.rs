@@ -25,8 +25,8 @@
 //! level near 32–64 words.
 //!
 //! Carry-less multiplication uses AVX-512 `VPCLMULQDQ` (four field
-//! multiplications per instruction in the FFT butterflies) or `PCLMULQDQ`
-//! when the CPU has them (run-time detection, [`Backend::detect`]) and a
+//! multiplications per instruction in the FFT butterflies), AVX2
+//! `VPCLMULQDQ` (two) or `PCLMULQDQ` when the CPU has them (run-time detection, [`Backend::detect`]) and a
 //! constant-time portable routine otherwise; all give identical output
 //! (tested). Intermediate buffers that hold key-dependent data are zeroized
 //! before they are freed.
