@@ -441,316 +441,188 @@ kernels!(
     x86::apply
 );
 
-/// The AVX-512 kernels: butterflies on four field elements per vector; the
-/// rest is the PCLMULQDQ code (these features include its).
+/// Generates the wide-vector VPCLMULQDQ kernels of one vector width from
+/// one body: butterflies on `$lanes` field elements per vector; the rest is
+/// the PCLMULQDQ code (the features include its). The parameters name the
+/// vector type and its intrinsics (carry-less multiply, XOR, byte shifts
+/// within 128-bit lanes, unaligned load and store, 128-bit broadcast,
+/// 64-bit splat).
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx512 {
-    use core::arch::x86_64::{
-        __m512i, _mm512_broadcast_i32x4, _mm512_bslli_epi128, _mm512_bsrli_epi128,
-        _mm512_clmulepi64_epi128, _mm512_loadu_si512, _mm512_set1_epi64, _mm512_storeu_si512,
-        _mm512_xor_si512,
+macro_rules! vpclmul_kernels {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $features:literal, $v:ty, $lanes:literal,
+        $clmul:ident, $xor:ident, $bslli:ident, $bsrli:ident,
+        $loadu:ident, $storeu:ident, $bcast:ident, $set1:ident
+    ) => {
+        $(#[$doc])*
+        pub(crate) mod $name {
+            use core::arch::x86_64::{$v, $bcast, $bslli, $bsrli, $clmul, $loadu, $set1, $storeu, $xor};
+
+            use super::{pclmul, x86};
+            use crate::amplify::fft::CantorBasis;
+
+            /// Field elements per vector.
+            const LANES: usize = $lanes;
+
+            /// `LANES` GF(2^128) products, lane by lane (the 128-bit
+            /// `gf128_mul_m` on each lane).
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn mul_lanes(a: $v, b: $v, b_fold: $v) -> $v {
+                let lo = $clmul::<0x00>(a, b);
+                let hi = $clmul::<0x11>(a, b);
+                let a_fold = $xor(a, $bsrli::<8>(a));
+                let mid = $xor($clmul::<0x00>(a_fold, b_fold), $xor(lo, hi));
+                let x01 = $xor(lo, $bslli::<8>(mid));
+                let x23 = $xor(hi, $bsrli::<8>(mid));
+                let poly = $set1(0x87);
+                let t = $clmul::<0x01>(x23, poly);
+                let x01 = $xor(x01, $bslli::<8>(t));
+                let x23 = $xor(x23, $bsrli::<8>(t));
+                let u = $clmul::<0x00>(x23, poly);
+                $xor(x01, u)
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn load(x: &[u128]) -> $v {
+                assert!(x.len() >= LANES);
+                // SAFETY: `x` holds at least one vector of readable bytes
+                // (asserted); unaligned loads are allowed.
+                unsafe { $loadu(x.as_ptr().cast()) }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn store(x: &mut [u128], v: $v) {
+                assert!(x.len() >= LANES);
+                // SAFETY: `x` holds at least one vector of writable bytes
+                // (asserted), borrowed mutably; unaligned stores are allowed.
+                unsafe { $storeu(x.as_mut_ptr().cast(), v) }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn broadcast(w: u128) -> ($v, $v) {
+                let wv = $bcast(x86::to_m128(w));
+                (wv, $xor(wv, $bsrli::<8>(wv)))
+            }
+
+            /// `out ^= a·b`, schoolbook.
+            #[target_feature(enable = $features)]
+            pub(crate) fn mul_schoolbook_xor(a: &[u64], b: &[u64], out: &mut [u64]) {
+                pclmul::mul_schoolbook_xor(a, b, out);
+            }
+
+            /// Forward butterflies of one level.
+            #[target_feature(enable = $features)]
+            pub(crate) fn butterfly_forward(lo: &mut [u128], hi: &mut [u128], w: u128) {
+                if w == 0 || !lo.len().is_multiple_of(LANES) {
+                    return pclmul::butterfly_forward(lo, hi, w);
+                }
+                let (wv, wf) = broadcast(w);
+                for (l, h) in lo.chunks_exact_mut(LANES).zip(hi.chunks_exact_mut(LANES)) {
+                    let hv = load(h);
+                    let lv = $xor(load(l), mul_lanes(hv, wv, wf));
+                    store(l, lv);
+                    store(h, $xor(hv, lv));
+                }
+            }
+
+            /// Inverse butterflies of one level.
+            #[target_feature(enable = $features)]
+            pub(crate) fn butterfly_inverse(lo: &mut [u128], hi: &mut [u128], w: u128) {
+                if w == 0 || !lo.len().is_multiple_of(LANES) {
+                    return pclmul::butterfly_inverse(lo, hi, w);
+                }
+                let (wv, wf) = broadcast(w);
+                for (l, h) in lo.chunks_exact_mut(LANES).zip(hi.chunks_exact_mut(LANES)) {
+                    let lv = load(l);
+                    let hv = $xor(load(h), lv);
+                    store(h, hv);
+                    store(l, $xor(lv, mul_lanes(hv, wv, wf)));
+                }
+            }
+
+            /// All levels of a cached block, forward.
+            #[target_feature(enable = $features)]
+            pub(crate) fn fft_forward_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
+                let n = data.len();
+                let mut half = n / 2;
+                while half >= LANES {
+                    let k = half.trailing_zeros() as usize;
+                    let mut w = basis.omega(u0 >> k);
+                    for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                        if b > 0 {
+                            w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                        }
+                        let (lo, hi) = block.split_at_mut(half);
+                        butterfly_forward(lo, hi, w);
+                    }
+                    half /= 2;
+                }
+                pclmul::fft_forward_low(data, u0, basis, LANES / 2);
+            }
+
+            /// All levels of a cached block, inverse.
+            #[target_feature(enable = $features)]
+            pub(crate) fn fft_inverse_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
+                let n = data.len();
+                pclmul::fft_inverse_low(data, u0, basis, LANES / 2);
+                let mut half = LANES;
+                while half < n {
+                    let k = half.trailing_zeros() as usize;
+                    let mut w = basis.omega(u0 >> k);
+                    for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
+                        if b > 0 {
+                            w ^= basis.prefix(b.trailing_zeros() as usize + 1);
+                        }
+                        let (lo, hi) = block.split_at_mut(half);
+                        butterfly_inverse(lo, hi, w);
+                    }
+                    half *= 2;
+                }
+            }
+
+            /// Pointwise products.
+            #[target_feature(enable = $features)]
+            pub(crate) fn pointwise_mul(a: &mut [u128], b: &[u128]) {
+                let split = a.len().min(b.len()) / LANES * LANES;
+                let (a_vec, a_rest) = a.split_at_mut(split);
+                for (x, y) in a_vec.chunks_exact_mut(LANES).zip(b.chunks_exact(LANES)) {
+                    let yv = load(y);
+                    let yf = $xor(yv, $bsrli::<8>(yv));
+                    store(x, mul_lanes(load(x), yv, yf));
+                }
+                pclmul::pointwise_mul(a_rest, &b[split..]);
+            }
+
+            /// Horner steps of the polynomial hash (sequential: the 128-bit code).
+            #[target_feature(enable = $features)]
+            pub(crate) fn horner(acc: u128, key: u128, blocks: &[u128]) -> u128 {
+                pclmul::horner(acc, key, blocks)
+            }
+        }
     };
-
-    use super::{pclmul, x86};
-    use crate::amplify::fft::CantorBasis;
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn mul4(a: __m512i, b: __m512i, b_fold: __m512i) -> __m512i {
-        let lo = _mm512_clmulepi64_epi128::<0x00>(a, b);
-        let hi = _mm512_clmulepi64_epi128::<0x11>(a, b);
-        let a_fold = _mm512_xor_si512(a, _mm512_bsrli_epi128::<8>(a));
-        let mid = _mm512_xor_si512(
-            _mm512_clmulepi64_epi128::<0x00>(a_fold, b_fold),
-            _mm512_xor_si512(lo, hi),
-        );
-        let x01 = _mm512_xor_si512(lo, _mm512_bslli_epi128::<8>(mid));
-        let x23 = _mm512_xor_si512(hi, _mm512_bsrli_epi128::<8>(mid));
-        let poly = _mm512_set1_epi64(0x87);
-        let t = _mm512_clmulepi64_epi128::<0x01>(x23, poly);
-        let x01 = _mm512_xor_si512(x01, _mm512_bslli_epi128::<8>(t));
-        let x23 = _mm512_xor_si512(x23, _mm512_bsrli_epi128::<8>(t));
-        let u = _mm512_clmulepi64_epi128::<0x00>(x23, poly);
-        _mm512_xor_si512(x01, u)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn load(x: &[u128]) -> __m512i {
-        assert!(x.len() >= 4);
-        // SAFETY: `x` holds at least 64 readable bytes (asserted); unaligned
-        // loads are allowed.
-        unsafe { _mm512_loadu_si512(x.as_ptr().cast()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn store(x: &mut [u128], v: __m512i) {
-        assert!(x.len() >= 4);
-        // SAFETY: `x` holds at least 64 writable bytes (asserted), borrowed
-        // mutably; unaligned stores are allowed.
-        unsafe { _mm512_storeu_si512(x.as_mut_ptr().cast(), v) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn broadcast(w: u128) -> (__m512i, __m512i) {
-        let wv = _mm512_broadcast_i32x4(x86::to_m128(w));
-        (wv, _mm512_xor_si512(wv, _mm512_bsrli_epi128::<8>(wv)))
-    }
-
-    /// `out ^= a·b`, schoolbook.
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn mul_schoolbook_xor(a: &[u64], b: &[u64], out: &mut [u64]) {
-        pclmul::mul_schoolbook_xor(a, b, out);
-    }
-
-    /// Forward butterflies of one level.
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn butterfly_forward(lo: &mut [u128], hi: &mut [u128], w: u128) {
-        if w == 0 || !lo.len().is_multiple_of(4) {
-            return pclmul::butterfly_forward(lo, hi, w);
-        }
-        let (wv, wf) = broadcast(w);
-        for (l, h) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)) {
-            let hv = load(h);
-            let lv = _mm512_xor_si512(load(l), mul4(hv, wv, wf));
-            store(l, lv);
-            store(h, _mm512_xor_si512(hv, lv));
-        }
-    }
-
-    /// Inverse butterflies of one level.
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn butterfly_inverse(lo: &mut [u128], hi: &mut [u128], w: u128) {
-        if w == 0 || !lo.len().is_multiple_of(4) {
-            return pclmul::butterfly_inverse(lo, hi, w);
-        }
-        let (wv, wf) = broadcast(w);
-        for (l, h) in lo.chunks_exact_mut(4).zip(hi.chunks_exact_mut(4)) {
-            let lv = load(l);
-            let hv = _mm512_xor_si512(load(h), lv);
-            store(h, hv);
-            store(l, _mm512_xor_si512(lv, mul4(hv, wv, wf)));
-        }
-    }
-
-    /// All levels of a cached block, forward.
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn fft_forward_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
-        let n = data.len();
-        let mut half = n / 2;
-        while half >= 4 {
-            let k = half.trailing_zeros() as usize;
-            let mut w = basis.omega(u0 >> k);
-            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
-                if b > 0 {
-                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
-                }
-                let (lo, hi) = block.split_at_mut(half);
-                butterfly_forward(lo, hi, w);
-            }
-            half /= 2;
-        }
-        pclmul::fft_forward_low(data, u0, basis, 2);
-    }
-
-    /// All levels of a cached block, inverse.
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn fft_inverse_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
-        let n = data.len();
-        pclmul::fft_inverse_low(data, u0, basis, 2);
-        let mut half = 4;
-        while half < n {
-            let k = half.trailing_zeros() as usize;
-            let mut w = basis.omega(u0 >> k);
-            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
-                if b > 0 {
-                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
-                }
-                let (lo, hi) = block.split_at_mut(half);
-                butterfly_inverse(lo, hi, w);
-            }
-            half *= 2;
-        }
-    }
-
-    /// Pointwise products.
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn pointwise_mul(a: &mut [u128], b: &[u128]) {
-        let split = a.len().min(b.len()) / 4 * 4;
-        let (a4, a_rest) = a.split_at_mut(split);
-        for (x, y) in a4.chunks_exact_mut(4).zip(b.chunks_exact(4)) {
-            let yv = load(y);
-            let yf = _mm512_xor_si512(yv, _mm512_bsrli_epi128::<8>(yv));
-            store(x, mul4(load(x), yv, yf));
-        }
-        pclmul::pointwise_mul(a_rest, &b[split..]);
-    }
-
-    /// Horner steps of the polynomial hash (sequential: the 128-bit code).
-    #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn horner(acc: u128, key: u128, blocks: &[u128]) -> u128 {
-        pclmul::horner(acc, key, blocks)
-    }
 }
 
-/// The AVX2 VPCLMULQDQ kernels: butterflies on two field elements per
-/// 256-bit vector; the rest is the PCLMULQDQ code (these features include
-/// its).
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx2 {
-    use core::arch::x86_64::{
-        __m256i, _mm256_broadcastsi128_si256, _mm256_bslli_epi128, _mm256_bsrli_epi128,
-        _mm256_clmulepi64_epi128, _mm256_loadu_si256, _mm256_set1_epi64x, _mm256_storeu_si256,
-        _mm256_xor_si256,
-    };
+vpclmul_kernels!(
+    /// The AVX-512 kernels: butterflies on four field elements per vector.
+    avx512, "avx512f,avx512bw,vpclmulqdq,pclmulqdq,sse4.1", __m512i, 4,
+    _mm512_clmulepi64_epi128, _mm512_xor_si512, _mm512_bslli_epi128, _mm512_bsrli_epi128,
+    _mm512_loadu_si512, _mm512_storeu_si512, _mm512_broadcast_i32x4, _mm512_set1_epi64
+);
 
-    use super::{pclmul, x86};
-    use crate::amplify::fft::CantorBasis;
-
-    /// Two GF(2^128) products, lane by lane (the 128-bit `gf128_mul_m`
-    /// on each half).
-    #[inline]
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn mul2(a: __m256i, b: __m256i, b_fold: __m256i) -> __m256i {
-        let lo = _mm256_clmulepi64_epi128::<0x00>(a, b);
-        let hi = _mm256_clmulepi64_epi128::<0x11>(a, b);
-        let a_fold = _mm256_xor_si256(a, _mm256_bsrli_epi128::<8>(a));
-        let mid = _mm256_xor_si256(
-            _mm256_clmulepi64_epi128::<0x00>(a_fold, b_fold),
-            _mm256_xor_si256(lo, hi),
-        );
-        let x01 = _mm256_xor_si256(lo, _mm256_bslli_epi128::<8>(mid));
-        let x23 = _mm256_xor_si256(hi, _mm256_bsrli_epi128::<8>(mid));
-        let poly = _mm256_set1_epi64x(0x87);
-        let t = _mm256_clmulepi64_epi128::<0x01>(x23, poly);
-        let x01 = _mm256_xor_si256(x01, _mm256_bslli_epi128::<8>(t));
-        let x23 = _mm256_xor_si256(x23, _mm256_bsrli_epi128::<8>(t));
-        let u = _mm256_clmulepi64_epi128::<0x00>(x23, poly);
-        _mm256_xor_si256(x01, u)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn load(x: &[u128]) -> __m256i {
-        assert!(x.len() >= 2);
-        // SAFETY: `x` holds at least 32 readable bytes (asserted); unaligned
-        // loads are allowed.
-        unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn store(x: &mut [u128], v: __m256i) {
-        assert!(x.len() >= 2);
-        // SAFETY: `x` holds at least 32 writable bytes (asserted), borrowed
-        // mutably; unaligned stores are allowed.
-        unsafe { _mm256_storeu_si256(x.as_mut_ptr().cast(), v) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    fn broadcast(w: u128) -> (__m256i, __m256i) {
-        let wv = _mm256_broadcastsi128_si256(x86::to_m128(w));
-        (wv, _mm256_xor_si256(wv, _mm256_bsrli_epi128::<8>(wv)))
-    }
-
-    /// `out ^= a·b`, schoolbook.
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn mul_schoolbook_xor(a: &[u64], b: &[u64], out: &mut [u64]) {
-        pclmul::mul_schoolbook_xor(a, b, out);
-    }
-
-    /// Forward butterflies of one level.
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn butterfly_forward(lo: &mut [u128], hi: &mut [u128], w: u128) {
-        if w == 0 || !lo.len().is_multiple_of(2) {
-            return pclmul::butterfly_forward(lo, hi, w);
-        }
-        let (wv, wf) = broadcast(w);
-        for (l, h) in lo.chunks_exact_mut(2).zip(hi.chunks_exact_mut(2)) {
-            let hv = load(h);
-            let lv = _mm256_xor_si256(load(l), mul2(hv, wv, wf));
-            store(l, lv);
-            store(h, _mm256_xor_si256(hv, lv));
-        }
-    }
-
-    /// Inverse butterflies of one level.
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn butterfly_inverse(lo: &mut [u128], hi: &mut [u128], w: u128) {
-        if w == 0 || !lo.len().is_multiple_of(2) {
-            return pclmul::butterfly_inverse(lo, hi, w);
-        }
-        let (wv, wf) = broadcast(w);
-        for (l, h) in lo.chunks_exact_mut(2).zip(hi.chunks_exact_mut(2)) {
-            let lv = load(l);
-            let hv = _mm256_xor_si256(load(h), lv);
-            store(h, hv);
-            store(l, _mm256_xor_si256(lv, mul2(hv, wv, wf)));
-        }
-    }
-
-    /// All levels of a cached block, forward.
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn fft_forward_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
-        let n = data.len();
-        let mut half = n / 2;
-        while half >= 2 {
-            let k = half.trailing_zeros() as usize;
-            let mut w = basis.omega(u0 >> k);
-            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
-                if b > 0 {
-                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
-                }
-                let (lo, hi) = block.split_at_mut(half);
-                butterfly_forward(lo, hi, w);
-            }
-            half /= 2;
-        }
-        pclmul::fft_forward_low(data, u0, basis, 1);
-    }
-
-    /// All levels of a cached block, inverse.
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn fft_inverse_leaf(data: &mut [u128], u0: usize, basis: &CantorBasis) {
-        let n = data.len();
-        pclmul::fft_inverse_low(data, u0, basis, 1);
-        let mut half = 2;
-        while half < n {
-            let k = half.trailing_zeros() as usize;
-            let mut w = basis.omega(u0 >> k);
-            for (b, block) in data.chunks_exact_mut(2 * half).enumerate() {
-                if b > 0 {
-                    w ^= basis.prefix(b.trailing_zeros() as usize + 1);
-                }
-                let (lo, hi) = block.split_at_mut(half);
-                butterfly_inverse(lo, hi, w);
-            }
-            half *= 2;
-        }
-    }
-
-    /// Pointwise products.
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn pointwise_mul(a: &mut [u128], b: &[u128]) {
-        let split = a.len().min(b.len()) / 2 * 2;
-        let (a2, a_rest) = a.split_at_mut(split);
-        for (x, y) in a2.chunks_exact_mut(2).zip(b.chunks_exact(2)) {
-            let yv = load(y);
-            let yf = _mm256_xor_si256(yv, _mm256_bsrli_epi128::<8>(yv));
-            store(x, mul2(load(x), yv, yf));
-        }
-        pclmul::pointwise_mul(a_rest, &b[split..]);
-    }
-
-    /// Horner steps of the polynomial hash (sequential: the 128-bit code).
-    #[target_feature(enable = "avx2,vpclmulqdq,pclmulqdq,sse4.1")]
-    pub(crate) fn horner(acc: u128, key: u128, blocks: &[u128]) -> u128 {
-        pclmul::horner(acc, key, blocks)
-    }
-}
+#[cfg(target_arch = "x86_64")]
+vpclmul_kernels!(
+    /// The AVX2 VPCLMULQDQ kernels: butterflies on two field elements per
+    /// 256-bit vector, for CPUs with VPCLMULQDQ but without AVX-512.
+    avx2, "avx2,vpclmulqdq,pclmulqdq,sse4.1", __m256i, 2,
+    _mm256_clmulepi64_epi128, _mm256_xor_si256, _mm256_bslli_epi128, _mm256_bsrli_epi128,
+    _mm256_loadu_si256, _mm256_storeu_si256, _mm256_broadcastsi128_si256, _mm256_set1_epi64x
+);
 
 /// Safe entry points: each calls the kernel of the chosen backend, after
 /// checking that the CPU can run it.
