@@ -559,35 +559,34 @@ impl Correctors {
     ) -> Result<(), DropReason> {
         for (chunk, inner) in entries {
             let (i, inner) = (*chunk as usize, inner.as_ref());
-            let no_chunk = || DropReason::Protocol("no such chunk".into());
-            let refused = |e: &dyn core::fmt::Display| DropReason::Correction(e.to_string());
-            // A rejected message changes nothing: a late duplicate cannot
-            // happen in an ordered stream, so it is a protocol fault.
             match self {
-                Correctors::CascadeAlice(m) => m
-                    .get_mut(i)
-                    .ok_or_else(no_chunk)?
-                    .handle_input(now, inner)
-                    .map_err(|e| refused(&e))?,
-                Correctors::CascadeBob(m) => m
-                    .get_mut(i)
-                    .ok_or_else(no_chunk)?
-                    .handle_input(now, inner)
-                    .map_err(|e| refused(&e))?,
-                Correctors::LdpcAlice(m) => m
-                    .get_mut(i)
-                    .ok_or_else(no_chunk)?
-                    .handle_input(now, inner)
-                    .map_err(|e| refused(&e))?,
-                Correctors::LdpcBob(m) => m
-                    .get_mut(i)
-                    .ok_or_else(no_chunk)?
-                    .handle_input(now, inner)
-                    .map_err(|e| refused(&e))?,
+                Correctors::CascadeAlice(m) => feed(m, i, now, inner)?,
+                Correctors::CascadeBob(m) => feed(m, i, now, inner)?,
+                Correctors::LdpcAlice(m) => feed(m, i, now, inner)?,
+                Correctors::LdpcBob(m) => feed(m, i, now, inner)?,
             }
         }
         Ok(())
     }
+}
+
+/// One message into machine `i` of `machines`. A rejected message changes
+/// nothing: a late duplicate cannot happen in an ordered stream, so it is a
+/// protocol fault.
+fn feed<M: Machine>(
+    machines: &mut [M],
+    i: usize,
+    now: Instant,
+    inner: &[u8],
+) -> Result<(), DropReason>
+where
+    M::Error: core::fmt::Display,
+{
+    machines
+        .get_mut(i)
+        .ok_or_else(|| DropReason::Protocol("no such chunk".into()))?
+        .handle_input(now, inner)
+        .map_err(|e| DropReason::Correction(e.to_string()))
 }
 
 impl Drop for Job {
