@@ -24,10 +24,24 @@ pub(crate) fn thread_cpu() -> Duration {
 /// Alice and Bob driven by one thread; the kept blocks' reports.
 #[inline(never)]
 pub(crate) fn one_thread(
+    a: Pipeline,
+    b: Pipeline,
+    fa: Vec<RawFrame>,
+    fb: Vec<RawFrame>,
+) -> Vec<BlockReport> {
+    drive(a, b, fa, fb, |_, _, _, _| false)
+}
+
+/// The host loop of the one-thread shapes: frames in, datagrams across,
+/// Alice's events counted; `step` runs once per turn of the loop after the
+/// datagrams (with whether anything moved so far) and says whether it
+/// moved anything itself. Idle turns run the timers.
+fn drive(
     mut a: Pipeline,
     mut b: Pipeline,
     fa: Vec<RawFrame>,
     fb: Vec<RawFrame>,
+    mut step: impl FnMut(Instant, &mut Pipeline, &mut Pipeline, bool) -> bool,
 ) -> Vec<BlockReport> {
     let total = fa.len();
     let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
@@ -51,6 +65,7 @@ pub(crate) fn one_thread(
             let _ = a.handle_input(now, &d);
             moved = true;
         }
+        moved |= step(now, &mut a, &mut b, moved);
         while let Some(e) = a.poll_event() {
             match e {
                 PipelineEvent::FinalKey { stats, .. } => {
@@ -115,29 +130,10 @@ pub(crate) fn workers(
         })
         .collect();
     drop(to_host);
-    let total = fa.len();
-    let (mut fa, mut fb) = (fa.into_iter().peekable(), fb.into_iter().peekable());
-    let (mut kept, mut settled, mut outstanding) = (Vec::new(), 0, 0usize);
-    while settled < total {
-        let now = Instant::now();
-        while fa.peek().is_some() && a.wants_frame() {
-            a.push_frame(now, fa.next().expect("peeked"))
-                .expect("frame");
-        }
-        while fb.peek().is_some() && b.wants_frame() {
-            b.push_frame(now, fb.next().expect("peeked"))
-                .expect("frame");
-        }
+    let mut outstanding = 0usize;
+    let kept = drive(a, b, fa, fb, |now, a, b, moved_before| {
         let mut moved = false;
-        while let Some(d) = a.poll_transmit(now) {
-            let _ = b.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            let _ = a.handle_input(now, &d);
-            moved = true;
-        }
-        for (role, p) in [(Role::Alice, &mut a), (Role::Bob, &mut b)] {
+        for (role, p) in [(Role::Alice, &mut *a), (Role::Bob, &mut *b)] {
             while let Some(item) = p.poll_work() {
                 to_worker.send((role, item)).expect("worker");
                 outstanding += 1;
@@ -145,7 +141,7 @@ pub(crate) fn workers(
             }
         }
         let mut finished: Vec<(Role, WorkDone)> = done.try_iter().collect();
-        if finished.is_empty() && !moved && outstanding > 0 {
+        if finished.is_empty() && !moved_before && !moved && outstanding > 0 {
             finished.extend(done.recv_timeout(Duration::from_millis(50)));
         }
         for (role, work) in finished {
@@ -156,22 +152,8 @@ pub(crate) fn workers(
             outstanding -= 1;
             moved = true;
         }
-        while let Some(e) = a.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        while b.poll_event().is_some() {}
-        if !moved {
-            a.handle_timeout(Instant::now());
-            b.handle_timeout(Instant::now());
-        }
-    }
+        moved
+    });
     drop(to_worker);
     let cpu = threads.into_iter().map(|t| t.join().expect("worker")).sum();
     (kept, cpu)
