@@ -45,7 +45,8 @@
 //!    above), and announces every frame's code and layout, the variant,
 //!    the blind step and rounds and the decoder iterations; each frame is
 //!    one [`LdpcAlice`]/[`LdpcBob`] pair in the block's stream, Bob decoding
-//!    inline. The disclosed bits are `m − p + revealed` per frame
+//!    in the pipeline's calls or on a worker
+//!    ([`Pipeline::set_external_correction`]). The disclosed bits are `m − p + revealed` per frame
 //!    ([`crate::ldpc::rate`]); a frame that does not decode drops the block
 //!    on both sides ([`DropReason::Correction`]).
 //! 4. **Confirm.** Alice sends a challenge ([`crate::confirm`]) and, with
