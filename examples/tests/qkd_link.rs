@@ -567,3 +567,87 @@ fn the_pipeline_is_served_over_coap_while_the_link_runs() {
         let _ = child.wait();
     }
 }
+
+/// A peer that greets correctly and then misbehaves on the stream: a
+/// frame of length 0, a length above the limit, a stream cut inside a
+/// frame, silence past `--timeout`, and frames that are not the pipeline's:
+/// each ends the run with its own clear error, never a panic or a hang.
+#[test]
+fn a_hostile_peer_stream_ends_the_link_with_a_clear_error() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let hello = *b"qkd-link\x01\x01";
+    let cases: [(&str, Vec<u8>, bool, &str); 5] = [
+        (
+            "empty",
+            0u32.to_be_bytes().to_vec(),
+            false,
+            "a frame of 0 bytes",
+        ),
+        (
+            "huge",
+            (1u32 << 31).to_be_bytes().to_vec(),
+            false,
+            "a frame of 2147483648 bytes",
+        ),
+        (
+            "cut",
+            [&100u32.to_be_bytes()[..], &[7u8; 40]].concat(),
+            true,
+            "closed the connection in a frame",
+        ),
+        ("silent", Vec::new(), false, "sent nothing for"),
+        (
+            "garbage",
+            [1u8, 2, 3, 4, 5]
+                .iter()
+                .flat_map(|&b| [&9u32.to_be_bytes()[..], &[b; 9]].concat())
+                .collect(),
+            false,
+            "refused",
+        ),
+    ];
+    for (name, bytes, close, words) in cases {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let alice = spawn(&with(
+            SMALL,
+            &[
+                "alice",
+                "--listen",
+                &addr,
+                "--timeout",
+                "1.5",
+                "--blocks",
+                "1",
+            ],
+        ));
+        let start = Instant::now();
+        let mut peer = loop {
+            match TcpStream::connect(&addr) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{name}: alice never listened: {e}"),
+            }
+        };
+        peer.write_all(&hello).unwrap();
+        let mut theirs = [0u8; 10];
+        peer.read_exact(&mut theirs).unwrap();
+        assert_eq!(&theirs[..8], b"qkd-link", "{name}");
+        peer.write_all(&bytes).unwrap();
+        if close {
+            peer.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        // Keep reading what Alice sends so she is never held up writing.
+        let drain = thread::spawn(move || {
+            let mut sink = [0u8; 1 << 14];
+            while matches!(peer.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        let o = finish(alice);
+        assert_refused(&o, FAILURE, &[words]);
+        let _ = drain.join();
+    }
+}

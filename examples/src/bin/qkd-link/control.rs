@@ -6,7 +6,6 @@
 //! with `--save`).
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use qkd_examples::state_directory::StateDirectory;
 use qkd_postproc::pipeline::Pipeline;
 
 use crate::Args;
-use crate::net::role_name;
+use crate::net::{Inbox, role_name};
 use crate::side::Input;
 
 /// States kept in memory when no `--state-dir` is given.
@@ -30,7 +29,7 @@ pub(crate) fn serve(
     args: &Args,
     role: Role,
     pipeline: &Arc<Mutex<Pipeline>>,
-    input: &Sender<Input>,
+    input: &Inbox,
 ) -> Result<Option<Arc<ServiceHandle>>, String> {
     if args.coap.is_none() && args.qpm.is_none() {
         return Ok(None);

@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -37,7 +37,7 @@ mod report;
 mod side;
 mod state;
 
-use net::{LinkError, Outgoing, role_name};
+use net::{Inbox, LinkError, Outgoing, Socket, role_name};
 use report::{Format, Progress};
 use side::{Failure, Input, Side, Summary};
 
@@ -279,7 +279,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     check(&args);
     let progress = Progress::start();
-    let interrupts: Arc<Mutex<Vec<Sender<Input>>>> = Arc::default();
+    let interrupts: Arc<Mutex<Vec<Inbox>>> = Arc::default();
     {
         let interrupts = Arc::clone(&interrupts);
         let once = AtomicBool::new(false);
@@ -547,7 +547,7 @@ fn run_one(
     args: &Args,
     role: Role,
     progress: &Arc<Progress>,
-    interrupts: &Arc<Mutex<Vec<Sender<Input>>>>,
+    interrupts: &Arc<Mutex<Vec<Inbox>>>,
 ) -> Result<Summary, Failure> {
     let psk = if args.resume.is_none() {
         Some(psk_bytes(args).map_err(|message| Failure {
@@ -577,21 +577,18 @@ fn run_one(
         }
     };
     net::greet(&mut stream, role, timeout).map_err(|e| link_failure(role, e))?;
-    let (tx, rx) = mpsc::channel();
+    let socket = Socket::new(stream, timeout).map_err(|e| link_failure(role, e.into()))?;
+    let (tx, rx) = Inbox::new(Some(socket.waker()));
     register(interrupts, &tx);
     let _service = control::serve(args, role, &side.pipeline, &tx).map_err(|message| Failure {
         role,
         message,
         saved: None,
     })?;
-    let reader = stream
-        .try_clone()
-        .map_err(|e| link_failure(role, e.into()))?;
-    net::spawn_reader(reader, tx.clone(), timeout);
-    side::run(side, Outgoing::Tcp(std::io::BufWriter::new(stream)), rx, tx)
+    side::run(side, Outgoing::Tcp(Box::new(socket)), rx, tx)
 }
 
-fn register(interrupts: &Arc<Mutex<Vec<Sender<Input>>>>, tx: &Sender<Input>) {
+fn register(interrupts: &Arc<Mutex<Vec<Inbox>>>, tx: &Inbox) {
     if let Ok(mut list) = interrupts.lock() {
         list.push(tx.clone());
     }
@@ -600,7 +597,7 @@ fn register(interrupts: &Arc<Mutex<Vec<Sender<Input>>>>, tx: &Sender<Input>) {
 fn run_both(
     args: &Args,
     progress: &Arc<Progress>,
-    interrupts: &Arc<Mutex<Vec<Sender<Input>>>>,
+    interrupts: &Arc<Mutex<Vec<Inbox>>>,
 ) -> Vec<Result<Summary, Failure>> {
     let psk = if args.resume.is_none() {
         match psk_bytes(args) {
@@ -624,35 +621,29 @@ fn run_both(
         (a, b) => return [a.err(), b.err()].into_iter().flatten().map(Err).collect(),
     };
     let timeout = Duration::from_secs_f64(args.timeout);
-    let (a_tx, a_rx) = mpsc::channel();
-    let (b_tx, b_rx) = mpsc::channel();
-    register(interrupts, &a_tx);
-    register(interrupts, &b_tx);
-    let (a_out, b_out) = match args.link {
-        LinkKind::Memory => (
-            Outgoing::Memory(b_tx.clone()),
-            Outgoing::Memory(a_tx.clone()),
-        ),
-        LinkKind::Tcp => match loopback_pair(timeout) {
-            Ok((a_stream, b_stream)) => {
-                let mut outs = Vec::new();
-                for (stream, tx) in [(a_stream, &a_tx), (b_stream, &b_tx)] {
-                    match stream.try_clone() {
-                        Ok(reader) => {
-                            net::spawn_reader(reader, tx.clone(), timeout);
-                            outs.push(Outgoing::Tcp(std::io::BufWriter::new(stream)));
-                        }
-                        Err(e) => return vec![Err(link_failure(Role::Alice, e.into()))],
-                    }
-                }
-                let b = outs.pop().unwrap_or(Outgoing::Closed);
-                let a = outs.pop().unwrap_or(Outgoing::Closed);
-                (a, b)
-            }
+    let links = match args.link {
+        LinkKind::Memory => None,
+        LinkKind::Tcp => match loopback_pair(timeout)
+            .and_then(|(a, b)| Ok((Socket::new(a, timeout)?, Socket::new(b, timeout)?)))
+        {
+            Ok(pair) => Some(pair),
             Err(e) => return vec![Err(link_failure(Role::Alice, e))],
         },
     };
-    let run = |side: Side, out: Outgoing, rx: Receiver<Input>, tx: Sender<Input>| {
+    let ((a_tx, a_rx), (b_tx, b_rx)) = match &links {
+        None => (Inbox::new(None), Inbox::new(None)),
+        Some((a, b)) => (Inbox::new(Some(a.waker())), Inbox::new(Some(b.waker()))),
+    };
+    register(interrupts, &a_tx);
+    register(interrupts, &b_tx);
+    let (a_out, b_out) = match links {
+        None => (
+            Outgoing::Memory(b_tx.clone()),
+            Outgoing::Memory(a_tx.clone()),
+        ),
+        Some((a, b)) => (Outgoing::Tcp(Box::new(a)), Outgoing::Tcp(Box::new(b))),
+    };
+    let run = |side: Side, out: Outgoing, rx: Receiver<Input>, tx: Inbox| {
         thread::spawn(move || side::run(side, out, rx, tx))
     };
     let a = run(alice, a_out, a_rx, a_tx);

@@ -2,12 +2,16 @@
 //! the device's frames, the peer's datagrams, worker threads and timers.
 //!
 //! ```text
-//!  device thread ──Frame──┐                       ┌──▶ worker threads (Toeplitz hashing)
-//!  reader thread ──Peer───┤                       │        │
-//!  workers ───────Work────┼──▶ input queue ──▶ event loop ─┴──▶ peer (length-prefixed frames)
-//!  Ctrl-C ───Interrupt────┘                       │
-//!                                                 └──▶ key file, key store, JSON lines, progress
+//!  device thread ──Frame──┐                        ┌──▶ worker threads (correction, hashing)
+//!  workers ───────Work────┼──▶ inbox ──┐           │        │
+//!  Ctrl-C ───Interrupt────┘            ├──▶ event loop ─────┴──▶ peer (length-prefixed frames)
+//!  peer (TCP socket) ───Peer───────────┘           │
+//!                                                  └──▶ key file, key store, JSON lines, progress
 //! ```
+//!
+//! Over TCP the loop reads the socket itself and waits in one `epoll`
+//! wait that the inbox's senders can end ([`crate::net::Socket`]); linked
+//! in memory, the peer's loop puts datagrams into this loop's inbox.
 //!
 //! The pipeline sits in an `Arc<Mutex<_>>` so that another thread (a
 //! control surface) can read its statistics or change its parameters
@@ -19,7 +23,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -35,7 +39,7 @@ use qkd_postproc::pipeline::{
     WorkItem,
 };
 
-use crate::net::{Outgoing, role_name};
+use crate::net::{Inbox, Outgoing, role_name};
 use crate::report::{self, Format, Progress};
 use crate::state::{self, HostState};
 
@@ -158,7 +162,7 @@ pub(crate) fn run(
     side: Side,
     out: Outgoing,
     input: Receiver<Input>,
-    input_tx: Sender<Input>,
+    input_tx: Inbox,
 ) -> Result<Summary, Failure> {
     let role = side.role;
     let fail = |message: String| Failure {
@@ -299,7 +303,7 @@ pub(crate) fn run(
             // (blocks in flight are dropped on both sides at a restore).
             let saved = l.save_if_asked().ok().flatten();
             let _ = l.finish_files();
-            l.out.close();
+            l.out.finish();
             Err(Failure {
                 role,
                 message,
@@ -314,9 +318,9 @@ const DRAIN_PER_STEP: usize = 64;
 
 impl Loop {
     fn drive(&mut self, input: &Receiver<Input>) -> Result<Ending, String> {
-        // An input taken while draining that must see the pipeline stepped
-        // first (the peer's end, the device's end, a signal).
-        let mut held: Option<Input> = None;
+        // Inputs taken while draining that must see the pipeline stepped
+        // first (the peer's end, the device's end, a signal), in order.
+        let mut held: VecDeque<Input> = VecDeque::new();
         loop {
             let now = Instant::now();
             let deadline = self.step(now)?;
@@ -331,7 +335,7 @@ impl Loop {
             if self.closed && self.peer_closed {
                 return Ok(Ending::Completed);
             }
-            if let Some(i) = held.take() {
+            if let Some(i) = held.pop_front() {
                 if let Some(ending) = self.on_input(i)? {
                     return Ok(ending);
                 }
@@ -341,38 +345,74 @@ impl Loop {
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
-            match input.recv_timeout(wait) {
-                Ok(i) => {
-                    if let Some(ending) = self.on_input(i)? {
-                        return Ok(ending);
-                    }
-                    // The peer's datagrams and finished work that have
-                    // arrived meanwhile are handled before the next step, so
-                    // that one step (and one flush to the peer) answers them
-                    // all; anything else waits for that step.
-                    for _ in 0..DRAIN_PER_STEP {
-                        match input.try_recv() {
-                            Ok(i @ (Input::Peer(_) | Input::Work(_))) => {
-                                if let Some(ending) = self.on_input(i)? {
-                                    return Ok(ending);
-                                }
-                            }
-                            Ok(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+            if let Some(i) = self.next_input(input, Some(wait))? {
+                if let Some(ending) = self.on_input(i)? {
+                    return Ok(ending);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err("internal: every input of the event loop has gone".into());
+                // The peer's datagrams and finished work that have
+                // arrived meanwhile are handled before the next step, so
+                // that one step (and one flush to the peer) answers them
+                // all; anything else waits for that step.
+                for _ in 0..DRAIN_PER_STEP {
+                    match self.next_input(input, None)? {
+                        Some(i @ (Input::Peer(_) | Input::Work(_))) => {
+                            if let Some(ending) = self.on_input(i)? {
+                                return Ok(ending);
+                            }
+                        }
+                        Some(other) => {
+                            held.push_back(other);
+                            break;
+                        }
+                        None => break,
+                    }
                 }
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| d <= now) {
                 lock(&self.side.pipeline).handle_timeout(now);
+            }
+        }
+    }
+
+    /// The next input from the socket (TCP) or the inbox; with `wait`,
+    /// waits for one at most that long, without, only takes what is there.
+    fn next_input(
+        &mut self,
+        input: &Receiver<Input>,
+        wait: Option<Duration>,
+    ) -> Result<Option<Input>, String> {
+        let Outgoing::Tcp(socket) = &mut self.out else {
+            return match wait {
+                None => Ok(input.try_recv().ok()),
+                Some(wait) => match input.recv_timeout(wait) {
+                    Ok(i) => Ok(Some(i)),
+                    Err(RecvTimeoutError::Timeout) => Ok(None),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        Err("internal: every input of the event loop has gone".into())
+                    }
+                },
+            };
+        };
+        let mut waited = false;
+        loop {
+            let now = Instant::now();
+            if let Some(i) = socket.next_input(now) {
+                return Ok(Some(i));
+            }
+            // A disconnected inbox is fine here: the socket is an input.
+            match input.try_recv() {
+                Ok(i) => return Ok(Some(i)),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+            }
+            match wait {
+                Some(wait) if !waited => {
+                    socket
+                        .wait(wait, now)
+                        .map_err(|e| format!("waiting for the peer failed: {e}"))?;
+                    waited = true;
+                }
+                _ => return Ok(None),
             }
         }
     }
@@ -629,7 +669,7 @@ impl Loop {
     }
 
     fn summary(&mut self, ending: Ending, saved: Option<PathBuf>) -> Summary {
-        self.out.close();
+        self.out.finish();
         let p = lock(&self.side.pipeline);
         Summary {
             role: self.side.role,
