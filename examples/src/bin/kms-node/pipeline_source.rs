@@ -3,11 +3,16 @@
 //! simulated BB84 device, and hands the pipeline's final keys to its store.
 //!
 //! ```text
-//!  device thread ──Frame──┐                    ┌──▶ worker thread (Toeplitz hashing)
-//!  reader thread ──Peer───┼──▶ session thread ─┴──▶ peer node (TCP, u32-length frames)
-//!  worker ─────────Work───┘        │
-//!                                  └──FinalKey──▶ channel ──poll_block──▶ store (node.rs)
+//!  device thread ──Frame──┐                       ┌──▶ worker thread (Toeplitz hashing)
+//!  worker ─────────Work───┼──▶ inbox ─┐           │
+//!  peer node (TCP, u32-length frames) ┴──▶ session thread ─┴──▶ peer node
+//!                                          │
+//!                                          └──FinalKey──▶ channel ──poll_block──▶ store (node.rs)
 //! ```
+//!
+//! The session thread reads and writes the pipeline's connection itself,
+//! in one wait that the inbox's senders end
+//! ([`qkd_examples::peer_socket`]): a peer's message costs one wake-up.
 //!
 //! # The pipeline's own connection
 //!
@@ -77,10 +82,10 @@
 //! lost.
 
 use std::collections::VecDeque;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -88,6 +93,7 @@ use std::time::{Duration, Instant};
 use qkd_core::machine::Machine;
 use qkd_core::module::ModuleHost;
 use qkd_core::{BlockId, KeyId, QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84};
+use qkd_examples::peer_socket::{Inbox, PeerSocket, Received};
 use qkd_handshake::psk::PskSource;
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::pipeline::{
@@ -105,9 +111,6 @@ const HELLO: u8 = 1;
 const WELCOME: u8 = 2;
 const HELLO_LEN: usize = 8 + 3 + 16;
 const WELCOME_LEN: usize = 8 + 3 + 8 + 16;
-/// Largest pipeline datagram accepted (above the largest datagram of a
-/// frame of [`crate::config::MAX_FRAME_SLOTS`] slots).
-const MAX_FRAME_BYTES: u32 = 64 << 20;
 /// Bytes of a run's pre-shared secret (the pool of the first blocks, until
 /// final key replenishes it).
 pub(crate) const RUN_SECRET_BYTES: usize = 64 << 10;
@@ -639,13 +642,8 @@ impl SessionContext {
         next: &mut u64,
     ) -> Result<(), String> {
         let s = &self.settings;
-        let (tx, rx) = mpsc::channel::<Input>();
-        let reader = stream.try_clone().map_err(|e| e.to_string())?;
-        {
-            let tx = tx.clone();
-            thread::spawn(move || read_frames(reader, &tx));
-        }
-        let mut out = BufWriter::with_capacity(1 << 16, stream);
+        let mut socket = PeerSocket::new(stream, None).map_err(|e| e.to_string())?;
+        let (tx, rx) = Inbox::<Input>::new(Some(socket.waker()));
 
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut *seed).map_err(|e| format!("no randomness: {e}"))?;
@@ -705,6 +703,7 @@ impl SessionContext {
         drop(tx);
 
         let mut ready: VecDeque<RawFrame> = VecDeque::new();
+        let mut held: Option<Input> = None;
         let mut peer_ready = false;
         let mut refused = 0u32;
         let mut low_water_told = false;
@@ -730,7 +729,9 @@ impl SessionContext {
                     moved = true;
                 }
                 while let Some(d) = p.poll_transmit(now) {
-                    send_frame(&mut out, &d)?;
+                    socket
+                        .send(&d)
+                        .map_err(|e| format!("sending to the peer's pipeline failed: {e}"))?;
                     moved = true;
                 }
                 while let Some(item) = p.poll_work() {
@@ -799,38 +800,38 @@ impl SessionContext {
                     break;
                 }
             }
-            out.flush()
+            socket
+                .flush()
                 .map_err(|e| format!("sending to the peer's pipeline failed: {e}"))?;
             {
                 let mut r = lock(&self.report);
                 r.stats.clone_from(p.stats());
                 r.auth_key_left = p.auth_key_left();
             }
+            if let Some(input) = held.take() {
+                Self::on_input(&mut p, input, peer_ready, &mut refused, &mut ready)?;
+                continue;
+            }
             let deadline = p.poll_timeout();
             let wait = deadline
                 .map_or(POLL, |d| d.saturating_duration_since(now))
                 .min(POLL);
-            match rx.recv_timeout(wait) {
-                Ok(input) => {
-                    let now = Instant::now();
-                    match input {
-                        Input::Peer(d) => {
-                            if p.handle_input(now, &d).is_err() && !peer_ready {
-                                refused += 1;
-                                if refused >= REFUSALS_BEFORE_READY {
-                                    return Err("the peer's pipeline messages do not authenticate (the nodes derived different secrets: an altered greeting, or another initial secret)".into());
-                                }
-                            }
+            if let Some(input) = next_input(&mut socket, &rx, Some(wait))? {
+                Self::on_input(&mut p, input, peer_ready, &mut refused, &mut ready)?;
+                // The peer's datagrams and finished work that are already
+                // here are handled before the next step (one step, one
+                // write answers them all); anything else waits for it.
+                for _ in 0..DRAIN_PER_STEP {
+                    match next_input(&mut socket, &rx, None)? {
+                        Some(input @ (Input::Peer(_) | Input::Work(_))) => {
+                            Self::on_input(&mut p, input, peer_ready, &mut refused, &mut ready)?;
                         }
-                        Input::PeerEnded(reason) => return Err(reason),
-                        Input::Frame(f) => ready.push_back(f),
-                        Input::DeviceFailed(e) => return Err(format!("the device failed: {e}")),
-                        Input::Work(done) => p.complete_work(now, done),
+                        Some(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        None => break,
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err("internal: every input of the pipeline has gone".into());
                 }
             }
             let now = Instant::now();
@@ -839,41 +840,72 @@ impl SessionContext {
             }
         }
     }
+
+    /// Handles one input; `Err` ends the run.
+    fn on_input(
+        p: &mut Pipeline,
+        input: Input,
+        peer_ready: bool,
+        refused: &mut u32,
+        ready: &mut VecDeque<RawFrame>,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        match input {
+            Input::Peer(d) => {
+                if p.handle_input(now, &d).is_err() && !peer_ready {
+                    *refused += 1;
+                    if *refused >= REFUSALS_BEFORE_READY {
+                        return Err("the peer's pipeline messages do not authenticate (the nodes derived different secrets: an altered greeting, or another initial secret)".into());
+                    }
+                }
+            }
+            Input::PeerEnded(reason) => return Err(reason),
+            Input::Frame(f) => ready.push_back(f),
+            Input::DeviceFailed(e) => return Err(format!("the device failed: {e}")),
+            Input::Work(done) => p.complete_work(now, done),
+        }
+        Ok(())
+    }
 }
 
-fn send_frame(out: &mut impl Write, datagram: &[u8]) -> Result<(), String> {
-    let len = u32::try_from(datagram.len())
-        .ok()
-        .filter(|&l| l > 0 && l <= MAX_FRAME_BYTES)
-        .ok_or_else(|| format!("a pipeline datagram of {} bytes", datagram.len()))?;
-    out.write_all(&len.to_be_bytes())
-        .and_then(|()| out.write_all(datagram))
-        .map_err(|e| format!("sending to the peer's pipeline failed: {e}"))
-}
+/// Most inputs handled between two steps of the pipeline.
+const DRAIN_PER_STEP: usize = 64;
 
-/// Reads length-prefixed datagrams until the connection ends.
-fn read_frames(stream: TcpStream, input: &Sender<Input>) {
-    let mut r = BufReader::with_capacity(1 << 16, stream);
-    let reason = loop {
-        let mut len = [0u8; 4];
-        if let Err(e) = r.read_exact(&mut len) {
-            break format!("the peer's pipeline connection ended ({e})");
+/// The next input from the pipeline's connection or the inbox; with
+/// `wait`, waits at most that long for one, without, takes what is there.
+fn next_input(
+    socket: &mut PeerSocket,
+    inbox: &Receiver<Input>,
+    wait: Option<Duration>,
+) -> Result<Option<Input>, String> {
+    let mut waited = false;
+    loop {
+        let now = Instant::now();
+        if let Some(r) = socket.receive(now) {
+            return Ok(Some(match r {
+                Received::Datagram(d) => Input::Peer(d),
+                Received::Closed => Input::PeerEnded("the peer's pipeline connection ended".into()),
+                Received::Failed(f) => {
+                    Input::PeerEnded(format!("the peer's pipeline connection failed: {f}"))
+                }
+            }));
         }
-        let len = u32::from_be_bytes(len);
-        if len == 0 || len > MAX_FRAME_BYTES {
-            break format!(
-                "the peer's pipeline sent a frame of {len} bytes (allowed: 1 to {MAX_FRAME_BYTES})"
-            );
+        match inbox.try_recv() {
+            Ok(i) => return Ok(Some(i)),
+            // Disconnected: the device has ended and no worker runs; the
+            // connection is still an input.
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
         }
-        let mut buf = vec![0u8; len as usize];
-        if let Err(e) = r.read_exact(&mut buf) {
-            break format!("the peer's pipeline connection ended in a frame ({e})");
+        match wait {
+            Some(wait) if !waited => {
+                socket
+                    .wait(wait, now)
+                    .map_err(|e| format!("waiting for the peer's pipeline failed: {e}"))?;
+                waited = true;
+            }
+            _ => return Ok(None),
         }
-        if input.send(Input::Peer(buf)).is_err() {
-            return;
-        }
-    };
-    let _ = input.send(Input::PeerEnded(reason));
+    }
 }
 
 #[cfg(test)]

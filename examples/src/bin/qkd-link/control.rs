@@ -17,8 +17,9 @@ use qkd_examples::state_directory::StateDirectory;
 use qkd_postproc::pipeline::Pipeline;
 
 use crate::Args;
-use crate::net::{Inbox, role_name};
+use crate::net::role_name;
 use crate::side::Input;
+use qkd_examples::peer_socket::Inbox;
 
 /// States kept in memory when no `--state-dir` is given.
 const MEMORY_STATES: usize = 4;
@@ -29,7 +30,7 @@ pub(crate) fn serve(
     args: &Args,
     role: Role,
     pipeline: &Arc<Mutex<Pipeline>>,
-    input: &Inbox,
+    input: &Inbox<Input>,
 ) -> Result<Option<Arc<ServiceHandle>>, String> {
     if args.coap.is_none() && args.qpm.is_none() {
         return Ok(None);

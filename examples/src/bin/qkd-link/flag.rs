@@ -11,7 +11,7 @@ use qkd_examples::flag::finite;
 pub(crate) use qkd_examples::flag::{input_file, output_file};
 
 /// Largest accepted `--frame-slots` (2^26): a frame's announcement is then
-/// at most 16 MiB, well inside [`crate::net::MAX_FRAME_BYTES`].
+/// at most 16 MiB, well inside [`qkd_examples::peer_socket::MAX_FRAME_BYTES`].
 pub(crate) const MAX_FRAME_SLOTS: u64 = 1 << 26;
 /// Smallest accepted `--frame-slots`.
 pub(crate) const MIN_FRAME_SLOTS: u64 = 1024;

@@ -37,7 +37,8 @@ mod report;
 mod side;
 mod state;
 
-use net::{Inbox, LinkError, Outgoing, Socket, role_name};
+use net::{LinkError, Outgoing, role_name};
+use qkd_examples::peer_socket::{Inbox, PeerSocket};
 use report::{Format, Progress};
 use side::{Failure, Input, Side, Summary};
 
@@ -279,7 +280,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     check(&args);
     let progress = Progress::start();
-    let interrupts: Arc<Mutex<Vec<Inbox>>> = Arc::default();
+    let interrupts: Arc<Mutex<Vec<Inbox<Input>>>> = Arc::default();
     {
         let interrupts = Arc::clone(&interrupts);
         let once = AtomicBool::new(false);
@@ -547,7 +548,7 @@ fn run_one(
     args: &Args,
     role: Role,
     progress: &Arc<Progress>,
-    interrupts: &Arc<Mutex<Vec<Inbox>>>,
+    interrupts: &Arc<Mutex<Vec<Inbox<Input>>>>,
 ) -> Result<Summary, Failure> {
     let psk = if args.resume.is_none() {
         Some(psk_bytes(args).map_err(|message| Failure {
@@ -577,7 +578,8 @@ fn run_one(
         }
     };
     net::greet(&mut stream, role, timeout).map_err(|e| link_failure(role, e))?;
-    let socket = Socket::new(stream, timeout).map_err(|e| link_failure(role, e.into()))?;
+    let socket =
+        PeerSocket::new(stream, Some(timeout)).map_err(|e| link_failure(role, e.into()))?;
     let (tx, rx) = Inbox::new(Some(socket.waker()));
     register(interrupts, &tx);
     let _service = control::serve(args, role, &side.pipeline, &tx).map_err(|message| Failure {
@@ -588,7 +590,7 @@ fn run_one(
     side::run(side, Outgoing::Tcp(Box::new(socket)), rx, tx)
 }
 
-fn register(interrupts: &Arc<Mutex<Vec<Inbox>>>, tx: &Inbox) {
+fn register(interrupts: &Arc<Mutex<Vec<Inbox<Input>>>>, tx: &Inbox<Input>) {
     if let Ok(mut list) = interrupts.lock() {
         list.push(tx.clone());
     }
@@ -597,7 +599,7 @@ fn register(interrupts: &Arc<Mutex<Vec<Inbox>>>, tx: &Inbox) {
 fn run_both(
     args: &Args,
     progress: &Arc<Progress>,
-    interrupts: &Arc<Mutex<Vec<Inbox>>>,
+    interrupts: &Arc<Mutex<Vec<Inbox<Input>>>>,
 ) -> Vec<Result<Summary, Failure>> {
     let psk = if args.resume.is_none() {
         match psk_bytes(args) {
@@ -623,9 +625,12 @@ fn run_both(
     let timeout = Duration::from_secs_f64(args.timeout);
     let links = match args.link {
         LinkKind::Memory => None,
-        LinkKind::Tcp => match loopback_pair(timeout)
-            .and_then(|(a, b)| Ok((Socket::new(a, timeout)?, Socket::new(b, timeout)?)))
-        {
+        LinkKind::Tcp => match loopback_pair(timeout).and_then(|(a, b)| {
+            Ok((
+                PeerSocket::new(a, Some(timeout))?,
+                PeerSocket::new(b, Some(timeout))?,
+            ))
+        }) {
             Ok(pair) => Some(pair),
             Err(e) => return vec![Err(link_failure(Role::Alice, e))],
         },
@@ -643,7 +648,7 @@ fn run_both(
         ),
         Some((a, b)) => (Outgoing::Tcp(Box::new(a)), Outgoing::Tcp(Box::new(b))),
     };
-    let run = |side: Side, out: Outgoing, rx: Receiver<Input>, tx: Inbox| {
+    let run = |side: Side, out: Outgoing, rx: Receiver<Input>, tx: Inbox<Input>| {
         thread::spawn(move || side::run(side, out, rx, tx))
     };
     let a = run(alice, a_out, a_rx, a_tx);

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Over TCP the loop reads the socket itself and waits in one `epoll`
-//! wait that the inbox's senders can end ([`crate::net::Socket`]); linked
+//! wait that the inbox's senders can end ([`qkd_examples::peer_socket`]); linked
 //! in memory, the peer's loop puts datagrams into this loop's inbox.
 //!
 //! The pipeline sits in an `Arc<Mutex<_>>` so that another thread (a
@@ -39,9 +39,10 @@ use qkd_postproc::pipeline::{
     WorkItem,
 };
 
-use crate::net::{Inbox, Outgoing, role_name};
+use crate::net::{Outgoing, role_name};
 use crate::report::{self, Format, Progress};
 use crate::state::{self, HostState};
+use qkd_examples::peer_socket::{Inbox, PeerFault, Received};
 
 /// Set by Ctrl-C: a peer that closes after it is an interruption too.
 pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -162,7 +163,7 @@ pub(crate) fn run(
     side: Side,
     out: Outgoing,
     input: Receiver<Input>,
-    input_tx: Inbox,
+    input_tx: Inbox<Input>,
 ) -> Result<Summary, Failure> {
     let role = side.role;
     let fail = |message: String| Failure {
@@ -397,8 +398,15 @@ impl Loop {
         let mut waited = false;
         loop {
             let now = Instant::now();
-            if let Some(i) = socket.next_input(now) {
-                return Ok(Some(i));
+            if let Some(r) = socket.receive(now) {
+                return Ok(Some(match r {
+                    Received::Datagram(d) => Input::Peer(d),
+                    Received::Closed => Input::PeerClosed,
+                    Received::Failed(f @ PeerFault::Silent(_)) => {
+                        Input::PeerFailed(format!("{f} (--timeout)"))
+                    }
+                    Received::Failed(f) => Input::PeerFailed(f.to_string()),
+                }));
             }
             // A disconnected inbox is fine here: the socket is an input.
             match input.try_recv() {
