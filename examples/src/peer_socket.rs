@@ -54,11 +54,12 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
+use qkd_core::wire::{StreamFrame, put_stream_frame, stream_frame};
 
 /// Largest frame accepted from the peer or sent to it (64 MiB): above the
 /// largest datagram the pipeline sends (a sift announcement of a frame of
-/// 2^26 slots).
-pub const MAX_FRAME_BYTES: u32 = 64 << 20;
+/// 2^26 slots). The framing is [`qkd_core::wire::stream_frame`]'s.
+pub const MAX_FRAME_BYTES: u32 = qkd_core::wire::MAX_STREAM_FRAME;
 
 /// Bytes read ahead of the frame being assembled before reading pauses.
 pub const READ_AHEAD: usize = 1 << 20;
@@ -181,18 +182,12 @@ impl PeerSocket {
         if self.closing {
             return Ok(());
         }
-        let len = u32::try_from(datagram.len())
-            .ok()
-            .filter(|&l| l > 0 && l <= MAX_FRAME_BYTES)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("a datagram of {} bytes cannot be sent", datagram.len()),
-                )
-            })?;
-        self.write.extend_from_slice(&len.to_be_bytes());
-        self.write.extend_from_slice(datagram);
-        Ok(())
+        put_stream_frame(&mut self.write, datagram).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a datagram of {} bytes cannot be sent", datagram.len()),
+            )
+        })
     }
 
     /// Writes what the socket takes now; the rest goes when it is writable
@@ -304,19 +299,21 @@ impl PeerSocket {
     /// A whole frame from the buffer; a bad length ends the connection.
     fn take_frame(&mut self) -> Option<Vec<u8>> {
         let have = &self.read[self.taken..];
-        let len = u32::from_be_bytes(have.get(..4)?.try_into().ok()?);
-        if len == 0 || len > MAX_FRAME_BYTES {
-            if !matches!(self.ended, Some(Ending::Failed(_))) {
-                self.ended = Some(Ending::Failed(PeerFault::FrameLength(len)));
+        let range = match stream_frame(have) {
+            StreamFrame::Whole(range) => range,
+            StreamFrame::Partial => return None,
+            StreamFrame::BadLength(len) => {
+                if !matches!(self.ended, Some(Ending::Failed(_))) {
+                    self.ended = Some(Ending::Failed(PeerFault::FrameLength(len)));
+                }
+                // Nothing after a bad length is read as a frame.
+                self.read.clear();
+                self.taken = 0;
+                return None;
             }
-            // Nothing after a bad length is read as a frame.
-            self.read.clear();
-            self.taken = 0;
-            return None;
-        }
-        let end = 4 + len as usize;
-        let datagram = have.get(4..end)?.to_vec();
-        self.taken += end;
+        };
+        let datagram = have[range.clone()].to_vec();
+        self.taken += range.end;
         if self.taken == self.read.len() {
             self.read.clear();
             self.taken = 0;

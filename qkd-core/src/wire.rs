@@ -580,10 +580,135 @@ pub fn strip_crc32(message: &[u8]) -> Result<&[u8], WireError> {
     }
 }
 
+/// Largest datagram a [stream frame](stream_frame) may carry (64 MiB).
+pub const MAX_STREAM_FRAME: u32 = 64 << 20;
+
+/// What the start of a byte stream holds, read as stream frames (see
+/// [`stream_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFrame {
+    /// A whole frame: the datagram is `bytes[range]` and the frame ends at
+    /// `range.end`.
+    Whole(core::ops::Range<usize>),
+    /// Not a whole frame yet: more bytes are needed.
+    Partial,
+    /// A length of 0 or above [`MAX_STREAM_FRAME`]: the stream is broken
+    /// (nothing after it can be trusted to start a frame).
+    BadLength(u32),
+}
+
+/// Reads the first frame of a stream of datagrams sent over TCP (or any
+/// byte stream): `length u32 (big-endian, 1 ..= MAX_STREAM_FRAME) |
+/// datagram`. Never allocates: a host grows its buffer with the bytes that
+/// arrive, not with the announced length.
+///
+/// ```
+/// use qkd_core::wire::{put_stream_frame, stream_frame, StreamFrame};
+/// let mut stream = Vec::new();
+/// put_stream_frame(&mut stream, b"parities").unwrap();
+/// let StreamFrame::Whole(range) = stream_frame(&stream) else { panic!() };
+/// assert_eq!(&stream[range.clone()], b"parities");
+/// assert_eq!(range.end, stream.len());
+/// assert_eq!(stream_frame(&stream[..5]), StreamFrame::Partial);
+/// ```
+#[must_use]
+pub fn stream_frame(bytes: &[u8]) -> StreamFrame {
+    let Some(&[a, b, c, d]) = bytes.first_chunk::<4>() else {
+        return StreamFrame::Partial;
+    };
+    let len = u32::from_be_bytes([a, b, c, d]);
+    if len == 0 || len > MAX_STREAM_FRAME {
+        return StreamFrame::BadLength(len);
+    }
+    let end = 4 + len as usize;
+    if bytes.len() < end {
+        StreamFrame::Partial
+    } else {
+        StreamFrame::Whole(4..end)
+    }
+}
+
+/// Appends `datagram` as one stream frame (what [`stream_frame`] reads).
+///
+/// # Errors
+/// [`WireError::Invalid`] for an empty datagram or one above
+/// [`MAX_STREAM_FRAME`] bytes; nothing is appended.
+pub fn put_stream_frame(out: &mut Vec<u8>, datagram: &[u8]) -> Result<(), WireError> {
+    let len = u32::try_from(datagram.len())
+        .ok()
+        .filter(|&l| l > 0 && l <= MAX_STREAM_FRAME)
+        .ok_or(WireError::invalid(
+            "length",
+            "a stream frame carries 1 byte to 64 MiB",
+        ))?;
+    out.put_u32(len);
+    out.extend_from_slice(datagram);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Datagrams framed into one stream come back whole and in order
+        /// however the stream is cut into reads; a bad length is reported
+        /// at its frame.
+        #[test]
+        fn stream_frames_survive_any_cutting(
+            datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..12),
+            cuts in proptest::collection::vec(1usize..97, 1..40),
+            bad in any::<bool>(),
+        ) {
+            let mut stream = Vec::new();
+            for d in &datagrams {
+                put_stream_frame(&mut stream, d).unwrap();
+            }
+            if bad {
+                stream.extend_from_slice(&0u32.to_be_bytes());
+            }
+            // Feed the stream in pieces, as reads would deliver it.
+            let (mut buffer, mut got, mut at, mut broken) = (Vec::new(), Vec::new(), 0, None);
+            let mut piece = cuts.iter().cycle();
+            while at < stream.len() && broken.is_none() {
+                let n = (*piece.next().unwrap()).min(stream.len() - at);
+                buffer.extend_from_slice(&stream[at..at + n]);
+                at += n;
+                loop {
+                    match stream_frame(&buffer) {
+                        StreamFrame::Whole(r) => {
+                            got.push(buffer[r.clone()].to_vec());
+                            buffer.drain(..r.end);
+                        }
+                        StreamFrame::Partial => break,
+                        StreamFrame::BadLength(l) => {
+                            broken = Some(l);
+                            break;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(got, datagrams);
+            prop_assert_eq!(broken, bad.then_some(0));
+        }
+    }
+
+    #[test]
+    fn stream_frame_lengths_are_checked() {
+        let mut out = Vec::new();
+        assert!(put_stream_frame(&mut out, &[]).is_err());
+        assert!(out.is_empty());
+        let over = (MAX_STREAM_FRAME + 1).to_be_bytes();
+        assert_eq!(
+            stream_frame(&over),
+            StreamFrame::BadLength(MAX_STREAM_FRAME + 1)
+        );
+        let max = MAX_STREAM_FRAME.to_be_bytes();
+        assert_eq!(stream_frame(&max), StreamFrame::Partial);
+        assert_eq!(stream_frame(&[0, 0, 0]), StreamFrame::Partial);
+        assert_eq!(stream_frame(&[0, 0, 0, 1, 9, 8]), StreamFrame::Whole(4..5));
+    }
 
     #[test]
     fn protocol_ids_are_distinct_and_round_trip() {
