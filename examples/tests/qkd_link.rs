@@ -651,3 +651,56 @@ fn a_hostile_peer_stream_ends_the_link_with_a_clear_error() {
         let _ = drain.join();
     }
 }
+
+/// Ctrl-C (SIGINT) on one side of a two-process link mid-stream: that side
+/// stops at once, saves its state with `--save` and exits successfully
+/// with an interrupted summary; the peer ends with a clear error, not a
+/// hang. (Over TCP the signal reaches the event loop through its inbox's
+/// waker, which ends the loop's socket wait.)
+#[test]
+fn ctrl_c_saves_the_state_and_ends_both_sides() {
+    let dir = scratch("ctrl_c");
+    let state = dir.join("alice.state");
+    let keys = dir.join("alice.keys");
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let alice = spawn(&with(
+        SMALL,
+        &[
+            "alice",
+            "--listen",
+            &listen,
+            "--blocks",
+            "100000",
+            "--save",
+            s(&state),
+            "--out",
+            s(&keys),
+        ],
+    ));
+    let bob = spawn(&with(
+        SMALL,
+        &["bob", "--connect", &listen, "--blocks", "100000"],
+    ));
+    // Wait for the first keys, then interrupt Alice.
+    let start = Instant::now();
+    while std::fs::metadata(&keys).map_or(0, |m| m.len()) == 0 {
+        assert!(start.elapsed() < LIMIT, "no key within {LIMIT:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &alice.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let a = finish(alice);
+    let b = finish(bob);
+    assert_ok(&a);
+    assert!(
+        String::from_utf8_lossy(&a.stdout).contains("interrupted"),
+        "{}",
+        String::from_utf8_lossy(&a.stdout)
+    );
+    assert!(state.is_file(), "no state saved; stderr: {}", stderr(&a));
+    assert_refused(&b, FAILURE, &["the peer closed the connection"]);
+}

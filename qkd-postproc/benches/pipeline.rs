@@ -162,7 +162,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("two_threads", |bench| {
         bench.iter_batched(
             || (pipelines(), fa.clone(), fb.clone()),
-            |((a, b), fa, fb)| shapes::two_threads(a, b, fa, fb),
+            |((a, b), fa, fb)| shapes::two_threads(a, b, fa, fb, std::time::Duration::ZERO),
             BatchSize::PerIteration,
         );
     });

@@ -20,7 +20,8 @@
 //! ([`Pipeline::set_external_correction`]): one thread drives both sides'
 //! protocol, the workers run different blocks' heavy steps at once. The CPU
 //! figure then counts the workers' time too. `THREADS=2` runs the `pipeline/two_threads` shape instead (Alice and Bob
-//! on a thread each, datagrams through `std::sync::mpsc`); the rate per
+//! on a thread each, datagrams through `std::sync::mpsc`; `SPIN_US=N`: each
+//! polls its queue N µs before it sleeps in it); the rate per
 //! CPU-second is then of both threads together (what the thread crossing
 //! costs). Either way the last line is the median wall-clock rate (sifted
 //! bits over elapsed time: what one or two cores give when the machine has
@@ -120,11 +121,12 @@ fn main() {
         threads: env("WORKERS", 0),
         correction: env("CORRECTION", 0) == 1,
     };
+    let spin = Duration::from_micros(env("SPIN_US", 0));
     let mut walls = Vec::new();
     for round in 0..rounds {
         let (a, b) = pipelines(&def);
         let (kept, cpu) = if threads == 2 {
-            let (kept, cpu, wall) = two_threads(a, b, fa.clone(), fb.clone());
+            let (kept, cpu, wall) = two_threads(a, b, fa.clone(), fb.clone(), spin);
             let sifted: u64 = kept.iter().map(|r| r.sifted_bits).sum();
             let rate = sifted as f64 / wall.as_secs_f64() / 1e6;
             println!(
