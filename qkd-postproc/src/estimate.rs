@@ -28,8 +28,9 @@
 //!   after the quantum phase, so the eavesdropper cannot have adapted her
 //!   attack to them: Alice draws a fresh 256-bit seed from her
 //!   `CryptoRng` when the block is already fixed, and both sides expand it
-//!   into positions with blake3's extendable output (Floyd's algorithm with
-//!   rejection sampling, so every subset is equally likely);
+//!   into positions with ChaCha8 keyed from it by blake3 (Floyd's
+//!   algorithm with exact bounded draws, so every subset is equally likely;
+//!   [`sample_positions`]);
 //! - the sample is disclosed, so it is removed from the key: the event's key
 //!   holds exactly the other `n` bits, in order;
 //! - `Q` is the sample's own error rate, `errors / k`: feed
@@ -50,7 +51,7 @@
 //! correction stage, which should size its work for the worst likely rate
 //! rather than the point estimate.
 //!
-//! # Wire format (protocol [`Protocol::Estimate`], version 1)
+//! # Wire format (protocol [`Protocol::Estimate`], version 2)
 //!
 //! Integers big-endian; bits LSB first, the padding bits of the last byte
 //! zero; every message ends with a CRC-32 (IEEE) over all bytes before it.
@@ -58,14 +59,14 @@
 //! authenticated channel the pipeline carries every message on.
 //!
 //! ```text
-//! Sample (type 1): 12 01 01 | block u64 | sifted_bits u64 | sample_bits u32 | seed [32] | bits ⌈k/8⌉ | crc u32
-//! Reply  (type 2): 12 01 02 | block u64 | sample_bits u32 | errors u32 | bits ⌈k/8⌉ | crc u32
+//! Sample (type 1): 12 02 01 | block u64 | sifted_bits u64 | sample_bits u32 | seed [32] | bits ⌈k/8⌉ | crc u32
+//! Reply  (type 2): 12 02 02 | block u64 | sample_bits u32 | errors u32 | bits ⌈k/8⌉ | crc u32
 //! ```
 //!
 //! A Reply for block 5 with a 3-bit sample `1,0,1` and one error:
 //!
 //! ```text
-//! 12 01 02  00 00 00 00 00 00 00 05  00 00 00 03  00 00 00 01  05  <crc32 of the 21 bytes before it>
+//! 12 02 02  00 00 00 00 00 00 00 05  00 00 00 03  00 00 00 01  05  <crc32 of the 21 bytes before it>
 //! ```
 //!
 //! # Example
@@ -111,19 +112,21 @@ use qkd_core::bounds::qber_upper_bound;
 use qkd_core::machine::{ConfigError, Machine, Retransmit, RetransmitDue, check_range};
 use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, put_bits, strip_crc32};
 use qkd_core::{BitVec, BlockId};
-use rand_core::CryptoRng;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{CryptoRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
 use crate::amplify::length::FiniteKeyInput;
 
-/// Version of the wire format.
-pub const VERSION: u8 = 1;
+/// Version of the wire format (2: sample positions drawn with ChaCha8,
+/// see [`sample_positions`]).
+pub const VERSION: u8 = 2;
 const TYPE_SAMPLE: u8 = 1;
 const TYPE_REPLY: u8 = 2;
 /// Blake3 key-derivation context of the sample positions. Fixed for the
 /// life of the format: both sides must derive the same positions.
-const POSITIONS_CONTEXT: &str = "qkd-postproc estimate v1 sample positions";
+const POSITIONS_CONTEXT: &str = "qkd-postproc estimate v2 sample positions";
 
 /// Largest sample this step discloses, in bits (2^28: a 32 MiB message).
 pub const MAX_SAMPLE_BITS: u32 = 1 << 28;
@@ -477,39 +480,44 @@ impl EstimateMessage {
 /// The sample positions for a seed: `k` distinct positions among `n`,
 /// uniform over all `k`-subsets, as a mask of `n` bits.
 ///
-/// Floyd's algorithm over a blake3 extendable output keyed by the seed;
-/// bounded draws by rejection, so no position is favoured.
+/// Floyd's algorithm: for `j` from `n − k` to `n − 1`, draw `t` uniform in
+/// `0..=j` and take `t`, or `j` if `t` is taken already. The draws come
+/// from ChaCha8 keyed by `blake3::derive_key(POSITIONS_CONTEXT, seed ‖
+/// n ‖ k)` (little-endian `n` as u64, `k` as u32), 64 bits per draw, each
+/// made uniform in `0..bound` by Lemire's multiply-and-reject (the high
+/// word of `x · bound`, drawing again while the low word is below
+/// `2^64 mod bound`), so no position is favoured.
+///
+/// Version 1 of the wire format read blake3's extendable output instead,
+/// 8 bytes and a 64-bit division per draw: blake3 computes its output one
+/// 64-byte block per compression on CPUs without AVX-512, and that was 8 %
+/// of the pipeline's instructions per block (BENCHMARKS.md). The
+/// positions are public once the seed is sent; the generator only has to
+/// make the subset indistinguishable from a uniform one, and eight ChaCha
+/// rounds (as in [`crate::cascade`]'s public shuffles) do. Another
+/// derivation is another wire version: both sides must draw the same
+/// positions.
 ///
 /// # Panics
 /// If `k > n` (the machines check this before).
 pub fn sample_positions(seed: &[u8; 32], n: u64, k: u32) -> BitVec {
     assert!(u64::from(k) <= n, "sample larger than the key");
-    let mut hasher = blake3::Hasher::new_derive_key(POSITIONS_CONTEXT);
-    hasher.update(seed);
-    hasher.update(&n.to_le_bytes());
-    hasher.update(&k.to_le_bytes());
-    let mut stream = hasher.finalize_xof();
-    // The stream is read in whole buffers: blake3 computes a 64-byte output
-    // block for every `fill`, so reading 8 bytes at a time would compute
-    // each block eight times. The bytes consumed, in order, are the same.
-    let mut buffer = [0u8; 1024];
-    let mut at = buffer.len();
+    let mut material = [0u8; 44];
+    material[..32].copy_from_slice(seed);
+    material[32..40].copy_from_slice(&n.to_le_bytes());
+    material[40..].copy_from_slice(&k.to_le_bytes());
+    let mut key = blake3::derive_key(POSITIONS_CONTEXT, &material);
+    let mut stream = ChaCha8Rng::from_seed(key);
+    key.zeroize();
     let mut draw = |bound: u64| -> u64 {
-        // Uniform in 0..bound: reject the top sliver that would bias the modulo.
-        let zone = u64::MAX - (u64::MAX % bound + 1) % bound;
-        loop {
-            if at == buffer.len() {
-                stream.fill(&mut buffer);
-                at = 0;
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buffer[at..at + 8]);
-            at += 8;
-            let v = u64::from_le_bytes(b);
-            if v <= zone {
-                return v % bound;
+        let mut m = u128::from(stream.next_u64()) * u128::from(bound);
+        if (m as u64) < bound {
+            let threshold = bound.wrapping_neg() % bound;
+            while (m as u64) < threshold {
+                m = u128::from(stream.next_u64()) * u128::from(bound);
             }
         }
+        (m >> 64) as u64
     };
     let mut mask = BitVec::zeros(n as usize);
     for j in (n - u64::from(k))..n {
@@ -1211,52 +1219,50 @@ mod tests {
         assert_eq!(sample_positions(&seed, 5, 0).count_ones(), 0);
     }
 
-    /// The positions are a wire-level agreement between two builds: the
-    /// buffered reading of the stream must draw exactly what one 8-byte
-    /// read per draw gave (the definition before the buffer).
+    /// The positions are a wire-level agreement between two builds: equal
+    /// to a plain restatement of the definition (the rejection threshold
+    /// computed at every draw, the subset kept in a set), and pinned for
+    /// one seed (a change here is a new wire version).
+    const PINNED_FIRST_POSITIONS: [usize; 6] = [208, 1215, 2224, 5196, 5505, 5901];
+
     #[test]
-    fn sample_positions_match_the_unbuffered_definition() {
-        fn unbuffered(seed: &[u8; 32], n: u64, k: u32) -> BitVec {
-            let mut hasher = blake3::Hasher::new_derive_key(POSITIONS_CONTEXT);
-            hasher.update(seed);
-            hasher.update(&n.to_le_bytes());
-            hasher.update(&k.to_le_bytes());
-            let mut stream = hasher.finalize_xof();
-            let mut mask = BitVec::zeros(n as usize);
+    fn sample_positions_match_the_definition() {
+        fn restated(seed: &[u8; 32], n: u64, k: u32) -> Vec<u64> {
+            let mut material = Vec::new();
+            material.extend_from_slice(seed);
+            material.extend_from_slice(&n.to_le_bytes());
+            material.extend_from_slice(&k.to_le_bytes());
+            let mut rng = ChaCha8Rng::from_seed(blake3::derive_key(POSITIONS_CONTEXT, &material));
+            let mut chosen = std::collections::BTreeSet::new();
             for j in (n - u64::from(k))..n {
                 let bound = j + 1;
-                let zone = u64::MAX - (u64::MAX % bound + 1) % bound;
                 let t = loop {
-                    let mut b = [0u8; 8];
-                    stream.fill(&mut b);
-                    let v = u64::from_le_bytes(b);
-                    if v <= zone {
-                        break v % bound;
+                    let x = rng.next_u64();
+                    let m = u128::from(x) * u128::from(bound);
+                    if (m as u64) >= (u64::MAX - bound + 1) % bound {
+                        break (m >> 64) as u64;
                     }
                 };
-                if mask.get(t as usize) {
-                    mask.set(j as usize, true);
-                } else {
-                    mask.set(t as usize, true);
+                if !chosen.insert(t) {
+                    chosen.insert(j);
                 }
             }
-            mask
+            chosen.into_iter().collect()
         }
-        for (n, k) in [
-            (1, 1),
-            (5, 3),
-            (1000, 127),
-            (1000, 128),
-            (100_000, 10_000),
-            (7, 0),
-        ] {
+        for (n, k) in [(1, 1), (5, 3), (1000, 127), (100_000, 10_000), (7, 0)] {
             let seed = [n as u8; 32];
-            assert_eq!(
-                sample_positions(&seed, n, k),
-                unbuffered(&seed, n, k),
-                "n {n} k {k}"
-            );
+            let ours: Vec<u64> = sample_positions(&seed, n, k)
+                .iter_ones()
+                .map(|i| i as u64)
+                .collect();
+            assert_eq!(ours, restated(&seed, n, k), "n {n} k {k}");
         }
+        // Pinned: the first positions for one seed.
+        let first: Vec<usize> = sample_positions(&[42u8; 32], 1 << 20, 1000)
+            .iter_ones()
+            .take(6)
+            .collect();
+        assert_eq!(first, PINNED_FIRST_POSITIONS);
     }
 
     /// Each position is sampled with probability k/n: over many seeds, a
