@@ -50,7 +50,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -394,6 +394,49 @@ impl PeerSocket {
             self.flush()?;
         }
         Ok(())
+    }
+}
+
+/// Where a loop's next input came from.
+#[derive(Debug)]
+pub enum Next<T> {
+    /// The peer's connection.
+    Peer(Received),
+    /// The loop's [`Inbox`].
+    Inbox(T),
+}
+
+/// The next input of an event loop that waits on `socket` and on the
+/// receiving end of its [`Inbox`]: what the socket holds first, then what
+/// the inbox holds; with `wait`, waits at most that long (once) when
+/// neither holds anything, without, only takes what is there. An inbox
+/// whose senders have all gone is not an error: the socket is still an
+/// input.
+///
+/// # Errors
+/// The wait failed ([`PeerSocket::wait`]).
+pub fn next_input<T>(
+    socket: &mut PeerSocket,
+    inbox: &Receiver<T>,
+    wait: Option<Duration>,
+) -> io::Result<Option<Next<T>>> {
+    let mut waited = false;
+    loop {
+        let now = Instant::now();
+        if let Some(r) = socket.receive(now) {
+            return Ok(Some(Next::Peer(r)));
+        }
+        match inbox.try_recv() {
+            Ok(i) => return Ok(Some(Next::Inbox(i))),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+        }
+        match wait {
+            Some(wait) if !waited => {
+                socket.wait(wait, now)?;
+                waited = true;
+            }
+            _ => return Ok(None),
+        }
     }
 }
 

@@ -85,7 +85,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -93,7 +93,7 @@ use std::time::{Duration, Instant};
 use qkd_core::machine::Machine;
 use qkd_core::module::ModuleHost;
 use qkd_core::{BlockId, KeyId, QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84};
-use qkd_examples::peer_socket::{Inbox, PeerSocket, Received};
+use qkd_examples::peer_socket::{self, Inbox, Next, PeerSocket, Received};
 use qkd_handshake::psk::PskSource;
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::pipeline::{
@@ -878,34 +878,18 @@ fn next_input(
     inbox: &Receiver<Input>,
     wait: Option<Duration>,
 ) -> Result<Option<Input>, String> {
-    let mut waited = false;
-    loop {
-        let now = Instant::now();
-        if let Some(r) = socket.receive(now) {
-            return Ok(Some(match r {
-                Received::Datagram(d) => Input::Peer(d),
-                Received::Closed => Input::PeerEnded("the peer's pipeline connection ended".into()),
-                Received::Failed(f) => {
-                    Input::PeerEnded(format!("the peer's pipeline connection failed: {f}"))
-                }
-            }));
+    let next = peer_socket::next_input(socket, inbox, wait)
+        .map_err(|e| format!("waiting for the peer's pipeline failed: {e}"))?;
+    Ok(next.map(|n| match n {
+        Next::Inbox(i) => i,
+        Next::Peer(Received::Datagram(d)) => Input::Peer(d),
+        Next::Peer(Received::Closed) => {
+            Input::PeerEnded("the peer's pipeline connection ended".into())
         }
-        match inbox.try_recv() {
-            Ok(i) => return Ok(Some(i)),
-            // Disconnected: the device has ended and no worker runs; the
-            // connection is still an input.
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+        Next::Peer(Received::Failed(f)) => {
+            Input::PeerEnded(format!("the peer's pipeline connection failed: {f}"))
         }
-        match wait {
-            Some(wait) if !waited => {
-                socket
-                    .wait(wait, now)
-                    .map_err(|e| format!("waiting for the peer's pipeline failed: {e}"))?;
-                waited = true;
-            }
-            _ => return Ok(None),
-        }
-    }
+    }))
 }
 
 #[cfg(test)]

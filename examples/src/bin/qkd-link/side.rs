@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ use qkd_postproc::pipeline::{
 use crate::net::{Outgoing, role_name};
 use crate::report::{self, Format, Progress};
 use crate::state::{self, HostState};
-use qkd_examples::peer_socket::{Inbox, PeerFault, Received};
+use qkd_examples::peer_socket::{self, Inbox, Next, PeerFault, Received};
 
 /// Set by Ctrl-C: a peer that closes after it is an interruption too.
 pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -395,34 +395,17 @@ impl Loop {
                 },
             };
         };
-        let mut waited = false;
-        loop {
-            let now = Instant::now();
-            if let Some(r) = socket.receive(now) {
-                return Ok(Some(match r {
-                    Received::Datagram(d) => Input::Peer(d),
-                    Received::Closed => Input::PeerClosed,
-                    Received::Failed(f @ PeerFault::Silent(_)) => {
-                        Input::PeerFailed(format!("{f} (--timeout)"))
-                    }
-                    Received::Failed(f) => Input::PeerFailed(f.to_string()),
-                }));
+        let next = peer_socket::next_input(socket, input, wait)
+            .map_err(|e| format!("waiting for the peer failed: {e}"))?;
+        Ok(next.map(|n| match n {
+            Next::Inbox(i) => i,
+            Next::Peer(Received::Datagram(d)) => Input::Peer(d),
+            Next::Peer(Received::Closed) => Input::PeerClosed,
+            Next::Peer(Received::Failed(f @ PeerFault::Silent(_))) => {
+                Input::PeerFailed(format!("{f} (--timeout)"))
             }
-            // A disconnected inbox is fine here: the socket is an input.
-            match input.try_recv() {
-                Ok(i) => return Ok(Some(i)),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
-            }
-            match wait {
-                Some(wait) if !waited => {
-                    socket
-                        .wait(wait, now)
-                        .map_err(|e| format!("waiting for the peer failed: {e}"))?;
-                    waited = true;
-                }
-                _ => return Ok(None),
-            }
-        }
+            Next::Peer(Received::Failed(f)) => Input::PeerFailed(f.to_string()),
+        }))
     }
 
     /// Steps the pipeline until it has nothing more to do; returns its next timeout.
