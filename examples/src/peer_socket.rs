@@ -64,6 +64,11 @@ pub const MAX_FRAME_BYTES: u32 = qkd_core::wire::MAX_STREAM_FRAME;
 /// Bytes read ahead of the frame being assembled before reading pauses.
 pub const READ_AHEAD: usize = 1 << 20;
 
+/// Bytes queued for a peer that does not read, past which
+/// [`PeerSocket::send`] refuses more (256 MiB: four of the largest frames;
+/// the pipeline's own windows keep an honest link far below it).
+pub const MAX_QUEUED_BYTES: usize = 256 << 20;
+
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 1 << 16;
 
@@ -177,10 +182,21 @@ impl PeerSocket {
     /// Queues one datagram (nothing after [`close_when_sent`](Self::close_when_sent)).
     ///
     /// # Errors
-    /// `InvalidInput` for an empty datagram or one above [`MAX_FRAME_BYTES`].
+    /// `InvalidInput` for an empty datagram or one above [`MAX_FRAME_BYTES`];
+    /// `WouldBlock` when more than [`MAX_QUEUED_BYTES`] wait for a peer
+    /// that does not read (the datagram is not queued).
     pub fn send(&mut self, datagram: &[u8]) -> io::Result<()> {
         if self.closing {
             return Ok(());
+        }
+        if self.write.len() - self.sent + datagram.len() > MAX_QUEUED_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "the peer has not read the last {} MiB sent to it",
+                    (self.write.len() - self.sent) >> 20
+                ),
+            ));
         }
         put_stream_frame(&mut self.write, datagram).map_err(|_| {
             io::Error::new(
@@ -619,6 +635,26 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
         t.join().unwrap();
         assert_eq!(rx.try_recv(), Ok(42));
+    }
+
+    /// A peer that never reads: the queue stops at its bound with an
+    /// error instead of growing, and nothing blocks.
+    #[test]
+    fn a_peer_that_does_not_read_is_refused_at_the_bound() {
+        let (_a, b) = pair();
+        let mut s = PeerSocket::new(b, None).unwrap();
+        let datagram = vec![5u8; 32 << 20];
+        let mut queued = 0usize;
+        let err = loop {
+            match s.send(&datagram) {
+                Ok(()) => queued += datagram.len(),
+                Err(e) => break e,
+            }
+            s.flush().unwrap();
+            assert!(queued <= MAX_QUEUED_BYTES + (64 << 20), "no bound");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(err.to_string().contains("has not read"), "{err}");
     }
 
     #[test]
