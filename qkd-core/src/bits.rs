@@ -316,10 +316,16 @@ impl BitVec {
             });
         }
         let mut words = vec![0u64; words_for(len)];
-        for (w, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+        let whole = bytes.chunks_exact(8);
+        let tail = whole.remainder();
+        for (w, chunk) in words.iter_mut().zip(whole) {
+            // `chunks_exact` gives 8 bytes: the conversion cannot fail.
+            *w = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        }
+        if !tail.is_empty() {
             let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            *w = u64::from_le_bytes(buf);
+            buf[..tail.len()].copy_from_slice(tail);
+            words[bytes.len() / 8] = u64::from_le_bytes(buf);
             buf.zeroize();
         }
         let mut v = Self { words, len };
@@ -901,15 +907,30 @@ impl<'a> BitSlice<'a> {
     /// The bits as LSB-first bytes; bits of the last byte past `len` are zero.
     #[must_use]
     pub fn to_bytes_lsb(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len.div_ceil(8));
-        let mut pos = 0;
-        while pos < self.len {
-            let n = (self.len - pos).min(WORD);
-            let w = load(self.words, self.start + pos, n);
-            out.extend_from_slice(&w.to_le_bytes()[..n.div_ceil(8)]);
-            pos += n;
-        }
+        let mut out = Vec::new();
+        self.append_bytes_lsb(&mut out);
         out
+    }
+
+    /// Appends the bits to `out` as LSB-first bytes, `ceil(len / 8)` of
+    /// them, bits of the last byte past `len` zero: what
+    /// [`to_bytes_lsb`](Self::to_bytes_lsb) returns, without a temporary
+    /// (a message encoder writes key bits straight into the message).
+    pub fn append_bytes_lsb(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.resize(at + self.len.div_ceil(8), 0);
+        let aligned = self.start.is_multiple_of(WORD);
+        let first = self.start / WORD;
+        for (i, bytes) in out[at..].chunks_mut(8).enumerate() {
+            let pos = i * WORD;
+            let n = (self.len - pos).min(WORD);
+            let w = if aligned {
+                self.words[first + i] & low_mask(n)
+            } else {
+                load(self.words, self.start + pos, n)
+            };
+            bytes.copy_from_slice(&w.to_le_bytes()[..bytes.len()]);
+        }
     }
 
     /// Iterator over the bits, first to last.
@@ -1042,6 +1063,23 @@ mod tests {
                 prop_assert_eq!((bytes[i / 8] >> (i % 8)) & 1 == 1, bit);
             }
             prop_assert_eq!(BitVec::from_bytes_lsb(&bytes, b.len()).unwrap(), v);
+        }
+
+        /// A slice at any offset appends exactly its bits' bytes after
+        /// what the buffer held, the padding bits zero.
+        #[test]
+        fn slice_bytes_append((b, r) in bits_and_range(300), prefix in proptest::collection::vec(any::<u8>(), 0..5)) {
+            let v: BitVec = b.iter().copied().collect();
+            let mut out = prefix.clone();
+            v.slice(r.clone()).append_bytes_lsb(&mut out);
+            let part = &b[r];
+            prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+            let bytes = &out[prefix.len()..];
+            prop_assert_eq!(bytes.len(), part.len().div_ceil(8));
+            for i in 0..bytes.len() * 8 {
+                let want = part.get(i).copied().unwrap_or(false);
+                prop_assert_eq!((bytes[i / 8] >> (i % 8)) & 1 == 1, want);
+            }
         }
 
         #[test]

@@ -542,11 +542,10 @@ impl<'a> Reader<'a> {
 }
 
 /// Appends `bits` packed LSB first, the padding bits of the last byte zero
-/// (what [`Reader::bits`] reads). The temporary byte copy is zeroized.
+/// (what [`Reader::bits`] reads), straight into `out` (no temporary copy
+/// of the bits is made).
 pub fn put_bits(out: &mut Vec<u8>, bits: &BitVec) {
-    let mut bytes = bits.to_bytes_lsb();
-    out.extend_from_slice(&bytes);
-    zeroize::Zeroize::zeroize(&mut bytes);
+    bits.as_bitslice().append_bytes_lsb(out);
 }
 
 /// Appends a CRC-32 (IEEE) of everything in `message` so far, big-endian.
