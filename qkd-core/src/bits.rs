@@ -919,17 +919,25 @@ impl<'a> BitSlice<'a> {
     pub fn append_bytes_lsb(&self, out: &mut Vec<u8>) {
         let at = out.len();
         out.resize(at + self.len.div_ceil(8), 0);
-        let aligned = self.start.is_multiple_of(WORD);
-        let first = self.start / WORD;
-        for (i, bytes) in out[at..].chunks_mut(8).enumerate() {
+        let word = |i: usize| {
             let pos = i * WORD;
             let n = (self.len - pos).min(WORD);
-            let w = if aligned {
-                self.words[first + i] & low_mask(n)
+            if self.start.is_multiple_of(WORD) {
+                self.words[self.start / WORD + i] & low_mask(n)
             } else {
                 load(self.words, self.start + pos, n)
-            };
-            bytes.copy_from_slice(&w.to_le_bytes()[..bytes.len()]);
+            }
+        };
+        let mut whole = out[at..].chunks_exact_mut(8);
+        let mut i = 0;
+        for bytes in &mut whole {
+            bytes.copy_from_slice(&word(i).to_le_bytes());
+            i += 1;
+        }
+        let tail = whole.into_remainder();
+        if !tail.is_empty() {
+            let len = tail.len();
+            tail.copy_from_slice(&word(i).to_le_bytes()[..len]);
         }
     }
 
