@@ -1554,7 +1554,8 @@ impl Pipeline {
     fn push_message(&mut self, block: &mut Block, message: Vec<u8>) {
         let seq = block.send.next_seq();
         if let Some(t) = &mut block.own_transcript {
-            t.absorb(self.role, &transcript_entry(block.id, seq, &message));
+            let (header, message) = transcript_entry(block.id, seq, &message);
+            t.absorb_parts(self.role, &[&header, message]);
         }
         block.send.push(message);
     }
@@ -1576,7 +1577,8 @@ impl Pipeline {
         {
             let seq = block.recv.next - 1;
             if let Some(t) = &mut block.peer_transcript {
-                t.absorb(self.role.peer(), &transcript_entry(block.id, seq, &message));
+                let (header, message) = transcript_entry(block.id, seq, &message);
+                t.absorb_parts(self.role.peer(), &[&header, message]);
             }
             block.idle_deadline = now + self.idle_timeout();
             if let Err(reason) = self.on_message(now, block, &message) {
@@ -1587,12 +1589,13 @@ impl Pipeline {
     }
 }
 
-fn transcript_entry(block: BlockId, seq: u32, message: &[u8]) -> Vec<u8> {
-    let mut entry = Vec::with_capacity(12 + message.len());
-    entry.extend_from_slice(&block.to_be_bytes());
-    entry.extend_from_slice(&seq.to_be_bytes());
-    entry.extend_from_slice(message);
-    entry
+/// A message's entry in the round transcript, `block u64 | seq u32 |
+/// message`, as the pieces [`Transcript::absorb_parts`] hashes in place.
+fn transcript_entry<'a>(block: BlockId, seq: u32, message: &'a [u8]) -> ([u8; 12], &'a [u8]) {
+    let mut header = [0u8; 12];
+    header[..8].copy_from_slice(&block.to_be_bytes());
+    header[8..].copy_from_slice(&seq.to_be_bytes());
+    (header, message)
 }
 
 impl Pipeline {
