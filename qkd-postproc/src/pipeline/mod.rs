@@ -1591,7 +1591,7 @@ impl Pipeline {
 
 /// A message's entry in the round transcript, `block u64 | seq u32 |
 /// message`, as the pieces [`Transcript::absorb_parts`] hashes in place.
-fn transcript_entry<'a>(block: BlockId, seq: u32, message: &'a [u8]) -> ([u8; 12], &'a [u8]) {
+fn transcript_entry(block: BlockId, seq: u32, message: &[u8]) -> ([u8; 12], &[u8]) {
     let mut header = [0u8; 12];
     header[..8].copy_from_slice(&block.to_be_bytes());
     header[8..].copy_from_slice(&seq.to_be_bytes());
