@@ -374,15 +374,22 @@ impl BitVec {
     /// pushes stay amortised O(1)) and the old buffer is zeroized before it
     /// is freed: `Vec::reserve` or a `Vec::push` past the capacity would hand
     /// it to the allocator with the bits still in it.
+    #[inline]
     fn reserve_words(&mut self, additional: usize) {
         let need = self
             .words
             .len()
             .checked_add(additional)
             .expect("BitVec capacity overflow");
-        if need <= self.words.capacity() {
-            return;
+        if need > self.words.capacity() {
+            self.grow_words(need);
         }
+    }
+
+    /// The slow path of [`reserve_words`](Self::reserve_words).
+    #[cold]
+    #[inline(never)]
+    fn grow_words(&mut self, need: usize) {
         let mut grown = Vec::with_capacity(need.max(2 * self.words.capacity()).max(4));
         grown.extend_from_slice(&self.words);
         let mut old = core::mem::replace(&mut self.words, grown);
