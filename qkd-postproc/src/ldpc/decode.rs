@@ -343,10 +343,14 @@ impl Decoder {
         }
         let columns = simd::COLUMN_MARGIN..simd::COLUMN_MARGIN + code.n();
         for (p, &c) in self.posterior[columns.clone()].iter_mut().zip(channel) {
-            *p = match c {
-                LLR_MAX => KNOWN,
-                i8::MIN | -127 => -KNOWN,
-                c => i16::from(c),
+            // Written as selects (not a match) so that it vectorises.
+            let v = i16::from(c);
+            *p = if v >= i16::from(LLR_MAX) {
+                KNOWN
+            } else if v <= -i16::from(LLR_MAX) {
+                -KNOWN
+            } else {
+                v
             };
         }
         self.messages.fill(0);
@@ -459,6 +463,16 @@ impl Decoder {
     fn syndrome_matches(&mut self) -> bool {
         let code = &self.code;
         let z = code.lifting();
+        if self.columns_fit {
+            return (0..code.base_rows()).all(|r| {
+                simd::layer_parity_holds_avx2(
+                    &self.posterior,
+                    code.row(r),
+                    &self.syndrome_signs[r * z..(r + 1) * z],
+                    z,
+                )
+            });
+        }
         let acc = &mut self.scratch.parity;
         for r in 0..code.base_rows() {
             for (a, &s) in acc.iter_mut().zip(&self.syndrome_signs[r * z..(r + 1) * z]) {

@@ -379,15 +379,15 @@ pub(crate) fn layer_sum_product_columns_avx2(
     assert!(row.iter().all(
         |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
     ));
-    scratch.forward.resize(d * 32, 0);
-    scratch.q16.resize(d * 32, 0);
-    scratch.q8.resize(d * 32, 0);
+    scratch.forward.resize(d * 64, 0);
+    scratch.q16.resize(d * 64, 0);
+    scratch.q8.resize(d * 64, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
     // multiple of 32, d is 1 to 255, the columns and shifts of `row` fit
     // `posterior` (with its margins) and `z`, `messages` and `signs` are
     // long enough (all asserted above), and the three scratch buffers hold
-    // d·32 values each (resized just above).
+    // d·64 values each (resized just above).
     unsafe {
         x86::columns_sum_product(
             posterior,
@@ -403,6 +403,36 @@ pub(crate) fn layer_sum_product_columns_avx2(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (posterior, messages, signs, cap);
+}
+
+/// Whether the hard decisions of the posterior columns (laid out as for
+/// [`layer_sum_product_columns_avx2`]) satisfy every check of the layer
+/// `row` with syndrome signs `signs`.
+///
+/// # Panics
+/// As [`layer_sum_product_columns_avx2`].
+pub(crate) fn layer_parity_holds_avx2(
+    posterior: &[i16],
+    row: &[(u32, u32)],
+    signs: &[i8],
+    z: usize,
+) -> bool {
+    assert!(columns_kernel_fits(z) && signs.len() >= z);
+    assert!(row.iter().all(
+        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
+    ));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
+    // multiple of 32, the columns and shifts of `row` fit `posterior` (with
+    // its margins) and `z`, and `signs` holds z values (asserted above).
+    unsafe {
+        x86::columns_parity_holds(posterior, row, signs, z)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (posterior, signs);
+        unreachable!("columns_kernel_fits is false off x86-64")
+    }
 }
 
 /// The AVX2 kernel: 32 lanes per vector, the lanes past the last multiple
@@ -782,17 +812,18 @@ mod x86 {
     /// columns in place: the lanes of base entry `k = (c, s)` are
     /// `posterior[COLUMN_MARGIN + c·z + (s + t) mod z]`. The same
     /// operations, lane by lane, as `lanes_sum_product` on a layer buffer
-    /// holding the rotated columns, without copying them in and out: each
-    /// vector of 32 lanes keeps its `d` inputs `q` (16-bit and narrowed)
-    /// and forward partial results in the small `q16`, `q8` and `forward`
-    /// buffers, which stay in L1.
+    /// holding the rotated columns, without copying them in and out. The
+    /// lanes go two vectors (64 lanes) at a time where `z` allows, for two
+    /// independent box-plus chains per step; each group keeps its `d`
+    /// inputs `q` (16-bit and narrowed) and forward partial results in the
+    /// small `q16`, `q8` and `forward` buffers, which stay in L1.
     ///
     /// # Safety
     /// The CPU must support AVX2; `z` must be a positive multiple of 32,
     /// `posterior` must hold every column of `row` with its margins
     /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
     /// `z`, `messages` must hold `d·z` values, `signs` `z`, and `q16`,
-    /// `q8`, `forward` `d·32` each (`d = row.len()`, 1 to 255). The result
+    /// `q8`, `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
     /// is the portable kernel's when no column appears twice in `row`.
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
@@ -807,10 +838,6 @@ mod x86 {
         q8: &mut [i8],
         forward: &mut [u8],
     ) {
-        let d = row.len();
-        let zero = _mm256_setzero_si256();
-        let cap = _mm256_set1_epi8(cap as i8);
-        let table = correction_table();
         // Column start of each base entry (d ≤ 255).
         let mut columns = [core::ptr::null_mut::<i16>(); 256];
         let p = posterior.as_mut_ptr();
@@ -819,75 +846,161 @@ mod x86 {
             // posterior.len()`, so the column start is inside `posterior`.
             *slot = unsafe { p.add(super::COLUMN_MARGIN + c as usize * z) };
         }
-        let (q16, q8, forward) = (q16.as_mut_ptr(), q8.as_mut_ptr(), forward.as_mut_ptr());
-        let messages = messages.as_mut_ptr();
+        let buffers = Buffers {
+            q16: q16.as_mut_ptr(),
+            q8: q8.as_mut_ptr(),
+            forward: forward.as_mut_ptr(),
+            messages: messages.as_mut_ptr(),
+        };
+        let cap = _mm256_set1_epi8(cap as i8);
+        let mut j = 0;
+        while j + 64 <= z {
+            // SAFETY: lanes j..j + 64 ≤ z, the caller's guarantees.
+            unsafe { lane_group::<2>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            j += 64;
+        }
+        if j < z {
+            // SAFETY: lanes j..j + 32 = z, the caller's guarantees.
+            unsafe { lane_group::<1>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+        }
+    }
+
+    /// Whether the hard decisions (sign bits) of the posterior columns
+    /// satisfy every check of one layer: per lane the XOR of the syndrome
+    /// sign and the `d` rotated posteriors, OR-ed over all lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `z` a positive multiple of 32,
+    /// `posterior` must hold every column of `row` with its margins
+    /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
+    /// `z`, and `signs` must hold `z` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn columns_parity_holds(
+        posterior: &[i16],
+        row: &[(u32, u32)],
+        signs: &[i8],
+        z: usize,
+    ) -> bool {
+        let p = posterior.as_ptr();
+        let mut any = _mm256_setzero_si256();
+        let mut j = 0;
+        while j < z {
+            let (mut a0, mut a1) = widen(load8(signs, j));
+            for &(c, s) in row {
+                let start = s as usize + j;
+                let start = if start >= z { start - z } else { start };
+                // SAFETY: the column start is inside `posterior` and the
+                // window is one `load_rotated` reads (caller's guarantees).
+                let (l0, l1) =
+                    unsafe { load_rotated(p.add(super::COLUMN_MARGIN + c as usize * z), z, start) };
+                a0 = _mm256_xor_si256(a0, l0);
+                a1 = _mm256_xor_si256(a1, l1);
+            }
+            any = _mm256_or_si256(any, _mm256_or_si256(a0, a1));
+            j += 32;
+        }
+        _mm256_testz_si256(any, _mm256_set1_epi16(i16::MIN)) == 1
+    }
+
+    /// The raw buffers of [`columns_sum_product`].
+    struct Buffers {
+        q16: *mut i16,
+        q8: *mut i8,
+        forward: *mut u8,
+        messages: *mut i8,
+    }
+
+    /// Lanes `j..j + 32·V` of one layer (see [`columns_sum_product`]).
+    ///
+    /// # Safety
+    /// AVX2; the guarantees of [`columns_sum_product`] with `columns[k]`
+    /// the start of entry `k`'s column, and `j + 32·V ≤ z`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn lane_group<const V: usize>(
+        columns: &[*mut i16],
+        row: &[(u32, u32)],
+        b: &Buffers,
+        signs: &[i8],
+        z: usize,
+        j: usize,
+        cap: __m256i,
+    ) {
+        let d = row.len();
+        let zero = _mm256_setzero_si256();
+        let table = correction_table();
         let rotated = |s: u32, j: usize| {
             let start = s as usize + j;
             if start >= z { start - z } else { start }
         };
-        let mut j = 0;
-        while j < z {
-            let mut sign = load8(signs, j);
-            let mut f = zero;
-            // SAFETY (the whole forward pass): `k < d`, so `k·32 + 32 ≤ d·32`
-            // (the scratch buffers) and `k·z + j + 32 ≤ d·z` (`messages`,
-            // j ≤ z − 32); columns and shifts are in range (caller), which
-            // is what `load_rotated` needs.
-            for (k, &(_, s)) in row.iter().enumerate() {
+        let mut sign = [zero; V];
+        for (v, sign) in sign.iter_mut().enumerate() {
+            *sign = load8(signs, j + 32 * v);
+        }
+        let mut f = [zero; V];
+        // SAFETY (the whole forward pass): `k < d` and `v < V`, so
+        // `(k·V + v)·32 + 32 ≤ d·64` (the scratch buffers) and
+        // `k·z + j + 32·v + 32 ≤ d·z` (`messages`); columns and shifts are
+        // in range (caller), which is what `load_rotated` needs.
+        for (k, &(_, s)) in row.iter().enumerate() {
+            for v in 0..V {
+                let at = (k * V + v) * 32;
                 unsafe {
-                    let (l0, l1) = load_rotated(columns[k], z, rotated(s, j));
-                    let (r0, r1) = widen(read8(messages.add(k * z + j)));
+                    let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 32 * v));
+                    let (r0, r1) = widen(read8(b.messages.add(k * z + j + 32 * v)));
                     let q0 = _mm256_subs_epi16(l0, r0);
                     let q1 = _mm256_subs_epi16(l1, r1);
-                    write16(q16.add(k * 32), q0, q1);
+                    write16(b.q16.add(at), q0, q1);
                     let q = narrow(q0, q1);
-                    write8(q8.add(k * 32), q);
-                    sign = _mm256_xor_si256(sign, q);
+                    write8(b.q8.add(at), q);
+                    sign[v] = _mm256_xor_si256(sign[v], q);
                     let a = _mm256_abs_epi8(q);
-                    f = if k == 0 { a } else { boxplus(f, a, table) };
-                    write8(forward.add(k * 32), f);
+                    f[v] = if k == 0 { a } else { boxplus(f[v], a, table) };
+                    write8(b.forward.add(at), f[v]);
                 }
             }
-            // Backward: lane magnitudes from the forward results before
-            // `k` and the backward ones after it.
-            let mut back = zero;
-            for (k, &(_, s)) in row.iter().enumerate().rev() {
-                // SAFETY: as in the forward pass, and `k − 1 < d` where
-                // `forward` is read at `k − 1`.
+        }
+        // Backward: lane magnitudes from the forward results before `k`
+        // and the backward ones after it.
+        let mut back = [zero; V];
+        for (k, &(_, s)) in row.iter().enumerate().rev() {
+            for v in 0..V {
+                let at = (k * V + v) * 32;
+                // SAFETY: as in the forward pass, and `forward` is read at
+                // entry `k − 1 < d`.
                 unsafe {
-                    let (q0, q1) = read16(q16.add(k * 32));
-                    let q = read8(q8.add(k * 32));
+                    let (q0, q1) = read16(b.q16.add(at));
+                    let q = read8(b.q8.add(at));
                     let a = _mm256_abs_epi8(q);
                     let mag = if k + 1 == d {
                         if k == 0 {
                             _mm256_set1_epi8(127)
                         } else {
-                            read8(forward.add((k - 1) * 32))
+                            read8(b.forward.add(at - 32 * V))
                         }
                     } else if k == 0 {
-                        back
+                        back[v]
                     } else {
-                        boxplus(read8(forward.add((k - 1) * 32)), back, table)
+                        boxplus(read8(b.forward.add(at - 32 * V)), back[v], table)
                     };
                     let mag = _mm256_min_epu8(mag, cap);
-                    back = if k + 1 == d {
+                    back[v] = if k + 1 == d {
                         a
                     } else {
-                        boxplus(back, a, table)
+                        boxplus(back[v], a, table)
                     };
-                    let r = signed(mag, sign, q);
+                    let r = signed(mag, sign[v], q);
                     let (r0, r1) = widen(r);
                     store_rotated(
                         columns[k],
                         z,
-                        rotated(s, j),
+                        rotated(s, j + 32 * v),
                         _mm256_adds_epi16(q0, r0),
                         _mm256_adds_epi16(q1, r1),
                     );
-                    write8(messages.add(k * z + j), r);
+                    write8(b.messages.add(k * z + j + 32 * v), r);
                 }
             }
-            j += 32;
         }
     }
 
