@@ -1258,7 +1258,7 @@ mod tests {
             let signs: Vec<i8> = (0..z)
                 .map(|_| if next() & 1 == 1 { i8::MIN } else { 0 })
                 .collect();
-            let cap = [27, 127, 5][d % 3];
+            let cap = [27, 127, 5][(d + z / 32) % 3];
             let (mut p1, mut m1) = (posterior.clone(), messages.clone());
             let mut layer = vec![0i16; d * z];
             for (k, &(c, s)) in row.iter().enumerate() {
@@ -1290,7 +1290,20 @@ mod tests {
                 cap,
                 &mut Scratch::new(z),
             );
-            assert_eq!((p1, m1), (p2, m2), "z={z} d={d}");
+            assert_eq!((&p1, &m1), (&p2, &m2), "z={z} d={d}");
+            // The parity check: syndrome signs the decisions satisfy hold,
+            // then one lane off fails.
+            let mut matching: Vec<i8> = (0..z)
+                .map(|t| {
+                    let odd = row.iter().fold(false, |o, &(c, s)| {
+                        o ^ (p2[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] < 0)
+                    });
+                    if odd { i8::MIN } else { 0 }
+                })
+                .collect();
+            assert!(layer_parity_holds_avx2(&p2, &row, &matching, z));
+            matching[z - 1 - d % z] ^= i8::MIN;
+            assert!(!layer_parity_holds_avx2(&p2, &row, &matching, z));
         }
     }
 
