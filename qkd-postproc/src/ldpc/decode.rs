@@ -8,8 +8,8 @@
 //! at `±c` (the channel magnitude `8·ln((1 − q)/q)`, see
 //! [`channel_magnitude`]), a punctured bit at 0, a shortened or revealed
 //! bit at `±127` ([`LLR_MAX`]), which the decoder reads as known
-//! (posterior `±`[`KNOWN`]). Posteriors are 16-bit, saturated to
-//! `±32767`; check-to-variable messages are bytes.
+//! (posterior `±`[`KNOWN`]). Posteriors are 16-bit, saturated to the
+//! `i16` range; check-to-variable messages are bytes.
 //!
 //! One iteration visits the base rows in order (a layer is the `Z` checks
 //! of one base row; in a quasi-cyclic code they share no variable, so they
@@ -23,14 +23,15 @@
 //! L(v_k) = sat16(q_k + R'_k),   R_k = R'_k
 //! ```
 //!
-//! where `sign(0) = +`, `sat16` clamps to `[−32767, 32767]` and `sat8` to
+//! where `sign(0) = +`, `sat16` clamps to `[−32768, 32767]` and `sat8` to
 //! `[−127, 127]`. The magnitude `M_k` depends on the [`CheckRule`]:
 //!
 //! - [`CheckRule::SumProduct`] (default): `M_k = ⊞_{l≠k} |b_l|`, the
 //!   box-plus `a ⊞ b = min(a, b) + c(a + b) − c(|a − b|)` on magnitudes with
-//!   the correction `c(x) = 8·ln(1 + e^(−x/8))` from a 32-entry table
-//!   (floored at 0, capped at 127; the exact belief-propagation rule to a
-//!   rounding step), computed by a forward and a backward chain per check,
+//!   the correction `c(x) = 8·ln(1 + e^(−x/8))` from a 16-entry table
+//!   indexed by `(x + 1) >> 1` (floored at 0; the exact belief-propagation
+//!   rule to a rounding step), computed by a forward and a backward chain
+//!   per check,
 //!   then capped at the message limit ([`Decoder::set_message_max`],
 //!   default [`DEFAULT_MESSAGE_MAX`]).
 //!   The codes of the ladder are optimised for belief propagation and need
@@ -53,6 +54,12 @@
 //! stops on a match. Every operation is on integers and defined lane by
 //! lane, so the portable and the AVX2 kernels ([`Backend`]) give the same
 //! bits; a property test compares them.
+//!
+//! The AVX2 sum-product kernel works on the posterior columns in place
+//! (lane `t` of base entry `(c, s)` is variable `c·Z + (s + t) mod Z`; a
+//! window of 32 lanes that wraps is two loads blended), the portable one
+//! and min-sum on a layer buffer the rotated columns are copied into and
+//! back; the lanes compute the same either way.
 //!
 //! On the binary symmetric channel every key bit has the same |LLR|; the
 //! sum-product rule needs it on the scale of 1/8 nat, min-sum is invariant
@@ -167,7 +174,10 @@ pub struct DecodeOutcome {
 pub struct Decoder {
     code: Arc<LdpcCode>,
     backend: Backend,
-    /// Posteriors (16-bit), block column by block column.
+    /// Posteriors (16-bit), block column by block column, from
+    /// `simd::COLUMN_MARGIN` on (the in-place kernel reads and writes past
+    /// a column's ends where a rotated window wraps; the margins are never
+    /// read as posteriors).
     posterior: Vec<i16>,
     /// Check-to-variable messages, base entry by base entry, lane by lane.
     messages: Vec<i8>,
@@ -181,6 +191,11 @@ pub struct Decoder {
     rule: CheckRule,
     /// The largest magnitude of a sum-product message.
     message_max: u8,
+    /// Whether the AVX2 sum-product kernel can run in place on the
+    /// posterior columns: a lifting that is a multiple of 32 lanes, rows
+    /// that list each column once. Otherwise (and for min-sum) the rotated
+    /// columns are copied into `layer` and back around the kernel.
+    columns_fit: bool,
 }
 
 impl Drop for Decoder {
@@ -215,7 +230,7 @@ impl Decoder {
             .max()
             .unwrap_or(0);
         Decoder {
-            posterior: vec![0; code.n()],
+            posterior: vec![0; code.n() + 2 * simd::COLUMN_MARGIN],
             messages: vec![0; code.edges()],
             layer: vec![0; max_d * z],
             syndrome_signs: vec![0; code.m()],
@@ -227,6 +242,13 @@ impl Decoder {
             },
             rule: CheckRule::default(),
             message_max: DEFAULT_MESSAGE_MAX,
+            columns_fit: backend == Backend::Avx2
+                && simd::columns_kernel_fits(z)
+                && (0..code.base_rows()).all(|r| {
+                    let mut columns: Vec<u32> = code.row(r).iter().map(|&(c, _)| c).collect();
+                    columns.sort_unstable();
+                    columns.windows(2).all(|w| w[0] != w[1])
+                }),
             code,
             backend,
         }
@@ -319,11 +341,16 @@ impl Decoder {
         if channel.len() != code.n() || syndrome.len() != code.m() {
             return Err(super::LdpcError::Length);
         }
-        for (p, &c) in self.posterior.iter_mut().zip(channel) {
-            *p = match c {
-                LLR_MAX => KNOWN,
-                i8::MIN | -127 => -KNOWN,
-                c => i16::from(c),
+        let columns = simd::COLUMN_MARGIN..simd::COLUMN_MARGIN + code.n();
+        for (p, &c) in self.posterior[columns.clone()].iter_mut().zip(channel) {
+            // Written as selects (not a match) so that it vectorises.
+            let v = i16::from(c);
+            *p = if v >= i16::from(LLR_MAX) {
+                KNOWN
+            } else if v <= -i16::from(LLR_MAX) {
+                -KNOWN
+            } else {
+                v
             };
         }
         self.messages.fill(0);
@@ -341,13 +368,27 @@ impl Decoder {
         for r in 0..code.base_rows() {
             edge[r + 1] = edge[r] + code.row(r).len();
         }
+        let in_place = self.columns_fit && self.rule == CheckRule::SumProduct;
         for it in 1..=max_iterations {
             for r in 0..code.base_rows() {
                 let row = code.row(r);
                 let d = row.len();
+                if in_place {
+                    simd::layer_sum_product_columns_avx2(
+                        &mut self.posterior,
+                        row,
+                        &mut self.messages[edge[r] * z..edge[r + 1] * z],
+                        &self.syndrome_signs[r * z..(r + 1) * z],
+                        z,
+                        self.message_max,
+                        &mut self.scratch,
+                    );
+                    continue;
+                }
                 let layer = &mut self.layer[..d * z];
                 for (k, &(c, s)) in row.iter().enumerate() {
-                    let col = &self.posterior[c as usize * z..(c as usize + 1) * z];
+                    let col =
+                        &self.posterior[columns.clone()][c as usize * z..(c as usize + 1) * z];
                     let s = s as usize;
                     let dst = &mut layer[k * z..(k + 1) * z];
                     dst[..z - s].copy_from_slice(&col[s..]);
@@ -396,7 +437,8 @@ impl Decoder {
                     ),
                 }
                 for (k, &(c, s)) in row.iter().enumerate() {
-                    let col = &mut self.posterior[c as usize * z..(c as usize + 1) * z];
+                    let col =
+                        &mut self.posterior[columns.clone()][c as usize * z..(c as usize + 1) * z];
                     let s = s as usize;
                     let src = &layer[k * z..(k + 1) * z];
                     col[s..].copy_from_slice(&src[..z - s]);
@@ -421,13 +463,24 @@ impl Decoder {
     fn syndrome_matches(&mut self) -> bool {
         let code = &self.code;
         let z = code.lifting();
+        if self.columns_fit {
+            return (0..code.base_rows()).all(|r| {
+                simd::layer_parity_holds_avx2(
+                    &self.posterior,
+                    code.row(r),
+                    &self.syndrome_signs[r * z..(r + 1) * z],
+                    z,
+                )
+            });
+        }
         let acc = &mut self.scratch.parity;
         for r in 0..code.base_rows() {
             for (a, &s) in acc.iter_mut().zip(&self.syndrome_signs[r * z..(r + 1) * z]) {
                 *a = i16::from(s);
             }
             for &(c, s) in code.row(r) {
-                let col = &self.posterior[c as usize * z..(c as usize + 1) * z];
+                let at = simd::COLUMN_MARGIN + c as usize * z;
+                let col = &self.posterior[at..at + z];
                 let s = s as usize;
                 for (a, &p) in acc[..z - s].iter_mut().zip(&col[s..]) {
                     *a ^= p;
@@ -448,7 +501,7 @@ impl Decoder {
     #[must_use]
     pub fn decisions(&self) -> BitVec {
         let mut out = BitVec::zeros(self.code.n());
-        for (v, &p) in self.posterior.iter().enumerate() {
+        for (v, &p) in self.posteriors().iter().enumerate() {
             if p < 0 {
                 out.set(v, true);
             }
@@ -459,6 +512,6 @@ impl Decoder {
     /// The posteriors of the last decoding (for tests and diagnostics).
     #[must_use]
     pub fn posteriors(&self) -> &[i16] {
-        &self.posterior
+        &self.posterior[simd::COLUMN_MARGIN..simd::COLUMN_MARGIN + self.code.n()]
     }
 }

@@ -22,6 +22,10 @@ pub(crate) struct Scratch {
     sign: Vec<i8>,
     /// Forward partial results of the sum-product kernel (`d` rows).
     forward: Vec<u8>,
+    /// The inputs `q` of one vector of lanes, 16-bit and narrowed, of the
+    /// in-place AVX2 kernel (`d` rows of 32).
+    q16: Vec<i16>,
+    q8: Vec<i8>,
     pub(crate) parity: Vec<i16>,
 }
 
@@ -33,6 +37,8 @@ impl Scratch {
             pos: vec![0; z],
             sign: vec![0; z],
             forward: Vec::new(),
+            q16: Vec::new(),
+            q8: Vec::new(),
             parity: vec![0; z],
         }
     }
@@ -50,13 +56,15 @@ pub(crate) fn avx2_available() -> bool {
     }
 }
 
-/// The bound of a posterior: 16-bit, symmetric.
+/// The upper bound of a posterior (the lower is `i16::MIN`: a posterior
+/// saturates to the `i16` range, which is what the AVX2 saturating adds
+/// do without a further clamp).
 pub(crate) const POSTERIOR_MAX: i16 = i16::MAX;
 
-/// A posterior sum, saturated to `±POSTERIOR_MAX`.
+/// A posterior sum, saturated to the `i16` range.
 #[inline]
 fn sat16(x: i32) -> i16 {
-    x.clamp(-i32::from(POSTERIOR_MAX), i32::from(POSTERIOR_MAX)) as i16
+    x.clamp(i32::from(i16::MIN), i32::from(POSTERIOR_MAX)) as i16
 }
 
 /// The 8-bit view of a variable-to-check value: saturated to `±127`, same
@@ -174,29 +182,31 @@ fn lanes_portable(
     }
 }
 
-/// `8·ln(1 + e^(−x/8))` for `x = i`, rounded: the correction term of the
-/// box-plus operation on LLRs in steps of 1/8 nat, indexed by `min(x, 31)`
-/// (0 from `x = 22`; `tests::correction_table` checks it).
-pub(crate) const CORRECTION: [u8; 32] = [
-    6, 5, 5, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
+/// The correction term `c(x) = 8·ln(1 + e^(−x/8))` of the box-plus
+/// operation on LLRs in steps of 1/8 nat, indexed by
+/// `i = min((x + 1) >> 1, 15)`: entry `i` serves `x = 2i − 1` and `2i`
+/// and is `c` at their midpoint `2i − ½` (at 0 for `i = 0`), rounded
+/// (`tests::correction_table` checks it). One 16-entry table is one byte
+/// shuffle in the AVX2 kernel, and `(x + 1) >> 1` of a sum `a + b` is one
+/// byte average. Against the table of every `x` (`c(x)` rounded) it
+/// differs only at `x = 22` (1 instead of 0; `c(22) = 0.496`).
+pub(crate) const CORRECTION: [u8; 16] = [6, 5, 4, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0, 0, 0];
 
+/// `c(x)` from [`CORRECTION`].
 #[inline]
-fn correction(x: u8) -> u8 {
-    CORRECTION[usize::from(x.min(31))]
+fn correction(x: u16) -> u8 {
+    CORRECTION[usize::from(((x + 1) >> 1).min(15))]
 }
 
 /// The magnitude of `a ⊞ b` for magnitudes `a, b ≤ 127`:
-/// `min(a, b) + c(a + b) − c(|a − b|)`, floored at 0, capped at 127, with
-/// `c` the [`CORRECTION`] table (the exact rule is
-/// `2·atanh(tanh(a/2)·tanh(b/2))`; the table form is exact to a rounding
-/// step).
+/// `min(a, b) + c(a + b) − c(|a − b|)`, floored at 0, with `c` from the
+/// [`CORRECTION`] table (the exact rule is `2·atanh(tanh(a/2)·tanh(b/2))`;
+/// the table form is exact to a rounding step). `c` falls as its argument
+/// grows, so the result never exceeds `min(a, b)`.
 #[inline]
 fn boxplus(a: u8, b: u8) -> u8 {
-    a.min(b)
-        .saturating_add(correction(a.saturating_add(b)))
-        .saturating_sub(correction(a.abs_diff(b)))
-        .min(127)
+    let (lo, hi) = (a.min(b), a.max(b));
+    (lo + correction(u16::from(a) + u16::from(b))).saturating_sub(correction(u16::from(hi - lo)))
 }
 
 /// One layer with the sum-product rule, all `z` lanes (see
@@ -326,6 +336,105 @@ pub(crate) fn layer_sum_product_avx2(
     lanes_sum_product(layer, messages, signs, d, z, 0..z, cap, scratch);
 }
 
+/// Whether [`layer_sum_product_columns_avx2`] can decode a code of
+/// lifting `z` here: AVX2 present and `z` a positive multiple of 32.
+pub(crate) fn columns_kernel_fits(z: usize) -> bool {
+    z >= 32 && z.is_multiple_of(32) && avx2_available()
+}
+
+/// Values before the first and after the last posterior column in the
+/// buffer [`layer_sum_product_columns_avx2`] works on: a window of 32
+/// lanes that wraps around its column is read and written as two windows
+/// that run past the column's ends.
+pub(crate) const COLUMN_MARGIN: usize = 32;
+
+/// One sum-product layer straight on the posterior columns: `row` lists
+/// the layer's base entries `(column, shift)`, lane `t` of entry `(c, s)`
+/// is `posterior[COLUMN_MARGIN + c·z + (s + t) mod z]`. Gives exactly what copying the
+/// rotated columns into a layer buffer, [`layer_sum_product_portable`] and
+/// copying them back give, without the copies.
+///
+/// # Panics
+/// If [`columns_kernel_fits`] is false for `z`, `row` is empty or longer
+/// than 255, a column of `row` lies beyond `posterior`, a shift is not
+/// below `z`, or `messages` or `signs` is short (the decoder never calls
+/// it so). A column listed twice gives another result than the portable
+/// kernel (the decoder checks this).
+pub(crate) fn layer_sum_product_columns_avx2(
+    posterior: &mut [i16],
+    row: &[(u32, u32)],
+    messages: &mut [i8],
+    signs: &[i8],
+    z: usize,
+    cap: u8,
+    scratch: &mut Scratch,
+) {
+    let d = row.len();
+    assert!(
+        columns_kernel_fits(z)
+            && (1..=255).contains(&d)
+            && messages.len() >= d * z
+            && signs.len() >= z
+    );
+    assert!(row.iter().all(
+        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
+    ));
+    scratch.forward.resize(d * 64, 0);
+    scratch.q16.resize(d * 64, 0);
+    scratch.q8.resize(d * 64, 0);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
+    // multiple of 32, d is 1 to 255, the columns and shifts of `row` fit
+    // `posterior` (with its margins) and `z`, `messages` and `signs` are
+    // long enough (all asserted above), and the three scratch buffers hold
+    // d·64 values each (resized just above).
+    unsafe {
+        x86::columns_sum_product(
+            posterior,
+            row,
+            messages,
+            signs,
+            z,
+            cap,
+            &mut scratch.q16,
+            &mut scratch.q8,
+            &mut scratch.forward,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (posterior, messages, signs, cap);
+}
+
+/// Whether the hard decisions of the posterior columns (laid out as for
+/// [`layer_sum_product_columns_avx2`]) satisfy every check of the layer
+/// `row` with syndrome signs `signs`.
+///
+/// # Panics
+/// As [`layer_sum_product_columns_avx2`].
+pub(crate) fn layer_parity_holds_avx2(
+    posterior: &[i16],
+    row: &[(u32, u32)],
+    signs: &[i8],
+    z: usize,
+) -> bool {
+    assert!(columns_kernel_fits(z) && signs.len() >= z);
+    assert!(row.iter().all(
+        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
+    ));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
+    // multiple of 32, the columns and shifts of `row` fit `posterior` (with
+    // its margins) and `z`, and `signs` holds z values (asserted above).
+    unsafe {
+        x86::columns_parity_holds(posterior, row, signs, z)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (posterior, signs);
+        unreachable!("columns_kernel_fits is false off x86-64")
+    }
+}
+
 /// The AVX2 kernel: 32 lanes per vector, the lanes past the last multiple
 /// of 32 through the portable code. Falls back to the portable kernel when
 /// AVX2 is missing.
@@ -409,6 +518,225 @@ mod x86 {
         )
     }
 
+    /// The byte types the kernels load and store 32 at a time.
+    trait Byte: Copy {}
+    impl Byte for i8 {}
+    impl Byte for u8 {}
+
+    /// 32 bytes at `s[at..at + 32]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn load8<T: Byte>(s: &[T], at: usize) -> __m256i {
+        let chunk = &s[at..at + 32];
+        // SAFETY: `T` is i8 or u8 (`Byte`), so `chunk` is 32 readable
+        // bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
+    }
+
+    /// Stores 32 bytes at `s[at..at + 32]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store8<T: Byte>(s: &mut [T], at: usize, v: __m256i) {
+        let chunk = &mut s[at..at + 32];
+        // SAFETY: `T` is i8 or u8 (`Byte`), so `chunk` is 32 writable
+        // bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v) }
+    }
+
+    /// Lane `t` all ones where `t ≥ tail`: the 32 values from
+    /// `TAIL_MASK[32 − tail]`.
+    static TAIL_MASK: [i16; 64] = {
+        let mut m = [0i16; 64];
+        let mut i = 32;
+        while i < 64 {
+            m[i] = -1;
+            i += 1;
+        }
+        m
+    };
+
+    /// 32 posteriors at `p`, as two vectors of 16.
+    ///
+    /// # Safety
+    /// AVX2; `p..p + 32` readable.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn read16(p: *const i16) -> (__m256i, __m256i) {
+        // SAFETY: the caller guarantees 32 readable i16 (64 bytes) at `p`;
+        // loadu has no alignment requirement.
+        unsafe {
+            (
+                _mm256_loadu_si256(p.cast()),
+                _mm256_loadu_si256(p.add(16).cast()),
+            )
+        }
+    }
+
+    /// Stores 32 posteriors at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p..p + 32` writable.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn write16(p: *mut i16, v0: __m256i, v1: __m256i) {
+        // SAFETY: the caller guarantees 32 writable i16 (64 bytes) at `p`;
+        // storeu has no alignment requirement.
+        unsafe {
+            _mm256_storeu_si256(p.cast(), v0);
+            _mm256_storeu_si256(p.add(16).cast(), v1);
+        }
+    }
+
+    /// 32 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p..p + 32` readable.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn read8<T: Byte>(p: *const T) -> __m256i {
+        // SAFETY: the caller guarantees 32 readable bytes at `p` (`T` is
+        // i8 or u8); loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+
+    /// Stores 32 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX2; `p..p + 32` writable.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn write8<T: Byte>(p: *mut T, v: __m256i) {
+        // SAFETY: the caller guarantees 32 writable bytes at `p` (`T` is
+        // i8 or u8); storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(p.cast(), v) }
+    }
+
+    /// The 32 posteriors `col[(start + t) mod z]`, `t < 32`, of the column
+    /// of `z ≥ 32` posteriors at `col`, `start < z`. A window that wraps
+    /// is two loads, one running past the column's end and one starting
+    /// before its start, blended.
+    ///
+    /// # Safety
+    /// AVX2; `col − 32 .. col + z + 32` readable (the column and its
+    /// margins, [`super::COLUMN_MARGIN`]).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load_rotated(col: *const i16, z: usize, start: usize) -> (__m256i, __m256i) {
+        // SAFETY: `start < z`, so `col + start .. col + start + 32` lies in
+        // `col .. col + z + 32`, and for a window that wraps (`start >
+        // z − 32`) `col + start − z ..` starts at or after `col − 31`; the
+        // mask table has 64 entries and `32 − (z − start)` is 1 to 31.
+        unsafe {
+            let x = read16(col.add(start));
+            if start + 32 <= z {
+                x
+            } else {
+                let y = read16(col.add(start).sub(z));
+                let m = read16(TAIL_MASK.as_ptr().add(32 - (z - start)));
+                (
+                    _mm256_blendv_epi8(x.0, y.0, m.0),
+                    _mm256_blendv_epi8(x.1, y.1, m.1),
+                )
+            }
+        }
+    }
+
+    /// Stores `col[(start + t) mod z]`, `t < 32` (see [`load_rotated`]);
+    /// a window that wraps is two read-modify-write stores that keep the
+    /// values outside it.
+    ///
+    /// # Safety
+    /// AVX2; `col − 32 .. col + z + 32` readable and writable, nothing
+    /// else accessing it.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn store_rotated(col: *mut i16, z: usize, start: usize, v0: __m256i, v1: __m256i) {
+        // SAFETY: the windows are those of `load_rotated`, inside the
+        // range the caller guarantees; the values outside the rotated
+        // window are written back as they were read.
+        unsafe {
+            let at = col.add(start);
+            if start + 32 <= z {
+                write16(at, v0, v1);
+            } else {
+                let m = read16(TAIL_MASK.as_ptr().add(32 - (z - start)));
+                let x = read16(at);
+                write16(
+                    at,
+                    _mm256_blendv_epi8(v0, x.0, m.0),
+                    _mm256_blendv_epi8(v1, x.1, m.1),
+                );
+                let y = read16(at.sub(z));
+                write16(
+                    at.sub(z),
+                    _mm256_blendv_epi8(y.0, v0, m.0),
+                    _mm256_blendv_epi8(y.1, v1, m.1),
+                );
+            }
+        }
+    }
+
+    /// `(a + b + 1) >> 1` on 32 unsigned bytes: the byte average
+    /// instruction itself (written out, because the compiler rewrites the
+    /// intrinsic into 16-bit arithmetic at some call sites, three times the
+    /// instructions).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn average(a: __m256i, b: __m256i) -> __m256i {
+        let out: __m256i;
+        // SAFETY: `vpavgb` on two vector registers: AVX2 is enabled for
+        // this function, it touches no memory, stack or flags.
+        unsafe {
+            core::arch::asm!(
+                "vpavgb {out}, {a}, {b}",
+                out = lateout(ymm_reg) out,
+                a = in(ymm_reg) a,
+                b = in(ymm_reg) b,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        out
+    }
+
+    /// The [`super::CORRECTION`] table in both 128-bit lanes (the byte
+    /// shuffle looks up within a lane).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn correction_table() -> __m256i {
+        let mut b = [0u8; 32];
+        b[..16].copy_from_slice(&super::CORRECTION);
+        b[16..].copy_from_slice(&super::CORRECTION);
+        load8(&b, 0)
+    }
+
+    /// `a ⊞ b` on 32 lanes of magnitudes, exactly `super::boxplus`:
+    /// `min + c(a + b) − c(max − min)`, the table index `(x + 1) >> 1` of
+    /// a sum being the byte average of its terms.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn boxplus(a: __m256i, b: __m256i, table: __m256i) -> __m256i {
+        let fifteen = _mm256_set1_epi8(15);
+        let lo = _mm256_min_epu8(a, b);
+        let hi = _mm256_max_epu8(a, b);
+        let c_sum = _mm256_shuffle_epi8(table, _mm256_min_epu8(average(a, b), fifteen));
+        let diff = average(_mm256_sub_epi8(hi, lo), _mm256_setzero_si256());
+        let c_diff = _mm256_shuffle_epi8(table, _mm256_min_epu8(diff, fifteen));
+        _mm256_subs_epu8(_mm256_add_epi8(lo, c_sum), c_diff)
+    }
+
+    /// The signed message: `mag` negated in the lanes where the syndrome
+    /// sign, the product of the signs of all inputs and the lane's own
+    /// input sign (`sign ^ q`) is negative.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn signed(mag: __m256i, sign: __m256i, q: __m256i) -> __m256i {
+        _mm256_blendv_epi8(
+            mag,
+            _mm256_sub_epi8(_mm256_setzero_si256(), mag),
+            _mm256_xor_si256(sign, q),
+        )
+    }
+
     /// Lanes `0..full` (a multiple of 32) of one sum-product layer, the
     /// same operations as `lanes_sum_product` on 32 lanes at once.
     ///
@@ -429,77 +757,24 @@ mod x86 {
     ) {
         let top = _mm256_set1_epi8(127);
         let zero = _mm256_setzero_si256();
-        let thirty_one = _mm256_set1_epi8(31);
         let cap = _mm256_set1_epi8(cap as i8);
-        let lo16 = _mm256_set1_epi16(-super::POSTERIOR_MAX);
-        // The two halves of the table, each repeated in both 128-bit lanes
-        // (the shuffle looks up within a lane).
-        let half = |h: usize| {
-            let t = &super::CORRECTION[16 * h..16 * h + 16];
-            let mut b = [0u8; 32];
-            b[..16].copy_from_slice(t);
-            b[16..].copy_from_slice(t);
-            // SAFETY: `b` is 32 readable bytes; loadu has no alignment
-            // requirement.
-            unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
-        };
-        let (table_lo, table_hi) = (half(0), half(1));
-        // c(x) = CORRECTION[min(x, 31)] for unsigned bytes x: both halves
-        // looked up by the low 4 bits, bit 4 (moved to bit 7) picks one.
-        let correction = |x: __m256i| {
-            let i = _mm256_min_epu8(x, thirty_one);
-            _mm256_blendv_epi8(
-                _mm256_shuffle_epi8(table_lo, i),
-                _mm256_shuffle_epi8(table_hi, i),
-                _mm256_slli_epi16::<3>(i),
-            )
-        };
-        let boxplus = |a: __m256i, b: __m256i| {
-            let sum = _mm256_adds_epu8(a, b);
-            let diff = _mm256_or_si256(_mm256_subs_epu8(a, b), _mm256_subs_epu8(b, a));
-            let m = _mm256_adds_epu8(_mm256_min_epu8(a, b), correction(sum));
-            _mm256_min_epu8(_mm256_subs_epu8(m, correction(diff)), top)
-        };
-        let load = |s: &[i8], at: usize| {
-            let chunk = &s[at..at + 32];
-            // SAFETY: `chunk` is 32 readable bytes; loadu has no alignment
-            // requirement.
-            unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
-        };
-        let store = |s: &mut [i8], at: usize, v: __m256i| {
-            let chunk = &mut s[at..at + 32];
-            // SAFETY: `chunk` is 32 writable bytes; storeu has no alignment
-            // requirement.
-            unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v) }
-        };
-        let load_f = |s: &[u8], k: usize| {
-            let chunk = &s[k * 32..k * 32 + 32];
-            // SAFETY: `chunk` is 32 readable bytes; loadu has no alignment
-            // requirement.
-            unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
-        };
-        let store_f = |s: &mut [u8], k: usize, v: __m256i| {
-            let chunk = &mut s[k * 32..k * 32 + 32];
-            // SAFETY: `chunk` is 32 writable bytes; storeu has no alignment
-            // requirement.
-            unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v) }
-        };
+        let table = correction_table();
         let mut j = 0;
         while j < full {
-            let mut sign = load(signs, j);
+            let mut sign = load8(signs, j);
             let mut f = zero;
             for k in 0..d {
                 let at = k * z + j;
                 let (l0, l1) = load16(layer, at);
-                let (r0, r1) = widen(load(messages, at));
-                let q0 = _mm256_max_epi16(_mm256_subs_epi16(l0, r0), lo16);
-                let q1 = _mm256_max_epi16(_mm256_subs_epi16(l1, r1), lo16);
+                let (r0, r1) = widen(load8(messages, at));
+                let q0 = _mm256_subs_epi16(l0, r0);
+                let q1 = _mm256_subs_epi16(l1, r1);
                 store16(layer, at, q0, q1);
                 let q = narrow(q0, q1);
                 sign = _mm256_xor_si256(sign, q);
                 let a = _mm256_abs_epi8(q);
-                f = if k == 0 { a } else { boxplus(f, a) };
-                store_f(forward, k, f);
+                f = if k == 0 { a } else { boxplus(f, a, table) };
+                store8(forward, k * 32, f);
             }
             let mut back = zero;
             for k in (0..d).rev() {
@@ -510,23 +785,222 @@ mod x86 {
                 let mag = match (k == 0, k + 1 == d) {
                     (true, true) => top,
                     (true, false) => back,
-                    (false, true) => load_f(forward, k - 1),
-                    (false, false) => boxplus(load_f(forward, k - 1), back),
+                    (false, true) => load8(forward, (k - 1) * 32),
+                    (false, false) => boxplus(load8(forward, (k - 1) * 32), back, table),
                 };
                 let mag = _mm256_min_epu8(mag, cap);
-                back = if k + 1 == d { a } else { boxplus(back, a) };
-                let r =
-                    _mm256_blendv_epi8(mag, _mm256_sub_epi8(zero, mag), _mm256_xor_si256(sign, q));
+                back = if k + 1 == d {
+                    a
+                } else {
+                    boxplus(back, a, table)
+                };
+                let r = signed(mag, sign, q);
                 let (r0, r1) = widen(r);
                 store16(
                     layer,
                     at,
-                    _mm256_max_epi16(_mm256_adds_epi16(q0, r0), lo16),
-                    _mm256_max_epi16(_mm256_adds_epi16(q1, r1), lo16),
+                    _mm256_adds_epi16(q0, r0),
+                    _mm256_adds_epi16(q1, r1),
                 );
-                store(messages, at, r);
+                store8(messages, at, r);
             }
             j += 32;
+        }
+    }
+
+    /// One whole sum-product layer read from and written to the posterior
+    /// columns in place: the lanes of base entry `k = (c, s)` are
+    /// `posterior[COLUMN_MARGIN + c·z + (s + t) mod z]`. The same
+    /// operations, lane by lane, as `lanes_sum_product` on a layer buffer
+    /// holding the rotated columns, without copying them in and out. The
+    /// lanes go two vectors (64 lanes) at a time where `z` allows, for two
+    /// independent box-plus chains per step; each group keeps its `d`
+    /// inputs `q` (16-bit and narrowed) and forward partial results in the
+    /// small `q16`, `q8` and `forward` buffers, which stay in L1.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `z` must be a positive multiple of 32,
+    /// `posterior` must hold every column of `row` with its margins
+    /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
+    /// `z`, `messages` must hold `d·z` values, `signs` `z`, and `q16`,
+    /// `q8`, `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
+    /// is the portable kernel's when no column appears twice in `row`.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+    pub(super) unsafe fn columns_sum_product(
+        posterior: &mut [i16],
+        row: &[(u32, u32)],
+        messages: &mut [i8],
+        signs: &[i8],
+        z: usize,
+        cap: u8,
+        q16: &mut [i16],
+        q8: &mut [i8],
+        forward: &mut [u8],
+    ) {
+        // Column start of each base entry (d ≤ 255).
+        let mut columns = [core::ptr::null_mut::<i16>(); 256];
+        let p = posterior.as_mut_ptr();
+        for (slot, &(c, _)) in columns.iter_mut().zip(row) {
+            // SAFETY: the caller guarantees `(c + 1)·z + 2·COLUMN_MARGIN ≤
+            // posterior.len()`, so the column start is inside `posterior`.
+            *slot = unsafe { p.add(super::COLUMN_MARGIN + c as usize * z) };
+        }
+        let buffers = Buffers {
+            q16: q16.as_mut_ptr(),
+            q8: q8.as_mut_ptr(),
+            forward: forward.as_mut_ptr(),
+            messages: messages.as_mut_ptr(),
+        };
+        let cap = _mm256_set1_epi8(cap as i8);
+        let mut j = 0;
+        while j + 64 <= z {
+            // SAFETY: lanes j..j + 64 ≤ z, the caller's guarantees.
+            unsafe { lane_group::<2>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            j += 64;
+        }
+        if j < z {
+            // SAFETY: lanes j..j + 32 = z, the caller's guarantees.
+            unsafe { lane_group::<1>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+        }
+    }
+
+    /// Whether the hard decisions (sign bits) of the posterior columns
+    /// satisfy every check of one layer: per lane the XOR of the syndrome
+    /// sign and the `d` rotated posteriors, OR-ed over all lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `z` a positive multiple of 32,
+    /// `posterior` must hold every column of `row` with its margins
+    /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
+    /// `z`, and `signs` must hold `z` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn columns_parity_holds(
+        posterior: &[i16],
+        row: &[(u32, u32)],
+        signs: &[i8],
+        z: usize,
+    ) -> bool {
+        let p = posterior.as_ptr();
+        let mut any = _mm256_setzero_si256();
+        let mut j = 0;
+        while j < z {
+            let (mut a0, mut a1) = widen(load8(signs, j));
+            for &(c, s) in row {
+                let start = s as usize + j;
+                let start = if start >= z { start - z } else { start };
+                // SAFETY: the column start is inside `posterior` and the
+                // window is one `load_rotated` reads (caller's guarantees).
+                let (l0, l1) =
+                    unsafe { load_rotated(p.add(super::COLUMN_MARGIN + c as usize * z), z, start) };
+                a0 = _mm256_xor_si256(a0, l0);
+                a1 = _mm256_xor_si256(a1, l1);
+            }
+            any = _mm256_or_si256(any, _mm256_or_si256(a0, a1));
+            j += 32;
+        }
+        _mm256_testz_si256(any, _mm256_set1_epi16(i16::MIN)) == 1
+    }
+
+    /// The raw buffers of [`columns_sum_product`].
+    struct Buffers {
+        q16: *mut i16,
+        q8: *mut i8,
+        forward: *mut u8,
+        messages: *mut i8,
+    }
+
+    /// Lanes `j..j + 32·V` of one layer (see [`columns_sum_product`]).
+    ///
+    /// # Safety
+    /// AVX2; the guarantees of [`columns_sum_product`] with `columns[k]`
+    /// the start of entry `k`'s column, and `j + 32·V ≤ z`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn lane_group<const V: usize>(
+        columns: &[*mut i16],
+        row: &[(u32, u32)],
+        b: &Buffers,
+        signs: &[i8],
+        z: usize,
+        j: usize,
+        cap: __m256i,
+    ) {
+        let d = row.len();
+        let zero = _mm256_setzero_si256();
+        let table = correction_table();
+        let rotated = |s: u32, j: usize| {
+            let start = s as usize + j;
+            if start >= z { start - z } else { start }
+        };
+        let mut sign = [zero; V];
+        for (v, sign) in sign.iter_mut().enumerate() {
+            *sign = load8(signs, j + 32 * v);
+        }
+        let mut f = [zero; V];
+        // SAFETY (the whole forward pass): `k < d` and `v < V`, so
+        // `(k·V + v)·32 + 32 ≤ d·64` (the scratch buffers) and
+        // `k·z + j + 32·v + 32 ≤ d·z` (`messages`); columns and shifts are
+        // in range (caller), which is what `load_rotated` needs.
+        for (k, &(_, s)) in row.iter().enumerate() {
+            for v in 0..V {
+                let at = (k * V + v) * 32;
+                unsafe {
+                    let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 32 * v));
+                    let (r0, r1) = widen(read8(b.messages.add(k * z + j + 32 * v)));
+                    let q0 = _mm256_subs_epi16(l0, r0);
+                    let q1 = _mm256_subs_epi16(l1, r1);
+                    write16(b.q16.add(at), q0, q1);
+                    let q = narrow(q0, q1);
+                    write8(b.q8.add(at), q);
+                    sign[v] = _mm256_xor_si256(sign[v], q);
+                    let a = _mm256_abs_epi8(q);
+                    f[v] = if k == 0 { a } else { boxplus(f[v], a, table) };
+                    write8(b.forward.add(at), f[v]);
+                }
+            }
+        }
+        // Backward: lane magnitudes from the forward results before `k`
+        // and the backward ones after it.
+        let mut back = [zero; V];
+        for (k, &(_, s)) in row.iter().enumerate().rev() {
+            for v in 0..V {
+                let at = (k * V + v) * 32;
+                // SAFETY: as in the forward pass, and `forward` is read at
+                // entry `k − 1 < d`.
+                unsafe {
+                    let (q0, q1) = read16(b.q16.add(at));
+                    let q = read8(b.q8.add(at));
+                    let a = _mm256_abs_epi8(q);
+                    let mag = if k + 1 == d {
+                        if k == 0 {
+                            _mm256_set1_epi8(127)
+                        } else {
+                            read8(b.forward.add(at - 32 * V))
+                        }
+                    } else if k == 0 {
+                        back[v]
+                    } else {
+                        boxplus(read8(b.forward.add(at - 32 * V)), back[v], table)
+                    };
+                    let mag = _mm256_min_epu8(mag, cap);
+                    back[v] = if k + 1 == d {
+                        a
+                    } else {
+                        boxplus(back[v], a, table)
+                    };
+                    let r = signed(mag, sign[v], q);
+                    let (r0, r1) = widen(r);
+                    store_rotated(
+                        columns[k],
+                        z,
+                        rotated(s, j + 32 * v),
+                        _mm256_adds_epi16(q0, r0),
+                        _mm256_adds_epi16(q1, r1),
+                    );
+                    write8(b.messages.add(k * z + j + 32 * v), r);
+                }
+            }
         }
     }
 
@@ -576,7 +1050,6 @@ mod x86 {
             // requirement.
             unsafe { _mm256_storeu_si256(chunk.as_mut_ptr().cast(), v) }
         };
-        let lo16 = _mm256_set1_epi16(-super::POSTERIOR_MAX);
         let mut j = 0;
         while j < full {
             let mut min1 = top;
@@ -587,8 +1060,8 @@ mod x86 {
                 let at = k * z + j;
                 let (l0, l1) = load16(layer, at);
                 let (r0, r1) = widen(load(messages, at));
-                let q0 = _mm256_max_epi16(_mm256_subs_epi16(l0, r0), lo16);
-                let q1 = _mm256_max_epi16(_mm256_subs_epi16(l1, r1), lo16);
+                let q0 = _mm256_subs_epi16(l0, r0);
+                let q1 = _mm256_subs_epi16(l1, r1);
                 store16(layer, at, q0, q1);
                 let q = narrow(q0, q1);
                 let a = _mm256_abs_epi8(q);
@@ -612,8 +1085,8 @@ mod x86 {
                 store16(
                     layer,
                     at,
-                    _mm256_max_epi16(_mm256_adds_epi16(q0, r0), lo16),
-                    _mm256_max_epi16(_mm256_adds_epi16(q1, r1), lo16),
+                    _mm256_adds_epi16(q0, r0),
+                    _mm256_adds_epi16(q1, r1),
                 );
                 store(messages, at, r);
             }
@@ -730,13 +1203,107 @@ mod tests {
         }
     }
 
-    /// The table is `8·ln(1 + e^(−x/8))`.
+    /// Entry `i` is `8·ln(1 + e^(−x/8))` at `x = max(2i − ½, 0)`, rounded,
+    /// and `c(x)` is within a rounding step of the exact correction for
+    /// every `x`, exactly its rounding except at `x = 22`.
     #[test]
     fn correction_table() {
+        let exact = |x: f64| 8.0 * (1.0 + (-x / 8.0).exp()).ln();
         for (i, &c) in CORRECTION.iter().enumerate() {
-            let x = i as f64;
-            let want = (8.0 * (1.0 + (-x / 8.0).exp()).ln()).round();
-            assert_eq!(f64::from(c), want, "entry {i}");
+            let x = (2.0 * i as f64 - 0.5).max(0.0);
+            assert_eq!(f64::from(c), exact(x).round(), "entry {i}");
+        }
+        for x in 0..=254u16 {
+            let got = f64::from(correction(x));
+            assert!((got - exact(f64::from(x))).abs() < 0.51, "c({x}) = {got}");
+            if x != 22 {
+                assert_eq!(got, exact(f64::from(x)).round(), "c({x})");
+            }
+        }
+    }
+
+    /// The in-place AVX2 kernel on posterior columns gives exactly what
+    /// copying the rotated columns into a layer buffer, the portable
+    /// kernel and copying them back give, shifts that wrap inside a
+    /// vector of 32 lanes included.
+    #[test]
+    fn in_place_kernel_matches_layer_buffer() {
+        let mut state = 0x005e_ed0f_1a7e_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (z, columns, row) in [
+            (32, 4, vec![(0u32, 0u32), (2, 31), (3, 17)]),
+            (64, 3, vec![(1, 63)]),
+            (96, 8, vec![(7, 5), (0, 64), (3, 95), (5, 32), (6, 1)]),
+            (
+                256,
+                60,
+                (0..50u32).map(|k| (k + 10, (k * 37 + 3) % 256)).collect(),
+            ),
+        ] {
+            if !columns_kernel_fits(z) {
+                return;
+            }
+            let d = row.len();
+            let posterior: Vec<i16> = (0..columns * z + 2 * COLUMN_MARGIN)
+                .map(|_| posterior(next()))
+                .collect();
+            let messages: Vec<i8> = (0..d * z)
+                .map(|_| ((next() % 255) as i16 - 127) as i8)
+                .collect();
+            let signs: Vec<i8> = (0..z)
+                .map(|_| if next() & 1 == 1 { i8::MIN } else { 0 })
+                .collect();
+            let cap = [27, 127, 5][(d + z / 32) % 3];
+            let (mut p1, mut m1) = (posterior.clone(), messages.clone());
+            let mut layer = vec![0i16; d * z];
+            for (k, &(c, s)) in row.iter().enumerate() {
+                for t in 0..z {
+                    layer[k * z + t] = p1[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z];
+                }
+            }
+            layer_sum_product_portable(
+                &mut layer,
+                &mut m1,
+                &signs,
+                d,
+                z,
+                cap,
+                &mut Scratch::new(z),
+            );
+            for (k, &(c, s)) in row.iter().enumerate() {
+                for t in 0..z {
+                    p1[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] = layer[k * z + t];
+                }
+            }
+            let (mut p2, mut m2) = (posterior, messages);
+            layer_sum_product_columns_avx2(
+                &mut p2,
+                &row,
+                &mut m2,
+                &signs,
+                z,
+                cap,
+                &mut Scratch::new(z),
+            );
+            assert_eq!((&p1, &m1), (&p2, &m2), "z={z} d={d}");
+            // The parity check: syndrome signs the decisions satisfy hold,
+            // then one lane off fails.
+            let mut matching: Vec<i8> = (0..z)
+                .map(|t| {
+                    let odd = row.iter().fold(false, |o, &(c, s)| {
+                        o ^ (p2[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] < 0)
+                    });
+                    if odd { i8::MIN } else { 0 }
+                })
+                .collect();
+            assert!(layer_parity_holds_avx2(&p2, &row, &matching, z));
+            matching[z - 1 - d % z] ^= i8::MIN;
+            assert!(!layer_parity_holds_avx2(&p2, &row, &matching, z));
         }
     }
 
