@@ -32,12 +32,13 @@ fn hash(code: &LdpcCode) -> String {
 /// The shipped codes (seed [`SHIPPED_SEED`]) at 2^12 and 2^16 bits, one
 /// per rung: the first 16 hex digits of BLAKE3 over the canonical matrix.
 /// A change of the construction changes these and must be deliberate
-/// (last change: the rungs 0.75, 0.8, 0.85 and 0.9 got the profiles
-/// designed in `tests/ldpc_design.rs` instead of Elkouss et al. 2009's
-/// Table I, so their hashes changed; the construction and the rungs 0.5 to
-/// 0.7 did not. Before: the Table I profiles, 256 base columns, the
-/// staircase placed before the other columns, degree-2 columns capped at
-/// the staircase).
+/// (last change: the rungs 0.85 and 0.9 got profiles chosen by the
+/// Monte-Carlo density evolution of `tests/ldpc_design.rs` and decoding
+/// 2^17-bit frames, which decode at about 0.02 lower f than the
+/// Gaussian-approximation designs they replace, so their hashes changed;
+/// the construction and the other rungs did not. The change before: the
+/// rungs 0.75, 0.8, 0.85 and 0.9 got designed profiles instead of Elkouss
+/// et al. 2009's Table I).
 const PINNED: [(usize, [&str; 9]); 2] = [
     (
         1 << 12,
@@ -49,8 +50,8 @@ const PINNED: [(usize, [&str; 9]); 2] = [
             "6425e008ea4310bf",
             "8a29963da18f73f2",
             "d6bdf05f19e0298b",
-            "c8d1790d8d18e3e0",
-            "e2a430a730719ffb",
+            "040d8156ade0d95d",
+            "6e9480ae34ab3643",
         ],
     ),
     (
@@ -63,8 +64,8 @@ const PINNED: [(usize, [&str; 9]); 2] = [
             "a30722ed936c0ea9",
             "d6627029b951b0b2",
             "a1e15b252f4bf549",
-            "f056afc6ce34a5f9",
-            "8c4c3aaaafa775b2",
+            "b83ea3e24dd64e95",
+            "732724731e5957d7",
         ],
     ),
 ];

@@ -140,9 +140,55 @@ fn ladder_thresholds() {
     }
 }
 
+/// The one-sided 95 % upper confidence bound (Clopper-Pearson) on a frame
+/// error rate after `failed` failures in `frames` frames: the `p` at which
+/// `P(X ≤ failed)` is 5 % (for no failure, `1 − 0.05^(1/frames)` ≈
+/// `3/frames`).
+fn fer_upper_95(failed: usize, frames: usize) -> f64 {
+    if frames == 0 || failed >= frames {
+        return 1.0;
+    }
+    let cdf = |p: f64| -> f64 {
+        // Σ_{k ≤ failed} C(frames, k) p^k (1 − p)^(frames − k), in logs.
+        let mut log_choose = 0.0;
+        let mut total = 0.0;
+        for k in 0..=failed {
+            if k > 0 {
+                log_choose += ((frames - k + 1) as f64 / k as f64).ln();
+            }
+            total += (log_choose + k as f64 * p.ln() + (frames - k) as f64 * (-p).ln_1p()).exp();
+        }
+        total
+    };
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if cdf(mid) > 0.05 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+#[test]
+fn fer_bound_is_the_clopper_pearson_one() {
+    // No failure in 1000 frames: 1 − 0.05^(1/1000) = 2.991e-3.
+    assert!((fer_upper_95(0, 1000) - 2.9912e-3).abs() < 1e-6);
+    // One in 1000: 4.7e-3 (tables of the exact binomial bound).
+    assert!((fer_upper_95(1, 1000) - 4.735e-3).abs() < 2e-5);
+    assert_eq!(fer_upper_95(5, 5), 1.0);
+}
+
 /// Blind reconciliation: mean f and fer per QBER (`LDPC_QBERS=0.01,0.02`
 /// for a few; `LDPC_RUNG=i` forces ladder rung `i` instead of
-/// `choose_plan`'s choice).
+/// `choose_plan`'s choice; `LDPC_MODULATED` the punctured and shortened
+/// share of a frame, default 0.1; `LDPC_SEED` the frames' random stream).
+/// With many frames (`LDPC_TRIALS=1000`) it is the frame-error-rate
+/// evidence: `failed` frames were not reconciled within `LDPC_ROUNDS`
+/// rounds, `wrong` of them converged to another word, `fer_95` is the 95 %
+/// upper bound on the frame error rate (about 3/frames when none failed).
 #[test]
 #[ignore = "slow: the efficiency table"]
 fn blind_table() {
@@ -158,9 +204,12 @@ fn blind_table() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.02);
+    let modulated = env("LDPC_MODULATED", 0.1);
     let mut cache = CodeCache::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    println!("qber,n,key_len,rate,f_mean,fer,rounds_mean");
+    let mut rng = ChaCha8Rng::seed_from_u64(env("LDPC_SEED", 9.0) as u64);
+    println!(
+        "qber,n,key_len,rate,f_mean,fer,rounds_mean,frames,failed,wrong,fer_95,f_stddev,f_max"
+    );
     let qbers: Vec<f64> = std::env::var("LDPC_QBERS")
         .unwrap_or_else(|_| "0.01,0.02,0.03,0.04,0.05,0.06,0.07,0.08,0.09,0.10".into())
         .split(',')
@@ -172,7 +221,7 @@ fn blind_table() {
             // `f_start` as `choose_plan` aims it, punctured or shortened.
             Some(rung) => {
                 let rate = MotherRate::from_index(rung).unwrap();
-                let d = n / 10;
+                let d = (modulated * n as f64).round() as usize;
                 let need = f_start * h2(q) * (n - d) as f64;
                 let m = ((1.0 - rate.rate()) * n as f64).round();
                 let p = (m - need).round().clamp(0.0, d as f64) as usize;
@@ -190,7 +239,7 @@ fn blind_table() {
                 SHIPPED_SEED,
                 q,
                 RateChoice {
-                    modulated: 0.1,
+                    modulated,
                     target_efficiency: f_start,
                 },
             )
@@ -200,6 +249,7 @@ fn blind_table() {
         scaling_from_env(&mut decoder);
         let step = (plan.key_len() as f64 * h2(q) * 0.01).ceil() as usize;
         let (mut fsum, mut ok, mut fails, mut rounds) = (0.0, 0, 0, 0);
+        let (mut wrong, mut fsquares, mut fmax) = (0, 0.0, 0.0f64);
         for _ in 0..trials {
             let a = BitVec::random(plan.key_len(), &mut rng);
             let b = noisy(&a, q, &mut rng);
@@ -223,18 +273,27 @@ fn blind_table() {
             rounds += out.rounds;
             if out.keys_equal {
                 ok += 1;
-                fsum += out.leaked_bits as f64 / (plan.key_len() as f64 * h2(real_q));
+                let f = out.leaked_bits as f64 / (plan.key_len() as f64 * h2(real_q));
+                fsum += f;
+                fsquares += f * f;
+                fmax = fmax.max(f);
             } else {
                 fails += 1;
+                // Converged to another word: only the confirmation would
+                // catch it.
+                wrong += usize::from(out.converged);
             }
         }
+        let mean = fsum / ok.max(1) as f64;
+        let variance = (fsquares / ok.max(1) as f64 - mean * mean).max(0.0);
         println!(
-            "{q},{n},{},{:.3},{:.4},{:.4},{:.2}",
+            "{q},{n},{},{:.3},{mean:.4},{:.4},{:.2},{trials},{fails},{wrong},{:.2e},{:.4},{fmax:.4}",
             plan.key_len(),
             plan.code().rate(),
-            fsum / ok.max(1) as f64,
             fails as f64 / trials as f64,
-            rounds as f64 / trials as f64
+            rounds as f64 / trials as f64,
+            fer_upper_95(fails, trials),
+            variance.sqrt(),
         );
     }
 }
@@ -322,15 +381,28 @@ fn bp_reference_thresholds() {
     let n: usize = env("LDPC_N", 4096.0) as usize;
     let trials = env("LDPC_TRIALS", 10.0) as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    for rate in MotherRate::ladder().filter(|r| r.index() % 2 == 0) {
+    let rungs: Vec<u8> = std::env::var("LDPC_RUNGS")
+        .unwrap_or_else(|_| "0,2,4,6,8".into())
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let fs: Vec<f64> = std::env::var("LDPC_FS")
+        .unwrap_or_else(|_| "1.08,1.16,1.25,1.5".into())
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for rate in MotherRate::ladder().filter(|r| rungs.contains(&r.index())) {
         let code = qkd_postproc::ldpc::LdpcCode::build(CodeSpec {
             rate,
             n,
             seed: SHIPPED_SEED,
         })
         .unwrap();
+        let code = std::sync::Arc::new(code);
+        let mut fixed = Decoder::new(code.clone());
+        scaling_from_env(&mut fixed);
         let mut line = format!("BP R={:.3}:", code.rate());
-        for f in [1.08, 1.16, 1.25, 1.5] {
+        for &f in &fs {
             let (mut lo, mut hi) = (1e-4, 0.5);
             for _ in 0..60 {
                 let mid = (lo + hi) / 2.0;
@@ -341,17 +413,31 @@ fn bp_reference_thresholds() {
                 }
             }
             let q = lo;
-            let mut fails = 0;
+            let (mut fails, mut fixed_fails) = (0, 0);
             for _ in 0..trials {
                 let a = BitVec::random(n, &mut rng);
                 let b = noisy(&a, q, &mut rng);
                 let c = ((1.0 - q) / q).ln();
                 let llr: Vec<f64> = (0..n).map(|i| if b.get(i) { -c } else { c }).collect();
-                if bp_decode(&code, &llr, &code.syndrome(&a), 100).as_ref() != Some(&a) {
+                let syndrome = code.syndrome(&a);
+                if bp_decode(&code, &llr, &syndrome, 100).as_ref() != Some(&a) {
                     fails += 1;
                 }
+                let magnitude = qkd_postproc::ldpc::channel_magnitude(q);
+                let llrs: Vec<i8> = (0..n)
+                    .map(|i| if b.get(i) { -magnitude } else { magnitude })
+                    .collect();
+                let out = fixed.decode(&llrs, &syndrome, 100).unwrap();
+                if !out.converged || fixed.decisions() != a {
+                    fixed_fails += 1;
+                }
             }
-            line += &format!(" f{f}:fer={:.2}", fails as f64 / trials as f64);
+            // Float BP, then this crate's decoder on the same frames.
+            line += &format!(
+                " f{f}:fer={:.2}/{:.2}",
+                fails as f64 / trials as f64,
+                fixed_fails as f64 / trials as f64
+            );
         }
         println!("{line}");
     }
