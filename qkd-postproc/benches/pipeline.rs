@@ -162,7 +162,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("two_threads", |bench| {
         bench.iter_batched(
             || (pipelines(), fa.clone(), fb.clone()),
-            |((a, b), fa, fb)| shapes::two_threads(a, b, fa, fb, std::time::Duration::ZERO),
+            |((a, b), fa, fb)| {
+                shapes::two_threads(
+                    a,
+                    b,
+                    fa,
+                    fb,
+                    shapes::TwoThreads {
+                        spin: std::time::Duration::ZERO,
+                        bob_hashing_on_alice: false,
+                        pin: false,
+                    },
+                )
+            },
             BatchSize::PerIteration,
         );
     });

@@ -19,11 +19,16 @@
 //! `CORRECTION=1` every Cascade turn as well
 //! ([`Pipeline::set_external_correction`]): one thread drives both sides'
 //! protocol, the workers run different blocks' heavy steps at once. The CPU
-//! figure then counts the workers' time too. `THREADS=2` runs the `pipeline/two_threads` shape instead (Alice and Bob
-//! on a thread each, datagrams through `std::sync::mpsc`; `SPIN_US=N`: each
-//! polls its queue N µs before it sleeps in it); the rate per
-//! CPU-second is then of both threads together (what the thread crossing
-//! costs). Either way the last line is the median wall-clock rate (sifted
+//! figure then counts the workers' time too. `THREADS=2` runs the
+//! `pipeline/two_threads` shape instead: Alice and Bob on a thread each,
+//! datagrams through `std::sync::mpsc`, each datagram answered before the
+//! next is taken; `SPIN_US=N`: each side polls its queue N µs before it
+//! sleeps in it (a large N keeps both threads awake for the whole run);
+//! `PIN=1` pins Alice's thread to the first CPU the process may use and
+//! Bob's to the second; `BOB_HASHING_ON_ALICE=1` runs Bob's privacy
+//! amplification on Alice's thread (Bob's side of Cascade is the heavier).
+//! The rate per CPU-second is then of both threads together (what the
+//! thread crossing and the spinning cost). Either way the last line is the median wall-clock rate (sifted
 //! bits over elapsed time: what one or two cores give when the machine has
 //! them free). For instruction counts that no load moves, run it under
 //! `valgrind --tool=callgrind --toggle-collect=pipeline_cpu::one_thread`
@@ -37,7 +42,7 @@ use qkd_core::module::{ModuleHost, Value};
 use qkd_core::{QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84, SimulatorConfig, h2};
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition};
-use shapes::{Workers, thread_cpu, two_threads, workers};
+use shapes::{TwoThreads, Workers, thread_cpu, two_threads, workers};
 
 #[path = "../benches/support/shapes.rs"]
 mod shapes;
@@ -121,12 +126,16 @@ fn main() {
         threads: env("WORKERS", 0),
         correction: env("CORRECTION", 0) == 1,
     };
-    let spin = Duration::from_micros(env("SPIN_US", 0));
+    let how = TwoThreads {
+        spin: Duration::from_micros(env("SPIN_US", 0)),
+        bob_hashing_on_alice: env("BOB_HASHING_ON_ALICE", 0) != 0,
+        pin: env("PIN", 0) != 0,
+    };
     let mut walls = Vec::new();
     for round in 0..rounds {
         let (a, b) = pipelines(&def);
         let (kept, cpu) = if threads == 2 {
-            let (kept, cpu, wall) = two_threads(a, b, fa.clone(), fb.clone(), spin);
+            let (kept, cpu, wall) = two_threads(a, b, fa.clone(), fb.clone(), how);
             let sifted: u64 = kept.iter().map(|r| r.sifted_bits).sum();
             let rate = sifted as f64 / wall.as_secs_f64() / 1e6;
             println!(

@@ -159,34 +159,99 @@ pub(crate) fn workers(
     (kept, cpu)
 }
 
+/// What one side's thread receives in the two-thread shape: the peer's
+/// datagrams and, when one side hands its privacy amplification to the
+/// other's thread, the work and its results.
+pub(crate) enum Input {
+    /// A datagram from the peer.
+    Datagram(Vec<u8>),
+    /// The peer's work to run here.
+    Work(WorkItem),
+    /// This side's work, run by the peer's thread.
+    Done(WorkDone),
+}
+
+/// How the two-thread shape runs: see [`side`].
+#[derive(Clone, Copy)]
+pub(crate) struct TwoThreads {
+    /// How long a side polls its queue before it sleeps in it.
+    pub(crate) spin: Duration,
+    /// Bob's privacy amplification runs on Alice's thread (Bob's Cascade
+    /// side is the heavier one, so this evens the two threads' loads).
+    pub(crate) bob_hashing_on_alice: bool,
+    /// Alice's thread is pinned to the first CPU the process may use, Bob's
+    /// to the second (where there are two).
+    pub(crate) pin: bool,
+}
+
+/// Pins this thread to `core` (where the host lets it: a pin that fails
+/// leaves the thread where it was).
+fn pin_to(core: Option<core_affinity::CoreId>) {
+    if let Some(core) = core {
+        core_affinity::set_for_current(core);
+    }
+}
+
 /// One side on its own thread (the loop of the `pipeline/two_threads`
 /// bench): frames in, datagrams through `send` and `receive`; returns the
 /// kept blocks' reports and the thread's CPU time.
 ///
+/// Every datagram handled is answered at once (the side's transmits are
+/// sent before it takes the next datagram), so the peer starts on one
+/// block's answer while this side works on another block: handling all
+/// queued datagrams first and then sending lets the two threads fall into
+/// step, each idle while the other works.
+///
 /// With a non-zero `spin` the thread polls its queue that long before it
 /// sleeps in it: a sleeping thread costs the sender a wake-up (on a
 /// virtual machine, an interrupt to a halted virtual CPU), a spinning one
-/// sees the datagram at once.
+/// sees the datagram at once. With `hand_out` this side's privacy
+/// amplification goes to the peer's thread as [`Input::Work`]; a side
+/// runs any [`Input::Work`] it receives and sends back [`Input::Done`],
+/// and with `serve_peer` goes on doing so after its own blocks are
+/// settled, until the peer's end of the queue closes.
 pub(crate) fn side(
     mut p: Pipeline,
     frames: Vec<RawFrame>,
-    send: mpsc::Sender<Vec<u8>>,
-    receive: mpsc::Receiver<Vec<u8>>,
+    send: mpsc::Sender<Input>,
+    receive: mpsc::Receiver<Input>,
     spin: Duration,
+    hand_out: bool,
+    serve_peer: bool,
 ) -> (Vec<BlockReport>, Duration) {
     let start = thread_cpu();
+    p.set_external_work(hand_out);
     let total = frames.len();
     let mut frames = frames.into_iter().peekable();
     let (mut kept, mut settled) = (Vec::new(), 0);
+    let flush = |p: &mut Pipeline, now: Instant| {
+        while let Some(d) = p.poll_transmit(now) {
+            let _ = send.send(Input::Datagram(d));
+        }
+        while let Some(item) = p.poll_work() {
+            let _ = send.send(Input::Work(item));
+        }
+    };
+    let take = |p: &mut Pipeline, input: Input| {
+        let now = Instant::now();
+        match input {
+            Input::Datagram(d) => {
+                let _ = p.handle_input(now, &d);
+            }
+            Input::Work(item) => {
+                let _ = send.send(Input::Done(item.run()));
+            }
+            Input::Done(done) => p.complete_work(now, done),
+        }
+        flush(p, now);
+    };
     while settled < total {
         let now = Instant::now();
         while frames.peek().is_some() && p.wants_frame() {
             p.push_frame(now, frames.next().expect("peeked"))
                 .expect("frame");
         }
-        while let Some(d) = p.poll_transmit(now) {
-            let _ = send.send(d);
-        }
+        flush(&mut p, now);
         while let Some(e) = p.poll_event() {
             match e {
                 PipelineEvent::FinalKey { stats, .. } => {
@@ -209,37 +274,66 @@ pub(crate) fn side(
             }
         }
         let got = match first {
-            Some(d) => Ok(d),
+            Some(input) => Ok(input),
             None => receive.recv_timeout(Duration::from_millis(50)),
         };
         match got {
-            Ok(d) => {
-                let _ = p.handle_input(Instant::now(), &d);
-                while let Ok(d) = receive.try_recv() {
-                    let _ = p.handle_input(Instant::now(), &d);
+            Ok(input) => {
+                take(&mut p, input);
+                while let Ok(input) = receive.try_recv() {
+                    take(&mut p, input);
                 }
             }
             Err(_) => p.handle_timeout(Instant::now()),
         }
     }
+    // A peer that hands its hashing here may still need this thread:
+    // serve it until the peer is done too (its end of the queue closes).
+    drop(p);
+    if serve_peer {
+        while let Ok(input) = receive.recv() {
+            if let Input::Work(item) = input {
+                let _ = send.send(Input::Done(item.run()));
+            }
+        }
+    }
     (kept, thread_cpu() - start)
 }
 
-/// Alice and Bob on a thread each (each spinning `spin` before it sleeps,
-/// see [`side`]); the kept blocks, both threads' CPU time and the
-/// wall-clock time.
+/// Alice and Bob on a thread each (see [`side`]); the kept blocks, both
+/// threads' CPU time and the wall-clock time.
 pub(crate) fn two_threads(
     a: Pipeline,
     b: Pipeline,
     fa: Vec<RawFrame>,
     fb: Vec<RawFrame>,
-    spin: Duration,
+    how: TwoThreads,
 ) -> (Vec<BlockReport>, Duration, Duration) {
+    // The CPUs this thread may use, read before either side is pinned (a
+    // pinned thread sees only its own CPU, and its children inherit that).
+    let cores = if how.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let (core_a, core_b) = match cores.as_slice() {
+        [first, second, ..] => (Some(*first), Some(*second)),
+        _ => (None, None),
+    };
     let start = Instant::now();
     let (to_b, from_a) = mpsc::channel();
     let (to_a, from_b) = mpsc::channel();
-    let bob = thread::spawn(move || side(b, fb, to_a, from_a, spin));
-    let (kept, cpu_a) = side(a, fa, to_b, from_b, spin);
+    let spin = how.spin;
+    let hand_out = how.bob_hashing_on_alice;
+    let bob = thread::spawn(move || {
+        pin_to(core_b);
+        side(b, fb, to_a, from_a, spin, hand_out, false)
+    });
+    let alice = thread::spawn(move || {
+        pin_to(core_a);
+        side(a, fa, to_b, from_b, spin, false, hand_out)
+    });
+    let (kept, cpu_a) = alice.join().expect("Alice's thread");
     let (_, cpu_b) = bob.join().expect("Bob's thread");
     (kept, cpu_a + cpu_b, start.elapsed())
 }
