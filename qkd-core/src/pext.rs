@@ -11,18 +11,13 @@
 
 use crate::BitVec;
 
-/// Whether the fast `pext` path is used on this machine (checked once).
+/// Whether the fast `pext` path is used on this machine (checked once;
+/// there is none off x86_64).
+#[cfg(target_arch = "x86_64")]
 #[must_use]
 pub(crate) fn fast_pext() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *FAST.get_or_init(|| std::is_x86_feature_detected!("bmi2") && !microcoded_pext())
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAST.get_or_init(|| std::is_x86_feature_detected!("bmi2") && !microcoded_pext())
 }
 
 /// AMD family 0x17 (Zen 1, Zen 2): `pext` is microcoded there.

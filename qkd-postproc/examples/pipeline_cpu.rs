@@ -135,12 +135,16 @@ fn main() {
     for round in 0..rounds {
         let (a, b) = pipelines(&def);
         let (kept, cpu) = if threads == 2 {
-            let (kept, cpu, wall) = two_threads(a, b, fa.clone(), fb.clone(), how);
+            let run = two_threads(a, b, fa.clone(), fb.clone(), how);
+            let (kept, cpu, wall) = (run.kept, run.cpu, run.wall);
             let sifted: u64 = kept.iter().map(|r| r.sifted_bits).sum();
             let rate = sifted as f64 / wall.as_secs_f64() / 1e6;
             println!(
-                "round {round}: two threads, {rate:.2} Mbit/s of sifted key by the wall clock ({:.3} s)",
-                wall.as_secs_f64()
+                "round {round}: two threads, {rate:.2} Mbit/s of sifted key by the wall clock ({:.3} s; \
+                 busy: Alice's thread {:.3} s, Bob's {:.3} s)",
+                wall.as_secs_f64(),
+                run.busy[0].as_secs_f64(),
+                run.busy[1].as_secs_f64(),
             );
             walls.push(rate);
             (kept, cpu)

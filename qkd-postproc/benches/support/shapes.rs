@@ -194,7 +194,8 @@ fn pin_to(core: Option<core_affinity::CoreId>) {
 
 /// One side on its own thread (the loop of the `pipeline/two_threads`
 /// bench): frames in, datagrams through `send` and `receive`; returns the
-/// kept blocks' reports and the thread's CPU time.
+/// kept blocks' reports, the thread's CPU time and the wall-clock time it
+/// spent waiting for input (spinning or asleep).
 ///
 /// Every datagram handled is answered at once (the side's transmits are
 /// sent before it takes the next datagram), so the peer starts on one
@@ -218,8 +219,9 @@ pub(crate) fn side(
     spin: Duration,
     hand_out: bool,
     serve_peer: bool,
-) -> (Vec<BlockReport>, Duration) {
+) -> (Vec<BlockReport>, Duration, Duration) {
     let start = thread_cpu();
+    let mut waited = Duration::ZERO;
     p.set_external_work(hand_out);
     let total = frames.len();
     let mut frames = frames.into_iter().peekable();
@@ -265,6 +267,7 @@ pub(crate) fn side(
         if settled == total {
             break;
         }
+        let wait_start = Instant::now();
         let mut first = None;
         if !spin.is_zero() {
             let until = Instant::now() + spin;
@@ -277,6 +280,7 @@ pub(crate) fn side(
             Some(input) => Ok(input),
             None => receive.recv_timeout(Duration::from_millis(50)),
         };
+        waited += wait_start.elapsed();
         match got {
             Ok(input) => {
                 take(&mut p, input);
@@ -297,18 +301,31 @@ pub(crate) fn side(
             }
         }
     }
-    (kept, thread_cpu() - start)
+    (kept, thread_cpu() - start, waited)
 }
 
-/// Alice and Bob on a thread each (see [`side`]); the kept blocks, both
-/// threads' CPU time and the wall-clock time.
+/// What [`two_threads`] measured.
+#[allow(dead_code)] // the criterion bench reads none of it
+pub(crate) struct TwoThreadRun {
+    /// Alice's kept blocks.
+    pub(crate) kept: Vec<BlockReport>,
+    /// Both threads' CPU time.
+    pub(crate) cpu: Duration,
+    /// From the start of the threads to the end of both.
+    pub(crate) wall: Duration,
+    /// How long Alice's and Bob's threads worked (their wall-clock time
+    /// less their waits for input): the larger is the run's bottleneck.
+    pub(crate) busy: [Duration; 2],
+}
+
+/// Alice and Bob on a thread each (see [`side`]).
 pub(crate) fn two_threads(
     a: Pipeline,
     b: Pipeline,
     fa: Vec<RawFrame>,
     fb: Vec<RawFrame>,
     how: TwoThreads,
-) -> (Vec<BlockReport>, Duration, Duration) {
+) -> TwoThreadRun {
     // The CPUs this thread may use, read before either side is pinned (a
     // pinned thread sees only its own CPU, and its children inherit that).
     let cores = if how.pin {
@@ -333,7 +350,13 @@ pub(crate) fn two_threads(
         pin_to(core_a);
         side(a, fa, to_b, from_b, spin, false, hand_out)
     });
-    let (kept, cpu_a) = alice.join().expect("Alice's thread");
-    let (_, cpu_b) = bob.join().expect("Bob's thread");
-    (kept, cpu_a + cpu_b, start.elapsed())
+    let (kept, cpu_a, waited_a) = alice.join().expect("Alice's thread");
+    let (_, cpu_b, waited_b) = bob.join().expect("Bob's thread");
+    let wall = start.elapsed();
+    TwoThreadRun {
+        kept,
+        cpu: cpu_a + cpu_b,
+        wall,
+        busy: [wall.saturating_sub(waited_a), wall.saturating_sub(waited_b)],
+    }
 }
