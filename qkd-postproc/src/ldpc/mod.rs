@@ -163,7 +163,7 @@ pub fn reconcile_in_memory<R: Rng + ?Sized>(
         max_iterations,
     } = settings;
     let frame = plan.alice_frame(alice_key, rng)?;
-    let syndrome = plan.code().syndrome(&frame);
+    let syndrome = plan.syndrome(&frame)?;
     let mut llrs = plan.bob_llrs(bob_key, channel_magnitude(qber))?;
     let (step, max_rounds) = match variant {
         Variant::RateAdaptive => (0, 1),
