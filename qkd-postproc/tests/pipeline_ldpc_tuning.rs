@@ -39,6 +39,7 @@ use qkd_core::machine::Machine;
 use qkd_core::module::{ModuleHost, Value};
 use qkd_core::{QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84, SimulatorConfig, h2};
 use qkd_postproc::auth::{PresharedSecret, SecretId};
+use qkd_postproc::ldpc::{CodeCache, RateChoice, SHIPPED_SEED, choose_plan};
 use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition, PipelineEvent};
 use qkd_postproc::sift::{announce, sift_alice, sift_bob};
 
@@ -226,6 +227,24 @@ fn tuning() {
          mbit_per_cpu_s,cpu_s,frames_per_block,rounds_per_frame,leftover_per_block"
     );
     for q in qbers {
+        // The whole frames' layout at the nominal QBER (each block plans
+        // with its own estimate).
+        let (a, _) = pipelines(&def, &set);
+        let ldpc = a.module("ldpc").unwrap();
+        let number = |name: &str| ldpc.parameter(name).unwrap().as_f64().unwrap();
+        let choice = RateChoice {
+            modulated: number("modulated"),
+            target_efficiency: number("efficiency"),
+        };
+        let n = number("frame_bits") as usize;
+        let plan = choose_plan(&mut CodeCache::new(), n, SHIPPED_SEED, q, choice).unwrap();
+        println!(
+            "# QBER {q}: n {n}, rung {:.3}, punctured {}, shortened {}, key {}",
+            plan.code().rate(),
+            plan.punctured(),
+            plan.shortened(),
+            plan.key_len()
+        );
         let (fa, fb) = frames(blocks, q, slots, seed);
         let sifted = sifted_errors(&fa, &fb);
         let mut cpu = Vec::new();

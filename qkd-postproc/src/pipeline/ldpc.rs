@@ -263,20 +263,29 @@ impl Pipeline {
         let qber = block.estimate.as_ref().map_or(0.0, |e| e.qber);
         let mut at = 0usize;
         let mut lengths = Vec::with_capacity(frames.len());
+        // The whole frames share one layout: built once, then cloned.
+        let mut last: Option<(LdpcFrame, FramePlan)> = None;
         for f in frames {
-            let rate = MotherRate::from_index(f.rung).ok_or_else(|| bad("no such code"))?;
-            let spec = CodeSpec {
-                rate,
-                n: f.n as usize,
-                seed: SHIPPED_SEED,
+            let plan = match &last {
+                Some((seen, plan)) if seen == f => plan.clone(),
+                _ => {
+                    let rate = MotherRate::from_index(f.rung).ok_or_else(|| bad("no such code"))?;
+                    let spec = CodeSpec {
+                        rate,
+                        n: f.n as usize,
+                        seed: SHIPPED_SEED,
+                    };
+                    let plan = FramePlan::for_rung(
+                        self.code_cache(),
+                        spec,
+                        f.punctured as usize,
+                        f.shortened as usize,
+                    )
+                    .map_err(|e| bad(&e.to_string()))?;
+                    last = Some((*f, plan.clone()));
+                    plan
+                }
             };
-            let plan = FramePlan::for_rung(
-                self.code_cache(),
-                spec,
-                f.punctured as usize,
-                f.shortened as usize,
-            )
-            .map_err(|e| bad(&e.to_string()))?;
             let k = plan.key_len();
             let part = key.slice(at..at + k).to_bitvec();
             at += k;
