@@ -277,3 +277,25 @@ fn tuning() {
         );
     }
 }
+
+/// The shipped definition on one block of ~5·10^5 sifted bits at QBER
+/// 2 % and 5 %: kept, and f on `blind_table`'s footing within 3 % of what
+/// 20 blocks of 10^6 bits gave (1.097 and 1.081, BENCHMARKS.md).
+#[test]
+fn shipped_definition_keeps_blocks_near_the_measured_f() {
+    let def = PipelineDefinition::from_toml(LDPC_TOML).unwrap();
+    for (q, bound) in [(0.02, 1.13), (0.05, 1.11)] {
+        let (fa, fb) = frames(1, q, 1 << 21, 3);
+        let sifted = sifted_errors(&fa, &fb);
+        let (a, b) = pipelines(&def, &[]);
+        let kept = drive(a, b, &fa, &fb);
+        assert_eq!(kept.len(), 1, "QBER {q}");
+        let f = block_f(&kept[0], &sifted);
+        assert!(
+            f.frames > 1.0 && f.frames < bound,
+            "QBER {q}: f {}",
+            f.frames
+        );
+        assert!(f.leak >= f.frames);
+    }
+}
