@@ -98,13 +98,13 @@ fn committed_ldpc_examples_load_and_agree() {
 #[test]
 fn ldpc_errors_name_the_line_and_the_field() {
     let cases = [
-        ("frame_bits = 65536", "frame_bits = 65537", "frame_bits"),
+        ("frame_bits = 131072", "frame_bits = 131073", "frame_bits"),
         (
             "min_frame_bits = 4096",
             "min_frame_bits = 512",
             "min_frame_bits",
         ),
-        ("blind_step = 0.004", "blind_step = 0.5", "blind_step"),
+        ("blind_step = 0.0025", "blind_step = 0.5", "blind_step"),
         (
             "max_blind_rounds = 40",
             "max_blind_rounds = 0",
@@ -115,14 +115,14 @@ fn ldpc_errors_name_the_line_and_the_field() {
             "max_iterations = 5000",
             "max_iterations",
         ),
-        ("efficiency = 1.1", "efficiency = 0.9", "efficiency"),
-        ("modulated = 0.25", "modulated = 0.45", "modulated"),
+        ("efficiency = 1.08", "efficiency = 0.9", "efficiency"),
+        ("modulated = 0.1", "modulated = 0.45", "modulated"),
         ("variant = \"blind\"", "variant = \"option7\"", "variant"),
-        ("modulated = 0.25", "modulated = 0.25, bogus = 1", "bogus"),
+        ("modulated = 0.1", "modulated = 0.1, bogus = 1", "bogus"),
     ];
     let line = LDPC_TOML
         .lines()
-        .position(|l| l.contains("frame_bits = 65536"))
+        .position(|l| l.contains("frame_bits = 131072"))
         .unwrap()
         + 1;
     for (from, to, field) in cases {
@@ -140,7 +140,7 @@ fn ldpc_errors_name_the_line_and_the_field() {
     );
     let e = PipelineDefinition::from_toml(&both).unwrap_err();
     assert!(e.to_string().contains("only one correction stage"), "{e}");
-    let bad = LDPC_XML.replace("value=\"65536\"", "value=\"3\"");
+    let bad = LDPC_XML.replace("value=\"131072\"", "value=\"3\"");
     let e = PipelineDefinition::from_xml(&bad).unwrap_err();
     assert!(e.to_string().contains("stage[2].params.frame_bits"), "{e}");
 }

@@ -21,7 +21,7 @@ const LDPC_TOML: &str = include_str!("../pipelines/ldpc.toml");
 /// The committed `ldpc.toml`, with shorter frames so the blocks of the
 /// tests (about 10^5 key bits) fill several frames of several lengths.
 fn definition(frame_bits: u64) -> PipelineDefinition {
-    let text = LDPC_TOML.replace("frame_bits = 65536", &format!("frame_bits = {frame_bits}"));
+    let text = LDPC_TOML.replace("frame_bits = 131072", &format!("frame_bits = {frame_bits}"));
     PipelineDefinition::from_toml(&text).unwrap()
 }
 
@@ -192,7 +192,12 @@ fn statistic(p: &Pipeline, name: &str) -> u64 {
 #[test]
 fn ldpc_keys_identical_lengths_from_the_formula_and_stats_add_up() {
     for qber in [0.02, 0.05] {
-        let def = definition(1 << 14);
+        // 2^15-bit frames: with the shipped layout (modulated 0.1, first
+        // syndrome at 1.08) about 1 in 100 frames of 2^14 bits does not
+        // decode at QBER 2 % whatever is revealed (`blind_table`, LDPC_N
+        // 16384, 100 frames; 1 in 100 at 5 % with modulated 0.25), and
+        // this test's seed meets one.
+        let def = definition(1 << 15);
         let (alice, bob) = pair(&def);
         let (mut dev_a, mut dev_b) = devices(qber, 3, 1 << 19);
         let mut net = Network::new(
@@ -340,8 +345,8 @@ fn ldpc_on_a_hostile_link_never_gives_a_wrong_key() {
 fn a_frame_that_fails_drops_the_block_on_both_sides() {
     let text = LDPC_TOML
         .replace("variant = \"blind\"", "variant = \"rate_adaptive\"")
-        .replace("frame_bits = 65536", "frame_bits = 8192")
-        .replace("efficiency = 1.1", "efficiency = 1.0")
+        .replace("frame_bits = 131072", "frame_bits = 8192")
+        .replace("efficiency = 1.08", "efficiency = 1.0")
         .replace("max_iterations = 60", "max_iterations = 2");
     let def = PipelineDefinition::from_toml(&text).unwrap();
     let (alice, bob) = pair(&def);

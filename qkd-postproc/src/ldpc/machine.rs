@@ -229,7 +229,9 @@ impl LdpcAlice {
         let frame = plan
             .alice_frame(&key, rng)
             .map_err(|_| ConfigError::new("ldpc.key", "must have the plan's key length"))?;
-        let syndrome = plan.code().syndrome(&frame);
+        let syndrome = plan
+            .syndrome(&frame)
+            .map_err(|_| ConfigError::new("ldpc.key", "must have the plan's key length"))?;
         let m = syndrome.len();
         let message = LdpcMessage::Syndrome {
             block,

@@ -39,6 +39,10 @@ pub struct FramePlan {
     rung: Option<MotherRate>,
     /// 0 = key, 1 = punctured, 2 = shortened.
     kind: Vec<u8>,
+    /// Set at the key positions (gathers and scatters a word at a time).
+    key_mask: BitVec,
+    /// The punctured positions, ascending.
+    punctured_at: Vec<u32>,
 }
 
 const KEY: u8 = 0;
@@ -73,12 +77,23 @@ impl FramePlan {
         for &v in &order[n - shortened..] {
             kind[v as usize] = SHORTENED;
         }
+        let mut key_mask = BitVec::zeros(n);
+        let mut punctured_at = Vec::with_capacity(punctured);
+        for (v, &k) in kind.iter().enumerate() {
+            match k {
+                KEY => key_mask.set(v, true),
+                PUNCTURED => punctured_at.push(v as u32),
+                _ => {}
+            }
+        }
         Ok(FramePlan {
             code,
             punctured,
             shortened,
             rung: None,
             kind,
+            key_mask,
+            punctured_at,
         })
     }
 
@@ -174,40 +189,97 @@ impl FramePlan {
         if key.len() != self.key_len() {
             return Err(LdpcError::Length);
         }
-        let mut frame = BitVec::zeros(self.code.n());
-        let mut next = 0;
+        let mut frame = self.scatter(key);
+        // One 64-bit draw per 64 punctured positions, in position order.
         let (mut random, mut left) = (0u64, 0u32);
-        for (v, &kind) in self.kind.iter().enumerate() {
-            match kind {
-                KEY => {
-                    frame.set(v, key.get(next));
-                    next += 1;
-                }
-                PUNCTURED => {
-                    if left == 0 {
-                        random = rng.next_u64();
-                        left = 64;
-                    }
-                    left -= 1;
-                    frame.set(v, random & 1 == 1);
-                    random >>= 1;
-                }
-                _ => {}
+        for &v in &self.punctured_at {
+            if left == 0 {
+                random = rng.next_u64();
+                left = 64;
             }
+            left -= 1;
+            frame.set(v as usize, random & 1 == 1);
+            random >>= 1;
         }
         Ok(frame)
     }
 
     /// The key bits of a frame.
+    ///
+    /// # Panics
+    /// If `frame` is not `n` bits.
     #[must_use]
     pub fn key_of(&self, frame: &BitVec) -> BitVec {
-        let mut key = BitVec::with_capacity(self.key_len());
-        for (v, &kind) in self.kind.iter().enumerate() {
-            if kind == KEY {
-                key.push(frame.get(v));
+        frame.select(&self.key_mask)
+    }
+
+    /// A frame with `key` at the key positions and zeros elsewhere (the
+    /// inverse of [`Self::key_of`]), a word of the frame at a time.
+    fn scatter(&self, key: &BitVec) -> BitVec {
+        let key = key.as_bitslice();
+        let mut words = Vec::with_capacity(self.key_mask.words().len());
+        let mut next = 0;
+        for &mask in self.key_mask.words() {
+            let count = mask.count_ones() as usize;
+            if count == 0 {
+                words.push(0);
+                continue;
+            }
+            let mut bits = key.load_bits(next, count);
+            next += count;
+            if mask == u64::MAX {
+                words.push(bits);
+                continue;
+            }
+            let (mut word, mut mask) = (0u64, mask);
+            while mask != 0 {
+                word |= (bits & 1) << mask.trailing_zeros();
+                bits >>= 1;
+                mask &= mask - 1;
+            }
+            words.push(word);
+        }
+        BitVec::from_words(words, self.code.n()).expect("the mask has n bits")
+    }
+
+    /// The syndrome `H·frame` of this plan's code, a 64-bit word of each
+    /// circulant at a time (the same bits as [`LdpcCode::syndrome`], which
+    /// goes bit by bit).
+    ///
+    /// # Errors
+    /// [`LdpcError::Length`] if `frame` is not `n` bits.
+    pub fn syndrome(&self, frame: &BitVec) -> Result<BitVec, LdpcError> {
+        let code = &self.code;
+        if frame.len() != code.n() {
+            return Err(LdpcError::Length);
+        }
+        let z = code.lifting();
+        let bits = frame.as_bitslice();
+        let mut row = vec![0u64; z.div_ceil(64)];
+        let mut out = BitVec::with_capacity(code.m());
+        for r in 0..code.base_rows() {
+            row.fill(0);
+            for &(c, shift) in code.row(r) {
+                // Bit j of the row block gets bit (j + shift) mod z of
+                // column block c.
+                let (base, shift) = (c as usize * z, shift as usize % z);
+                for (w, acc) in row.iter_mut().enumerate() {
+                    let j = w * 64;
+                    let count = (z - j).min(64);
+                    let start = (j + shift) % z;
+                    let first = (z - start).min(count);
+                    let mut v = bits.load_bits(base + start, first);
+                    if first < count {
+                        v |= bits.load_bits(base, count - first) << first;
+                    }
+                    *acc ^= v;
+                }
+            }
+            for (w, &acc) in row.iter().enumerate() {
+                out.push_bits(acc, (z - w * 64).min(64));
             }
         }
-        key
+        Ok(out)
     }
 
     /// Bob's starting LLRs: `±magnitude` from his key bits, 0 at punctured
@@ -219,15 +291,19 @@ impl FramePlan {
         if key.len() != self.key_len() {
             return Err(LdpcError::Length);
         }
-        let mut next = 0;
+        let frame = self.scatter(key);
+        let words = frame.words();
         Ok(self
             .kind
             .iter()
-            .map(|&kind| match kind {
+            .enumerate()
+            .map(|(v, &kind)| match kind {
                 KEY => {
-                    let bit = key.get(next);
-                    next += 1;
-                    if bit { -magnitude } else { magnitude }
+                    if (words[v / 64] >> (v % 64)) & 1 == 1 {
+                        -magnitude
+                    } else {
+                        magnitude
+                    }
                 }
                 PUNCTURED => 0,
                 _ => LLR_MAX,
@@ -323,4 +399,82 @@ pub fn choose_plan(
     let mut plan = FramePlan::new(code, p, d - p)?;
     plan.rung = Some(rate);
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ldpc::SHIPPED_SEED;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+
+    /// The frame position by position, as `alice_frame` was first written:
+    /// the word-at-a-time version must give the same bits from the same
+    /// random draws.
+    fn frame_bit_by_bit(plan: &FramePlan, key: &BitVec, rng: &mut ChaCha8Rng) -> BitVec {
+        let mut frame = BitVec::zeros(plan.code().n());
+        let (mut next, mut random, mut left) = (0, 0u64, 0u32);
+        for (v, &kind) in plan.kind.iter().enumerate() {
+            match kind {
+                KEY => {
+                    frame.set(v, key.get(next));
+                    next += 1;
+                }
+                PUNCTURED => {
+                    if left == 0 {
+                        random = rng.next_u64();
+                        left = 64;
+                    }
+                    left -= 1;
+                    frame.set(v, random & 1 == 1);
+                    random >>= 1;
+                }
+                _ => {}
+            }
+        }
+        frame
+    }
+
+    #[test]
+    fn word_at_a_time_frames_llrs_keys_and_syndromes_match_the_bitwise_ones() {
+        let mut cache = CodeCache::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (n, qber, modulated) in [
+            (1 << 12, 0.02, 0.1),
+            (1 << 13, 0.05, 0.25),
+            (1 << 12, 0.08, 0.05),
+        ] {
+            let choice = RateChoice {
+                modulated,
+                target_efficiency: 1.1,
+            };
+            let plan = choose_plan(&mut cache, n, SHIPPED_SEED, qber, choice).unwrap();
+            let key = BitVec::random(plan.key_len(), &mut rng);
+            let (mut r1, mut r2) = (rng.clone(), rng.clone());
+            let frame = plan.alice_frame(&key, &mut r1).unwrap();
+            assert_eq!(frame, frame_bit_by_bit(&plan, &key, &mut r2), "n {n}");
+            assert_eq!(r1.next_u64(), r2.next_u64(), "the same draws");
+            assert_eq!(plan.key_of(&frame), key);
+            assert_eq!(plan.syndrome(&frame).unwrap(), plan.code().syndrome(&frame));
+            let random = BitVec::random(n, &mut rng);
+            assert_eq!(
+                plan.syndrome(&random).unwrap(),
+                plan.code().syndrome(&random)
+            );
+            let llrs = plan.bob_llrs(&key, 9).unwrap();
+            let mut next = 0;
+            for (v, &kind) in plan.kind.iter().enumerate() {
+                let want = match kind {
+                    KEY => {
+                        next += 1;
+                        if key.get(next - 1) { -9 } else { 9 }
+                    }
+                    PUNCTURED => 0,
+                    _ => LLR_MAX,
+                };
+                assert_eq!(llrs[v], want, "position {v}");
+            }
+            assert_eq!(plan.syndrome(&BitVec::zeros(n - 1)), Err(LdpcError::Length));
+        }
+    }
 }
