@@ -41,7 +41,7 @@
 //! ```toml
 //! [[stage]]
 //! name = "ldpc"
-//! params = { variant = "blind", frame_bits = 65536, min_frame_bits = 4096, efficiency = 1.1 }
+//! params = { variant = "blind", frame_bits = 131072, min_frame_bits = 4096, efficiency = 1.08 }
 //! ```
 //!
 //! A stage's

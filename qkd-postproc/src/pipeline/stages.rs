@@ -125,13 +125,15 @@ impl Default for Settings {
             eps_sec: 1e-10,
             modified_toeplitz: true,
             ldpc_variant: LdpcVariant::Blind,
-            frame_bits: 1 << 16,
+            // As `pipelines/ldpc.toml` (BENCHMARKS.md, "the pipeline's
+            // LDPC settings", eighth session).
+            frame_bits: 1 << 17,
             min_frame_bits: 1 << 12,
-            blind_step: 0.004,
+            blind_step: 0.0025,
             max_blind_rounds: 40,
             max_iterations: 60,
-            efficiency: 1.1,
-            modulated: 0.25,
+            efficiency: 1.08,
+            modulated: 0.1,
         }
     }
 }
