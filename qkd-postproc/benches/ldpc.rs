@@ -47,7 +47,7 @@ fn decode(c: &mut Criterion) {
                 c.benchmark_group(format!("ldpc_decode_n{n}_q{}", (qber * 100.0) as u32));
             group.sample_size(20);
             group.throughput(Throughput::Elements(plan.key_len() as u64));
-            for backend in [Backend::Avx2, Backend::Portable] {
+            for backend in [Backend::Avx2, Backend::Neon, Backend::Portable] {
                 if !backend.is_available() {
                     continue;
                 }

@@ -104,6 +104,9 @@ pub enum Backend {
     Portable,
     /// x86-64 AVX2, 32 lanes per instruction, detected at run time.
     Avx2,
+    /// aarch64 NEON, 16 lanes per instruction, detected at run time
+    /// (NEON hook, `neon.rs`).
+    Neon,
 }
 
 impl Backend {
@@ -112,6 +115,8 @@ impl Backend {
     pub fn detect() -> Self {
         if simd::avx2_available() {
             Backend::Avx2
+        } else if super::neon::available() {
+            Backend::Neon // NEON hook
         } else {
             Backend::Portable
         }
@@ -123,6 +128,7 @@ impl Backend {
         match self {
             Backend::Portable => true,
             Backend::Avx2 => simd::avx2_available(),
+            Backend::Neon => super::neon::available(), // NEON hook
         }
     }
 }
@@ -418,6 +424,25 @@ impl Decoder {
                         );
                     }
                     (CheckRule::MinSum, Backend::Avx2) => simd::layer_avx2(
+                        layer,
+                        messages,
+                        signs,
+                        d,
+                        z,
+                        self.scaling,
+                        &mut self.scratch,
+                    ),
+                    // NEON hook: both rules' aarch64 kernels are in neon.rs.
+                    (CheckRule::SumProduct, Backend::Neon) => super::neon::layer_sum_product_neon(
+                        layer,
+                        messages,
+                        signs,
+                        d,
+                        z,
+                        self.message_max,
+                        &mut self.scratch,
+                    ),
+                    (CheckRule::MinSum, Backend::Neon) => super::neon::layer_min_sum_neon(
                         layer,
                         messages,
                         signs,

@@ -18,7 +18,8 @@
 //! - [`alist`]: read and write the `alist` format.
 //! - [`decode`]: layered sum-product (default) or offset min-sum on 8-bit
 //!   messages and 16-bit posteriors, portable and AVX2 kernels with the
-//!   same output.
+//!   same output, and NEON ones on aarch64 (`neon.rs`, its tests run under
+//!   qemu by `.ci/aarch64`).
 //! - [`rate`]: frames with punctured and shortened positions, choosing the
 //!   code for a QBER, the leakage accounting.
 //! - [`machine`]: [`LdpcAlice`] and [`LdpcBob`] on the `Machine` contract,
@@ -66,6 +67,7 @@ pub mod alist;
 pub mod code;
 pub mod decode;
 pub mod machine;
+mod neon;
 pub mod rate;
 mod simd;
 pub mod wire;
