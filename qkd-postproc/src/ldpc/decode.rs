@@ -52,14 +52,18 @@
 //! After each iteration the hard decisions
 //! (`x̂_v = 1` iff `L(v) < 0`) are checked against the syndrome and decoding
 //! stops on a match. Every operation is on integers and defined lane by
-//! lane, so the portable and the AVX2 kernels ([`Backend`]) give the same
-//! bits; a property test compares them.
+//! lane, so the portable, AVX2 and AVX-512 kernels ([`Backend`]) give the
+//! same bits; property tests compare them.
 //!
-//! The AVX2 sum-product kernel works on the posterior columns in place
-//! (lane `t` of base entry `(c, s)` is variable `c·Z + (s + t) mod Z`; a
-//! window of 32 lanes that wraps is two loads blended), the portable one
-//! and min-sum on a layer buffer the rotated columns are copied into and
-//! back; the lanes compute the same either way.
+//! The AVX2 and AVX-512 sum-product kernels work on the posterior columns
+//! in place (lane `t` of base entry `(c, s)` is variable
+//! `c·Z + (s + t) mod Z`; a window of 32 lanes that wraps is two loads
+//! blended, one of 64 a load and a masked load), the portable one and
+//! min-sum on a layer buffer the rotated columns are copied into and back;
+//! the lanes compute the same either way. The AVX-512 kernel (AVX-512 F
+//! and BW, detected at run time, the default where present) needs a
+//! lifting that is a multiple of 64; otherwise its decoder runs the AVX2
+//! kernels.
 //!
 //! On the binary symmetric channel every key bit has the same |LLR|; the
 //! sum-product rule needs it on the scale of 1/8 nat, min-sum is invariant
@@ -104,13 +108,19 @@ pub enum Backend {
     Portable,
     /// x86-64 AVX2, 32 lanes per instruction, detected at run time.
     Avx2,
+    /// x86-64 AVX-512 BW, 64 lanes per instruction, detected at run time:
+    /// the in-place sum-product kernel where the lifting is a multiple of
+    /// 64, the AVX2 kernels otherwise.
+    Avx512,
 }
 
 impl Backend {
     /// The fastest kernel this CPU runs.
     #[must_use]
     pub fn detect() -> Self {
-        if simd::avx2_available() {
+        if simd::avx512_available() {
+            Backend::Avx512
+        } else if simd::avx2_available() {
             Backend::Avx2
         } else {
             Backend::Portable
@@ -123,6 +133,7 @@ impl Backend {
         match self {
             Backend::Portable => true,
             Backend::Avx2 => simd::avx2_available(),
+            Backend::Avx512 => simd::avx512_available(),
         }
     }
 }
@@ -159,6 +170,12 @@ pub enum CheckRule {
     MinSum,
 }
 
+/// An in-place sum-product layer kernel (`simd::layer_sum_product_columns_*`).
+type Kernel = fn(&mut [i16], &[(u32, u32)], &mut [i8], &[i8], usize, u8, &mut simd::Scratch);
+
+/// An in-place layer parity check (`simd::layer_parity_holds_*`).
+type Parity = fn(&[i16], &[(u32, u32)], &[i8], usize) -> bool;
+
 /// Result of one decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeOutcome {
@@ -191,11 +208,23 @@ pub struct Decoder {
     rule: CheckRule,
     /// The largest magnitude of a sum-product message.
     message_max: u8,
-    /// Whether the AVX2 sum-product kernel can run in place on the
-    /// posterior columns: a lifting that is a multiple of 32 lanes, rows
-    /// that list each column once. Otherwise (and for min-sum) the rotated
-    /// columns are copied into `layer` and back around the kernel.
-    columns_fit: bool,
+    /// Which sum-product kernel can run in place on the posterior columns:
+    /// AVX-512 for a lifting that is a multiple of 64 lanes, AVX2 for one
+    /// that is a multiple of 32, with rows that list each column once.
+    /// Otherwise (and for min-sum) the rotated columns are copied into
+    /// `layer` and back around the kernel.
+    columns: Columns,
+}
+
+/// The in-place kernel a decoder runs (see `Decoder::columns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Columns {
+    /// None: the layer buffer.
+    No,
+    /// `simd::layer_sum_product_columns_avx2`.
+    Avx2,
+    /// `simd::layer_sum_product_columns_avx512`.
+    Avx512,
 }
 
 impl Drop for Decoder {
@@ -242,13 +271,19 @@ impl Decoder {
             },
             rule: CheckRule::default(),
             message_max: DEFAULT_MESSAGE_MAX,
-            columns_fit: backend == Backend::Avx2
-                && simd::columns_kernel_fits(z)
-                && (0..code.base_rows()).all(|r| {
-                    let mut columns: Vec<u32> = code.row(r).iter().map(|&(c, _)| c).collect();
-                    columns.sort_unstable();
-                    columns.windows(2).all(|w| w[0] != w[1])
-                }),
+            columns: if !(0..code.base_rows()).all(|r| {
+                let mut columns: Vec<u32> = code.row(r).iter().map(|&(c, _)| c).collect();
+                columns.sort_unstable();
+                columns.windows(2).all(|w| w[0] != w[1])
+            }) {
+                Columns::No
+            } else if backend == Backend::Avx512 && simd::columns_kernel_fits_avx512(z) {
+                Columns::Avx512
+            } else if backend != Backend::Portable && simd::columns_kernel_fits(z) {
+                Columns::Avx2
+            } else {
+                Columns::No
+            },
             code,
             backend,
         }
@@ -368,13 +403,22 @@ impl Decoder {
         for r in 0..code.base_rows() {
             edge[r + 1] = edge[r] + code.row(r).len();
         }
-        let in_place = self.columns_fit && self.rule == CheckRule::SumProduct;
+        let in_place = if self.rule == CheckRule::SumProduct {
+            self.columns
+        } else {
+            Columns::No
+        };
         for it in 1..=max_iterations {
             for r in 0..code.base_rows() {
                 let row = code.row(r);
                 let d = row.len();
-                if in_place {
-                    simd::layer_sum_product_columns_avx2(
+                let in_place_kernel = match in_place {
+                    Columns::No => None,
+                    Columns::Avx2 => Some(simd::layer_sum_product_columns_avx2 as Kernel),
+                    Columns::Avx512 => Some(simd::layer_sum_product_columns_avx512 as Kernel),
+                };
+                if let Some(kernel) = in_place_kernel {
+                    kernel(
                         &mut self.posterior,
                         row,
                         &mut self.messages[edge[r] * z..edge[r + 1] * z],
@@ -397,15 +441,17 @@ impl Decoder {
                 let messages = &mut self.messages[edge[r] * z..edge[r + 1] * z];
                 let signs = &self.syndrome_signs[r * z..(r + 1) * z];
                 match (self.rule, self.backend) {
-                    (CheckRule::SumProduct, Backend::Avx2) => simd::layer_sum_product_avx2(
-                        layer,
-                        messages,
-                        signs,
-                        d,
-                        z,
-                        self.message_max,
-                        &mut self.scratch,
-                    ),
+                    (CheckRule::SumProduct, Backend::Avx2 | Backend::Avx512) => {
+                        simd::layer_sum_product_avx2(
+                            layer,
+                            messages,
+                            signs,
+                            d,
+                            z,
+                            self.message_max,
+                            &mut self.scratch,
+                        )
+                    }
                     (CheckRule::SumProduct, Backend::Portable) => {
                         simd::layer_sum_product_portable(
                             layer,
@@ -417,7 +463,7 @@ impl Decoder {
                             &mut self.scratch,
                         );
                     }
-                    (CheckRule::MinSum, Backend::Avx2) => simd::layer_avx2(
+                    (CheckRule::MinSum, Backend::Avx2 | Backend::Avx512) => simd::layer_avx2(
                         layer,
                         messages,
                         signs,
@@ -463,9 +509,14 @@ impl Decoder {
     fn syndrome_matches(&mut self) -> bool {
         let code = &self.code;
         let z = code.lifting();
-        if self.columns_fit {
+        let holds = match self.columns {
+            Columns::No => None,
+            Columns::Avx2 => Some(simd::layer_parity_holds_avx2 as Parity),
+            Columns::Avx512 => Some(simd::layer_parity_holds_avx512 as Parity),
+        };
+        if let Some(holds) = holds {
             return (0..code.base_rows()).all(|r| {
-                simd::layer_parity_holds_avx2(
+                holds(
                     &self.posterior,
                     code.row(r),
                     &self.syndrome_signs[r * z..(r + 1) * z],

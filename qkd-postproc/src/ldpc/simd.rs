@@ -1,8 +1,9 @@
 //! The layer kernels of the decoder, sum-product and min-sum, each
-//! portable and AVX2.
+//! portable and AVX2, and the in-place sum-product kernel also with
+//! AVX-512 BW.
 //!
-//! This is the only module of `ldpc` with `unsafe` code: AVX2 intrinsics
-//! behind run-time detection. Both kernels of a rule compute, lane by lane,
+//! This is the only module of `ldpc` with `unsafe` code: AVX2 and AVX-512
+//! intrinsics behind run-time detection. Both kernels of a rule compute, lane by lane,
 //! exactly the update written in [`super::decode`] (16-bit saturating
 //! posteriors, their 8-bit saturated view for the check, saturating byte
 //! arithmetic on messages, the same table, the same scaling of the minima,
@@ -26,6 +27,9 @@ pub(crate) struct Scratch {
     /// in-place AVX2 kernel (`d` rows of 32).
     q16: Vec<i16>,
     q8: Vec<i8>,
+    /// The input magnitudes of the in-place kernels, in their offset form
+    /// (`|q| + MAGNITUDE_OFFSET`).
+    mags: Vec<u8>,
     pub(crate) parity: Vec<i16>,
 }
 
@@ -39,6 +43,7 @@ impl Scratch {
             forward: Vec::new(),
             q16: Vec::new(),
             q8: Vec::new(),
+            mags: Vec::new(),
             parity: vec![0; z],
         }
     }
@@ -181,6 +186,19 @@ fn lanes_portable(
         }
     }
 }
+
+/// The offset the in-place kernels add to every magnitude (`m ≤ 127`
+/// becomes `m + 112 ≤ 239`), so that the byte shuffle's table lookups
+/// need no clamp: the index `(a + b + 1) >> 1` of `c(a + b)` is the byte
+/// average of two offset magnitudes, `112` more than the plain one, and
+/// that of `c(|a − b|)` the average of `|a − b|` and `224`, also `112`
+/// more; an index `i + 112` with `i < 16` has low bits `i`, one with
+/// `i ≥ 16` has its top bit set, for which the shuffle gives 0, the
+/// table's last entry. Minima and maxima keep their order under the
+/// offset, and `min + c(a + b) − c(|a − b|)` is never negative
+/// (`tests::offset_boxplus_needs_no_floor`), so the floor at 0 of
+/// [`boxplus`] is never needed either.
+pub(crate) const MAGNITUDE_OFFSET: u8 = 112;
 
 /// The correction term `c(x) = 8·ln(1 + e^(−x/8))` of the box-plus
 /// operation on LLRs in steps of 1/8 nat, indexed by
@@ -343,10 +361,12 @@ pub(crate) fn columns_kernel_fits(z: usize) -> bool {
 }
 
 /// Values before the first and after the last posterior column in the
-/// buffer [`layer_sum_product_columns_avx2`] works on: a window of 32
-/// lanes that wraps around its column is read and written as two windows
-/// that run past the column's ends.
-pub(crate) const COLUMN_MARGIN: usize = 32;
+/// buffer [`layer_sum_product_columns_avx2`] and
+/// [`layer_sum_product_columns_avx512`] work on: a window of 32 (64) lanes
+/// that wraps around its column is read and written as two windows that
+/// run past the column's ends (the AVX-512 kernel reads past the end
+/// only).
+pub(crate) const COLUMN_MARGIN: usize = 64;
 
 /// One sum-product layer straight on the posterior columns: `row` lists
 /// the layer's base entries `(column, shift)`, lane `t` of entry `(c, s)`
@@ -382,6 +402,7 @@ pub(crate) fn layer_sum_product_columns_avx2(
     scratch.forward.resize(d * 64, 0);
     scratch.q16.resize(d * 64, 0);
     scratch.q8.resize(d * 64, 0);
+    scratch.mags.resize(d * 64, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
     // multiple of 32, d is 1 to 255, the columns and shifts of `row` fit
@@ -398,6 +419,7 @@ pub(crate) fn layer_sum_product_columns_avx2(
             cap,
             &mut scratch.q16,
             &mut scratch.q8,
+            &mut scratch.mags,
             &mut scratch.forward,
         );
     }
@@ -724,6 +746,24 @@ mod x86 {
         _mm256_subs_epu8(_mm256_add_epi8(lo, c_sum), c_diff)
     }
 
+    /// `a ⊞ b` on 32 lanes of magnitudes in the offset form `m +
+    /// MAGNITUDE_OFFSET`, the result in that form: exactly
+    /// `super::boxplus` (see [`super::MAGNITUDE_OFFSET`] for why the
+    /// offset spares the clamps of the table indices and the floor).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn boxplus_offset(a: __m256i, b: __m256i, table: __m256i) -> __m256i {
+        let lo = _mm256_min_epu8(a, b);
+        let hi = _mm256_max_epu8(a, b);
+        let c_sum = _mm256_shuffle_epi8(table, average(a, b));
+        let diff = average(
+            _mm256_sub_epi8(hi, lo),
+            _mm256_set1_epi8((2 * super::MAGNITUDE_OFFSET) as i8),
+        );
+        let c_diff = _mm256_shuffle_epi8(table, diff);
+        _mm256_sub_epi8(_mm256_add_epi8(lo, c_sum), c_diff)
+    }
+
     /// The signed message: `mag` negated in the lanes where the syndrome
     /// sign, the product of the signs of all inputs and the lane's own
     /// input sign (`sign ^ q`) is negative.
@@ -836,6 +876,7 @@ mod x86 {
         cap: u8,
         q16: &mut [i16],
         q8: &mut [i8],
+        mags: &mut [u8],
         forward: &mut [u8],
     ) {
         // Column start of each base entry (d ≤ 255).
@@ -849,10 +890,10 @@ mod x86 {
         let buffers = Buffers {
             q16: q16.as_mut_ptr(),
             q8: q8.as_mut_ptr(),
+            mags: mags.as_mut_ptr(),
             forward: forward.as_mut_ptr(),
             messages: messages.as_mut_ptr(),
         };
-        let cap = _mm256_set1_epi8(cap as i8);
         let mut j = 0;
         while j + 64 <= z {
             // SAFETY: lanes j..j + 64 ≤ z, the caller's guarantees.
@@ -906,6 +947,7 @@ mod x86 {
     struct Buffers {
         q16: *mut i16,
         q8: *mut i8,
+        mags: *mut u8,
         forward: *mut u8,
         messages: *mut i8,
     }
@@ -924,7 +966,7 @@ mod x86 {
         signs: &[i8],
         z: usize,
         j: usize,
-        cap: __m256i,
+        cap: u8,
     ) {
         let d = row.len();
         let zero = _mm256_setzero_si256();
@@ -937,6 +979,9 @@ mod x86 {
         for (v, sign) in sign.iter_mut().enumerate() {
             *sign = load8(signs, j + 32 * v);
         }
+        let offset = _mm256_set1_epi8(super::MAGNITUDE_OFFSET as i8);
+        let capped = cap < 127;
+        let cap = _mm256_set1_epi8(cap.saturating_add(super::MAGNITUDE_OFFSET) as i8);
         let mut f = [zero; V];
         // SAFETY (the whole forward pass): `k < d` and `v < V`, so
         // `(k·V + v)·32 + 32 ≤ d·64` (the scratch buffers) and
@@ -954,8 +999,13 @@ mod x86 {
                     let q = narrow(q0, q1);
                     write8(b.q8.add(at), q);
                     sign[v] = _mm256_xor_si256(sign[v], q);
-                    let a = _mm256_abs_epi8(q);
-                    f[v] = if k == 0 { a } else { boxplus(f[v], a, table) };
+                    let a = _mm256_add_epi8(_mm256_abs_epi8(q), offset);
+                    write8(b.mags.add(at), a);
+                    f[v] = if k == 0 {
+                        a
+                    } else {
+                        boxplus_offset(f[v], a, table)
+                    };
                     write8(b.forward.add(at), f[v]);
                 }
             }
@@ -971,25 +1021,29 @@ mod x86 {
                 unsafe {
                     let (q0, q1) = read16(b.q16.add(at));
                     let q = read8(b.q8.add(at));
-                    let a = _mm256_abs_epi8(q);
+                    let a = read8(b.mags.add(at));
                     let mag = if k + 1 == d {
                         if k == 0 {
-                            _mm256_set1_epi8(127)
+                            _mm256_set1_epi8((127 + super::MAGNITUDE_OFFSET) as i8)
                         } else {
                             read8(b.forward.add(at - 32 * V))
                         }
                     } else if k == 0 {
                         back[v]
                     } else {
-                        boxplus(read8(b.forward.add(at - 32 * V)), back[v], table)
+                        boxplus_offset(read8(b.forward.add(at - 32 * V)), back[v], table)
                     };
-                    let mag = _mm256_min_epu8(mag, cap);
+                    let mag = if capped {
+                        _mm256_min_epu8(mag, cap)
+                    } else {
+                        mag
+                    };
                     back[v] = if k + 1 == d {
                         a
                     } else {
-                        boxplus(back[v], a, table)
+                        boxplus_offset(back[v], a, table)
                     };
-                    let r = signed(mag, sign[v], q);
+                    let r = signed(_mm256_sub_epi8(mag, offset), sign[v], q);
                     let (r0, r1) = widen(r);
                     store_rotated(
                         columns[k],
@@ -1092,6 +1146,551 @@ mod x86 {
             }
             j += 32;
         }
+    }
+}
+
+/// Whether the AVX-512 kernels can run on this CPU (AVX-512 F and BW:
+/// 64 byte lanes per instruction, mask registers).
+pub(crate) fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`layer_sum_product_columns_avx512`] can decode a code of
+/// lifting `z` here: AVX-512 BW present and `z` a positive multiple of 64.
+pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
+    z >= 64 && z.is_multiple_of(64) && avx512_available()
+}
+
+/// [`layer_sum_product_columns_avx2`] with AVX-512 BW: 64 lanes per vector,
+/// two vectors per step where `z` allows. The same arguments, the same
+/// result (lane by lane the portable kernel's).
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for `z`, or as
+/// [`layer_sum_product_columns_avx2`].
+pub(crate) fn layer_sum_product_columns_avx512(
+    posterior: &mut [i16],
+    row: &[(u32, u32)],
+    messages: &mut [i8],
+    signs: &[i8],
+    z: usize,
+    cap: u8,
+    scratch: &mut Scratch,
+) {
+    let d = row.len();
+    assert!(
+        columns_kernel_fits_avx512(z)
+            && (1..=255).contains(&d)
+            && messages.len() >= d * z
+            && signs.len() >= z
+    );
+    assert!(row.iter().all(
+        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
+    ));
+    scratch.forward.resize(d * 128, 0);
+    scratch.q16.resize(d * 128, 0);
+    scratch.q8.resize(d * 128, 0);
+    scratch.mags.resize(d * 128, 0);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
+    // z is a positive multiple of 64, d is 1 to 255, the columns and shifts
+    // of `row` fit `posterior` (with its margins of 64 values) and `z`,
+    // `messages` and `signs` are long enough (all asserted above), and the
+    // three scratch buffers hold d·128 values each (resized just above).
+    unsafe {
+        x86_512::columns_sum_product(
+            posterior,
+            row,
+            messages,
+            signs,
+            z,
+            cap,
+            &mut scratch.q16,
+            &mut scratch.q8,
+            &mut scratch.mags,
+            &mut scratch.forward,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (posterior, messages, signs, cap);
+}
+
+/// [`layer_parity_holds_avx2`] with AVX-512 BW, 64 lanes per step.
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for `z`, or as
+/// [`layer_parity_holds_avx2`].
+pub(crate) fn layer_parity_holds_avx512(
+    posterior: &[i16],
+    row: &[(u32, u32)],
+    signs: &[i8],
+    z: usize,
+) -> bool {
+    assert!(columns_kernel_fits_avx512(z) && signs.len() >= z);
+    assert!(row.iter().all(
+        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
+    ));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
+    // z is a positive multiple of 64, the columns and shifts of `row` fit
+    // `posterior` (with its margins) and `z`, and `signs` holds z values
+    // (asserted above).
+    unsafe {
+        x86_512::columns_parity_holds(posterior, row, signs, z)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (posterior, signs);
+        unreachable!("columns_kernel_fits_avx512 is false off x86-64")
+    }
+}
+
+/// The AVX-512 BW form of the in-place sum-product kernel and the parity
+/// check: the operations of `x86::lane_group` on vectors of 64 lanes
+/// (posteriors as two vectors of 32 `i16`), a window that wraps around its
+/// column read and written with masked loads and stores.
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use core::arch::x86_64::*;
+
+    /// 64 posteriors at `p`, as two vectors of 32.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` readable.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn read16(p: *const i16) -> (__m512i, __m512i) {
+        // SAFETY: the caller guarantees 64 readable i16 (128 bytes) at
+        // `p`; loadu has no alignment requirement.
+        unsafe {
+            (
+                _mm512_loadu_si512(p.cast()),
+                _mm512_loadu_si512(p.add(32).cast()),
+            )
+        }
+    }
+
+    /// Stores 64 posteriors at `p`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` writable.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn write16(p: *mut i16, v0: __m512i, v1: __m512i) {
+        // SAFETY: the caller guarantees 64 writable i16 (128 bytes) at
+        // `p`; storeu has no alignment requirement.
+        unsafe {
+            _mm512_storeu_si512(p.cast(), v0);
+            _mm512_storeu_si512(p.add(32).cast(), v1);
+        }
+    }
+
+    /// 64 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` readable.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn read8<T: Copy>(p: *const T) -> __m512i {
+        // SAFETY: the caller guarantees 64 readable bytes at `p` (the
+        // callers pass i8 or u8 pointers); loadu has no alignment
+        // requirement.
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+
+    /// Stores 64 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` writable.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn write8<T: Copy>(p: *mut T, v: __m512i) {
+        // SAFETY: the caller guarantees 64 writable bytes at `p` (the
+        // callers pass i8 or u8 pointers); storeu has no alignment
+        // requirement.
+        unsafe { _mm512_storeu_si512(p.cast(), v) }
+    }
+
+    /// 64 signed bytes at `p`, widened to two vectors of 32 `i16`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` readable.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn read8_widened(p: *const i8) -> (__m512i, __m512i) {
+        // SAFETY: the caller guarantees 64 readable bytes at `p`; loadu has
+        // no alignment requirement.
+        unsafe {
+            (
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast())),
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(32).cast())),
+            )
+        }
+    }
+
+    /// 64 posteriors (two vectors of 32) to bytes saturated to ±127, in
+    /// lane order (packs interleaves 64-bit quarters of its two inputs;
+    /// the permute puts them back).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn narrow(v0: __m512i, v1: __m512i) -> __m512i {
+        let order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
+        _mm512_max_epi8(
+            _mm512_permutexvar_epi64(order, _mm512_packs_epi16(v0, v1)),
+            _mm512_set1_epi8(-127),
+        )
+    }
+
+    /// 64 signed bytes to two vectors of 32 `i16`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn widen(r: __m512i) -> (__m512i, __m512i) {
+        (
+            _mm512_cvtepi8_epi16(_mm512_castsi512_si256(r)),
+            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(r)),
+        )
+    }
+
+    /// The lanes `t ≥ z − start` of a window of 64 at `start < z` (those
+    /// that wrap to the column's start), as a mask: empty when the window
+    /// fits.
+    #[inline]
+    fn wrapped(z: usize, start: usize) -> u64 {
+        if start + 64 <= z {
+            0
+        } else {
+            u64::MAX << (z - start)
+        }
+    }
+
+    /// The 64 posteriors `col[(start + t) mod z]`, `t < 64`, of the column
+    /// of `z ≥ 64` posteriors at `col`, `start < z`: the window at `start`,
+    /// its wrapped lanes replaced by a masked load from before it.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `col − 64 .. col + z + 64` readable (the column and
+    /// its margins, [`super::COLUMN_MARGIN`]).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn load_rotated(col: *const i16, z: usize, start: usize) -> (__m512i, __m512i) {
+        // SAFETY: `start < z`, so `col + start .. col + start + 64` lies in
+        // `col .. col + z + 64`; a wrapped lane `t` is read at
+        // `col + start + t − z`, inside the column, and a masked load
+        // touches only its lanes.
+        unsafe {
+            let (x0, x1) = read16(col.add(start));
+            let m = wrapped(z, start);
+            if m == 0 {
+                (x0, x1)
+            } else {
+                let y = col.add(start).sub(z);
+                (
+                    _mm512_mask_loadu_epi16(x0, m as u32, y),
+                    _mm512_mask_loadu_epi16(x1, (m >> 32) as u32, y.add(32)),
+                )
+            }
+        }
+    }
+
+    /// Stores `col[(start + t) mod z]`, `t < 64` (see [`load_rotated`]); a
+    /// window that wraps is two masked stores, the lanes that fit and the
+    /// wrapped ones.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `col .. col + z` writable, nothing else accessing it.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn store_rotated(col: *mut i16, z: usize, start: usize, v0: __m512i, v1: __m512i) {
+        // SAFETY: the lanes written are `col + start + t` for `t < z −
+        // start` and `col + start + t − z` for the others, all inside the
+        // column; masked stores write only their lanes.
+        unsafe {
+            let at = col.add(start);
+            let m = wrapped(z, start);
+            if m == 0 {
+                write16(at, v0, v1);
+            } else {
+                let keep = !m;
+                _mm512_mask_storeu_epi16(at, keep as u32, v0);
+                _mm512_mask_storeu_epi16(at.add(32), (keep >> 32) as u32, v1);
+                let y = at.sub(z);
+                _mm512_mask_storeu_epi16(y, m as u32, v0);
+                _mm512_mask_storeu_epi16(y.add(32), (m >> 32) as u32, v1);
+            }
+        }
+    }
+
+    /// The [`super::CORRECTION`] table in all four 128-bit lanes (the
+    /// byte shuffle looks up within a lane).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn correction_table() -> __m512i {
+        let mut b = [0u8; 64];
+        for quarter in b.chunks_exact_mut(16) {
+            quarter.copy_from_slice(&super::CORRECTION);
+        }
+        // SAFETY: `b` is 64 readable bytes.
+        unsafe { read8(b.as_ptr()) }
+    }
+
+    /// `(a + b + 1) >> 1` on 64 unsigned bytes: the byte average
+    /// instruction itself (written out: the compiler rewrites the
+    /// intrinsic into 16-bit arithmetic, see `x86::average`).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn average(a: __m512i, b: __m512i) -> __m512i {
+        let out: __m512i;
+        // SAFETY: `vpavgb` on two vector registers: AVX-512 BW is enabled
+        // for this function, it touches no memory, stack or flags.
+        unsafe {
+            core::arch::asm!(
+                "vpavgb {out}, {a}, {b}",
+                out = lateout(zmm_reg) out,
+                a = in(zmm_reg) a,
+                b = in(zmm_reg) b,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        out
+    }
+
+    /// `a ⊞ b` on 64 lanes of magnitudes in the offset form, exactly
+    /// `super::boxplus` (see `x86::boxplus_offset`).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn boxplus_offset(a: __m512i, b: __m512i, table: __m512i) -> __m512i {
+        let lo = _mm512_min_epu8(a, b);
+        let hi = _mm512_max_epu8(a, b);
+        let c_sum = _mm512_shuffle_epi8(table, average(a, b));
+        let diff = average(
+            _mm512_sub_epi8(hi, lo),
+            _mm512_set1_epi8((2 * super::MAGNITUDE_OFFSET) as i8),
+        );
+        let c_diff = _mm512_shuffle_epi8(table, diff);
+        _mm512_sub_epi8(_mm512_add_epi8(lo, c_sum), c_diff)
+    }
+
+    /// The signed message: `mag` negated in the lanes where `sign ^ q` is
+    /// negative (see `x86::signed`).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn signed(mag: __m512i, sign: __m512i, q: __m512i) -> __m512i {
+        let negative = _mm512_movepi8_mask(_mm512_xor_si512(sign, q));
+        _mm512_mask_sub_epi8(mag, negative, _mm512_setzero_si512(), mag)
+    }
+
+    /// The raw buffers of [`columns_sum_product`].
+    struct Buffers {
+        q16: *mut i16,
+        q8: *mut i8,
+        mags: *mut u8,
+        forward: *mut u8,
+        messages: *mut i8,
+    }
+
+    /// One whole sum-product layer on the posterior columns in place, 64
+    /// lanes per vector (see `x86::columns_sum_product`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `z` must be a positive
+    /// multiple of 64, `posterior` must hold every column of `row` with its
+    /// margins (`(c + 1)·z + 2·COLUMN_MARGIN` values, `COLUMN_MARGIN ≥
+    /// 64`), every shift must be below `z`, `messages` must hold `d·z`
+    /// values, `signs` `z`, and `q16`, `q8`, `forward` `d·128` each (`d =
+    /// row.len()`, 1 to 255). The result is the portable kernel's when no
+    /// column appears twice in `row`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+    pub(super) unsafe fn columns_sum_product(
+        posterior: &mut [i16],
+        row: &[(u32, u32)],
+        messages: &mut [i8],
+        signs: &[i8],
+        z: usize,
+        cap: u8,
+        q16: &mut [i16],
+        q8: &mut [i8],
+        mags: &mut [u8],
+        forward: &mut [u8],
+    ) {
+        const _: () = assert!(super::COLUMN_MARGIN >= 64);
+        let mut columns = [core::ptr::null_mut::<i16>(); 256];
+        let p = posterior.as_mut_ptr();
+        for (slot, &(c, _)) in columns.iter_mut().zip(row) {
+            // SAFETY: the caller guarantees `(c + 1)·z + 2·COLUMN_MARGIN ≤
+            // posterior.len()`, so the column start is inside `posterior`.
+            *slot = unsafe { p.add(super::COLUMN_MARGIN + c as usize * z) };
+        }
+        let buffers = Buffers {
+            q16: q16.as_mut_ptr(),
+            q8: q8.as_mut_ptr(),
+            mags: mags.as_mut_ptr(),
+            forward: forward.as_mut_ptr(),
+            messages: messages.as_mut_ptr(),
+        };
+        let mut j = 0;
+        while j + 128 <= z {
+            // SAFETY: lanes j..j + 128 ≤ z, the caller's guarantees.
+            unsafe { lane_group::<2>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            j += 128;
+        }
+        if j < z {
+            // SAFETY: lanes j..j + 64 = z, the caller's guarantees.
+            unsafe { lane_group::<1>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+        }
+    }
+
+    /// Lanes `j..j + 64·V` of one layer (see [`columns_sum_product`]).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; the guarantees of [`columns_sum_product`] with
+    /// `columns[k]` the start of entry `k`'s column, and `j + 64·V ≤ z`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn lane_group<const V: usize>(
+        columns: &[*mut i16],
+        row: &[(u32, u32)],
+        b: &Buffers,
+        signs: &[i8],
+        z: usize,
+        j: usize,
+        cap: u8,
+    ) {
+        let d = row.len();
+        let zero = _mm512_setzero_si512();
+        let table = correction_table();
+        let rotated = |s: u32, j: usize| {
+            let start = s as usize + j;
+            if start >= z { start - z } else { start }
+        };
+        let mut sign = [zero; V];
+        for (v, sign) in sign.iter_mut().enumerate() {
+            // SAFETY: `j + 64·v + 64 ≤ z` and `signs` holds z bytes.
+            *sign = unsafe { read8(signs.as_ptr().add(j + 64 * v)) };
+        }
+        let offset = _mm512_set1_epi8(super::MAGNITUDE_OFFSET as i8);
+        let capped = cap < 127;
+        let cap = _mm512_set1_epi8(cap.saturating_add(super::MAGNITUDE_OFFSET) as i8);
+        let mut f = [zero; V];
+        // SAFETY (the whole forward pass): `k < d` and `v < V`, so
+        // `(k·V + v)·64 + 64 ≤ d·128` (the scratch buffers) and
+        // `k·z + j + 64·v + 64 ≤ d·z` (`messages`); columns and shifts are
+        // in range (caller), which is what `load_rotated` needs.
+        for (k, &(_, s)) in row.iter().enumerate() {
+            for v in 0..V {
+                let at = (k * V + v) * 64;
+                unsafe {
+                    let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 64 * v));
+                    let (r0, r1) = read8_widened(b.messages.add(k * z + j + 64 * v));
+                    let q0 = _mm512_subs_epi16(l0, r0);
+                    let q1 = _mm512_subs_epi16(l1, r1);
+                    write16(b.q16.add(at), q0, q1);
+                    let q = narrow(q0, q1);
+                    write8(b.q8.add(at), q);
+                    sign[v] = _mm512_xor_si512(sign[v], q);
+                    let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
+                    write8(b.mags.add(at), a);
+                    f[v] = if k == 0 {
+                        a
+                    } else {
+                        boxplus_offset(f[v], a, table)
+                    };
+                    write8(b.forward.add(at), f[v]);
+                }
+            }
+        }
+        // Backward: lane magnitudes from the forward results before `k`
+        // and the backward ones after it.
+        let mut back = [zero; V];
+        for (k, &(_, s)) in row.iter().enumerate().rev() {
+            for v in 0..V {
+                let at = (k * V + v) * 64;
+                // SAFETY: as in the forward pass, and `forward` is read at
+                // entry `k − 1 < d`.
+                unsafe {
+                    let (q0, q1) = read16(b.q16.add(at));
+                    let q = read8(b.q8.add(at));
+                    let a = read8(b.mags.add(at));
+                    let mag = if k + 1 == d {
+                        if k == 0 {
+                            _mm512_set1_epi8((127 + super::MAGNITUDE_OFFSET) as i8)
+                        } else {
+                            read8(b.forward.add(at - 64 * V))
+                        }
+                    } else if k == 0 {
+                        back[v]
+                    } else {
+                        boxplus_offset(read8(b.forward.add(at - 64 * V)), back[v], table)
+                    };
+                    let mag = if capped {
+                        _mm512_min_epu8(mag, cap)
+                    } else {
+                        mag
+                    };
+                    back[v] = if k + 1 == d {
+                        a
+                    } else {
+                        boxplus_offset(back[v], a, table)
+                    };
+                    let r = signed(_mm512_sub_epi8(mag, offset), sign[v], q);
+                    let (r0, r1) = widen(r);
+                    store_rotated(
+                        columns[k],
+                        z,
+                        rotated(s, j + 64 * v),
+                        _mm512_adds_epi16(q0, r0),
+                        _mm512_adds_epi16(q1, r1),
+                    );
+                    write8(b.messages.add(k * z + j + 64 * v), r);
+                }
+            }
+        }
+    }
+
+    /// Whether the hard decisions (sign bits) of the posterior columns
+    /// satisfy every check of one layer (see `x86::columns_parity_holds`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `z` a positive multiple of
+    /// 64, `posterior` must hold every column of `row` with its margins
+    /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
+    /// `z`, and `signs` must hold `z` values.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn columns_parity_holds(
+        posterior: &[i16],
+        row: &[(u32, u32)],
+        signs: &[i8],
+        z: usize,
+    ) -> bool {
+        let p = posterior.as_ptr();
+        let mut any = _mm512_setzero_si512();
+        let mut j = 0;
+        while j < z {
+            // SAFETY: `j + 64 ≤ z` and `signs` holds z bytes.
+            let (mut a0, mut a1) = unsafe { read8_widened(signs.as_ptr().add(j)) };
+            for &(c, s) in row {
+                let start = s as usize + j;
+                let start = if start >= z { start - z } else { start };
+                // SAFETY: the column start is inside `posterior` and the
+                // window is one `load_rotated` reads (caller's guarantees).
+                let (l0, l1) =
+                    unsafe { load_rotated(p.add(super::COLUMN_MARGIN + c as usize * z), z, start) };
+                a0 = _mm512_xor_si512(a0, l0);
+                a1 = _mm512_xor_si512(a1, l1);
+            }
+            any = _mm512_or_si512(any, _mm512_or_si512(a0, a1));
+            j += 64;
+        }
+        _mm512_test_epi16_mask(any, _mm512_set1_epi16(i16::MIN)) == 0
     }
 }
 
@@ -1244,6 +1843,12 @@ mod tests {
                 60,
                 (0..50u32).map(|k| (k + 10, (k * 37 + 3) % 256)).collect(),
             ),
+            (128, 9, vec![(8, 127), (0, 64), (4, 1), (2, 63), (6, 0)]),
+            (
+                192,
+                30,
+                (0..20u32).map(|k| (29 - k, (k * 53 + 11) % 192)).collect(),
+            ),
         ] {
             if !columns_kernel_fits(z) {
                 return;
@@ -1280,6 +1885,19 @@ mod tests {
                     p1[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] = layer[k * z + t];
                 }
             }
+            if columns_kernel_fits_avx512(z) {
+                let (mut p3, mut m3) = (posterior.clone(), messages.clone());
+                layer_sum_product_columns_avx512(
+                    &mut p3,
+                    &row,
+                    &mut m3,
+                    &signs,
+                    z,
+                    cap,
+                    &mut Scratch::new(z),
+                );
+                assert_eq!((&p1, &m1), (&p3, &m3), "AVX-512 z={z} d={d}");
+            }
             let (mut p2, mut m2) = (posterior, messages);
             layer_sum_product_columns_avx2(
                 &mut p2,
@@ -1302,8 +1920,54 @@ mod tests {
                 })
                 .collect();
             assert!(layer_parity_holds_avx2(&p2, &row, &matching, z));
+            let avx512 = columns_kernel_fits_avx512(z);
+            assert!(!avx512 || layer_parity_holds_avx512(&p2, &row, &matching, z));
             matching[z - 1 - d % z] ^= i8::MIN;
             assert!(!layer_parity_holds_avx2(&p2, &row, &matching, z));
+            assert!(!avx512 || !layer_parity_holds_avx512(&p2, &row, &matching, z));
+            // Each lane alone failing is caught.
+            if avx512 {
+                matching[z - 1 - d % z] ^= i8::MIN;
+                for t in (0..z).step_by(7) {
+                    matching[t] ^= i8::MIN;
+                    assert!(
+                        !layer_parity_holds_avx512(&p2, &row, &matching, z),
+                        "lane {t}"
+                    );
+                    matching[t] ^= i8::MIN;
+                }
+            }
+        }
+    }
+
+    /// The offset form of the in-place kernels ([`MAGNITUDE_OFFSET`]):
+    /// for every pair of magnitudes the byte shuffle's lookups at the
+    /// averages give `c(a + b)` and `c(|a − b|)`, and `min + c(a + b) −
+    /// c(|a − b|)` never falls below 0, so the offset result is
+    /// `boxplus(a, b) + MAGNITUDE_OFFSET` with no floor.
+    #[test]
+    fn offset_boxplus_needs_no_floor() {
+        let shuffle = |i: u16| {
+            let i = u8::try_from(i).unwrap();
+            if i & 0x80 != 0 {
+                0
+            } else {
+                CORRECTION[usize::from(i & 15)]
+            }
+        };
+        let k = u16::from(MAGNITUDE_OFFSET);
+        for a in 0..=127u8 {
+            for b in 0..=127u8 {
+                let (oa, ob) = (u16::from(a) + k, u16::from(b) + k);
+                let (lo, hi) = (a.min(b), a.max(b));
+                let c_sum = shuffle((oa + ob + 1) >> 1);
+                let c_diff = shuffle((u16::from(hi - lo) + 2 * k + 1) >> 1);
+                assert_eq!(c_sum, correction(u16::from(a) + u16::from(b)));
+                assert_eq!(c_diff, correction(u16::from(hi - lo)));
+                let offset = i16::from(lo) + i16::from(c_sum) - i16::from(c_diff);
+                assert!(offset >= 0, "{a} ⊞ {b}");
+                assert_eq!(offset, i16::from(boxplus(a, b)));
+            }
         }
     }
 
