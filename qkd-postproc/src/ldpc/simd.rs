@@ -26,10 +26,6 @@ pub(crate) struct Scratch {
     /// The inputs `q` of one vector of lanes, 16-bit and narrowed, of the
     /// in-place AVX2 kernel (`d` rows of 32).
     q16: Vec<i16>,
-    q8: Vec<i8>,
-    /// The input magnitudes of the in-place kernels, in their offset form
-    /// (`|q| + MAGNITUDE_OFFSET`).
-    mags: Vec<u8>,
     pub(crate) parity: Vec<i16>,
 }
 
@@ -42,8 +38,6 @@ impl Scratch {
             sign: vec![0; z],
             forward: Vec::new(),
             q16: Vec::new(),
-            q8: Vec::new(),
-            mags: Vec::new(),
             parity: vec![0; z],
         }
     }
@@ -401,13 +395,11 @@ pub(crate) fn layer_sum_product_columns_avx2(
     ));
     scratch.forward.resize(d * 64, 0);
     scratch.q16.resize(d * 64, 0);
-    scratch.q8.resize(d * 64, 0);
-    scratch.mags.resize(d * 64, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
     // multiple of 32, d is 1 to 255, the columns and shifts of `row` fit
     // `posterior` (with its margins) and `z`, `messages` and `signs` are
-    // long enough (all asserted above), and the three scratch buffers hold
+    // long enough (all asserted above), and the two scratch buffers hold
     // d·64 values each (resized just above).
     unsafe {
         x86::columns_sum_product(
@@ -418,8 +410,6 @@ pub(crate) fn layer_sum_product_columns_avx2(
             z,
             cap,
             &mut scratch.q16,
-            &mut scratch.q8,
-            &mut scratch.mags,
             &mut scratch.forward,
         );
     }
@@ -855,15 +845,18 @@ mod x86 {
     /// holding the rotated columns, without copying them in and out. The
     /// lanes go two vectors (64 lanes) at a time where `z` allows, for two
     /// independent box-plus chains per step; each group keeps its `d`
-    /// inputs `q` (16-bit and narrowed) and forward partial results in the
-    /// small `q16`, `q8` and `forward` buffers, which stay in L1.
+    /// 16-bit inputs `q` and forward partial results in the small `q16`
+    /// and `forward` buffers, which stay in L1. The backward pass narrows
+    /// `q` again rather than keeping its 8-bit form and magnitude: two
+    /// stores fewer per step, which measured faster than the few
+    /// operations they save.
     ///
     /// # Safety
     /// The CPU must support AVX2; `z` must be a positive multiple of 32,
     /// `posterior` must hold every column of `row` with its margins
     /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
-    /// `z`, `messages` must hold `d·z` values, `signs` `z`, and `q16`,
-    /// `q8`, `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
+    /// `z`, `messages` must hold `d·z` values, `signs` `z`, and `q16` and
+    /// `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
     /// is the portable kernel's when no column appears twice in `row`.
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
@@ -875,8 +868,6 @@ mod x86 {
         z: usize,
         cap: u8,
         q16: &mut [i16],
-        q8: &mut [i8],
-        mags: &mut [u8],
         forward: &mut [u8],
     ) {
         // Column start of each base entry (d ≤ 255).
@@ -889,8 +880,6 @@ mod x86 {
         }
         let buffers = Buffers {
             q16: q16.as_mut_ptr(),
-            q8: q8.as_mut_ptr(),
-            mags: mags.as_mut_ptr(),
             forward: forward.as_mut_ptr(),
             messages: messages.as_mut_ptr(),
         };
@@ -946,8 +935,6 @@ mod x86 {
     /// The raw buffers of [`columns_sum_product`].
     struct Buffers {
         q16: *mut i16,
-        q8: *mut i8,
-        mags: *mut u8,
         forward: *mut u8,
         messages: *mut i8,
     }
@@ -997,10 +984,8 @@ mod x86 {
                     let q1 = _mm256_subs_epi16(l1, r1);
                     write16(b.q16.add(at), q0, q1);
                     let q = narrow(q0, q1);
-                    write8(b.q8.add(at), q);
                     sign[v] = _mm256_xor_si256(sign[v], q);
                     let a = _mm256_add_epi8(_mm256_abs_epi8(q), offset);
-                    write8(b.mags.add(at), a);
                     f[v] = if k == 0 {
                         a
                     } else {
@@ -1020,8 +1005,8 @@ mod x86 {
                 // entry `k − 1 < d`.
                 unsafe {
                     let (q0, q1) = read16(b.q16.add(at));
-                    let q = read8(b.q8.add(at));
-                    let a = read8(b.mags.add(at));
+                    let q = narrow(q0, q1);
+                    let a = _mm256_add_epi8(_mm256_abs_epi8(q), offset);
                     let mag = if k + 1 == d {
                         if k == 0 {
                             _mm256_set1_epi8((127 + super::MAGNITUDE_OFFSET) as i8)
@@ -1198,14 +1183,12 @@ pub(crate) fn layer_sum_product_columns_avx512(
     ));
     scratch.forward.resize(d * 128, 0);
     scratch.q16.resize(d * 128, 0);
-    scratch.q8.resize(d * 128, 0);
-    scratch.mags.resize(d * 128, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
     // z is a positive multiple of 64, d is 1 to 255, the columns and shifts
     // of `row` fit `posterior` (with its margins of 64 values) and `z`,
     // `messages` and `signs` are long enough (all asserted above), and the
-    // three scratch buffers hold d·128 values each (resized just above).
+    // two scratch buffers hold d·128 values each (resized just above).
     unsafe {
         x86_512::columns_sum_product(
             posterior,
@@ -1215,8 +1198,6 @@ pub(crate) fn layer_sum_product_columns_avx512(
             z,
             cap,
             &mut scratch.q16,
-            &mut scratch.q8,
-            &mut scratch.mags,
             &mut scratch.forward,
         );
     }
@@ -1491,8 +1472,6 @@ mod x86_512 {
     /// The raw buffers of [`columns_sum_product`].
     struct Buffers {
         q16: *mut i16,
-        q8: *mut i8,
-        mags: *mut u8,
         forward: *mut u8,
         messages: *mut i8,
     }
@@ -1505,7 +1484,7 @@ mod x86_512 {
     /// multiple of 64, `posterior` must hold every column of `row` with its
     /// margins (`(c + 1)·z + 2·COLUMN_MARGIN` values, `COLUMN_MARGIN ≥
     /// 64`), every shift must be below `z`, `messages` must hold `d·z`
-    /// values, `signs` `z`, and `q16`, `q8`, `forward` `d·128` each (`d =
+    /// values, `signs` `z`, and `q16` and `forward` `d·128` each (`d =
     /// row.len()`, 1 to 255). The result is the portable kernel's when no
     /// column appears twice in `row`.
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -1518,8 +1497,6 @@ mod x86_512 {
         z: usize,
         cap: u8,
         q16: &mut [i16],
-        q8: &mut [i8],
-        mags: &mut [u8],
         forward: &mut [u8],
     ) {
         const _: () = assert!(super::COLUMN_MARGIN >= 64);
@@ -1532,8 +1509,6 @@ mod x86_512 {
         }
         let buffers = Buffers {
             q16: q16.as_mut_ptr(),
-            q8: q8.as_mut_ptr(),
-            mags: mags.as_mut_ptr(),
             forward: forward.as_mut_ptr(),
             messages: messages.as_mut_ptr(),
         };
@@ -1595,10 +1570,8 @@ mod x86_512 {
                     let q1 = _mm512_subs_epi16(l1, r1);
                     write16(b.q16.add(at), q0, q1);
                     let q = narrow(q0, q1);
-                    write8(b.q8.add(at), q);
                     sign[v] = _mm512_xor_si512(sign[v], q);
                     let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
-                    write8(b.mags.add(at), a);
                     f[v] = if k == 0 {
                         a
                     } else {
@@ -1618,8 +1591,8 @@ mod x86_512 {
                 // entry `k − 1 < d`.
                 unsafe {
                     let (q0, q1) = read16(b.q16.add(at));
-                    let q = read8(b.q8.add(at));
-                    let a = read8(b.mags.add(at));
+                    let q = narrow(q0, q1);
+                    let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
                     let mag = if k + 1 == d {
                         if k == 0 {
                             _mm512_set1_epi8((127 + super::MAGNITUDE_OFFSET) as i8)
