@@ -171,7 +171,7 @@ pub enum CheckRule {
 }
 
 /// An in-place sum-product layer kernel (`simd::layer_sum_product_columns_*`).
-type Kernel = fn(&mut [i16], &[(u32, u32)], &mut [i8], &[i8], usize, u8, &mut simd::Scratch);
+type Kernel = fn(&mut [i16], &[(u32, u32)], &mut [i8], &[i8], usize, u8, bool, &mut simd::Scratch);
 
 /// An in-place layer parity check (`simd::layer_parity_holds_*`).
 type Parity = fn(&[i16], &[(u32, u32)], &[i8], usize) -> bool;
@@ -377,20 +377,21 @@ impl Decoder {
             return Err(super::LdpcError::Length);
         }
         let columns = simd::COLUMN_MARGIN..simd::COLUMN_MARGIN + code.n();
-        for (p, &c) in self.posterior[columns.clone()].iter_mut().zip(channel) {
-            // Written as selects (not a match) so that it vectorises.
-            let v = i16::from(c);
-            *p = if v >= i16::from(LLR_MAX) {
-                KNOWN
-            } else if v <= -i16::from(LLR_MAX) {
-                -KNOWN
-            } else {
-                v
-            };
+        simd::start_posteriors(channel, &mut self.posterior[columns.clone()]);
+        let in_place = if self.rule == CheckRule::SumProduct {
+            self.columns
+        } else {
+            Columns::No
+        };
+        if in_place == Columns::No {
+            // (The in-place kernels read no message in the first
+            // iteration and write every one.)
+            self.messages.fill(0);
         }
-        self.messages.fill(0);
-        for (i, sign) in self.syndrome_signs.iter_mut().enumerate() {
-            *sign = if syndrome.get(i) { i8::MIN } else { 0 };
+        for (signs, &word) in self.syndrome_signs.chunks_mut(64).zip(syndrome.words()) {
+            for (b, sign) in signs.iter_mut().enumerate() {
+                *sign = if (word >> b) & 1 == 1 { i8::MIN } else { 0 };
+            }
         }
         let z = code.lifting();
         if self.syndrome_matches() {
@@ -403,11 +404,6 @@ impl Decoder {
         for r in 0..code.base_rows() {
             edge[r + 1] = edge[r] + code.row(r).len();
         }
-        let in_place = if self.rule == CheckRule::SumProduct {
-            self.columns
-        } else {
-            Columns::No
-        };
         for it in 1..=max_iterations {
             for r in 0..code.base_rows() {
                 let row = code.row(r);
@@ -425,6 +421,7 @@ impl Decoder {
                         &self.syndrome_signs[r * z..(r + 1) * z],
                         z,
                         self.message_max,
+                        it == 1,
                         &mut self.scratch,
                     );
                     continue;

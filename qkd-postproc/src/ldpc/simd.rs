@@ -55,6 +55,47 @@ pub(crate) fn avx2_available() -> bool {
     }
 }
 
+/// The starting posteriors of a decoding from the channel LLRs: a known
+/// bit (`±LLR_MAX`, or below `−LLR_MAX`) starts at `±KNOWN`, any other as
+/// its LLR. Compiled for AVX2 where the CPU has it (the same loop,
+/// vectorised wider).
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn start_posteriors(channel: &[i8], out: &mut [i16]) {
+    assert_eq!(channel.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        // SAFETY: AVX2 was detected on this CPU just above.
+        unsafe { start_posteriors_avx2(channel, out) };
+        return;
+    }
+    start_posteriors_portable(channel, out);
+}
+
+/// [`start_posteriors`] compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn start_posteriors_avx2(channel: &[i8], out: &mut [i16]) {
+    start_posteriors_portable(channel, out);
+}
+
+#[inline(always)]
+fn start_posteriors_portable(channel: &[i8], out: &mut [i16]) {
+    use super::decode::{KNOWN, LLR_MAX};
+    for (p, &c) in out.iter_mut().zip(channel) {
+        // Written as selects (not a match) so that it vectorises.
+        let v = i16::from(c);
+        *p = if v >= i16::from(LLR_MAX) {
+            KNOWN
+        } else if v <= -i16::from(LLR_MAX) {
+            -KNOWN
+        } else {
+            v
+        };
+    }
+}
+
 /// The upper bound of a posterior (the lower is `i16::MIN`: a posterior
 /// saturates to the `i16` range, which is what the AVX2 saturating adds
 /// do without a further clamp).
@@ -366,7 +407,9 @@ pub(crate) const COLUMN_MARGIN: usize = 64;
 /// the layer's base entries `(column, shift)`, lane `t` of entry `(c, s)`
 /// is `posterior[COLUMN_MARGIN + c·z + (s + t) mod z]`. Gives exactly what copying the
 /// rotated columns into a layer buffer, [`layer_sum_product_portable`] and
-/// copying them back give, without the copies.
+/// copying them back give, without the copies. With `fresh` the messages
+/// are taken as all zero, without reading them (the first iteration of a
+/// decoding: the layer writes every one of its messages).
 ///
 /// # Panics
 /// If [`columns_kernel_fits`] is false for `z`, `row` is empty or longer
@@ -374,6 +417,7 @@ pub(crate) const COLUMN_MARGIN: usize = 64;
 /// below `z`, or `messages` or `signs` is short (the decoder never calls
 /// it so). A column listed twice gives another result than the portable
 /// kernel (the decoder checks this).
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx2(
     posterior: &mut [i16],
     row: &[(u32, u32)],
@@ -381,6 +425,7 @@ pub(crate) fn layer_sum_product_columns_avx2(
     signs: &[i8],
     z: usize,
     cap: u8,
+    fresh: bool,
     scratch: &mut Scratch,
 ) {
     let d = row.len();
@@ -409,12 +454,13 @@ pub(crate) fn layer_sum_product_columns_avx2(
             signs,
             z,
             cap,
+            fresh,
             &mut scratch.q16,
             &mut scratch.forward,
         );
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap);
+    let _ = (posterior, messages, signs, cap, fresh);
 }
 
 /// Whether the hard decisions of the posterior columns (laid out as for
@@ -867,6 +913,7 @@ mod x86 {
         signs: &[i8],
         z: usize,
         cap: u8,
+        fresh: bool,
         q16: &mut [i16],
         forward: &mut [u8],
     ) {
@@ -886,12 +933,24 @@ mod x86 {
         let mut j = 0;
         while j + 64 <= z {
             // SAFETY: lanes j..j + 64 ≤ z, the caller's guarantees.
-            unsafe { lane_group::<2>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            unsafe {
+                if fresh {
+                    lane_group::<2, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<2, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
             j += 64;
         }
         if j < z {
             // SAFETY: lanes j..j + 32 = z, the caller's guarantees.
-            unsafe { lane_group::<1>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            unsafe {
+                if fresh {
+                    lane_group::<1, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<1, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
         }
     }
 
@@ -939,14 +998,15 @@ mod x86 {
         messages: *mut i8,
     }
 
-    /// Lanes `j..j + 32·V` of one layer (see [`columns_sum_product`]).
+    /// Lanes `j..j + 32·V` of one layer (see [`columns_sum_product`]); with
+    /// `FRESH` the messages are taken as zero and not read.
     ///
     /// # Safety
     /// AVX2; the guarantees of [`columns_sum_product`] with `columns[k]`
     /// the start of entry `k`'s column, and `j + 32·V ≤ z`.
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn lane_group<const V: usize>(
+    unsafe fn lane_group<const V: usize, const FRESH: bool>(
         columns: &[*mut i16],
         row: &[(u32, u32)],
         b: &Buffers,
@@ -979,9 +1039,12 @@ mod x86 {
                 let at = (k * V + v) * 32;
                 unsafe {
                     let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 32 * v));
-                    let (r0, r1) = widen(read8(b.messages.add(k * z + j + 32 * v)));
-                    let q0 = _mm256_subs_epi16(l0, r0);
-                    let q1 = _mm256_subs_epi16(l1, r1);
+                    let (q0, q1) = if FRESH {
+                        (l0, l1)
+                    } else {
+                        let (r0, r1) = widen(read8(b.messages.add(k * z + j + 32 * v)));
+                        (_mm256_subs_epi16(l0, r0), _mm256_subs_epi16(l1, r1))
+                    };
                     write16(b.q16.add(at), q0, q1);
                     let q = narrow(q0, q1);
                     sign[v] = _mm256_xor_si256(sign[v], q);
@@ -1156,12 +1219,13 @@ pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
 }
 
 /// [`layer_sum_product_columns_avx2`] with AVX-512 BW: 64 lanes per vector,
-/// two vectors per step where `z` allows. The same arguments, the same
-/// result (lane by lane the portable kernel's).
+/// two vectors per step where `z` allows. The same arguments (`fresh`
+/// included), the same result (lane by lane the portable kernel's).
 ///
 /// # Panics
 /// If [`columns_kernel_fits_avx512`] is false for `z`, or as
 /// [`layer_sum_product_columns_avx2`].
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx512(
     posterior: &mut [i16],
     row: &[(u32, u32)],
@@ -1169,6 +1233,7 @@ pub(crate) fn layer_sum_product_columns_avx512(
     signs: &[i8],
     z: usize,
     cap: u8,
+    fresh: bool,
     scratch: &mut Scratch,
 ) {
     let d = row.len();
@@ -1197,12 +1262,13 @@ pub(crate) fn layer_sum_product_columns_avx512(
             signs,
             z,
             cap,
+            fresh,
             &mut scratch.q16,
             &mut scratch.forward,
         );
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap);
+    let _ = (posterior, messages, signs, cap, fresh);
 }
 
 /// [`layer_parity_holds_avx2`] with AVX-512 BW, 64 lanes per step.
@@ -1496,6 +1562,7 @@ mod x86_512 {
         signs: &[i8],
         z: usize,
         cap: u8,
+        fresh: bool,
         q16: &mut [i16],
         forward: &mut [u8],
     ) {
@@ -1515,23 +1582,36 @@ mod x86_512 {
         let mut j = 0;
         while j + 128 <= z {
             // SAFETY: lanes j..j + 128 ≤ z, the caller's guarantees.
-            unsafe { lane_group::<2>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            unsafe {
+                if fresh {
+                    lane_group::<2, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<2, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
             j += 128;
         }
         if j < z {
             // SAFETY: lanes j..j + 64 = z, the caller's guarantees.
-            unsafe { lane_group::<1>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            unsafe {
+                if fresh {
+                    lane_group::<1, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<1, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
         }
     }
 
-    /// Lanes `j..j + 64·V` of one layer (see [`columns_sum_product`]).
+    /// Lanes `j..j + 64·V` of one layer (see [`columns_sum_product`]); with
+    /// `FRESH` the messages are taken as zero and not read.
     ///
     /// # Safety
     /// AVX-512 F/BW; the guarantees of [`columns_sum_product`] with
     /// `columns[k]` the start of entry `k`'s column, and `j + 64·V ≤ z`.
     #[target_feature(enable = "avx512f,avx512bw")]
     #[inline]
-    unsafe fn lane_group<const V: usize>(
+    unsafe fn lane_group<const V: usize, const FRESH: bool>(
         columns: &[*mut i16],
         row: &[(u32, u32)],
         b: &Buffers,
@@ -1565,9 +1645,12 @@ mod x86_512 {
                 let at = (k * V + v) * 64;
                 unsafe {
                     let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 64 * v));
-                    let (r0, r1) = read8_widened(b.messages.add(k * z + j + 64 * v));
-                    let q0 = _mm512_subs_epi16(l0, r0);
-                    let q1 = _mm512_subs_epi16(l1, r1);
+                    let (q0, q1) = if FRESH {
+                        (l0, l1)
+                    } else {
+                        let (r0, r1) = read8_widened(b.messages.add(k * z + j + 64 * v));
+                        (_mm512_subs_epi16(l0, r0), _mm512_subs_epi16(l1, r1))
+                    };
                     write16(b.q16.add(at), q0, q1);
                     let q = narrow(q0, q1);
                     sign[v] = _mm512_xor_si512(sign[v], q);
@@ -1837,51 +1920,68 @@ mod tests {
                 .map(|_| if next() & 1 == 1 { i8::MIN } else { 0 })
                 .collect();
             let cap = [27, 127, 5][(d + z / 32) % 3];
-            let (mut p1, mut m1) = (posterior.clone(), messages.clone());
-            let mut layer = vec![0i16; d * z];
-            for (k, &(c, s)) in row.iter().enumerate() {
-                for t in 0..z {
-                    layer[k * z + t] = p1[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z];
+            // Through a layer buffer and the portable kernel.
+            let reference = |messages: &[i8]| {
+                let (mut p, mut m) = (posterior.clone(), messages.to_vec());
+                let mut layer = vec![0i16; d * z];
+                for (k, &(c, s)) in row.iter().enumerate() {
+                    for t in 0..z {
+                        layer[k * z + t] = p[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z];
+                    }
                 }
-            }
-            layer_sum_product_portable(
-                &mut layer,
-                &mut m1,
-                &signs,
-                d,
-                z,
-                cap,
-                &mut Scratch::new(z),
-            );
-            for (k, &(c, s)) in row.iter().enumerate() {
-                for t in 0..z {
-                    p1[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] = layer[k * z + t];
-                }
-            }
-            if columns_kernel_fits_avx512(z) {
-                let (mut p3, mut m3) = (posterior.clone(), messages.clone());
-                layer_sum_product_columns_avx512(
-                    &mut p3,
-                    &row,
-                    &mut m3,
+                layer_sum_product_portable(
+                    &mut layer,
+                    &mut m,
                     &signs,
+                    d,
                     z,
                     cap,
                     &mut Scratch::new(z),
                 );
-                assert_eq!((&p1, &m1), (&p3, &m3), "AVX-512 z={z} d={d}");
+                for (k, &(c, s)) in row.iter().enumerate() {
+                    for t in 0..z {
+                        p[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] = layer[k * z + t];
+                    }
+                }
+                (p, m)
+            };
+            type Kernel =
+                fn(&mut [i16], &[(u32, u32)], &mut [i8], &[i8], usize, u8, bool, &mut Scratch);
+            let mut kernels: Vec<(&str, Kernel)> = vec![("AVX2", layer_sum_product_columns_avx2)];
+            if columns_kernel_fits_avx512(z) {
+                kernels.push(("AVX-512", layer_sum_product_columns_avx512));
             }
-            let (mut p2, mut m2) = (posterior, messages);
-            layer_sum_product_columns_avx2(
-                &mut p2,
-                &row,
-                &mut m2,
-                &signs,
-                z,
-                cap,
-                &mut Scratch::new(z),
-            );
-            assert_eq!((&p1, &m1), (&p2, &m2), "z={z} d={d}");
+            let (p1, m1) = reference(&messages);
+            // Fresh: the messages are read as zero, whatever they hold.
+            let fresh = reference(&vec![0; d * z]);
+            let mut p2 = Vec::new();
+            for (name, kernel) in kernels {
+                let (mut p, mut m) = (posterior.clone(), messages.clone());
+                kernel(
+                    &mut p,
+                    &row,
+                    &mut m,
+                    &signs,
+                    z,
+                    cap,
+                    false,
+                    &mut Scratch::new(z),
+                );
+                assert_eq!((&p1, &m1), (&p, &m), "{name} z={z} d={d}");
+                let (mut pf, mut mf) = (posterior.clone(), messages.clone());
+                kernel(
+                    &mut pf,
+                    &row,
+                    &mut mf,
+                    &signs,
+                    z,
+                    cap,
+                    true,
+                    &mut Scratch::new(z),
+                );
+                assert_eq!((&fresh.0, &fresh.1), (&pf, &mf), "{name} fresh z={z} d={d}");
+                p2 = p;
+            }
             // The parity check: syndrome signs the decisions satisfy hold,
             // then one lane off fails.
             let mut matching: Vec<i8> = (0..z)
