@@ -1204,6 +1204,7 @@ pub(crate) fn avx512_available() -> bool {
     {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("gfni")
             && std::arch::is_x86_feature_detected!("avx2")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1304,7 +1305,12 @@ pub(crate) fn layer_parity_holds_avx512(
 /// The AVX-512 BW form of the in-place sum-product kernel and the parity
 /// check: the operations of `x86::lane_group` on vectors of 64 lanes
 /// (posteriors as two vectors of 32 `i16`), a window that wraps around its
-/// column read and written with masked loads and stores.
+/// column read and written with masked loads and stores. Within a layer
+/// the kernel keeps its byte vectors (inputs, forward results, syndrome
+/// signs, new messages) in the pack instruction's order
+/// ([`narrow_packed`]), so that narrowing and widening stay inside 128-bit
+/// quarters (cross-quarter shuffles cost more on the CPUs measured); the
+/// messages are stored in lane order.
 #[cfg(target_arch = "x86_64")]
 mod x86_512 {
     use core::arch::x86_64::*;
@@ -1313,7 +1319,7 @@ mod x86_512 {
     ///
     /// # Safety
     /// AVX-512 F/BW; `p..p + 64` readable.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn read16(p: *const i16) -> (__m512i, __m512i) {
         // SAFETY: the caller guarantees 64 readable i16 (128 bytes) at
@@ -1330,7 +1336,7 @@ mod x86_512 {
     ///
     /// # Safety
     /// AVX-512 F/BW; `p..p + 64` writable.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn write16(p: *mut i16, v0: __m512i, v1: __m512i) {
         // SAFETY: the caller guarantees 64 writable i16 (128 bytes) at
@@ -1345,7 +1351,7 @@ mod x86_512 {
     ///
     /// # Safety
     /// AVX-512 F/BW; `p..p + 64` readable.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn read8<T: Copy>(p: *const T) -> __m512i {
         // SAFETY: the caller guarantees 64 readable bytes at `p` (the
@@ -1358,7 +1364,7 @@ mod x86_512 {
     ///
     /// # Safety
     /// AVX-512 F/BW; `p..p + 64` writable.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn write8<T: Copy>(p: *mut T, v: __m512i) {
         // SAFETY: the caller guarantees 64 writable bytes at `p` (the
@@ -1371,7 +1377,7 @@ mod x86_512 {
     ///
     /// # Safety
     /// AVX-512 F/BW; `p..p + 64` readable.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn read8_widened(p: *const i8) -> (__m512i, __m512i) {
         // SAFETY: the caller guarantees 64 readable bytes at `p`; loadu has
@@ -1384,27 +1390,40 @@ mod x86_512 {
         }
     }
 
-    /// 64 posteriors (two vectors of 32) to bytes saturated to ±127, in
-    /// lane order (packs interleaves 64-bit quarters of its two inputs;
-    /// the permute puts them back).
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// 64 posteriors (two vectors of 32) to bytes saturated to ±127 in the
+    /// kernel's lane order: in each 128-bit quarter `i` the lanes `8i..8i +
+    /// 8` of `v0`, then those of `v1` (what the pack instruction gives; the
+    /// unpack instructions of [`widen_packed`] undo it without crossing
+    /// quarters).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
-    fn narrow(v0: __m512i, v1: __m512i) -> __m512i {
-        let order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
-        _mm512_max_epi8(
-            _mm512_permutexvar_epi64(order, _mm512_packs_epi16(v0, v1)),
-            _mm512_set1_epi8(-127),
-        )
+    fn narrow_packed(v0: __m512i, v1: __m512i) -> __m512i {
+        _mm512_max_epi8(_mm512_packs_epi16(v0, v1), _mm512_set1_epi8(-127))
     }
 
-    /// 64 signed bytes to two vectors of 32 `i16`.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// 64 signed bytes in the order of [`narrow_packed`] to the two vectors
+    /// of 32 `i16` it was made from: each byte next to its sign (every bit
+    /// a copy of its top bit: one affine transform over GF(2)).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
-    fn widen(r: __m512i) -> (__m512i, __m512i) {
-        (
-            _mm512_cvtepi8_epi16(_mm512_castsi512_si256(r)),
-            _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64::<1>(r)),
-        )
+    fn widen_packed(r: __m512i) -> (__m512i, __m512i) {
+        let top_bit = _mm512_set1_epi64(0x8080_8080_8080_8080u64 as i64);
+        let sign = _mm512_gf2p8affine_epi64_epi8::<0>(r, top_bit);
+        (_mm512_unpacklo_epi8(r, sign), _mm512_unpackhi_epi8(r, sign))
+    }
+
+    /// Bytes in the order of [`narrow_packed`] to lane order.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn from_packed(r: __m512i) -> __m512i {
+        _mm512_permutexvar_epi64(_mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0), r)
+    }
+
+    /// Bytes in lane order to the order of [`narrow_packed`].
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn to_packed(r: __m512i) -> __m512i {
+        _mm512_permutexvar_epi64(_mm512_set_epi64(7, 3, 6, 2, 5, 1, 4, 0), r)
     }
 
     /// The lanes `t ≥ z − start` of a window of 64 at `start < z` (those
@@ -1426,7 +1445,7 @@ mod x86_512 {
     /// # Safety
     /// AVX-512 F/BW; `col − 64 .. col + z + 64` readable (the column and
     /// its margins, [`super::COLUMN_MARGIN`]).
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn load_rotated(col: *const i16, z: usize, start: usize) -> (__m512i, __m512i) {
         // SAFETY: `start < z`, so `col + start .. col + start + 64` lies in
@@ -1454,7 +1473,7 @@ mod x86_512 {
     ///
     /// # Safety
     /// AVX-512 F/BW; `col .. col + z` writable, nothing else accessing it.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn store_rotated(col: *mut i16, z: usize, start: usize, v0: __m512i, v1: __m512i) {
         // SAFETY: the lanes written are `col + start + t` for `t < z −
@@ -1478,7 +1497,7 @@ mod x86_512 {
 
     /// The [`super::CORRECTION`] table in all four 128-bit lanes (the
     /// byte shuffle looks up within a lane).
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     fn correction_table() -> __m512i {
         let mut b = [0u8; 64];
@@ -1492,7 +1511,7 @@ mod x86_512 {
     /// `(a + b + 1) >> 1` on 64 unsigned bytes: the byte average
     /// instruction itself (written out: the compiler rewrites the
     /// intrinsic into 16-bit arithmetic, see `x86::average`).
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     fn average(a: __m512i, b: __m512i) -> __m512i {
         let out: __m512i;
@@ -1512,7 +1531,7 @@ mod x86_512 {
 
     /// `a ⊞ b` on 64 lanes of magnitudes in the offset form, exactly
     /// `super::boxplus` (see `x86::boxplus_offset`).
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     fn boxplus_offset(a: __m512i, b: __m512i, table: __m512i) -> __m512i {
         let lo = _mm512_min_epu8(a, b);
@@ -1528,7 +1547,7 @@ mod x86_512 {
 
     /// The signed message: `mag` negated in the lanes where `sign ^ q` is
     /// negative (see `x86::signed`).
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     fn signed(mag: __m512i, sign: __m512i, q: __m512i) -> __m512i {
         let negative = _mm512_movepi8_mask(_mm512_xor_si512(sign, q));
@@ -1553,7 +1572,7 @@ mod x86_512 {
     /// values, `signs` `z`, and `q16` and `forward` `d·128` each (`d =
     /// row.len()`, 1 to 255). The result is the portable kernel's when no
     /// column appears twice in `row`.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
     pub(super) unsafe fn columns_sum_product(
         posterior: &mut [i16],
@@ -1609,7 +1628,7 @@ mod x86_512 {
     /// # Safety
     /// AVX-512 F/BW; the guarantees of [`columns_sum_product`] with
     /// `columns[k]` the start of entry `k`'s column, and `j + 64·V ≤ z`.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn lane_group<const V: usize, const FRESH: bool>(
         columns: &[*mut i16],
@@ -1630,7 +1649,7 @@ mod x86_512 {
         let mut sign = [zero; V];
         for (v, sign) in sign.iter_mut().enumerate() {
             // SAFETY: `j + 64·v + 64 ≤ z` and `signs` holds z bytes.
-            *sign = unsafe { read8(signs.as_ptr().add(j + 64 * v)) };
+            *sign = to_packed(unsafe { read8(signs.as_ptr().add(j + 64 * v)) });
         }
         let offset = _mm512_set1_epi8(super::MAGNITUDE_OFFSET as i8);
         let capped = cap < 127;
@@ -1652,7 +1671,7 @@ mod x86_512 {
                         (_mm512_subs_epi16(l0, r0), _mm512_subs_epi16(l1, r1))
                     };
                     write16(b.q16.add(at), q0, q1);
-                    let q = narrow(q0, q1);
+                    let q = narrow_packed(q0, q1);
                     sign[v] = _mm512_xor_si512(sign[v], q);
                     let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
                     f[v] = if k == 0 {
@@ -1674,7 +1693,7 @@ mod x86_512 {
                 // entry `k − 1 < d`.
                 unsafe {
                     let (q0, q1) = read16(b.q16.add(at));
-                    let q = narrow(q0, q1);
+                    let q = narrow_packed(q0, q1);
                     let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
                     let mag = if k + 1 == d {
                         if k == 0 {
@@ -1698,7 +1717,7 @@ mod x86_512 {
                         boxplus_offset(back[v], a, table)
                     };
                     let r = signed(_mm512_sub_epi8(mag, offset), sign[v], q);
-                    let (r0, r1) = widen(r);
+                    let (r0, r1) = widen_packed(r);
                     store_rotated(
                         columns[k],
                         z,
@@ -1706,7 +1725,7 @@ mod x86_512 {
                         _mm512_adds_epi16(q0, r0),
                         _mm512_adds_epi16(q1, r1),
                     );
-                    write8(b.messages.add(k * z + j + 64 * v), r);
+                    write8(b.messages.add(k * z + j + 64 * v), from_packed(r));
                 }
             }
         }
@@ -1720,7 +1739,7 @@ mod x86_512 {
     /// 64, `posterior` must hold every column of `row` with its margins
     /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
     /// `z`, and `signs` must hold `z` values.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
     pub(super) unsafe fn columns_parity_holds(
         posterior: &[i16],
         row: &[(u32, u32)],
