@@ -593,6 +593,7 @@ fn decoder_cpu_time() {
     // LDPC_BACKEND: portable, avx2 or avx512 (default: the fastest here).
     let backend = std::env::var("LDPC_BACKEND")
         .ok()
+        .filter(|b| !b.is_empty())
         .map(|b| match b.as_str() {
             "portable" => qkd_postproc::ldpc::Backend::Portable,
             "avx2" => qkd_postproc::ldpc::Backend::Avx2,
