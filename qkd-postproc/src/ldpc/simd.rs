@@ -1545,15 +1545,6 @@ mod x86_512 {
         _mm512_sub_epi8(_mm512_add_epi8(lo, c_sum), c_diff)
     }
 
-    /// The signed message: `mag` negated in the lanes where `sign ^ q` is
-    /// negative (see `x86::signed`).
-    #[target_feature(enable = "avx512f,avx512bw,gfni")]
-    #[inline]
-    fn signed(mag: __m512i, sign: __m512i, q: __m512i) -> __m512i {
-        let negative = _mm512_movepi8_mask(_mm512_xor_si512(sign, q));
-        _mm512_mask_sub_epi8(mag, negative, _mm512_setzero_si512(), mag)
-    }
-
     /// The raw buffers of [`columns_sum_product`].
     struct Buffers {
         q16: *mut i16,
@@ -1686,6 +1677,10 @@ mod x86_512 {
         // Backward: lane magnitudes from the forward results before `k`
         // and the backward ones after it.
         let mut back = [zero; V];
+        // The lanes whose product of signs (syndrome and all inputs) is
+        // negative; a message is negative where this and its own input's
+        // sign differ.
+        let negative = sign.map(|s| _mm512_movepi8_mask(s));
         for (k, &(_, s)) in row.iter().enumerate().rev() {
             for v in 0..V {
                 let at = (k * V + v) * 64;
@@ -1716,7 +1711,9 @@ mod x86_512 {
                     } else {
                         boxplus_offset(back[v], a, table)
                     };
-                    let r = signed(_mm512_sub_epi8(mag, offset), sign[v], q);
+                    let mag = _mm512_sub_epi8(mag, offset);
+                    let r =
+                        _mm512_mask_sub_epi8(mag, negative[v] ^ _mm512_movepi8_mask(q), zero, mag);
                     let (r0, r1) = widen_packed(r);
                     store_rotated(
                         columns[k],
