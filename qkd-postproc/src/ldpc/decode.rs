@@ -548,13 +548,10 @@ impl Decoder {
     /// posterior is negative.
     #[must_use]
     pub fn decisions(&self) -> BitVec {
-        let mut out = BitVec::zeros(self.code.n());
-        for (v, &p) in self.posteriors().iter().enumerate() {
-            if p < 0 {
-                out.set(v, true);
-            }
-        }
-        out
+        let n = self.code.n();
+        let mut words = vec![0u64; n.div_ceil(64)];
+        simd::sign_words(self.posteriors(), &mut words);
+        BitVec::from_words(words, n).expect("one word per 64 posteriors")
     }
 
     /// The posteriors of the last decoding (for tests and diagnostics).

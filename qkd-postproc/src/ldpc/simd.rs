@@ -96,6 +96,41 @@ fn start_posteriors_portable(channel: &[i8], out: &mut [i16]) {
     }
 }
 
+/// The hard decisions of `posteriors` packed into `words` (bit `i % 64` of
+/// word `i / 64` set iff posterior `i` is negative), without a branch per
+/// bit (the decisions of random frames are coin flips); compiled for AVX2
+/// where the CPU has it.
+///
+/// # Panics
+/// If `words` does not hold one word per 64 posteriors.
+pub(crate) fn sign_words(posteriors: &[i16], words: &mut [u64]) {
+    assert_eq!(words.len(), posteriors.len().div_ceil(64));
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        // SAFETY: AVX2 was detected on this CPU just above.
+        unsafe { sign_words_avx2(posteriors, words) };
+        return;
+    }
+    sign_words_portable(posteriors, words);
+}
+
+/// [`sign_words`] compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sign_words_avx2(posteriors: &[i16], words: &mut [u64]) {
+    sign_words_portable(posteriors, words);
+}
+
+#[inline(always)]
+fn sign_words_portable(posteriors: &[i16], words: &mut [u64]) {
+    for (word, chunk) in words.iter_mut().zip(posteriors.chunks(64)) {
+        *word = chunk
+            .iter()
+            .enumerate()
+            .fold(0u64, |w, (i, &p)| w | (u64::from(p < 0) << i));
+    }
+}
+
 /// The upper bound of a posterior (the lower is `i16::MIN`: a posterior
 /// saturates to the `i16` range, which is what the AVX2 saturating adds
 /// do without a further clamp).
@@ -2025,6 +2060,40 @@ mod tests {
                     );
                     matching[t] ^= i8::MIN;
                 }
+            }
+        }
+    }
+
+    /// The packed hard decisions: bit `i` set iff posterior `i` is
+    /// negative, lengths that are and are not whole words, 0 and the
+    /// bounds included.
+    #[test]
+    fn sign_words_packs_the_decisions() {
+        let mut state = 0x51_9e_u64;
+        for n in [0usize, 1, 63, 64, 65, 200, 4096 + 17] {
+            let posteriors: Vec<i16> = (0..n)
+                .map(|i| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    match i % 5 {
+                        0 => 0,
+                        1 => i16::MIN,
+                        2 => i16::MAX,
+                        _ => posterior(state),
+                    }
+                })
+                .collect();
+            let mut words = vec![u64::MAX; n.div_ceil(64)];
+            sign_words(&posteriors, &mut words);
+            let mut portable = vec![u64::MAX; n.div_ceil(64)];
+            sign_words_portable(&posteriors, &mut portable);
+            assert_eq!(words, portable, "n={n}");
+            for (i, &p) in posteriors.iter().enumerate() {
+                assert_eq!((words[i / 64] >> (i % 64)) & 1 == 1, p < 0, "n={n} i={i}");
+            }
+            if n % 64 != 0 {
+                assert_eq!(words[n / 64] >> (n % 64), 0, "n={n}: bits past the end");
             }
         }
     }
