@@ -26,6 +26,8 @@ pub(crate) struct Scratch {
     /// The inputs `q` of one vector of lanes, 16-bit and narrowed, of the
     /// in-place AVX2 kernel (`d` rows of 32).
     q16: Vec<i16>,
+    /// The narrowed inputs of the AVX2 in-place kernel.
+    q8: Vec<i8>,
     pub(crate) parity: Vec<i16>,
 }
 
@@ -38,6 +40,7 @@ impl Scratch {
             sign: vec![0; z],
             forward: Vec::new(),
             q16: Vec::new(),
+            q8: Vec::new(),
             parity: vec![0; z],
         }
     }
@@ -257,7 +260,7 @@ fn lanes_portable(
     }
 }
 
-/// The offset the in-place kernels add to every magnitude (`m ≤ 127`
+/// The offset the AVX-512 in-place kernel adds to every magnitude (`m ≤ 127`
 /// becomes `m + 112 ≤ 239`), so that the byte shuffle's table lookups
 /// need no clamp: the index `(a + b + 1) >> 1` of `c(a + b)` is the byte
 /// average of two offset magnitudes, `112` more than the plain one, and
@@ -475,11 +478,12 @@ pub(crate) fn layer_sum_product_columns_avx2(
     ));
     scratch.forward.resize(d * 64, 0);
     scratch.q16.resize(d * 64, 0);
+    scratch.q8.resize(d * 64, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
     // multiple of 32, d is 1 to 255, the columns and shifts of `row` fit
     // `posterior` (with its margins) and `z`, `messages` and `signs` are
-    // long enough (all asserted above), and the two scratch buffers hold
+    // long enough (all asserted above), and the three scratch buffers hold
     // d·64 values each (resized just above).
     unsafe {
         x86::columns_sum_product(
@@ -491,6 +495,7 @@ pub(crate) fn layer_sum_product_columns_avx2(
             cap,
             fresh,
             &mut scratch.q16,
+            &mut scratch.q8,
             &mut scratch.forward,
         );
     }
@@ -817,24 +822,6 @@ mod x86 {
         _mm256_subs_epu8(_mm256_add_epi8(lo, c_sum), c_diff)
     }
 
-    /// `a ⊞ b` on 32 lanes of magnitudes in the offset form `m +
-    /// MAGNITUDE_OFFSET`, the result in that form: exactly
-    /// `super::boxplus` (see [`super::MAGNITUDE_OFFSET`] for why the
-    /// offset spares the clamps of the table indices and the floor).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn boxplus_offset(a: __m256i, b: __m256i, table: __m256i) -> __m256i {
-        let lo = _mm256_min_epu8(a, b);
-        let hi = _mm256_max_epu8(a, b);
-        let c_sum = _mm256_shuffle_epi8(table, average(a, b));
-        let diff = average(
-            _mm256_sub_epi8(hi, lo),
-            _mm256_set1_epi8((2 * super::MAGNITUDE_OFFSET) as i8),
-        );
-        let c_diff = _mm256_shuffle_epi8(table, diff);
-        _mm256_sub_epi8(_mm256_add_epi8(lo, c_sum), c_diff)
-    }
-
     /// The signed message: `mag` negated in the lanes where the syndrome
     /// sign, the product of the signs of all inputs and the lane's own
     /// input sign (`sign ^ q`) is negative.
@@ -926,18 +913,18 @@ mod x86 {
     /// holding the rotated columns, without copying them in and out. The
     /// lanes go two vectors (64 lanes) at a time where `z` allows, for two
     /// independent box-plus chains per step; each group keeps its `d`
-    /// 16-bit inputs `q` and forward partial results in the small `q16`
-    /// and `forward` buffers, which stay in L1. The backward pass narrows
-    /// `q` again rather than keeping its 8-bit form and magnitude: two
-    /// stores fewer per step, which measured faster than the few
-    /// operations they save.
+    /// inputs `q` (16-bit and narrowed) and forward partial results in the
+    /// small `q16`, `q8` and `forward` buffers, which stay in L1. (The
+    /// AVX-512 kernel narrows `q` again in the backward pass and uses
+    /// offset magnitudes instead; here, on the one CPU measured, that was
+    /// 2–6 % slower.)
     ///
     /// # Safety
     /// The CPU must support AVX2; `z` must be a positive multiple of 32,
     /// `posterior` must hold every column of `row` with its margins
     /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
-    /// `z`, `messages` must hold `d·z` values, `signs` `z`, and `q16` and
-    /// `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
+    /// `z`, `messages` must hold `d·z` values, `signs` `z`, and `q16`,
+    /// `q8` and `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
     /// is the portable kernel's when no column appears twice in `row`.
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
@@ -950,6 +937,7 @@ mod x86 {
         cap: u8,
         fresh: bool,
         q16: &mut [i16],
+        q8: &mut [i8],
         forward: &mut [u8],
     ) {
         // Column start of each base entry (d ≤ 255).
@@ -962,6 +950,7 @@ mod x86 {
         }
         let buffers = Buffers {
             q16: q16.as_mut_ptr(),
+            q8: q8.as_mut_ptr(),
             forward: forward.as_mut_ptr(),
             messages: messages.as_mut_ptr(),
         };
@@ -1029,6 +1018,7 @@ mod x86 {
     /// The raw buffers of [`columns_sum_product`].
     struct Buffers {
         q16: *mut i16,
+        q8: *mut i8,
         forward: *mut u8,
         messages: *mut i8,
     }
@@ -1061,9 +1051,7 @@ mod x86 {
         for (v, sign) in sign.iter_mut().enumerate() {
             *sign = load8(signs, j + 32 * v);
         }
-        let offset = _mm256_set1_epi8(super::MAGNITUDE_OFFSET as i8);
-        let capped = cap < 127;
-        let cap = _mm256_set1_epi8(cap.saturating_add(super::MAGNITUDE_OFFSET) as i8);
+        let cap = _mm256_set1_epi8(cap as i8);
         let mut f = [zero; V];
         // SAFETY (the whole forward pass): `k < d` and `v < V`, so
         // `(k·V + v)·32 + 32 ≤ d·64` (the scratch buffers) and
@@ -1082,13 +1070,10 @@ mod x86 {
                     };
                     write16(b.q16.add(at), q0, q1);
                     let q = narrow(q0, q1);
+                    write8(b.q8.add(at), q);
                     sign[v] = _mm256_xor_si256(sign[v], q);
-                    let a = _mm256_add_epi8(_mm256_abs_epi8(q), offset);
-                    f[v] = if k == 0 {
-                        a
-                    } else {
-                        boxplus_offset(f[v], a, table)
-                    };
+                    let a = _mm256_abs_epi8(q);
+                    f[v] = if k == 0 { a } else { boxplus(f[v], a, table) };
                     write8(b.forward.add(at), f[v]);
                 }
             }
@@ -1103,30 +1088,26 @@ mod x86 {
                 // entry `k − 1 < d`.
                 unsafe {
                     let (q0, q1) = read16(b.q16.add(at));
-                    let q = narrow(q0, q1);
-                    let a = _mm256_add_epi8(_mm256_abs_epi8(q), offset);
+                    let q = read8(b.q8.add(at));
+                    let a = _mm256_abs_epi8(q);
                     let mag = if k + 1 == d {
                         if k == 0 {
-                            _mm256_set1_epi8((127 + super::MAGNITUDE_OFFSET) as i8)
+                            _mm256_set1_epi8(127)
                         } else {
                             read8(b.forward.add(at - 32 * V))
                         }
                     } else if k == 0 {
                         back[v]
                     } else {
-                        boxplus_offset(read8(b.forward.add(at - 32 * V)), back[v], table)
+                        boxplus(read8(b.forward.add(at - 32 * V)), back[v], table)
                     };
-                    let mag = if capped {
-                        _mm256_min_epu8(mag, cap)
-                    } else {
-                        mag
-                    };
+                    let mag = _mm256_min_epu8(mag, cap);
                     back[v] = if k + 1 == d {
                         a
                     } else {
-                        boxplus_offset(back[v], a, table)
+                        boxplus(back[v], a, table)
                     };
-                    let r = signed(_mm256_sub_epi8(mag, offset), sign[v], q);
+                    let r = signed(mag, sign[v], q);
                     let (r0, r1) = widen(r);
                     store_rotated(
                         columns[k],
@@ -1565,7 +1546,7 @@ mod x86_512 {
     }
 
     /// `a ⊞ b` on 64 lanes of magnitudes in the offset form, exactly
-    /// `super::boxplus` (see `x86::boxplus_offset`).
+    /// `super::boxplus` (see [`super::MAGNITUDE_OFFSET`]).
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     fn boxplus_offset(a: __m512i, b: __m512i, table: __m512i) -> __m512i {
