@@ -171,10 +171,11 @@ pub enum CheckRule {
 }
 
 /// An in-place sum-product layer kernel (`simd::layer_sum_product_columns_*`).
-type Kernel = fn(&mut [i16], &[(u32, u32)], &mut [i8], &[i8], usize, u8, bool, &mut simd::Scratch);
+type Kernel =
+    fn(&mut [i16], &simd::CheckedRows, usize, &mut [i8], &[i8], u8, bool, &mut simd::Scratch);
 
 /// An in-place layer parity check (`simd::layer_parity_holds_*`).
-type Parity = fn(&[i16], &[(u32, u32)], &[i8], usize) -> bool;
+type Parity = fn(&[i16], &simd::CheckedRows, usize, &[i8]) -> bool;
 
 /// Result of one decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +215,8 @@ pub struct Decoder {
     /// Otherwise (and for min-sum) the rotated columns are copied into
     /// `layer` and back around the kernel.
     columns: Columns,
+    /// The rows as the in-place kernels take them (checked once).
+    rows: Option<simd::CheckedRows>,
 }
 
 /// The in-place kernel a decoder runs (see `Decoder::columns`).
@@ -258,6 +261,7 @@ impl Decoder {
             .map(|r| code.row(r).len())
             .max()
             .unwrap_or(0);
+        let rows = simd::CheckedRows::new((0..code.base_rows()).map(|r| code.row(r)), z);
         Decoder {
             posterior: vec![0; code.n() + 2 * simd::COLUMN_MARGIN],
             messages: vec![0; code.edges()],
@@ -271,11 +275,7 @@ impl Decoder {
             },
             rule: CheckRule::default(),
             message_max: DEFAULT_MESSAGE_MAX,
-            columns: if !(0..code.base_rows()).all(|r| {
-                let mut columns: Vec<u32> = code.row(r).iter().map(|&(c, _)| c).collect();
-                columns.sort_unstable();
-                columns.windows(2).all(|w| w[0] != w[1])
-            }) {
+            columns: if rows.is_none() {
                 Columns::No
             } else if backend == Backend::Avx512 && simd::columns_kernel_fits_avx512(z) {
                 Columns::Avx512
@@ -284,6 +284,7 @@ impl Decoder {
             } else {
                 Columns::No
             },
+            rows,
             code,
             backend,
         }
@@ -413,13 +414,13 @@ impl Decoder {
                     Columns::Avx2 => Some(simd::layer_sum_product_columns_avx2 as Kernel),
                     Columns::Avx512 => Some(simd::layer_sum_product_columns_avx512 as Kernel),
                 };
-                if let Some(kernel) = in_place_kernel {
+                if let (Some(kernel), Some(rows)) = (in_place_kernel, &self.rows) {
                     kernel(
                         &mut self.posterior,
-                        row,
+                        rows,
+                        r,
                         &mut self.messages[edge[r] * z..edge[r + 1] * z],
                         &self.syndrome_signs[r * z..(r + 1) * z],
-                        z,
                         self.message_max,
                         it == 1,
                         &mut self.scratch,
@@ -511,13 +512,13 @@ impl Decoder {
             Columns::Avx2 => Some(simd::layer_parity_holds_avx2 as Parity),
             Columns::Avx512 => Some(simd::layer_parity_holds_avx512 as Parity),
         };
-        if let Some(holds) = holds {
+        if let (Some(holds), Some(rows)) = (holds, &self.rows) {
             return (0..code.base_rows()).all(|r| {
                 holds(
                     &self.posterior,
-                    code.row(r),
+                    rows,
+                    r,
                     &self.syndrome_signs[r * z..(r + 1) * z],
-                    z,
                 )
             });
         }

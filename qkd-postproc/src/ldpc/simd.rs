@@ -441,6 +441,57 @@ pub(crate) fn columns_kernel_fits(z: usize) -> bool {
 /// only).
 pub(crate) const COLUMN_MARGIN: usize = 64;
 
+/// The base rows of a code checked once for the in-place kernels: every
+/// row has 1 to 255 entries and lists each column once, every shift is
+/// below `z`; `columns` is one more than the largest column. The kernels
+/// then check only that the posterior buffer holds `columns` columns.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedRows {
+    entries: Vec<(u32, u32)>,
+    start: Vec<usize>,
+    z: usize,
+    columns: usize,
+}
+
+impl CheckedRows {
+    /// The rows, or `None` if one breaks the conditions above.
+    pub(crate) fn new<'a>(
+        rows: impl IntoIterator<Item = &'a [(u32, u32)]>,
+        z: usize,
+    ) -> Option<Self> {
+        let mut checked = CheckedRows {
+            entries: Vec::new(),
+            start: vec![0],
+            z,
+            columns: 0,
+        };
+        for row in rows {
+            let mut columns: Vec<u32> = row.iter().map(|&(c, _)| c).collect();
+            columns.sort_unstable();
+            if !(1..=255).contains(&row.len())
+                || columns.windows(2).any(|w| w[0] == w[1])
+                || row.iter().any(|&(_, s)| s as usize >= z)
+            {
+                return None;
+            }
+            checked.columns = checked.columns.max(columns[columns.len() - 1] as usize + 1);
+            checked.entries.extend_from_slice(row);
+            checked.start.push(checked.entries.len());
+        }
+        Some(checked)
+    }
+
+    /// Row `r`.
+    fn row(&self, r: usize) -> &[(u32, u32)] {
+        &self.entries[self.start[r]..self.start[r + 1]]
+    }
+
+    /// Whether `posterior` holds every column with its margins.
+    fn fit(&self, posterior: &[i16]) -> bool {
+        self.columns * self.z + 2 * COLUMN_MARGIN <= posterior.len()
+    }
+}
+
 /// One sum-product layer straight on the posterior columns: `row` lists
 /// the layer's base entries `(column, shift)`, lane `t` of entry `(c, s)`
 /// is `posterior[COLUMN_MARGIN + c·z + (s + t) mod z]`. Gives exactly what copying the
@@ -450,41 +501,38 @@ pub(crate) const COLUMN_MARGIN: usize = 64;
 /// decoding: the layer writes every one of its messages).
 ///
 /// # Panics
-/// If [`columns_kernel_fits`] is false for `z`, `row` is empty or longer
-/// than 255, a column of `row` lies beyond `posterior`, a shift is not
-/// below `z`, or `messages` or `signs` is short (the decoder never calls
-/// it so). A column listed twice gives another result than the portable
-/// kernel (the decoder checks this).
+/// If [`columns_kernel_fits`] is false for the rows' `z`, `r` is not one
+/// of `rows`, `posterior` does not hold every column with its margins, or
+/// `messages` or `signs` is short (the decoder never calls it so).
 #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx2(
     posterior: &mut [i16],
-    row: &[(u32, u32)],
+    rows: &CheckedRows,
+    r: usize,
     messages: &mut [i8],
     signs: &[i8],
-    z: usize,
     cap: u8,
     fresh: bool,
     scratch: &mut Scratch,
 ) {
+    let (row, z) = (rows.row(r), rows.z);
     let d = row.len();
     assert!(
         columns_kernel_fits(z)
-            && (1..=255).contains(&d)
+            && rows.fit(posterior)
             && messages.len() >= d * z
             && signs.len() >= z
     );
-    assert!(row.iter().all(
-        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
-    ));
     scratch.forward.resize(d * 64, 0);
     scratch.q16.resize(d * 64, 0);
     scratch.q8.resize(d * 64, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, d is 1 to 255, the columns and shifts of `row` fit
-    // `posterior` (with its margins) and `z`, `messages` and `signs` are
-    // long enough (all asserted above), and the three scratch buffers hold
-    // d·64 values each (resized just above).
+    // multiple of 32, `posterior` holds every column with its margins,
+    // `messages` and `signs` are long enough (all asserted above), `row`
+    // has 1 to 255 entries with distinct columns and shifts below z
+    // (`CheckedRows`), and the three scratch buffers hold d·64 values each
+    // (resized just above).
     unsafe {
         x86::columns_sum_product(
             posterior,
@@ -505,24 +553,23 @@ pub(crate) fn layer_sum_product_columns_avx2(
 
 /// Whether the hard decisions of the posterior columns (laid out as for
 /// [`layer_sum_product_columns_avx2`]) satisfy every check of the layer
-/// `row` with syndrome signs `signs`.
+/// `r` of `rows` with syndrome signs `signs`.
 ///
 /// # Panics
 /// As [`layer_sum_product_columns_avx2`].
 pub(crate) fn layer_parity_holds_avx2(
     posterior: &[i16],
-    row: &[(u32, u32)],
+    rows: &CheckedRows,
+    r: usize,
     signs: &[i8],
-    z: usize,
 ) -> bool {
-    assert!(columns_kernel_fits(z) && signs.len() >= z);
-    assert!(row.iter().all(
-        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
-    ));
+    let (row, z) = (rows.row(r), rows.z);
+    assert!(columns_kernel_fits(z) && rows.fit(posterior) && signs.len() >= z);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, the columns and shifts of `row` fit `posterior` (with
-    // its margins) and `z`, and `signs` holds z values (asserted above).
+    // multiple of 32, `posterior` holds every column with its margins and
+    // `signs` z values (asserted above), the shifts of `row` are below z
+    // (`CheckedRows`).
     unsafe {
         x86::columns_parity_holds(posterior, row, signs, z)
     }
@@ -1240,37 +1287,36 @@ pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
 /// included), the same result (lane by lane the portable kernel's).
 ///
 /// # Panics
-/// If [`columns_kernel_fits_avx512`] is false for `z`, or as
+/// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, or as
 /// [`layer_sum_product_columns_avx2`].
 #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx512(
     posterior: &mut [i16],
-    row: &[(u32, u32)],
+    rows: &CheckedRows,
+    r: usize,
     messages: &mut [i8],
     signs: &[i8],
-    z: usize,
     cap: u8,
     fresh: bool,
     scratch: &mut Scratch,
 ) {
+    let (row, z) = (rows.row(r), rows.z);
     let d = row.len();
     assert!(
         columns_kernel_fits_avx512(z)
-            && (1..=255).contains(&d)
+            && rows.fit(posterior)
             && messages.len() >= d * z
             && signs.len() >= z
     );
-    assert!(row.iter().all(
-        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
-    ));
     scratch.forward.resize(d * 128, 0);
     scratch.q16.resize(d * 128, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
-    // z is a positive multiple of 64, d is 1 to 255, the columns and shifts
-    // of `row` fit `posterior` (with its margins of 64 values) and `z`,
-    // `messages` and `signs` are long enough (all asserted above), and the
-    // two scratch buffers hold d·128 values each (resized just above).
+    // z is a positive multiple of 64, `posterior` holds every column with
+    // its margins of 64 values, `messages` and `signs` are long enough (all
+    // asserted above), `row` has 1 to 255 entries with distinct columns
+    // and shifts below z (`CheckedRows`), and the two scratch buffers hold
+    // d·128 values each (resized just above).
     unsafe {
         x86_512::columns_sum_product(
             posterior,
@@ -1295,19 +1341,17 @@ pub(crate) fn layer_sum_product_columns_avx512(
 /// [`layer_parity_holds_avx2`].
 pub(crate) fn layer_parity_holds_avx512(
     posterior: &[i16],
-    row: &[(u32, u32)],
+    rows: &CheckedRows,
+    r: usize,
     signs: &[i8],
-    z: usize,
 ) -> bool {
-    assert!(columns_kernel_fits_avx512(z) && signs.len() >= z);
-    assert!(row.iter().all(
-        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
-    ));
+    let (row, z) = (rows.row(r), rows.z);
+    assert!(columns_kernel_fits_avx512(z) && rows.fit(posterior) && signs.len() >= z);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
-    // z is a positive multiple of 64, the columns and shifts of `row` fit
-    // `posterior` (with its margins) and `z`, and `signs` holds z values
-    // (asserted above).
+    // z is a positive multiple of 64, `posterior` holds every column with
+    // its margins and `signs` z values (asserted above), the shifts of
+    // `row` are below z (`CheckedRows`).
     unsafe {
         x86_512::columns_parity_holds(posterior, row, signs, z)
     }
@@ -1978,7 +2022,8 @@ mod tests {
                 (p, m)
             };
             type Kernel =
-                fn(&mut [i16], &[(u32, u32)], &mut [i8], &[i8], usize, u8, bool, &mut Scratch);
+                fn(&mut [i16], &CheckedRows, usize, &mut [i8], &[i8], u8, bool, &mut Scratch);
+            let rows = CheckedRows::new([&row[..]], z).unwrap();
             let mut kernels: Vec<(&str, Kernel)> = vec![("AVX2", layer_sum_product_columns_avx2)];
             if columns_kernel_fits_avx512(z) {
                 kernels.push(("AVX-512", layer_sum_product_columns_avx512));
@@ -1991,10 +2036,10 @@ mod tests {
                 let (mut p, mut m) = (posterior.clone(), messages.clone());
                 kernel(
                     &mut p,
-                    &row,
+                    &rows,
+                    0,
                     &mut m,
                     &signs,
-                    z,
                     cap,
                     false,
                     &mut Scratch::new(z),
@@ -2003,10 +2048,10 @@ mod tests {
                 let (mut pf, mut mf) = (posterior.clone(), messages.clone());
                 kernel(
                     &mut pf,
-                    &row,
+                    &rows,
+                    0,
                     &mut mf,
                     &signs,
-                    z,
                     cap,
                     true,
                     &mut Scratch::new(z),
@@ -2024,25 +2069,45 @@ mod tests {
                     if odd { i8::MIN } else { 0 }
                 })
                 .collect();
-            assert!(layer_parity_holds_avx2(&p2, &row, &matching, z));
+            assert!(layer_parity_holds_avx2(&p2, &rows, 0, &matching));
             let avx512 = columns_kernel_fits_avx512(z);
-            assert!(!avx512 || layer_parity_holds_avx512(&p2, &row, &matching, z));
+            assert!(!avx512 || layer_parity_holds_avx512(&p2, &rows, 0, &matching));
             matching[z - 1 - d % z] ^= i8::MIN;
-            assert!(!layer_parity_holds_avx2(&p2, &row, &matching, z));
-            assert!(!avx512 || !layer_parity_holds_avx512(&p2, &row, &matching, z));
+            assert!(!layer_parity_holds_avx2(&p2, &rows, 0, &matching));
+            assert!(!avx512 || !layer_parity_holds_avx512(&p2, &rows, 0, &matching));
             // Each lane alone failing is caught.
             if avx512 {
                 matching[z - 1 - d % z] ^= i8::MIN;
                 for t in (0..z).step_by(7) {
                     matching[t] ^= i8::MIN;
                     assert!(
-                        !layer_parity_holds_avx512(&p2, &row, &matching, z),
+                        !layer_parity_holds_avx512(&p2, &rows, 0, &matching),
                         "lane {t}"
                     );
                     matching[t] ^= i8::MIN;
                 }
             }
         }
+    }
+
+    /// The rows the in-place kernels take: a row that lists a column
+    /// twice, an empty or too long row and a shift of `z` are refused.
+    #[test]
+    fn checked_rows() {
+        let ok: [&[(u32, u32)]; 2] = [&[(0, 0), (3, 31)], &[(7, 5)]];
+        let rows = CheckedRows::new(ok, 32).unwrap();
+        assert_eq!((rows.row(1), rows.columns), (&[(7, 5)][..], 8));
+        assert!(rows.fit(&[0; 8 * 32 + 2 * COLUMN_MARGIN]));
+        assert!(!rows.fit(&[0; 8 * 32 + 2 * COLUMN_MARGIN - 1]));
+        let twice: [&[(u32, u32)]; 1] = [&[(2, 0), (2, 1)]];
+        assert!(CheckedRows::new(twice, 32).is_none());
+        let empty: [&[(u32, u32)]; 1] = [&[]];
+        assert!(CheckedRows::new(empty, 32).is_none());
+        let shift: [&[(u32, u32)]; 1] = [&[(1, 32)]];
+        assert!(CheckedRows::new(shift, 32).is_none());
+        let long: Vec<(u32, u32)> = (0..256).map(|c| (c, 0)).collect();
+        assert!(CheckedRows::new([&long[..]], 32).is_none());
+        assert!(CheckedRows::new([&long[..255]], 32).is_some());
     }
 
     /// The packed hard decisions: bit `i` set iff posterior `i` is
