@@ -271,6 +271,7 @@ fn lanes_portable(
 /// offset, and `min + c(a + b) − c(|a − b|)` is never negative
 /// (`tests::offset_boxplus_needs_no_floor`), so the floor at 0 of
 /// [`boxplus`] is never needed either.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const MAGNITUDE_OFFSET: u8 = 112;
 
 /// The correction term `c(x) = 8·ln(1 + e^(−x/8))` of the box-plus
@@ -575,7 +576,7 @@ pub(crate) fn layer_parity_holds_avx2(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (posterior, signs);
+        let _ = (posterior, signs, row);
         unreachable!("columns_kernel_fits is false off x86-64")
     }
 }
@@ -1357,7 +1358,7 @@ pub(crate) fn layer_parity_holds_avx512(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (posterior, signs);
+        let _ = (posterior, signs, row);
         unreachable!("columns_kernel_fits_avx512 is false off x86-64")
     }
 }
