@@ -31,14 +31,14 @@
 //! of 1/8 nat, the default), reconciled key bits per CPU-second of the
 //! decoding thread, n = 2^16, frames at a syndrome efficiency of 1.45
 //! (`cargo test --release -p qkd-postproc --test ldpc_efficiency --
-//! --ignored --nocapture decoder_cpu_time`, medians of 8 runs alternated
-//! with the AVX2 build before, load 1.6–2.2): with the AVX-512 kernel
-//! 98 Mbit/s at QBER 2 %, 101 at 3 %, 112 at 5 % (0.175–0.186 ns per
-//! edge update), 1.17–1.20× the AVX2 kernel's 82, 84 and 96. Against
-//! `ldpc-toolbox` 0.12's fastest decoder on the same codes and frames
-//! (`bench-peers/ldpc-toolbox`, n = 2^16, QBER 2, 3 and 5 %): 90–99× its
-//! throughput at the same frame error rate (0 of 40). BENCHMARKS.md has
-//! the tables.
+//! --ignored --nocapture decoder_cpu_time`, medians of 6 runs alternated
+//! with the AVX2 build before, load 1.4–2.0): with the AVX-512 kernel
+//! 99.7 Mbit/s at QBER 2 %, 100.4 at 3 %, 112.3 at 5 % (0.176–0.183 ns
+//! per edge update), 1.17–1.21× the AVX2 kernel's 82, 83 and 96; 100
+//! Mbit/s is reached at 2 % without margin. Against `ldpc-toolbox` 0.12's
+//! fastest decoder on the same codes and frames (`bench-peers/ldpc-toolbox`,
+//! n = 2^16, QBER 2, 3 and 5 %): 93–107× its throughput at the same frame
+//! error rate (0 of 40). BENCHMARKS.md has the tables.
 //!
 //! Blind reconciliation, n = 2^17 (117 965 key bits), syndrome aimed at
 //! f = 1.05, reveals of 1 % of n·h2(Q) per round, 10 frames per QBER
