@@ -1,8 +1,8 @@
 //! LDPC decoding throughput: Bob's side of one frame (syndrome decoding,
 //! layered sum-product on 8-bit messages and 16-bit posteriors, the
 //! default rule) at QBER 2 %,
-//! 3 % and 5 %, n = 2^14 and 2^16, AVX2 kernel against the portable kernel
-//! in the same run.
+//! 3 % and 5 %, n = 2^14 and 2^16, the AVX-512 and AVX2 kernels against the
+//! portable kernel in the same run.
 //! Throughput is counted in reconciled key bits (`n − p − s`) per second.
 //!
 //! The rate of each frame is chosen for a syndrome efficiency of 1.45 so
@@ -47,7 +47,12 @@ fn decode(c: &mut Criterion) {
                 c.benchmark_group(format!("ldpc_decode_n{n}_q{}", (qber * 100.0) as u32));
             group.sample_size(20);
             group.throughput(Throughput::Elements(plan.key_len() as u64));
-            for backend in [Backend::Avx2, Backend::Neon, Backend::Portable] {
+            for backend in [
+                Backend::Avx512,
+                Backend::Avx2,
+                Backend::Neon,
+                Backend::Portable,
+            ] {
                 if !backend.is_available() {
                     continue;
                 }

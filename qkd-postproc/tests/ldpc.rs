@@ -269,17 +269,21 @@ proptest! {
             llrs[v as usize] = if k % 2 == 0 { 0 } else if key.get(v as usize) { -127 } else { 127 };
         }
         let mut portable = Decoder::with_backend(Arc::clone(&code), Backend::Portable);
-        let mut fast = Decoder::with_backend(Arc::clone(&code), Backend::Avx2);
         if min_sum {
             portable.set_rule(CheckRule::MinSum);
-            fast.set_rule(CheckRule::MinSum);
         }
         portable.set_message_max(message_max).unwrap();
-        fast.set_message_max(message_max).unwrap();
         let a = portable.decode(&llrs, &syndrome, iterations).unwrap();
-        let b = fast.decode(&llrs, &syndrome, iterations).unwrap();
-        prop_assert_eq!(a, b);
-        prop_assert_eq!(portable.posteriors(), fast.posteriors());
+        for backend in [Backend::Avx2, Backend::Avx512] {
+            let mut fast = Decoder::with_backend(Arc::clone(&code), backend);
+            if min_sum {
+                fast.set_rule(CheckRule::MinSum);
+            }
+            fast.set_message_max(message_max).unwrap();
+            let b = fast.decode(&llrs, &syndrome, iterations).unwrap();
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(portable.posteriors(), fast.posteriors());
+        }
     }
 
     /// Whenever Bob's decoder converges his key equals Alice's, and the
@@ -429,16 +433,23 @@ fn channel_magnitudes() {
     assert_eq!(channel_magnitude(f64::NAN), 1);
 }
 
-/// The AVX2 decoder on the liftings the shipped frame lengths use (Z = 32,
-/// 64 and 256: whole vectors, which the property test above rarely
-/// draws): the same posteriors and outcome as the portable decoder, every
-/// rung, rounds that converge and rounds that do not.
+/// The AVX2 and AVX-512 decoders on the liftings the shipped frame lengths
+/// use (Z = 32, 64, 128, 192 and 256: whole vectors, which the property test above
+/// rarely draws; the AVX-512 kernel runs on all but 32): the same
+/// posteriors and outcome as the portable decoder, every rung, rounds that
+/// converge and rounds that do not.
 #[test]
 fn avx2_matches_portable_on_shipped_liftings() {
     if !Backend::Avx2.is_available() {
         return;
     }
-    for (n, qber) in [(1 << 13, 0.03), (1 << 14, 0.06), (1 << 16, 0.02)] {
+    for (n, qber) in [
+        (1 << 13, 0.03),
+        (1 << 14, 0.06),
+        (1 << 15, 0.04),
+        (3 << 14, 0.05),
+        (1 << 16, 0.02),
+    ] {
         for rung in MotherRate::ladder() {
             let code = Arc::new(
                 LdpcCode::build(CodeSpec {
@@ -464,12 +475,14 @@ fn avx2_matches_portable_on_shipped_liftings() {
             }
             let syndrome = code.syndrome(&key);
             let mut portable = Decoder::with_backend(Arc::clone(&code), Backend::Portable);
-            let mut fast = Decoder::with_backend(Arc::clone(&code), Backend::Avx2);
             for iterations in [3, 40] {
                 let a = portable.decode(&llrs, &syndrome, iterations).unwrap();
-                let b = fast.decode(&llrs, &syndrome, iterations).unwrap();
-                assert_eq!(a, b, "n={n} rung={}", rung.index());
-                assert!(portable.posteriors() == fast.posteriors());
+                for backend in [Backend::Avx2, Backend::Avx512] {
+                    let mut fast = Decoder::with_backend(Arc::clone(&code), backend);
+                    let b = fast.decode(&llrs, &syndrome, iterations).unwrap();
+                    assert_eq!(a, b, "n={n} rung={} {backend:?}", rung.index());
+                    assert!(portable.posteriors() == fast.posteriors());
+                }
             }
         }
     }

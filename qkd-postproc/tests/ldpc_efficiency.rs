@@ -590,7 +590,21 @@ fn decoder_cpu_time() {
     let n = env("LDPC_N", 65536.0) as usize;
     let trials = env("LDPC_TRIALS", 40.0) as usize;
     let rounds = env("LDPC_ROUNDS", 5.0) as usize;
+    // LDPC_BACKEND: portable, avx2 or avx512 (default: the fastest here).
+    let backend = std::env::var("LDPC_BACKEND")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .map(|b| match b.as_str() {
+            "portable" => qkd_postproc::ldpc::Backend::Portable,
+            "avx2" => qkd_postproc::ldpc::Backend::Avx2,
+            "avx512" => qkd_postproc::ldpc::Backend::Avx512,
+            other => panic!("LDPC_BACKEND {other}: portable, avx2 or avx512"),
+        });
     let mut cache = CodeCache::new();
+    println!(
+        "backend {:?}",
+        backend.unwrap_or_else(qkd_postproc::ldpc::Backend::detect)
+    );
     println!("n,qber,key_len,frames,cpu_s,mbit_per_cpu_s,iterations_mean,failed,edges,ns_per_edge");
     for qber in [0.02, 0.03, 0.05] {
         let plan = choose_plan(
@@ -616,7 +630,10 @@ fn decoder_cpu_time() {
                 (llrs, plan.code().syndrome(&frame))
             })
             .collect();
-        let mut decoder = Decoder::new(plan.code().clone());
+        let mut decoder = match backend {
+            Some(backend) => Decoder::with_backend(plan.code().clone(), backend),
+            None => Decoder::new(plan.code().clone()),
+        };
         let (mut iterations, mut failed) = (0u64, 0u64);
         let start = thread_cpu_seconds().unwrap_or(0.0);
         for _ in 0..rounds {

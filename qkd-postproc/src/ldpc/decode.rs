@@ -52,14 +52,18 @@
 //! After each iteration the hard decisions
 //! (`x̂_v = 1` iff `L(v) < 0`) are checked against the syndrome and decoding
 //! stops on a match. Every operation is on integers and defined lane by
-//! lane, so the portable and the AVX2 kernels ([`Backend`]) give the same
-//! bits; a property test compares them.
+//! lane, so the portable, AVX2 and AVX-512 kernels ([`Backend`]) give the
+//! same bits; property tests compare them.
 //!
-//! The AVX2 sum-product kernel works on the posterior columns in place
-//! (lane `t` of base entry `(c, s)` is variable `c·Z + (s + t) mod Z`; a
-//! window of 32 lanes that wraps is two loads blended), the portable one
-//! and min-sum on a layer buffer the rotated columns are copied into and
-//! back; the lanes compute the same either way.
+//! The AVX2 and AVX-512 sum-product kernels work on the posterior columns
+//! in place (lane `t` of base entry `(c, s)` is variable
+//! `c·Z + (s + t) mod Z`; a window of 32 lanes that wraps is two loads
+//! blended, one of 64 a load and a masked load), the portable one and
+//! min-sum on a layer buffer the rotated columns are copied into and back;
+//! the lanes compute the same either way. The AVX-512 kernel (AVX-512 F
+//! and BW, detected at run time, the default where present) needs a
+//! lifting that is a multiple of 64; otherwise its decoder runs the AVX2
+//! kernels.
 //!
 //! On the binary symmetric channel every key bit has the same |LLR|; the
 //! sum-product rule needs it on the scale of 1/8 nat, min-sum is invariant
@@ -107,13 +111,19 @@ pub enum Backend {
     /// aarch64 NEON, 16 lanes per instruction, detected at run time
     /// (NEON hook, `neon.rs`).
     Neon,
+    /// x86-64 AVX-512 BW, 64 lanes per instruction, detected at run time:
+    /// the in-place sum-product kernel where the lifting is a multiple of
+    /// 64, the AVX2 kernels otherwise.
+    Avx512,
 }
 
 impl Backend {
     /// The fastest kernel this CPU runs.
     #[must_use]
     pub fn detect() -> Self {
-        if simd::avx2_available() {
+        if simd::avx512_available() {
+            Backend::Avx512
+        } else if simd::avx2_available() {
             Backend::Avx2
         } else if super::neon::available() {
             Backend::Neon // NEON hook
@@ -129,6 +139,7 @@ impl Backend {
             Backend::Portable => true,
             Backend::Avx2 => simd::avx2_available(),
             Backend::Neon => super::neon::available(), // NEON hook
+            Backend::Avx512 => simd::avx512_available(),
         }
     }
 }
@@ -165,6 +176,13 @@ pub enum CheckRule {
     MinSum,
 }
 
+/// An in-place sum-product layer kernel (`simd::layer_sum_product_columns_*`).
+type Kernel =
+    fn(&mut [i16], &simd::CheckedRows, usize, &mut [i8], &[i8], u8, bool, &mut simd::Scratch);
+
+/// An in-place layer parity check (`simd::layer_parity_holds_*`).
+type Parity = fn(&[i16], &simd::CheckedRows, usize, &[i8]) -> bool;
+
 /// Result of one decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeOutcome {
@@ -197,11 +215,25 @@ pub struct Decoder {
     rule: CheckRule,
     /// The largest magnitude of a sum-product message.
     message_max: u8,
-    /// Whether the AVX2 sum-product kernel can run in place on the
-    /// posterior columns: a lifting that is a multiple of 32 lanes, rows
-    /// that list each column once. Otherwise (and for min-sum) the rotated
-    /// columns are copied into `layer` and back around the kernel.
-    columns_fit: bool,
+    /// Which sum-product kernel can run in place on the posterior columns:
+    /// AVX-512 for a lifting that is a multiple of 64 lanes, AVX2 for one
+    /// that is a multiple of 32, with rows that list each column once.
+    /// Otherwise (and for min-sum) the rotated columns are copied into
+    /// `layer` and back around the kernel.
+    columns: Columns,
+    /// The rows as the in-place kernels take them (checked once).
+    rows: Option<simd::CheckedRows>,
+}
+
+/// The in-place kernel a decoder runs (see `Decoder::columns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Columns {
+    /// None: the layer buffer.
+    No,
+    /// `simd::layer_sum_product_columns_avx2`.
+    Avx2,
+    /// `simd::layer_sum_product_columns_avx512`.
+    Avx512,
 }
 
 impl Drop for Decoder {
@@ -235,6 +267,7 @@ impl Decoder {
             .map(|r| code.row(r).len())
             .max()
             .unwrap_or(0);
+        let rows = simd::CheckedRows::new((0..code.base_rows()).map(|r| code.row(r)), z);
         Decoder {
             posterior: vec![0; code.n() + 2 * simd::COLUMN_MARGIN],
             messages: vec![0; code.edges()],
@@ -248,13 +281,16 @@ impl Decoder {
             },
             rule: CheckRule::default(),
             message_max: DEFAULT_MESSAGE_MAX,
-            columns_fit: backend == Backend::Avx2
-                && simd::columns_kernel_fits(z)
-                && (0..code.base_rows()).all(|r| {
-                    let mut columns: Vec<u32> = code.row(r).iter().map(|&(c, _)| c).collect();
-                    columns.sort_unstable();
-                    columns.windows(2).all(|w| w[0] != w[1])
-                }),
+            columns: if rows.is_none() {
+                Columns::No
+            } else if backend == Backend::Avx512 && simd::columns_kernel_fits_avx512(z) {
+                Columns::Avx512
+            } else if backend != Backend::Portable && simd::columns_kernel_fits(z) {
+                Columns::Avx2
+            } else {
+                Columns::No
+            },
+            rows,
             code,
             backend,
         }
@@ -348,20 +384,21 @@ impl Decoder {
             return Err(super::LdpcError::Length);
         }
         let columns = simd::COLUMN_MARGIN..simd::COLUMN_MARGIN + code.n();
-        for (p, &c) in self.posterior[columns.clone()].iter_mut().zip(channel) {
-            // Written as selects (not a match) so that it vectorises.
-            let v = i16::from(c);
-            *p = if v >= i16::from(LLR_MAX) {
-                KNOWN
-            } else if v <= -i16::from(LLR_MAX) {
-                -KNOWN
-            } else {
-                v
-            };
+        simd::start_posteriors(channel, &mut self.posterior[columns.clone()]);
+        let in_place = if self.rule == CheckRule::SumProduct {
+            self.columns
+        } else {
+            Columns::No
+        };
+        if in_place == Columns::No {
+            // (The in-place kernels read no message in the first
+            // iteration and write every one.)
+            self.messages.fill(0);
         }
-        self.messages.fill(0);
-        for (i, sign) in self.syndrome_signs.iter_mut().enumerate() {
-            *sign = if syndrome.get(i) { i8::MIN } else { 0 };
+        for (signs, &word) in self.syndrome_signs.chunks_mut(64).zip(syndrome.words()) {
+            for (b, sign) in signs.iter_mut().enumerate() {
+                *sign = if (word >> b) & 1 == 1 { i8::MIN } else { 0 };
+            }
         }
         let z = code.lifting();
         if self.syndrome_matches() {
@@ -374,19 +411,24 @@ impl Decoder {
         for r in 0..code.base_rows() {
             edge[r + 1] = edge[r] + code.row(r).len();
         }
-        let in_place = self.columns_fit && self.rule == CheckRule::SumProduct;
         for it in 1..=max_iterations {
             for r in 0..code.base_rows() {
                 let row = code.row(r);
                 let d = row.len();
-                if in_place {
-                    simd::layer_sum_product_columns_avx2(
+                let in_place_kernel = match in_place {
+                    Columns::No => None,
+                    Columns::Avx2 => Some(simd::layer_sum_product_columns_avx2 as Kernel),
+                    Columns::Avx512 => Some(simd::layer_sum_product_columns_avx512 as Kernel),
+                };
+                if let (Some(kernel), Some(rows)) = (in_place_kernel, &self.rows) {
+                    kernel(
                         &mut self.posterior,
-                        row,
+                        rows,
+                        r,
                         &mut self.messages[edge[r] * z..edge[r + 1] * z],
                         &self.syndrome_signs[r * z..(r + 1) * z],
-                        z,
                         self.message_max,
+                        it == 1,
                         &mut self.scratch,
                     );
                     continue;
@@ -403,15 +445,17 @@ impl Decoder {
                 let messages = &mut self.messages[edge[r] * z..edge[r + 1] * z];
                 let signs = &self.syndrome_signs[r * z..(r + 1) * z];
                 match (self.rule, self.backend) {
-                    (CheckRule::SumProduct, Backend::Avx2) => simd::layer_sum_product_avx2(
-                        layer,
-                        messages,
-                        signs,
-                        d,
-                        z,
-                        self.message_max,
-                        &mut self.scratch,
-                    ),
+                    (CheckRule::SumProduct, Backend::Avx2 | Backend::Avx512) => {
+                        simd::layer_sum_product_avx2(
+                            layer,
+                            messages,
+                            signs,
+                            d,
+                            z,
+                            self.message_max,
+                            &mut self.scratch,
+                        )
+                    }
                     (CheckRule::SumProduct, Backend::Portable) => {
                         simd::layer_sum_product_portable(
                             layer,
@@ -423,7 +467,7 @@ impl Decoder {
                             &mut self.scratch,
                         );
                     }
-                    (CheckRule::MinSum, Backend::Avx2) => simd::layer_avx2(
+                    (CheckRule::MinSum, Backend::Avx2 | Backend::Avx512) => simd::layer_avx2(
                         layer,
                         messages,
                         signs,
@@ -488,13 +532,18 @@ impl Decoder {
     fn syndrome_matches(&mut self) -> bool {
         let code = &self.code;
         let z = code.lifting();
-        if self.columns_fit {
+        let holds = match self.columns {
+            Columns::No => None,
+            Columns::Avx2 => Some(simd::layer_parity_holds_avx2 as Parity),
+            Columns::Avx512 => Some(simd::layer_parity_holds_avx512 as Parity),
+        };
+        if let (Some(holds), Some(rows)) = (holds, &self.rows) {
             return (0..code.base_rows()).all(|r| {
-                simd::layer_parity_holds_avx2(
+                holds(
                     &self.posterior,
-                    code.row(r),
+                    rows,
+                    r,
                     &self.syndrome_signs[r * z..(r + 1) * z],
-                    z,
                 )
             });
         }
@@ -525,13 +574,10 @@ impl Decoder {
     /// posterior is negative.
     #[must_use]
     pub fn decisions(&self) -> BitVec {
-        let mut out = BitVec::zeros(self.code.n());
-        for (v, &p) in self.posteriors().iter().enumerate() {
-            if p < 0 {
-                out.set(v, true);
-            }
-        }
-        out
+        let n = self.code.n();
+        let mut words = vec![0u64; n.div_ceil(64)];
+        simd::sign_words(self.posteriors(), &mut words);
+        BitVec::from_words(words, n).expect("one word per 64 posteriors")
     }
 
     /// The posteriors of the last decoding (for tests and diagnostics).

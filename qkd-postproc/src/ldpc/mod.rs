@@ -17,28 +17,29 @@
 //!   [`CodeCache`] the caller owns.
 //! - [`alist`]: read and write the `alist` format.
 //! - [`decode`]: layered sum-product (default) or offset min-sum on 8-bit
-//!   messages and 16-bit posteriors, portable and AVX2 kernels with the
-//!   same output, and NEON ones on aarch64 (`neon.rs`, its tests run under
-//!   qemu by `.ci/aarch64`).
+//!   messages and 16-bit posteriors, portable, AVX2 and AVX-512 kernels
+//!   with the same output, and NEON ones on aarch64 (`neon.rs`, its tests
+//!   run under qemu by `.ci/aarch64`).
 //! - [`rate`]: frames with punctured and shortened positions, choosing the
 //!   code for a QBER, the leakage accounting.
 //! - [`machine`]: [`LdpcAlice`] and [`LdpcBob`] on the `Machine` contract,
 //!   with their messages in [`wire`].
 //! - [`reconcile_in_memory`]: both sides in one call (tests, `qkd ec`).
 
-//! # Measured (AMD EPYC VM, 2 shared vCPUs, AVX2; partial results)
+//! # Measured (AMD EPYC VM, Zen 4, 2 shared vCPUs)
 //!
 //! Decoder throughput (sum-product on 16-bit posteriors, LLRs in steps
 //! of 1/8 nat, the default), reconciled key bits per CPU-second of the
 //! decoding thread, n = 2^16, frames at a syndrome efficiency of 1.45
 //! (`cargo test --release -p qkd-postproc --test ldpc_efficiency --
-//! --ignored --nocapture decoder_cpu_time`, load average 4–5, three runs):
-//! 23–26 Mbit/s at QBER 2 %, 24–34 at 3 %, 34–40 at 5 % (the 8-bit
-//! decoder before: 33–44, 38–50, 28–33 with 5 % of the 5 % frames
-//! failing). The target of 100 Mbit/s is not reached. Against
-//! `ldpc-toolbox` 0.12's fastest decoder on the same code and frames
-//! (`bench-peers/ldpc-toolbox`): 23–41× its throughput at the same or a
-//! lower frame error rate.
+//! --ignored --nocapture decoder_cpu_time`, medians of 6 runs alternated
+//! with the AVX2 build before, load 1.4–2.0): with the AVX-512 kernel
+//! 99.7 Mbit/s at QBER 2 %, 100.4 at 3 %, 112.3 at 5 % (0.176–0.183 ns
+//! per edge update), 1.17–1.21× the AVX2 kernel's 82, 83 and 96; 100
+//! Mbit/s is reached at 2 % without margin. Against `ldpc-toolbox` 0.12's
+//! fastest decoder on the same codes and frames (`bench-peers/ldpc-toolbox`,
+//! n = 2^16, QBER 2, 3 and 5 %): 93–107× its throughput at the same frame
+//! error rate (0 of 40). BENCHMARKS.md has the tables.
 //!
 //! Blind reconciliation, n = 2^17 (117 965 key bits), syndrome aimed at
 //! f = 1.05, reveals of 1 % of n·h2(Q) per round, 10 frames per QBER

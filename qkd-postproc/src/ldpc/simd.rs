@@ -1,8 +1,9 @@
 //! The layer kernels of the decoder, sum-product and min-sum, each
-//! portable and AVX2.
+//! portable and AVX2, and the in-place sum-product kernel also with
+//! AVX-512 BW.
 //!
-//! This is the only module of `ldpc` with `unsafe` code: AVX2 intrinsics
-//! behind run-time detection. Both kernels of a rule compute, lane by lane,
+//! This is the only module of `ldpc` with `unsafe` code: AVX2 and AVX-512
+//! intrinsics behind run-time detection. Both kernels of a rule compute, lane by lane,
 //! exactly the update written in [`super::decode`] (16-bit saturating
 //! posteriors, their 8-bit saturated view for the check, saturating byte
 //! arithmetic on messages, the same table, the same scaling of the minima,
@@ -29,6 +30,7 @@ pub(crate) struct Scratch {
     /// The inputs `q` of one vector of lanes, 16-bit and narrowed, of the
     /// in-place AVX2 kernel (`d` rows of 32).
     q16: Vec<i16>,
+    /// The narrowed inputs of the AVX2 in-place kernel.
     q8: Vec<i8>,
     pub(crate) parity: Vec<i16>,
 }
@@ -57,6 +59,82 @@ pub(crate) fn avx2_available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// The starting posteriors of a decoding from the channel LLRs: a known
+/// bit (`±LLR_MAX`, or below `−LLR_MAX`) starts at `±KNOWN`, any other as
+/// its LLR. Compiled for AVX2 where the CPU has it (the same loop,
+/// vectorised wider).
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn start_posteriors(channel: &[i8], out: &mut [i16]) {
+    assert_eq!(channel.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        // SAFETY: AVX2 was detected on this CPU just above.
+        unsafe { start_posteriors_avx2(channel, out) };
+        return;
+    }
+    start_posteriors_portable(channel, out);
+}
+
+/// [`start_posteriors`] compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn start_posteriors_avx2(channel: &[i8], out: &mut [i16]) {
+    start_posteriors_portable(channel, out);
+}
+
+#[inline(always)]
+fn start_posteriors_portable(channel: &[i8], out: &mut [i16]) {
+    use super::decode::{KNOWN, LLR_MAX};
+    for (p, &c) in out.iter_mut().zip(channel) {
+        // Written as selects (not a match) so that it vectorises.
+        let v = i16::from(c);
+        *p = if v >= i16::from(LLR_MAX) {
+            KNOWN
+        } else if v <= -i16::from(LLR_MAX) {
+            -KNOWN
+        } else {
+            v
+        };
+    }
+}
+
+/// The hard decisions of `posteriors` packed into `words` (bit `i % 64` of
+/// word `i / 64` set iff posterior `i` is negative), without a branch per
+/// bit (the decisions of random frames are coin flips); compiled for AVX2
+/// where the CPU has it.
+///
+/// # Panics
+/// If `words` does not hold one word per 64 posteriors.
+pub(crate) fn sign_words(posteriors: &[i16], words: &mut [u64]) {
+    assert_eq!(words.len(), posteriors.len().div_ceil(64));
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        // SAFETY: AVX2 was detected on this CPU just above.
+        unsafe { sign_words_avx2(posteriors, words) };
+        return;
+    }
+    sign_words_portable(posteriors, words);
+}
+
+/// [`sign_words`] compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sign_words_avx2(posteriors: &[i16], words: &mut [u64]) {
+    sign_words_portable(posteriors, words);
+}
+
+#[inline(always)]
+fn sign_words_portable(posteriors: &[i16], words: &mut [u64]) {
+    for (word, chunk) in words.iter_mut().zip(posteriors.chunks(64)) {
+        *word = chunk
+            .iter()
+            .enumerate()
+            .fold(0u64, |w, (i, &p)| w | (u64::from(p < 0) << i));
     }
 }
 
@@ -185,6 +263,20 @@ fn lanes_portable(
         }
     }
 }
+
+/// The offset the AVX-512 in-place kernel adds to every magnitude (`m ≤ 127`
+/// becomes `m + 112 ≤ 239`), so that the byte shuffle's table lookups
+/// need no clamp: the index `(a + b + 1) >> 1` of `c(a + b)` is the byte
+/// average of two offset magnitudes, `112` more than the plain one, and
+/// that of `c(|a − b|)` the average of `|a − b|` and `224`, also `112`
+/// more; an index `i + 112` with `i < 16` has low bits `i`, one with
+/// `i ≥ 16` has its top bit set, for which the shuffle gives 0, the
+/// table's last entry. Minima and maxima keep their order under the
+/// offset, and `min + c(a + b) − c(|a − b|)` is never negative
+/// (`tests::offset_boxplus_needs_no_floor`), so the floor at 0 of
+/// [`boxplus`] is never needed either.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) const MAGNITUDE_OFFSET: u8 = 112;
 
 /// The correction term `c(x) = 8·ln(1 + e^(−x/8))` of the box-plus
 /// operation on LLRs in steps of 1/8 nat, indexed by
@@ -347,51 +439,105 @@ pub(crate) fn columns_kernel_fits(z: usize) -> bool {
 }
 
 /// Values before the first and after the last posterior column in the
-/// buffer [`layer_sum_product_columns_avx2`] works on: a window of 32
-/// lanes that wraps around its column is read and written as two windows
-/// that run past the column's ends.
-pub(crate) const COLUMN_MARGIN: usize = 32;
+/// buffer [`layer_sum_product_columns_avx2`] and
+/// [`layer_sum_product_columns_avx512`] work on: a window of 32 (64) lanes
+/// that wraps around its column is read and written as two windows that
+/// run past the column's ends (the AVX-512 kernel reads past the end
+/// only).
+pub(crate) const COLUMN_MARGIN: usize = 64;
+
+/// The base rows of a code checked once for the in-place kernels: every
+/// row has 1 to 255 entries and lists each column once, every shift is
+/// below `z`; `columns` is one more than the largest column. The kernels
+/// then check only that the posterior buffer holds `columns` columns.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedRows {
+    entries: Vec<(u32, u32)>,
+    start: Vec<usize>,
+    z: usize,
+    columns: usize,
+}
+
+impl CheckedRows {
+    /// The rows, or `None` if one breaks the conditions above.
+    pub(crate) fn new<'a>(
+        rows: impl IntoIterator<Item = &'a [(u32, u32)]>,
+        z: usize,
+    ) -> Option<Self> {
+        let mut checked = CheckedRows {
+            entries: Vec::new(),
+            start: vec![0],
+            z,
+            columns: 0,
+        };
+        for row in rows {
+            let mut columns: Vec<u32> = row.iter().map(|&(c, _)| c).collect();
+            columns.sort_unstable();
+            if !(1..=255).contains(&row.len())
+                || columns.windows(2).any(|w| w[0] == w[1])
+                || row.iter().any(|&(_, s)| s as usize >= z)
+            {
+                return None;
+            }
+            checked.columns = checked.columns.max(columns[columns.len() - 1] as usize + 1);
+            checked.entries.extend_from_slice(row);
+            checked.start.push(checked.entries.len());
+        }
+        Some(checked)
+    }
+
+    /// Row `r`.
+    fn row(&self, r: usize) -> &[(u32, u32)] {
+        &self.entries[self.start[r]..self.start[r + 1]]
+    }
+
+    /// Whether `posterior` holds every column with its margins.
+    fn fit(&self, posterior: &[i16]) -> bool {
+        self.columns * self.z + 2 * COLUMN_MARGIN <= posterior.len()
+    }
+}
 
 /// One sum-product layer straight on the posterior columns: `row` lists
 /// the layer's base entries `(column, shift)`, lane `t` of entry `(c, s)`
 /// is `posterior[COLUMN_MARGIN + c·z + (s + t) mod z]`. Gives exactly what copying the
 /// rotated columns into a layer buffer, [`layer_sum_product_portable`] and
-/// copying them back give, without the copies.
+/// copying them back give, without the copies. With `fresh` the messages
+/// are taken as all zero, without reading them (the first iteration of a
+/// decoding: the layer writes every one of its messages).
 ///
 /// # Panics
-/// If [`columns_kernel_fits`] is false for `z`, `row` is empty or longer
-/// than 255, a column of `row` lies beyond `posterior`, a shift is not
-/// below `z`, or `messages` or `signs` is short (the decoder never calls
-/// it so). A column listed twice gives another result than the portable
-/// kernel (the decoder checks this).
+/// If [`columns_kernel_fits`] is false for the rows' `z`, `r` is not one
+/// of `rows`, `posterior` does not hold every column with its margins, or
+/// `messages` or `signs` is short (the decoder never calls it so).
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx2(
     posterior: &mut [i16],
-    row: &[(u32, u32)],
+    rows: &CheckedRows,
+    r: usize,
     messages: &mut [i8],
     signs: &[i8],
-    z: usize,
     cap: u8,
+    fresh: bool,
     scratch: &mut Scratch,
 ) {
+    let (row, z) = (rows.row(r), rows.z);
     let d = row.len();
     assert!(
         columns_kernel_fits(z)
-            && (1..=255).contains(&d)
+            && rows.fit(posterior)
             && messages.len() >= d * z
             && signs.len() >= z
     );
-    assert!(row.iter().all(
-        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
-    ));
     scratch.forward.resize(d * 64, 0);
     scratch.q16.resize(d * 64, 0);
     scratch.q8.resize(d * 64, 0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, d is 1 to 255, the columns and shifts of `row` fit
-    // `posterior` (with its margins) and `z`, `messages` and `signs` are
-    // long enough (all asserted above), and the three scratch buffers hold
-    // d·64 values each (resized just above).
+    // multiple of 32, `posterior` holds every column with its margins,
+    // `messages` and `signs` are long enough (all asserted above), `row`
+    // has 1 to 255 entries with distinct columns and shifts below z
+    // (`CheckedRows`), and the three scratch buffers hold d·64 values each
+    // (resized just above).
     unsafe {
         x86::columns_sum_product(
             posterior,
@@ -400,41 +546,41 @@ pub(crate) fn layer_sum_product_columns_avx2(
             signs,
             z,
             cap,
+            fresh,
             &mut scratch.q16,
             &mut scratch.q8,
             &mut scratch.forward,
         );
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap);
+    let _ = (posterior, messages, signs, cap, fresh);
 }
 
 /// Whether the hard decisions of the posterior columns (laid out as for
 /// [`layer_sum_product_columns_avx2`]) satisfy every check of the layer
-/// `row` with syndrome signs `signs`.
+/// `r` of `rows` with syndrome signs `signs`.
 ///
 /// # Panics
 /// As [`layer_sum_product_columns_avx2`].
 pub(crate) fn layer_parity_holds_avx2(
     posterior: &[i16],
-    row: &[(u32, u32)],
+    rows: &CheckedRows,
+    r: usize,
     signs: &[i8],
-    z: usize,
 ) -> bool {
-    assert!(columns_kernel_fits(z) && signs.len() >= z);
-    assert!(row.iter().all(
-        |&(c, s)| (c as usize + 1) * z + 2 * COLUMN_MARGIN <= posterior.len() && (s as usize) < z
-    ));
+    let (row, z) = (rows.row(r), rows.z);
+    assert!(columns_kernel_fits(z) && rows.fit(posterior) && signs.len() >= z);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, the columns and shifts of `row` fit `posterior` (with
-    // its margins) and `z`, and `signs` holds z values (asserted above).
+    // multiple of 32, `posterior` holds every column with its margins and
+    // `signs` z values (asserted above), the shifts of `row` are below z
+    // (`CheckedRows`).
     unsafe {
         x86::columns_parity_holds(posterior, row, signs, z)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (posterior, signs);
+        let _ = (posterior, signs, row);
         unreachable!("columns_kernel_fits is false off x86-64")
     }
 }
@@ -820,14 +966,17 @@ mod x86 {
     /// lanes go two vectors (64 lanes) at a time where `z` allows, for two
     /// independent box-plus chains per step; each group keeps its `d`
     /// inputs `q` (16-bit and narrowed) and forward partial results in the
-    /// small `q16`, `q8` and `forward` buffers, which stay in L1.
+    /// small `q16`, `q8` and `forward` buffers, which stay in L1. (The
+    /// AVX-512 kernel narrows `q` again in the backward pass and uses
+    /// offset magnitudes instead; here, on the one CPU measured, that was
+    /// 2–6 % slower.)
     ///
     /// # Safety
     /// The CPU must support AVX2; `z` must be a positive multiple of 32,
     /// `posterior` must hold every column of `row` with its margins
     /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
     /// `z`, `messages` must hold `d·z` values, `signs` `z`, and `q16`,
-    /// `q8`, `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
+    /// `q8` and `forward` `d·64` each (`d = row.len()`, 1 to 255). The result
     /// is the portable kernel's when no column appears twice in `row`.
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
@@ -838,6 +987,7 @@ mod x86 {
         signs: &[i8],
         z: usize,
         cap: u8,
+        fresh: bool,
         q16: &mut [i16],
         q8: &mut [i8],
         forward: &mut [u8],
@@ -856,16 +1006,27 @@ mod x86 {
             forward: forward.as_mut_ptr(),
             messages: messages.as_mut_ptr(),
         };
-        let cap = _mm256_set1_epi8(cap as i8);
         let mut j = 0;
         while j + 64 <= z {
             // SAFETY: lanes j..j + 64 ≤ z, the caller's guarantees.
-            unsafe { lane_group::<2>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            unsafe {
+                if fresh {
+                    lane_group::<2, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<2, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
             j += 64;
         }
         if j < z {
             // SAFETY: lanes j..j + 32 = z, the caller's guarantees.
-            unsafe { lane_group::<1>(&columns[..row.len()], row, &buffers, signs, z, j, cap) };
+            unsafe {
+                if fresh {
+                    lane_group::<1, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<1, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
         }
     }
 
@@ -914,21 +1075,22 @@ mod x86 {
         messages: *mut i8,
     }
 
-    /// Lanes `j..j + 32·V` of one layer (see [`columns_sum_product`]).
+    /// Lanes `j..j + 32·V` of one layer (see [`columns_sum_product`]); with
+    /// `FRESH` the messages are taken as zero and not read.
     ///
     /// # Safety
     /// AVX2; the guarantees of [`columns_sum_product`] with `columns[k]`
     /// the start of entry `k`'s column, and `j + 32·V ≤ z`.
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn lane_group<const V: usize>(
+    unsafe fn lane_group<const V: usize, const FRESH: bool>(
         columns: &[*mut i16],
         row: &[(u32, u32)],
         b: &Buffers,
         signs: &[i8],
         z: usize,
         j: usize,
-        cap: __m256i,
+        cap: u8,
     ) {
         let d = row.len();
         let zero = _mm256_setzero_si256();
@@ -941,6 +1103,7 @@ mod x86 {
         for (v, sign) in sign.iter_mut().enumerate() {
             *sign = load8(signs, j + 32 * v);
         }
+        let cap = _mm256_set1_epi8(cap as i8);
         let mut f = [zero; V];
         // SAFETY (the whole forward pass): `k < d` and `v < V`, so
         // `(k·V + v)·32 + 32 ≤ d·64` (the scratch buffers) and
@@ -951,9 +1114,12 @@ mod x86 {
                 let at = (k * V + v) * 32;
                 unsafe {
                     let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 32 * v));
-                    let (r0, r1) = widen(read8(b.messages.add(k * z + j + 32 * v)));
-                    let q0 = _mm256_subs_epi16(l0, r0);
-                    let q1 = _mm256_subs_epi16(l1, r1);
+                    let (q0, q1) = if FRESH {
+                        (l0, l1)
+                    } else {
+                        let (r0, r1) = widen(read8(b.messages.add(k * z + j + 32 * v)));
+                        (_mm256_subs_epi16(l0, r0), _mm256_subs_epi16(l1, r1))
+                    };
                     write16(b.q16.add(at), q0, q1);
                     let q = narrow(q0, q1);
                     write8(b.q8.add(at), q);
@@ -1096,6 +1262,572 @@ mod x86 {
             }
             j += 32;
         }
+    }
+}
+
+/// Whether the AVX-512 kernels can run on this CPU (AVX-512 F and BW:
+/// 64 byte lanes per instruction, mask registers).
+pub(crate) fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("gfni")
+            && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`layer_sum_product_columns_avx512`] can decode a code of
+/// lifting `z` here: AVX-512 BW present and `z` a positive multiple of 64.
+pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
+    z >= 64 && z.is_multiple_of(64) && avx512_available()
+}
+
+/// [`layer_sum_product_columns_avx2`] with AVX-512 BW: 64 lanes per vector,
+/// two vectors per step where `z` allows. The same arguments (`fresh`
+/// included), the same result (lane by lane the portable kernel's).
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, or as
+/// [`layer_sum_product_columns_avx2`].
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+pub(crate) fn layer_sum_product_columns_avx512(
+    posterior: &mut [i16],
+    rows: &CheckedRows,
+    r: usize,
+    messages: &mut [i8],
+    signs: &[i8],
+    cap: u8,
+    fresh: bool,
+    scratch: &mut Scratch,
+) {
+    let (row, z) = (rows.row(r), rows.z);
+    let d = row.len();
+    assert!(
+        columns_kernel_fits_avx512(z)
+            && rows.fit(posterior)
+            && messages.len() >= d * z
+            && signs.len() >= z
+    );
+    scratch.forward.resize(d * 128, 0);
+    scratch.q16.resize(d * 128, 0);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
+    // z is a positive multiple of 64, `posterior` holds every column with
+    // its margins of 64 values, `messages` and `signs` are long enough (all
+    // asserted above), `row` has 1 to 255 entries with distinct columns
+    // and shifts below z (`CheckedRows`), and the two scratch buffers hold
+    // d·128 values each (resized just above).
+    unsafe {
+        x86_512::columns_sum_product(
+            posterior,
+            row,
+            messages,
+            signs,
+            z,
+            cap,
+            fresh,
+            &mut scratch.q16,
+            &mut scratch.forward,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (posterior, messages, signs, cap, fresh);
+}
+
+/// [`layer_parity_holds_avx2`] with AVX-512 BW, 64 lanes per step.
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for `z`, or as
+/// [`layer_parity_holds_avx2`].
+pub(crate) fn layer_parity_holds_avx512(
+    posterior: &[i16],
+    rows: &CheckedRows,
+    r: usize,
+    signs: &[i8],
+) -> bool {
+    let (row, z) = (rows.row(r), rows.z);
+    assert!(columns_kernel_fits_avx512(z) && rows.fit(posterior) && signs.len() >= z);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
+    // z is a positive multiple of 64, `posterior` holds every column with
+    // its margins and `signs` z values (asserted above), the shifts of
+    // `row` are below z (`CheckedRows`).
+    unsafe {
+        x86_512::columns_parity_holds(posterior, row, signs, z)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (posterior, signs, row);
+        unreachable!("columns_kernel_fits_avx512 is false off x86-64")
+    }
+}
+
+/// The AVX-512 BW form of the in-place sum-product kernel and the parity
+/// check: the operations of `x86::lane_group` on vectors of 64 lanes
+/// (posteriors as two vectors of 32 `i16`), a window that wraps around its
+/// column read and written with masked loads and stores. Within a layer
+/// the kernel keeps its byte vectors (inputs, forward results, syndrome
+/// signs, new messages) in the pack instruction's order
+/// ([`narrow_packed`]), so that narrowing and widening stay inside 128-bit
+/// quarters (cross-quarter shuffles cost more on the CPUs measured); the
+/// messages are stored in lane order.
+#[cfg(target_arch = "x86_64")]
+mod x86_512 {
+    use core::arch::x86_64::*;
+
+    /// 64 posteriors at `p`, as two vectors of 32.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` readable.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn read16(p: *const i16) -> (__m512i, __m512i) {
+        // SAFETY: the caller guarantees 64 readable i16 (128 bytes) at
+        // `p`; loadu has no alignment requirement.
+        unsafe {
+            (
+                _mm512_loadu_si512(p.cast()),
+                _mm512_loadu_si512(p.add(32).cast()),
+            )
+        }
+    }
+
+    /// Stores 64 posteriors at `p`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` writable.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn write16(p: *mut i16, v0: __m512i, v1: __m512i) {
+        // SAFETY: the caller guarantees 64 writable i16 (128 bytes) at
+        // `p`; storeu has no alignment requirement.
+        unsafe {
+            _mm512_storeu_si512(p.cast(), v0);
+            _mm512_storeu_si512(p.add(32).cast(), v1);
+        }
+    }
+
+    /// 64 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` readable.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn read8<T: Copy>(p: *const T) -> __m512i {
+        // SAFETY: the caller guarantees 64 readable bytes at `p` (the
+        // callers pass i8 or u8 pointers); loadu has no alignment
+        // requirement.
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+
+    /// Stores 64 bytes at `p`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` writable.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn write8<T: Copy>(p: *mut T, v: __m512i) {
+        // SAFETY: the caller guarantees 64 writable bytes at `p` (the
+        // callers pass i8 or u8 pointers); storeu has no alignment
+        // requirement.
+        unsafe { _mm512_storeu_si512(p.cast(), v) }
+    }
+
+    /// 64 signed bytes at `p`, widened to two vectors of 32 `i16`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `p..p + 64` readable.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn read8_widened(p: *const i8) -> (__m512i, __m512i) {
+        // SAFETY: the caller guarantees 64 readable bytes at `p`; loadu has
+        // no alignment requirement.
+        unsafe {
+            (
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.cast())),
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(p.add(32).cast())),
+            )
+        }
+    }
+
+    /// 64 posteriors (two vectors of 32) to bytes saturated to ±127 in the
+    /// kernel's lane order: in each 128-bit quarter `i` the lanes `8i..8i +
+    /// 8` of `v0`, then those of `v1` (what the pack instruction gives; the
+    /// unpack instructions of [`widen_packed`] undo it without crossing
+    /// quarters).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn narrow_packed(v0: __m512i, v1: __m512i) -> __m512i {
+        _mm512_max_epi8(_mm512_packs_epi16(v0, v1), _mm512_set1_epi8(-127))
+    }
+
+    /// 64 signed bytes in the order of [`narrow_packed`] to the two vectors
+    /// of 32 `i16` it was made from: each byte next to its sign (every bit
+    /// a copy of its top bit: one affine transform over GF(2)).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn widen_packed(r: __m512i) -> (__m512i, __m512i) {
+        let top_bit = _mm512_set1_epi64(0x8080_8080_8080_8080u64 as i64);
+        let sign = _mm512_gf2p8affine_epi64_epi8::<0>(r, top_bit);
+        (_mm512_unpacklo_epi8(r, sign), _mm512_unpackhi_epi8(r, sign))
+    }
+
+    /// Bytes in the order of [`narrow_packed`] to lane order.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn from_packed(r: __m512i) -> __m512i {
+        _mm512_permutexvar_epi64(_mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0), r)
+    }
+
+    /// Bytes in lane order to the order of [`narrow_packed`].
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn to_packed(r: __m512i) -> __m512i {
+        _mm512_permutexvar_epi64(_mm512_set_epi64(7, 3, 6, 2, 5, 1, 4, 0), r)
+    }
+
+    /// The lanes `t ≥ z − start` of a window of 64 at `start < z` (those
+    /// that wrap to the column's start), as a mask: empty when the window
+    /// fits.
+    #[inline]
+    fn wrapped(z: usize, start: usize) -> u64 {
+        if start + 64 <= z {
+            0
+        } else {
+            u64::MAX << (z - start)
+        }
+    }
+
+    /// The 64 posteriors `col[(start + t) mod z]`, `t < 64`, of the column
+    /// of `z ≥ 64` posteriors at `col`, `start < z`: the window at `start`,
+    /// its wrapped lanes replaced by a masked load from before it.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `col − 64 .. col + z + 64` readable (the column and
+    /// its margins, [`super::COLUMN_MARGIN`]).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn load_rotated(col: *const i16, z: usize, start: usize) -> (__m512i, __m512i) {
+        // SAFETY: `start < z`, so `col + start .. col + start + 64` lies in
+        // `col .. col + z + 64`; a wrapped lane `t` is read at
+        // `col + start + t − z`, inside the column, and a masked load
+        // touches only its lanes.
+        unsafe {
+            let (x0, x1) = read16(col.add(start));
+            let m = wrapped(z, start);
+            if m == 0 {
+                (x0, x1)
+            } else {
+                let y = col.add(start).sub(z);
+                (
+                    _mm512_mask_loadu_epi16(x0, m as u32, y),
+                    _mm512_mask_loadu_epi16(x1, (m >> 32) as u32, y.add(32)),
+                )
+            }
+        }
+    }
+
+    /// Stores `col[(start + t) mod z]`, `t < 64` (see [`load_rotated`]); a
+    /// window that wraps is two masked stores, the lanes that fit and the
+    /// wrapped ones.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; `col .. col + z` writable, nothing else accessing it.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn store_rotated(col: *mut i16, z: usize, start: usize, v0: __m512i, v1: __m512i) {
+        // SAFETY: the lanes written are `col + start + t` for `t < z −
+        // start` and `col + start + t − z` for the others, all inside the
+        // column; masked stores write only their lanes.
+        unsafe {
+            let at = col.add(start);
+            let m = wrapped(z, start);
+            if m == 0 {
+                write16(at, v0, v1);
+            } else {
+                let keep = !m;
+                _mm512_mask_storeu_epi16(at, keep as u32, v0);
+                _mm512_mask_storeu_epi16(at.add(32), (keep >> 32) as u32, v1);
+                let y = at.sub(z);
+                _mm512_mask_storeu_epi16(y, m as u32, v0);
+                _mm512_mask_storeu_epi16(y.add(32), (m >> 32) as u32, v1);
+            }
+        }
+    }
+
+    /// The [`super::CORRECTION`] table in all four 128-bit lanes (the
+    /// byte shuffle looks up within a lane).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn correction_table() -> __m512i {
+        let mut b = [0u8; 64];
+        for quarter in b.chunks_exact_mut(16) {
+            quarter.copy_from_slice(&super::CORRECTION);
+        }
+        // SAFETY: `b` is 64 readable bytes.
+        unsafe { read8(b.as_ptr()) }
+    }
+
+    /// `(a + b + 1) >> 1` on 64 unsigned bytes: the byte average
+    /// instruction itself (written out: the compiler rewrites the
+    /// intrinsic into 16-bit arithmetic, see `x86::average`).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn average(a: __m512i, b: __m512i) -> __m512i {
+        let out: __m512i;
+        // SAFETY: `vpavgb` on two vector registers: AVX-512 BW is enabled
+        // for this function, it touches no memory, stack or flags.
+        unsafe {
+            core::arch::asm!(
+                "vpavgb {out}, {a}, {b}",
+                out = lateout(zmm_reg) out,
+                a = in(zmm_reg) a,
+                b = in(zmm_reg) b,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        out
+    }
+
+    /// `a ⊞ b` on 64 lanes of magnitudes in the offset form, exactly
+    /// `super::boxplus` (see [`super::MAGNITUDE_OFFSET`]).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    fn boxplus_offset(a: __m512i, b: __m512i, table: __m512i) -> __m512i {
+        let lo = _mm512_min_epu8(a, b);
+        let hi = _mm512_max_epu8(a, b);
+        let c_sum = _mm512_shuffle_epi8(table, average(a, b));
+        let diff = average(
+            _mm512_sub_epi8(hi, lo),
+            _mm512_set1_epi8((2 * super::MAGNITUDE_OFFSET) as i8),
+        );
+        let c_diff = _mm512_shuffle_epi8(table, diff);
+        _mm512_sub_epi8(_mm512_add_epi8(lo, c_sum), c_diff)
+    }
+
+    /// The raw buffers of [`columns_sum_product`].
+    struct Buffers {
+        q16: *mut i16,
+        forward: *mut u8,
+        messages: *mut i8,
+    }
+
+    /// One whole sum-product layer on the posterior columns in place, 64
+    /// lanes per vector (see `x86::columns_sum_product`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `z` must be a positive
+    /// multiple of 64, `posterior` must hold every column of `row` with its
+    /// margins (`(c + 1)·z + 2·COLUMN_MARGIN` values, `COLUMN_MARGIN ≥
+    /// 64`), every shift must be below `z`, `messages` must hold `d·z`
+    /// values, `signs` `z`, and `q16` and `forward` `d·128` each (`d =
+    /// row.len()`, 1 to 255). The result is the portable kernel's when no
+    /// column appears twice in `row`.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+    pub(super) unsafe fn columns_sum_product(
+        posterior: &mut [i16],
+        row: &[(u32, u32)],
+        messages: &mut [i8],
+        signs: &[i8],
+        z: usize,
+        cap: u8,
+        fresh: bool,
+        q16: &mut [i16],
+        forward: &mut [u8],
+    ) {
+        const _: () = assert!(super::COLUMN_MARGIN >= 64);
+        let mut columns = [core::ptr::null_mut::<i16>(); 256];
+        let p = posterior.as_mut_ptr();
+        for (slot, &(c, _)) in columns.iter_mut().zip(row) {
+            // SAFETY: the caller guarantees `(c + 1)·z + 2·COLUMN_MARGIN ≤
+            // posterior.len()`, so the column start is inside `posterior`.
+            *slot = unsafe { p.add(super::COLUMN_MARGIN + c as usize * z) };
+        }
+        let buffers = Buffers {
+            q16: q16.as_mut_ptr(),
+            forward: forward.as_mut_ptr(),
+            messages: messages.as_mut_ptr(),
+        };
+        let mut j = 0;
+        while j + 128 <= z {
+            // SAFETY: lanes j..j + 128 ≤ z, the caller's guarantees.
+            unsafe {
+                if fresh {
+                    lane_group::<2, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<2, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
+            j += 128;
+        }
+        if j < z {
+            // SAFETY: lanes j..j + 64 = z, the caller's guarantees.
+            unsafe {
+                if fresh {
+                    lane_group::<1, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                } else {
+                    lane_group::<1, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                }
+            };
+        }
+    }
+
+    /// Lanes `j..j + 64·V` of one layer (see [`columns_sum_product`]); with
+    /// `FRESH` the messages are taken as zero and not read.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; the guarantees of [`columns_sum_product`] with
+    /// `columns[k]` the start of entry `k`'s column, and `j + 64·V ≤ z`.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    #[inline]
+    unsafe fn lane_group<const V: usize, const FRESH: bool>(
+        columns: &[*mut i16],
+        row: &[(u32, u32)],
+        b: &Buffers,
+        signs: &[i8],
+        z: usize,
+        j: usize,
+        cap: u8,
+    ) {
+        let d = row.len();
+        let zero = _mm512_setzero_si512();
+        let table = correction_table();
+        let rotated = |s: u32, j: usize| {
+            let start = s as usize + j;
+            if start >= z { start - z } else { start }
+        };
+        let mut sign = [zero; V];
+        for (v, sign) in sign.iter_mut().enumerate() {
+            // SAFETY: `j + 64·v + 64 ≤ z` and `signs` holds z bytes.
+            *sign = to_packed(unsafe { read8(signs.as_ptr().add(j + 64 * v)) });
+        }
+        let offset = _mm512_set1_epi8(super::MAGNITUDE_OFFSET as i8);
+        let capped = cap < 127;
+        let cap = _mm512_set1_epi8(cap.saturating_add(super::MAGNITUDE_OFFSET) as i8);
+        let mut f = [zero; V];
+        // SAFETY (the whole forward pass): `k < d` and `v < V`, so
+        // `(k·V + v)·64 + 64 ≤ d·128` (the scratch buffers) and
+        // `k·z + j + 64·v + 64 ≤ d·z` (`messages`); columns and shifts are
+        // in range (caller), which is what `load_rotated` needs.
+        for (k, &(_, s)) in row.iter().enumerate() {
+            for v in 0..V {
+                let at = (k * V + v) * 64;
+                unsafe {
+                    let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 64 * v));
+                    let (q0, q1) = if FRESH {
+                        (l0, l1)
+                    } else {
+                        let (r0, r1) = read8_widened(b.messages.add(k * z + j + 64 * v));
+                        (_mm512_subs_epi16(l0, r0), _mm512_subs_epi16(l1, r1))
+                    };
+                    write16(b.q16.add(at), q0, q1);
+                    let q = narrow_packed(q0, q1);
+                    sign[v] = _mm512_xor_si512(sign[v], q);
+                    let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
+                    f[v] = if k == 0 {
+                        a
+                    } else {
+                        boxplus_offset(f[v], a, table)
+                    };
+                    write8(b.forward.add(at), f[v]);
+                }
+            }
+        }
+        // Backward: lane magnitudes from the forward results before `k`
+        // and the backward ones after it.
+        let mut back = [zero; V];
+        // The lanes whose product of signs (syndrome and all inputs) is
+        // negative; a message is negative where this and its own input's
+        // sign differ.
+        let negative = sign.map(|s| _mm512_movepi8_mask(s));
+        for (k, &(_, s)) in row.iter().enumerate().rev() {
+            for v in 0..V {
+                let at = (k * V + v) * 64;
+                // SAFETY: as in the forward pass, and `forward` is read at
+                // entry `k − 1 < d`.
+                unsafe {
+                    let (q0, q1) = read16(b.q16.add(at));
+                    let q = narrow_packed(q0, q1);
+                    let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
+                    let mag = if k + 1 == d {
+                        if k == 0 {
+                            _mm512_set1_epi8((127 + super::MAGNITUDE_OFFSET) as i8)
+                        } else {
+                            read8(b.forward.add(at - 64 * V))
+                        }
+                    } else if k == 0 {
+                        back[v]
+                    } else {
+                        boxplus_offset(read8(b.forward.add(at - 64 * V)), back[v], table)
+                    };
+                    let mag = if capped {
+                        _mm512_min_epu8(mag, cap)
+                    } else {
+                        mag
+                    };
+                    back[v] = if k + 1 == d {
+                        a
+                    } else {
+                        boxplus_offset(back[v], a, table)
+                    };
+                    let mag = _mm512_sub_epi8(mag, offset);
+                    let r =
+                        _mm512_mask_sub_epi8(mag, negative[v] ^ _mm512_movepi8_mask(q), zero, mag);
+                    let (r0, r1) = widen_packed(r);
+                    store_rotated(
+                        columns[k],
+                        z,
+                        rotated(s, j + 64 * v),
+                        _mm512_adds_epi16(q0, r0),
+                        _mm512_adds_epi16(q1, r1),
+                    );
+                    write8(b.messages.add(k * z + j + 64 * v), from_packed(r));
+                }
+            }
+        }
+    }
+
+    /// Whether the hard decisions (sign bits) of the posterior columns
+    /// satisfy every check of one layer (see `x86::columns_parity_holds`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `z` a positive multiple of
+    /// 64, `posterior` must hold every column of `row` with its margins
+    /// (`(c + 1)·z + 2·COLUMN_MARGIN` values), every shift must be below
+    /// `z`, and `signs` must hold `z` values.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    pub(super) unsafe fn columns_parity_holds(
+        posterior: &[i16],
+        row: &[(u32, u32)],
+        signs: &[i8],
+        z: usize,
+    ) -> bool {
+        let p = posterior.as_ptr();
+        let mut any = _mm512_setzero_si512();
+        let mut j = 0;
+        while j < z {
+            // SAFETY: `j + 64 ≤ z` and `signs` holds z bytes.
+            let (mut a0, mut a1) = unsafe { read8_widened(signs.as_ptr().add(j)) };
+            for &(c, s) in row {
+                let start = s as usize + j;
+                let start = if start >= z { start - z } else { start };
+                // SAFETY: the column start is inside `posterior` and the
+                // window is one `load_rotated` reads (caller's guarantees).
+                let (l0, l1) =
+                    unsafe { load_rotated(p.add(super::COLUMN_MARGIN + c as usize * z), z, start) };
+                a0 = _mm512_xor_si512(a0, l0);
+                a1 = _mm512_xor_si512(a1, l1);
+            }
+            any = _mm512_or_si512(any, _mm512_or_si512(a0, a1));
+            j += 64;
+        }
+        _mm512_test_epi16_mask(any, _mm512_set1_epi16(i16::MIN)) == 0
     }
 }
 
@@ -1248,6 +1980,12 @@ mod tests {
                 60,
                 (0..50u32).map(|k| (k + 10, (k * 37 + 3) % 256)).collect(),
             ),
+            (128, 9, vec![(8, 127), (0, 64), (4, 1), (2, 63), (6, 0)]),
+            (
+                192,
+                30,
+                (0..20u32).map(|k| (29 - k, (k * 53 + 11) % 192)).collect(),
+            ),
         ] {
             if !columns_kernel_fits(z) {
                 return;
@@ -1263,38 +2001,69 @@ mod tests {
                 .map(|_| if next() & 1 == 1 { i8::MIN } else { 0 })
                 .collect();
             let cap = [27, 127, 5][(d + z / 32) % 3];
-            let (mut p1, mut m1) = (posterior.clone(), messages.clone());
-            let mut layer = vec![0i16; d * z];
-            for (k, &(c, s)) in row.iter().enumerate() {
-                for t in 0..z {
-                    layer[k * z + t] = p1[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z];
+            // Through a layer buffer and the portable kernel.
+            let reference = |messages: &[i8]| {
+                let (mut p, mut m) = (posterior.clone(), messages.to_vec());
+                let mut layer = vec![0i16; d * z];
+                for (k, &(c, s)) in row.iter().enumerate() {
+                    for t in 0..z {
+                        layer[k * z + t] = p[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z];
+                    }
                 }
-            }
-            layer_sum_product_portable(
-                &mut layer,
-                &mut m1,
-                &signs,
-                d,
-                z,
-                cap,
-                &mut Scratch::new(z),
-            );
-            for (k, &(c, s)) in row.iter().enumerate() {
-                for t in 0..z {
-                    p1[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] = layer[k * z + t];
+                layer_sum_product_portable(
+                    &mut layer,
+                    &mut m,
+                    &signs,
+                    d,
+                    z,
+                    cap,
+                    &mut Scratch::new(z),
+                );
+                for (k, &(c, s)) in row.iter().enumerate() {
+                    for t in 0..z {
+                        p[COLUMN_MARGIN + c as usize * z + (s as usize + t) % z] = layer[k * z + t];
+                    }
                 }
+                (p, m)
+            };
+            type Kernel =
+                fn(&mut [i16], &CheckedRows, usize, &mut [i8], &[i8], u8, bool, &mut Scratch);
+            let rows = CheckedRows::new([&row[..]], z).unwrap();
+            let mut kernels: Vec<(&str, Kernel)> = vec![("AVX2", layer_sum_product_columns_avx2)];
+            if columns_kernel_fits_avx512(z) {
+                kernels.push(("AVX-512", layer_sum_product_columns_avx512));
             }
-            let (mut p2, mut m2) = (posterior, messages);
-            layer_sum_product_columns_avx2(
-                &mut p2,
-                &row,
-                &mut m2,
-                &signs,
-                z,
-                cap,
-                &mut Scratch::new(z),
-            );
-            assert_eq!((&p1, &m1), (&p2, &m2), "z={z} d={d}");
+            let (p1, m1) = reference(&messages);
+            // Fresh: the messages are read as zero, whatever they hold.
+            let fresh = reference(&vec![0; d * z]);
+            let mut p2 = Vec::new();
+            for (name, kernel) in kernels {
+                let (mut p, mut m) = (posterior.clone(), messages.clone());
+                kernel(
+                    &mut p,
+                    &rows,
+                    0,
+                    &mut m,
+                    &signs,
+                    cap,
+                    false,
+                    &mut Scratch::new(z),
+                );
+                assert_eq!((&p1, &m1), (&p, &m), "{name} z={z} d={d}");
+                let (mut pf, mut mf) = (posterior.clone(), messages.clone());
+                kernel(
+                    &mut pf,
+                    &rows,
+                    0,
+                    &mut mf,
+                    &signs,
+                    cap,
+                    true,
+                    &mut Scratch::new(z),
+                );
+                assert_eq!((&fresh.0, &fresh.1), (&pf, &mf), "{name} fresh z={z} d={d}");
+                p2 = p;
+            }
             // The parity check: syndrome signs the decisions satisfy hold,
             // then one lane off fails.
             let mut matching: Vec<i8> = (0..z)
@@ -1305,9 +2074,109 @@ mod tests {
                     if odd { i8::MIN } else { 0 }
                 })
                 .collect();
-            assert!(layer_parity_holds_avx2(&p2, &row, &matching, z));
+            assert!(layer_parity_holds_avx2(&p2, &rows, 0, &matching));
+            let avx512 = columns_kernel_fits_avx512(z);
+            assert!(!avx512 || layer_parity_holds_avx512(&p2, &rows, 0, &matching));
             matching[z - 1 - d % z] ^= i8::MIN;
-            assert!(!layer_parity_holds_avx2(&p2, &row, &matching, z));
+            assert!(!layer_parity_holds_avx2(&p2, &rows, 0, &matching));
+            assert!(!avx512 || !layer_parity_holds_avx512(&p2, &rows, 0, &matching));
+            // Each lane alone failing is caught.
+            if avx512 {
+                matching[z - 1 - d % z] ^= i8::MIN;
+                for t in (0..z).step_by(7) {
+                    matching[t] ^= i8::MIN;
+                    assert!(
+                        !layer_parity_holds_avx512(&p2, &rows, 0, &matching),
+                        "lane {t}"
+                    );
+                    matching[t] ^= i8::MIN;
+                }
+            }
+        }
+    }
+
+    /// The rows the in-place kernels take: a row that lists a column
+    /// twice, an empty or too long row and a shift of `z` are refused.
+    #[test]
+    fn checked_rows() {
+        let ok: [&[(u32, u32)]; 2] = [&[(0, 0), (3, 31)], &[(7, 5)]];
+        let rows = CheckedRows::new(ok, 32).unwrap();
+        assert_eq!((rows.row(1), rows.columns), (&[(7, 5)][..], 8));
+        assert!(rows.fit(&[0; 8 * 32 + 2 * COLUMN_MARGIN]));
+        assert!(!rows.fit(&[0; 8 * 32 + 2 * COLUMN_MARGIN - 1]));
+        let twice: [&[(u32, u32)]; 1] = [&[(2, 0), (2, 1)]];
+        assert!(CheckedRows::new(twice, 32).is_none());
+        let empty: [&[(u32, u32)]; 1] = [&[]];
+        assert!(CheckedRows::new(empty, 32).is_none());
+        let shift: [&[(u32, u32)]; 1] = [&[(1, 32)]];
+        assert!(CheckedRows::new(shift, 32).is_none());
+        let long: Vec<(u32, u32)> = (0..256).map(|c| (c, 0)).collect();
+        assert!(CheckedRows::new([&long[..]], 32).is_none());
+        assert!(CheckedRows::new([&long[..255]], 32).is_some());
+    }
+
+    /// The packed hard decisions: bit `i` set iff posterior `i` is
+    /// negative, lengths that are and are not whole words, 0 and the
+    /// bounds included.
+    #[test]
+    fn sign_words_packs_the_decisions() {
+        let mut state = 0x51_9e_u64;
+        for n in [0usize, 1, 63, 64, 65, 200, 4096 + 17] {
+            let posteriors: Vec<i16> = (0..n)
+                .map(|i| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    match i % 5 {
+                        0 => 0,
+                        1 => i16::MIN,
+                        2 => i16::MAX,
+                        _ => posterior(state),
+                    }
+                })
+                .collect();
+            let mut words = vec![u64::MAX; n.div_ceil(64)];
+            sign_words(&posteriors, &mut words);
+            let mut portable = vec![u64::MAX; n.div_ceil(64)];
+            sign_words_portable(&posteriors, &mut portable);
+            assert_eq!(words, portable, "n={n}");
+            for (i, &p) in posteriors.iter().enumerate() {
+                assert_eq!((words[i / 64] >> (i % 64)) & 1 == 1, p < 0, "n={n} i={i}");
+            }
+            if n % 64 != 0 {
+                assert_eq!(words[n / 64] >> (n % 64), 0, "n={n}: bits past the end");
+            }
+        }
+    }
+
+    /// The offset form of the in-place kernels ([`MAGNITUDE_OFFSET`]):
+    /// for every pair of magnitudes the byte shuffle's lookups at the
+    /// averages give `c(a + b)` and `c(|a − b|)`, and `min + c(a + b) −
+    /// c(|a − b|)` never falls below 0, so the offset result is
+    /// `boxplus(a, b) + MAGNITUDE_OFFSET` with no floor.
+    #[test]
+    fn offset_boxplus_needs_no_floor() {
+        let shuffle = |i: u16| {
+            let i = u8::try_from(i).unwrap();
+            if i & 0x80 != 0 {
+                0
+            } else {
+                CORRECTION[usize::from(i & 15)]
+            }
+        };
+        let k = u16::from(MAGNITUDE_OFFSET);
+        for a in 0..=127u8 {
+            for b in 0..=127u8 {
+                let (oa, ob) = (u16::from(a) + k, u16::from(b) + k);
+                let (lo, hi) = (a.min(b), a.max(b));
+                let c_sum = shuffle((oa + ob + 1) >> 1);
+                let c_diff = shuffle((u16::from(hi - lo) + 2 * k + 1) >> 1);
+                assert_eq!(c_sum, correction(u16::from(a) + u16::from(b)));
+                assert_eq!(c_diff, correction(u16::from(hi - lo)));
+                let offset = i16::from(lo) + i16::from(c_sum) - i16::from(c_diff);
+                assert!(offset >= 0, "{a} ⊞ {b}");
+                assert_eq!(offset, i16::from(boxplus(a, b)));
+            }
         }
     }
 
