@@ -38,7 +38,7 @@ fn wait_blocks(qpm: &mut Qpm, setup: &LinkSetup, link: &str, side: &str, n: usiz
             lines.len(),
             qpm.log()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
