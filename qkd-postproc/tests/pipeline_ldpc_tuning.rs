@@ -33,15 +33,20 @@
 #![allow(clippy::print_stdout)] // the table is the output of this test
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-use qkd_core::machine::Machine;
 use qkd_core::module::{ModuleHost, Value};
 use qkd_core::{QkdDevice, RawFrame, Role, SecretKey, SimulatedBb84, SimulatorConfig, h2};
 use qkd_postproc::auth::{PresharedSecret, SecretId};
 use qkd_postproc::ldpc::{CodeCache, RateChoice, SHIPPED_SEED, choose_plan};
-use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition, PipelineEvent};
+use qkd_postproc::pipeline::{BlockReport, Pipeline, PipelineDefinition};
 use qkd_postproc::sift::{announce, sift_alice, sift_bob};
+
+// The pipeline bench's driving loops (both sides on one thread, the
+// thread's CPU time); this test uses only those two.
+#[allow(dead_code)]
+#[path = "../benches/support/shapes.rs"]
+mod shapes;
+use shapes::{one_thread, thread_cpu};
 
 const LDPC_TOML: &str = include_str!("../pipelines/ldpc.toml");
 
@@ -50,14 +55,6 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// This thread's CPU time (Linux; zero where the kernel does not say).
-fn thread_cpu() -> Duration {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 fn frames(blocks: u64, qber: f64, slots: usize, seed: u64) -> (Vec<RawFrame>, Vec<RawFrame>) {
@@ -145,50 +142,6 @@ fn pipelines(def: &PipelineDefinition, set: &[(&'static str, Value)]) -> (Pipeli
     (side(Role::Alice, 1), side(Role::Bob, 2))
 }
 
-/// Both sides on this thread; the kept blocks' reports (Alice's).
-fn drive(mut a: Pipeline, mut b: Pipeline, fa: &[RawFrame], fb: &[RawFrame]) -> Vec<BlockReport> {
-    let (mut fa, mut fb) = (fa.iter().cloned(), fb.iter().cloned());
-    let (mut next_a, mut next_b) = (fa.next(), fb.next());
-    let total = fa.len() + usize::from(next_a.is_some());
-    let (mut kept, mut settled) = (Vec::new(), 0);
-    while settled < total {
-        let now = Instant::now();
-        while next_a.is_some() && a.wants_frame() {
-            a.push_frame(now, next_a.take().unwrap()).unwrap();
-            next_a = fa.next();
-        }
-        while next_b.is_some() && b.wants_frame() {
-            b.push_frame(now, next_b.take().unwrap()).unwrap();
-            next_b = fb.next();
-        }
-        let mut moved = false;
-        while let Some(d) = a.poll_transmit(now) {
-            let _ = b.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(d) = b.poll_transmit(now) {
-            let _ = a.handle_input(now, &d);
-            moved = true;
-        }
-        while let Some(e) = a.poll_event() {
-            match e {
-                PipelineEvent::FinalKey { stats, .. } => {
-                    kept.push(stats);
-                    settled += 1;
-                }
-                PipelineEvent::Dropped { .. } => settled += 1,
-                _ => {}
-            }
-        }
-        while b.poll_event().is_some() {}
-        if !moved {
-            a.handle_timeout(Instant::now());
-            b.handle_timeout(Instant::now());
-        }
-    }
-    kept
-}
-
 /// The three figures of f of one kept block (see the module docs).
 struct BlockF {
     cpu: f64,
@@ -251,8 +204,9 @@ fn tuning() {
         let mut kept = Vec::new();
         for _ in 0..rounds.max(1) {
             let (a, b) = pipelines(&def, &set);
+            let (ca, cb) = (fa.clone(), fb.clone());
             let start = thread_cpu();
-            kept = drive(a, b, &fa, &fb);
+            kept = one_thread(a, b, ca, cb);
             cpu.push((thread_cpu() - start).as_secs_f64());
         }
         cpu.sort_by(f64::total_cmp);
@@ -288,7 +242,7 @@ fn shipped_definition_keeps_blocks_near_the_measured_f() {
         let (fa, fb) = frames(1, q, 1 << 21, 3);
         let sifted = sifted_errors(&fa, &fb);
         let (a, b) = pipelines(&def, &[]);
-        let kept = drive(a, b, &fa, &fb);
+        let kept = one_thread(a, b, fa, fb);
         assert_eq!(kept.len(), 1, "QBER {q}");
         let f = block_f(&kept[0], &sifted);
         assert!(
