@@ -72,23 +72,7 @@ pub(crate) fn layer_sum_product_neon(
     cap: u8,
     scratch: &mut Scratch,
 ) {
-    assert!(layer.len() >= d * z && messages.len() >= d * z && signs.len() >= z);
-    #[cfg(target_arch = "aarch64")]
-    {
-        let full = z / 16 * 16;
-        if full > 0 && d <= MAX_DEGREE && available() {
-            // SAFETY: NEON was detected on this CPU just above; the kernel
-            // checks every slice it indexes.
-            unsafe { arm::layer_sum_product(layer, messages, signs, d, z, full, cap) };
-            if full < z {
-                tail_portable(layer, messages, signs, d, z, full, |l, m, s, w| {
-                    simd::layer_sum_product_portable(l, m, s, d, w, cap, scratch);
-                });
-            }
-            return;
-        }
-    }
-    simd::layer_sum_product_portable(layer, messages, signs, d, z, cap, scratch);
+    layer_neon(layer, messages, signs, d, z, Rule::SumProduct(cap), scratch);
 }
 
 /// One min-sum layer with NEON (the arguments of
@@ -102,23 +86,60 @@ pub(crate) fn layer_min_sum_neon(
     scaling: Scaling,
     scratch: &mut Scratch,
 ) {
+    layer_neon(layer, messages, signs, d, z, Rule::MinSum(scaling), scratch);
+}
+
+/// The check rule of a layer and its parameter.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// Sum-product with this message cap.
+    SumProduct(u8),
+    /// Offset min-sum with this scaling.
+    MinSum(Scaling),
+}
+
+/// One layer under `rule`: the vector kernel on the whole vectors of
+/// lanes, the portable kernel on the rest (or on all lanes where NEON is
+/// missing or `d` exceeds `MAX_DEGREE`).
+fn layer_neon(
+    layer: &mut [i16],
+    messages: &mut [i8],
+    signs: &[i8],
+    d: usize,
+    z: usize,
+    rule: Rule,
+    scratch: &mut Scratch,
+) {
     assert!(layer.len() >= d * z && messages.len() >= d * z && signs.len() >= z);
+    let portable =
+        |l: &mut [i16], m: &mut [i8], s: &[i8], w: usize, scratch: &mut Scratch| match rule {
+            Rule::SumProduct(cap) => simd::layer_sum_product_portable(l, m, s, d, w, cap, scratch),
+            Rule::MinSum(scaling) => simd::layer_portable(l, m, s, d, w, scaling, scratch),
+        };
     #[cfg(target_arch = "aarch64")]
     {
         let full = z / 16 * 16;
         if full > 0 && d <= MAX_DEGREE && available() {
-            // SAFETY: NEON was detected on this CPU just above; the kernel
-            // checks every slice it indexes.
-            unsafe { arm::layer_min_sum(layer, messages, signs, d, z, full, scaling) };
+            match rule {
+                // SAFETY: NEON was detected on this CPU just above; the
+                // kernel checks every slice it indexes.
+                Rule::SumProduct(cap) => unsafe {
+                    arm::layer_sum_product(layer, messages, signs, d, z, full, cap);
+                },
+                // SAFETY: as above.
+                Rule::MinSum(scaling) => unsafe {
+                    arm::layer_min_sum(layer, messages, signs, d, z, full, scaling);
+                },
+            }
             if full < z {
                 tail_portable(layer, messages, signs, d, z, full, |l, m, s, w| {
-                    simd::layer_portable(l, m, s, d, w, scaling, scratch);
+                    portable(l, m, s, w, scratch);
                 });
             }
             return;
         }
     }
-    simd::layer_portable(layer, messages, signs, d, z, scaling, scratch);
+    portable(layer, messages, signs, z, scratch);
 }
 
 /// Runs `kernel(layer, messages, signs, w)` on a compact copy of lanes
