@@ -15,8 +15,9 @@
 //! costs one thread wake-up, as it does between two sides in one process;
 //! a reader thread between the socket and the loop adds a second, and
 //! Cascade exchanges hundreds of messages per block (measured with
-//! `qkd-link`: two processes went from 0.81–0.87 of the in-process rate
-//! with a reader thread to 0.95–0.97 with one wait).
+//! `qkd-link` on a quiet machine: two processes went from a median 0.84 of
+//! the in-process rate with a reader thread to 0.94 with one wait,
+//! BENCHMARKS.md).
 //!
 //! The socket is non-blocking: what it cannot take at once waits in a
 //! buffer and goes when the socket is writable again, so the two sides

@@ -247,9 +247,10 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// The AVX2 decoder gives exactly the portable decoder's posteriors and
-    /// outcome, with either check rule, on codes whose lifting is and is not
-    /// a multiple of 32 lanes.
+    /// The vectorised decoders (AVX2, AVX-512, NEON: each where the CPU has
+    /// it, else the portable kernel) give exactly the portable decoder's
+    /// posteriors and outcome, with either check rule, on codes whose
+    /// lifting is and is not a multiple of 32 lanes.
     #[test]
     fn vectorised_decoder_matches_portable(seed in any::<u64>(), rung in 0u8..9, n_mult in 4usize..72,
                                            qber in 0.005f64..0.12, iterations in 1u32..30,
@@ -274,7 +275,7 @@ proptest! {
         }
         portable.set_message_max(message_max).unwrap();
         let a = portable.decode(&llrs, &syndrome, iterations).unwrap();
-        for backend in [Backend::Avx2, Backend::Avx512] {
+        for backend in [Backend::Avx2, Backend::Avx512, Backend::Neon] {
             let mut fast = Decoder::with_backend(Arc::clone(&code), backend);
             if min_sum {
                 fast.set_rule(CheckRule::MinSum);
