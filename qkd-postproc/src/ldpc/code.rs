@@ -708,23 +708,37 @@ impl LdpcCode {
         self.untainted
     }
 
-    /// Syndrome `H·x` of a frame of `n` bits, packed like `BitVec` words.
+    /// Syndrome `H·x` of a frame of `n` bits, packed like `BitVec` words:
+    /// bit `r·z + j` is the parity of bits `c·z + (j + s) mod z` over the
+    /// entries `(c, s)` of base row `r`, computed a 64-bit word of each
+    /// circulant at a time.
     #[must_use]
     pub fn syndrome(&self, frame: &qkd_core::BitVec) -> qkd_core::BitVec {
         debug_assert_eq!(frame.len(), self.n());
-        let words = frame.words();
-        let bit = |v: usize| (words[v / 64] >> (v % 64)) & 1;
-        let mut out = qkd_core::BitVec::zeros(self.m());
         let z = self.z;
+        let bits = frame.as_bitslice();
+        let mut row = vec![0u64; z.div_ceil(64)];
+        let mut out = qkd_core::BitVec::with_capacity(self.m());
         for r in 0..self.mb {
-            for j in 0..z {
-                let mut p = 0;
-                for &(c, s) in self.row(r) {
-                    p ^= bit(c as usize * z + (j + s as usize) % z);
+            row.fill(0);
+            for &(c, shift) in self.row(r) {
+                // Bit j of the row block gets bit (j + shift) mod z of
+                // column block c.
+                let (base, shift) = (c as usize * z, shift as usize % z);
+                for (w, acc) in row.iter_mut().enumerate() {
+                    let j = w * 64;
+                    let count = (z - j).min(64);
+                    let start = (j + shift) % z;
+                    let first = (z - start).min(count);
+                    let mut v = bits.load_bits(base + start, first);
+                    if first < count {
+                        v |= bits.load_bits(base, count - first) << first;
+                    }
+                    *acc ^= v;
                 }
-                if p != 0 {
-                    out.set(r * z + j, true);
-                }
+            }
+            for (w, &acc) in row.iter().enumerate() {
+                out.push_bits(acc, (z - w * 64).min(64));
             }
         }
         out
