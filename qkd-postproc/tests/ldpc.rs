@@ -488,3 +488,34 @@ fn avx2_matches_portable_on_shipped_liftings() {
         }
     }
 }
+
+/// A decoder's `Debug` shows its code and settings, never the posteriors
+/// or messages it holds (they are derived from Bob's key).
+#[test]
+fn decoder_debug_shows_no_key_material() {
+    let code = Arc::new(
+        LdpcCode::build(CodeSpec {
+            rate: MotherRate::from_index(4).unwrap(),
+            n: 4096,
+            seed: 1,
+        })
+        .unwrap(),
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let key = BitVec::random(4096, &mut rng);
+    let bob = noisy(&key, 0.02, &mut rng);
+    let syndrome = code.syndrome(&key);
+    let magnitude = qkd_postproc::ldpc::channel_magnitude(0.02);
+    let llrs: Vec<i8> = (0..4096)
+        .map(|i| if bob.get(i) { -magnitude } else { magnitude })
+        .collect();
+    let mut decoder = Decoder::new(Arc::clone(&code));
+    decoder.decode(&llrs, &syndrome, 40).unwrap();
+    let shown = format!("{decoder:?}");
+    assert!(shown.starts_with("Decoder {"), "{shown}");
+    assert!(shown.len() < 200, "{shown}");
+    assert!(
+        !shown.contains("posterior") && !shown.contains("messages"),
+        "{shown}"
+    );
+}

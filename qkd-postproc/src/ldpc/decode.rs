@@ -193,8 +193,8 @@ pub struct DecodeOutcome {
 }
 
 /// A decoder for one code: message memory is allocated once and reused
-/// for every frame.
-#[derive(Debug)]
+/// for every frame. Its buffers are derived from Bob's key: `Debug` shows
+/// the code and settings only, and they are wiped on drop.
 pub struct Decoder {
     code: Arc<LdpcCode>,
     backend: Backend,
@@ -234,6 +234,19 @@ enum Columns {
     Avx2,
     /// `simd::layer_sum_product_columns_avx512`.
     Avx512,
+}
+
+impl core::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("n", &self.code.n())
+            .field("rate", &self.code.rate())
+            .field("backend", &self.backend)
+            .field("rule", &self.rule)
+            .field("message_max", &self.message_max)
+            .field("columns", &self.columns)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Decoder {

@@ -18,8 +18,9 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, dead_code))]
 
 /// Per-layer lane state of the portable kernel and the parity scratch of
-/// the syndrome check, `Z` bytes each.
-#[derive(Debug, Clone)]
+/// the syndrome check, `Z` bytes each. Derived from Bob's key: wiped on
+/// drop, not printed by `Debug`.
+#[derive(Clone)]
 pub(crate) struct Scratch {
     min1: Vec<i8>,
     min2: Vec<i8>,
@@ -33,6 +34,28 @@ pub(crate) struct Scratch {
     /// The narrowed inputs of the AVX2 in-place kernel.
     q8: Vec<i8>,
     pub(crate) parity: Vec<i16>,
+}
+
+impl core::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Scratch")
+            .field("lanes", &self.min1.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.min1.zeroize();
+        self.min2.zeroize();
+        self.pos.zeroize();
+        self.sign.zeroize();
+        self.forward.zeroize();
+        self.q16.zeroize();
+        self.q8.zeroize();
+        self.parity.zeroize();
+    }
 }
 
 impl Scratch {
