@@ -168,9 +168,20 @@ fn main() {
             .sum::<f64>()
             / kept.len().max(1) as f64;
         let rate = sifted as f64 / cpu / 1e6;
+        // LDPC: decodings (rounds) per frame; Cascade reports none.
+        let rounds: u64 = kept.iter().map(|r| r.ldpc_rounds).sum();
+        let frames: u64 = kept.iter().map(|r| u64::from(r.chunks)).sum();
+        let decodings = if rounds > 0 {
+            format!(
+                ", {:.2} decodings per LDPC frame",
+                rounds as f64 / frames.max(1) as f64
+            )
+        } else {
+            String::new()
+        };
         println!(
             "round {round}: {} of {blocks} blocks kept, {rate:.2} Mbit/s of sifted key per CPU-second \
-             ({cpu:.3} s), secret fraction {:.4}, f {f:.3}",
+             ({cpu:.3} s), secret fraction {:.4}, f {f:.3}{decodings}",
             kept.len(),
             final_bits as f64 / sifted.max(1) as f64
         );

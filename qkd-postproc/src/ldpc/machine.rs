@@ -282,6 +282,18 @@ impl LdpcAlice {
         self.plan.syndrome_leakage() + self.revealed
     }
 
+    /// The settings this machine runs with.
+    #[must_use]
+    pub fn config(&self) -> &LdpcConfig {
+        &self.config
+    }
+
+    /// The frame's code and layout.
+    #[must_use]
+    pub fn plan(&self) -> &FramePlan {
+        &self.plan
+    }
+
     /// Alice's key, consuming the machine.
     #[must_use]
     pub fn into_key(self) -> BitVec {

@@ -28,7 +28,17 @@
 //!
 //! Decoding runs inline, in Bob's `handle_input` (one decoding per frame
 //! and round); it is not handed to worker threads.
+//!
+//! With `adaptive_start` (the default) Alice aims each block's first
+//! syndromes not at `efficiency` but at the 10th percentile of the
+//! efficiency her last [`START_WINDOW`] frames needed, never lower than
+//! `efficiency` ([`StartLearner`]): where the codes need more than the
+//! configured start (QBER 1 %, where frames started at 1.08 needed about
+//! four decodings each), frames start near what they will need. The
+//! learner is Alice's alone (Bob follows her announced plans) and is not
+//! saved: a restored pipeline starts again from `efficiency`.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use qkd_core::machine::Machine;
@@ -65,6 +75,65 @@ const MIN_STEP_BITS: usize = 32;
 /// key bits of a block exactly (at most 0.4 of the frame's positions not
 /// key; beyond, the rest goes to a shorter frame or is left over).
 const TAIL_MODULATED: f64 = 0.4;
+
+/// Frames of one length whose needed efficiency sets that length's next
+/// start.
+pub(super) const START_WINDOW: usize = 32;
+
+/// Alice's record of the efficiency her last [`START_WINDOW`] frames of
+/// each length needed, `leaked / (key bits · h2(QBER the frame was
+/// planned for))` (a block's short last frames need more than its whole
+/// ones, so each length learns its own start; lengths are powers of two
+/// up to 2^20, so at most 21 records). A frame decoded in its first round
+/// is recorded one blind step below what it leaked (it might have decoded
+/// there), so the start keeps probing downwards until about a tenth of
+/// the frames decode at once.
+#[derive(Debug, Default)]
+pub(super) struct StartLearner {
+    needed: BTreeMap<usize, VecDeque<f64>>,
+}
+
+impl StartLearner {
+    /// Records one decoded frame of `n` bits: `leaked` bits disclosed over
+    /// `rounds` rounds with `step` bits per extra round, `key_bits` key
+    /// bits planned for `qber`.
+    pub(super) fn record(
+        &mut self,
+        n: usize,
+        leaked: usize,
+        rounds: u16,
+        step: usize,
+        key_bits: usize,
+        qber: f64,
+    ) {
+        let unit = key_bits as f64 * qkd_core::h2(qber);
+        if unit <= 0.0 || !unit.is_finite() || !n.is_power_of_two() || n > 1 << 20 {
+            return;
+        }
+        let bits = if rounds <= 1 {
+            leaked.saturating_sub(step)
+        } else {
+            leaked
+        };
+        let window = self.needed.entry(n).or_default();
+        if window.len() == START_WINDOW {
+            window.pop_front();
+        }
+        window.push_back(bits as f64 / unit);
+    }
+
+    /// The efficiency the next frames of `n` bits start at: the 10th
+    /// percentile of their record once it holds a quarter of the window,
+    /// never below `floor` nor at or above 3 (the plan's limit).
+    pub(super) fn start(&self, n: usize, floor: f64) -> f64 {
+        let Some(window) = self.needed.get(&n).filter(|w| w.len() >= START_WINDOW / 4) else {
+            return floor;
+        };
+        let mut sorted: Vec<f64> = window.iter().copied().collect();
+        sorted.sort_unstable_by(f64::total_cmp);
+        sorted[sorted.len() / 10].clamp(floor, 2.99_f64.max(floor))
+    }
+}
 
 /// Bits revealed per blind round for a frame of `n` bits.
 fn step_bits(share: f64, n: usize) -> usize {
@@ -111,6 +180,24 @@ impl Pipeline {
         choice: RateChoice,
     ) -> Result<Vec<FramePlan>, DropReason> {
         let correction = |e: crate::ldpc::LdpcError| DropReason::Correction(e.to_string());
+        // The start of frames of `n` bits (see `StartLearner`).
+        let adaptive = s.adaptive_start;
+        let learned = &self.ldpc_start;
+        let starts: BTreeMap<usize, f64> = (10..=20)
+            .map(|b| 1usize << b)
+            .map(|n| {
+                let f = if adaptive {
+                    learned.start(n, choice.target_efficiency)
+                } else {
+                    choice.target_efficiency
+                };
+                (n, f)
+            })
+            .collect();
+        let aim = |n: usize, choice: RateChoice| RateChoice {
+            target_efficiency: starts.get(&n).copied().unwrap_or(choice.target_efficiency),
+            ..choice
+        };
         let (top, bottom) = (
             s.frame_bits as usize,
             (s.min_frame_bits as usize).max(1 << 10),
@@ -120,8 +207,8 @@ impl Pipeline {
         if top < bottom {
             return Ok(plans);
         }
-        let whole =
-            choose_plan(self.code_cache(), top, SHIPPED_SEED, qber, choice).map_err(correction)?;
+        let whole = choose_plan(self.code_cache(), top, SHIPPED_SEED, qber, aim(top, choice))
+            .map_err(correction)?;
         while rest >= whole.key_len() {
             plans.push(whole.clone());
             rest -= whole.key_len();
@@ -142,7 +229,8 @@ impl Pipeline {
                     modulated: share.max(choice.modulated),
                     ..choice
                 };
-                if let Ok(plan) = choose_plan(self.code_cache(), n, SHIPPED_SEED, qber, exact)
+                if let Ok(plan) =
+                    choose_plan(self.code_cache(), n, SHIPPED_SEED, qber, aim(n, exact))
                     && plan.key_len() == rest
                 {
                     plans.push(plan);
@@ -152,8 +240,14 @@ impl Pipeline {
             if n / 2 < bottom {
                 break;
             }
-            let plan = choose_plan(self.code_cache(), n / 2, SHIPPED_SEED, qber, choice)
-                .map_err(correction)?;
+            let plan = choose_plan(
+                self.code_cache(),
+                n / 2,
+                SHIPPED_SEED,
+                qber,
+                aim(n / 2, choice),
+            )
+            .map_err(correction)?;
             if plan.key_len() > rest {
                 break;
             }
@@ -349,6 +443,22 @@ impl Pipeline {
                     stats.rounds
                 )));
             }
+            if let Some(alice) = block.ldpc_alice.get(i) {
+                let step = match alice.config().variant {
+                    Variant::Blind { step, .. } => step,
+                    Variant::RateAdaptive => 0,
+                };
+                let qber = rate_qber(block.estimate.as_ref().map_or(0.0, |e| e.qber));
+                let n = alice.plan().code().n();
+                self.ldpc_start.record(
+                    n,
+                    stats.leaked_bits,
+                    stats.rounds,
+                    step,
+                    stats.key_len,
+                    qber,
+                );
+            }
             block.chunks_done += 1;
             block.report.ldpc_rounds += u64::from(stats.rounds);
             block.report.revealed_bits += stats.revealed as u64;
@@ -394,6 +504,39 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_follows_what_frames_needed_and_stays_above_the_floor() {
+        let mut learner = StartLearner::default();
+        let (n, key, q) = (1 << 17, 100_000, 0.01);
+        let unit = key as f64 * qkd_core::h2(q);
+        let bits = |f: f64| (f * unit).round() as usize;
+        assert_eq!(learner.start(n, 1.08), 1.08, "nothing recorded yet");
+        // Frames that needed 1.15–1.18 over several rounds.
+        for i in 0..START_WINDOW {
+            learner.record(n, bits(1.15 + 0.001 * i as f64), 3, 500, key, q);
+        }
+        let start = learner.start(n, 1.08);
+        assert!((start - 1.153).abs() < 2e-3, "{start}");
+        // Each length learns its own start.
+        assert_eq!(learner.start(n / 2, 1.08), 1.08);
+        // Never below the configured efficiency.
+        assert_eq!(learner.start(n, 1.2), 1.2);
+        // First-round decodings count one step lower: the start drifts down
+        // while frames keep decoding at once.
+        for _ in 0..START_WINDOW {
+            learner.record(n, bits(1.10), 1, bits(0.02), key, q);
+        }
+        assert!((learner.start(n, 1.0) - 1.08).abs() < 2e-3);
+        // Bounded: one window per power-of-two length up to 2^20.
+        assert_eq!(learner.needed[&n].len(), START_WINDOW);
+        learner.record(n, 10, 2, 0, 0, q);
+        learner.record(n, 10, 2, 0, key, f64::NAN);
+        learner.record(3 << 10, 10, 2, 0, key, q);
+        learner.record(1 << 21, 10, 2, 0, key, q);
+        assert_eq!(learner.needed.len(), 1);
+        assert_eq!(learner.needed[&n].len(), START_WINDOW);
+    }
 
     #[test]
     fn rate_qber_and_step_stay_in_range() {

@@ -972,6 +972,9 @@ pub struct Pipeline {
     plans: HashMap<(usize, u64), Arc<ShufflePlan>>,
     /// LDPC codes built so far (a few per frame length).
     codes: CodeCache,
+    /// Alice: the efficiencies her last LDPC frames needed (the start of
+    /// the next block's frames, `adaptive_start`).
+    ldpc_start: ldpc::StartLearner,
     /// The definition's correction stage (`cascade` or `ldpc`).
     correction: StageKind,
     blocks: BTreeMap<BlockId, Box<Block>>,
@@ -1147,6 +1150,7 @@ impl Pipeline {
             master,
             plans: HashMap::new(),
             codes: CodeCache::new(),
+            ldpc_start: ldpc::StartLearner::default(),
             correction,
             blocks: BTreeMap::new(),
             frames: VecDeque::new(),

@@ -108,6 +108,7 @@ pub(crate) struct Settings {
     pub(crate) max_blind_rounds: u32,
     pub(crate) max_iterations: u32,
     pub(crate) efficiency: f64,
+    pub(crate) adaptive_start: bool,
     pub(crate) modulated: f64,
 }
 
@@ -133,6 +134,7 @@ impl Default for Settings {
             max_blind_rounds: 40,
             max_iterations: 60,
             efficiency: 1.08,
+            adaptive_start: true,
             modulated: 0.1,
         }
     }
@@ -403,6 +405,13 @@ impl Module for Stage {
                      QBER the estimate's), in [1, 3)",
                 ),
                 self.info(
+                    "adaptive_start",
+                    Value::Bool(s.adaptive_start),
+                    "Alice starts each block's frames at the 10th percentile of the f her \
+                     last 32 frames needed (never below `efficiency`) instead of at \
+                     `efficiency`: fewer blind rounds where the codes need more",
+                ),
+                self.info(
                     "modulated",
                     Value::F64(s.modulated),
                     "share of each frame punctured or shortened for rate adaptation, \
@@ -521,6 +530,11 @@ impl Module for Stage {
             }
             "efficiency" => next.efficiency = check_range(name, number(name, value)?, 1.0..3.0)?,
             "modulated" => next.modulated = check_range(name, number(name, value)?, 0.0..=0.4)?,
+            "adaptive_start" => {
+                next.adaptive_start = value
+                    .as_bool()
+                    .ok_or_else(|| ParameterError::type_mismatch(name, "true or false"))?;
+            }
             "variant" => {
                 let text = value
                     .as_str()
