@@ -1665,13 +1665,10 @@ mod x86_512 {
         forward: &mut [u8],
     ) {
         const _: () = assert!(super::COLUMN_MARGIN >= 64);
-        let mut columns = [core::ptr::null_mut::<i16>(); 256];
-        let p = posterior.as_mut_ptr();
-        for (slot, &(c, _)) in columns.iter_mut().zip(row) {
-            // SAFETY: the caller guarantees `(c + 1)·z + 2·COLUMN_MARGIN ≤
-            // posterior.len()`, so the column start is inside `posterior`.
-            *slot = unsafe { p.add(super::COLUMN_MARGIN + c as usize * z) };
-        }
+        // SAFETY: the caller guarantees that `posterior` holds every column
+        // of `row` with its margins, so the start of the first column is
+        // inside it.
+        let columns = unsafe { posterior.as_mut_ptr().add(super::COLUMN_MARGIN) };
         let buffers = Buffers {
             q16: q16.as_mut_ptr(),
             forward: forward.as_mut_ptr(),
@@ -1682,9 +1679,9 @@ mod x86_512 {
             // SAFETY: lanes j..j + 128 ≤ z, the caller's guarantees.
             unsafe {
                 if fresh {
-                    lane_group::<2, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<2, true>(columns, row, &buffers, signs, z, j, cap);
                 } else {
-                    lane_group::<2, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<2, false>(columns, row, &buffers, signs, z, j, cap);
                 }
             };
             j += 128;
@@ -1693,24 +1690,27 @@ mod x86_512 {
             // SAFETY: lanes j..j + 64 = z, the caller's guarantees.
             unsafe {
                 if fresh {
-                    lane_group::<1, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<1, true>(columns, row, &buffers, signs, z, j, cap);
                 } else {
-                    lane_group::<1, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<1, false>(columns, row, &buffers, signs, z, j, cap);
                 }
             };
         }
     }
 
     /// Lanes `j..j + 64·V` of one layer (see [`columns_sum_product`]); with
-    /// `FRESH` the messages are taken as zero and not read.
+    /// `FRESH` the messages are taken as zero and not read. The forward
+    /// result of the last entry and the backward one of the first are not
+    /// computed (nothing reads them).
     ///
     /// # Safety
     /// AVX-512 F/BW; the guarantees of [`columns_sum_product`] with
-    /// `columns[k]` the start of entry `k`'s column, and `j + 64·V ≤ z`.
+    /// `columns` the start of column 0 (entry `(c, s)`'s column starts at
+    /// `columns + c·z`), and `j + 64·V ≤ z`.
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn lane_group<const V: usize, const FRESH: bool>(
-        columns: &[*mut i16],
+        columns: *mut i16,
         row: &[(u32, u32)],
         b: &Buffers,
         signs: &[i8],
@@ -1725,6 +1725,9 @@ mod x86_512 {
             let start = s as usize + j;
             if start >= z { start - z } else { start }
         };
+        // SAFETY (the column of an entry): the caller guarantees that
+        // `columns + c·z` is the start of a column inside the buffer.
+        let column = |c: u32| unsafe { columns.add(c as usize * z) };
         let mut sign = [zero; V];
         for (v, sign) in sign.iter_mut().enumerate() {
             // SAFETY: `j + 64·v + 64 ≤ z` and `signs` holds z bytes.
@@ -1738,11 +1741,11 @@ mod x86_512 {
         // `(k·V + v)·64 + 64 ≤ d·128` (the scratch buffers) and
         // `k·z + j + 64·v + 64 ≤ d·z` (`messages`); columns and shifts are
         // in range (caller), which is what `load_rotated` needs.
-        for (k, &(_, s)) in row.iter().enumerate() {
+        for (k, &(c, s)) in row.iter().enumerate() {
             for v in 0..V {
                 let at = (k * V + v) * 64;
                 unsafe {
-                    let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 64 * v));
+                    let (l0, l1) = load_rotated(column(c), z, rotated(s, j + 64 * v));
                     let (q0, q1) = if FRESH {
                         (l0, l1)
                     } else {
@@ -1753,12 +1756,14 @@ mod x86_512 {
                     let q = narrow_packed(q0, q1);
                     sign[v] = _mm512_xor_si512(sign[v], q);
                     let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
-                    f[v] = if k == 0 {
-                        a
-                    } else {
-                        boxplus_offset(f[v], a, table)
-                    };
-                    write8(b.forward.add(at), f[v]);
+                    if k + 1 < d {
+                        f[v] = if k == 0 {
+                            a
+                        } else {
+                            boxplus_offset(f[v], a, table)
+                        };
+                        write8(b.forward.add(at), f[v]);
+                    }
                 }
             }
         }
@@ -1769,7 +1774,7 @@ mod x86_512 {
         // negative; a message is negative where this and its own input's
         // sign differ.
         let negative = sign.map(|s| _mm512_movepi8_mask(s));
-        for (k, &(_, s)) in row.iter().enumerate().rev() {
+        for (k, &(c, s)) in row.iter().enumerate().rev() {
             for v in 0..V {
                 let at = (k * V + v) * 64;
                 // SAFETY: as in the forward pass, and `forward` is read at
@@ -1794,17 +1799,19 @@ mod x86_512 {
                     } else {
                         mag
                     };
-                    back[v] = if k + 1 == d {
-                        a
-                    } else {
-                        boxplus_offset(back[v], a, table)
-                    };
+                    if k > 0 {
+                        back[v] = if k + 1 == d {
+                            a
+                        } else {
+                            boxplus_offset(back[v], a, table)
+                        };
+                    }
                     let mag = _mm512_sub_epi8(mag, offset);
                     let r =
                         _mm512_mask_sub_epi8(mag, negative[v] ^ _mm512_movepi8_mask(q), zero, mag);
                     let (r0, r1) = widen_packed(r);
                     store_rotated(
-                        columns[k],
+                        column(c),
                         z,
                         rotated(s, j + 64 * v),
                         _mm512_adds_epi16(q0, r0),
