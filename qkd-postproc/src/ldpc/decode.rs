@@ -203,8 +203,13 @@ pub struct Decoder {
     /// a column's ends where a rotated window wraps; the margins are never
     /// read as posteriors).
     posterior: Vec<i16>,
-    /// Check-to-variable messages, base entry by base entry, lane by lane.
+    /// Check-to-variable messages, base entry by base entry, lane by lane,
+    /// from `message_start` on (a 64-byte boundary where the allocation
+    /// allows: a base entry's `Z` messages then start on one when `Z` is a
+    /// multiple of 64).
     messages: Vec<i8>,
+    /// Where the messages start in `messages`.
+    message_start: usize,
     /// One layer's rotated posteriors.
     layer: Vec<i16>,
     /// Syndrome sign masks (0 or −128), check by check.
@@ -281,9 +286,12 @@ impl Decoder {
             .max()
             .unwrap_or(0);
         let rows = simd::CheckedRows::new((0..code.base_rows()).map(|r| code.row(r)), z);
+        let messages = vec![0; code.edges() + 63];
+        let message_start = simd::aligned_start(messages.as_ptr(), 64);
         Decoder {
             posterior: vec![0; code.n() + 2 * simd::COLUMN_MARGIN],
-            messages: vec![0; code.edges()],
+            messages,
+            message_start,
             layer: vec![0; max_d * z],
             syndrome_signs: vec![0; code.m()],
             scratch: simd::Scratch::new(z),
@@ -424,6 +432,7 @@ impl Decoder {
         for r in 0..code.base_rows() {
             edge[r + 1] = edge[r] + code.row(r).len();
         }
+        let m0 = self.message_start;
         for it in 1..=max_iterations {
             for r in 0..code.base_rows() {
                 let row = code.row(r);
@@ -438,7 +447,7 @@ impl Decoder {
                         &mut self.posterior,
                         rows,
                         r,
-                        &mut self.messages[edge[r] * z..edge[r + 1] * z],
+                        &mut self.messages[m0 + edge[r] * z..m0 + edge[r + 1] * z],
                         &self.syndrome_signs[r * z..(r + 1) * z],
                         self.message_max,
                         it == 1,
@@ -455,7 +464,7 @@ impl Decoder {
                     dst[..z - s].copy_from_slice(&col[s..]);
                     dst[z - s..].copy_from_slice(&col[..s]);
                 }
-                let messages = &mut self.messages[edge[r] * z..edge[r + 1] * z];
+                let messages = &mut self.messages[m0 + edge[r] * z..m0 + edge[r + 1] * z];
                 let signs = &self.syndrome_signs[r * z..(r + 1) * z];
                 match (self.rule, self.backend) {
                     (CheckRule::SumProduct, Backend::Avx2 | Backend::Avx512) => {

@@ -1336,8 +1336,14 @@ pub(crate) fn layer_sum_product_columns_avx512(
             && messages.len() >= d * z
             && signs.len() >= z
     );
-    scratch.forward.resize(d * 128, 0);
-    scratch.q16.resize(d * 128, 0);
+    // Both scratch buffers from a 64-byte boundary, so that no vector
+    // access to them crosses a cache line.
+    scratch.forward.resize(d * 128 + 63, 0);
+    scratch.q16.resize(d * 128 + 31, 0);
+    let at = aligned_start(scratch.forward.as_ptr(), 64);
+    let forward = &mut scratch.forward[at..at + d * 128];
+    let at = aligned_start(scratch.q16.as_ptr(), 32);
+    let q16 = &mut scratch.q16[at..at + d * 128];
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
     // z is a positive multiple of 64, `posterior` holds every column with
@@ -1346,20 +1352,18 @@ pub(crate) fn layer_sum_product_columns_avx512(
     // and shifts below z (`CheckedRows`), and the two scratch buffers hold
     // d·128 values each (resized just above).
     unsafe {
-        x86_512::columns_sum_product(
-            posterior,
-            row,
-            messages,
-            signs,
-            z,
-            cap,
-            fresh,
-            &mut scratch.q16,
-            &mut scratch.forward,
-        );
+        x86_512::columns_sum_product(posterior, row, messages, signs, z, cap, fresh, q16, forward);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap, fresh);
+    let _ = (posterior, messages, signs, cap, fresh, q16, forward);
+}
+
+/// The index of the first element of a buffer at `p` that starts on a
+/// 64-byte boundary, if one of the first `within` does (0 otherwise: the
+/// kernels are correct at any alignment, only slower across cache lines).
+pub(crate) fn aligned_start<T>(p: *const T, within: usize) -> usize {
+    let at = p.align_offset(64);
+    if at < within { at } else { 0 }
 }
 
 /// [`layer_parity_holds_avx2`] with AVX-512 BW, 64 lanes per step.
