@@ -176,9 +176,18 @@ pub enum CheckRule {
     MinSum,
 }
 
-/// An in-place sum-product layer kernel (`simd::layer_sum_product_columns_*`).
-type Kernel =
-    fn(&mut [i16], &simd::CheckedRows, usize, &mut [i8], &[i8], u8, bool, &mut simd::Scratch);
+/// An in-place sum-product kernel over a range of layers
+/// (`simd::layers_sum_product_columns_*`).
+type Kernel = fn(
+    &mut [i16],
+    &simd::CheckedRows,
+    core::ops::Range<usize>,
+    &mut [i8],
+    &[i8],
+    u8,
+    bool,
+    &mut simd::Scratch,
+);
 
 /// An in-place layer parity check (`simd::layer_parity_holds_*`).
 type Parity = fn(&[i16], &simd::CheckedRows, usize, &[i8]) -> bool;
@@ -433,28 +442,35 @@ impl Decoder {
             edge[r + 1] = edge[r] + code.row(r).len();
         }
         let m0 = self.message_start;
+        let in_place_kernel = match in_place {
+            Columns::No => None,
+            Columns::Avx2 => Some(simd::layers_sum_product_columns_avx2 as Kernel),
+            Columns::Avx512 => Some(simd::layers_sum_product_columns_avx512 as Kernel),
+        };
         for it in 1..=max_iterations {
+            if let (Some(kernel), Some(rows)) = (in_place_kernel, &self.rows) {
+                // Every layer in one call.
+                kernel(
+                    &mut self.posterior,
+                    rows,
+                    0..code.base_rows(),
+                    &mut self.messages[m0..m0 + code.edges()],
+                    &self.syndrome_signs,
+                    self.message_max,
+                    it == 1,
+                    &mut self.scratch,
+                );
+                if self.syndrome_matches() {
+                    return Ok(DecodeOutcome {
+                        converged: true,
+                        iterations: it,
+                    });
+                }
+                continue;
+            }
             for r in 0..code.base_rows() {
                 let row = code.row(r);
                 let d = row.len();
-                let in_place_kernel = match in_place {
-                    Columns::No => None,
-                    Columns::Avx2 => Some(simd::layer_sum_product_columns_avx2 as Kernel),
-                    Columns::Avx512 => Some(simd::layer_sum_product_columns_avx512 as Kernel),
-                };
-                if let (Some(kernel), Some(rows)) = (in_place_kernel, &self.rows) {
-                    kernel(
-                        &mut self.posterior,
-                        rows,
-                        r,
-                        &mut self.messages[m0 + edge[r] * z..m0 + edge[r + 1] * z],
-                        &self.syndrome_signs[r * z..(r + 1) * z],
-                        self.message_max,
-                        it == 1,
-                        &mut self.scratch,
-                    );
-                    continue;
-                }
                 let layer = &mut self.layer[..d * z];
                 for (k, &(c, s)) in row.iter().enumerate() {
                     let col =

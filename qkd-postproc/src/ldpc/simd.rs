@@ -514,6 +514,20 @@ impl CheckedRows {
         &self.entries[self.start[r]..self.start[r + 1]]
     }
 
+    /// The base entries of the rows `layers` together and the most in one
+    /// of them.
+    ///
+    /// # Panics
+    /// If `layers` is not within the rows.
+    fn extent(&self, layers: core::ops::Range<usize>) -> (usize, usize) {
+        let edges = self.start[layers.end] - self.start[layers.start];
+        let most = layers
+            .map(|r| self.start[r + 1] - self.start[r])
+            .max()
+            .unwrap_or(0);
+        (edges, most)
+    }
+
     /// Whether `posterior` holds every column with its margins.
     fn fit(&self, posterior: &[i16]) -> bool {
         self.columns * self.z + 2 * COLUMN_MARGIN <= posterior.len()
@@ -532,6 +546,7 @@ impl CheckedRows {
 /// If [`columns_kernel_fits`] is false for the rows' `z`, `r` is not one
 /// of `rows`, `posterior` does not hold every column with its margins, or
 /// `messages` or `signs` is short (the decoder never calls it so).
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx2(
     posterior: &mut [i16],
@@ -543,40 +558,81 @@ pub(crate) fn layer_sum_product_columns_avx2(
     fresh: bool,
     scratch: &mut Scratch,
 ) {
-    let (row, z) = (rows.row(r), rows.z);
-    let d = row.len();
+    layers_sum_product_columns_avx2(
+        posterior,
+        rows,
+        r..r + 1,
+        messages,
+        signs,
+        cap,
+        fresh,
+        scratch,
+    );
+}
+
+/// The layers `layers` of `rows` in order, each as
+/// [`layer_sum_product_columns_avx2`] does it: `messages` holds the
+/// messages of those layers one after the other (`Z` per base entry),
+/// `signs` their syndrome signs (`Z` per layer). One call per iteration
+/// of the decoder: the checks and scratch sizing are done once.
+///
+/// # Panics
+/// If [`columns_kernel_fits`] is false for the rows' `z`, `layers` is not
+/// within `rows`, `posterior` does not hold every column with its margins,
+/// or `messages` or `signs` is short (the decoder never calls it so).
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+pub(crate) fn layers_sum_product_columns_avx2(
+    posterior: &mut [i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    messages: &mut [i8],
+    signs: &[i8],
+    cap: u8,
+    fresh: bool,
+    scratch: &mut Scratch,
+) {
+    let z = rows.z;
+    let (edges, d_max) = rows.extent(layers.clone());
     assert!(
         columns_kernel_fits(z)
             && rows.fit(posterior)
-            && messages.len() >= d * z
-            && signs.len() >= z
+            && messages.len() >= edges * z
+            && signs.len() >= layers.len() * z
     );
-    scratch.forward.resize(d * 64, 0);
-    scratch.q16.resize(d * 64, 0);
-    scratch.q8.resize(d * 64, 0);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, `posterior` holds every column with its margins,
-    // `messages` and `signs` are long enough (all asserted above), `row`
-    // has 1 to 255 entries with distinct columns and shifts below z
-    // (`CheckedRows`), and the three scratch buffers hold d·64 values each
-    // (resized just above).
-    unsafe {
-        x86::columns_sum_product(
-            posterior,
-            row,
-            messages,
-            signs,
-            z,
-            cap,
-            fresh,
-            &mut scratch.q16,
-            &mut scratch.q8,
-            &mut scratch.forward,
-        );
+    scratch.forward.resize(d_max * 64, 0);
+    scratch.q16.resize(d_max * 64, 0);
+    scratch.q8.resize(d_max * 64, 0);
+    let mut at = 0;
+    for (i, r) in layers.enumerate() {
+        let row = rows.row(r);
+        let d = row.len();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a
+        // positive multiple of 32, `posterior` holds every column with its
+        // margins, `messages` holds the `d·z` messages of this layer from
+        // `at` and `signs` its z signs from `i·z` (all asserted above: the
+        // layers' entries sum to `edges`), `row` has 1 to 255 entries with
+        // distinct columns and shifts below z (`CheckedRows`), and the
+        // three scratch buffers hold d_max·64 ≥ d·64 values each (resized
+        // just above).
+        unsafe {
+            x86::columns_sum_product(
+                posterior,
+                row,
+                &mut messages[at..at + d * z],
+                &signs[i * z..(i + 1) * z],
+                z,
+                cap,
+                fresh,
+                &mut scratch.q16,
+                &mut scratch.q8,
+                &mut scratch.forward,
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (&posterior, &messages, &signs, cap, fresh, i, row);
+        at += d * z;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap, fresh);
 }
 
 /// Whether the hard decisions of the posterior columns (laid out as for
@@ -1317,6 +1373,7 @@ pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
 /// # Panics
 /// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, or as
 /// [`layer_sum_product_columns_avx2`].
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx512(
     posterior: &mut [i16],
@@ -1328,34 +1385,84 @@ pub(crate) fn layer_sum_product_columns_avx512(
     fresh: bool,
     scratch: &mut Scratch,
 ) {
-    let (row, z) = (rows.row(r), rows.z);
-    let d = row.len();
+    layers_sum_product_columns_avx512(
+        posterior,
+        rows,
+        r..r + 1,
+        messages,
+        signs,
+        cap,
+        fresh,
+        scratch,
+    );
+}
+
+/// [`layers_sum_product_columns_avx2`] with the AVX-512 BW kernel of
+/// [`layer_sum_product_columns_avx512`].
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, or as
+/// [`layers_sum_product_columns_avx2`].
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+pub(crate) fn layers_sum_product_columns_avx512(
+    posterior: &mut [i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    messages: &mut [i8],
+    signs: &[i8],
+    cap: u8,
+    fresh: bool,
+    scratch: &mut Scratch,
+) {
+    let z = rows.z;
+    let (edges, d_max) = rows.extent(layers.clone());
     assert!(
         columns_kernel_fits_avx512(z)
             && rows.fit(posterior)
-            && messages.len() >= d * z
-            && signs.len() >= z
+            && messages.len() >= edges * z
+            && signs.len() >= layers.len() * z
     );
     // Both scratch buffers from a 64-byte boundary, so that no vector
     // access to them crosses a cache line.
-    scratch.forward.resize(d * 128 + 63, 0);
-    scratch.q16.resize(d * 128 + 31, 0);
+    scratch.forward.resize(d_max * 128 + 63, 0);
+    scratch.q16.resize(d_max * 128 + 31, 0);
     let at = aligned_start(scratch.forward.as_ptr(), 64);
-    let forward = &mut scratch.forward[at..at + d * 128];
+    let forward = &mut scratch.forward[at..at + d_max * 128];
     let at = aligned_start(scratch.q16.as_ptr(), 32);
-    let q16 = &mut scratch.q16[at..at + d * 128];
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
-    // z is a positive multiple of 64, `posterior` holds every column with
-    // its margins of 64 values, `messages` and `signs` are long enough (all
-    // asserted above), `row` has 1 to 255 entries with distinct columns
-    // and shifts below z (`CheckedRows`), and the two scratch buffers hold
-    // d·128 values each (resized just above).
-    unsafe {
-        x86_512::columns_sum_product(posterior, row, messages, signs, z, cap, fresh, q16, forward);
+    let q16 = &mut scratch.q16[at..at + d_max * 128];
+    let mut at = 0;
+    for (i, r) in layers.enumerate() {
+        let row = rows.row(r);
+        let d = row.len();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F and BW were detected
+        // (`columns_kernel_fits_avx512`), z is a positive multiple of 64,
+        // `posterior` holds every column with its margins of 64 values,
+        // `messages` holds the `d·z` messages of this layer from `at` and
+        // `signs` its z signs from `i·z` (all asserted above: the layers'
+        // entries sum to `edges`), `row` has 1 to 255 entries with
+        // distinct columns and shifts below z (`CheckedRows`), and the two
+        // scratch buffers hold d_max·128 ≥ d·128 values each (sliced just
+        // above).
+        unsafe {
+            x86_512::columns_sum_product(
+                posterior,
+                row,
+                &mut messages[at..at + d * z],
+                &signs[i * z..(i + 1) * z],
+                z,
+                cap,
+                fresh,
+                q16,
+                forward,
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (
+            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &forward,
+        );
+        at += d * z;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap, fresh, q16, forward);
 }
 
 /// The index of the first element of a buffer at `p` that starts on a
