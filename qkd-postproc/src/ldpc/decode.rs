@@ -189,8 +189,9 @@ type Kernel = fn(
     &mut simd::Scratch,
 );
 
-/// An in-place layer parity check (`simd::layer_parity_holds_*`).
-type Parity = fn(&[i16], &simd::CheckedRows, usize, &[i8]) -> bool;
+/// An in-place parity check over a range of layers
+/// (`simd::layers_parity_fail_*`).
+type Parity = fn(&[i16], &simd::CheckedRows, core::ops::Range<usize>, &[i8]) -> Option<usize>;
 
 /// Result of one decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,11 +426,7 @@ impl Decoder {
             // iteration and write every one.)
             self.messages.fill(0);
         }
-        for (signs, &word) in self.syndrome_signs.chunks_mut(64).zip(syndrome.words()) {
-            for (b, sign) in signs.iter_mut().enumerate() {
-                *sign = if (word >> b) & 1 == 1 { i8::MIN } else { 0 };
-            }
-        }
+        simd::sign_bytes(syndrome.words(), &mut self.syndrome_signs);
         let z = code.lifting();
         if self.syndrome_matches() {
             return Ok(DecodeOutcome {
@@ -570,20 +567,19 @@ impl Decoder {
     fn syndrome_matches(&mut self) -> bool {
         let code = &self.code;
         let z = code.lifting();
-        let holds = match self.columns {
+        let fails = match self.columns {
             Columns::No => None,
-            Columns::Avx2 => Some(simd::layer_parity_holds_avx2 as Parity),
-            Columns::Avx512 => Some(simd::layer_parity_holds_avx512 as Parity),
+            Columns::Avx2 => Some(simd::layers_parity_fail_avx2 as Parity),
+            Columns::Avx512 => Some(simd::layers_parity_fail_avx512 as Parity),
         };
-        if let (Some(holds), Some(rows)) = (holds, &self.rows) {
-            return (0..code.base_rows()).all(|r| {
-                holds(
-                    &self.posterior,
-                    rows,
-                    r,
-                    &self.syndrome_signs[r * z..(r + 1) * z],
-                )
-            });
+        if let (Some(fails), Some(rows)) = (fails, &self.rows) {
+            return fails(
+                &self.posterior,
+                rows,
+                0..code.base_rows(),
+                &self.syndrome_signs,
+            )
+            .is_none();
         }
         let acc = &mut self.scratch.parity;
         for r in 0..code.base_rows() {

@@ -161,6 +161,31 @@ fn sign_words_portable(posteriors: &[i16], words: &mut [u64]) {
     }
 }
 
+/// The syndrome sign masks of `signs.len()` checks from their bits in
+/// `words` (bit `i % 64` of word `i / 64`): `i8::MIN` where the bit is
+/// set, 0 where not. With AVX-512 BW one masked move per 64 checks.
+///
+/// # Panics
+/// If `words` holds fewer than `signs.len()` bits.
+pub(crate) fn sign_bytes(words: &[u64], signs: &mut [i8]) {
+    assert!(words.len() * 64 >= signs.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if avx512_available() {
+        done = signs.len() / 64 * 64;
+        // SAFETY: AVX-512 F and BW were detected just above; `signs`
+        // holds `done` bytes and `words` at least `done / 64` words.
+        unsafe { x86_512::sign_bytes(&words[..done / 64], &mut signs[..done]) };
+    }
+    for (i, sign) in signs.iter_mut().enumerate().skip(done) {
+        *sign = if (words[i / 64] >> (i % 64)) & 1 == 1 {
+            i8::MIN
+        } else {
+            0
+        };
+    }
+}
+
 /// The upper bound of a posterior (the lower is `i16::MIN`: a posterior
 /// saturates to the `i16` range, which is what the AVX2 saturating adds
 /// do without a further clamp).
@@ -641,27 +666,50 @@ pub(crate) fn layers_sum_product_columns_avx2(
 ///
 /// # Panics
 /// As [`layer_sum_product_columns_avx2`].
+#[cfg(test)]
 pub(crate) fn layer_parity_holds_avx2(
     posterior: &[i16],
     rows: &CheckedRows,
     r: usize,
     signs: &[i8],
 ) -> bool {
-    let (row, z) = (rows.row(r), rows.z);
-    assert!(columns_kernel_fits(z) && rows.fit(posterior) && signs.len() >= z);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, `posterior` holds every column with its margins and
-    // `signs` z values (asserted above), the shifts of `row` are below z
-    // (`CheckedRows`).
-    unsafe {
-        x86::columns_parity_holds(posterior, row, signs, z)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (posterior, signs, row);
-        unreachable!("columns_kernel_fits is false off x86-64")
-    }
+    layers_parity_fail_avx2(posterior, rows, r..r + 1, signs).is_none()
+}
+
+/// The first of the layers `layers` of `rows` whose checks the hard
+/// decisions of the posterior columns do not all satisfy (`None`: every
+/// check of every one of them holds); `signs` holds the syndrome signs of
+/// those layers one after the other (`Z` per layer). Checks as
+/// [`layer_parity_holds_avx2`] does, with one set of checks per call.
+///
+/// # Panics
+/// If [`columns_kernel_fits`] is false for the rows' `z`, `layers` is not within
+/// `rows`, `posterior` does not hold every column with its margins, or
+/// `signs` is short (the decoder never calls it so).
+pub(crate) fn layers_parity_fail_avx2(
+    posterior: &[i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    signs: &[i8],
+) -> Option<usize> {
+    let z = rows.z;
+    assert!(columns_kernel_fits(z) && rows.fit(posterior) && signs.len() >= layers.len() * z);
+    let first = layers.start;
+    layers.into_iter().find(|&r| {
+        let (row, signs) = (rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a
+        // positive multiple of 32, `posterior` holds every column with its
+        // margins and `signs` z values (asserted above), the shifts of
+        // `row` are below z (`CheckedRows`).
+        let holds = unsafe { x86::columns_parity_holds(posterior, row, signs, z) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let holds = {
+            let _ = (posterior, signs, row);
+            unreachable!("columns_kernel_fits is false off x86-64")
+        };
+        !holds
+    })
 }
 
 /// The AVX2 kernel: 32 lanes per vector, the lanes past the last multiple
@@ -1478,27 +1526,53 @@ pub(crate) fn aligned_start<T>(p: *const T, within: usize) -> usize {
 /// # Panics
 /// If [`columns_kernel_fits_avx512`] is false for `z`, or as
 /// [`layer_parity_holds_avx2`].
+#[cfg(test)]
 pub(crate) fn layer_parity_holds_avx512(
     posterior: &[i16],
     rows: &CheckedRows,
     r: usize,
     signs: &[i8],
 ) -> bool {
-    let (row, z) = (rows.row(r), rows.z);
-    assert!(columns_kernel_fits_avx512(z) && rows.fit(posterior) && signs.len() >= z);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
-    // z is a positive multiple of 64, `posterior` holds every column with
-    // its margins and `signs` z values (asserted above), the shifts of
-    // `row` are below z (`CheckedRows`).
-    unsafe {
-        x86_512::columns_parity_holds(posterior, row, signs, z)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (posterior, signs, row);
-        unreachable!("columns_kernel_fits_avx512 is false off x86-64")
-    }
+    layers_parity_fail_avx512(posterior, rows, r..r + 1, signs).is_none()
+}
+
+/// The first of the layers `layers` of `rows` whose checks the hard
+/// decisions of the posterior columns do not all satisfy (`None`: every
+/// check of every one of them holds); `signs` holds the syndrome signs of
+/// those layers one after the other (`Z` per layer). Checks as
+/// [`layer_parity_holds_avx512`] does, with one set of checks per call.
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, `layers` is not within
+/// `rows`, `posterior` does not hold every column with its margins, or
+/// `signs` is short (the decoder never calls it so).
+pub(crate) fn layers_parity_fail_avx512(
+    posterior: &[i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    signs: &[i8],
+) -> Option<usize> {
+    let z = rows.z;
+    assert!(
+        columns_kernel_fits_avx512(z) && rows.fit(posterior) && signs.len() >= layers.len() * z
+    );
+    let first = layers.start;
+    layers.into_iter().find(|&r| {
+        let (row, signs) = (rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F and BW were detected
+        // (`columns_kernel_fits_avx512`), z is a positive multiple of 64,
+        // `posterior` holds every column with its margins and `signs` z
+        // values (asserted above), the shifts of `row` are below z
+        // (`CheckedRows`).
+        let holds = unsafe { x86_512::columns_parity_holds(posterior, row, signs, z) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let holds = {
+            let _ = (posterior, signs, row);
+            unreachable!("columns_kernel_fits_avx512 is false off x86-64")
+        };
+        !holds
+    })
 }
 
 /// The AVX-512 BW form of the in-place sum-product kernel and the parity
@@ -1934,6 +2008,26 @@ mod x86_512 {
         }
     }
 
+    /// [`super::sign_bytes`] for 64 checks per word of `words`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `signs` must hold 64 bytes
+    /// per word of `words`.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    pub(super) unsafe fn sign_bytes(words: &[u64], signs: &mut [i8]) {
+        let set = _mm512_set1_epi8(i8::MIN);
+        for (i, &word) in words.iter().enumerate() {
+            // SAFETY: `signs` holds 64 bytes per word (caller), so
+            // `64·i + 64 ≤ signs.len()`.
+            unsafe {
+                write8(
+                    signs.as_mut_ptr().add(64 * i),
+                    _mm512_maskz_mov_epi8(word, set),
+                )
+            };
+        }
+    }
+
     /// Whether the hard decisions (sign bits) of the posterior columns
     /// satisfy every check of one layer (see `x86::columns_parity_holds`).
     ///
@@ -2254,6 +2348,31 @@ mod tests {
         let long: Vec<(u32, u32)> = (0..256).map(|c| (c, 0)).collect();
         assert!(CheckedRows::new([&long[..]], 32).is_none());
         assert!(CheckedRows::new([&long[..255]], 32).is_some());
+    }
+
+    /// The syndrome sign bytes: set bits give `i8::MIN`, clear ones 0, at
+    /// lengths below, at and past whole words (the vector path and the
+    /// tail).
+    #[test]
+    fn sign_bytes_spread_the_bits() {
+        let words = [
+            0x8000_0000_0000_0001u64,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+            0x5555,
+        ];
+        for len in [0, 1, 63, 64, 65, 130, 192, 200, 256] {
+            let mut signs = vec![7i8; len];
+            sign_bytes(&words, &mut signs);
+            for (i, &sign) in signs.iter().enumerate() {
+                let bit = (words[i / 64] >> (i % 64)) & 1;
+                assert_eq!(
+                    sign,
+                    if bit == 1 { i8::MIN } else { 0 },
+                    "len {len} bit {i}"
+                );
+            }
+        }
     }
 
     /// The packed hard decisions: bit `i` set iff posterior `i` is
