@@ -1731,11 +1731,20 @@ mod x86_512 {
             if m == 0 {
                 (x0, x1)
             } else {
+                // A half whose lanes all wrap is one plain load.
                 let y = col.add(start).sub(z);
-                (
-                    _mm512_mask_loadu_epi16(x0, m as u32, y),
-                    _mm512_mask_loadu_epi16(x1, (m >> 32) as u32, y.add(32)),
-                )
+                let (m0, m1) = (m as u32, (m >> 32) as u32);
+                let x0 = if m0 == 0 {
+                    x0
+                } else {
+                    _mm512_mask_loadu_epi16(x0, m0, y)
+                };
+                let x1 = if m1 == u32::MAX {
+                    _mm512_loadu_si512(y.add(32).cast())
+                } else {
+                    _mm512_mask_loadu_epi16(x1, m1, y.add(32))
+                };
+                (x0, x1)
             }
         }
     }
@@ -1758,12 +1767,22 @@ mod x86_512 {
             if m == 0 {
                 write16(at, v0, v1);
             } else {
-                let keep = !m;
-                _mm512_mask_storeu_epi16(at, keep as u32, v0);
-                _mm512_mask_storeu_epi16(at.add(32), (keep >> 32) as u32, v1);
+                // A half whose lanes all fit or all wrap is one plain
+                // store, the other two masked ones.
                 let y = at.sub(z);
-                _mm512_mask_storeu_epi16(y, m as u32, v0);
-                _mm512_mask_storeu_epi16(y.add(32), (m >> 32) as u32, v1);
+                let (m0, m1) = (m as u32, (m >> 32) as u32);
+                if m0 == 0 {
+                    _mm512_storeu_si512(at.cast(), v0);
+                } else {
+                    _mm512_mask_storeu_epi16(at, !m0, v0);
+                    _mm512_mask_storeu_epi16(y, m0, v0);
+                }
+                if m1 == u32::MAX {
+                    _mm512_storeu_si512(y.add(32).cast(), v1);
+                } else {
+                    _mm512_mask_storeu_epi16(at.add(32), !m1, v1);
+                    _mm512_mask_storeu_epi16(y.add(32), m1, v1);
+                }
             }
         }
     }
