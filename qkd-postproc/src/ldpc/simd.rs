@@ -624,9 +624,17 @@ pub(crate) fn layers_sum_product_columns_avx2(
             && messages.len() >= edges * z
             && signs.len() >= layers.len() * z
     );
-    scratch.forward.resize(d_max * 64, 0);
-    scratch.q16.resize(d_max * 64, 0);
-    scratch.q8.resize(d_max * 64, 0);
+    // The scratch buffers from a 64-byte boundary, so that no vector
+    // access to them crosses a cache line.
+    scratch.forward.resize(d_max * 64 + 63, 0);
+    scratch.q16.resize(d_max * 64 + 31, 0);
+    scratch.q8.resize(d_max * 64 + 63, 0);
+    let at = aligned_start(scratch.forward.as_ptr(), 64);
+    let forward = &mut scratch.forward[at..at + d_max * 64];
+    let at = aligned_start(scratch.q16.as_ptr(), 32);
+    let q16 = &mut scratch.q16[at..at + d_max * 64];
+    let at = aligned_start(scratch.q8.as_ptr(), 64);
+    let q8 = &mut scratch.q8[at..at + d_max * 64];
     let mut at = 0;
     for (i, r) in layers.enumerate() {
         let row = rows.row(r);
@@ -638,7 +646,7 @@ pub(crate) fn layers_sum_product_columns_avx2(
         // `at` and `signs` its z signs from `i·z` (all asserted above: the
         // layers' entries sum to `edges`), `row` has 1 to 255 entries with
         // distinct columns and shifts below z (`CheckedRows`), and the
-        // three scratch buffers hold d_max·64 ≥ d·64 values each (resized
+        // three scratch buffers hold d_max·64 ≥ d·64 values each (sliced
         // just above).
         unsafe {
             x86::columns_sum_product(
@@ -649,13 +657,15 @@ pub(crate) fn layers_sum_product_columns_avx2(
                 z,
                 cap,
                 fresh,
-                &mut scratch.q16,
-                &mut scratch.q8,
-                &mut scratch.forward,
+                q16,
+                q8,
+                forward,
             );
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (&posterior, &messages, &signs, cap, fresh, i, row);
+        let _ = (
+            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &q8, &forward,
+        );
         at += d * z;
     }
 }
