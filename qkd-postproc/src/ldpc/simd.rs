@@ -169,14 +169,18 @@ fn sign_words_portable(posteriors: &[i16], words: &mut [u64]) {
 /// If `words` holds fewer than `signs.len()` bits.
 pub(crate) fn sign_bytes(words: &[u64], signs: &mut [i8]) {
     assert!(words.len() * 64 >= signs.len());
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if avx512_available() {
-        done = signs.len() / 64 * 64;
+    let done = if avx512_available() {
+        let done = signs.len() / 64 * 64;
         // SAFETY: AVX-512 F and BW were detected just above; `signs`
         // holds `done` bytes and `words` at least `done / 64` words.
         unsafe { x86_512::sign_bytes(&words[..done / 64], &mut signs[..done]) };
-    }
+        done
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for (i, sign) in signs.iter_mut().enumerate().skip(done) {
         *sign = if (words[i / 64] >> (i % 64)) & 1 == 1 {
             i8::MIN
@@ -664,7 +668,7 @@ pub(crate) fn layers_sum_product_columns_avx2(
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (
-            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &q8, &forward,
+            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &q8, &forward, at,
         );
         at += d * z;
     }
@@ -705,21 +709,24 @@ pub(crate) fn layers_parity_fail_avx2(
     let z = rows.z;
     assert!(columns_kernel_fits(z) && rows.fit(posterior) && signs.len() >= layers.len() * z);
     let first = layers.start;
-    layers.into_iter().find(|&r| {
-        let (row, signs) = (rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]);
+    let holds = |row: &[(u32, u32)], signs: &[i8]| -> bool {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a
         // positive multiple of 32, `posterior` holds every column with its
         // margins and `signs` z values (asserted above), the shifts of
         // `row` are below z (`CheckedRows`).
-        let holds = unsafe { x86::columns_parity_holds(posterior, row, signs, z) };
+        unsafe {
+            x86::columns_parity_holds(posterior, row, signs, z)
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        let holds = {
+        {
             let _ = (posterior, signs, row);
             unreachable!("columns_kernel_fits is false off x86-64")
-        };
-        !holds
-    })
+        }
+    };
+    layers
+        .into_iter()
+        .find(|&r| !holds(rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]))
 }
 
 /// The AVX2 kernel: 32 lanes per vector, the lanes past the last multiple
@@ -1517,7 +1524,7 @@ pub(crate) fn layers_sum_product_columns_avx512(
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (
-            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &forward,
+            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &forward, at,
         );
         at += d * z;
     }
@@ -1567,22 +1574,25 @@ pub(crate) fn layers_parity_fail_avx512(
         columns_kernel_fits_avx512(z) && rows.fit(posterior) && signs.len() >= layers.len() * z
     );
     let first = layers.start;
-    layers.into_iter().find(|&r| {
-        let (row, signs) = (rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]);
+    let holds = |row: &[(u32, u32)], signs: &[i8]| -> bool {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 F and BW were detected
         // (`columns_kernel_fits_avx512`), z is a positive multiple of 64,
         // `posterior` holds every column with its margins and `signs` z
         // values (asserted above), the shifts of `row` are below z
         // (`CheckedRows`).
-        let holds = unsafe { x86_512::columns_parity_holds(posterior, row, signs, z) };
+        unsafe {
+            x86_512::columns_parity_holds(posterior, row, signs, z)
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        let holds = {
+        {
             let _ = (posterior, signs, row);
             unreachable!("columns_kernel_fits_avx512 is false off x86-64")
-        };
-        !holds
-    })
+        }
+    };
+    layers
+        .into_iter()
+        .find(|&r| !holds(rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]))
 }
 
 /// The AVX-512 BW form of the in-place sum-product kernel and the parity
