@@ -58,12 +58,16 @@
 //! The AVX2 and AVX-512 sum-product kernels work on the posterior columns
 //! in place (lane `t` of base entry `(c, s)` is variable
 //! `c·Z + (s + t) mod Z`; a window of 32 lanes that wraps is two loads
-//! blended, one of 64 a load and a masked load), the portable one and
+//! blended, one of 64 a load and a masked load for the half that
+//! straddles the column's end), the portable one and
 //! min-sum on a layer buffer the rotated columns are copied into and back;
 //! the lanes compute the same either way. The AVX-512 kernel (AVX-512 F
 //! and BW, detected at run time, the default where present) needs a
 //! lifting that is a multiple of 64; otherwise its decoder runs the AVX2
-//! kernels.
+//! kernels. The in-place kernels and their parity check take every layer
+//! of an iteration in one call, and the messages and the kernels' scratch
+//! start on 64-byte boundaries (vectors straddling cache lines cost the
+//! AVX-512 decoder 6–10 %, BENCHMARKS.md).
 //!
 //! On the binary symmetric channel every key bit has the same |LLR|; the
 //! sum-product rule needs it on the scale of 1/8 nat, min-sum is invariant

@@ -1598,7 +1598,9 @@ pub(crate) fn layers_parity_fail_avx512(
 /// The AVX-512 BW form of the in-place sum-product kernel and the parity
 /// check: the operations of `x86::lane_group` on vectors of 64 lanes
 /// (posteriors as two vectors of 32 `i16`), a window that wraps around its
-/// column read and written with masked loads and stores. Within a layer
+/// column read and written with masked loads and stores (for the half of
+/// 32 lanes that straddles the column's end, `load_rotated`). Within a
+/// layer
 /// the kernel keeps its byte vectors (inputs, forward results, syndrome
 /// signs, new messages) in the pack instruction's order
 /// ([`narrow_packed`]), so that narrowing and widening stay inside 128-bit
@@ -1733,7 +1735,9 @@ mod x86_512 {
 
     /// The 64 posteriors `col[(start + t) mod z]`, `t < 64`, of the column
     /// of `z ≥ 64` posteriors at `col`, `start < z`: the window at `start`,
-    /// its wrapped lanes replaced by a masked load from before it.
+    /// its wrapped lanes replaced by a load from before it (masked for the
+    /// half of 32 lanes that straddles the column's end, plain for a half
+    /// that lies wholly past it).
     ///
     /// # Safety
     /// AVX-512 F/BW; `col − 64 .. col + z + 64` readable (the column and
@@ -1743,8 +1747,10 @@ mod x86_512 {
     unsafe fn load_rotated(col: *const i16, z: usize, start: usize) -> (__m512i, __m512i) {
         // SAFETY: `start < z`, so `col + start .. col + start + 64` lies in
         // `col .. col + z + 64`; a wrapped lane `t` is read at
-        // `col + start + t − z`, inside the column, and a masked load
-        // touches only its lanes.
+        // `col + start + t − z`, inside the column, a masked load touches
+        // only its lanes, and the plain load of a half whose lanes all
+        // wrap reads `col + start + 32 − z .. col + start + 64 − z`,
+        // inside the column as `z − 32 ≤ start < z`.
         unsafe {
             let (x0, x1) = read16(col.add(start));
             let m = wrapped(z, start);
@@ -1769,9 +1775,12 @@ mod x86_512 {
         }
     }
 
-    /// Stores `col[(start + t) mod z]`, `t < 64` (see [`load_rotated`]); a
-    /// window that wraps is two masked stores, the lanes that fit and the
-    /// wrapped ones.
+    /// Stores `col[(start + t) mod z]`, `t < 64` (see [`load_rotated`]); in
+    /// a window that wraps, the half of 32 lanes that straddles the
+    /// column's end is two masked stores (the lanes that fit and the
+    /// wrapped ones), the other half one plain store (masked stores cost
+    /// more: a wrapped window with four of them made the decoder 2–3 %
+    /// slower, BENCHMARKS.md).
     ///
     /// # Safety
     /// AVX-512 F/BW; `col .. col + z` writable, nothing else accessing it.
@@ -1780,7 +1789,8 @@ mod x86_512 {
     unsafe fn store_rotated(col: *mut i16, z: usize, start: usize, v0: __m512i, v1: __m512i) {
         // SAFETY: the lanes written are `col + start + t` for `t < z −
         // start` and `col + start + t − z` for the others, all inside the
-        // column; masked stores write only their lanes.
+        // column; masked stores write only their lanes, and a half is
+        // stored plainly only when all its lanes fit or all wrap.
         unsafe {
             let at = col.add(start);
             let m = wrapped(z, start);
