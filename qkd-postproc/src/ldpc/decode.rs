@@ -67,7 +67,7 @@
 //! kernels. The in-place kernels and their parity check take every layer
 //! of an iteration in one call, and the messages and the kernels' scratch
 //! start on 64-byte boundaries (vectors straddling cache lines cost the
-//! AVX-512 decoder 6–10 %, BENCHMARKS.md).
+//! AVX-512 decoder 2–11 %, BENCHMARKS.md).
 //!
 //! On the binary symmetric channel every key bit has the same |LLR|; the
 //! sum-product rule needs it on the scale of 1/8 nat, min-sum is invariant
