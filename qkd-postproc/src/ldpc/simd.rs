@@ -484,15 +484,15 @@ pub(crate) fn layer_sum_product_avx2(
     lanes_sum_product(layer, messages, signs, d, z, 0..z, cap, scratch);
 }
 
-/// Whether [`layer_sum_product_columns_avx2`] can decode a code of
+/// Whether [`layers_sum_product_columns_avx2`] can decode a code of
 /// lifting `z` here: AVX2 present and `z` a positive multiple of 32.
 pub(crate) fn columns_kernel_fits(z: usize) -> bool {
     z >= 32 && z.is_multiple_of(32) && avx2_available()
 }
 
 /// Values before the first and after the last posterior column in the
-/// buffer [`layer_sum_product_columns_avx2`] and
-/// [`layer_sum_product_columns_avx512`] work on: a window of 32 (64) lanes
+/// buffer [`layers_sum_product_columns_avx2`] and
+/// [`layers_sum_product_columns_avx512`] work on: a window of 32 (64) lanes
 /// that wraps around its column is read and written as two windows that
 /// run past the column's ends (the AVX-512 kernel reads past the end
 /// only).
@@ -547,8 +547,9 @@ impl CheckedRows {
     /// of them.
     ///
     /// # Panics
-    /// If `layers` is not within the rows.
+    /// If `layers` is not within the rows (or runs backwards).
     fn extent(&self, layers: core::ops::Range<usize>) -> (usize, usize) {
+        assert!(layers.start <= layers.end && layers.end < self.start.len());
         let edges = self.start[layers.end] - self.start[layers.start];
         let most = layers
             .map(|r| self.start[r + 1] - self.start[r])
@@ -600,7 +601,7 @@ pub(crate) fn layer_sum_product_columns_avx2(
 }
 
 /// The layers `layers` of `rows` in order, each as
-/// [`layer_sum_product_columns_avx2`] does it: `messages` holds the
+/// `layer_sum_product_columns_avx2` does it: `messages` holds the
 /// messages of those layers one after the other (`Z` per base entry),
 /// `signs` their syndrome signs (`Z` per layer). One call per iteration
 /// of the decoder: the checks and scratch sizing are done once.
@@ -694,7 +695,7 @@ pub(crate) fn layer_parity_holds_avx2(
 /// decisions of the posterior columns do not all satisfy (`None`: every
 /// check of every one of them holds); `signs` holds the syndrome signs of
 /// those layers one after the other (`Z` per layer). Checks as
-/// [`layer_parity_holds_avx2`] does, with one set of checks per call.
+/// `layer_parity_holds_avx2` does, with one set of checks per call.
 ///
 /// # Panics
 /// If [`columns_kernel_fits`] is false for the rows' `z`, `layers` is not within
@@ -1425,7 +1426,7 @@ pub(crate) fn avx512_available() -> bool {
     }
 }
 
-/// Whether [`layer_sum_product_columns_avx512`] can decode a code of
+/// Whether [`layers_sum_product_columns_avx512`] can decode a code of
 /// lifting `z` here: AVX-512 BW present and `z` a positive multiple of 64.
 pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
     z >= 64 && z.is_multiple_of(64) && avx512_available()
@@ -1463,7 +1464,7 @@ pub(crate) fn layer_sum_product_columns_avx512(
 }
 
 /// [`layers_sum_product_columns_avx2`] with the AVX-512 BW kernel of
-/// [`layer_sum_product_columns_avx512`].
+/// `layer_sum_product_columns_avx512`.
 ///
 /// # Panics
 /// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, or as
@@ -1557,7 +1558,7 @@ pub(crate) fn layer_parity_holds_avx512(
 /// decisions of the posterior columns do not all satisfy (`None`: every
 /// check of every one of them holds); `signs` holds the syndrome signs of
 /// those layers one after the other (`Z` per layer). Checks as
-/// [`layer_parity_holds_avx512`] does, with one set of checks per call.
+/// `layer_parity_holds_avx512` does, with one set of checks per call.
 ///
 /// # Panics
 /// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, `layers` is not within
