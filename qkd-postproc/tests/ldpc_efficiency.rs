@@ -580,6 +580,62 @@ fn thread_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// `LDPC_BACKEND`: portable, avx2 or avx512 (default: the fastest here).
+fn backend_from_env() -> Option<qkd_postproc::ldpc::Backend> {
+    std::env::var("LDPC_BACKEND")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .map(|b| match b.as_str() {
+            "portable" => qkd_postproc::ldpc::Backend::Portable,
+            "avx2" => qkd_postproc::ldpc::Backend::Avx2,
+            "avx512" => qkd_postproc::ldpc::Backend::Avx512,
+            other => panic!("LDPC_BACKEND {other}: portable, avx2 or avx512"),
+        })
+}
+
+/// The frames of the decoder timing tests at `qber`: the plan of the
+/// criterion bench (f = 1.45) and `trials` pairs of Bob's LLRs and
+/// Alice's syndrome (seed 3).
+fn timing_frames(
+    cache: &mut CodeCache,
+    n: usize,
+    qber: f64,
+    trials: usize,
+) -> (FramePlan, Vec<(Vec<i8>, BitVec)>) {
+    let plan = choose_plan(
+        cache,
+        n,
+        SHIPPED_SEED,
+        qber,
+        RateChoice {
+            modulated: 0.1,
+            target_efficiency: 1.45,
+        },
+    )
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let frames = (0..trials)
+        .map(|_| {
+            let alice = BitVec::random(plan.key_len(), &mut rng);
+            let bob = noisy(&alice, qber, &mut rng);
+            let frame = plan.alice_frame(&alice, &mut rng).unwrap();
+            let llrs = plan
+                .bob_llrs(&bob, qkd_postproc::ldpc::channel_magnitude(qber))
+                .unwrap();
+            (llrs, plan.code().syndrome(&frame))
+        })
+        .collect();
+    (plan, frames)
+}
+
+/// A decoder of `plan`'s code with the `LDPC_BACKEND` kernel.
+fn timing_decoder(plan: &FramePlan) -> Decoder {
+    match backend_from_env() {
+        Some(backend) => Decoder::with_backend(plan.code().clone(), backend),
+        None => Decoder::new(plan.code().clone()),
+    }
+}
+
 /// Decoder throughput in key bits per CPU-second of the decoding thread
 /// (robust on a shared machine where wall-clock medians swing): the
 /// frames of the criterion bench (f = 1.45, n = `LDPC_N`, QBER 2, 3, 5 %),
@@ -590,50 +646,15 @@ fn decoder_cpu_time() {
     let n = env("LDPC_N", 65536.0) as usize;
     let trials = env("LDPC_TRIALS", 40.0) as usize;
     let rounds = env("LDPC_ROUNDS", 5.0) as usize;
-    // LDPC_BACKEND: portable, avx2 or avx512 (default: the fastest here).
-    let backend = std::env::var("LDPC_BACKEND")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .map(|b| match b.as_str() {
-            "portable" => qkd_postproc::ldpc::Backend::Portable,
-            "avx2" => qkd_postproc::ldpc::Backend::Avx2,
-            "avx512" => qkd_postproc::ldpc::Backend::Avx512,
-            other => panic!("LDPC_BACKEND {other}: portable, avx2 or avx512"),
-        });
     let mut cache = CodeCache::new();
     println!(
         "backend {:?}",
-        backend.unwrap_or_else(qkd_postproc::ldpc::Backend::detect)
+        backend_from_env().unwrap_or_else(qkd_postproc::ldpc::Backend::detect)
     );
     println!("n,qber,key_len,frames,cpu_s,mbit_per_cpu_s,iterations_mean,failed,edges,ns_per_edge");
     for qber in [0.02, 0.03, 0.05] {
-        let plan = choose_plan(
-            &mut cache,
-            n,
-            SHIPPED_SEED,
-            qber,
-            RateChoice {
-                modulated: 0.1,
-                target_efficiency: 1.45,
-            },
-        )
-        .unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let frames: Vec<(Vec<i8>, BitVec)> = (0..trials)
-            .map(|_| {
-                let alice = BitVec::random(plan.key_len(), &mut rng);
-                let bob = noisy(&alice, qber, &mut rng);
-                let frame = plan.alice_frame(&alice, &mut rng).unwrap();
-                let llrs = plan
-                    .bob_llrs(&bob, qkd_postproc::ldpc::channel_magnitude(qber))
-                    .unwrap();
-                (llrs, plan.code().syndrome(&frame))
-            })
-            .collect();
-        let mut decoder = match backend {
-            Some(backend) => Decoder::with_backend(plan.code().clone(), backend),
-            None => Decoder::new(plan.code().clone()),
-        };
+        let (plan, frames) = timing_frames(&mut cache, n, qber, trials);
+        let mut decoder = timing_decoder(&plan);
         let (mut iterations, mut failed) = (0u64, 0u64);
         let start = thread_cpu_seconds().unwrap_or(0.0);
         for _ in 0..rounds {
@@ -657,6 +678,60 @@ fn decoder_cpu_time() {
             iterations as f64 / decoded,
             failed,
             cpu * 1e9 / (iterations as f64 * edges as f64),
+        );
+    }
+}
+
+/// The decoder timing of [`decoder_cpu_time`] pass by pass, for comparing
+/// two builds on a busy machine: each of `LDPC_ROUNDS` passes decodes the
+/// `LDPC_TRIALS` frames once and is timed by the wall clock; the fastest
+/// pass (the one least disturbed by other processes) and the median are
+/// given in key bits per second. `digest` hashes every decoding's
+/// decisions, iteration count and `converged`, so that two builds can be
+/// checked to decode alike.
+#[test]
+#[ignore = "slow: decoder timing"]
+fn decoder_pass_time() {
+    let n = env("LDPC_N", 65536.0) as usize;
+    let trials = env("LDPC_TRIALS", 20.0) as usize;
+    let rounds = env("LDPC_ROUNDS", 60.0) as usize;
+    let mut cache = CodeCache::new();
+    println!(
+        "backend {:?}",
+        backend_from_env().unwrap_or_else(qkd_postproc::ldpc::Backend::detect)
+    );
+    println!("pass,n,qber,key_len,frames,best_mbit_s,median_mbit_s,iterations_mean,failed,digest");
+    for qber in [0.02, 0.03, 0.05] {
+        let (plan, frames) = timing_frames(&mut cache, n, qber, trials);
+        let mut decoder = timing_decoder(&plan);
+        let (mut iterations, mut failed) = (0u64, 0u64);
+        let mut digest = 0xcbf2_9ce4_8422_2325u64;
+        let mut mix = |x: u64| {
+            digest = (digest ^ x).wrapping_mul(0x0100_0000_01b3);
+        };
+        let mut passes = Vec::with_capacity(rounds);
+        for round in 0..rounds {
+            let start = std::time::Instant::now();
+            for (llrs, syndrome) in &frames {
+                let out = decoder.decode(llrs, syndrome, 100).unwrap();
+                iterations += u64::from(out.iterations);
+                failed += u64::from(!out.converged);
+                if round == 0 {
+                    mix(u64::from(out.iterations) << 1 | u64::from(out.converged));
+                    decoder.decisions().words().iter().for_each(|&w| mix(w));
+                }
+            }
+            passes.push(start.elapsed().as_secs_f64());
+        }
+        passes.sort_by(f64::total_cmp);
+        let bits = (plan.key_len() * trials) as f64;
+        println!(
+            "pass,{n},{qber},{},{},{:.2},{:.2},{:.2},{failed},{digest:016x}",
+            plan.key_len(),
+            trials * rounds,
+            bits / passes[0] / 1e6,
+            bits / passes[rounds / 2] / 1e6,
+            iterations as f64 / (trials * rounds) as f64,
         );
     }
 }

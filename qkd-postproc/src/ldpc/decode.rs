@@ -58,12 +58,16 @@
 //! The AVX2 and AVX-512 sum-product kernels work on the posterior columns
 //! in place (lane `t` of base entry `(c, s)` is variable
 //! `c·Z + (s + t) mod Z`; a window of 32 lanes that wraps is two loads
-//! blended, one of 64 a load and a masked load), the portable one and
+//! blended, one of 64 a load and a masked load for the half that
+//! straddles the column's end), the portable one and
 //! min-sum on a layer buffer the rotated columns are copied into and back;
 //! the lanes compute the same either way. The AVX-512 kernel (AVX-512 F
 //! and BW, detected at run time, the default where present) needs a
 //! lifting that is a multiple of 64; otherwise its decoder runs the AVX2
-//! kernels.
+//! kernels. The in-place kernels and their parity check take every layer
+//! of an iteration in one call, and the messages and the kernels' scratch
+//! start on 64-byte boundaries (vectors straddling cache lines cost the
+//! AVX-512 decoder 2–11 %, BENCHMARKS.md).
 //!
 //! On the binary symmetric channel every key bit has the same |LLR|; the
 //! sum-product rule needs it on the scale of 1/8 nat, min-sum is invariant
@@ -176,12 +180,22 @@ pub enum CheckRule {
     MinSum,
 }
 
-/// An in-place sum-product layer kernel (`simd::layer_sum_product_columns_*`).
-type Kernel =
-    fn(&mut [i16], &simd::CheckedRows, usize, &mut [i8], &[i8], u8, bool, &mut simd::Scratch);
+/// An in-place sum-product kernel over a range of layers
+/// (`simd::layers_sum_product_columns_*`).
+type Kernel = fn(
+    &mut [i16],
+    &simd::CheckedRows,
+    core::ops::Range<usize>,
+    &mut [i8],
+    &[i8],
+    u8,
+    bool,
+    &mut simd::Scratch,
+);
 
-/// An in-place layer parity check (`simd::layer_parity_holds_*`).
-type Parity = fn(&[i16], &simd::CheckedRows, usize, &[i8]) -> bool;
+/// An in-place parity check over a range of layers
+/// (`simd::layers_parity_fail_*`).
+type Parity = fn(&[i16], &simd::CheckedRows, core::ops::Range<usize>, &[i8]) -> Option<usize>;
 
 /// Result of one decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +217,13 @@ pub struct Decoder {
     /// a column's ends where a rotated window wraps; the margins are never
     /// read as posteriors).
     posterior: Vec<i16>,
-    /// Check-to-variable messages, base entry by base entry, lane by lane.
+    /// Check-to-variable messages, base entry by base entry, lane by lane,
+    /// from `message_start` on (a 64-byte boundary where the allocation
+    /// allows: a base entry's `Z` messages then start on one when `Z` is a
+    /// multiple of 64).
     messages: Vec<i8>,
+    /// Where the messages start in `messages`.
+    message_start: usize,
     /// One layer's rotated posteriors.
     layer: Vec<i16>,
     /// Syndrome sign masks (0 or −128), check by check.
@@ -281,9 +300,12 @@ impl Decoder {
             .max()
             .unwrap_or(0);
         let rows = simd::CheckedRows::new((0..code.base_rows()).map(|r| code.row(r)), z);
+        let messages = vec![0; code.edges() + 63];
+        let message_start = simd::aligned_start(messages.as_ptr(), 64);
         Decoder {
             posterior: vec![0; code.n() + 2 * simd::COLUMN_MARGIN],
-            messages: vec![0; code.edges()],
+            messages,
+            message_start,
             layer: vec![0; max_d * z],
             syndrome_signs: vec![0; code.m()],
             scratch: simd::Scratch::new(z),
@@ -408,11 +430,7 @@ impl Decoder {
             // iteration and write every one.)
             self.messages.fill(0);
         }
-        for (signs, &word) in self.syndrome_signs.chunks_mut(64).zip(syndrome.words()) {
-            for (b, sign) in signs.iter_mut().enumerate() {
-                *sign = if (word >> b) & 1 == 1 { i8::MIN } else { 0 };
-            }
-        }
+        simd::sign_bytes(syndrome.words(), &mut self.syndrome_signs);
         let z = code.lifting();
         if self.syndrome_matches() {
             return Ok(DecodeOutcome {
@@ -424,28 +442,36 @@ impl Decoder {
         for r in 0..code.base_rows() {
             edge[r + 1] = edge[r] + code.row(r).len();
         }
+        let m0 = self.message_start;
+        let in_place_kernel = match in_place {
+            Columns::No => None,
+            Columns::Avx2 => Some(simd::layers_sum_product_columns_avx2 as Kernel),
+            Columns::Avx512 => Some(simd::layers_sum_product_columns_avx512 as Kernel),
+        };
         for it in 1..=max_iterations {
+            if let (Some(kernel), Some(rows)) = (in_place_kernel, &self.rows) {
+                // Every layer in one call.
+                kernel(
+                    &mut self.posterior,
+                    rows,
+                    0..code.base_rows(),
+                    &mut self.messages[m0..m0 + code.edges()],
+                    &self.syndrome_signs,
+                    self.message_max,
+                    it == 1,
+                    &mut self.scratch,
+                );
+                if self.syndrome_matches() {
+                    return Ok(DecodeOutcome {
+                        converged: true,
+                        iterations: it,
+                    });
+                }
+                continue;
+            }
             for r in 0..code.base_rows() {
                 let row = code.row(r);
                 let d = row.len();
-                let in_place_kernel = match in_place {
-                    Columns::No => None,
-                    Columns::Avx2 => Some(simd::layer_sum_product_columns_avx2 as Kernel),
-                    Columns::Avx512 => Some(simd::layer_sum_product_columns_avx512 as Kernel),
-                };
-                if let (Some(kernel), Some(rows)) = (in_place_kernel, &self.rows) {
-                    kernel(
-                        &mut self.posterior,
-                        rows,
-                        r,
-                        &mut self.messages[edge[r] * z..edge[r + 1] * z],
-                        &self.syndrome_signs[r * z..(r + 1) * z],
-                        self.message_max,
-                        it == 1,
-                        &mut self.scratch,
-                    );
-                    continue;
-                }
                 let layer = &mut self.layer[..d * z];
                 for (k, &(c, s)) in row.iter().enumerate() {
                     let col =
@@ -455,7 +481,7 @@ impl Decoder {
                     dst[..z - s].copy_from_slice(&col[s..]);
                     dst[z - s..].copy_from_slice(&col[..s]);
                 }
-                let messages = &mut self.messages[edge[r] * z..edge[r + 1] * z];
+                let messages = &mut self.messages[m0 + edge[r] * z..m0 + edge[r + 1] * z];
                 let signs = &self.syndrome_signs[r * z..(r + 1) * z];
                 match (self.rule, self.backend) {
                     (CheckRule::SumProduct, Backend::Avx2 | Backend::Avx512) => {
@@ -545,20 +571,19 @@ impl Decoder {
     fn syndrome_matches(&mut self) -> bool {
         let code = &self.code;
         let z = code.lifting();
-        let holds = match self.columns {
+        let fails = match self.columns {
             Columns::No => None,
-            Columns::Avx2 => Some(simd::layer_parity_holds_avx2 as Parity),
-            Columns::Avx512 => Some(simd::layer_parity_holds_avx512 as Parity),
+            Columns::Avx2 => Some(simd::layers_parity_fail_avx2 as Parity),
+            Columns::Avx512 => Some(simd::layers_parity_fail_avx512 as Parity),
         };
-        if let (Some(holds), Some(rows)) = (holds, &self.rows) {
-            return (0..code.base_rows()).all(|r| {
-                holds(
-                    &self.posterior,
-                    rows,
-                    r,
-                    &self.syndrome_signs[r * z..(r + 1) * z],
-                )
-            });
+        if let (Some(fails), Some(rows)) = (fails, &self.rows) {
+            return fails(
+                &self.posterior,
+                rows,
+                0..code.base_rows(),
+                &self.syndrome_signs,
+            )
+            .is_none();
         }
         let acc = &mut self.scratch.parity;
         for r in 0..code.base_rows() {

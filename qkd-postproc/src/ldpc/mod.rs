@@ -31,15 +31,19 @@
 //! Decoder throughput (sum-product on 16-bit posteriors, LLRs in steps
 //! of 1/8 nat, the default), reconciled key bits per CPU-second of the
 //! decoding thread, n = 2^16, frames at a syndrome efficiency of 1.45
-//! (`cargo test --release -p qkd-postproc --test ldpc_efficiency --
-//! --ignored --nocapture decoder_cpu_time`, medians of 6 runs alternated
-//! with the AVX2 build before, load 1.4–2.0): with the AVX-512 kernel
-//! 99.7 Mbit/s at QBER 2 %, 100.4 at 3 %, 112.3 at 5 % (0.176–0.183 ns
-//! per edge update), 1.17–1.21× the AVX2 kernel's 82, 83 and 96; 100
-//! Mbit/s is reached at 2 % without margin. Against `ldpc-toolbox` 0.12's
+//! (`LDPC_ROUNDS=150 cargo test --release -p qkd-postproc --test
+//! ldpc_efficiency -- --ignored --nocapture decoder_cpu_time`, medians of
+//! 7 runs alternated with the build before, load 4.5–4.9): with the
+//! AVX-512 kernel 113.4 Mbit/s at QBER 2 %, 110.6 at 3 %, 130.1 at 5 %
+//! (0.158–0.161 ns per edge update), 1.13–1.19× the build before (100.0,
+//! 94.6 and 109.2 in the same runs; the ninth session's aligned buffers,
+//! one kernel call per iteration and plainer wrapped windows, with the
+//! same outputs), so 100 Mbit/s holds at 2 % with a margin of about 13 %;
+//! the AVX2 kernel 87.2, 85.5 and 99.4. Against `ldpc-toolbox` 0.12's
 //! fastest decoder on the same codes and frames (`bench-peers/ldpc-toolbox`,
 //! n = 2^16, QBER 2, 3 and 5 %): 93–107× its throughput at the same frame
-//! error rate (0 of 40). BENCHMARKS.md has the tables.
+//! error rate (0 of 40), measured before the ninth session. BENCHMARKS.md
+//! has the tables.
 //!
 //! Blind reconciliation, n = 2^17 (117 965 key bits), syndrome aimed at
 //! f = 1.05, reveals of 1 % of n·h2(Q) per round, 10 frames per QBER

@@ -161,6 +161,35 @@ fn sign_words_portable(posteriors: &[i16], words: &mut [u64]) {
     }
 }
 
+/// The syndrome sign masks of `signs.len()` checks from their bits in
+/// `words` (bit `i % 64` of word `i / 64`): `i8::MIN` where the bit is
+/// set, 0 where not. With AVX-512 BW one masked move per 64 checks.
+///
+/// # Panics
+/// If `words` holds fewer than `signs.len()` bits.
+pub(crate) fn sign_bytes(words: &[u64], signs: &mut [i8]) {
+    assert!(words.len() * 64 >= signs.len());
+    #[cfg(target_arch = "x86_64")]
+    let done = if avx512_available() {
+        let done = signs.len() / 64 * 64;
+        // SAFETY: AVX-512 F and BW were detected just above; `signs`
+        // holds `done` bytes and `words` at least `done / 64` words.
+        unsafe { x86_512::sign_bytes(&words[..done / 64], &mut signs[..done]) };
+        done
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (i, sign) in signs.iter_mut().enumerate().skip(done) {
+        *sign = if (words[i / 64] >> (i % 64)) & 1 == 1 {
+            i8::MIN
+        } else {
+            0
+        };
+    }
+}
+
 /// The upper bound of a posterior (the lower is `i16::MIN`: a posterior
 /// saturates to the `i16` range, which is what the AVX2 saturating adds
 /// do without a further clamp).
@@ -455,15 +484,15 @@ pub(crate) fn layer_sum_product_avx2(
     lanes_sum_product(layer, messages, signs, d, z, 0..z, cap, scratch);
 }
 
-/// Whether [`layer_sum_product_columns_avx2`] can decode a code of
+/// Whether [`layers_sum_product_columns_avx2`] can decode a code of
 /// lifting `z` here: AVX2 present and `z` a positive multiple of 32.
 pub(crate) fn columns_kernel_fits(z: usize) -> bool {
     z >= 32 && z.is_multiple_of(32) && avx2_available()
 }
 
 /// Values before the first and after the last posterior column in the
-/// buffer [`layer_sum_product_columns_avx2`] and
-/// [`layer_sum_product_columns_avx512`] work on: a window of 32 (64) lanes
+/// buffer [`layers_sum_product_columns_avx2`] and
+/// [`layers_sum_product_columns_avx512`] work on: a window of 32 (64) lanes
 /// that wraps around its column is read and written as two windows that
 /// run past the column's ends (the AVX-512 kernel reads past the end
 /// only).
@@ -514,6 +543,21 @@ impl CheckedRows {
         &self.entries[self.start[r]..self.start[r + 1]]
     }
 
+    /// The base entries of the rows `layers` together and the most in one
+    /// of them.
+    ///
+    /// # Panics
+    /// If `layers` is not within the rows (or runs backwards).
+    fn extent(&self, layers: core::ops::Range<usize>) -> (usize, usize) {
+        assert!(layers.start <= layers.end && layers.end < self.start.len());
+        let edges = self.start[layers.end] - self.start[layers.start];
+        let most = layers
+            .map(|r| self.start[r + 1] - self.start[r])
+            .max()
+            .unwrap_or(0);
+        (edges, most)
+    }
+
     /// Whether `posterior` holds every column with its margins.
     fn fit(&self, posterior: &[i16]) -> bool {
         self.columns * self.z + 2 * COLUMN_MARGIN <= posterior.len()
@@ -532,6 +576,7 @@ impl CheckedRows {
 /// If [`columns_kernel_fits`] is false for the rows' `z`, `r` is not one
 /// of `rows`, `posterior` does not hold every column with its margins, or
 /// `messages` or `signs` is short (the decoder never calls it so).
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx2(
     posterior: &mut [i16],
@@ -543,40 +588,91 @@ pub(crate) fn layer_sum_product_columns_avx2(
     fresh: bool,
     scratch: &mut Scratch,
 ) {
-    let (row, z) = (rows.row(r), rows.z);
-    let d = row.len();
+    layers_sum_product_columns_avx2(
+        posterior,
+        rows,
+        r..r + 1,
+        messages,
+        signs,
+        cap,
+        fresh,
+        scratch,
+    );
+}
+
+/// The layers `layers` of `rows` in order, each as
+/// `layer_sum_product_columns_avx2` does it: `messages` holds the
+/// messages of those layers one after the other (`Z` per base entry),
+/// `signs` their syndrome signs (`Z` per layer). One call per iteration
+/// of the decoder: the checks and scratch sizing are done once.
+///
+/// # Panics
+/// If [`columns_kernel_fits`] is false for the rows' `z`, `layers` is not
+/// within `rows`, `posterior` does not hold every column with its margins,
+/// or `messages` or `signs` is short (the decoder never calls it so).
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+pub(crate) fn layers_sum_product_columns_avx2(
+    posterior: &mut [i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    messages: &mut [i8],
+    signs: &[i8],
+    cap: u8,
+    fresh: bool,
+    scratch: &mut Scratch,
+) {
+    let z = rows.z;
+    let (edges, d_max) = rows.extent(layers.clone());
     assert!(
         columns_kernel_fits(z)
             && rows.fit(posterior)
-            && messages.len() >= d * z
-            && signs.len() >= z
+            && messages.len() >= edges * z
+            && signs.len() >= layers.len() * z
     );
-    scratch.forward.resize(d * 64, 0);
-    scratch.q16.resize(d * 64, 0);
-    scratch.q8.resize(d * 64, 0);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, `posterior` holds every column with its margins,
-    // `messages` and `signs` are long enough (all asserted above), `row`
-    // has 1 to 255 entries with distinct columns and shifts below z
-    // (`CheckedRows`), and the three scratch buffers hold d·64 values each
-    // (resized just above).
-    unsafe {
-        x86::columns_sum_product(
-            posterior,
-            row,
-            messages,
-            signs,
-            z,
-            cap,
-            fresh,
-            &mut scratch.q16,
-            &mut scratch.q8,
-            &mut scratch.forward,
+    // The scratch buffers from a 64-byte boundary, so that no vector
+    // access to them crosses a cache line.
+    scratch.forward.resize(d_max * 64 + 63, 0);
+    scratch.q16.resize(d_max * 64 + 31, 0);
+    scratch.q8.resize(d_max * 64 + 63, 0);
+    let at = aligned_start(scratch.forward.as_ptr(), 64);
+    let forward = &mut scratch.forward[at..at + d_max * 64];
+    let at = aligned_start(scratch.q16.as_ptr(), 32);
+    let q16 = &mut scratch.q16[at..at + d_max * 64];
+    let at = aligned_start(scratch.q8.as_ptr(), 64);
+    let q8 = &mut scratch.q8[at..at + d_max * 64];
+    let mut at = 0;
+    for (i, r) in layers.enumerate() {
+        let row = rows.row(r);
+        let d = row.len();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a
+        // positive multiple of 32, `posterior` holds every column with its
+        // margins, `messages` holds the `d·z` messages of this layer from
+        // `at` and `signs` its z signs from `i·z` (all asserted above: the
+        // layers' entries sum to `edges`), `row` has 1 to 255 entries with
+        // distinct columns and shifts below z (`CheckedRows`), and the
+        // three scratch buffers hold d_max·64 ≥ d·64 values each (sliced
+        // just above).
+        unsafe {
+            x86::columns_sum_product(
+                posterior,
+                row,
+                &mut messages[at..at + d * z],
+                &signs[i * z..(i + 1) * z],
+                z,
+                cap,
+                fresh,
+                q16,
+                q8,
+                forward,
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (
+            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &q8, &forward, at,
         );
+        at += d * z;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap, fresh);
 }
 
 /// Whether the hard decisions of the posterior columns (laid out as for
@@ -585,27 +681,53 @@ pub(crate) fn layer_sum_product_columns_avx2(
 ///
 /// # Panics
 /// As [`layer_sum_product_columns_avx2`].
+#[cfg(test)]
 pub(crate) fn layer_parity_holds_avx2(
     posterior: &[i16],
     rows: &CheckedRows,
     r: usize,
     signs: &[i8],
 ) -> bool {
-    let (row, z) = (rows.row(r), rows.z);
-    assert!(columns_kernel_fits(z) && rows.fit(posterior) && signs.len() >= z);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a positive
-    // multiple of 32, `posterior` holds every column with its margins and
-    // `signs` z values (asserted above), the shifts of `row` are below z
-    // (`CheckedRows`).
-    unsafe {
-        x86::columns_parity_holds(posterior, row, signs, z)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (posterior, signs, row);
-        unreachable!("columns_kernel_fits is false off x86-64")
-    }
+    layers_parity_fail_avx2(posterior, rows, r..r + 1, signs).is_none()
+}
+
+/// The first of the layers `layers` of `rows` whose checks the hard
+/// decisions of the posterior columns do not all satisfy (`None`: every
+/// check of every one of them holds); `signs` holds the syndrome signs of
+/// those layers one after the other (`Z` per layer). Checks as
+/// `layer_parity_holds_avx2` does, with one set of checks per call.
+///
+/// # Panics
+/// If [`columns_kernel_fits`] is false for the rows' `z`, `layers` is not within
+/// `rows`, `posterior` does not hold every column with its margins, or
+/// `signs` is short (the decoder never calls it so).
+pub(crate) fn layers_parity_fail_avx2(
+    posterior: &[i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    signs: &[i8],
+) -> Option<usize> {
+    let z = rows.z;
+    assert!(columns_kernel_fits(z) && rows.fit(posterior) && signs.len() >= layers.len() * z);
+    let first = layers.start;
+    let holds = |row: &[(u32, u32)], signs: &[i8]| -> bool {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 was detected (`columns_kernel_fits`), z is a
+        // positive multiple of 32, `posterior` holds every column with its
+        // margins and `signs` z values (asserted above), the shifts of
+        // `row` are below z (`CheckedRows`).
+        unsafe {
+            x86::columns_parity_holds(posterior, row, signs, z)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (posterior, signs, row);
+            unreachable!("columns_kernel_fits is false off x86-64")
+        }
+    };
+    layers
+        .into_iter()
+        .find(|&r| !holds(rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]))
 }
 
 /// The AVX2 kernel: 32 lanes per vector, the lanes past the last multiple
@@ -1304,7 +1426,7 @@ pub(crate) fn avx512_available() -> bool {
     }
 }
 
-/// Whether [`layer_sum_product_columns_avx512`] can decode a code of
+/// Whether [`layers_sum_product_columns_avx512`] can decode a code of
 /// lifting `z` here: AVX-512 BW present and `z` a positive multiple of 64.
 pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
     z >= 64 && z.is_multiple_of(64) && avx512_available()
@@ -1317,6 +1439,7 @@ pub(crate) fn columns_kernel_fits_avx512(z: usize) -> bool {
 /// # Panics
 /// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, or as
 /// [`layer_sum_product_columns_avx2`].
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
 pub(crate) fn layer_sum_product_columns_avx512(
     posterior: &mut [i16],
@@ -1328,38 +1451,92 @@ pub(crate) fn layer_sum_product_columns_avx512(
     fresh: bool,
     scratch: &mut Scratch,
 ) {
-    let (row, z) = (rows.row(r), rows.z);
-    let d = row.len();
+    layers_sum_product_columns_avx512(
+        posterior,
+        rows,
+        r..r + 1,
+        messages,
+        signs,
+        cap,
+        fresh,
+        scratch,
+    );
+}
+
+/// [`layers_sum_product_columns_avx2`] with the AVX-512 BW kernel of
+/// `layer_sum_product_columns_avx512`.
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, or as
+/// [`layers_sum_product_columns_avx2`].
+#[allow(clippy::too_many_arguments)] // the kernel's inputs, all needed
+pub(crate) fn layers_sum_product_columns_avx512(
+    posterior: &mut [i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    messages: &mut [i8],
+    signs: &[i8],
+    cap: u8,
+    fresh: bool,
+    scratch: &mut Scratch,
+) {
+    let z = rows.z;
+    let (edges, d_max) = rows.extent(layers.clone());
     assert!(
         columns_kernel_fits_avx512(z)
             && rows.fit(posterior)
-            && messages.len() >= d * z
-            && signs.len() >= z
+            && messages.len() >= edges * z
+            && signs.len() >= layers.len() * z
     );
-    scratch.forward.resize(d * 128, 0);
-    scratch.q16.resize(d * 128, 0);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
-    // z is a positive multiple of 64, `posterior` holds every column with
-    // its margins of 64 values, `messages` and `signs` are long enough (all
-    // asserted above), `row` has 1 to 255 entries with distinct columns
-    // and shifts below z (`CheckedRows`), and the two scratch buffers hold
-    // d·128 values each (resized just above).
-    unsafe {
-        x86_512::columns_sum_product(
-            posterior,
-            row,
-            messages,
-            signs,
-            z,
-            cap,
-            fresh,
-            &mut scratch.q16,
-            &mut scratch.forward,
+    // Both scratch buffers from a 64-byte boundary, so that no vector
+    // access to them crosses a cache line.
+    scratch.forward.resize(d_max * 128 + 63, 0);
+    scratch.q16.resize(d_max * 128 + 31, 0);
+    let at = aligned_start(scratch.forward.as_ptr(), 64);
+    let forward = &mut scratch.forward[at..at + d_max * 128];
+    let at = aligned_start(scratch.q16.as_ptr(), 32);
+    let q16 = &mut scratch.q16[at..at + d_max * 128];
+    let mut at = 0;
+    for (i, r) in layers.enumerate() {
+        let row = rows.row(r);
+        let d = row.len();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F and BW were detected
+        // (`columns_kernel_fits_avx512`), z is a positive multiple of 64,
+        // `posterior` holds every column with its margins of 64 values,
+        // `messages` holds the `d·z` messages of this layer from `at` and
+        // `signs` its z signs from `i·z` (all asserted above: the layers'
+        // entries sum to `edges`), `row` has 1 to 255 entries with
+        // distinct columns and shifts below z (`CheckedRows`), and the two
+        // scratch buffers hold d_max·128 ≥ d·128 values each (sliced just
+        // above).
+        unsafe {
+            x86_512::columns_sum_product(
+                posterior,
+                row,
+                &mut messages[at..at + d * z],
+                &signs[i * z..(i + 1) * z],
+                z,
+                cap,
+                fresh,
+                q16,
+                forward,
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (
+            &posterior, &messages, &signs, cap, fresh, i, row, &q16, &forward, at,
         );
+        at += d * z;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (posterior, messages, signs, cap, fresh);
+}
+
+/// The index of the first element of a buffer at `p` that starts on a
+/// 64-byte boundary, if one of the first `within` does (0 otherwise: the
+/// kernels are correct at any alignment, only slower across cache lines).
+pub(crate) fn aligned_start<T>(p: *const T, within: usize) -> usize {
+    let at = p.align_offset(64);
+    if at < within { at } else { 0 }
 }
 
 /// [`layer_parity_holds_avx2`] with AVX-512 BW, 64 lanes per step.
@@ -1367,33 +1544,64 @@ pub(crate) fn layer_sum_product_columns_avx512(
 /// # Panics
 /// If [`columns_kernel_fits_avx512`] is false for `z`, or as
 /// [`layer_parity_holds_avx2`].
+#[cfg(test)]
 pub(crate) fn layer_parity_holds_avx512(
     posterior: &[i16],
     rows: &CheckedRows,
     r: usize,
     signs: &[i8],
 ) -> bool {
-    let (row, z) = (rows.row(r), rows.z);
-    assert!(columns_kernel_fits_avx512(z) && rows.fit(posterior) && signs.len() >= z);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512 F and BW were detected (`columns_kernel_fits_avx512`),
-    // z is a positive multiple of 64, `posterior` holds every column with
-    // its margins and `signs` z values (asserted above), the shifts of
-    // `row` are below z (`CheckedRows`).
-    unsafe {
-        x86_512::columns_parity_holds(posterior, row, signs, z)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (posterior, signs, row);
-        unreachable!("columns_kernel_fits_avx512 is false off x86-64")
-    }
+    layers_parity_fail_avx512(posterior, rows, r..r + 1, signs).is_none()
+}
+
+/// The first of the layers `layers` of `rows` whose checks the hard
+/// decisions of the posterior columns do not all satisfy (`None`: every
+/// check of every one of them holds); `signs` holds the syndrome signs of
+/// those layers one after the other (`Z` per layer). Checks as
+/// `layer_parity_holds_avx512` does, with one set of checks per call.
+///
+/// # Panics
+/// If [`columns_kernel_fits_avx512`] is false for the rows' `z`, `layers` is not within
+/// `rows`, `posterior` does not hold every column with its margins, or
+/// `signs` is short (the decoder never calls it so).
+pub(crate) fn layers_parity_fail_avx512(
+    posterior: &[i16],
+    rows: &CheckedRows,
+    layers: core::ops::Range<usize>,
+    signs: &[i8],
+) -> Option<usize> {
+    let z = rows.z;
+    assert!(
+        columns_kernel_fits_avx512(z) && rows.fit(posterior) && signs.len() >= layers.len() * z
+    );
+    let first = layers.start;
+    let holds = |row: &[(u32, u32)], signs: &[i8]| -> bool {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 F and BW were detected
+        // (`columns_kernel_fits_avx512`), z is a positive multiple of 64,
+        // `posterior` holds every column with its margins and `signs` z
+        // values (asserted above), the shifts of `row` are below z
+        // (`CheckedRows`).
+        unsafe {
+            x86_512::columns_parity_holds(posterior, row, signs, z)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (posterior, signs, row);
+            unreachable!("columns_kernel_fits_avx512 is false off x86-64")
+        }
+    };
+    layers
+        .into_iter()
+        .find(|&r| !holds(rows.row(r), &signs[(r - first) * z..(r - first + 1) * z]))
 }
 
 /// The AVX-512 BW form of the in-place sum-product kernel and the parity
 /// check: the operations of `x86::lane_group` on vectors of 64 lanes
 /// (posteriors as two vectors of 32 `i16`), a window that wraps around its
-/// column read and written with masked loads and stores. Within a layer
+/// column read and written with masked loads and stores (for the half of
+/// 32 lanes that straddles the column's end, `load_rotated`). Within a
+/// layer
 /// the kernel keeps its byte vectors (inputs, forward results, syndrome
 /// signs, new messages) in the pack instruction's order
 /// ([`narrow_packed`]), so that narrowing and widening stay inside 128-bit
@@ -1528,7 +1736,9 @@ mod x86_512 {
 
     /// The 64 posteriors `col[(start + t) mod z]`, `t < 64`, of the column
     /// of `z ≥ 64` posteriors at `col`, `start < z`: the window at `start`,
-    /// its wrapped lanes replaced by a masked load from before it.
+    /// its wrapped lanes replaced by a load from before it (masked for the
+    /// half of 32 lanes that straddles the column's end, plain for a half
+    /// that lies wholly past it).
     ///
     /// # Safety
     /// AVX-512 F/BW; `col − 64 .. col + z + 64` readable (the column and
@@ -1538,26 +1748,40 @@ mod x86_512 {
     unsafe fn load_rotated(col: *const i16, z: usize, start: usize) -> (__m512i, __m512i) {
         // SAFETY: `start < z`, so `col + start .. col + start + 64` lies in
         // `col .. col + z + 64`; a wrapped lane `t` is read at
-        // `col + start + t − z`, inside the column, and a masked load
-        // touches only its lanes.
+        // `col + start + t − z`, inside the column, a masked load touches
+        // only its lanes, and the plain load of a half whose lanes all
+        // wrap reads `col + start + 32 − z .. col + start + 64 − z`,
+        // inside the column as `z − 32 ≤ start < z`.
         unsafe {
             let (x0, x1) = read16(col.add(start));
             let m = wrapped(z, start);
             if m == 0 {
                 (x0, x1)
             } else {
+                // A half whose lanes all wrap is one plain load.
                 let y = col.add(start).sub(z);
-                (
-                    _mm512_mask_loadu_epi16(x0, m as u32, y),
-                    _mm512_mask_loadu_epi16(x1, (m >> 32) as u32, y.add(32)),
-                )
+                let (m0, m1) = (m as u32, (m >> 32) as u32);
+                let x0 = if m0 == 0 {
+                    x0
+                } else {
+                    _mm512_mask_loadu_epi16(x0, m0, y)
+                };
+                let x1 = if m1 == u32::MAX {
+                    _mm512_loadu_si512(y.add(32).cast())
+                } else {
+                    _mm512_mask_loadu_epi16(x1, m1, y.add(32))
+                };
+                (x0, x1)
             }
         }
     }
 
-    /// Stores `col[(start + t) mod z]`, `t < 64` (see [`load_rotated`]); a
-    /// window that wraps is two masked stores, the lanes that fit and the
-    /// wrapped ones.
+    /// Stores `col[(start + t) mod z]`, `t < 64` (see [`load_rotated`]); in
+    /// a window that wraps, the half of 32 lanes that straddles the
+    /// column's end is two masked stores (the lanes that fit and the
+    /// wrapped ones), the other half one plain store (masked stores cost
+    /// more: a wrapped window with four of them made the decoder 2–3 %
+    /// slower, BENCHMARKS.md).
     ///
     /// # Safety
     /// AVX-512 F/BW; `col .. col + z` writable, nothing else accessing it.
@@ -1566,19 +1790,30 @@ mod x86_512 {
     unsafe fn store_rotated(col: *mut i16, z: usize, start: usize, v0: __m512i, v1: __m512i) {
         // SAFETY: the lanes written are `col + start + t` for `t < z −
         // start` and `col + start + t − z` for the others, all inside the
-        // column; masked stores write only their lanes.
+        // column; masked stores write only their lanes, and a half is
+        // stored plainly only when all its lanes fit or all wrap.
         unsafe {
             let at = col.add(start);
             let m = wrapped(z, start);
             if m == 0 {
                 write16(at, v0, v1);
             } else {
-                let keep = !m;
-                _mm512_mask_storeu_epi16(at, keep as u32, v0);
-                _mm512_mask_storeu_epi16(at.add(32), (keep >> 32) as u32, v1);
+                // A half whose lanes all fit or all wrap is one plain
+                // store, the other two masked ones.
                 let y = at.sub(z);
-                _mm512_mask_storeu_epi16(y, m as u32, v0);
-                _mm512_mask_storeu_epi16(y.add(32), (m >> 32) as u32, v1);
+                let (m0, m1) = (m as u32, (m >> 32) as u32);
+                if m0 == 0 {
+                    _mm512_storeu_si512(at.cast(), v0);
+                } else {
+                    _mm512_mask_storeu_epi16(at, !m0, v0);
+                    _mm512_mask_storeu_epi16(y, m0, v0);
+                }
+                if m1 == u32::MAX {
+                    _mm512_storeu_si512(y.add(32).cast(), v1);
+                } else {
+                    _mm512_mask_storeu_epi16(at.add(32), !m1, v1);
+                    _mm512_mask_storeu_epi16(y.add(32), m1, v1);
+                }
             }
         }
     }
@@ -1665,13 +1900,10 @@ mod x86_512 {
         forward: &mut [u8],
     ) {
         const _: () = assert!(super::COLUMN_MARGIN >= 64);
-        let mut columns = [core::ptr::null_mut::<i16>(); 256];
-        let p = posterior.as_mut_ptr();
-        for (slot, &(c, _)) in columns.iter_mut().zip(row) {
-            // SAFETY: the caller guarantees `(c + 1)·z + 2·COLUMN_MARGIN ≤
-            // posterior.len()`, so the column start is inside `posterior`.
-            *slot = unsafe { p.add(super::COLUMN_MARGIN + c as usize * z) };
-        }
+        // SAFETY: the caller guarantees that `posterior` holds every column
+        // of `row` with its margins, so the start of the first column is
+        // inside it.
+        let columns = unsafe { posterior.as_mut_ptr().add(super::COLUMN_MARGIN) };
         let buffers = Buffers {
             q16: q16.as_mut_ptr(),
             forward: forward.as_mut_ptr(),
@@ -1682,9 +1914,9 @@ mod x86_512 {
             // SAFETY: lanes j..j + 128 ≤ z, the caller's guarantees.
             unsafe {
                 if fresh {
-                    lane_group::<2, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<2, true>(columns, row, &buffers, signs, z, j, cap);
                 } else {
-                    lane_group::<2, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<2, false>(columns, row, &buffers, signs, z, j, cap);
                 }
             };
             j += 128;
@@ -1693,24 +1925,27 @@ mod x86_512 {
             // SAFETY: lanes j..j + 64 = z, the caller's guarantees.
             unsafe {
                 if fresh {
-                    lane_group::<1, true>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<1, true>(columns, row, &buffers, signs, z, j, cap);
                 } else {
-                    lane_group::<1, false>(&columns[..row.len()], row, &buffers, signs, z, j, cap);
+                    lane_group::<1, false>(columns, row, &buffers, signs, z, j, cap);
                 }
             };
         }
     }
 
     /// Lanes `j..j + 64·V` of one layer (see [`columns_sum_product`]); with
-    /// `FRESH` the messages are taken as zero and not read.
+    /// `FRESH` the messages are taken as zero and not read. The forward
+    /// result of the last entry and the backward one of the first are not
+    /// computed (nothing reads them).
     ///
     /// # Safety
     /// AVX-512 F/BW; the guarantees of [`columns_sum_product`] with
-    /// `columns[k]` the start of entry `k`'s column, and `j + 64·V ≤ z`.
+    /// `columns` the start of column 0 (entry `(c, s)`'s column starts at
+    /// `columns + c·z`), and `j + 64·V ≤ z`.
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
     unsafe fn lane_group<const V: usize, const FRESH: bool>(
-        columns: &[*mut i16],
+        columns: *mut i16,
         row: &[(u32, u32)],
         b: &Buffers,
         signs: &[i8],
@@ -1725,6 +1960,9 @@ mod x86_512 {
             let start = s as usize + j;
             if start >= z { start - z } else { start }
         };
+        // SAFETY (the column of an entry): the caller guarantees that
+        // `columns + c·z` is the start of a column inside the buffer.
+        let column = |c: u32| unsafe { columns.add(c as usize * z) };
         let mut sign = [zero; V];
         for (v, sign) in sign.iter_mut().enumerate() {
             // SAFETY: `j + 64·v + 64 ≤ z` and `signs` holds z bytes.
@@ -1738,11 +1976,11 @@ mod x86_512 {
         // `(k·V + v)·64 + 64 ≤ d·128` (the scratch buffers) and
         // `k·z + j + 64·v + 64 ≤ d·z` (`messages`); columns and shifts are
         // in range (caller), which is what `load_rotated` needs.
-        for (k, &(_, s)) in row.iter().enumerate() {
+        for (k, &(c, s)) in row.iter().enumerate() {
             for v in 0..V {
                 let at = (k * V + v) * 64;
                 unsafe {
-                    let (l0, l1) = load_rotated(columns[k], z, rotated(s, j + 64 * v));
+                    let (l0, l1) = load_rotated(column(c), z, rotated(s, j + 64 * v));
                     let (q0, q1) = if FRESH {
                         (l0, l1)
                     } else {
@@ -1753,12 +1991,14 @@ mod x86_512 {
                     let q = narrow_packed(q0, q1);
                     sign[v] = _mm512_xor_si512(sign[v], q);
                     let a = _mm512_add_epi8(_mm512_abs_epi8(q), offset);
-                    f[v] = if k == 0 {
-                        a
-                    } else {
-                        boxplus_offset(f[v], a, table)
-                    };
-                    write8(b.forward.add(at), f[v]);
+                    if k + 1 < d {
+                        f[v] = if k == 0 {
+                            a
+                        } else {
+                            boxplus_offset(f[v], a, table)
+                        };
+                        write8(b.forward.add(at), f[v]);
+                    }
                 }
             }
         }
@@ -1769,7 +2009,7 @@ mod x86_512 {
         // negative; a message is negative where this and its own input's
         // sign differ.
         let negative = sign.map(|s| _mm512_movepi8_mask(s));
-        for (k, &(_, s)) in row.iter().enumerate().rev() {
+        for (k, &(c, s)) in row.iter().enumerate().rev() {
             for v in 0..V {
                 let at = (k * V + v) * 64;
                 // SAFETY: as in the forward pass, and `forward` is read at
@@ -1794,17 +2034,19 @@ mod x86_512 {
                     } else {
                         mag
                     };
-                    back[v] = if k + 1 == d {
-                        a
-                    } else {
-                        boxplus_offset(back[v], a, table)
-                    };
+                    if k > 0 {
+                        back[v] = if k + 1 == d {
+                            a
+                        } else {
+                            boxplus_offset(back[v], a, table)
+                        };
+                    }
                     let mag = _mm512_sub_epi8(mag, offset);
                     let r =
                         _mm512_mask_sub_epi8(mag, negative[v] ^ _mm512_movepi8_mask(q), zero, mag);
                     let (r0, r1) = widen_packed(r);
                     store_rotated(
-                        columns[k],
+                        column(c),
                         z,
                         rotated(s, j + 64 * v),
                         _mm512_adds_epi16(q0, r0),
@@ -1813,6 +2055,26 @@ mod x86_512 {
                     write8(b.messages.add(k * z + j + 64 * v), from_packed(r));
                 }
             }
+        }
+    }
+
+    /// [`super::sign_bytes`] for 64 checks per word of `words`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW; `signs` must hold 64 bytes
+    /// per word of `words`.
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    pub(super) unsafe fn sign_bytes(words: &[u64], signs: &mut [i8]) {
+        let set = _mm512_set1_epi8(i8::MIN);
+        for (i, &word) in words.iter().enumerate() {
+            // SAFETY: `signs` holds 64 bytes per word (caller), so
+            // `64·i + 64 ≤ signs.len()`.
+            unsafe {
+                write8(
+                    signs.as_mut_ptr().add(64 * i),
+                    _mm512_maskz_mov_epi8(word, set),
+                )
+            };
         }
     }
 
@@ -2136,6 +2398,31 @@ mod tests {
         let long: Vec<(u32, u32)> = (0..256).map(|c| (c, 0)).collect();
         assert!(CheckedRows::new([&long[..]], 32).is_none());
         assert!(CheckedRows::new([&long[..255]], 32).is_some());
+    }
+
+    /// The syndrome sign bytes: set bits give `i8::MIN`, clear ones 0, at
+    /// lengths below, at and past whole words (the vector path and the
+    /// tail).
+    #[test]
+    fn sign_bytes_spread_the_bits() {
+        let words = [
+            0x8000_0000_0000_0001u64,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+            0x5555,
+        ];
+        for len in [0, 1, 63, 64, 65, 130, 192, 200, 256] {
+            let mut signs = vec![7i8; len];
+            sign_bytes(&words, &mut signs);
+            for (i, &sign) in signs.iter().enumerate() {
+                let bit = (words[i / 64] >> (i % 64)) & 1;
+                assert_eq!(
+                    sign,
+                    if bit == 1 { i8::MIN } else { 0 },
+                    "len {len} bit {i}"
+                );
+            }
+        }
     }
 
     /// The packed hard decisions: bit `i` set iff posterior `i` is
