@@ -11,7 +11,7 @@
 //! ```
 //!
 //! - [`code`]: quasi-cyclic codes built from a seed ([`LdpcCode::build`],
-//!   a ladder of mother rates 0.5 to 0.9: the BSC-optimised profiles of
+//!   a ladder of mother rates 0.5 to 0.914: the BSC-optimised profiles of
 //!   Elkouss et al. 2009 up to 0.7, profiles designed for this builder
 //!   from 0.75, `tests/ldpc_design.rs`), untainted puncturing orders, the
 //!   [`CodeCache`] the caller owns.
