@@ -1,7 +1,7 @@
 //! `qkd ldpc export` and the LDPC rows of `qkd ec --method ldpc`.
 //!
 //! `qkd ldpc export --rate R --n N --out code.alist` writes the built code
-//! nearest to rate `R` (the ladder 0.5 … 0.898) of length `N` as `alist`;
+//! nearest to rate `R` (the ladder 0.5 … 0.914) of length `N` as `alist`;
 //! `qkd ldpc fer --n N --trials T --out fer.csv --plot fer.svg` measures
 //! the frame error rate of every mother code of the ladder (whole frame
 //! key, no puncturing or shortening, one decoding of at most 100
@@ -232,7 +232,7 @@ fn plot_fer(path: &std::path::Path, rows: &[FerRow]) -> Result<(), Box<dyn std::
 /// Options of `qkd ldpc export`.
 #[derive(clap::Args, Debug)]
 struct ExportArgs {
-    /// Mother rate; the nearest rung of the ladder (0.5 to 0.898) is used.
+    /// Mother rate; the nearest rung of the ladder (0.5 to 0.914) is used.
     #[arg(long, allow_negative_numbers = true, value_parser = rate)]
     rate: f64,
     /// Frame length: a multiple of 256, 1024 to 2^20.
@@ -254,7 +254,7 @@ fn rate(s: &str) -> Result<f64, String> {
     if r.is_finite() && (0.4..=0.95).contains(&r) {
         Ok(r)
     } else {
-        Err("must be a rate in [0.4, 0.95] (the ladder runs from 0.5 to 0.898)".into())
+        Err("must be a rate in [0.4, 0.95] (the ladder runs from 0.5 to 0.914)".into())
     }
 }
 
