@@ -83,7 +83,7 @@ pub use decode::{Backend, CheckRule, DecodeOutcome, Decoder, channel_magnitude};
 pub use machine::{
     LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent, LdpcInputError, LdpcStats,
 };
-pub use rate::{FramePlan, RateChoice, choose_plan};
+pub use rate::{FramePlan, RUNG_EFFICIENCY, RateChoice, choose_plan};
 pub use wire::{LdpcMessage, PlanId};
 
 use qkd_core::BitVec;

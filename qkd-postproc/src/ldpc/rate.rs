@@ -302,6 +302,13 @@ impl Default for RateChoice {
     }
 }
 
+/// The efficiency at which [`choose_plan`] picks the rung for a higher
+/// target: the one `punctured_share` was measured at (blind, from 1.02).
+/// Picked at a higher target, the rung shifts down the ladder at the same
+/// QBER: at 1 % a start at 1.08 took the 0.898 rung (f 1.161, 100 frames)
+/// where the 0.914 rung chosen at 1.02 and started at 1.08 gives 1.135.
+pub const RUNG_EFFICIENCY: f64 = 1.02;
+
 /// Chooses the mother code and the split of `d = modulated·n` positions
 /// into punctured and shortened so that the syndrome leaks
 /// `target_efficiency · h2(qber)` per key bit: `p = m − f·h2·(n − d)`.
@@ -316,6 +323,11 @@ impl Default for RateChoice {
 /// rungs, a quarter rather than a half moved 2 % and 3 % to the next rung
 /// up (f 1.10 and 1.08 against 1.12 and 1.10), and a quarter everywhere
 /// made 6 %, 7 % and 9 % worse (1.20, 1.13, 1.15).
+///
+/// A target above [`RUNG_EFFICIENCY`] keeps the rung chosen at
+/// `RUNG_EFFICIENCY` and punctures fewer positions (`p` from the target),
+/// as long as that rung's syndrome reaches the target; otherwise the rung
+/// is chosen at the target as above.
 ///
 /// # Errors
 /// [`LdpcError::Config`] for a QBER outside (0, 0.5), a modulated fraction
@@ -341,26 +353,38 @@ pub fn choose_plan(
         });
     }
     let d = (choice.modulated * n as f64).round() as usize;
-    let need = choice.target_efficiency * h2(qber) * (n - d) as f64;
-    let mut best: Option<(f64, MotherRate, usize)> = None;
-    for rate in MotherRate::ladder() {
-        let m = ((1.0 - rate.rate()) * n as f64).round();
-        let p = m - need;
-        if p < 0.0 {
-            continue;
+    let need_at = |f: f64| f * h2(qber) * (n - d) as f64;
+    let syndrome = |rate: MotherRate| ((1.0 - rate.rate()) * n as f64).round();
+    // The rung whose punctured positions `p` for efficiency `f` sit
+    // nearest its preferred share of `d` (see the function docs).
+    let pick = |f: f64| {
+        let mut best: Option<(f64, MotherRate, usize)> = None;
+        for rate in MotherRate::ladder().filter(|r| n >= r.shortest_frame()) {
+            let p = syndrome(rate) - need_at(f);
+            if p < 0.0 {
+                continue;
+            }
+            let p = p.round() as usize;
+            if p > d {
+                continue;
+            }
+            let score = (p as f64 - d as f64 * rate.punctured_share()).abs();
+            if best.is_none_or(|(s, _, _)| score < s) {
+                best = Some((score, rate, p));
+            }
         }
-        let p = p.round() as usize;
-        if p > d {
-            continue;
-        }
-        // The rung used nearest the middle of its range wins (see the
-        // function docs).
-        let score = (p as f64 - d as f64 * rate.punctured_share()).abs();
-        if best.is_none_or(|(s, _, _)| score < s) {
-            best = Some((score, rate, p));
-        }
-    }
-    let Some((_, rate, p)) = best else {
+        best.map(|(_, rate, p)| (rate, p))
+    };
+    // Above RUNG_EFFICIENCY the rung is the one chosen there, punctured
+    // less to start at the target, while its syndrome is long enough.
+    let at_reference = (choice.target_efficiency > RUNG_EFFICIENCY)
+        .then(|| pick(RUNG_EFFICIENCY))
+        .flatten()
+        .and_then(|(rate, _)| {
+            let p = syndrome(rate) - need_at(choice.target_efficiency);
+            (p >= 0.0).then(|| (rate, p.round() as usize))
+        });
+    let Some((rate, p)) = at_reference.or_else(|| pick(choice.target_efficiency)) else {
         return Err(LdpcError::Config {
             field: "ldpc.qber",
             reason: "no mother code serves this QBER",
@@ -401,6 +425,43 @@ mod tests {
     /// The frame position by position, as `alice_frame` was first written:
     /// the word-at-a-time version must give the same bits from the same
     /// random draws.
+    /// A start above `RUNG_EFFICIENCY` keeps the rung chosen there
+    /// (punctured less) while its syndrome reaches the target, else picks
+    /// the rung at the target.
+    #[test]
+    fn the_rung_is_chosen_at_the_reference_efficiency() {
+        let mut cache = CodeCache::new();
+        let n = 1 << 17;
+        let mut plan = |qber: f64, f: f64| {
+            let choice = RateChoice {
+                modulated: 0.1,
+                target_efficiency: f,
+            };
+            let plan = choose_plan(&mut cache, n, SHIPPED_SEED, qber, choice).unwrap();
+            (plan.rung().unwrap().index(), plan.punctured())
+        };
+        // QBER 1 %: the 0.914 rung (index 9) from 1.02, and from 1.08 and
+        // 1.15 with fewer punctured positions (picked at 1.08 it was the
+        // 0.898 rung); at 1.2 its syndrome is too short: picked at 1.2.
+        let (rung, p102) = plan(0.01, 1.02);
+        assert_eq!(rung, 9);
+        let (rung, p108) = plan(0.01, 1.08);
+        assert_eq!(rung, 9);
+        assert!(p108 < p102);
+        assert_eq!(plan(0.01, 1.15).0, 9);
+        assert_eq!(plan(0.01, 1.2).0, 8);
+        // QBER 5 %: the 0.699 rung (index 4) from 1.02 and 1.08.
+        assert_eq!(plan(0.05, 1.02).0, 4);
+        assert_eq!(plan(0.05, 1.08).0, 4);
+        // Frames under 2^17 bits never get the rung above 0.9.
+        let choice = RateChoice {
+            modulated: 0.1,
+            target_efficiency: 1.02,
+        };
+        let short = choose_plan(&mut cache, 1 << 16, SHIPPED_SEED, 0.01, choice).unwrap();
+        assert_eq!(short.rung().unwrap().index(), 8);
+    }
+
     fn frame_bit_by_bit(plan: &FramePlan, key: &BitVec, rng: &mut ChaCha8Rng) -> BitVec {
         let mut frame = BitVec::zeros(plan.code().n());
         let (mut next, mut random, mut left) = (0, 0u64, 0u32);
