@@ -776,6 +776,25 @@ struct DecodedScore {
 }
 
 impl DecodedScore {
+    /// The QBERs of `LDPC_QBERS` (default 1.8, 2, 2.2 %) and a scorer of
+    /// `LDPC_N`-bit frames (default 2^17), `LDPC_MODULATED`, `LDPC_TRIALS`
+    /// frames per QBER drawn from `LDPC_SEED` (default `seed`).
+    fn from_env(seed: f64) -> (Vec<f64>, Self) {
+        let qbers: Vec<f64> = std::env::var("LDPC_QBERS")
+            .unwrap_or_else(|_| "0.018,0.02,0.022".into())
+            .split(',')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let scorer = DecodedScore::new(
+            env("LDPC_N", 131072.0) as usize,
+            env("LDPC_MODULATED", 0.1),
+            &qbers,
+            env("LDPC_TRIALS", 10.0) as usize,
+            env("LDPC_SEED", seed) as u64,
+        );
+        (qbers, scorer)
+    }
+
     fn new(n: usize, modulated: f64, qbers: &[f64], per_qber: usize, seed: u64) -> Self {
         let d = (modulated * n as f64).round() as usize;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -939,19 +958,8 @@ fn decoded_local_search() {
     let max_degree = (env("LDPC_MAX_DEGREE", rows as f64) as usize).min(rows) as u8;
     let max_moves = env("LDPC_MOVES", 3.0) as usize;
     let steps = env("LDPC_STEPS", 200.0) as usize;
-    let qbers: Vec<f64> = std::env::var("LDPC_QBERS")
-        .unwrap_or_else(|_| "0.018,0.02,0.022".into())
-        .split(',')
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let n = env("LDPC_N", 131072.0) as usize;
-    let scorer = DecodedScore::new(
-        n,
-        env("LDPC_MODULATED", 0.1),
-        &qbers,
-        env("LDPC_TRIALS", 10.0) as usize,
-        env("LDPC_SEED", 1.0) as u64,
-    );
+    let (_, scorer) = DecodedScore::from_env(1.0);
+    let n = scorer.n;
     // `LdpcCode::build`'s seed for the rung (`CodeSpec`), checked below
     // against `build` itself for a shipped rung.
     let seed = SHIPPED_SEED ^ (u64::from(rung) << 56);
@@ -1079,19 +1087,8 @@ fn decoded_profiles() {
     let rung = env("LDPC_RUNG", 7.0) as u8;
     let rows = env("LDPC_ROWS", 38.0) as usize;
     let seeds = env("LDPC_BUILD_SEEDS", 3.0) as u64;
-    let qbers: Vec<f64> = std::env::var("LDPC_QBERS")
-        .unwrap_or_else(|_| "0.018,0.02,0.022".into())
-        .split(',')
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let n = env("LDPC_N", 131072.0) as usize;
-    let scorer = DecodedScore::new(
-        n,
-        env("LDPC_MODULATED", 0.1),
-        &qbers,
-        env("LDPC_TRIALS", 10.0) as usize,
-        env("LDPC_SEED", 2.0) as u64,
-    );
+    let (qbers, scorer) = DecodedScore::from_env(2.0);
+    let n = scorer.n;
     let frames = scorer.frames.len();
     for one in text.split(';') {
         let columns = parse_columns(one);
