@@ -357,7 +357,11 @@ fn ldpc_fer_writes_csv_and_plot_and_refuses_bad_flags() {
         lines.next(),
         Some("rate,n,qber,f,trials,failures,fer,iterations_mean")
     );
-    assert_eq!(lines.count(), 9, "one row per rung");
+    assert_eq!(
+        lines.count(),
+        qkd_postproc::ldpc::MotherRate::ladder().count(),
+        "one row per rung"
+    );
     assert!(
         std::fs::read_to_string(&plot)
             .expect("plot")
