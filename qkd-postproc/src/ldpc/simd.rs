@@ -758,8 +758,18 @@ pub(crate) fn layer_avx2(
     lanes_portable(layer, messages, signs, d, z, 0..z, scaling, scratch);
 }
 
+/// The element types the byte-vector loads and stores take (one byte
+/// each, so a count of bytes is a count of elements).
+#[cfg(target_arch = "x86_64")]
+trait Byte: Copy {}
+#[cfg(target_arch = "x86_64")]
+impl Byte for i8 {}
+#[cfg(target_arch = "x86_64")]
+impl Byte for u8 {}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::Byte;
     use core::arch::x86_64::*;
 
     /// 32 posteriors at `s[at..at + 32]`, as two vectors of 16.
@@ -812,11 +822,6 @@ mod x86 {
             _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
         )
     }
-
-    /// The byte types the kernels load and store 32 at a time.
-    trait Byte: Copy {}
-    impl Byte for i8 {}
-    impl Byte for u8 {}
 
     /// 32 bytes at `s[at..at + 32]`.
     #[target_feature(enable = "avx2")]
@@ -1609,6 +1614,7 @@ pub(crate) fn layers_parity_fail_avx512(
 /// messages are stored in lane order.
 #[cfg(target_arch = "x86_64")]
 mod x86_512 {
+    use super::Byte;
     use core::arch::x86_64::*;
 
     /// 64 posteriors at `p`, as two vectors of 32.
@@ -1649,10 +1655,9 @@ mod x86_512 {
     /// AVX-512 F/BW; `p..p + 64` readable.
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
-    unsafe fn read8<T: Copy>(p: *const T) -> __m512i {
-        // SAFETY: the caller guarantees 64 readable bytes at `p` (the
-        // callers pass i8 or u8 pointers); loadu has no alignment
-        // requirement.
+    unsafe fn read8<T: Byte>(p: *const T) -> __m512i {
+        // SAFETY: the caller guarantees 64 readable bytes at `p` (`T` is
+        // i8 or u8); loadu has no alignment requirement.
         unsafe { _mm512_loadu_si512(p.cast()) }
     }
 
@@ -1662,10 +1667,9 @@ mod x86_512 {
     /// AVX-512 F/BW; `p..p + 64` writable.
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
     #[inline]
-    unsafe fn write8<T: Copy>(p: *mut T, v: __m512i) {
-        // SAFETY: the caller guarantees 64 writable bytes at `p` (the
-        // callers pass i8 or u8 pointers); storeu has no alignment
-        // requirement.
+    unsafe fn write8<T: Byte>(p: *mut T, v: __m512i) {
+        // SAFETY: the caller guarantees 64 writable bytes at `p` (`T` is
+        // i8 or u8); storeu has no alignment requirement.
         unsafe { _mm512_storeu_si512(p.cast(), v) }
     }
 
