@@ -117,6 +117,11 @@ fn ldpc_errors_name_the_line_and_the_field() {
         ),
         ("efficiency = 1.08", "efficiency = 0.9", "efficiency"),
         ("modulated = 0.1", "modulated = 0.45", "modulated"),
+        (
+            "adaptive_start = true",
+            "adaptive_start = 1",
+            "adaptive_start",
+        ),
         ("variant = \"blind\"", "variant = \"option7\"", "variant"),
         ("modulated = 0.1", "modulated = 0.1, bogus = 1", "bogus"),
     ];
