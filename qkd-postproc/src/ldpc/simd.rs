@@ -58,6 +58,19 @@ impl Drop for Scratch {
     }
 }
 
+/// Sets a scratch buffer to `len` elements. The buffers hold values
+/// derived from Bob's key: growing past the capacity would free the old
+/// allocation as it is, so it is wiped first and a new one taken.
+fn fit<T: zeroize::DefaultIsZeroes>(buffer: &mut Vec<T>, len: usize) {
+    use zeroize::Zeroize;
+    if len > buffer.capacity() {
+        buffer.zeroize();
+        *buffer = vec![T::default(); len];
+    } else {
+        buffer.resize(len, T::default());
+    }
+}
+
 impl Scratch {
     pub(crate) fn new(z: usize) -> Self {
         Scratch {
@@ -258,10 +271,10 @@ fn lanes_portable(
 ) {
     let w = lanes.len();
     let (j0, j1) = (lanes.start, lanes.end);
-    scratch.min1.resize(w, 0);
-    scratch.min2.resize(w, 0);
-    scratch.pos.resize(w, 0);
-    scratch.sign.resize(w, 0);
+    fit(&mut scratch.min1, w);
+    fit(&mut scratch.min2, w);
+    fit(&mut scratch.pos, w);
+    fit(&mut scratch.sign, w);
     let Scratch {
         min1,
         min2,
@@ -389,9 +402,9 @@ fn lanes_sum_product(
 ) {
     let w = lanes.len();
     let (j0, j1) = (lanes.start, lanes.end);
-    scratch.sign.resize(w, 0);
-    scratch.min1.resize(w, 0);
-    scratch.forward.resize(d * w, 0);
+    fit(&mut scratch.sign, w);
+    fit(&mut scratch.min1, w);
+    fit(&mut scratch.forward, d * w);
     let Scratch {
         sign,
         min1: back,
@@ -460,7 +473,7 @@ pub(crate) fn layer_sum_product_avx2(
     let full = z / 32 * 32;
     #[cfg(target_arch = "x86_64")]
     if full > 0 && avx2_available() {
-        scratch.forward.resize(d.max(1) * 32, 0);
+        fit(&mut scratch.forward, d.max(1) * 32);
         // SAFETY: AVX2 was detected on this CPU just above, the lengths the
         // kernel indexes (d·z values of `layer` and `messages`, z of `signs`)
         // were asserted above, and `forward` holds d·32 bytes.
@@ -631,9 +644,9 @@ pub(crate) fn layers_sum_product_columns_avx2(
     );
     // The scratch buffers from a 64-byte boundary, so that no vector
     // access to them crosses a cache line.
-    scratch.forward.resize(d_max * 64 + 63, 0);
-    scratch.q16.resize(d_max * 64 + 31, 0);
-    scratch.q8.resize(d_max * 64 + 63, 0);
+    fit(&mut scratch.forward, d_max * 64 + 63);
+    fit(&mut scratch.q16, d_max * 64 + 31);
+    fit(&mut scratch.q8, d_max * 64 + 63);
     let at = aligned_start(scratch.forward.as_ptr(), 64);
     let forward = &mut scratch.forward[at..at + d_max * 64];
     let at = aligned_start(scratch.q16.as_ptr(), 32);
@@ -1495,8 +1508,8 @@ pub(crate) fn layers_sum_product_columns_avx512(
     );
     // Both scratch buffers from a 64-byte boundary, so that no vector
     // access to them crosses a cache line.
-    scratch.forward.resize(d_max * 128 + 63, 0);
-    scratch.q16.resize(d_max * 128 + 31, 0);
+    fit(&mut scratch.forward, d_max * 128 + 63);
+    fit(&mut scratch.q16, d_max * 128 + 31);
     let at = aligned_start(scratch.forward.as_ptr(), 64);
     let forward = &mut scratch.forward[at..at + d_max * 128];
     let at = aligned_start(scratch.q16.as_ptr(), 32);
