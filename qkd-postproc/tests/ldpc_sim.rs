@@ -1,5 +1,6 @@
 //! `LdpcAlice` and `LdpcBob` through the simulated network: loss,
-//! duplication, reordering and corruption; blind rounds; a hostile peer.
+//! duplication, reordering and corruption; blind and guided rounds; a
+//! hostile peer and an injecting attacker.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use qkd_core::sim::{LinkConfig, Network};
 use qkd_core::{BitVec, BlockId};
 use qkd_postproc::ldpc::{
     CodeCache, LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent, LdpcInputError, LdpcMessage,
-    RateChoice, SHIPPED_SEED, Variant, choose_plan,
+    RateChoice, SHIPPED_SEED, Variant, choose_guided_plan, choose_plan,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -21,7 +22,11 @@ fn pair(seed: u64, target: f64, config: LdpcConfig) -> (LdpcAlice, LdpcBob, BitV
         modulated: 0.1,
         target_efficiency: target,
     };
-    let plan = choose_plan(&mut cache, 1 << 13, SHIPPED_SEED, QBER, choice).unwrap();
+    let plan = if matches!(config.variant, Variant::Guided { .. }) {
+        choose_guided_plan(&mut cache, 1 << 13, SHIPPED_SEED, QBER, choice).unwrap()
+    } else {
+        choose_plan(&mut cache, 1 << 13, SHIPPED_SEED, QBER, choice).unwrap()
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let alice_key = BitVec::random(plan.key_len(), &mut rng);
     let mut bob_key = alice_key.clone();
@@ -49,6 +54,16 @@ fn blind() -> LdpcConfig {
     }
 }
 
+fn guided() -> LdpcConfig {
+    LdpcConfig {
+        variant: Variant::Guided {
+            step: 20,
+            max_rounds: 100,
+        },
+        ..blind()
+    }
+}
+
 fn run(
     link: LinkConfig,
     seed: u64,
@@ -59,7 +74,21 @@ fn run(
     Vec<LdpcEvent>,
     Vec<LdpcEvent>,
 ) {
-    let (alice, bob, key) = pair(seed, target, blind());
+    run_with(link, seed, target, blind())
+}
+
+fn run_with(
+    link: LinkConfig,
+    seed: u64,
+    target: f64,
+    config: LdpcConfig,
+) -> (
+    Network<LdpcAlice, LdpcBob>,
+    BitVec,
+    Vec<LdpcEvent>,
+    Vec<LdpcEvent>,
+) {
+    let (alice, bob, key) = pair(seed, target, config);
     let mut net = Network::new(alice, bob, link, seed, Instant::now());
     net.drive();
     let ea = net.take_events_a();
@@ -102,6 +131,132 @@ fn blind_rounds_through_loss_duplication_reordering_and_corruption() {
         assert_eq!(net.b.corrected_key(), Some(&key));
         assert!(net.a.is_finished() && net.b.is_finished());
     }
+}
+
+#[test]
+fn guided_rounds_through_loss_duplication_reordering_and_corruption() {
+    let link = LinkConfig::lossy(Duration::from_millis(5), 0.2)
+        .with_duplicate(0.2)
+        .with_reorder(0.2, Duration::from_millis(30))
+        .with_corrupt(0.1);
+    for seed in 1..5 {
+        let (net, key, ea, eb) = run_with(link.clone(), seed, 1.0, guided());
+        let [LdpcEvent::Completed(a)] = ea.as_slice() else {
+            panic!("seed {seed}: {ea:?}")
+        };
+        let [LdpcEvent::Completed(b)] = eb.as_slice() else {
+            panic!("seed {seed}: {eb:?}")
+        };
+        assert_eq!(a, b);
+        assert!(a.rounds > 1, "seed {seed}: no guided round");
+        assert_eq!(a.leaked_bits, net.a.leaked_bits());
+        assert_eq!(a.revealed, (usize::from(a.rounds) - 1) * 20);
+        assert_eq!(net.b.corrected_key(), Some(&key));
+    }
+}
+
+/// An attacker who injects `Ask`s of his own (for key positions Bob never
+/// named, positions already revealed, shortened ones, beyond the frame,
+/// too many, replays of an old round) gets nothing: Alice refuses them,
+/// her count of revealed bits does not move, and the block completes as if
+/// they had not been sent.
+#[test]
+fn injected_asks_reveal_nothing() {
+    let now = Instant::now();
+    // Started at f = 1.05 the plan shortens a few positions.
+    let (mut alice, mut bob, key) = pair(11, 1.05, guided());
+    let syndrome = alice.poll_transmit(now).unwrap();
+    bob.handle_input(now, &syndrome).unwrap();
+    let first_ask = bob.poll_transmit(now).unwrap();
+    let Ok(LdpcMessage::Ask {
+        block, positions, ..
+    }) = LdpcMessage::decode(&first_ask)
+    else {
+        panic!("no guided round at f = 1.05");
+    };
+    let n = 1u32 << 13;
+    let shortened = (0..n)
+        .find(|&v| !alice.plan().is_key_position(v as usize))
+        .unwrap();
+    let ask = |round: u16, positions: Vec<u32>| {
+        LdpcMessage::Ask {
+            block,
+            round,
+            positions,
+        }
+        .encode()
+    };
+    let hostile = [
+        ask(1, vec![shortened]),
+        ask(1, vec![n]),
+        ask(1, (0..21).collect()),
+        ask(2, positions.clone()),
+        ask(0, positions.clone()),
+        LdpcMessage::Request { block, round: 1 }.encode(),
+    ];
+    for (i, message) in hostile.iter().enumerate() {
+        assert_eq!(
+            alice.handle_input(now, message),
+            Err(LdpcInputError::Unexpected),
+            "{i}"
+        );
+        assert_eq!(alice.leaked_bits(), alice.plan().code().m(), "{i}");
+        assert!(alice.poll_transmit(now).is_none(), "{i}");
+    }
+    // Bob's own Ask is answered; a different Ask for the answered round,
+    // or one naming a revealed position in the next, is refused.
+    alice.handle_input(now, &first_ask).unwrap();
+    let leaked = alice.leaked_bits();
+    let reveal = alice.poll_transmit(now).unwrap();
+    let other: Vec<u32> = positions.iter().map(|v| v ^ 1).collect();
+    let mut other = other;
+    other.sort_unstable();
+    other.dedup();
+    assert_eq!(
+        alice.handle_input(now, &ask(1, other)),
+        Err(LdpcInputError::Unexpected)
+    );
+    assert_eq!(
+        alice.handle_input(now, &ask(2, positions[..1].to_vec())),
+        Err(LdpcInputError::Unexpected)
+    );
+    assert_eq!(alice.leaked_bits(), leaked);
+    // The repeat of Bob's Ask gets the same Reveal again.
+    alice.handle_input(now, &first_ask).unwrap();
+    assert_eq!(alice.poll_transmit(now).unwrap(), reveal);
+    // The block still completes.
+    let mut net = Network::new(
+        alice,
+        bob,
+        LinkConfig::lossy(Duration::from_millis(5), 0.0),
+        11,
+        now,
+    );
+    net.inject(qkd_core::sim::Side::B, reveal, Duration::from_millis(1));
+    net.drive();
+    assert!(matches!(
+        net.take_events_b().as_slice(),
+        [LdpcEvent::Completed(_)]
+    ));
+    assert_eq!(net.b.corrected_key(), Some(&key));
+}
+
+#[test]
+fn guided_machines_refuse_punctured_plans() {
+    let mut cache = CodeCache::new();
+    let choice = RateChoice {
+        modulated: 0.1,
+        target_efficiency: 1.0,
+    };
+    let plan = choose_plan(&mut cache, 1 << 13, SHIPPED_SEED, QBER, choice).unwrap();
+    assert!(plan.punctured() > 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let key = BitVec::random(plan.key_len(), &mut rng);
+    let block = BlockId::new(1);
+    let err = LdpcAlice::new(block, plan.clone(), key.clone(), guided(), &mut rng).unwrap_err();
+    assert_eq!(err.field(), "ldpc.variant");
+    let err = LdpcBob::new(block, plan, &key, QBER, guided()).unwrap_err();
+    assert_eq!(err.field(), "ldpc.variant");
 }
 
 #[test]

@@ -60,7 +60,8 @@ enum Degrees {
 /// One rung: base rows and variable degrees.
 type Rung = (usize, Degrees);
 
-/// The rungs: rates 0.5 to 0.9 in steps of 0.05, and 0.914 for QBER 1 %.
+/// The rungs: rates 0.5 to 0.9 in steps of 0.05, 0.914 for QBER 1 %, and
+/// 0.922 for guided reconciliation at QBER 1 %.
 ///
 /// Rates 0.5 to 0.7: the variable degree distributions optimised for the
 /// binary symmetric channel by discretised density evolution in D. Elkouss,
@@ -146,7 +147,18 @@ type Rung = (usize, Degrees);
 /// 1.1594 (1000 frames, none failed); below 1 % it serves instead of the
 /// 0.9 rung too (200 frames: 1.1862 against 1.1977 at 0.8 %, 1.2526
 /// against 1.4503 at 0.5 %).
-const LADDER: [Rung; 10] = [
+///
+/// The 0.922 rung (20 base rows, the 0.914 design with its top columns at
+/// the rows' 20) serves only guided reconciliation ([`Variant::Guided`]),
+/// unpunctured, where it starts QBER 1 % below f = 1 and lets Bob's
+/// requests do the rest: 30 frames of 2^17 bits, reveals of 0.5 % of
+/// `key·h2(q)` per round, f 1.074 against 1.088 on the 0.914 rung (which
+/// starts at 1.064). Punctured for blind reconciliation it failed 13 of 20
+/// frames (above), so [`choose_plan`] never takes it.
+///
+/// [`Variant::Guided`]: super::Variant::Guided
+/// [`choose_plan`]: super::choose_plan
+const LADDER: [Rung; 11] = [
     (
         128,
         Degrees::Edge(&[
@@ -340,6 +352,27 @@ const LADDER: [Rung; 10] = [
             (22, 20),
         ]),
     ),
+    // Rate 0.922: guided reconciliation at QBER 1 %, unpunctured.
+    (
+        20,
+        Degrees::Columns(&[
+            (2, 19),
+            (3, 151),
+            (4, 4),
+            (5, 2),
+            (6, 6),
+            (7, 3),
+            (8, 8),
+            (9, 10),
+            (10, 12),
+            (11, 3),
+            (12, 10),
+            (14, 4),
+            (16, 1),
+            (18, 1),
+            (20, 22),
+        ]),
+    ),
 ];
 
 /// Base-column counts of an edge-perspective distribution `lambda` over
@@ -395,15 +428,16 @@ fn columns_of(lambda: &[(u8, f64)], nb: usize, mb: usize) -> Vec<(u8, u16)> {
 }
 
 /// The mother code rates built in code, lowest first: `1 − mb/256` for
-/// `mb` = 128, 115, 102, 90, 77, 64, 51, 38, 26, 22 (0.5, 0.551, 0.602,
-/// 0.648, 0.699, 0.75, 0.801, 0.852, 0.898, 0.914). With puncturing and
-/// shortening they cover QBER 1 % to 11 %.
+/// `mb` = 128, 115, 102, 90, 77, 64, 51, 38, 26, 22, 20 (0.5, 0.551,
+/// 0.602, 0.648, 0.699, 0.75, 0.801, 0.852, 0.898, 0.914, 0.922). With
+/// puncturing and shortening they cover QBER 1 % to 11 %; the last serves
+/// guided reconciliation only ([`MotherRate::guided_only`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MotherRate(u8);
 
 impl MotherRate {
     /// Every rung of the ladder, lowest rate first.
-    pub fn ladder() -> impl Iterator<Item = MotherRate> {
+    pub fn ladder() -> impl DoubleEndedIterator<Item = MotherRate> {
         (0..LADDER.len() as u8).map(MotherRate)
     }
 
@@ -480,6 +514,16 @@ impl MotherRate {
         } else {
             MIN_BUILT_LENGTH
         }
+    }
+
+    /// Whether only guided reconciliation uses this rung (the 0.922 rung:
+    /// punctured it decodes too poorly for blind or rate-adaptive frames,
+    /// see the docs of the ladder); [`choose_plan`] skips it.
+    ///
+    /// [`choose_plan`]: super::choose_plan
+    #[must_use]
+    pub fn guided_only(self) -> bool {
+        usize::from(self.0) == LADDER.len() - 1
     }
 
     /// The degree profile of this rung.

@@ -6,6 +6,8 @@
 //!  Syndrome{plan, m bits} ────────────────────────▶  decode round 1
 //!            ◀──────────────────── Request{round 1}   (blind, failed)
 //!  Reveal{round 2, next step bits} ───────────────▶  decode round 2
+//!            ◀────────────── Ask{round 2, positions}  (guided, failed)
+//!  Reveal{round 3, bits at those positions} ──────▶  decode round 3
 //!            ◀─────────────── Done{converged, leaked}
 //!  DoneAck{leaked} ───────────────────────────────▶  Completed / Aborted
 //! ```
@@ -18,6 +20,13 @@
 //! `leaked_bits = m − p + revealed` (see [`super::rate`]) and the end
 //! messages carry the counts, which must agree. A converged decoding is
 //! not a proof of equal keys: the confirmation stage checks that.
+//!
+//! Guided reconciliation ([`Variant::Guided`]) needs a plan without
+//! punctured positions (the constructors refuse others). Alice checks
+//! every `Ask` before she reveals anything: the round, at most `step`
+//! positions and no more than are left, each a key position of the frame
+//! she has not revealed yet; a repeat of the `Ask` she answered gets the
+//! same `Reveal` again, any other is refused.
 //!
 //! Getters: `block`, `is_finished`, `leaked_bits`, Alice's `key`, Bob's
 //! `corrected_key`. Input: `handle_input`, `handle_timeout`. Output:
@@ -74,9 +83,19 @@ impl LdpcConfig {
         if !(1..=1000).contains(&self.max_iterations) {
             return Err(ConfigError::new("ldpc.max_iterations", "must be 1 to 1000"));
         }
-        if let Variant::Blind { step, max_rounds } = self.variant {
-            if step == 0 || step > super::wire::MAX_BITS {
-                return Err(ConfigError::new("ldpc.variant.step", "must be 1 to 2^20"));
+        if let Variant::Blind { step, max_rounds } | Variant::Guided { step, max_rounds } =
+            self.variant
+        {
+            let most = if matches!(self.variant, Variant::Guided { .. }) {
+                super::wire::MAX_ASK
+            } else {
+                super::wire::MAX_BITS
+            };
+            if step == 0 || step > most {
+                return Err(ConfigError::new(
+                    "ldpc.variant.step",
+                    "must be 1 to 2^20 (blind) or 2^16 (guided)",
+                ));
             }
             if !(1..=u32::from(u16::MAX)).contains(&max_rounds) {
                 return Err(ConfigError::new(
@@ -97,10 +116,25 @@ impl LdpcConfig {
     fn limits(&self) -> (usize, u16) {
         match self.variant {
             Variant::RateAdaptive => (0, 1),
-            Variant::Blind { step, max_rounds } => {
+            Variant::Blind { step, max_rounds } | Variant::Guided { step, max_rounds } => {
                 (step, max_rounds.min(u32::from(u16::MAX)) as u16)
             }
         }
+    }
+
+    fn guided(&self) -> bool {
+        matches!(self.variant, Variant::Guided { .. })
+    }
+
+    /// Guided reconciliation needs a plan without punctured positions.
+    fn check_plan(&self, plan: &FramePlan) -> Result<(), ConfigError> {
+        if self.guided() && plan.punctured() > 0 {
+            return Err(ConfigError::new(
+                "ldpc.variant",
+                "guided reconciliation needs a plan without punctured positions",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -197,6 +231,10 @@ pub struct LdpcAlice {
     timer: Retransmit,
     round: u16,
     revealed: usize,
+    /// Guided: the positions revealed so far (empty otherwise).
+    known: BitVec,
+    /// Guided: the last `Ask` answered, to recognise its repeats.
+    last_ask: Option<Vec<u8>>,
     event: Option<LdpcEvent>,
     finished: bool,
     ack: Option<Vec<u8>>,
@@ -226,6 +264,7 @@ impl LdpcAlice {
         rng: &mut R,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        config.check_plan(&plan)?;
         let frame = plan
             .alice_frame(&key, rng)
             .map_err(|_| ConfigError::new("ldpc.key", "must have the plan's key length"))?;
@@ -251,6 +290,8 @@ impl LdpcAlice {
             send_now: true,
             round: 1,
             revealed: 0,
+            known: BitVec::zeros(if config.guided() { plan.code().n() } else { 0 }),
+            last_ask: None,
             event: None,
             finished: false,
             ack: None,
@@ -345,7 +386,8 @@ impl Machine for LdpcAlice {
                 }
                 let (step, max_rounds) = self.config.limits();
                 let left = self.plan.max_reveal() - self.revealed;
-                if round != self.round || self.round >= max_rounds || left == 0 || step == 0 {
+                let refused = round != self.round || self.round >= max_rounds || left == 0;
+                if refused || step == 0 || self.config.guided() {
                     return Err(LdpcInputError::Unexpected);
                 }
                 let count = step.min(left);
@@ -364,6 +406,51 @@ impl Machine for LdpcAlice {
                 };
                 self.revealed += count;
                 self.round += 1;
+                self.last_sent = reveal.encode();
+                self.send_now = true;
+                Ok(())
+            }
+            LdpcMessage::Ask {
+                round, positions, ..
+            } if !self.finished && self.config.guided() => {
+                if round + 1 == self.round && round >= 1 {
+                    if self.last_ask.as_deref() != Some(datagram) {
+                        return Err(LdpcInputError::Unexpected);
+                    }
+                    // A repeat: our reveal was lost.
+                    self.send_now = true;
+                    return Ok(());
+                }
+                let (step, max_rounds) = self.config.limits();
+                let left = self.plan.max_reveal() - self.revealed;
+                let n = self.plan.code().n();
+                let allowed = |&v: &u32| {
+                    (v as usize) < n
+                        && self.plan.is_key_position(v as usize)
+                        && !self.known.get(v as usize)
+                };
+                if round != self.round
+                    || self.round >= max_rounds
+                    || positions.len() > step.min(left)
+                    || !positions.iter().all(allowed)
+                {
+                    return Err(LdpcInputError::Unexpected);
+                }
+                let count = positions.len();
+                let bits = positions.iter().map(|&v| self.frame.get(v as usize));
+                let reveal = LdpcMessage::Reveal {
+                    block: self.block,
+                    round: self.round + 1,
+                    start: self.revealed as u32,
+                    count: count as u32,
+                    bits: pack(bits, count),
+                };
+                for &v in &positions {
+                    self.known.set(v as usize, true);
+                }
+                self.revealed += count;
+                self.round += 1;
+                self.last_ask = Some(datagram.to_vec());
                 self.last_sent = reveal.encode();
                 self.send_now = true;
                 Ok(())
@@ -447,6 +534,10 @@ pub struct LdpcBob {
     syndrome: Option<(Vec<u8>, BitVec)>,
     round: u16,
     revealed: usize,
+    /// Guided: the positions revealed so far (empty otherwise).
+    known: BitVec,
+    /// Guided: the positions of the outstanding `Ask`.
+    asked: Vec<u32>,
     last_sent: Option<Vec<u8>>,
     send_now: bool,
     done: Option<(bool, Vec<u8>)>,
@@ -479,10 +570,12 @@ impl LdpcBob {
         config: LdpcConfig,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
+        config.check_plan(&plan)?;
         let llrs = plan
             .bob_llrs(key, channel_magnitude(qber))
             .map_err(|_| ConfigError::new("ldpc.key", "must have the plan's key length"))?;
         let decoder = Decoder::new(Arc::clone(plan.code()));
+        let known = BitVec::zeros(if config.guided() { plan.code().n() } else { 0 });
         Ok(LdpcBob {
             block,
             plan_id: plan_id(&plan),
@@ -494,6 +587,8 @@ impl LdpcBob {
             syndrome: None,
             round: 0,
             revealed: 0,
+            known,
+            asked: Vec::new(),
             last_sent: None,
             send_now: false,
             done: None,
@@ -553,8 +648,16 @@ impl LdpcBob {
             .decoder
             .decode(&self.llrs, syndrome, self.config.max_iterations)
             .is_ok_and(|o| o.converged);
-        let (_, max_rounds) = self.config.limits();
+        let (step, max_rounds) = self.config.limits();
         let more = self.plan.max_reveal() > self.revealed && self.round < max_rounds;
+        if !converged && more && self.config.guided() {
+            let count = step.min(self.plan.max_reveal() - self.revealed);
+            self.asked = self
+                .plan
+                .least_reliable(self.decoder.posteriors(), &self.known, count)
+                .unwrap_or_default();
+        }
+        let more = more && !(self.config.guided() && self.asked.is_empty());
         if converged || !more {
             if converged {
                 self.corrected = Some(self.plan.key_of(&self.decoder.decisions()));
@@ -568,6 +671,15 @@ impl LdpcBob {
             .encode();
             self.done = Some((converged, done.clone()));
             self.last_sent = Some(done);
+        } else if self.config.guided() {
+            self.last_sent = Some(
+                LdpcMessage::Ask {
+                    block: self.block,
+                    round: self.round,
+                    positions: self.asked.clone(),
+                }
+                .encode(),
+            );
         } else {
             self.last_sent = Some(
                 LdpcMessage::Request {
@@ -637,7 +749,11 @@ impl Machine for LdpcBob {
                     return Ok(());
                 }
                 let (step, _) = self.config.limits();
-                let expected = step.min(self.plan.max_reveal() - self.revealed);
+                let expected = if self.config.guided() {
+                    self.asked.len()
+                } else {
+                    step.min(self.plan.max_reveal() - self.revealed)
+                };
                 if self.syndrome.is_none()
                     || self.done.is_some()
                     || round != self.round + 1
@@ -648,9 +764,18 @@ impl Machine for LdpcBob {
                 }
                 let revealed = BitVec::from_bytes_lsb(&bits, count as usize)
                     .map_err(|_| LdpcInputError::Unexpected)?;
-                for (i, k) in (self.revealed..self.revealed + count as usize).enumerate() {
-                    if let Some(v) = self.plan.reveal_position(k) {
+                if self.config.guided() {
+                    for (i, &v) in self.asked.iter().enumerate() {
+                        let v = v as usize;
+                        self.known.set(v, true);
                         self.llrs[v] = if revealed.get(i) { -LLR_MAX } else { LLR_MAX };
+                    }
+                    self.asked.clear();
+                } else {
+                    for (i, k) in (self.revealed..self.revealed + count as usize).enumerate() {
+                        if let Some(v) = self.plan.reveal_position(k) {
+                            self.llrs[v] = if revealed.get(i) { -LLR_MAX } else { LLR_MAX };
+                        }
                     }
                 }
                 self.revealed += count as usize;

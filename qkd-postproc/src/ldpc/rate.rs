@@ -204,6 +204,66 @@ impl FramePlan {
         Ok(frame)
     }
 
+    /// Whether frame position `v` holds a key bit (neither punctured nor
+    /// shortened); false beyond the frame.
+    #[must_use]
+    pub fn is_key_position(&self, v: usize) -> bool {
+        self.kind.get(v) == Some(&KEY)
+    }
+
+    /// Guided reconciliation's request: the `count` key positions (neither
+    /// punctured nor shortened) not set in `known` whose posteriors in
+    /// `posteriors` (the `n` posteriors of a failed decoding,
+    /// [`Decoder::posteriors`](super::Decoder::posteriors)) are weakest,
+    /// ties to the lower position, in ascending order; fewer when fewer
+    /// are left. A counting pass over the posteriors' magnitudes, no sort.
+    ///
+    /// With no punctured position the magnitudes, and so the positions,
+    /// depend on the error pattern alone, not on the key (see
+    /// [`Variant::Guided`](super::Variant::Guided)).
+    ///
+    /// # Errors
+    /// [`LdpcError::Length`] if `posteriors` or `known` is not `n` long.
+    pub fn least_reliable(
+        &self,
+        posteriors: &[i16],
+        known: &BitVec,
+        count: usize,
+    ) -> Result<Vec<u32>, LdpcError> {
+        let n = self.code.n();
+        if posteriors.len() != n || known.len() != n {
+            return Err(LdpcError::Length);
+        }
+        let open = |v: usize| self.kind[v] == KEY && !known.get(v);
+        let mut histogram = vec![0usize; 1 << 15 | 1];
+        for (v, p) in posteriors.iter().enumerate() {
+            if open(v) {
+                histogram[usize::from(p.unsigned_abs())] += 1;
+            }
+        }
+        // The largest magnitude taken, and how many of it.
+        let (mut cutoff, mut below) = (0usize, 0usize);
+        while cutoff < histogram.len() && below + histogram[cutoff] < count {
+            below += histogram[cutoff];
+            cutoff += 1;
+        }
+        let mut at_cutoff = count.saturating_sub(below);
+        let mut chosen = Vec::with_capacity(count.min(n));
+        for (v, p) in posteriors.iter().enumerate() {
+            if !open(v) {
+                continue;
+            }
+            let magnitude = usize::from(p.unsigned_abs());
+            if magnitude < cutoff {
+                chosen.push(v as u32);
+            } else if magnitude == cutoff && at_cutoff > 0 {
+                at_cutoff -= 1;
+                chosen.push(v as u32);
+            }
+        }
+        Ok(chosen)
+    }
+
     /// The key bits of a frame.
     ///
     /// # Panics
@@ -340,19 +400,7 @@ pub fn choose_plan(
     qber: f64,
     choice: RateChoice,
 ) -> Result<FramePlan, LdpcError> {
-    if !(qber > 0.0 && qber < 0.5) {
-        return Err(LdpcError::Config {
-            field: "ldpc.qber",
-            reason: "must be in (0, 0.5)",
-        });
-    }
-    let efficiency_ok = choice.target_efficiency >= 1.0 && choice.target_efficiency < 3.0;
-    if !(0.0..0.5).contains(&choice.modulated) || !efficiency_ok {
-        return Err(LdpcError::Config {
-            field: "ldpc.rate_choice",
-            reason: "modulated in [0, 0.5), target efficiency in [1, 3)",
-        });
-    }
+    check_choice(qber, choice)?;
     let d = (choice.modulated * n as f64).round() as usize;
     let need_at = |f: f64| f * h2(qber) * (n - d) as f64;
     let syndrome = |rate: MotherRate| ((1.0 - rate.rate()) * n as f64).round();
@@ -360,7 +408,8 @@ pub fn choose_plan(
     // nearest its preferred share of `d` (see the function docs).
     let pick = |f: f64| {
         let mut best: Option<(f64, MotherRate, usize)> = None;
-        for rate in MotherRate::ladder().filter(|r| n >= r.shortest_frame()) {
+        let rungs = MotherRate::ladder().filter(|r| n >= r.shortest_frame() && !r.guided_only());
+        for rate in rungs {
             let p = syndrome(rate) - need_at(f);
             if p < 0.0 {
                 continue;
@@ -396,6 +445,73 @@ pub fn choose_plan(
     let mut plan = FramePlan::new(code, p, d - p)?;
     plan.rung = Some(rate);
     Ok(plan)
+}
+
+/// Chooses the plan of guided reconciliation ([`Variant::Guided`]): no
+/// punctured position (so Bob's requests cannot depend on Alice's
+/// punctured bits), the highest-rate rung whose syndrome reaches
+/// `target_efficiency · h2(qber)` per key bit with at most
+/// `modulated · n` positions shortened, shortened just enough to start
+/// there (`s = n − m / (f·h2)`, none when the rung's syndrome alone is
+/// longer). Rungs are given only frames of at least their
+/// `MotherRate::shortest_frame`.
+///
+/// The start matters less than in blind reconciliation, because a
+/// request reveals the bits the decoder is least sure of: at QBER 1.5 %
+/// on the 0.898 rung (30 frames of 2^17 bits, reveals of 0.5 % of
+/// `key·h2(q)`), starts at f = 0.9, 0.95 and 1.0 ended at 1.055, 1.054 and
+/// 1.061 after 31, 22 and 13 rounds; from 0.72 (QBER 2 % on the same rung)
+/// 100 rounds were not enough. So the default start is 1.0.
+///
+/// [`Variant::Guided`]: super::Variant::Guided
+///
+/// # Errors
+/// [`LdpcError::Config`] as [`choose_plan`], or for a QBER no rung can
+/// serve.
+pub fn choose_guided_plan(
+    cache: &mut CodeCache,
+    n: usize,
+    seed: u64,
+    qber: f64,
+    choice: RateChoice,
+) -> Result<FramePlan, LdpcError> {
+    check_choice(qber, choice)?;
+    let d = (choice.modulated * n as f64).round() as usize;
+    let per_key_bit = choice.target_efficiency * h2(qber);
+    let top_down = MotherRate::ladder()
+        .rev()
+        .filter(|r| n >= r.shortest_frame());
+    for rate in top_down {
+        let m = ((1.0 - rate.rate()) * n as f64).round();
+        // Shortening `s` positions starts at m / ((n − s)·h2).
+        if m < per_key_bit * (n - d) as f64 {
+            continue;
+        }
+        let s = (n as f64 - m / per_key_bit).ceil().clamp(0.0, d as f64) as usize;
+        return FramePlan::for_rung(cache, CodeSpec { rate, n, seed }, 0, s);
+    }
+    Err(LdpcError::Config {
+        field: "ldpc.qber",
+        reason: "no mother code serves this QBER",
+    })
+}
+
+/// The ranges [`choose_plan`] and [`choose_guided_plan`] accept.
+fn check_choice(qber: f64, choice: RateChoice) -> Result<(), LdpcError> {
+    if !(qber > 0.0 && qber < 0.5) {
+        return Err(LdpcError::Config {
+            field: "ldpc.qber",
+            reason: "must be in (0, 0.5)",
+        });
+    }
+    let efficiency_ok = choice.target_efficiency >= 1.0 && choice.target_efficiency < 3.0;
+    if !(0.0..0.5).contains(&choice.modulated) || !efficiency_ok {
+        return Err(LdpcError::Config {
+            field: "ldpc.rate_choice",
+            reason: "modulated in [0, 0.5), target efficiency in [1, 3)",
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -531,5 +647,44 @@ mod tests {
             }
             assert_eq!(plan.syndrome(&BitVec::zeros(n - 1)), Err(LdpcError::Length));
         }
+    }
+
+    /// The counting pass picks exactly what sorting the open key positions
+    /// by (|posterior|, position) and taking the first `count` picks.
+    #[test]
+    fn least_reliable_takes_the_weakest_open_key_positions() {
+        let mut cache = CodeCache::new();
+        let n = 1 << 12;
+        let spec = CodeSpec {
+            rate: MotherRate::from_index(4).unwrap(),
+            n,
+            seed: SHIPPED_SEED,
+        };
+        let plan = FramePlan::for_rung(&mut cache, spec, 100, 300).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for round in 0..40 {
+            // Few distinct magnitudes (ties) in some rounds, the full range
+            // (i16::MIN included) in others.
+            let spread = if round % 2 == 0 { 8 } else { 1 << 16 };
+            let posteriors: Vec<i16> = (0..n)
+                .map(|_| (rng.next_u32() % spread) as u16 as i16)
+                .collect();
+            let known = BitVec::random(n, &mut rng);
+            let count = (rng.next_u32() % 3000) as usize;
+            let got = plan.least_reliable(&posteriors, &known, count).unwrap();
+            let mut open: Vec<(u16, u32)> = (0..n)
+                .filter(|&v| plan.is_key_position(v) && !known.get(v))
+                .map(|v| (posteriors[v].unsigned_abs(), v as u32))
+                .collect();
+            open.sort_unstable();
+            let mut want: Vec<u32> = open.iter().take(count).map(|&(_, v)| v).collect();
+            want.sort_unstable();
+            assert_eq!(got, want, "round {round}");
+        }
+        let short = vec![0i16; n - 1];
+        assert_eq!(
+            plan.least_reliable(&short, &BitVec::zeros(n), 1),
+            Err(LdpcError::Length)
+        );
     }
 }

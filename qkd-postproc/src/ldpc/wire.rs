@@ -11,6 +11,8 @@
 //! 3 Request    B→A  block u64 | round u16            (round `round` failed)
 //! 4 Done       B→A  block u64 | converged u8 | rounds u16 | leaked u32
 //! 5 DoneAck    A→B  block u64 | leaked u32
+//! 6 Ask        B→A  block u64 | round u16 | count u32 | count × position u32
+//!                   (round `round` failed; guided: reveal these, ascending)
 //! crc32 u32 (big-endian) over all bytes before it
 //! ```
 //!
@@ -24,6 +26,8 @@ use qkd_core::wire::{Envelope, Protocol, Reader, WireError, append_crc32, strip_
 pub const VERSION: u8 = 1;
 /// Largest syndrome or reveal, in bits (frames up to 2^20 bits).
 pub const MAX_BITS: usize = 1 << 20;
+/// Most positions one `Ask` names.
+pub const MAX_ASK: usize = 1 << 16;
 
 /// The frame layout both sides must share: rung (255 for a code from
 /// outside the ladder), frame length, punctured and shortened positions.
@@ -92,6 +96,16 @@ pub enum LdpcMessage {
         /// Alice's count of leaked bits.
         leaked: u32,
     },
+    /// Bob (guided): decoding round `round` failed, reveal the bits at
+    /// these frame positions.
+    Ask {
+        /// The block.
+        block: BlockId,
+        /// The round that failed.
+        round: u16,
+        /// Frame positions, strictly ascending, 1 to [`MAX_ASK`] of them.
+        positions: Vec<u32>,
+    },
 }
 
 impl LdpcMessage {
@@ -103,7 +117,8 @@ impl LdpcMessage {
             | LdpcMessage::Reveal { block, .. }
             | LdpcMessage::Request { block, .. }
             | LdpcMessage::Done { block, .. }
-            | LdpcMessage::DoneAck { block, .. } => *block,
+            | LdpcMessage::DoneAck { block, .. }
+            | LdpcMessage::Ask { block, .. } => *block,
         }
     }
 
@@ -116,6 +131,7 @@ impl LdpcMessage {
             LdpcMessage::Request { .. } => 3,
             LdpcMessage::Done { .. } => 4,
             LdpcMessage::DoneAck { .. } => 5,
+            LdpcMessage::Ask { .. } => 6,
         };
         let mut out = Envelope::new(Protocol::Ldpc, VERSION, kind).start(32);
         out.extend_from_slice(&self.block().get().to_be_bytes());
@@ -153,6 +169,15 @@ impl LdpcMessage {
                 out.extend_from_slice(&leaked.to_be_bytes());
             }
             LdpcMessage::DoneAck { leaked, .. } => out.extend_from_slice(&leaked.to_be_bytes()),
+            LdpcMessage::Ask {
+                round, positions, ..
+            } => {
+                out.extend_from_slice(&round.to_be_bytes());
+                out.extend_from_slice(&(positions.len() as u32).to_be_bytes());
+                for v in positions {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
         }
         append_crc32(&mut out);
         out
@@ -218,6 +243,29 @@ impl LdpcMessage {
                 block,
                 leaked: r.u32()?,
             },
+            6 => {
+                let round = r.u16()?;
+                let count = r.u32()? as usize;
+                if count == 0 || count > MAX_ASK {
+                    return Err(WireError::invalid("positions", "1 to 2^16 positions"));
+                }
+                let mut positions = Vec::with_capacity(count.min(body.len() / 4));
+                for _ in 0..count {
+                    let v = r.u32()?;
+                    if positions.last().is_some_and(|&last| v <= last) {
+                        return Err(WireError::invalid(
+                            "positions",
+                            "must be strictly ascending",
+                        ));
+                    }
+                    positions.push(v);
+                }
+                LdpcMessage::Ask {
+                    block,
+                    round,
+                    positions,
+                }
+            }
             other => return Err(Reader::unknown_type(Protocol::Ldpc, other)),
         };
         r.finish()?;
@@ -238,6 +286,24 @@ mod tests {
         .encode();
         assert_eq!(&m[..13], &[0x14, 1, 3, 0, 0, 0, 0, 0, 0, 0, 7, 0, 1]);
         assert_eq!(m.len(), 17);
+    }
+
+    #[test]
+    fn an_ask_must_name_ascending_positions() {
+        let ask = |positions: Vec<u32>| {
+            LdpcMessage::Ask {
+                block: BlockId::new(1),
+                round: 1,
+                positions,
+            }
+            .encode()
+        };
+        assert!(LdpcMessage::decode(&ask(vec![1, 2])).is_ok());
+        for bad in [vec![], vec![2, 2], vec![3, 1]] {
+            assert!(LdpcMessage::decode(&ask(bad)).is_err());
+        }
+        let too_many: Vec<u32> = (0..=MAX_ASK as u32).collect();
+        assert!(LdpcMessage::decode(&ask(too_many)).is_err());
     }
 
     #[test]
@@ -275,6 +341,11 @@ mod tests {
             LdpcMessage::DoneAck {
                 block: BlockId::new(5),
                 leaked: 99,
+            },
+            LdpcMessage::Ask {
+                block: BlockId::new(6),
+                round: 3,
+                positions: vec![0, 17, 1 << 19],
             },
         ];
         for m in messages {

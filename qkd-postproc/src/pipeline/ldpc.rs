@@ -445,7 +445,7 @@ impl Pipeline {
             }
             if let Some(alice) = block.ldpc_alice.get(i) {
                 let step = match alice.config().variant {
-                    Variant::Blind { step, .. } => step,
+                    Variant::Blind { step, .. } | Variant::Guided { step, .. } => step,
                     Variant::RateAdaptive => 0,
                 };
                 let qber = rate_qber(block.estimate.as_ref().map_or(0.0, |e| e.qber));
