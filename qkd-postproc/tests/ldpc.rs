@@ -354,10 +354,15 @@ proptest! {
     }
 
     /// What makes guided requests safe to count as the revealed bits only:
-    /// without punctured positions the decoder's posterior magnitudes (and
-    /// so the positions Bob names) are the same for Alice's key `a` with
-    /// Bob's `a ⊕ e` as for the all-zero key with Bob's `e`: they depend on
-    /// the error pattern alone. Checked bit for bit, on every backend.
+    /// without punctured positions the decoder's posterior magnitudes after
+    /// a failed decoding (and so the positions Bob names) are the same for
+    /// Alice's key `a` with Bob's `a ⊕ e` as for the all-zero key with
+    /// Bob's `e`: they depend on the error pattern alone. Checked bit for
+    /// bit, on every backend. (Whether a decoding stops early can differ:
+    /// a posterior of exactly 0 decides 0 in both problems, which is not
+    /// the same bit. That is the round's success, one bit, which blind
+    /// reconciliation discloses too; a found case is kept in
+    /// `ldpc.proptest-regressions`.)
     #[test]
     fn guided_requests_depend_on_the_errors_alone(seed in any::<u64>(), qber in 0.01f64..0.12, rung in 0u8..10) {
         let mut cache = CodeCache::new();
@@ -378,10 +383,14 @@ proptest! {
                 continue;
             }
             let mut decoder = Decoder::with_backend(Arc::clone(plan.code()), backend);
-            decoder.decode(&plan.bob_llrs(&b, magnitude).unwrap(), &syndrome_a, 7).unwrap();
+            let first = decoder.decode(&plan.bob_llrs(&b, magnitude).unwrap(), &syndrome_a, 7).unwrap();
             let with_key: Vec<u16> = decoder.posteriors().iter().map(|p| p.unsigned_abs()).collect();
-            decoder.decode(&plan.bob_llrs(&e, magnitude).unwrap(), &syndrome_0, 7).unwrap();
+            let second = decoder.decode(&plan.bob_llrs(&e, magnitude).unwrap(), &syndrome_0, 7).unwrap();
             let without: Vec<u16> = decoder.posteriors().iter().map(|p| p.unsigned_abs()).collect();
+            if first.converged || second.converged {
+                // No request follows a converged decoding.
+                continue;
+            }
             prop_assert!(with_key == without, "{:?}", backend);
         }
     }

@@ -142,11 +142,14 @@ pub enum Variant {
     /// at QBER 1 % on 2^17-bit frames f 1.07 against 1.13 (BENCHMARKS.md).
     ///
     /// Plans must have no punctured position ([`choose_guided_plan`]).
-    /// Then the decoder's posterior magnitudes, and so Bob's positions,
-    /// are a function of the error pattern `e = a ⊕ b` alone (syndrome
-    /// decoding is symmetric: decoding `b` against `H·a` runs the same
-    /// magnitudes as decoding `e` against `H·e`, a property test checks
-    /// it bit for bit), which is independent of Alice's key. The leakage
+    /// Then the decoder's posterior magnitudes after a failed decoding,
+    /// and so Bob's positions, are a function of the error pattern
+    /// `e = a ⊕ b` alone (syndrome decoding is symmetric: decoding `b`
+    /// against `H·a` runs the same magnitudes as decoding `e` against
+    /// `H·e`; a property test checks it bit for bit on every backend),
+    /// which is independent of Alice's key. Only whether a round succeeds
+    /// can also depend on Bob's bits (a posterior of exactly 0 decides 0):
+    /// one bit per round, which [`Variant::Blind`] discloses too. The leakage
     /// is therefore counted as for [`Variant::Blind`], `m + revealed`,
     /// the convention of Cascade, whose error-locating replies depend on
     /// the errors in the same way. With punctured positions the
