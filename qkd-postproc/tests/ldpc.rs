@@ -343,7 +343,7 @@ proptest! {
         let bob = noisy(&alice, qber, &mut rng);
         let step = 12;
         let mut decoder = Decoder::new(Arc::clone(plan.code()));
-        let settings = Settings { qber, variant: Variant::Guided { step, max_rounds: 200 }, max_iterations: 50 };
+        let settings = Settings { qber, variant: Variant::Guided { step, max_rounds: 200, resume_iterations: 20 }, max_iterations: 50 };
         let out = reconcile_in_memory(&plan, &mut decoder, &alice, &bob, settings, &mut rng).unwrap();
         if out.converged {
             prop_assert!(out.keys_equal);
@@ -396,6 +396,77 @@ proptest! {
     }
 }
 
+/// `resume` continues a decoding exactly: k iterations then `resume` with
+/// no change for m more give the posteriors of k + m iterations, on every
+/// backend; a reveal moves the posterior by the change of its LLR; and
+/// there is nothing to resume before a decoding or after the rule changed.
+#[test]
+fn resume_continues_a_decoding_exactly() {
+    let mut cache = CodeCache::new();
+    let n = 1 << 13;
+    let rate = MotherRate::from_index(6).unwrap();
+    let plan = FramePlan::for_rung(
+        &mut cache,
+        CodeSpec {
+            rate,
+            n,
+            seed: SHIPPED_SEED,
+        },
+        0,
+        0,
+    )
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let qber = 0.045;
+    let a = BitVec::random(plan.key_len(), &mut rng);
+    let b = noisy(&a, qber, &mut rng);
+    let syndrome = plan
+        .syndrome(&plan.alice_frame(&a, &mut rng).unwrap())
+        .unwrap();
+    let llrs = plan.bob_llrs(&b, channel_magnitude(qber)).unwrap();
+    for backend in [
+        Backend::Portable,
+        Backend::Avx2,
+        Backend::Avx512,
+        Backend::Neon,
+    ] {
+        if !backend.is_available() {
+            continue;
+        }
+        for rule in [CheckRule::SumProduct, CheckRule::MinSum] {
+            let mut decoder = Decoder::with_backend(Arc::clone(plan.code()), backend);
+            decoder.set_rule(rule);
+            assert!(decoder.resume(&[], 1).is_err());
+            let whole = decoder.decode(&llrs, &syndrome, 9).unwrap();
+            assert!(
+                !whole.converged,
+                "{backend:?} {rule:?}: pick a harder frame"
+            );
+            let want = decoder.posteriors().to_vec();
+            decoder.decode(&llrs, &syndrome, 4).unwrap();
+            let more = decoder.resume(&[], 5).unwrap();
+            assert_eq!(more.iterations, 5);
+            assert!(
+                decoder.posteriors() == want.as_slice(),
+                "{backend:?} {rule:?}"
+            );
+            // A reveal: the posterior moves by KNOWN − (old LLR).
+            let v = 17;
+            let before = decoder.posteriors()[v];
+            let bit = if a.get(v) { -127 } else { 127 };
+            decoder.resume(&[(v, llrs[v], bit)], 0).unwrap();
+            let start = i32::from(bit.signum()) * 16_384;
+            assert_eq!(
+                i32::from(decoder.posteriors()[v]),
+                (i32::from(before) - i32::from(llrs[v]) + start).clamp(-32767, 32767)
+            );
+            assert!(decoder.resume(&[(n, 0, 127)], 1).is_err());
+            decoder.set_rule(rule);
+            assert!(decoder.resume(&[], 1).is_err());
+        }
+    }
+}
+
 #[test]
 fn guided_plans_are_unpunctured_and_blind_plans_never_take_the_guided_rung() {
     let mut cache = CodeCache::new();
@@ -443,6 +514,7 @@ fn guided_plans_are_unpunctured_and_blind_plans_never_take_the_guided_rung() {
         variant: Variant::Guided {
             step: 10,
             max_rounds: 10,
+            resume_iterations: 20,
         },
         max_iterations: 10,
     };

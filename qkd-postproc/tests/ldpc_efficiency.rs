@@ -8,7 +8,7 @@
 use qkd_core::{BitVec, h2};
 use qkd_postproc::ldpc::{
     CodeCache, CodeSpec, Decoder, FramePlan, MotherRate, RateChoice, SHIPPED_SEED, Settings,
-    Variant, choose_plan, reconcile_in_memory,
+    Variant, choose_guided_plan, choose_plan, reconcile_in_memory,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -184,7 +184,10 @@ fn fer_bound_is_the_clopper_pearson_one() {
 /// Blind reconciliation: mean f and fer per QBER (`LDPC_QBERS=0.01,0.02`
 /// for a few; `LDPC_RUNG=i` forces ladder rung `i` instead of
 /// `choose_plan`'s choice; `LDPC_MODULATED` the punctured and shortened
-/// share of a frame, default 0.1; `LDPC_SEED` the frames' random stream).
+/// share of a frame, default 0.1; `LDPC_SEED` the frames' random stream;
+/// `LDPC_STEP` the bits revealed per round as a share of `key·h2(q)`,
+/// default 0.01). `LDPC_VARIANT=guided` runs guided reconciliation on
+/// `choose_guided_plan`'s plans instead (started at `LDPC_F`).
 /// With many frames (`LDPC_TRIALS=1000`) it is the frame-error-rate
 /// evidence: `failed` frames were not reconciled within `LDPC_ROUNDS`
 /// rounds, `wrong` of them converged to another word, `fer_95` is the 95 %
@@ -205,10 +208,11 @@ fn blind_table() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.02);
     let modulated = env("LDPC_MODULATED", 0.1);
+    let guided = std::env::var("LDPC_VARIANT").is_ok_and(|v| v == "guided");
     let mut cache = CodeCache::new();
     let mut rng = ChaCha8Rng::seed_from_u64(env("LDPC_SEED", 9.0) as u64);
     println!(
-        "qber,n,key_len,rate,f_mean,fer,rounds_mean,frames,failed,wrong,fer_95,f_stddev,f_max"
+        "qber,n,key_len,rate,f_mean,fer,rounds_mean,frames,failed,wrong,fer_95,f_stddev,f_max,iterations_mean"
     );
     let qbers: Vec<f64> = std::env::var("LDPC_QBERS")
         .unwrap_or_else(|_| "0.01,0.02,0.03,0.04,0.05,0.06,0.07,0.08,0.09,0.10".into())
@@ -233,6 +237,17 @@ fn blind_table() {
                 let p = p.min(cache.get(spec).unwrap().untainted());
                 FramePlan::for_rung(&mut cache, spec, p, d - p).unwrap()
             }
+            None if guided => choose_guided_plan(
+                &mut cache,
+                n,
+                SHIPPED_SEED,
+                q,
+                RateChoice {
+                    modulated,
+                    target_efficiency: f_start,
+                },
+            )
+            .unwrap(),
             None => choose_plan(
                 &mut cache,
                 n,
@@ -247,9 +262,10 @@ fn blind_table() {
         };
         let mut decoder = Decoder::new(plan.code().clone());
         scaling_from_env(&mut decoder);
-        let step = (plan.key_len() as f64 * h2(q) * 0.01).ceil() as usize;
+        let step = (plan.key_len() as f64 * h2(q) * env("LDPC_STEP", 0.01)).ceil() as usize;
         let (mut fsum, mut ok, mut fails, mut rounds) = (0.0, 0, 0, 0);
         let (mut wrong, mut fsquares, mut fmax) = (0, 0.0, 0.0f64);
+        let mut iterations = 0u64;
         for _ in 0..trials {
             let a = BitVec::random(plan.key_len(), &mut rng);
             let b = noisy(&a, q, &mut rng);
@@ -261,9 +277,17 @@ fn blind_table() {
                 &b,
                 Settings {
                     qber: q,
-                    variant: Variant::Blind {
-                        step,
-                        max_rounds: env("LDPC_ROUNDS", 40.0) as u32,
+                    variant: if guided {
+                        Variant::Guided {
+                            step,
+                            max_rounds: env("LDPC_ROUNDS", 40.0) as u32,
+                            resume_iterations: env("LDPC_RESUME", 20.0) as u32,
+                        }
+                    } else {
+                        Variant::Blind {
+                            step,
+                            max_rounds: env("LDPC_ROUNDS", 40.0) as u32,
+                        }
                     },
                     max_iterations: env("LDPC_ITER", 60.0) as u32,
                 },
@@ -271,6 +295,7 @@ fn blind_table() {
             )
             .unwrap();
             rounds += out.rounds;
+            iterations += u64::from(out.iterations);
             if out.keys_equal {
                 ok += 1;
                 let f = out.leaked_bits as f64 / (plan.key_len() as f64 * h2(real_q));
@@ -287,13 +312,14 @@ fn blind_table() {
         let mean = fsum / ok.max(1) as f64;
         let variance = (fsquares / ok.max(1) as f64 - mean * mean).max(0.0);
         println!(
-            "{q},{n},{},{:.3},{mean:.4},{:.4},{:.2},{trials},{fails},{wrong},{:.2e},{:.4},{fmax:.4}",
+            "{q},{n},{},{:.3},{mean:.4},{:.4},{:.2},{trials},{fails},{wrong},{:.2e},{:.4},{fmax:.4},{:.1}",
             plan.key_len(),
             plan.code().rate(),
             fails as f64 / trials as f64,
             rounds as f64 / trials as f64,
             fer_upper_95(fails, trials),
             variance.sqrt(),
+            iterations as f64 / trials as f64,
         );
     }
 }

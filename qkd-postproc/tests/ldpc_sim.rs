@@ -59,6 +59,7 @@ fn guided() -> LdpcConfig {
         variant: Variant::Guided {
             step: 20,
             max_rounds: 100,
+            resume_iterations: 20,
         },
         ..blind()
     }

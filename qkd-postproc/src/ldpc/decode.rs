@@ -242,6 +242,9 @@ pub struct Decoder {
     columns: Columns,
     /// The rows as the in-place kernels take them (checked once).
     rows: Option<simd::CheckedRows>,
+    /// Whether the posteriors and messages are those of a decoding that
+    /// [`Decoder::resume`] may continue.
+    resumable: bool,
 }
 
 /// The in-place kernel a decoder runs (see `Decoder::columns`).
@@ -265,6 +268,29 @@ impl core::fmt::Debug for Decoder {
             .field("message_max", &self.message_max)
             .field("columns", &self.columns)
             .finish_non_exhaustive()
+    }
+}
+
+/// LLR changes for [`Decoder::resume`], `(position, old, new)`: Bob's
+/// bits and Alice's revealed ones, so wiped when cleared or dropped.
+#[derive(Default)]
+pub(crate) struct LlrChanges(pub(crate) Vec<(usize, i8, i8)>);
+
+impl LlrChanges {
+    /// Wipes the LLRs and empties the list.
+    pub(crate) fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        for (_, old, new) in &mut self.0 {
+            old.zeroize();
+            new.zeroize();
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for LlrChanges {
+    fn drop(&mut self) {
+        self.wipe();
     }
 }
 
@@ -328,6 +354,7 @@ impl Decoder {
             rows,
             code,
             backend,
+            resumable: false,
         }
     }
 
@@ -358,12 +385,14 @@ impl Decoder {
             shift2,
             offset,
         };
+        self.resumable = false;
         Ok(())
     }
 
     /// Sets the check rule (default [`CheckRule::SumProduct`]).
     pub fn set_rule(&mut self, rule: CheckRule) {
         self.rule = rule;
+        self.resumable = false;
     }
 
     /// Sets the largest magnitude of a sum-product check message, 1 to
@@ -379,6 +408,7 @@ impl Decoder {
             });
         }
         self.message_max = max;
+        self.resumable = false;
         Ok(())
     }
 
@@ -431,6 +461,70 @@ impl Decoder {
             self.messages.fill(0);
         }
         simd::sign_bytes(syndrome.words(), &mut self.syndrome_signs);
+        self.resumable = true;
+        self.iterate(max_iterations, true)
+    }
+
+    /// Continues the last decoding (same syndrome, messages kept) after
+    /// the channel LLRs at some positions changed: each `(v, old, new)`
+    /// moves posterior `v` by `new − old` (an LLR of ±[`LLR_MAX`] counts
+    /// as ±[`KNOWN`], as [`Self::decode`] starts it). Guided
+    /// reconciliation resumes after each reveal instead of starting over:
+    /// the decoder is already near the answer (BENCHMARKS.md).
+    ///
+    /// # Errors
+    /// [`super::LdpcError::Length`] for a position beyond the frame, and
+    /// [`super::LdpcError::Config`] when there is no decoding to continue
+    /// (none yet, or the rule or scaling changed since).
+    pub fn resume(
+        &mut self,
+        changes: &[(usize, i8, i8)],
+        max_iterations: u32,
+    ) -> Result<DecodeOutcome, super::LdpcError> {
+        if !self.resumable {
+            return Err(super::LdpcError::Config {
+                field: "ldpc.decoder",
+                reason: "resume needs a decoding to continue",
+            });
+        }
+        let n = self.code.n();
+        if changes.iter().any(|&(v, _, _)| v >= n) {
+            return Err(super::LdpcError::Length);
+        }
+        let start = |c: i8| -> i32 {
+            if c == LLR_MAX {
+                i32::from(KNOWN)
+            } else if c <= -LLR_MAX {
+                -i32::from(KNOWN)
+            } else {
+                i32::from(c)
+            }
+        };
+        for &(v, old, new) in changes {
+            let p = &mut self.posterior[simd::COLUMN_MARGIN + v];
+            let moved = i32::from(*p) - start(old) + start(new);
+            *p = moved.clamp(
+                -i32::from(simd::POSTERIOR_MAX),
+                i32::from(simd::POSTERIOR_MAX),
+            ) as i16;
+        }
+        self.iterate(max_iterations, false)
+    }
+
+    /// Runs up to `max_iterations` iterations on the current posteriors
+    /// and messages; `fresh`: the messages are all zero (a new decoding).
+    fn iterate(
+        &mut self,
+        max_iterations: u32,
+        fresh: bool,
+    ) -> Result<DecodeOutcome, super::LdpcError> {
+        let code = Arc::clone(&self.code);
+        let columns = simd::COLUMN_MARGIN..simd::COLUMN_MARGIN + code.n();
+        let in_place = if self.rule == CheckRule::SumProduct {
+            self.columns
+        } else {
+            Columns::No
+        };
         let z = code.lifting();
         if self.syndrome_matches() {
             return Ok(DecodeOutcome {
@@ -458,7 +552,7 @@ impl Decoder {
                     &mut self.messages[m0..m0 + code.edges()],
                     &self.syndrome_signs,
                     self.message_max,
-                    it == 1,
+                    fresh && it == 1,
                     &mut self.scratch,
                 );
                 if self.syndrome_matches() {

@@ -42,7 +42,7 @@ use qkd_core::{BitVec, BlockId};
 use rand_core::Rng;
 use zeroize::Zeroize;
 
-use super::decode::{Decoder, LLR_MAX, channel_magnitude};
+use super::decode::{Decoder, LLR_MAX, LlrChanges, channel_magnitude};
 use super::rate::FramePlan;
 use super::wire::{LdpcMessage, PlanId};
 use super::{MotherRate, Variant};
@@ -83,8 +83,20 @@ impl LdpcConfig {
         if !(1..=1000).contains(&self.max_iterations) {
             return Err(ConfigError::new("ldpc.max_iterations", "must be 1 to 1000"));
         }
-        if let Variant::Blind { step, max_rounds } | Variant::Guided { step, max_rounds } =
-            self.variant
+        if let Variant::Guided {
+            resume_iterations, ..
+        } = self.variant
+            && !(1..=1000).contains(&resume_iterations)
+        {
+            return Err(ConfigError::new(
+                "ldpc.variant.resume_iterations",
+                "must be 1 to 1000",
+            ));
+        }
+        if let Variant::Blind { step, max_rounds }
+        | Variant::Guided {
+            step, max_rounds, ..
+        } = self.variant
         {
             let most = if matches!(self.variant, Variant::Guided { .. }) {
                 super::wire::MAX_ASK
@@ -116,9 +128,10 @@ impl LdpcConfig {
     fn limits(&self) -> (usize, u16) {
         match self.variant {
             Variant::RateAdaptive => (0, 1),
-            Variant::Blind { step, max_rounds } | Variant::Guided { step, max_rounds } => {
-                (step, max_rounds.min(u32::from(u16::MAX)) as u16)
-            }
+            Variant::Blind { step, max_rounds }
+            | Variant::Guided {
+                step, max_rounds, ..
+            } => (step, max_rounds.min(u32::from(u16::MAX)) as u16),
         }
     }
 
@@ -538,6 +551,9 @@ pub struct LdpcBob {
     known: BitVec,
     /// Guided: the positions of the outstanding `Ask`.
     asked: Vec<u32>,
+    /// Guided: the LLRs a reveal changed, (position, old, new), for the
+    /// decoder to resume with (key-derived: wiped on drop).
+    changes: LlrChanges,
     last_sent: Option<Vec<u8>>,
     send_now: bool,
     done: Option<(bool, Vec<u8>)>,
@@ -589,6 +605,7 @@ impl LdpcBob {
             revealed: 0,
             known,
             asked: Vec::new(),
+            changes: LlrChanges::default(),
             last_sent: None,
             send_now: false,
             done: None,
@@ -644,10 +661,18 @@ impl LdpcBob {
             return;
         };
         self.round += 1;
-        let converged = self
-            .decoder
-            .decode(&self.llrs, syndrome, self.config.max_iterations)
-            .is_ok_and(|o| o.converged);
+        let outcome = match self.config.variant {
+            Variant::Guided {
+                resume_iterations, ..
+            } if self.round > 1 => {
+                let changes = core::mem::take(&mut self.changes);
+                self.decoder.resume(&changes.0, resume_iterations)
+            }
+            _ => self
+                .decoder
+                .decode(&self.llrs, syndrome, self.config.max_iterations),
+        };
+        let converged = outcome.is_ok_and(|o| o.converged);
         let (step, max_rounds) = self.config.limits();
         let more = self.plan.max_reveal() > self.revealed && self.round < max_rounds;
         if !converged && more && self.config.guided() {
@@ -767,8 +792,10 @@ impl Machine for LdpcBob {
                 if self.config.guided() {
                     for (i, &v) in self.asked.iter().enumerate() {
                         let v = v as usize;
+                        let bit = if revealed.get(i) { -LLR_MAX } else { LLR_MAX };
                         self.known.set(v, true);
-                        self.llrs[v] = if revealed.get(i) { -LLR_MAX } else { LLR_MAX };
+                        self.changes.0.push((v, self.llrs[v], bit));
+                        self.llrs[v] = bit;
                     }
                     self.asked.clear();
                 } else {

@@ -156,11 +156,19 @@ pub enum Variant {
     /// magnitudes would depend on Alice's punctured bits too, and the
     /// `− p` of the leakage would no longer hold; the machines refuse
     /// such plans.
+    ///
+    /// After a reveal Bob's decoder resumes where it stopped
+    /// ([`Decoder::resume`]) for at most `resume_iterations` iterations
+    /// rather than starting over: at QBER 1, 2 and 6 % (30 frames of 2^17
+    /// bits) 20 iterations cost 2.5–4 times fewer iterations per frame
+    /// than 60 from the start, for f +0.001 to +0.005.
     Guided {
         /// Positions requested (and bits revealed) per extra round.
         step: usize,
         /// Decoding rounds at most (the first included).
         max_rounds: u32,
+        /// Decoder iterations of each round after the first, 1 to 1000.
+        resume_iterations: u32,
     },
 }
 
@@ -224,20 +232,33 @@ pub fn reconcile_in_memory<R: Rng + ?Sized>(
     }
     let frame = plan.alice_frame(alice_key, rng)?;
     let syndrome = plan.syndrome(&frame)?;
-    let mut llrs = plan.bob_llrs(bob_key, channel_magnitude(qber))?;
+    // Bob's LLRs are his key: wiped when the frame is done.
+    let mut llrs = zeroize::Zeroizing::new(plan.bob_llrs(bob_key, channel_magnitude(qber))?);
     let (step, max_rounds) = match variant {
         Variant::RateAdaptive => (0, 1),
-        Variant::Blind { step, max_rounds } | Variant::Guided { step, max_rounds } => {
-            (step.max(1), max_rounds.max(1))
-        }
+        Variant::Blind { step, max_rounds }
+        | Variant::Guided {
+            step, max_rounds, ..
+        } => (step.max(1), max_rounds.max(1)),
+    };
+    let resume_iterations = match variant {
+        Variant::Guided {
+            resume_iterations, ..
+        } => Some(resume_iterations.max(1)),
+        _ => None,
     };
     let mut known = BitVec::zeros(if guided { plan.code().n() } else { 0 });
+    let mut changes = decode::LlrChanges::default();
     let mut revealed = 0;
     let mut rounds = 0;
     let mut iterations = 0;
     loop {
         rounds += 1;
-        let out = decoder.decode(&llrs, &syndrome, max_iterations)?;
+        let out = match resume_iterations {
+            Some(more) if rounds > 1 => decoder.resume(&changes.0, more)?,
+            _ => decoder.decode(&llrs, &syndrome, max_iterations)?,
+        };
+        changes.wipe();
         iterations += out.iterations;
         let more = !out.converged && rounds < max_rounds && revealed < plan.max_reveal();
         let count = if more {
@@ -265,14 +286,16 @@ pub fn reconcile_in_memory<R: Rng + ?Sized>(
             });
         }
         for &v in &positions {
-            if guided {
-                known.set(v, true);
-            }
-            llrs[v] = if frame.get(v) {
+            let bit = if frame.get(v) {
                 -decode::LLR_MAX
             } else {
                 decode::LLR_MAX
             };
+            if guided {
+                known.set(v, true);
+                changes.0.push((v, llrs[v], bit));
+            }
+            llrs[v] = bit;
         }
         revealed += positions.len();
     }
