@@ -95,6 +95,47 @@ fn committed_ldpc_examples_load_and_agree() {
     assert_ne!(t.digest(), other.digest());
 }
 
+const GUIDED_TOML: &str = include_str!("../pipelines/ldpc-guided.toml");
+
+/// The guided example loads, differs from the blind one (digest), and its
+/// own parameters are refused out of range with their line and field.
+#[test]
+fn guided_example_loads_and_its_parameters_are_checked() {
+    let g = PipelineDefinition::from_toml(GUIDED_TOML).unwrap();
+    let t = PipelineDefinition::from_toml(LDPC_TOML).unwrap();
+    assert_eq!(g.stage_names(), t.stage_names());
+    assert_ne!(g.digest(), t.digest());
+    let line = GUIDED_TOML
+        .lines()
+        .position(|l| l.contains("variant = \"guided\""))
+        .unwrap()
+        + 1;
+    let cases = [
+        ("guided_step = 0.005", "guided_step = 0", "guided_step"),
+        ("guided_step = 0.005", "guided_step = 0.2", "guided_step"),
+        (
+            "resume_iterations = 20",
+            "resume_iterations = 0",
+            "resume_iterations",
+        ),
+        (
+            "resume_iterations = 20",
+            "resume_iterations = 1001",
+            "resume_iterations",
+        ),
+        ("variant = \"guided\"", "variant = \"guide\"", "variant"),
+    ];
+    for (from, to, field) in cases {
+        let bad = GUIDED_TOML.replace(from, to);
+        let e = PipelineDefinition::from_toml(&bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("line {line}: `stage[2].params.{field}`")),
+            "{to}: {e}"
+        );
+    }
+}
+
 #[test]
 fn ldpc_errors_name_the_line_and_the_field() {
     let cases = [

@@ -17,11 +17,18 @@ use qkd_postproc::pipeline::{
 };
 
 const LDPC_TOML: &str = include_str!("../pipelines/ldpc.toml");
+const GUIDED_TOML: &str = include_str!("../pipelines/ldpc-guided.toml");
 
 /// The committed `ldpc.toml`, with shorter frames so the blocks of the
 /// tests (about 10^5 key bits) fill several frames of several lengths.
 fn definition(frame_bits: u64) -> PipelineDefinition {
-    let text = LDPC_TOML.replace("frame_bits = 131072", &format!("frame_bits = {frame_bits}"));
+    definition_from(LDPC_TOML, frame_bits)
+}
+
+/// A committed definition (`ldpc.toml`, `ldpc-guided.toml`) with frames of
+/// `frame_bits`.
+fn definition_from(text: &str, frame_bits: u64) -> PipelineDefinition {
+    let text = text.replace("frame_bits = 131072", &format!("frame_bits = {frame_bits}"));
     PipelineDefinition::from_toml(&text).unwrap()
 }
 
@@ -191,13 +198,26 @@ fn statistic(p: &Pipeline, name: &str) -> u64 {
 /// with LDPC in its place).
 #[test]
 fn ldpc_keys_identical_lengths_from_the_formula_and_stats_add_up() {
+    keys_lengths_and_stats(LDPC_TOML);
+}
+
+/// The same with guided frames (`ldpc-guided.toml`): Bob's requests are
+/// answered through the stream, and every frame needed some (they start at
+/// f = 1).
+#[test]
+fn guided_keys_identical_lengths_from_the_formula_and_stats_add_up() {
+    keys_lengths_and_stats(GUIDED_TOML);
+}
+
+fn keys_lengths_and_stats(text: &str) {
+    let guided = text.contains("\"guided\"");
     for qber in [0.02, 0.05] {
         // 2^15-bit frames: with the shipped layout (modulated 0.1, first
         // syndrome at 1.08) about 1 in 100 frames of 2^14 bits does not
         // decode at QBER 2 % whatever is revealed (`blind_table`, LDPC_N
         // 16384, 100 frames; 1 in 100 at 5 % with modulated 0.25), and
         // this test's seed meets one.
-        let def = definition(1 << 15);
+        let def = definition_from(text, 1 << 15);
         let (alice, bob) = pair(&def);
         let (mut dev_a, mut dev_b) = devices(qber, 3, 1 << 19);
         let mut net = Network::new(
@@ -244,6 +264,11 @@ fn ldpc_keys_identical_lengths_from_the_formula_and_stats_add_up() {
             assert!(r.leftover_bits < 4096, "{r:?}");
             assert!(r.chunks >= 2, "{r:?}");
             assert!(r.ldpc_rounds >= u64::from(r.chunks));
+            if guided {
+                // Started at f = 1: every frame asked for bits.
+                assert!(r.ldpc_rounds >= 2 * u64::from(r.chunks), "{r:?}");
+                assert!(r.revealed_bits > 0, "{r:?}");
+            }
             // Both sides counted the same leakage and rounds.
             assert_eq!(
                 (r.parity_bits, r.ldpc_rounds, r.revealed_bits),
@@ -314,8 +339,13 @@ fn ldpc_decoding_on_workers_gives_the_same_keys() {
 
 #[test]
 fn ldpc_on_a_hostile_link_never_gives_a_wrong_key() {
-    for (mode, seed) in [(AuthMode::Transcript, 1), (AuthMode::PerMessage, 2)] {
-        let mut def = definition(1 << 13);
+    let runs = [
+        (LDPC_TOML, AuthMode::Transcript, 1),
+        (LDPC_TOML, AuthMode::PerMessage, 2),
+        (GUIDED_TOML, AuthMode::Transcript, 3),
+    ];
+    for (text, mode, seed) in runs {
+        let mut def = definition_from(text, 1 << 13);
         def.authentication = mode;
         let (alice, bob) = pair(&def);
         let (mut dev_a, mut dev_b) = devices(0.03, 3, 1 << 17);

@@ -90,8 +90,10 @@ pub use decode::{Backend, CheckRule, DecodeOutcome, Decoder, channel_magnitude};
 pub use machine::{
     LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent, LdpcInputError, LdpcStats,
 };
-pub use rate::{FramePlan, RUNG_EFFICIENCY, RateChoice, choose_guided_plan, choose_plan};
-pub use wire::{LdpcMessage, PlanId};
+pub use rate::{
+    FramePlan, RUNG_EFFICIENCY, RateChoice, choose_guided_plan, choose_plan, guided_plan_for_key,
+};
+pub use wire::{LdpcMessage, MAX_ASK, PlanId};
 
 use qkd_core::BitVec;
 use rand_core::Rng;

@@ -496,6 +496,38 @@ pub fn choose_guided_plan(
     })
 }
 
+/// A guided plan ([`choose_guided_plan`]'s kind: no punctured position)
+/// holding exactly `key_len` key bits in a frame of `n`: the highest-rate
+/// rung whose syndrome reaches `target_efficiency · h2(qber)` per key bit,
+/// shortened to `n − key_len` (for the last, partial frame of a block; it
+/// starts up to a rung's step above the target).
+///
+/// # Errors
+/// [`LdpcError::Config`] as [`choose_plan`], or when no rung fits
+/// `key_len` key bits in `n` at that start.
+pub fn guided_plan_for_key(
+    cache: &mut CodeCache,
+    n: usize,
+    seed: u64,
+    qber: f64,
+    choice: RateChoice,
+    key_len: usize,
+) -> Result<FramePlan, LdpcError> {
+    check_choice(qber, choice)?;
+    let need = choice.target_efficiency * h2(qber) * key_len as f64;
+    let fits = |rate: MotherRate| {
+        let m = ((1.0 - rate.rate()) * n as f64).round();
+        n >= rate.shortest_frame() && m >= need && (m as usize) < key_len && key_len <= n
+    };
+    let Some(rate) = MotherRate::ladder().rev().find(|&r| fits(r)) else {
+        return Err(LdpcError::Config {
+            field: "ldpc.qber",
+            reason: "no mother code fits this key length at this QBER",
+        });
+    };
+    FramePlan::for_rung(cache, CodeSpec { rate, n, seed }, 0, n - key_len)
+}
+
 /// The ranges [`choose_plan`] and [`choose_guided_plan`] accept.
 fn check_choice(qber: f64, choice: RateChoice) -> Result<(), LdpcError> {
     if !(qber > 0.0 && qber < 0.5) {

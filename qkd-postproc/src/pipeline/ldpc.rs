@@ -26,8 +26,18 @@
 //! frame is not a proof of equal keys: the confirmation stage checks the
 //! whole block.
 //!
+//! With `variant = "guided"` ([`Variant::Guided`], `pipelines/ldpc-guided.toml`)
+//! every frame is planned without punctured positions
+//! ([`choose_guided_plan`]; a block's partial last frame by
+//! [`guided_plan_for_key`]), starts at `efficiency` (the learner below is
+//! not used) and, after a failed decoding, Bob asks for
+//! `guided_step · key · h2(QBER)` of his least reliable key positions, up to
+//! `max_blind_rounds` rounds, his decoder resuming for `resume_iterations`
+//! iterations after each answer.
+//!
 //! Decoding runs inline, in Bob's `handle_input` (one decoding per frame
-//! and round); it is not handed to worker threads.
+//! and round), or in work items with
+//! [`Pipeline::set_external_correction`](super::Pipeline::set_external_correction).
 //!
 //! With `adaptive_start` (the default) Alice aims each block's first
 //! syndromes not at `efficiency` but at the 10th percentile of the
@@ -44,11 +54,12 @@ use std::time::Instant;
 use qkd_core::machine::Machine;
 use qkd_core::{BitVec, Role};
 
-use super::wire::{self, LdpcFrame, StageParameters};
+use super::wire::{self, LdpcFrame, LdpcMode, StageParameters};
 use super::{Block, DropReason, Pipeline, StageKind};
 use crate::ldpc::{
-    CodeCache, CodeSpec, FramePlan, LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcEvent,
-    MotherRate, RateChoice, SHIPPED_SEED, Variant, choose_plan,
+    CodeCache, CodeSpec, FramePlan, LdpcAbort, LdpcAlice, LdpcBob, LdpcConfig, LdpcError,
+    LdpcEvent, MAX_ASK, MotherRate, RateChoice, SHIPPED_SEED, Variant, choose_guided_plan,
+    choose_plan, guided_plan_for_key,
 };
 
 /// Codes kept at most; the cache starts over beyond (a peer naming many
@@ -140,6 +151,17 @@ fn step_bits(share: f64, n: usize) -> usize {
     ((share * n as f64).round() as usize).clamp(MIN_STEP_BITS.min(n), n)
 }
 
+/// Bits asked for per guided round for a frame of `key_bits` key bits
+/// planned for `qber`: `share · key_bits · h2(qber)`, 1 to 2^16.
+fn guided_step_bits(share: f64, key_bits: usize, qber: f64) -> usize {
+    let bits = (share * key_bits as f64 * qkd_core::h2(qber)).ceil();
+    if bits.is_finite() {
+        (bits as usize).clamp(1, MAX_ASK)
+    } else {
+        1
+    }
+}
+
 impl Pipeline {
     fn code_cache(&mut self) -> &mut CodeCache {
         if self.codes.len() >= MAX_CODES {
@@ -150,23 +172,44 @@ impl Pipeline {
 
     fn ldpc_config(
         &self,
-        blind: bool,
+        mode: LdpcMode,
         step: usize,
         max_rounds: u16,
         iterations: u16,
     ) -> LdpcConfig {
         LdpcConfig {
-            variant: if blind {
-                Variant::Blind {
+            variant: match mode {
+                LdpcMode::RateAdaptive => Variant::RateAdaptive,
+                LdpcMode::Blind => Variant::Blind {
                     step,
                     max_rounds: u32::from(max_rounds),
-                }
-            } else {
-                Variant::RateAdaptive
+                },
+                LdpcMode::Guided { resume_iterations } => Variant::Guided {
+                    step,
+                    max_rounds: u32::from(max_rounds),
+                    resume_iterations: u32::from(resume_iterations),
+                },
             },
             max_iterations: u32::from(iterations),
             retransmit_after: self.definition.retransmit_after,
             max_retransmissions: self.definition.max_retransmissions,
+        }
+    }
+
+    /// A frame's plan: [`choose_guided_plan`]'s for guided frames,
+    /// [`choose_plan`]'s otherwise.
+    fn choose_frame_plan(
+        &mut self,
+        guided: bool,
+        n: usize,
+        qber: f64,
+        choice: RateChoice,
+    ) -> Result<FramePlan, LdpcError> {
+        let cache = self.code_cache();
+        if guided {
+            choose_guided_plan(cache, n, SHIPPED_SEED, qber, choice)
+        } else {
+            choose_plan(cache, n, SHIPPED_SEED, qber, choice)
         }
     }
 
@@ -180,8 +223,10 @@ impl Pipeline {
         choice: RateChoice,
     ) -> Result<Vec<FramePlan>, DropReason> {
         let correction = |e: crate::ldpc::LdpcError| DropReason::Correction(e.to_string());
-        // The start of frames of `n` bits (see `StartLearner`).
-        let adaptive = s.adaptive_start;
+        // The start of frames of `n` bits (see `StartLearner`; guided
+        // frames start at `efficiency`, their requests do the rest).
+        let guided = s.ldpc_variant == super::stages::LdpcVariant::Guided;
+        let adaptive = s.adaptive_start && !guided;
         let learned = &self.ldpc_start;
         let starts: BTreeMap<usize, f64> = (10..=20)
             .map(|b| 1usize << b)
@@ -207,7 +252,8 @@ impl Pipeline {
         if top < bottom {
             return Ok(plans);
         }
-        let whole = choose_plan(self.code_cache(), top, SHIPPED_SEED, qber, aim(top, choice))
+        let whole = self
+            .choose_frame_plan(guided, top, qber, aim(top, choice))
             .map_err(correction)?;
         while rest >= whole.key_len() {
             plans.push(whole.clone());
@@ -229,8 +275,19 @@ impl Pipeline {
                     modulated: share.max(choice.modulated),
                     ..choice
                 };
-                if let Ok(plan) =
+                let fitted = if guided {
+                    guided_plan_for_key(
+                        self.code_cache(),
+                        n,
+                        SHIPPED_SEED,
+                        qber,
+                        aim(n, exact),
+                        rest,
+                    )
+                } else {
                     choose_plan(self.code_cache(), n, SHIPPED_SEED, qber, aim(n, exact))
+                };
+                if let Ok(plan) = fitted
                     && plan.key_len() == rest
                 {
                     plans.push(plan);
@@ -240,14 +297,9 @@ impl Pipeline {
             if n / 2 < bottom {
                 break;
             }
-            let plan = choose_plan(
-                self.code_cache(),
-                n / 2,
-                SHIPPED_SEED,
-                qber,
-                aim(n / 2, choice),
-            )
-            .map_err(correction)?;
+            let plan = self
+                .choose_frame_plan(guided, n / 2, qber, aim(n / 2, choice))
+                .map_err(correction)?;
             if plan.key_len() > rest {
                 break;
             }
@@ -271,11 +323,17 @@ impl Pipeline {
         if plans.is_empty() {
             return Err(DropReason::TooSmall);
         }
-        let blind = s.ldpc_variant == super::stages::LdpcVariant::Blind;
-        let max_rounds = if blind {
-            s.max_blind_rounds.min(u32::from(u16::MAX)) as u16
-        } else {
+        let mode = match s.ldpc_variant {
+            super::stages::LdpcVariant::RateAdaptive => LdpcMode::RateAdaptive,
+            super::stages::LdpcVariant::Blind => LdpcMode::Blind,
+            super::stages::LdpcVariant::Guided => LdpcMode::Guided {
+                resume_iterations: s.resume_iterations.clamp(1, 1000) as u16,
+            },
+        };
+        let max_rounds = if mode == LdpcMode::RateAdaptive {
             1
+        } else {
+            s.max_blind_rounds.min(u32::from(u16::MAX)) as u16
         };
         let iterations = s.max_iterations.min(1000) as u16;
         let frames: Vec<LdpcFrame> = plans
@@ -285,17 +343,19 @@ impl Pipeline {
                 n: p.code().n() as u32,
                 punctured: p.punctured() as u32,
                 shortened: p.shortened() as u32,
-                step: if blind {
-                    step_bits(s.blind_step, p.code().n()) as u32
-                } else {
-                    0
+                step: match mode {
+                    LdpcMode::RateAdaptive => 0,
+                    LdpcMode::Blind => step_bits(s.blind_step, p.code().n()) as u32,
+                    LdpcMode::Guided { .. } => {
+                        guided_step_bits(s.guided_step, p.key_len(), qber) as u32
+                    }
                 },
             })
             .collect();
         self.push_message(
             block,
             StageParameters::Ldpc {
-                blind,
+                mode,
                 max_rounds,
                 max_iterations: iterations,
                 frames: frames.clone(),
@@ -308,7 +368,7 @@ impl Pipeline {
             let k = plan.key_len();
             let part = key.slice(at..at + k).to_bitvec();
             at += k;
-            let config = self.ldpc_config(blind, frame.step as usize, max_rounds, iterations);
+            let config = self.ldpc_config(mode, frame.step as usize, max_rounds, iterations);
             let alice = LdpcAlice::new(block.id, plan, part, config, &mut block.rng)
                 .map_err(|e| DropReason::Protocol(e.to_string()))?;
             block.ldpc_alice.push(alice);
@@ -326,10 +386,10 @@ impl Pipeline {
         &mut self,
         now: Instant,
         block: &mut Block,
-        parameters: (bool, u16, u16),
+        parameters: (LdpcMode, u16, u16),
         frames: &[LdpcFrame],
     ) -> Result<(), DropReason> {
-        let (blind, max_rounds, iterations) = parameters;
+        let (mode, max_rounds, iterations) = parameters;
         let bad = |what: &str| DropReason::Protocol(what.to_owned());
         if !block.ldpc_bob.is_empty() {
             return Err(bad("correction parameters twice"));
@@ -344,12 +404,15 @@ impl Pipeline {
         }
         {
             let settings = &mut self.stage_mut(StageKind::Ldpc).settings;
-            settings.ldpc_variant = if blind {
-                super::stages::LdpcVariant::Blind
-            } else {
-                super::stages::LdpcVariant::RateAdaptive
+            settings.ldpc_variant = match mode {
+                LdpcMode::RateAdaptive => super::stages::LdpcVariant::RateAdaptive,
+                LdpcMode::Blind => super::stages::LdpcVariant::Blind,
+                LdpcMode::Guided { resume_iterations } => {
+                    settings.resume_iterations = u32::from(resume_iterations);
+                    super::stages::LdpcVariant::Guided
+                }
             };
-            if blind {
+            if mode != LdpcMode::RateAdaptive {
                 settings.max_blind_rounds = u32::from(max_rounds);
             }
             settings.max_iterations = u32::from(iterations);
@@ -383,7 +446,7 @@ impl Pipeline {
             let k = plan.key_len();
             let part = key.slice(at..at + k).to_bitvec();
             at += k;
-            let config = self.ldpc_config(blind, f.step as usize, max_rounds, iterations);
+            let config = self.ldpc_config(mode, f.step as usize, max_rounds, iterations);
             let bob = LdpcBob::new(block.id, plan, &part, qber, config)
                 .map_err(|e| bad(&e.to_string()))?;
             block.ldpc_bob.push(bob);
@@ -443,7 +506,9 @@ impl Pipeline {
                     stats.rounds
                 )));
             }
-            if let Some(alice) = block.ldpc_alice.get(i) {
+            // Guided frames start at `efficiency`: nothing to learn.
+            let learns = |a: &&LdpcAlice| !matches!(a.config().variant, Variant::Guided { .. });
+            if let Some(alice) = block.ldpc_alice.get(i).filter(learns) {
                 let step = match alice.config().variant {
                     Variant::Blind { step, .. } | Variant::Guided { step, .. } => step,
                     Variant::RateAdaptive => 0,

@@ -1731,7 +1731,7 @@ impl Pipeline {
                 if !wire::is_chunk(message) && self.correction == StageKind::Ldpc =>
             {
                 let StageParameters::Ldpc {
-                    blind,
+                    mode,
                     max_rounds,
                     max_iterations,
                     frames,
@@ -1739,7 +1739,7 @@ impl Pipeline {
                 else {
                     return Err(bad("expected LDPC parameters"));
                 };
-                self.bob_ldpc(now, block, (blind, max_rounds, max_iterations), &frames)
+                self.bob_ldpc(now, block, (mode, max_rounds, max_iterations), &frames)
             }
             // Bob: the correction parameters.
             (Role::Bob, Phase::Correct, Some(Protocol::Pipeline))

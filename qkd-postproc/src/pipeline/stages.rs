@@ -73,6 +73,8 @@ pub(crate) enum LdpcVariant {
     Blind,
     /// One syndrome; a frame that fails drops the block.
     RateAdaptive,
+    /// Guided: Bob asks for the bits his decoder is least sure of.
+    Guided,
 }
 
 impl LdpcVariant {
@@ -80,6 +82,7 @@ impl LdpcVariant {
         match self {
             LdpcVariant::Blind => "blind",
             LdpcVariant::RateAdaptive => "rate_adaptive",
+            LdpcVariant::Guided => "guided",
         }
     }
 }
@@ -110,6 +113,8 @@ pub(crate) struct Settings {
     pub(crate) efficiency: f64,
     pub(crate) adaptive_start: bool,
     pub(crate) modulated: f64,
+    pub(crate) guided_step: f64,
+    pub(crate) resume_iterations: u32,
 }
 
 impl Default for Settings {
@@ -136,6 +141,9 @@ impl Default for Settings {
             efficiency: 1.08,
             adaptive_start: true,
             modulated: 0.1,
+            // BENCHMARKS.md, "guided reconciliation" (tenth session).
+            guided_step: 0.005,
+            resume_iterations: 20,
         }
     }
 }
@@ -367,8 +375,9 @@ impl Module for Stage {
                 self.info(
                     "variant",
                     Value::Text(s.ldpc_variant.name().into()),
-                    "blind (reveal more bits after a failed decoding) or rate_adaptive \
-                     (a failed frame drops the block)",
+                    "blind (reveal more bits after a failed decoding), guided (Bob asks for \
+                     the bits his decoder is least sure of; frames unpunctured) or \
+                     rate_adaptive (a failed frame drops the block)",
                 ),
                 self.info(
                     "frame_bits",
@@ -415,7 +424,19 @@ impl Module for Stage {
                     "modulated",
                     Value::F64(s.modulated),
                     "share of each frame punctured or shortened for rate adaptation, \
-                     in [0, 0.4]",
+                     in [0, 0.4] (guided: shortened at most)",
+                ),
+                self.info(
+                    "guided_step",
+                    Value::F64(s.guided_step),
+                    "guided: bits asked for per extra round, as a share of the frame's key \
+                     bits times h2(QBER) (at least 1 bit, at most 2^16), in (0, 0.1]",
+                ),
+                self.info(
+                    "resume_iterations",
+                    Value::U64(u64::from(s.resume_iterations)),
+                    "guided: decoder iterations of each round after the first (the decoder \
+                     resumes where it stopped), 1..=1000",
                 ),
             ],
             StageKind::Confirm => vec![self.info(
@@ -478,10 +499,11 @@ impl Module for Stage {
                 next.ldpc_variant = match value.as_str() {
                     Some("blind") => LdpcVariant::Blind,
                     Some("rate_adaptive") => LdpcVariant::RateAdaptive,
+                    Some("guided") => LdpcVariant::Guided,
                     _ => {
                         return Err(ParameterError::type_mismatch(
                             name,
-                            "`blind` or `rate_adaptive`",
+                            "`blind`, `guided` or `rate_adaptive`",
                         ));
                     }
                 };
@@ -513,6 +535,20 @@ impl Module for Stage {
                     return Err(ConfigError::new(name, "must be above 0").into());
                 }
                 next.blind_step = v;
+            }
+            "guided_step" => {
+                let v = check_range(name, number(name, value)?, 0.0..=0.1)?;
+                if v == 0.0 {
+                    return Err(ConfigError::new(name, "must be above 0").into());
+                }
+                next.guided_step = v;
+            }
+            "resume_iterations" => {
+                let v = count(name, value)?;
+                if !(1..=1000).contains(&v) {
+                    return Err(ConfigError::new(name, "must be in 1..=1000").into());
+                }
+                next.resume_iterations = v as u32;
             }
             "max_blind_rounds" => {
                 let v = count(name, value)?;

@@ -453,12 +453,14 @@ pub enum StageParameters {
         /// The length of each chunk, in key order.
         chunks: Vec<u32>,
     },
-    /// Stage 6 (LDPC correction): `blind u8 | max_rounds u16 |
-    /// max_iterations u16 | frames u32 | frame ...`, each frame
-    /// `rung u8 | n u32 | punctured u32 | shortened u32 | step u32`.
+    /// Stage 6 (LDPC correction): `mode u8 [| resume_iterations u16] |
+    /// max_rounds u16 | max_iterations u16 | frames u32 | frame ...`, mode
+    /// 0 rate-adaptive, 1 blind, 2 guided (followed by its resume
+    /// iterations), each frame `rung u8 | n u32 | punctured u32 |
+    /// shortened u32 | step u32`.
     Ldpc {
-        /// Blind (reveal rounds) or rate-adaptive (one round).
-        blind: bool,
+        /// Rate-adaptive (one round), blind or guided.
+        mode: LdpcMode,
         /// Decoding rounds per frame at most (1 when not blind).
         max_rounds: u16,
         /// Decoder iterations per round.
@@ -470,6 +472,22 @@ pub enum StageParameters {
     Amplify {
         /// The secrecy parameter of the length formula.
         eps_sec: f64,
+    },
+}
+
+/// What the LDPC stage's frames do after a failed decoding
+/// ([`crate::ldpc::Variant`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LdpcMode {
+    /// Nothing: the frame (and its block) is dropped.
+    RateAdaptive,
+    /// Alice reveals the next bits of the frame's reveal order.
+    Blind,
+    /// Bob asks for the bits his decoder is least sure of; frames have no
+    /// punctured position.
+    Guided {
+        /// Decoder iterations of each round after the first, 1 to 1000.
+        resume_iterations: u16,
     },
 }
 
@@ -537,12 +555,19 @@ impl StageParameters {
             }
             StageParameters::Amplify { eps_sec } => out.put_f64(*eps_sec),
             StageParameters::Ldpc {
-                blind,
+                mode,
                 max_rounds,
                 max_iterations,
                 frames,
             } => {
-                out.put_u8(u8::from(*blind));
+                match mode {
+                    LdpcMode::RateAdaptive => out.put_u8(0),
+                    LdpcMode::Blind => out.put_u8(1),
+                    LdpcMode::Guided { resume_iterations } => {
+                        out.put_u8(2);
+                        out.put_u16(*resume_iterations);
+                    }
+                }
                 out.put_u16(*max_rounds);
                 out.put_u16(*max_iterations);
                 out.put_u32(frames.len() as u32);
@@ -607,7 +632,23 @@ impl StageParameters {
                 StageParameters::Amplify { eps_sec }
             }
             6 => {
-                let blind = r.bool("blind")?;
+                let mode = match r.u8()? {
+                    0 => LdpcMode::RateAdaptive,
+                    1 => LdpcMode::Blind,
+                    2 => {
+                        let resume_iterations = r.u16()?;
+                        if !(1..=1000).contains(&resume_iterations) {
+                            return Err(WireError::invalid(
+                                "resume_iterations",
+                                "must be 1 to 1000",
+                            ));
+                        }
+                        LdpcMode::Guided { resume_iterations }
+                    }
+                    _ => return Err(WireError::invalid("mode", "0, 1 or 2")),
+                };
+                let blind = mode != LdpcMode::RateAdaptive;
+                let guided = matches!(mode, LdpcMode::Guided { .. });
                 let max_rounds = r.u16()?;
                 let max_iterations = r.u16()?;
                 if max_rounds == 0 || (!blind && max_rounds != 1) {
@@ -650,10 +691,16 @@ impl StageParameters {
                     if blind && f.step == 0 {
                         return Err(WireError::invalid("step", "must be above 0"));
                     }
+                    if guided && (f.punctured != 0 || f.step as usize > crate::ldpc::MAX_ASK) {
+                        return Err(WireError::invalid(
+                            "punctured",
+                            "guided frames have no punctured position and steps to 2^16",
+                        ));
+                    }
                     frames.push(f);
                 }
                 StageParameters::Ldpc {
-                    blind,
+                    mode,
                     max_rounds,
                     max_iterations,
                     frames,
@@ -951,7 +998,7 @@ mod tests {
         };
         assert_eq!(StageParameters::decode(&e.encode()).unwrap(), e);
         let l = StageParameters::Ldpc {
-            blind: true,
+            mode: LdpcMode::Blind,
             max_rounds: 40,
             max_iterations: 60,
             frames: vec![
@@ -976,6 +1023,45 @@ mod tests {
         // A frame length that is not a power of two.
         bad[14..18].copy_from_slice(&1000u32.to_be_bytes());
         assert!(StageParameters::decode(&bad).is_err());
+        // Guided: its resume iterations travel; punctured frames, a step
+        // above 2^16, resume iterations out of range and an unknown mode
+        // are refused.
+        let unpunctured = LdpcFrame {
+            rung: 10,
+            n: 1 << 17,
+            punctured: 0,
+            shortened: 4329,
+            step: 52,
+        };
+        let guided = |resume_iterations: u16, frame: LdpcFrame| StageParameters::Ldpc {
+            mode: LdpcMode::Guided { resume_iterations },
+            max_rounds: 200,
+            max_iterations: 60,
+            frames: vec![frame],
+        };
+        let g = guided(20, unpunctured);
+        assert_eq!(StageParameters::decode(&g.encode()).unwrap(), g);
+        let punctured = LdpcFrame {
+            punctured: 1,
+            ..unpunctured
+        };
+        let wide = LdpcFrame {
+            step: (1 << 16) + 1,
+            ..unpunctured
+        };
+        for bad in [
+            guided(20, punctured),
+            guided(20, wide),
+            guided(0, unpunctured),
+            guided(1001, unpunctured),
+        ] {
+            assert!(StageParameters::decode(&bad.encode()).is_err(), "{bad:?}");
+        }
+        let mut unknown = g.encode();
+        // The mode byte (the frame length of `l` sits at 14, ten bytes on).
+        assert_eq!(unknown[4], 2);
+        unknown[4] = 3;
+        assert!(StageParameters::decode(&unknown).is_err());
         let s = SeedMessage {
             block: BlockId::new(3),
             construction: Construction::Standard,
