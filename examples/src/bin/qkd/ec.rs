@@ -43,8 +43,8 @@ pub(crate) const MAX_TRIALS: u64 = 1_000_000;
 pub(crate) enum Method {
     /// Interactive Cascade (`qkd_postproc::cascade`).
     Cascade,
-    /// One-way LDPC syndrome coding (`qkd_postproc::ldpc`), with
-    /// `--variant rate-adaptive` or `--variant blind`.
+    /// LDPC syndrome coding (`qkd_postproc::ldpc`), with `--variant
+    /// rate-adaptive`, `--variant blind` or `--variant guided`.
     Ldpc,
 }
 
@@ -67,8 +67,13 @@ pub(crate) enum VariantArg {
     Option8,
     /// LDPC: one syndrome at a rate aimed at --ldpc-efficiency (default 1.25).
     RateAdaptive,
-    /// LDPC: syndrome aimed at f = 1, then reveals of 1 % of n h2(Q) per round.
+    /// LDPC: syndrome aimed at f = 1.05, then reveals of 1 % of n h2(Q) per
+    /// round, up to 100 rounds.
     Blind,
+    /// LDPC: after a failure Bob asks for the 0.5 % of n h2(Q) bits his
+    /// decoder is least sure of (Kiktenko et al. 2017), up to 200 rounds;
+    /// unpunctured plans, syndrome aimed at f = 1.
+    Guided,
 }
 
 impl VariantArg {
@@ -76,6 +81,7 @@ impl VariantArg {
         match self {
             VariantArg::RateAdaptive => Some(crate::ldpc::LdpcVariant::RateAdaptive),
             VariantArg::Blind => Some(crate::ldpc::LdpcVariant::Blind),
+            VariantArg::Guided => Some(crate::ldpc::LdpcVariant::Guided),
             _ => None,
         }
     }
@@ -85,7 +91,7 @@ impl From<VariantArg> for Variant {
     /// Only for the Cascade variants (`run` checks before converting).
     fn from(v: VariantArg) -> Self {
         match v {
-            VariantArg::RateAdaptive | VariantArg::Blind => Variant::Option8,
+            VariantArg::RateAdaptive | VariantArg::Blind | VariantArg::Guided => Variant::Option8,
             VariantArg::Original => Variant::Original,
             VariantArg::Biconf => Variant::Biconf,
             VariantArg::Yanetal => Variant::YanEtAl,
@@ -150,7 +156,8 @@ pub(crate) struct Args {
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     search_waves: Option<u32>,
     /// LDPC: the syndrome efficiency the rate is chosen for (rate-adaptive
-    /// default 1.25, blind default 1.05), in [1, 10].
+    /// default 1.25, blind default 1.05, guided default 1.0: where its
+    /// rounds start), in [1, 10].
     #[arg(long, allow_negative_numbers = true, value_parser = flag::efficiency)]
     ldpc_efficiency: Option<f64>,
     /// LDPC: run with this alist code instead of the built ladder (the
@@ -207,8 +214,8 @@ pub(crate) fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .find(|v| !args.method.contains(&method_of(v)))
     {
         return Err(format!(
-            "--variant {} does not go with --method {}: LDPC takes rate-adaptive or \
-             blind, Cascade the others",
+            "--variant {} does not go with --method {}: LDPC takes rate-adaptive, \
+             blind or guided, Cascade the others",
             format!("{bad:?}").to_lowercase(),
             args.method
                 .iter()

@@ -1,4 +1,5 @@
-//! `qkd ldpc export` and the LDPC rows of `qkd ec --method ldpc`.
+//! `qkd ldpc export`, `qkd ldpc fer` and the LDPC rows of `qkd ec
+//! --method ldpc` (variants rate-adaptive, blind and guided).
 //!
 //! `qkd ldpc export --rate R --n N --out code.alist` writes the built code
 //! nearest to rate `R` (the ladder 0.5 … 0.914) of length `N` as `alist`;
@@ -16,7 +17,8 @@ use clap::builder::RangedU64ValueParser;
 use qkd_core::{BitVec, h2};
 use qkd_postproc::ldpc::{
     CodeCache, CodeSpec, Decoder, FramePlan, LdpcCode, MotherRate, RateChoice, SHIPPED_SEED,
-    Settings, Variant, choose_plan, read_alist, reconcile_in_memory, write_alist,
+    Settings, Variant, choose_guided_plan, choose_plan, read_alist, reconcile_in_memory,
+    write_alist,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -293,7 +295,35 @@ pub(crate) enum LdpcVariant {
     /// puncturing: mean f 0.005–0.025 lower from 4 % to 10 % QBER at
     /// 2^17, a third of the rounds; BENCHMARKS.md.)
     Blind,
+    /// Syndrome aimed at f = 1.0 on a plan without punctured positions
+    /// ([`choose_guided_plan`]); after a failed decoding Bob asks for the
+    /// [`GUIDED_STEP`] share of `n·h2(Q)` key positions his decoder is least
+    /// sure of and Alice reveals them (Kiktenko et al. 2017), up to
+    /// [`GUIDED_ROUNDS`] rounds; the decoder resumes for
+    /// [`GUIDED_RESUME_ITERATIONS`] iterations after each reveal. (The
+    /// library's `blind_table`, 2^17-bit frames, 50 per QBER: f 1.062–1.074
+    /// at QBER 1–10 % against blind's 1.057–1.133.)
+    Guided,
 }
+
+/// Bits revealed per blind round, as a share of `n·h2(Q)`.
+const BLIND_STEP: f64 = 0.01;
+/// Decoding rounds of a blind frame at most (the first included).
+const BLIND_ROUNDS: u32 = 100;
+/// Positions asked for per guided round, as a share of `n·h2(Q)`: each
+/// round adds about 0.005 to f, so a frame ends within that of where its
+/// errors let the decoder succeed.
+const GUIDED_STEP: f64 = 0.005;
+/// Decoding rounds of a guided frame at most (the first included): twice
+/// blind's, as its steps are half as large (200 rounds reach f ≈ 2 from a
+/// start at 1).
+const GUIDED_ROUNDS: u32 = 200;
+/// Decoder iterations of each guided round after the first (it resumes
+/// where the last stopped).
+const GUIDED_RESUME_ITERATIONS: u32 = 20;
+/// Decoder iterations of a frame's first decoding (and of every blind
+/// round).
+const MAX_ITERATIONS: u32 = 60;
 
 /// What `qkd ec` passes for an LDPC row.
 pub(crate) struct Point<'a> {
@@ -308,8 +338,10 @@ pub(crate) struct Point<'a> {
 
 /// One row of `qkd ec --method ldpc`: `n` is the key length per frame
 /// (frame length minus punctured and shortened bits), a channel use is a
-/// decoding round (a message each way), a frame error is a frame whose
-/// corrected key differs from Alice's (failed decoding included).
+/// decoding round (a message each way: the syndrome first, then per extra
+/// round Bob's `Request` (blind) or `Ask` naming positions (guided) and
+/// Alice's `Reveal`), a frame error is a frame whose corrected key differs
+/// from Alice's (failed decoding included).
 pub(crate) fn run_point(
     point: &Point<'_>,
     cache: &mut CodeCache,
@@ -327,21 +359,33 @@ pub(crate) fn run_point(
             let target = point.efficiency.unwrap_or(match point.variant {
                 LdpcVariant::RateAdaptive => 1.25,
                 LdpcVariant::Blind => 1.05,
+                LdpcVariant::Guided => 1.0,
             });
             let choice = RateChoice {
                 modulated: 0.1,
                 target_efficiency: target,
             };
-            choose_plan(cache, point.n, SHIPPED_SEED, qber, choice)
-                .map_err(|e| format!("--n {} at QBER {qber}: {e}", point.n))?
+            match point.variant {
+                LdpcVariant::Guided => {
+                    choose_guided_plan(cache, point.n, SHIPPED_SEED, qber, choice)
+                }
+                _ => choose_plan(cache, point.n, SHIPPED_SEED, qber, choice),
+            }
+            .map_err(|e| format!("--n {} at QBER {qber}: {e}", point.n))?
         }
     };
     let key_len = plan.key_len();
+    let step = |share: f64| ((key_len as f64) * h2(qber) * share).ceil().max(1.0) as usize;
     let variant = match point.variant {
         LdpcVariant::RateAdaptive => Variant::RateAdaptive,
         LdpcVariant::Blind => Variant::Blind {
-            step: ((key_len as f64) * h2(qber) * 0.01).ceil().max(1.0) as usize,
-            max_rounds: 100,
+            step: step(BLIND_STEP),
+            max_rounds: BLIND_ROUNDS,
+        },
+        LdpcVariant::Guided => Variant::Guided {
+            step: step(GUIDED_STEP),
+            max_rounds: GUIDED_ROUNDS,
+            resume_iterations: GUIDED_RESUME_ITERATIONS,
         },
     };
     let mut decoder = Decoder::new(Arc::clone(plan.code()));
@@ -362,7 +406,7 @@ pub(crate) fn run_point(
         let settings = Settings {
             qber,
             variant,
-            max_iterations: 60,
+            max_iterations: MAX_ITERATIONS,
         };
         let start = Instant::now();
         let out = reconcile_in_memory(&plan, &mut decoder, &alice, &bob, settings, &mut rng)?;
@@ -388,6 +432,7 @@ pub(crate) fn run_point(
         variant: match point.variant {
             LdpcVariant::RateAdaptive => "rate-adaptive",
             LdpcVariant::Blind => "blind",
+            LdpcVariant::Guided => "guided",
         },
         qber,
         n: key_len,
