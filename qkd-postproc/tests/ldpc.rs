@@ -505,6 +505,11 @@ fn guided_plans_are_unpunctured_and_blind_plans_never_take_the_guided_rung() {
     // refuse a guided reconciliation of a punctured plan.
     let one = choose_guided_plan(&mut cache, n, SHIPPED_SEED, 0.01, choice).unwrap();
     assert!(one.rung().unwrap().guided_only());
+    // Down to 2^14-bit frames (one of 200 at 2^12 converged wrong).
+    let short = choose_guided_plan(&mut cache, 1 << 14, SHIPPED_SEED, 0.01, choice).unwrap();
+    assert!(short.rung().unwrap().guided_only());
+    let shorter = choose_guided_plan(&mut cache, 1 << 13, SHIPPED_SEED, 0.01, choice).unwrap();
+    assert!(shorter.rung().unwrap().rate() < 0.9);
     let punctured = choose_plan(&mut cache, 1 << 12, SHIPPED_SEED, 0.03, choice).unwrap();
     assert!(punctured.punctured() > 0);
     let mut rng = ChaCha8Rng::seed_from_u64(1);

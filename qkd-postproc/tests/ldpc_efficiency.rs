@@ -187,7 +187,8 @@ fn fer_bound_is_the_clopper_pearson_one() {
 /// share of a frame, default 0.1; `LDPC_SEED` the frames' random stream;
 /// `LDPC_STEP` the bits revealed per round as a share of `key·h2(q)`,
 /// default 0.01). `LDPC_VARIANT=guided` runs guided reconciliation on
-/// `choose_guided_plan`'s plans instead (started at `LDPC_F`).
+/// `choose_guided_plan`'s plans instead (started at `LDPC_F`; a forced
+/// rung unpunctured, shortened as that function shortens).
 /// With many frames (`LDPC_TRIALS=1000`) it is the frame-error-rate
 /// evidence: `failed` frames were not reconciled within `LDPC_ROUNDS`
 /// rounds, `wrong` of them converged to another word, `fer_95` is the 95 %
@@ -234,8 +235,16 @@ fn blind_table() {
                     n,
                     seed: SHIPPED_SEED,
                 };
-                let p = p.min(cache.get(spec).unwrap().untainted());
-                FramePlan::for_rung(&mut cache, spec, p, d - p).unwrap()
+                if guided {
+                    // Unpunctured, shortened to start at `f_start` (as
+                    // `choose_guided_plan` shortens).
+                    let s = (n as f64 - m / (f_start * h2(q))).ceil();
+                    FramePlan::for_rung(&mut cache, spec, 0, s.clamp(0.0, d as f64) as usize)
+                        .unwrap()
+                } else {
+                    let p = p.min(cache.get(spec).unwrap().untainted());
+                    FramePlan::for_rung(&mut cache, spec, p, d - p).unwrap()
+                }
             }
             None if guided => choose_guided_plan(
                 &mut cache,

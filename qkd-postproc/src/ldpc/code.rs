@@ -516,6 +516,24 @@ impl MotherRate {
         }
     }
 
+    /// Shortest frame a guided plan ([`choose_guided_plan`]) gives this
+    /// rung: 2^14 bits for the rungs above 0.9 (unpunctured, guided, QBER
+    /// 1 %, 200 frames per length from f 1.0 on the 0.922 rung: none failed
+    /// at 2^13 to 2^16 bits, f 1.106, 1.091, 1.082, 1.078, but one of 200
+    /// converged to a wrong word at 2^12; the 0.898 rung, the next one down,
+    /// starts these frames at f 1.26), the shortest built length for the
+    /// others.
+    ///
+    /// [`choose_guided_plan`]: super::choose_guided_plan
+    #[must_use]
+    pub(crate) fn shortest_guided_frame(self) -> usize {
+        if self.rate() > 0.9 {
+            1 << 14
+        } else {
+            MIN_BUILT_LENGTH
+        }
+    }
+
     /// Whether only guided reconciliation uses this rung (the 0.922 rung:
     /// punctured it decodes too poorly for blind or rate-adaptive frames,
     /// see the docs of the ladder); [`choose_plan`] skips it.

@@ -454,7 +454,7 @@ pub fn choose_plan(
 /// `modulated · n` positions shortened, shortened just enough to start
 /// there (`s = n − m / (f·h2)`, none when the rung's syndrome alone is
 /// longer). Rungs are given only frames of at least their
-/// `MotherRate::shortest_frame`.
+/// `MotherRate::shortest_guided_frame` (2^14 bits above rate 0.9).
 ///
 /// The start matters less than in blind reconciliation, because a
 /// request reveals the bits the decoder is least sure of: at QBER 1.5 %
@@ -480,7 +480,7 @@ pub fn choose_guided_plan(
     let per_key_bit = choice.target_efficiency * h2(qber);
     let top_down = MotherRate::ladder()
         .rev()
-        .filter(|r| n >= r.shortest_frame());
+        .filter(|r| n >= r.shortest_guided_frame());
     for rate in top_down {
         let m = ((1.0 - rate.rate()) * n as f64).round();
         // Shortening `s` positions starts at m / ((n − s)·h2).
@@ -517,7 +517,7 @@ pub fn guided_plan_for_key(
     let need = choice.target_efficiency * h2(qber) * key_len as f64;
     let fits = |rate: MotherRate| {
         let m = ((1.0 - rate.rate()) * n as f64).round();
-        n >= rate.shortest_frame() && m >= need && (m as usize) < key_len && key_len <= n
+        n >= rate.shortest_guided_frame() && m >= need && (m as usize) < key_len && key_len <= n
     };
     let Some(rate) = MotherRate::ladder().rev().find(|&r| fits(r)) else {
         return Err(LdpcError::Config {
