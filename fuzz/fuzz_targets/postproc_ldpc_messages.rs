@@ -1,9 +1,10 @@
 //! The LDPC message decoder and `LdpcAlice` / `LdpcBob` input handling,
 //! plus the `alist` reader.
 //!
-//! Mode 0 decodes raw bytes (a decoded message must encode back to the
-//! same bytes) and feeds them to both machines of a small block: nothing
-//! may panic. Mode 1 parses the bytes as an `alist` file: errors only.
+//! Even modes decode raw bytes (a decoded message must encode back to the
+//! same bytes) and feed them to both machines of a small block, blind
+//! (mode 0 mod 4) or guided (mode 2 mod 4, an unpunctured plan): nothing
+//! may panic. Odd modes parse the bytes as an `alist` file: errors only.
 #![no_main]
 
 use std::time::Instant;
@@ -12,7 +13,8 @@ use libfuzzer_sys::fuzz_target;
 use qkd_core::machine::Machine;
 use qkd_core::{BitVec, BlockId};
 use qkd_postproc::ldpc::{
-    CodeCache, LdpcAlice, LdpcBob, LdpcConfig, LdpcMessage, RateChoice, SHIPPED_SEED, choose_plan, read_alist,
+    CodeCache, LdpcAlice, LdpcBob, LdpcConfig, LdpcMessage, RateChoice, SHIPPED_SEED, Variant,
+    choose_guided_plan, choose_plan, read_alist,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -29,11 +31,27 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(message.encode(), rest);
     }
     let mut cache = CodeCache::new();
-    let plan = choose_plan(&mut cache, 1 << 10, SHIPPED_SEED, 0.05, RateChoice::default()).unwrap();
+    let guided = mode % 4 == 2;
+    let plan = if guided {
+        choose_guided_plan(&mut cache, 1 << 10, SHIPPED_SEED, 0.05, RateChoice::default()).unwrap()
+    } else {
+        choose_plan(&mut cache, 1 << 10, SHIPPED_SEED, 0.05, RateChoice::default()).unwrap()
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let key = BitVec::random(plan.key_len(), &mut rng);
     let block = BlockId::new(0);
-    let config = LdpcConfig::default();
+    let config = if guided {
+        LdpcConfig {
+            variant: Variant::Guided {
+                step: 16,
+                max_rounds: 40,
+                resume_iterations: 20,
+            },
+            ..LdpcConfig::default()
+        }
+    } else {
+        LdpcConfig::default()
+    };
     let now = Instant::now();
     let mut alice = LdpcAlice::new(block, plan.clone(), key.clone(), config, &mut rng).unwrap();
     let mut bob = LdpcBob::new(block, plan, &key, 0.05, config).unwrap();

@@ -374,3 +374,32 @@ fn hostile_messages_are_rejected_without_changing_state() {
     ));
     assert_eq!(bob.corrected_key(), Some(&key));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The decoder never panics; what it accepts encodes back to the same
+    /// bytes; Asks with random positions round-trip when ascending and are
+    /// refused otherwise; a guided Alice fed any of them either refuses it
+    /// with her count unchanged or reveals at most `step` bits.
+    #[test]
+    fn random_bytes_and_asks_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                                         positions in proptest::collection::vec(0u32..(1 << 14), 0..24),
+                                         round in 0u16..4) {
+        if let Ok(m) = LdpcMessage::decode(&bytes) {
+            proptest::prop_assert_eq!(m.encode(), bytes.clone());
+        }
+        let now = Instant::now();
+        let (mut alice, _, _) = pair(5, 1.0, guided());
+        let ask = LdpcMessage::Ask { block: alice.block(), round, positions: positions.clone() }.encode();
+        let ascending = !positions.is_empty() && positions.windows(2).all(|w| w[0] < w[1]);
+        proptest::prop_assert_eq!(LdpcMessage::decode(&ask).is_ok(), ascending);
+        for message in [&bytes, &ask] {
+            let before = alice.leaked_bits();
+            match alice.handle_input(now, message) {
+                Ok(()) => proptest::prop_assert!(alice.leaked_bits() - before <= 20),
+                Err(_) => proptest::prop_assert_eq!(alice.leaked_bits(), before),
+            }
+        }
+    }
+}
