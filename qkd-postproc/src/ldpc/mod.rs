@@ -78,9 +78,12 @@
 //! ([`choose_guided_plan`]), requests of 0.5 % of `key·h2(Q)` per round,
 //! the decoder resuming for 20 iterations after each answer, 3000 frames
 //! per QBER (`LDPC_VARIANT=guided LDPC_F=1.0 LDPC_STEP=0.005
-//! LDPC_TRIALS=3000 LDPC_ROUNDS=200 LDPC_SEED=31 … blind_table`): see
-//! BENCHMARKS.md, "guided reconciliation" (tenth session), for f at QBER
-//! 1 … 10 % and at the half-percent QBERs between, with no frame failing.
+//! LDPC_TRIALS=3000 LDPC_ROUNDS=200 LDPC_SEED=31 … blind_table`): f 1.076,
+//! 1.068, 1.054, 1.058, 1.045, 1.054, 1.051, 1.051, 1.052, 1.047 at QBER
+//! 1, 2, …, 10 %, no frame failing in the 30 000 (fer < 10^-3 at 95 % at
+//! every QBER), in 4.5–16 rounds and 121–351 decoder iterations per frame
+//! (blind from 1.02: 377–739); the half-percent QBERs between are in
+//! BENCHMARKS.md ("guided reconciliation", tenth session).
 //!
 //! Inside the pipeline (`pipelines/ldpc.toml`: 2^17-bit frames, modulated
 //! 0.1, first syndrome at 1.08 — since the ninth session at least 1.08,
@@ -159,7 +162,8 @@ pub enum Variant {
     /// magnitude, [`FramePlan::least_reliable`]) and Alice reveals her
     /// bits there, up to `max_rounds` rounds. A revealed bit where the
     /// decoder is stuck is worth far more than one at a fixed position:
-    /// at QBER 1 % on 2^17-bit frames f 1.07 against 1.13 (BENCHMARKS.md).
+    /// at QBER 1 % on 2^17-bit frames f 1.076 against 1.133 (3000 frames
+    /// each, BENCHMARKS.md).
     ///
     /// Plans must have no punctured position ([`choose_guided_plan`]).
     /// Then the decoder's posterior magnitudes after a failed decoding,
@@ -180,8 +184,9 @@ pub enum Variant {
     /// After a reveal Bob's decoder resumes where it stopped
     /// ([`Decoder::resume`]) for at most `resume_iterations` iterations
     /// rather than starting over: at QBER 1, 2 and 6 % (30 frames of 2^17
-    /// bits) 20 iterations cost 2.5–4 times fewer iterations per frame
-    /// than 60 from the start, for f +0.001 to +0.005.
+    /// bits) resumes of 20 iterations cost 2.6, 1.9 and 2.4 times fewer
+    /// iterations per frame than decodings of 60 from the start, for f
+    /// +0.001, +0.003 and +0.005.
     Guided {
         /// Positions requested (and bits revealed) per extra round.
         step: usize,
