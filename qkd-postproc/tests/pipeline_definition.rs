@@ -105,6 +105,19 @@ fn guided_example_loads_and_its_parameters_are_checked() {
     let t = PipelineDefinition::from_toml(LDPC_TOML).unwrap();
     assert_eq!(g.stage_names(), t.stage_names());
     assert_ne!(g.digest(), t.digest());
+    // The guided-only parameters are not in a blind definition's digest
+    // (its saved states stay valid), they are in a guided one's.
+    let blind = LDPC_TOML.replace("modulated = 0.1 }", "modulated = 0.1, guided_step = 0.01 }");
+    assert_ne!(blind, LDPC_TOML);
+    assert_eq!(
+        PipelineDefinition::from_toml(&blind).unwrap().digest(),
+        t.digest()
+    );
+    let other = GUIDED_TOML.replace("guided_step = 0.005", "guided_step = 0.01");
+    assert_ne!(
+        PipelineDefinition::from_toml(&other).unwrap().digest(),
+        g.digest()
+    );
     let line = GUIDED_TOML
         .lines()
         .position(|l| l.contains("variant = \"guided\""))

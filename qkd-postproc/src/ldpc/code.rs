@@ -378,6 +378,9 @@ const LADDER: [Rung; 11] = [
     ),
 ];
 
+/// The ladder index of the rung only guided reconciliation uses (0.922).
+const GUIDED_ONLY_RUNG: usize = 10;
+
 /// Base-column counts of an edge-perspective distribution `lambda` over
 /// `nb` columns: node fractions `(λ_d/d) / Σ λ_j/j`, rounded by largest
 /// remainder (ties to the lower degree) so they add up to `nb`; degrees
@@ -544,7 +547,7 @@ impl MotherRate {
     /// [`choose_plan`]: super::choose_plan
     #[must_use]
     pub fn guided_only(self) -> bool {
-        usize::from(self.0) == LADDER.len() - 1
+        usize::from(self.0) == GUIDED_ONLY_RUNG
     }
 
     /// The degree profile of this rung.

@@ -277,6 +277,19 @@ impl core::fmt::Debug for Decoder {
 pub(crate) struct LlrChanges(pub(crate) Vec<(usize, i8, i8)>);
 
 impl LlrChanges {
+    /// Appends a change; a full list moves to a larger allocation through
+    /// a copy and wipes the old one (a plain `Vec::push` would free it
+    /// unwiped).
+    pub(crate) fn push(&mut self, change: (usize, i8, i8)) {
+        if self.0.len() == self.0.capacity() {
+            let mut larger = Vec::with_capacity((self.0.capacity() * 2).max(64));
+            larger.extend_from_slice(&self.0);
+            self.wipe();
+            self.0 = larger;
+        }
+        self.0.push(change);
+    }
+
     /// Wipes the LLRs and empties the list.
     pub(crate) fn wipe(&mut self) {
         use zeroize::Zeroize;
@@ -445,6 +458,7 @@ impl Decoder {
         max_iterations: u32,
     ) -> Result<DecodeOutcome, super::LdpcError> {
         let code = Arc::clone(&self.code);
+        self.resumable = false;
         if channel.len() != code.n() || syndrome.len() != code.m() {
             return Err(super::LdpcError::Length);
         }
@@ -461,8 +475,11 @@ impl Decoder {
             self.messages.fill(0);
         }
         simd::sign_bytes(syndrome.words(), &mut self.syndrome_signs);
-        self.resumable = true;
-        self.iterate(max_iterations, true)
+        let outcome = self.iterate(max_iterations, true)?;
+        // The in-place kernels write the messages in their first
+        // iteration: without one, the messages are another frame's.
+        self.resumable = outcome.iterations > 0 || in_place == Columns::No;
+        Ok(outcome)
     }
 
     /// Continues the last decoding (same syndrome, messages kept) after

@@ -391,8 +391,8 @@ impl Machine for LdpcAlice {
             });
         }
         match message {
-            LdpcMessage::Request { round, .. } if !self.finished => {
-                if round + 1 == self.round && round >= 1 {
+            LdpcMessage::Request { round, .. } if !self.finished && !self.config.guided() => {
+                if round.checked_add(1) == Some(self.round) && round >= 1 {
                     // A repeat: our reveal was lost.
                     self.send_now = true;
                     return Ok(());
@@ -426,7 +426,7 @@ impl Machine for LdpcAlice {
             LdpcMessage::Ask {
                 round, positions, ..
             } if !self.finished && self.config.guided() => {
-                if round + 1 == self.round && round >= 1 {
+                if round.checked_add(1) == Some(self.round) && round >= 1 {
                     if self.last_ask.as_deref() != Some(datagram) {
                         return Err(LdpcInputError::Unexpected);
                     }
@@ -794,7 +794,7 @@ impl Machine for LdpcBob {
                         let v = v as usize;
                         let bit = if revealed.get(i) { -LLR_MAX } else { LLR_MAX };
                         self.known.set(v, true);
-                        self.changes.0.push((v, self.llrs[v], bit));
+                        self.changes.push((v, self.llrs[v], bit));
                         self.llrs[v] = bit;
                     }
                     self.asked.clear();

@@ -174,12 +174,19 @@ pub enum Variant {
     /// which is independent of Alice's key. Only whether a round succeeds
     /// can also depend on Bob's bits (a posterior of exactly 0 decides 0):
     /// one bit per round, which [`Variant::Blind`] discloses too. The leakage
-    /// is therefore counted as for [`Variant::Blind`], `m + revealed`,
-    /// the convention of Cascade, whose error-locating replies depend on
-    /// the errors in the same way. With punctured positions the
-    /// magnitudes would depend on Alice's punctured bits too, and the
-    /// `− p` of the leakage would no longer hold; the machines refuse
-    /// such plans.
+    /// is counted as for [`Variant::Blind`], `m + revealed`: this is the
+    /// convention of Cascade (whose error-locating replies also depend on
+    /// the errors) and of Kiktenko et al., and it rests on the same
+    /// assumption, that what the positions say about the error pattern
+    /// tells Eve nothing about the key. It is not a bound on all the
+    /// public communication: each Ask carries up to about
+    /// log2 C(open positions, step) bits about `e`, which a proof that
+    /// counts every message (and a source whose errors Eve can correlate
+    /// with her own information) would have to charge; use
+    /// [`Variant::Blind`] where that is required. With punctured
+    /// positions the magnitudes would depend on Alice's punctured bits
+    /// too, and the `− p` of the leakage would no longer hold; the
+    /// machines refuse such plans.
     ///
     /// After a reveal Bob's decoder resumes where it stopped
     /// ([`Decoder::resume`]) for at most `resume_iterations` iterations
@@ -318,7 +325,7 @@ pub fn reconcile_in_memory<R: Rng + ?Sized>(
             };
             if guided {
                 known.set(v, true);
-                changes.0.push((v, llrs[v], bit));
+                changes.push((v, llrs[v], bit));
             }
             llrs[v] = bit;
         }

@@ -235,7 +235,7 @@ impl FramePlan {
             return Err(LdpcError::Length);
         }
         let open = |v: usize| self.kind[v] == KEY && !known.get(v);
-        let mut histogram = vec![0usize; 1 << 15 | 1];
+        let mut histogram = vec![0u32; 1 << 15 | 1];
         for (v, p) in posteriors.iter().enumerate() {
             if open(v) {
                 histogram[usize::from(p.unsigned_abs())] += 1;
@@ -243,8 +243,8 @@ impl FramePlan {
         }
         // The largest magnitude taken, and how many of it.
         let (mut cutoff, mut below) = (0usize, 0usize);
-        while cutoff < histogram.len() && below + histogram[cutoff] < count {
-            below += histogram[cutoff];
+        while cutoff < histogram.len() && below + (histogram[cutoff] as usize) < count {
+            below += histogram[cutoff] as usize;
             cutoff += 1;
         }
         let mut at_cutoff = count.saturating_sub(below);
@@ -453,7 +453,8 @@ pub fn choose_plan(
 /// `target_efficiency · h2(qber)` per key bit (`s = n − m / (f·h2)`, at
 /// most `modulated · n`, none when the rung's syndrome alone is longer)
 /// and the rung whose start comes nearest the target wins (ties to the
-/// higher rate). Nearest, not the first that reaches it: at QBER 2.5 %
+/// higher rate), among those that start less than 0.1 below it (from
+/// further below the requests would have to carry the reconciliation). Nearest, not the first that reaches it: at QBER 2.5 %
 /// the 0.852 rung starts at 0.975 with a tenth shortened, the 0.801 rung
 /// at 1.18 unshortened (500 frames of 2^17 bits, when the rung that
 /// reached the target won: f 1.182 in one round). Rungs are given only frames of at least their
@@ -495,11 +496,17 @@ pub fn choose_guided_plan(
             continue;
         }
         let start = m / ((n - s) as f64 * h);
+        if start <= choice.target_efficiency - 0.1 {
+            // Far below the target even shortened: too many requests.
+            continue;
+        }
         let miss = (start - choice.target_efficiency).abs();
         if best.is_none_or(|(b, _, _)| miss < b) {
             best = Some((miss, rate, s));
         }
     }
+    // None: every rung starts a tenth or more below the target (QBER above
+    // about 11 %, where even the lowest rung shortened is too short).
     let Some((_, rate, s)) = best else {
         return Err(LdpcError::Config {
             field: "ldpc.qber",

@@ -585,7 +585,14 @@ impl PipelineDefinition {
         );
         for stage in &self.stages {
             h.update(stage.kind.name().as_bytes());
+            // The guided variant's own parameters count only where it runs:
+            // blind and rate-adaptive definitions keep the digest (and the
+            // saved states) they had before those parameters existed.
+            let guided = stage.settings.ldpc_variant == super::stages::LdpcVariant::Guided;
             for p in stage.parameters() {
+                if !guided && super::stages::GUIDED_PARAMETERS.contains(&p.name.as_str()) {
+                    continue;
+                }
                 h.update(format!("|{}={}", p.name, p.value).as_bytes());
             }
             h.update(b"\n");

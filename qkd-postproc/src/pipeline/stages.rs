@@ -65,6 +65,9 @@ impl core::fmt::Display for StageKind {
     }
 }
 
+/// The `ldpc` stage's parameters that only the guided variant reads.
+pub(crate) const GUIDED_PARAMETERS: [&str; 2] = ["guided_step", "resume_iterations"];
+
 /// What the `ldpc` stage does when a frame does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
