@@ -246,28 +246,18 @@ fn blind_table() {
                     FramePlan::for_rung(&mut cache, spec, p, d - p).unwrap()
                 }
             }
-            None if guided => choose_guided_plan(
-                &mut cache,
-                n,
-                SHIPPED_SEED,
-                q,
-                RateChoice {
+            None => {
+                let choose = if guided {
+                    choose_guided_plan
+                } else {
+                    choose_plan
+                };
+                let choice = RateChoice {
                     modulated,
                     target_efficiency: f_start,
-                },
-            )
-            .unwrap(),
-            None => choose_plan(
-                &mut cache,
-                n,
-                SHIPPED_SEED,
-                q,
-                RateChoice {
-                    modulated,
-                    target_efficiency: f_start,
-                },
-            )
-            .unwrap(),
+                };
+                choose(&mut cache, n, SHIPPED_SEED, q, choice).unwrap()
+            }
         };
         let mut decoder = Decoder::new(plan.code().clone());
         scaling_from_env(&mut decoder);

@@ -506,37 +506,25 @@ impl MotherRate {
         }
     }
 
-    /// Shortest frame [`choose_plan`] gives this rung: 2^17 bits for the
-    /// rung above 0.9 (at QBER 1 %, blind, 50 frames from f 1.08, at most
-    /// 40 rounds of 1 % of `key·h2(q)`: 8 failed at 2^14 bits and 1 at
-    /// 2^16, against 1 and 0 on the 0.898 rung; at 2^17 none of 3000 from
-    /// f 1.02), the shortest built length for the others.
+    /// Shortest frame a plan gives this rung: for the rungs above 0.9,
+    /// 2^17 bits from [`choose_plan`] (at QBER 1 %, blind, 50 frames from
+    /// f 1.08, at most 40 rounds of 1 % of `key·h2(q)`: 8 failed at 2^14
+    /// bits and 1 at 2^16, against 1 and 0 on the 0.898 rung; at 2^17 none
+    /// of 3000 from f 1.02) and 2^14 bits from [`choose_guided_plan`]
+    /// (`guided`: unpunctured, QBER 1 %, 200 frames per length from f 1.0
+    /// on the 0.922 rung: none failed at 2^13 to 2^16 bits, f 1.106, 1.091,
+    /// 1.082, 1.078, but one of 200 converged to a wrong word at 2^12; the
+    /// 0.898 rung, the next one down, starts these frames at f 1.26); the
+    /// shortest built length for the others.
     ///
     /// [`choose_plan`]: super::choose_plan
-    #[must_use]
-    pub(crate) fn shortest_frame(self) -> usize {
-        if self.rate() > 0.9 {
-            1 << 17
-        } else {
-            MIN_BUILT_LENGTH
-        }
-    }
-
-    /// Shortest frame a guided plan ([`choose_guided_plan`]) gives this
-    /// rung: 2^14 bits for the rungs above 0.9 (unpunctured, guided, QBER
-    /// 1 %, 200 frames per length from f 1.0 on the 0.922 rung: none failed
-    /// at 2^13 to 2^16 bits, f 1.106, 1.091, 1.082, 1.078, but one of 200
-    /// converged to a wrong word at 2^12; the 0.898 rung, the next one down,
-    /// starts these frames at f 1.26), the shortest built length for the
-    /// others.
-    ///
     /// [`choose_guided_plan`]: super::choose_guided_plan
     #[must_use]
-    pub(crate) fn shortest_guided_frame(self) -> usize {
-        if self.rate() > 0.9 {
-            1 << 14
-        } else {
-            MIN_BUILT_LENGTH
+    pub(crate) fn shortest_frame(self, guided: bool) -> usize {
+        match (self.rate() > 0.9, guided) {
+            (true, false) => 1 << 17,
+            (true, true) => 1 << 14,
+            (false, _) => MIN_BUILT_LENGTH,
         }
     }
 

@@ -408,7 +408,8 @@ pub fn choose_plan(
     // nearest its preferred share of `d` (see the function docs).
     let pick = |f: f64| {
         let mut best: Option<(f64, MotherRate, usize)> = None;
-        let rungs = MotherRate::ladder().filter(|r| n >= r.shortest_frame() && !r.guided_only());
+        let rungs =
+            MotherRate::ladder().filter(|r| n >= r.shortest_frame(false) && !r.guided_only());
         for rate in rungs {
             let p = syndrome(rate) - need_at(f);
             if p < 0.0 {
@@ -458,7 +459,7 @@ pub fn choose_plan(
 /// the 0.852 rung starts at 0.975 with a tenth shortened, the 0.801 rung
 /// at 1.18 unshortened (500 frames of 2^17 bits, when the rung that
 /// reached the target won: f 1.182 in one round). Rungs are given only frames of at least their
-/// `MotherRate::shortest_guided_frame` (2^14 bits above rate 0.9).
+/// `MotherRate::shortest_frame` (2^14 bits above rate 0.9).
 ///
 /// The start matters less than in blind reconciliation, because a
 /// request reveals the bits the decoder is least sure of: at QBER 1.5 %
@@ -488,7 +489,7 @@ pub fn choose_guided_plan(
     let mut best: Option<(f64, MotherRate, usize)> = None;
     let top_down = MotherRate::ladder()
         .rev()
-        .filter(|r| n >= r.shortest_guided_frame());
+        .filter(|r| n >= r.shortest_frame(true));
     for rate in top_down {
         let m = ((1.0 - rate.rate()) * n as f64).round();
         let s = (n as f64 - m / per_key_bit).ceil().clamp(0.0, d as f64) as usize;
@@ -537,7 +538,7 @@ pub fn guided_plan_for_key(
     let need = choice.target_efficiency * h2(qber) * key_len as f64;
     let fits = |rate: MotherRate| {
         let m = ((1.0 - rate.rate()) * n as f64).round();
-        n >= rate.shortest_guided_frame() && m >= need && (m as usize) < key_len && key_len <= n
+        n >= rate.shortest_frame(true) && m >= need && (m as usize) < key_len && key_len <= n
     };
     let Some(rate) = MotherRate::ladder().rev().find(|&r| fits(r)) else {
         return Err(LdpcError::Config {
