@@ -224,6 +224,9 @@ pub struct Decoder {
     messages: Vec<i8>,
     /// Where the messages start in `messages`.
     message_start: usize,
+    /// Base entries before each base row (`base_rows + 1` of them): row
+    /// `r`'s messages are entries `edge_start[r]..edge_start[r + 1]`.
+    edge_start: Vec<usize>,
     /// One layer's rotated posteriors.
     layer: Vec<i16>,
     /// Syndrome sign masks (0 or −128), check by check.
@@ -252,9 +255,9 @@ pub struct Decoder {
 enum Columns {
     /// None: the layer buffer.
     No,
-    /// `simd::layer_sum_product_columns_avx2`.
+    /// `simd::layers_sum_product_columns_avx2`.
     Avx2,
-    /// `simd::layer_sum_product_columns_avx512`.
+    /// `simd::layers_sum_product_columns_avx512`.
     Avx512,
 }
 
@@ -341,10 +344,15 @@ impl Decoder {
         let rows = simd::CheckedRows::new((0..code.base_rows()).map(|r| code.row(r)), z);
         let messages = vec![0; code.edges() + 63];
         let message_start = simd::aligned_start(messages.as_ptr(), 64);
+        let mut edge_start = vec![0; code.base_rows() + 1];
+        for r in 0..code.base_rows() {
+            edge_start[r + 1] = edge_start[r] + code.row(r).len();
+        }
         Decoder {
             posterior: vec![0; code.n() + 2 * simd::COLUMN_MARGIN],
             messages,
             message_start,
+            edge_start,
             layer: vec![0; max_d * z],
             syndrome_signs: vec![0; code.m()],
             scratch: simd::Scratch::new(z),
@@ -508,15 +516,7 @@ impl Decoder {
         if changes.iter().any(|&(v, _, _)| v >= n) {
             return Err(super::LdpcError::Length);
         }
-        let start = |c: i8| -> i32 {
-            if c == LLR_MAX {
-                i32::from(KNOWN)
-            } else if c <= -LLR_MAX {
-                -i32::from(KNOWN)
-            } else {
-                i32::from(c)
-            }
-        };
+        let start = |c: i8| i32::from(simd::start_posterior(c));
         for &(v, old, new) in changes {
             let p = &mut self.posterior[simd::COLUMN_MARGIN + v];
             let moved = i32::from(*p) - start(old) + start(new);
@@ -548,10 +548,6 @@ impl Decoder {
                 converged: true,
                 iterations: 0,
             });
-        }
-        let mut edge = vec![0usize; code.base_rows() + 1];
-        for r in 0..code.base_rows() {
-            edge[r + 1] = edge[r] + code.row(r).len();
         }
         let m0 = self.message_start;
         let in_place_kernel = match in_place {
@@ -592,7 +588,8 @@ impl Decoder {
                     dst[..z - s].copy_from_slice(&col[s..]);
                     dst[z - s..].copy_from_slice(&col[..s]);
                 }
-                let messages = &mut self.messages[m0 + edge[r] * z..m0 + edge[r + 1] * z];
+                let (from, to) = (self.edge_start[r], self.edge_start[r + 1]);
+                let messages = &mut self.messages[m0 + from * z..m0 + to * z];
                 let signs = &self.syndrome_signs[r * z..(r + 1) * z];
                 match (self.rule, self.backend) {
                     (CheckRule::SumProduct, Backend::Avx2 | Backend::Avx512) => {

@@ -665,8 +665,9 @@ impl LdpcBob {
             Variant::Guided {
                 resume_iterations, ..
             } if self.round > 1 => {
-                let changes = core::mem::take(&mut self.changes);
-                self.decoder.resume(&changes.0, resume_iterations)
+                let outcome = self.decoder.resume(&self.changes.0, resume_iterations);
+                self.changes.wipe();
+                outcome
             }
             _ => self
                 .decoder

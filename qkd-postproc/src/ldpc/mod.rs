@@ -21,7 +21,7 @@
 //! f ≤ 1.08 at every QBER from 1 % to 10 % (below), blind from 3 %.
 //!
 //! - [`code`]: quasi-cyclic codes built from a seed ([`LdpcCode::build`],
-//!   a ladder of mother rates 0.5 to 0.914: the BSC-optimised profiles of
+//!   a ladder of mother rates 0.5 to 0.922: the BSC-optimised profiles of
 //!   Elkouss et al. 2009 up to 0.7, profiles designed for this builder
 //!   from 0.75, `tests/ldpc_design.rs`), untainted puncturing orders, the
 //!   [`CodeCache`] the caller owns.

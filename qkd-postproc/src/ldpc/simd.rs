@@ -125,17 +125,24 @@ fn start_posteriors_avx2(channel: &[i8], out: &mut [i16]) {
 
 #[inline(always)]
 fn start_posteriors_portable(channel: &[i8], out: &mut [i16]) {
-    use super::decode::{KNOWN, LLR_MAX};
     for (p, &c) in out.iter_mut().zip(channel) {
-        // Written as selects (not a match) so that it vectorises.
-        let v = i16::from(c);
-        *p = if v >= i16::from(LLR_MAX) {
-            KNOWN
-        } else if v <= -i16::from(LLR_MAX) {
-            -KNOWN
-        } else {
-            v
-        };
+        *p = start_posterior(c);
+    }
+}
+
+/// One channel LLR's starting posterior (see [`start_posteriors`]; also
+/// what `Decoder::resume` moves a revealed posterior by).
+#[inline(always)]
+pub(crate) fn start_posterior(c: i8) -> i16 {
+    use super::decode::{KNOWN, LLR_MAX};
+    // Written as selects (not a match) so that it vectorises.
+    let v = i16::from(c);
+    if v >= i16::from(LLR_MAX) {
+        KNOWN
+    } else if v <= -i16::from(LLR_MAX) {
+        -KNOWN
+    } else {
+        v
     }
 }
 
