@@ -114,7 +114,10 @@ type Rung = (usize, Degrees);
 /// code's BP threshold p* = 0.0844 against the exact 0.084), so it ranks
 /// candidates and the decoder decides; the sampled thresholds scatter by
 /// ±0.02 between neighbouring profiles (20 000 messages), so they only
-/// shortlist. The rate-0.9 rung's own practical threshold, about f = 1.10
+/// shortlist; they are also optimistic at these rates: with 200 000
+/// messages the 0.898 profile scores f* 1.10 (the table's 1.065 is from
+/// 20 000), which is where its frames stop decoding (tenth session,
+/// BENCHMARKS.md). The rate-0.9 rung's own practical threshold, about f = 1.10
 /// for a 2^17-bit frame, is what keeps QBER 1 % above f = 1.08; higher
 /// rungs decode worse still (20 frames of 2^17 bits, fer at f = 1.10 /
 /// 1.15: Gaussian designs of rate 0.922 0.80–0.90 / 0.55–0.75, of rate

@@ -510,8 +510,8 @@ impl Pipeline {
             let learns = |a: &&LdpcAlice| !matches!(a.config().variant, Variant::Guided { .. });
             if let Some(alice) = block.ldpc_alice.get(i).filter(learns) {
                 let step = match alice.config().variant {
-                    Variant::Blind { step, .. } | Variant::Guided { step, .. } => step,
-                    Variant::RateAdaptive => 0,
+                    Variant::Blind { step, .. } => step,
+                    Variant::RateAdaptive | Variant::Guided { .. } => 0,
                 };
                 let qber = rate_qber(block.estimate.as_ref().map_or(0.0, |e| e.qber));
                 let n = alice.plan().code().n();
